@@ -214,15 +214,20 @@ class handler_errors : public error {
   };
 
   handler_errors(std::string_view topic, std::vector<failure> failures)
-      : error(describe(topic, failures)), failures_(std::move(failures)) {}
+      : error(describe("handlers failed on topic " + detail::quote(topic), failures)),
+        failures_(std::move(failures)) {}
+
+  /// Failures collected elsewhere, for example across the events of a transaction;
+  /// `what` says where ("events failed in transaction 'tx-1'").
+  handler_errors(std::vector<failure> failures, const std::string& what)
+      : error(describe(what, failures)), failures_(std::move(failures)) {}
 
   /// Every failure, in handler call order.
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  static std::string describe(std::string_view topic, const std::vector<failure>& failures) {
-    std::string text = "evbus: " + std::to_string(failures.size()) +
-                       " handlers failed on topic " + detail::quote(topic) + ":";
+  static std::string describe(const std::string& what, const std::vector<failure>& failures) {
+    std::string text = "evbus: " + std::to_string(failures.size()) + " " + what + ":";
     for (const auto& f : failures) {
       text += " " + detail::quote(f.key) + ": ";
       try {
@@ -239,6 +244,12 @@ class handler_errors : public error {
   }
 
   std::vector<failure> failures_;
+};
+
+/// Emitting into, committing or rolling back a transaction that is already finished.
+class transaction_closed : public error {
+ public:
+  using error::error;
 };
 
 /// Emitting into, or scheduling on, a keyed executor that has been shut down.
@@ -519,6 +530,12 @@ class topic_ref {
   std::shared_ptr<const topic_name> owner_;
 };
 
+/// Types that can be empty and say so (std::function and the like); a lambda is never empty.
+template <class T, class = void>
+struct has_bool_member : std::false_type {};
+template <class T>
+struct has_bool_member<T, std::void_t<decltype(&T::operator bool)>> : std::true_type {};
+
 template <class T>
 struct is_variant : std::false_type {};
 template <class... Ts>
@@ -618,6 +635,8 @@ template <class Data>
 class basic_bus;
 template <class Data>
 class basic_topic_handle;
+template <class Data>
+class basic_transaction;
 
 namespace detail {
 
@@ -731,8 +750,7 @@ class basic_bus {
                              int> = 0>
   explicit basic_bus(IdGen generator)
       : default_ids_(std::is_same_v<std::decay_t<IdGen>, sortable_ids>) {
-    if constexpr (std::is_pointer_v<IdGen> || std::is_member_pointer_v<IdGen> ||
-                  std::is_constructible_v<bool, const IdGen&>) {
+    if constexpr (std::is_pointer_v<IdGen> || detail::has_bool_member<IdGen>::value) {
       if (!static_cast<bool>(generator)) {
         throw invalid_argument("evbus: the id generator is empty");
       }
@@ -959,8 +977,19 @@ class basic_bus {
     return basic_topic_handle<Data>(this, it->second);
   }
 
+  /**
+   * @brief Starts a transaction (the outbox pattern, in process): events emitted into it are
+   * buffered and emitted at commit, in order, all with one tx id; a transaction destroyed or
+   * rolled back before commit emits nothing. `tx_id` empty: a new id from the generator.
+   */
+  basic_transaction<Data> transaction(std::string tx_id = {}) {
+    if (tx_id.empty()) tx_id = new_id();
+    return basic_transaction<Data>(this, std::move(tx_id));
+  }
+
  private:
   friend class basic_topic_handle<Data>;
+  friend class basic_transaction<Data>;
   using slot_type = detail::topic_slot<Data>;
 
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -1010,6 +1039,28 @@ class basic_bus {
     }
     if (!failures.empty()) report(ev, std::move(failures));
     return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+  }
+
+  std::string new_id() {
+    if (!default_ids_) return generator_();
+    std::string id;
+    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    return id;
+  }
+
+  std::shared_ptr<slot_type> find_slot(std::string_view name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = topics_.find(name);
+    if (it == topics_.end()) throw unknown_topic(name);
+    return it->second;
+  }
+
+  /// Emits on a slot held by the caller (a handle or a transaction).
+  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    if (!topic.registered.load(std::memory_order_seq_cst)) throw unknown_topic(topic.name->value);
+    return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
@@ -1067,6 +1118,8 @@ class basic_bus {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
         it->second->registered.store(false, std::memory_order_seq_cst);
+        // Drop the subscriptions so the topic holds no handler alive while it is dormant.
+        publish(*it->second, std::make_shared<const detail::handler_list<Data>>());
         // A handle may still hold the slot; remember it so re-registering the name revives it.
         dormant_[it->first] = it->second;
         for (auto d = dormant_.begin(); d != dormant_.end();) {
@@ -1177,10 +1230,7 @@ class basic_topic_handle {
 
   /// Same as `bus.emit(name(), data, options)`, without the lookup.
   emit_result emit(Data data, emit_options options = {}) const {
-    detail::thread_slot& slot = detail::this_thread_slot();
-    detail::emit_scope scope(slot);
-    if (!slot_->registered.load(std::memory_order_seq_cst)) throw unknown_topic(name());
-    return bus_->dispatch(slot, *slot_, std::move(data), std::move(options));
+    return bus_->emit_on(*slot_, std::move(data), std::move(options));
   }
 
  private:
@@ -1193,6 +1243,112 @@ class basic_topic_handle {
 
 /// A topic handle of evbus::bus.
 using topic_handle = basic_topic_handle<std::any>;
+
+/**
+ * @brief Events buffered until commit: the outbox pattern inside one process.
+ *
+ * `emit` checks the topic at once (evbus::unknown_topic) and buffers the event; `commit`
+ * emits every buffered event in order, all with the transaction's tx id; `rollback`, or
+ * destruction before commit, discards them. A finished transaction throws
+ * evbus::transaction_closed. One transaction is used by one thread at a time.
+ *
+ * @code
+ *   auto tx = bus.transaction();
+ *   db.update(order);                       // may throw: then nothing is emitted
+ *   tx.emit("order.updated", order);
+ *   tx.emit("stock.reserved", order.items);
+ *   tx.commit();
+ * @endcode
+ */
+template <class Data>
+class basic_transaction {
+ public:
+  basic_transaction(basic_transaction&& other) noexcept
+      : bus_(std::exchange(other.bus_, nullptr)), tx_id_(std::move(other.tx_id_)),
+        pending_(std::move(other.pending_)) {}
+  basic_transaction& operator=(basic_transaction&&) = delete;
+  basic_transaction(const basic_transaction&) = delete;
+  basic_transaction& operator=(const basic_transaction&) = delete;
+  ~basic_transaction() = default;
+
+  /// The tx id every event of this transaction carries.
+  const std::string& tx_id() const noexcept { return tx_id_; }
+
+  /// How many events wait for commit.
+  std::size_t size() const noexcept { return pending_.size(); }
+
+  /// Buffers an event. `options.tx_id` must be empty or equal tx_id().
+  void emit(std::string_view topic, Data data, emit_options options = {}) {
+    check_open("emit into");
+    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
+      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
+                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+    }
+    auto slot = bus_->find_slot(topic);
+    options.tx_id = tx_id_;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options)});
+  }
+
+  /**
+   * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
+   * was deregistered meanwhile) does not stop the others; afterwards the one failure is
+   * rethrown as it is, or evbus::handler_errors lists several.
+   */
+  void commit() {
+    check_open("commit");
+    basic_bus<Data>* bus = std::exchange(bus_, nullptr);
+    std::vector<entry> events = std::move(pending_);
+    pending_.clear();
+    std::vector<handler_errors::failure> failures;
+    for (auto& e : events) {
+      try {
+        bus->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+      } catch (...) {
+        failures.push_back({e.slot->name->value, std::current_exception()});
+      }
+    }
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    if (!failures.empty()) {
+      throw handler_errors(std::move(failures),
+                           "events failed in transaction " + detail::quote(tx_id_));
+    }
+  }
+
+  /// Discards every buffered event.
+  void rollback() {
+    check_open("roll back");
+    bus_ = nullptr;
+    pending_.clear();
+  }
+
+  /// True until commit or rollback.
+  bool open() const noexcept { return bus_ != nullptr; }
+
+ private:
+  friend class basic_bus<Data>;
+  struct entry {
+    std::shared_ptr<detail::topic_slot<Data>> slot;
+    Data data;
+    emit_options options;
+  };
+
+  basic_transaction(basic_bus<Data>* bus, std::string tx_id)
+      : bus_(bus), tx_id_(std::move(tx_id)) {}
+
+  void check_open(const char* what) const {
+    if (bus_ == nullptr) {
+      throw transaction_closed(std::string("evbus: cannot ") + what + " transaction " +
+                               detail::quote(tx_id_) + ": it is already finished");
+    }
+  }
+
+  basic_bus<Data>* bus_;
+  std::string tx_id_;
+  std::vector<entry> pending_;
+};
+
+/// A transaction of evbus::bus.
+using transaction = basic_transaction<std::any>;
 
 }  // namespace v1
 }  // namespace evbus

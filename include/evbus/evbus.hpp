@@ -680,7 +680,6 @@ struct topic_slot {
   explicit topic_slot(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
   const std::shared_ptr<const topic_name> name;
   std::atomic<const handler_list<Data>*> handlers{nullptr};
-  std::atomic<bool> registered{true};
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
@@ -764,10 +763,9 @@ class basic_bus {
   basic_bus(basic_bus&&) = delete;
   basic_bus& operator=(basic_bus&&) = delete;
 
-  /// Destroys the bus. No emit may be running on it.
-  ~basic_bus() {
-    for (auto& [name, slot] : topics_) slot->registered.store(false, std::memory_order_relaxed);
-  }
+  /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
+  /// may be used afterwards.
+  ~basic_bus() = default;
 
   // -- topics ---------------------------------------------------------------
 
@@ -1007,6 +1005,7 @@ class basic_bus {
   emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
                        emit_options&& options) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
     event_type ev;
     ev.topic_ = detail::topic_ref(topic.name.get());
     ev.occurred_at = options.occurred_at ? *options.occurred_at : detail::wall_now();
@@ -1059,7 +1058,6 @@ class basic_bus {
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
     detail::thread_slot& slot = detail::this_thread_slot();
     detail::emit_scope scope(slot);
-    if (!topic.registered.load(std::memory_order_seq_cst)) throw unknown_topic(topic.name->value);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
@@ -1100,7 +1098,6 @@ class basic_bus {
       for (auto& [name, list] : added) {
         std::shared_ptr<slot_type> slot = revive(name);
         publish(*slot, std::move(list));
-        slot->registered.store(true, std::memory_order_seq_cst);
         topics_.emplace(std::move(name), std::move(slot));
       }
       rebuild_index();
@@ -1117,9 +1114,10 @@ class basic_bus {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
-        it->second->registered.store(false, std::memory_order_seq_cst);
-        // Drop the subscriptions so the topic holds no handler alive while it is dormant.
-        publish(*it->second, std::make_shared<const detail::handler_list<Data>>());
+        // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
+        // and tells an emit that looked the topic up just before that it is gone: it throws
+        // unknown_topic rather than return having called nobody.
+        publish(*it->second, deregistered_);
         // A handle may still hold the slot; remember it so re-registering the name revives it.
         dormant_[it->first] = it->second;
         for (auto d = dormant_.begin(); d != dormant_.end();) {
@@ -1203,6 +1201,9 @@ class basic_bus {
   std::shared_ptr<const error_hook> hook_owner_;
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;
+  /// The handler list of every deregistered topic (compared by address).
+  const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
+      std::make_shared<const detail::handler_list<Data>>();
 
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};

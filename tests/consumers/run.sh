@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Builds and runs the four consumer projects in build/consumers/ (or
+# $EVBUS_CONSUMERS_BUILD_DIR): each takes evbus one way a user would, emits once and
+# fails if its handler was not called. Uses $CXX when set.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+here="$repo/tests/consumers"
+out="${EVBUS_CONSUMERS_BUILD_DIR:-$repo/build/consumers}"
+cxx="${CXX:-c++}"
+generator=()
+if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+
+rm -rf "$out"
+mkdir -p "$out"
+
+step() { printf '\n--- consumer %s ---\n' "$1"; }
+fail() { echo "consumers: FAILED: $*" >&2; exit 1; }
+
+# Include directories that reach a consumer must be system ones (-isystem).
+expect_isystem() {  # expect_isystem <compile_commands.json> <include dir>
+  grep -q -- "-isystem $2" "$1" || fail "$2 is not a system include directory in $1"
+}
+
+step "1/4: header copied next to main.cpp, compiler alone"
+d="$out/copy_header"
+mkdir -p "$d"
+cp "$repo/include/evbus/evbus.hpp" "$here/copy_header/main.cpp" "$d/"
+"$cxx" -std=c++17 -Wall -Wextra -Wpedantic -Werror -pthread "$d/main.cpp" -o "$d/consumer"
+"$d/consumer"
+
+step "2/4: find_package(evbus 0.1) after cmake --install"
+prefix="$out/prefix"
+cmake -S "$repo" -B "$out/evbus-build" "${generator[@]}" -DCMAKE_INSTALL_PREFIX="$prefix" \
+  -DEVBUS_BUILD_TESTS=OFF -DEVBUS_BUILD_EXAMPLES=OFF
+cmake --build "$out/evbus-build"
+cmake --install "$out/evbus-build"
+for f in include/evbus/evbus.hpp share/cmake/evbus/evbusConfig.cmake \
+         share/cmake/evbus/evbusConfigVersion.cmake share/cmake/evbus/evbusTargets.cmake; do
+  [ -f "$prefix/$f" ] || fail "cmake --install did not install $f"
+done
+cmake -S "$here/find_package" -B "$out/find_package" "${generator[@]}" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
+cmake --build "$out/find_package"
+expect_isystem "$out/find_package/compile_commands.json" "$prefix/include"
+"$out/find_package/consumer"
+
+step "3/4: add_subdirectory of the evbus tree (which must build no tests of its own)"
+cmake -S "$here/add_subdirectory" -B "$out/add_subdirectory" "${generator[@]}" \
+  -DEVBUS_SOURCE_DIR="$repo" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
+cmake --build "$out/add_subdirectory"
+expect_isystem "$out/add_subdirectory/compile_commands.json" "$repo/include"
+(cd "$out/add_subdirectory" && ctest -N) | grep -q "Total Tests: 1$" \
+  || fail "add_subdirectory(evbus) registered tests of its own"
+(cd "$out/add_subdirectory" && ctest --output-on-failure)
+
+step "4/4: Meson subproject through dependency('evbus')"
+src="$out/meson_subproject/src"
+mkdir -p "$src/subprojects"
+cp "$here/meson_subproject/meson.build" "$here/meson_subproject/main.cpp" "$src/"
+ln -s "$repo" "$src/subprojects/evbus"
+meson setup "$out/meson_subproject/build" "$src" --force-fallback-for=evbus
+meson compile -C "$out/meson_subproject/build"
+if meson introspect --targets "$out/meson_subproject/build" | grep -q '"name": "evbus_'; then
+  fail "the evbus subproject built targets of its own"
+fi
+meson test -C "$out/meson_subproject/build" --print-errorlogs
+
+printf '\nconsumers: all 4 consumer projects built and ran\n'

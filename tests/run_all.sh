@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Builds and tests evbus in every configuration CI checks, stopping at the first failure:
+#
+#   lists      tests/CMakeLists.txt, tests/meson.build and tests/test_*.cpp agree
+#   gcc        GCC, C++17, Debug, -Wall -Wextra -Wpedantic -Werror, ctest
+#   clang      Clang, C++20, RelWithDebInfo, -Werror, ctest
+#   asan       GCC, AddressSanitizer + UndefinedBehaviorSanitizer, ctest
+#   tsan       Clang, ThreadSanitizer, ctest
+#   meson      Meson build with -Dwerror=true, meson test
+#   examples   the examples with their output (they also run in every ctest above)
+#   bench      the benchmark binary, Release, run briefly
+#   consumers  the four consumer projects (tests/consumers/run.sh)
+#
+# Usage: tests/run_all.sh [section...]   (no argument: all sections, in this order)
+# Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+jobs="${EVBUS_JOBS:-2}"
+all_sections=(lists gcc clang asan tsan meson examples bench consumers)
+if [ $# -gt 0 ]; then sections=("$@"); else sections=("${all_sections[@]}"); fi
+for s in "${sections[@]}"; do
+  case " ${all_sections[*]} " in
+    *" $s "*) ;;
+    *) echo "run_all: unknown section '$s' (known: ${all_sections[*]})" >&2; exit 2 ;;
+  esac
+done
+
+mkdir -p build/logs
+passed=0
+summary=()
+current=""
+started_all=$SECONDS
+
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ] && [ -n "$current" ]; then
+    printf '\n==== FAILED: section "%s" (exit code %s) after %ss ====\n' \
+      "$current" "$rc" "$((SECONDS - started_all))" >&2
+  fi
+}
+trap on_exit EXIT
+
+# ctest_in <build dir> <log name> [ctest args...]: ctest with its output kept in a log.
+ctest_in() {
+  local dir=$1 log="build/logs/$2.log"
+  shift 2
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" "$@") 2>&1 | tee "$log"
+}
+
+# cmake_build <build dir> <cmake args...>: configure with Ninja and build.
+cmake_build() {
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" -G Ninja -DEVBUS_BUILD_TESTS=ON -DEVBUS_BUILD_EXAMPLES=ON "$@"
+  cmake --build "$dir" -j "$jobs"
+}
+
+ctest_summary() {  # the "N% tests passed" line of a ctest log
+  grep -h "tests passed" "build/logs/$1.log" 2>/dev/null | tail -n 1 || true
+}
+
+run_lists() {
+  tests/check_lists.sh
+}
+
+run_gcc() {
+  cmake_build build/gcc -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+    -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON
+  ctest_in build/gcc gcc
+  note=$(ctest_summary gcc)
+}
+
+run_clang() {
+  cmake_build build/clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DEVBUS_CXX_STANDARD=20 -DEVBUS_WERROR=ON
+  ctest_in build/clang clang
+  note=$(ctest_summary clang)
+}
+
+run_asan() {
+  cmake_build build/asan -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+    -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON -DEVBUS_SANITIZE=address,undefined
+  ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+    ctest_in build/asan asan
+  note=$(ctest_summary asan)
+}
+
+run_tsan() {
+  cmake_build build/tsan -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON -DEVBUS_SANITIZE=thread
+  export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
+  if ! ctest_in build/tsan tsan; then
+    # Some kernels map memory where TSan's runtime cannot work; without ASLR it can.
+    if grep -q "unexpected memory mapping" build/logs/tsan.log; then
+      echo "tsan: unexpected memory mapping; running again without address randomisation"
+      (cd build/tsan && setarch "$(uname -m)" -R ctest --output-on-failure -j "$jobs") 2>&1 \
+        | tee build/logs/tsan.log
+    else
+      return 1
+    fi
+  fi
+  unset TSAN_OPTIONS
+  note=$(ctest_summary tsan)
+}
+
+run_meson() {
+  local dir=build/meson
+  local opts=(--buildtype=debug -Dwerror=true -Dtests=true -Dexamples=true)
+  if pkg-config --exists benchmark 2>/dev/null; then opts+=(-Dbenchmarks=true); fi
+  if [ -d "$dir/meson-private" ]; then
+    CXX="${CXX:-g++}" meson setup --reconfigure "$dir" "${opts[@]}"
+  else
+    CXX="${CXX:-g++}" meson setup "$dir" "${opts[@]}"
+  fi
+  meson compile -C "$dir" -j "$jobs"
+  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" 2>&1 | tee build/logs/meson.log
+  note=$(grep -E "^Ok: " build/logs/meson.log | tail -n 1 || true)
+  note=${note:+meson test: $note}
+}
+
+run_examples() {
+  [ -f build/gcc/CTestTestfile.cmake ] || cmake_build build/gcc -DCMAKE_CXX_COMPILER=g++ \
+    -DCMAKE_BUILD_TYPE=Debug -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON
+  cmake --build build/gcc -j "$jobs"
+  ctest_in build/gcc examples -L example --verbose
+  note=$(ctest_summary examples)
+}
+
+run_bench() {
+  cmake -S . -B build/bench -G Ninja -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release \
+    -DEVBUS_WERROR=ON -DEVBUS_BUILD_BENCHMARKS=ON -DEVBUS_BUILD_TESTS=OFF \
+    -DEVBUS_BUILD_EXAMPLES=OFF
+  cmake --build build/bench -j "$jobs"
+  build/bench/bench/evbus_bench --benchmark_min_time=0.01
+}
+
+run_consumers() {
+  CXX="${CXX:-g++}" tests/consumers/run.sh
+}
+
+echo "run_all: sections: ${sections[*]}"
+for tool in cmake ninja meson g++ clang++; do
+  printf '  %-8s %s\n' "$tool" "$(command -v "$tool" >/dev/null && "$tool" --version | head -n 1 \
+    || echo 'not found')"
+done
+
+for s in "${sections[@]}"; do
+  current=$s
+  note=""
+  printf '\n==== [%d/%d] %s ====\n' "$((passed + 1))" "${#sections[@]}" "$s"
+  started=$SECONDS
+  "run_$s"
+  passed=$((passed + 1))
+  summary+=("$(printf '%-10s passed in %4ss  %s' "$s" "$((SECONDS - started))" "$note")")
+done
+current=""
+
+printf '\n==== summary (%ss in all) ====\n' "$((SECONDS - started_all))"
+printf '%s\n' "${summary[@]}"
+echo "$passed passed, 0 failed"

@@ -54,6 +54,7 @@
 #include <exception>
 #include <functional>
 #include <initializer_list>
+#include <locale>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -203,7 +204,8 @@ class bad_data_type : public error {
  * @brief Thrown by the default error hook when two or more handlers threw during one emit.
  *
  * A single failure is rethrown as it is, type intact; several are collected here so none is
- * lost. Each entry names the handler key and holds its exception.
+ * lost. Each entry names the handler key (or, from a transaction's commit, the event id) and
+ * holds its exception.
  */
 class handler_errors : public error {
  public:
@@ -603,6 +605,8 @@ class basic_event {
  private:
   template <class>
   friend class basic_bus;
+  basic_event(detail::topic_ref topic, Data&& payload)
+      : data(std::move(payload)), topic_(std::move(topic)) {}
   detail::topic_ref topic_;
 };
 
@@ -689,6 +693,36 @@ template <class Data>
 struct topic_index {
   std::unordered_map<std::string_view, std::shared_ptr<topic_slot<Data>>> map;
 };
+
+/// How matchers are compiled. libstdc++'s default ECMAScript matcher backtracks recursively:
+/// a short pattern such as `(()(){0,150}){0,150}` exhausts the stack, and `(a*)*b` takes
+/// exponential time on a 255-byte topic. Its `__polynomial` option selects a breadth-first
+/// matcher (time linear in the topic, recursion bounded by the pattern), at the price of
+/// back-references, which topic matchers do not need. Other standard libraries have no such
+/// option; there, matchers should come from the program, not from its input.
+#ifndef EVBUS_MATCHER_SYNTAX
+#if defined(__GLIBCXX__)
+#define EVBUS_MATCHER_SYNTAX (std::regex::ECMAScript | std::regex_constants::__polynomial)
+#else
+#define EVBUS_MATCHER_SYNTAX std::regex::ECMAScript
+#endif
+#endif
+
+/// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
+/// synchronisation, the first time a regex compiler meets each character; two threads
+/// compiling matchers at once would race on it. Filling it once, under the guard of a
+/// function-local static, orders every later compilation after the writes.
+inline void warm_regex_locale() {
+  static const bool warmed = [] {
+    const auto& ct = std::use_facet<std::ctype<char>>(std::locale());
+    for (int c = 0; c < 256; ++c) {
+      (void)ct.narrow(static_cast<char>(c), '\0');
+      (void)ct.widen(static_cast<char>(c));
+    }
+    return true;
+  }();
+  (void)warmed;
+}
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
@@ -822,7 +856,8 @@ class basic_bus {
     }
     std::regex re;
     try {
-      re = std::regex(matcher.begin(), matcher.end(), std::regex::ECMAScript);
+      detail::warm_regex_locale();
+      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
     } catch (const std::regex_error& e) {
       throw invalid_matcher(matcher, key, e.what());
     }
@@ -1006,8 +1041,7 @@ class basic_bus {
                        emit_options&& options) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    event_type ev;
-    ev.topic_ = detail::topic_ref(topic.name.get());
+    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
     ev.occurred_at = options.occurred_at ? *options.occurred_at : detail::wall_now();
     if (!options.id.empty()) {
       ev.id = std::move(options.id);
@@ -1024,7 +1058,6 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
-    ev.data = std::move(data);
 
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : *handlers) {
@@ -1251,7 +1284,8 @@ using topic_handle = basic_topic_handle<std::any>;
  * `emit` checks the topic at once (evbus::unknown_topic) and buffers the event; `commit`
  * emits every buffered event in order, all with the transaction's tx id; `rollback`, or
  * destruction before commit, discards them. A finished transaction throws
- * evbus::transaction_closed. One transaction is used by one thread at a time.
+ * evbus::transaction_closed. One transaction is used by one thread at a time, and it must
+ * not be committed after its bus is destroyed (destroying it then is fine).
  *
  * @code
  *   auto tx = bus.transaction();
@@ -1264,10 +1298,22 @@ using topic_handle = basic_topic_handle<std::any>;
 template <class Data>
 class basic_transaction {
  public:
-  basic_transaction(basic_transaction&& other) noexcept
-      : bus_(std::exchange(other.bus_, nullptr)), tx_id_(std::move(other.tx_id_)),
-        pending_(std::move(other.pending_)) {}
-  basic_transaction& operator=(basic_transaction&&) = delete;
+  /// Takes over `other`'s events; `other` is finished afterwards.
+  basic_transaction(basic_transaction&& other)
+      : bus_(std::exchange(other.bus_, nullptr)), tx_id_(other.tx_id_),
+        pending_(std::move(other.pending_)) {
+    other.pending_.clear();
+  }
+  /// Discards this transaction's events (as rollback would), then takes over `other`'s.
+  basic_transaction& operator=(basic_transaction&& other) {
+    if (this != &other) {
+      bus_ = std::exchange(other.bus_, nullptr);
+      tx_id_ = other.tx_id_;
+      pending_ = std::move(other.pending_);
+      other.pending_.clear();
+    }
+    return *this;
+  }
   basic_transaction(const basic_transaction&) = delete;
   basic_transaction& operator=(const basic_transaction&) = delete;
   ~basic_transaction() = default;
@@ -1278,8 +1324,9 @@ class basic_transaction {
   /// How many events wait for commit.
   std::size_t size() const noexcept { return pending_.size(); }
 
-  /// Buffers an event. `options.tx_id` must be empty or equal tx_id().
-  void emit(std::string_view topic, Data data, emit_options options = {}) {
+  /// Buffers an event and returns its id (generated now unless `options.id` is set).
+  /// `options.tx_id` must be empty or equal tx_id().
+  std::string emit(std::string_view topic, Data data, emit_options options = {}) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
       throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
@@ -1287,13 +1334,16 @@ class basic_transaction {
     }
     auto slot = bus_->find_slot(topic);
     options.tx_id = tx_id_;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options)});
+    if (options.id.empty()) options.id = bus_->new_id();
+    std::string id = options.id;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    return id;
   }
 
   /**
    * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
    * was deregistered meanwhile) does not stop the others; afterwards the one failure is
-   * rethrown as it is, or evbus::handler_errors lists several.
+   * rethrown as it is, or evbus::handler_errors lists several, keyed by event id.
    */
   void commit() {
     check_open("commit");
@@ -1305,7 +1355,7 @@ class basic_transaction {
       try {
         bus->emit_on(*e.slot, std::move(e.data), std::move(e.options));
       } catch (...) {
-        failures.push_back({e.slot->name->value, std::current_exception()});
+        failures.push_back({e.id, std::current_exception()});
       }
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
@@ -1331,6 +1381,7 @@ class basic_transaction {
     std::shared_ptr<detail::topic_slot<Data>> slot;
     Data data;
     emit_options options;
+    std::string id;
   };
 
   basic_transaction(basic_bus<Data>* bus, std::string tx_id)

@@ -1,0 +1,203 @@
+// Allocation test: with a small payload struct, the default ids and short keys, emit allocates
+// nothing once warmed up. Every global operator new and delete is replaced to count calls.
+// Its own main (no test framework, which allocates); the exit code is non-zero on failure.
+#include "evbus/evbus.hpp"
+
+#include <atomic>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#if defined(__SANITIZE_THREAD__)
+#define EVBUS_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define EVBUS_TEST_TSAN 1
+#endif
+#endif
+
+#ifdef EVBUS_TEST_TSAN
+// ThreadSanitizer's runtime defines the global operator new and delete itself (Clang links them
+// statically, so ours would be duplicates). Allocation counting is checked in the other builds.
+int main() {
+  std::printf("alloc: skipped: ThreadSanitizer provides operator new itself\n");
+  return 0;
+}
+#else
+
+namespace {
+
+std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};
+
+[[gnu::noinline]] void* allocate(std::size_t size) {
+  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(size == 0 ? 1 : size);
+}
+
+[[gnu::noinline]] void* allocate_aligned(std::size_t size, std::align_val_t alignment) {
+  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  auto align = static_cast<std::size_t>(alignment);
+  if (align < sizeof(void*)) align = sizeof(void*);
+  void* p = nullptr;
+  if (posix_memalign(&p, align, size == 0 ? 1 : size) != 0) return nullptr;
+  return p;
+}
+
+// Out of line, so the compiler does not pair an inlined std::free with operator new and warn.
+[[gnu::noinline]] void deallocate(void* p) noexcept { std::free(p); }
+
+}  // namespace
+
+void* operator new(std::size_t size) {
+  if (void* p = allocate(size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) {
+  if (void* p = allocate(size)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept { return allocate(size); }
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return allocate(size); }
+void* operator new(std::size_t size, std::align_val_t al) {
+  if (void* p = allocate_aligned(size, al)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size, std::align_val_t al) {
+  if (void* p = allocate_aligned(size, al)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return allocate_aligned(size, al);
+}
+void* operator new[](std::size_t size, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return allocate_aligned(size, al);
+}
+
+void operator delete(void* p) noexcept { deallocate(p); }
+void operator delete[](void* p) noexcept { deallocate(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete(void* p, std::size_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::size_t) noexcept { deallocate(p); }
+void operator delete(void* p, std::align_val_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { deallocate(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { deallocate(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { deallocate(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }
+
+namespace {
+
+constexpr int emits = 100'000;
+
+struct order {
+  int id;
+  double amount;
+};
+
+struct alignas(64) over_aligned {
+  char bytes[64];
+};
+
+/// Counts the allocations `f` makes.
+template <class F>
+long count_allocations(F&& f) {
+  allocations.store(0);
+  counting.store(true);
+  f();
+  counting.store(false);
+  return allocations.load();
+}
+
+// Written through, so the compiler cannot drop the allocations of the self-check.
+void* volatile sink = nullptr;
+
+int failures = 0;
+
+void expect(bool ok, const char* what, long count) {
+  if (!ok) {
+    ++failures;
+    std::printf("alloc: FAILED: %s (%ld allocations)\n", what, count);
+  }
+}
+
+void report(const char* what, long count) {
+  std::printf("alloc: %ld allocations in %d emits %s\n", count, emits, what);
+  expect(count == 0, what, count);
+}
+
+}  // namespace
+
+int main() {
+  // The counter itself must see every form of operator new, or a zero below means nothing.
+  const long self_check = count_allocations([] {
+    sink = new int(1);
+    delete static_cast<int*>(sink);
+    sink = new int[4];
+    delete[] static_cast<int*>(sink);
+    sink = new (std::nothrow) int(2);
+    delete static_cast<int*>(sink);
+    sink = new over_aligned;
+    delete static_cast<over_aligned*>(sink);
+    sink = new over_aligned[2];
+    delete[] static_cast<over_aligned*>(sink);
+    sink = new (std::nothrow) over_aligned;
+    delete static_cast<over_aligned*>(sink);
+    std::string heap(100, 'x');
+    sink = heap.data();
+  });
+  expect(self_check == 7, "the counter sees new, new[], nothrow, aligned and std::string", self_check);
+
+  evbus::basic_bus<order> bus;
+  bus.register_topics("order.received", "order.shipped");  // 14 and 13 bytes: no heap name copy
+  double total = 0;
+  long calls = 0;
+  bus.register_handler("sum", "order\\..*", [&total](const evbus::basic_event<order>& e) {
+    total += e.data.amount;
+  });
+  bus.register_handler("count", "order\\.received",
+                       [&calls](const evbus::basic_event<order>&) { ++calls; });
+  auto handle = bus.topic("order.received");
+
+  evbus::emit_options short_options;
+  short_options.key = "customer-7";
+  short_options.source = "checkout";
+  short_options.tx_id = "tx-000000000001";
+  short_options.id = "id-000000000001";
+
+  // Warm up: this thread's slot, the first ids, anything lazily made once.
+  for (int i = 0; i < 1000; ++i) {
+    bus.emit("order.received", order{i, 1.0});
+    handle.emit(order{i, 1.0});
+    bus.emit("order.shipped", order{i, 1.0}, short_options);
+  }
+
+  report("by name", count_allocations([&] {
+           for (int i = 0; i < emits; ++i) bus.emit("order.received", order{i, 1.0});
+         }));
+  report("through a topic handle", count_allocations([&] {
+           for (int i = 0; i < emits; ++i) handle.emit(order{i, 1.0});
+         }));
+  report("with short key, source, tx_id and id options", count_allocations([&] {
+           for (int i = 0; i < emits; ++i) bus.emit("order.shipped", order{i, 1.0}, short_options);
+         }));
+  report("keeping the emit_result", count_allocations([&] {
+           std::size_t length = 0;
+           for (int i = 0; i < emits; ++i) length += bus.emit("order.received", order{i, 1.0}).id.size();
+           expect(length == 15U * emits, "every default id has 15 characters", 0);
+         }));
+
+  const long expected_calls = 2000L + 3L * emits;  // every emit on order.received
+  expect(calls == expected_calls, "the handlers ran on every emit", calls);
+  if (failures != 0) {
+    std::printf("alloc: %d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("alloc: all checks passed\n");
+  return 0;
+}
+
+#endif  // EVBUS_TEST_TSAN

@@ -117,10 +117,10 @@ TEST_CASE("commit emits every buffered event, in order, all with the transaction
   CHECK(tx.tx_id() == "e1");
   CHECK(tx.open());
 
-  tx.emit("b", 1, options("customer-7", "checkout"));
-  tx.emit("a", 2);
-  tx.emit("c", 3, options("customer-9"));
-  tx.emit("b", 4);
+  const std::string id1 = tx.emit("b", 1, options("customer-7", "checkout"));
+  const std::string id2 = tx.emit("a", 2);
+  const std::string id3 = tx.emit("c", 3, options("customer-9"));
+  const std::string id4 = tx.emit("b", 4);
 
   // Nothing reaches a handler before commit.
   CHECK(f.log.empty());
@@ -132,13 +132,15 @@ TEST_CASE("commit emits every buffered event, in order, all with the transaction
   // Each event goes to every handler (in registration order) before the next event.
   CHECK(f.calls() == strings{"first:b:1", "second:b:1", "first:a:2", "second:a:2", "first:c:3",
                              "second:c:3", "first:b:4", "second:b:4"});
-  std::set<std::string> ids;
+  // Each event has the id tx.emit returned, seen by every handler of that event.
+  strings ids;
   for (const auto& s : f.log) {
     CHECK(s.tx_id == "e1");
-    CHECK(s.id != "e1");
-    ids.insert(s.id);
+    ids.push_back(s.id);
   }
-  CHECK(ids.size() == 4);  // one id per event, shared by the handlers of that event
+  CHECK(ids == strings{id1, id1, id2, id2, id3, id3, id4, id4});
+  CHECK(std::set<std::string>{id1, id2, id3, id4}.size() == 4);
+  CHECK(id1 != "e1");
   CHECK(f.log[0].key == "customer-7");
   CHECK(f.log[0].source == "checkout");
   CHECK(f.log[2].key.empty());
@@ -163,6 +165,24 @@ TEST_CASE("bus.transaction(id) gives every event that tx id; an equal options.tx
   // A given tx id takes nothing from the generator: the events are e1 and e2.
   CHECK(f.log[0].id == "e1");
   CHECK(f.log[2].id == "e2");
+}
+
+TEST_CASE("an event's id is fixed by tx.emit, which returns it; options.id overrides it",
+          "[transactions][ids]") {
+  fixture f;
+  auto tx = f.bus.transaction("tx-1");
+  CHECK(tx.emit("a", 1) == "e1");
+  f.bus.emit("b", 2);  // a plain emit meanwhile takes the next id
+  CHECK(tx.emit("c", 3) == "e3");
+  CHECK(tx.emit("a", 4, [] {
+          evbus::emit_options o;
+          o.id = "chosen";
+          return o;
+        }()) == "chosen");
+  tx.commit();
+  strings ids;
+  for (const auto& s : f.log) ids.push_back(s.topic + ":" + s.id);
+  CHECK(ids == strings{"b:e2", "b:e2", "a:e1", "a:e1", "c:e3", "c:e3", "a:chosen", "a:chosen"});
 }
 
 TEST_CASE("a generated tx id is a new id from the bus's generator", "[transactions][ids]") {
@@ -267,13 +287,46 @@ TEST_CASE("moving a transaction moves its events; the moved-from one is finished
     CHECK(target.size() == 2);
     CHECK(target.open());
     CHECK_FALSE(source.open());
-    CHECK_THROWS_AS(source.emit("a", 9), evbus::transaction_closed);
+    CHECK(source.size() == 0);
+    // The moved-from transaction still names its tx id.
+    const auto e = thrown<evbus::transaction_closed>([&] { source.emit("a", 9); });
+    CHECK(std::string(e.what()) ==
+          "evbus: cannot emit into transaction 'tx-1': it is already finished");
     CHECK_THROWS_AS(source.commit(), evbus::transaction_closed);
     CHECK(f.log.empty());
     target.commit();
   }
   CHECK(f.calls() == strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2"});
   for (const auto& s : f.log) CHECK(s.tx_id == "tx-1");
+}
+
+TEST_CASE("move assignment discards the target's events and takes over the source's",
+          "[transactions]") {
+  fixture f;
+  auto target = f.bus.transaction("tx-old");
+  target.emit("a", 1);
+  target.emit("b", 2);
+  auto source = f.bus.transaction("tx-new");
+  source.emit("c", 3);
+
+  target = std::move(source);
+  CHECK(f.log.empty());
+  CHECK(target.tx_id() == "tx-new");
+  CHECK(target.size() == 1);
+  CHECK(target.open());
+  CHECK_FALSE(source.open());
+
+  target.commit();
+  // Only the source's event: the target's own were discarded, as by rollback.
+  CHECK(f.calls() == strings{"first:c:3", "second:c:3"});
+  CHECK(f.log[0].tx_id == "tx-new");
+
+  // A finished transaction may be reused by assigning a new one to it.
+  target = f.bus.transaction("tx-next");
+  target.emit("a", 4);
+  target.commit();
+  CHECK(f.log.size() == 4);
+  CHECK(f.log[2].tx_id == "tx-next");
 }
 
 // -- finished transactions ----------------------------------------------------
@@ -446,8 +499,8 @@ TEST_CASE("a non-standard exception thrown during commit is rethrown as it is",
   CHECK(f.calls() == strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2"});
 }
 
-TEST_CASE("several events failing during commit: handler_errors lists each, in event order, "
-          "types intact",
+TEST_CASE("several events failing during commit: handler_errors lists each by event id, in "
+          "event order, types intact",
           "[transactions][errors]") {
   fixture f;
   f.bus.register_handler("payments", "a", [](const evbus::event&) {
@@ -455,17 +508,20 @@ TEST_CASE("several events failing during commit: handler_errors lists each, in e
   });
   f.bus.register_handler("stock", "c", [](const evbus::event&) { throw out_of_stock("no stock"); });
   auto tx = f.bus.transaction("tx-5");
-  tx.emit("c", 1);
+  const std::string c_id = tx.emit("c", 1);
   tx.emit("b", 2);
-  tx.emit("a", 3);
+  const std::string a_id = tx.emit("a", 3);
+  CHECK(c_id == "e1");
+  CHECK(a_id == "e3");
 
+  // Each failure is keyed by the id of the event that failed.
   const auto e = thrown<evbus::handler_errors>([&] { tx.commit(); });
   CHECK(std::string(e.what()) ==
-        "evbus: 2 events failed in transaction 'tx-5': 'c': no stock; 'a': card declined");
+        "evbus: 2 events failed in transaction 'tx-5': 'e1': no stock; 'e3': card declined");
   REQUIRE(e.errors().size() == 2);
-  CHECK(e.errors()[0].key == "c");
+  CHECK(e.errors()[0].key == c_id);
   CHECK(message_if<out_of_stock>(e.errors()[0].error) == "no stock");
-  CHECK(e.errors()[1].key == "a");
+  CHECK(e.errors()[1].key == a_id);
   CHECK(message_if<payment_declined>(e.errors()[1].error) == "card declined");
   CHECK(f.calls() == strings{"first:c:1", "second:c:1", "first:b:2", "second:b:2", "first:a:3",
                              "second:a:3"});
@@ -502,17 +558,17 @@ TEST_CASE("an unknown topic at commit and a handler failure are listed together"
     throw payment_declined("card declined");
   });
   auto tx = f.bus.transaction("tx-8");
-  tx.emit("b", 1);
-  tx.emit("c", 2);
+  const std::string b_id = tx.emit("b", 1);
+  const std::string c_id = tx.emit("c", 2);
   tx.emit("a", 3);
   f.bus.deregister_topics("b");
 
   const auto e = thrown<evbus::handler_errors>([&] { tx.commit(); });
   REQUIRE(e.errors().size() == 2);
-  CHECK(e.errors()[0].key == "b");
+  CHECK(e.errors()[0].key == b_id);
   CHECK(message_if<evbus::unknown_topic>(e.errors()[0].error) ==
         "evbus: unknown topic 'b' (register it with register_topics first)");
-  CHECK(e.errors()[1].key == "c");
+  CHECK(e.errors()[1].key == c_id);
   CHECK(message_if<payment_declined>(e.errors()[1].error) == "card declined");
   CHECK(f.calls() == strings{"first:c:2", "second:c:2", "first:a:3", "second:a:3"});
 }

@@ -113,8 +113,8 @@ int main() {
       place_order(db, bus, o);
       std::cout << "order " << o.id << ": committed, " << seen.size() - before << " events\n";
     } catch (const out_of_stock& e) {
-      std::cout << "order " << o.id << ": rolled back: " << e.what() << "; "
-                << seen.size() - before << " events\n";
+      std::cout << "order " << o.id << ": rolled back: " << e.what() << "; " << seen.size() - before
+                << " events\n";
     }
   }
 

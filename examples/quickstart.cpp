@@ -53,7 +53,8 @@ int main() {
                        [&](const evbus::event& e) { received_cents += e.data_as<order>().cents; });
 
   std::cout << "events:\n";
-  const order orders[] = {{"123456", 11220, "USD"}, {"123457", 4999, "USD"}, {"123458", 250, "USD"}};
+  const order orders[] = {
+      {"123456", 11220, "USD"}, {"123457", 4999, "USD"}, {"123458", 250, "USD"}};
   const char* customers[] = {"customer-1", "customer-2", "customer-1"};
   for (int i = 0; i < 3; ++i) {
     evbus::emit_options options;

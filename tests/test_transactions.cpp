@@ -93,7 +93,8 @@ struct fixture {
   /// "handler:topic:value" for each call, in call order.
   strings calls() const {
     strings out;
-    for (const auto& s : log) out.push_back(s.handler + ":" + s.topic + ":" + std::to_string(s.value));
+    for (const auto& s : log)
+      out.push_back(s.handler + ":" + s.topic + ":" + std::to_string(s.value));
     return out;
   }
 };
@@ -174,11 +175,9 @@ TEST_CASE("an event's id is fixed by tx.emit, which returns it; options.id overr
   CHECK(tx.emit("a", 1) == "e1");
   f.bus.emit("b", 2);  // a plain emit meanwhile takes the next id
   CHECK(tx.emit("c", 3) == "e3");
-  CHECK(tx.emit("a", 4, [] {
-          evbus::emit_options o;
-          o.id = "chosen";
-          return o;
-        }()) == "chosen");
+  evbus::emit_options chosen;
+  chosen.id = "chosen";
+  CHECK(tx.emit("a", 4, chosen) == "chosen");
   tx.commit();
   strings ids;
   for (const auto& s : f.log) ids.push_back(s.topic + ":" + s.id);
@@ -197,7 +196,8 @@ TEST_CASE("a generated tx id is a new id from the bus's generator", "[transactio
     evbus::bus bus;
     bus.register_topics("t");
     std::vector<std::pair<std::string, std::string>> events;  // (id, tx_id)
-    bus.register_handler("h", "t", [&](const evbus::event& e) { events.emplace_back(e.id, e.tx_id); });
+    bus.register_handler("h", "t",
+                         [&](const evbus::event& e) { events.emplace_back(e.id, e.tx_id); });
     auto one = bus.transaction();
     auto two = bus.transaction();
     CHECK(one.tx_id().size() == 15);
@@ -274,9 +274,10 @@ TEST_CASE("destroying an uncommitted transaction emits nothing", "[transactions]
   CHECK(f.calls() == strings{"first:a:3", "second:a:3"});
 }
 
-TEST_CASE("moving a transaction moves its events; the moved-from one is finished and emits "
-          "nothing",
-          "[transactions]") {
+TEST_CASE(
+    "moving a transaction moves its events; the moved-from one is finished and emits "
+    "nothing",
+    "[transactions]") {
   fixture f;
   auto source = f.bus.transaction("tx-1");
   source.emit("a", 1);
@@ -331,9 +332,10 @@ TEST_CASE("move assignment discards the target's events and takes over the sourc
 
 // -- finished transactions ----------------------------------------------------
 
-TEST_CASE("a finished transaction refuses emit, commit and rollback with transaction_closed, "
-          "naming the tx id",
-          "[transactions][errors]") {
+TEST_CASE(
+    "a finished transaction refuses emit, commit and rollback with transaction_closed, "
+    "naming the tx id",
+    "[transactions][errors]") {
   fixture f;
   const std::string how = GENERATE(as<std::string>{}, "committed", "rolled back");
   auto tx = f.bus.transaction("tx-9");
@@ -406,9 +408,10 @@ TEST_CASE("a topic registered after the transaction started can be emitted into"
   CHECK(f.calls() == strings{"first:d:2", "second:d:2"});
 }
 
-TEST_CASE("a topic deregistered between tx.emit and commit: the rest of the batch is emitted, "
-          "then unknown_topic is thrown",
-          "[transactions][errors]") {
+TEST_CASE(
+    "a topic deregistered between tx.emit and commit: the rest of the batch is emitted, "
+    "then unknown_topic is thrown",
+    "[transactions][errors]") {
   fixture f;
   auto tx = f.bus.transaction("tx-1");
   tx.emit("a", 1);
@@ -438,13 +441,13 @@ TEST_CASE("a topic deregistered and registered again before commit receives its 
 
   CHECK_NOTHROW(tx.commit());
   // The event goes to the handlers subscribed at commit time.
-  CHECK(f.calls() ==
-        strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2", "late:b:2"});
+  CHECK(f.calls() == strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2", "late:b:2"});
 }
 
-TEST_CASE("a handler that deregisters a later event's topic during commit makes that event fail, "
-          "not the others",
-          "[transactions][errors][reentrancy]") {
+TEST_CASE(
+    "a handler that deregisters a later event's topic during commit makes that event fail, "
+    "not the others",
+    "[transactions][errors][reentrancy]") {
   fixture f;
   f.bus.register_handler("closer", "a", [&](const evbus::event&) { f.bus.deregister_topics("b"); });
   auto tx = f.bus.transaction("tx-1");
@@ -458,9 +461,10 @@ TEST_CASE("a handler that deregisters a later event's topic during commit makes 
 
 // -- handler failures during commit ------------------------------------------
 
-TEST_CASE("a handler that throws during commit: the rest of the batch is emitted and the error "
-          "is rethrown with its type intact",
-          "[transactions][errors]") {
+TEST_CASE(
+    "a handler that throws during commit: the rest of the batch is emitted and the error "
+    "is rethrown with its type intact",
+    "[transactions][errors]") {
   fixture f;
   f.bus.register_handler("payments", "b", [](const evbus::event& e) {
     throw payment_declined("card declined for " + std::to_string(e.data_as<int>()));
@@ -473,8 +477,8 @@ TEST_CASE("a handler that throws during commit: the rest of the batch is emitted
   const auto e = thrown<payment_declined>([&] { tx.commit(); });
   CHECK(std::string(e.what()) == "card declined for 2");
   // Every handler of the failing event ran, and so did every later event.
-  CHECK(f.calls() == strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2", "first:c:3",
-                             "second:c:3"});
+  CHECK(f.calls() ==
+        strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2", "first:c:3", "second:c:3"});
 
   // The transaction is finished: committing again is an error and emits nothing twice.
   CHECK_FALSE(tx.open());
@@ -499,13 +503,13 @@ TEST_CASE("a non-standard exception thrown during commit is rethrown as it is",
   CHECK(f.calls() == strings{"first:a:1", "second:a:1", "first:b:2", "second:b:2"});
 }
 
-TEST_CASE("several events failing during commit: handler_errors lists each by event id, in "
-          "event order, types intact",
-          "[transactions][errors]") {
+TEST_CASE(
+    "several events failing during commit: handler_errors lists each by event id, in "
+    "event order, types intact",
+    "[transactions][errors]") {
   fixture f;
-  f.bus.register_handler("payments", "a", [](const evbus::event&) {
-    throw payment_declined("card declined");
-  });
+  f.bus.register_handler("payments", "a",
+                         [](const evbus::event&) { throw payment_declined("card declined"); });
   f.bus.register_handler("stock", "c", [](const evbus::event&) { throw out_of_stock("no stock"); });
   auto tx = f.bus.transaction("tx-5");
   const std::string c_id = tx.emit("c", 1);
@@ -523,17 +527,17 @@ TEST_CASE("several events failing during commit: handler_errors lists each by ev
   CHECK(message_if<out_of_stock>(e.errors()[0].error) == "no stock");
   CHECK(e.errors()[1].key == a_id);
   CHECK(message_if<payment_declined>(e.errors()[1].error) == "card declined");
-  CHECK(f.calls() == strings{"first:c:1", "second:c:1", "first:b:2", "second:b:2", "first:a:3",
-                             "second:a:3"});
+  CHECK(f.calls() ==
+        strings{"first:c:1", "second:c:1", "first:b:2", "second:b:2", "first:a:3", "second:a:3"});
 }
 
-TEST_CASE("two handlers failing on one event during commit: the emit's handler_errors is "
-          "rethrown as it is",
-          "[transactions][errors]") {
+TEST_CASE(
+    "two handlers failing on one event during commit: the emit's handler_errors is "
+    "rethrown as it is",
+    "[transactions][errors]") {
   fixture f;
-  f.bus.register_handler("payments", "b", [](const evbus::event&) {
-    throw payment_declined("card declined");
-  });
+  f.bus.register_handler("payments", "b",
+                         [](const evbus::event&) { throw payment_declined("card declined"); });
   f.bus.register_handler("stock", "b", [](const evbus::event&) { throw out_of_stock("no stock"); });
   auto tx = f.bus.transaction("tx-2");
   tx.emit("a", 1);
@@ -554,9 +558,8 @@ TEST_CASE("two handlers failing on one event during commit: the emit's handler_e
 TEST_CASE("an unknown topic at commit and a handler failure are listed together",
           "[transactions][errors]") {
   fixture f;
-  f.bus.register_handler("payments", "c", [](const evbus::event&) {
-    throw payment_declined("card declined");
-  });
+  f.bus.register_handler("payments", "c",
+                         [](const evbus::event&) { throw payment_declined("card declined"); });
   auto tx = f.bus.transaction("tx-8");
   const std::string b_id = tx.emit("b", 1);
   const std::string c_id = tx.emit("c", 2);
@@ -600,8 +603,7 @@ TEST_CASE("tx.emit with a different options.tx_id is refused with invalid_argume
   fixture f;
   auto tx = f.bus.transaction("tx-1");
   tx.emit("a", 1);
-  const auto e = thrown<evbus::invalid_argument>(
-      [&] { tx.emit("b", 2, options("", "", "tx-2")); });
+  const auto e = thrown<evbus::invalid_argument>([&] { tx.emit("b", 2, options("", "", "tx-2")); });
   CHECK(std::string(e.what()) ==
         "evbus: transaction 'tx-1' cannot emit an event with tx_id 'tx-2'");
   // Nothing was buffered and the transaction is still open.
@@ -659,9 +661,8 @@ TEST_CASE("a typed bus's transaction moves its payloads, so move-only payloads w
   evbus::basic_bus<std::unique_ptr<int>> bus;
   bus.register_topics("t");
   std::vector<int> got;
-  bus.register_handler("h", "t", [&](const evbus::basic_event<std::unique_ptr<int>>& e) {
-    got.push_back(*e.data);
-  });
+  bus.register_handler(
+      "h", "t", [&](const evbus::basic_event<std::unique_ptr<int>>& e) { got.push_back(*e.data); });
   auto tx = bus.transaction();
   tx.emit("t", std::make_unique<int>(1));
   tx.emit("t", std::make_unique<int>(2));

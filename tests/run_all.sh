@@ -10,6 +10,7 @@
 #   examples   the examples with their output (they also run in every ctest above)
 #   bench      the benchmark binary, Release, run briefly
 #   consumers  the four consumer projects (tests/consumers/run.sh)
+#   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
 # Usage: tests/run_all.sh [section...]   (no argument: all sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
@@ -19,7 +20,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 jobs="${EVBUS_JOBS:-2}"
-all_sections=(lists gcc clang asan tsan meson examples bench consumers)
+all_sections=(lists gcc clang asan tsan meson examples bench consumers fuzz)
 if [ $# -gt 0 ]; then sections=("$@"); else sections=("${all_sections[@]}"); fi
 for s in "${sections[@]}"; do
   case " ${all_sections[*]} " in
@@ -141,6 +142,27 @@ run_bench() {
 run_consumers() {
   CXX="${CXX:-g++}" tests/consumers/run.sh
 }
+
+# --- fuzz: self-contained section; keep edits to it inside this block -----------------------
+# Builds tests/fuzz_bus.cpp with clang (-fsanitize=fuzzer,address,undefined) in build/fuzz
+# and runs it for EVBUS_FUZZ_SECONDS (default 60) on a copy of tests/fuzz_corpus in
+# build/fuzz/corpus (what it discovers stays out of the source tree). A crash, a leak, a
+# timeout or a broken invariant (abort) fails the section; the input is kept in
+# build/fuzz/artifacts/ (replay: build/fuzz/tests/evbus_fuzz_bus <file>).
+run_fuzz() {
+  local dir=build/fuzz
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DEVBUS_BUILD_TESTS=ON -DEVBUS_BUILD_EXAMPLES=OFF -DEVBUS_WERROR=ON -DEVBUS_BUILD_FUZZERS=ON
+  cmake --build "$dir" -j "$jobs" --target evbus_fuzz_bus
+  rm -rf "$dir/corpus" "$dir/artifacts"
+  mkdir -p "$dir/corpus" "$dir/artifacts"
+  cp tests/fuzz_corpus/* "$dir/corpus/"
+  "$dir/tests/evbus_fuzz_bus" -max_total_time="${EVBUS_FUZZ_SECONDS:-60}" -timeout=60 \
+    -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$dir/artifacts/" \
+    "$dir/corpus" 2>&1 | tee build/logs/fuzz.log
+  note=$(grep -E "^Done [0-9]+ runs" build/logs/fuzz.log | tail -n 1 || true)
+}
+# --- end of fuzz ------------------------------------------------------------------------------
 
 echo "run_all: sections: ${sections[*]}"
 for tool in cmake ninja meson g++ clang++; do

@@ -1,0 +1,407 @@
+// A catalogue of bad inputs, one TEST_CASE per row (the README's table lists the same rows
+// under the same names). Each row asserts the error TYPE, that the message names the bad
+// value, and that the bus is unchanged afterwards: every query answers as before, and a probe
+// emit calls the same handlers in the same order. Rows whose input is accepted by design
+// (pathological but valid regexes) assert the documented behaviour instead.
+#include "evbus/evbus.hpp"
+
+#include "evbus_catch.hpp"
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+namespace {
+
+using strings = std::vector<std::string>;
+using Catch::Matchers::ContainsSubstring;
+
+/// Runs `f`, which must throw an `E` (the exact type or a subclass), and returns it.
+template <class E, class F>
+E thrown(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e;
+  } catch (const std::exception& e) {
+    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
+  } catch (...) {
+    FAIL("threw a non-standard exception");
+  }
+  FAIL("threw nothing");
+  throw std::logic_error("unreachable");
+}
+
+void noop(const evbus::event&) {}
+
+/// A bus with three topics and two handlers, and what it looks like from outside.
+struct fixture {
+  evbus::bus bus{evbus::sequential_ids("e")};
+  strings calls;
+
+  fixture() {
+    bus.register_topics("order.received", "order.shipped", "audit");
+    bus.register_handler("orders", "order\\..*",
+                         [this](const evbus::event& e) { calls.push_back("orders " + e.topic()); });
+    bus.register_handler("all", ".*",
+                         [this](const evbus::event& e) { calls.push_back("all " + e.topic()); });
+  }
+
+  /// Every query, as text.
+  strings state() const {
+    strings out;
+    for (const auto& t : bus.topics()) {
+      std::string line = "topic " + t + ":";
+      for (const auto& k : bus.topic_handler_keys(t)) line += " " + k;
+      out.push_back(line);
+    }
+    for (const auto& k : bus.handler_keys()) {
+      std::string line = "handler " + k + ":";
+      for (const auto& t : bus.handler_topics(k)) line += " " + t;
+      out.push_back(line);
+    }
+    return out;
+  }
+
+  /// The handlers one emit calls, in order.
+  strings probe() {
+    calls.clear();
+    bus.emit("order.received", 1);
+    strings out = calls;
+    calls.clear();
+    return out;
+  }
+};
+
+const strings expected_state = {
+    "topic audit: all",
+    "topic order.received: orders all",
+    "topic order.shipped: orders all",
+    "handler orders: order.received order.shipped",
+    "handler all: audit order.received order.shipped",
+};
+const strings expected_probe = {"orders order.received", "all order.received"};
+
+/// The bus is as the fixture made it.
+void check_unchanged(fixture& f) {
+  CHECK(f.state() == expected_state);
+  CHECK(f.probe() == expected_probe);
+}
+
+void check_invalid_matcher(const std::string& pattern, const std::string& shown) {
+  fixture f;
+  check_unchanged(f);
+  const auto e = thrown<evbus::invalid_matcher>([&] { f.bus.register_handler("bad", pattern, noop); });
+  CHECK(e.pattern() == pattern);
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'" + shown + "'"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'bad'"));  // and the handler key
+  check_unchanged(f);
+}
+
+/// A bad topic name is refused by register_topics (alone and among valid names) and by
+/// deregister_topics, names the value, and changes nothing; emit on it is an unknown topic.
+void check_invalid_topic(const std::string& name, const std::string& shown) {
+  fixture f;
+  const auto e = thrown<evbus::invalid_topic_name>([&] { f.bus.register_topics(name); });
+  CHECK(e.topic() == name);
+  CHECK_THAT(std::string(e.what()), ContainsSubstring(shown));
+  // Among valid names: none of them is registered either.
+  thrown<evbus::invalid_topic_name>([&] { f.bus.register_topics("fresh", name, "fresh2"); });
+  // deregister_topics checks names too, and removes nothing.
+  thrown<evbus::invalid_topic_name>([&] { f.bus.deregister_topics("audit", name); });
+  const auto u = thrown<evbus::unknown_topic>([&] { f.bus.emit(name, 1); });
+  CHECK(u.topic() == name);
+  CHECK_THAT(std::string(u.what()), ContainsSubstring(shown));
+  CHECK(f.calls.empty());
+  check_unchanged(f);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Matchers
+
+TEST_CASE("bad input: invalid regex '('", "[bad_inputs][matcher]") {
+  check_invalid_matcher("(", "(");
+}
+
+TEST_CASE("bad input: invalid regex '[a-'", "[bad_inputs][matcher]") {
+  check_invalid_matcher("[a-", "[a-");
+}
+
+TEST_CASE("bad input: invalid regex 'a{2,1}'", "[bad_inputs][matcher]") {
+  check_invalid_matcher("a{2,1}", "a{2,1}");
+}
+
+TEST_CASE("bad input: invalid regex '\\' (a lone backslash)", "[bad_inputs][matcher]") {
+  check_invalid_matcher("\\", "\\");
+}
+
+#if defined(__GLIBCXX__)
+TEST_CASE("bad input: back-reference '(a)\\1' (refused by the polynomial matcher)",
+          "[bad_inputs][matcher]") {
+  check_invalid_matcher("(a)\\1", "(a)\\1");
+}
+#endif
+
+TEST_CASE("bad input: matcher one byte over EVBUS_MAX_MATCHER_LENGTH", "[bad_inputs][matcher]") {
+  fixture f;
+  const std::string pattern(EVBUS_MAX_MATCHER_LENGTH + 1, 'a');
+  const auto e = thrown<evbus::invalid_matcher>([&] { f.bus.register_handler("long", pattern, noop); });
+  CHECK(e.pattern() == pattern);
+  CHECK_THAT(std::string(e.what()),
+             ContainsSubstring(std::to_string(EVBUS_MAX_MATCHER_LENGTH + 1) + " bytes"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring(std::to_string(EVBUS_MAX_MATCHER_LENGTH)));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'long'"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: pathological regex (a*)*b against 255-byte topics",
+          "[bad_inputs][matcher]") {
+  // Valid, so accepted; the point is that matching it against the longest topics returns
+  // (no crash; how long it takes is not asserted).
+  fixture f;
+  const std::string as(255, 'a');
+  const std::string ab = std::string(254, 'a') + "b";
+  f.bus.register_topics(as, ab);
+  f.bus.register_handler("nested", "(a*)*b", noop);
+  CHECK(f.bus.handler_topics("nested") == strings{ab});
+  f.bus.register_topics(std::string(100, 'a') + "b");  // matched at topic registration too
+  CHECK(f.bus.handler_topics("nested").size() == 2);
+}
+
+TEST_CASE("bad input: pathological regex (a|aa)+$ against 255-byte topics",
+          "[bad_inputs][matcher]") {
+  fixture f;
+  const std::string as(255, 'a');
+  const std::string ax = std::string(254, 'a') + "x";
+  f.bus.register_handler("overlap", "(a|aa)+$", noop);
+  f.bus.register_topics(as, ax);
+  CHECK(f.bus.handler_topics("overlap") == strings{as});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topic names
+
+TEST_CASE("bad input: empty topic name", "[bad_inputs][topic]") {
+  check_invalid_topic("", "''");
+}
+
+TEST_CASE("bad input: topic name of 256 bytes", "[bad_inputs][topic]") {
+  check_invalid_topic(std::string(256, 't'), "(256 bytes)");
+}
+
+TEST_CASE("bad input: topic name of 10,000 bytes", "[bad_inputs][topic]") {
+  // The message shows the first 80 bytes and the length, not 10,000 bytes of text.
+  fixture f;
+  const std::string name(10000, 'n');
+  const auto e = thrown<evbus::invalid_topic_name>([&] { f.bus.register_topics(name); });
+  CHECK(e.topic() == name);
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'" + std::string(80, 'n') + "'"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("(10000 bytes)"));
+  CHECK(std::string(e.what()).size() < 400);
+  check_invalid_topic(name, "(10000 bytes)");
+}
+
+TEST_CASE("bad input: topic name with control bytes", "[bad_inputs][topic]") {
+  check_invalid_topic("bad\nname", "'bad\\x0aname'");
+  check_invalid_topic("tab\there", "'tab\\x09here'");
+  check_invalid_topic(std::string("\x1b[31m"), "'\\x1b[31m'");
+}
+
+TEST_CASE("bad input: topic name with DEL (0x7f)", "[bad_inputs][topic]") {
+  check_invalid_topic("del\x7f", "'del\\x7f'");
+}
+
+TEST_CASE("bad input: topic name with bytes >= 0x80 (UTF-8)", "[bad_inputs][topic]") {
+  check_invalid_topic("caf\xc3\xa9", "'caf\\xc3\\xa9'");
+  check_invalid_topic("\xff", "'\\xff'");
+}
+
+TEST_CASE("bad input: topic name with an embedded NUL", "[bad_inputs][topic]") {
+  const std::string name("nul\0byte", 8);
+  REQUIRE(name.size() == 8);
+  check_invalid_topic(name, "'nul\\x00byte'");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers and keys
+
+TEST_CASE("bad input: empty handler key", "[bad_inputs][handler]") {
+  fixture f;
+  const auto e = thrown<evbus::invalid_argument>([&] { f.bus.register_handler("", ".*", noop); });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("key"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("empty"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: empty std::function handler", "[bad_inputs][handler]") {
+  fixture f;
+  const auto e = thrown<evbus::invalid_argument>(
+      [&] { f.bus.register_handler("hollow", ".*", evbus::bus::handler_type{}); });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'hollow'"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("empty"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: duplicate handler key", "[bad_inputs][handler]") {
+  fixture f;
+  int calls = 0;
+  const auto e = thrown<evbus::duplicate_handler>(
+      [&] { f.bus.register_handler("orders", "audit", [&](const evbus::event&) { ++calls; }); });
+  CHECK(e.key() == "orders");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'orders'"));
+  check_unchanged(f);  // the first "orders" still runs, on its own topics
+  f.bus.emit("audit", 1);
+  CHECK(calls == 0);
+}
+
+TEST_CASE("bad input: unknown key on deregister_handler", "[bad_inputs][handler]") {
+  fixture f;
+  const auto e = thrown<evbus::unknown_handler>([&] { f.bus.deregister_handler("nobody"); });
+  CHECK(e.key() == "nobody");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'nobody'"));
+  // A key with odd bytes is named readably.
+  const auto odd = thrown<evbus::unknown_handler>(
+      [&] { f.bus.deregister_handler(std::string("k\0\n", 3)); });
+  CHECK_THAT(std::string(odd.what()), ContainsSubstring("'k\\x00\\x0a'"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: unknown key on handler_topics", "[bad_inputs][handler]") {
+  fixture f;
+  const auto e = thrown<evbus::unknown_handler>([&] { (void)f.bus.handler_topics("ghost"); });
+  CHECK(e.key() == "ghost");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'ghost'"));
+  check_unchanged(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Id generators
+
+TEST_CASE("bad input: empty std::function id generator", "[bad_inputs][ids]") {
+  const auto e = thrown<evbus::invalid_argument>(
+      [] { evbus::bus bus{std::function<std::string()>{}}; });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("id generator"));
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("empty"));
+}
+
+TEST_CASE("bad input: null function pointer id generator", "[bad_inputs][ids]") {
+  std::string (*null_generator)() = nullptr;
+  const auto e = thrown<evbus::invalid_argument>([&] { evbus::bus bus{null_generator}; });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("id generator"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unknown topics
+
+TEST_CASE("bad input: unknown topic on emit", "[bad_inputs][topic]") {
+  fixture f;
+  const auto e = thrown<evbus::unknown_topic>([&] { f.bus.emit("order.lost", 1); });
+  CHECK(e.topic() == "order.lost");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'order.lost'"));
+  CHECK(f.calls.empty());  // no handler was called, not even the ".*" one
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: unknown topic on topic_handler_keys", "[bad_inputs][topic]") {
+  fixture f;
+  const auto e = thrown<evbus::unknown_topic>([&] { (void)f.bus.topic_handler_keys("nowhere"); });
+  CHECK(e.topic() == "nowhere");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'nowhere'"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: unknown topic on topic()", "[bad_inputs][topic]") {
+  fixture f;
+  const auto e = thrown<evbus::unknown_topic>([&] { (void)f.bus.topic("order.lost"); });
+  CHECK(e.topic() == "order.lost");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'order.lost'"));
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: emit through a handle whose topic was deregistered",
+          "[bad_inputs][topic]") {
+  fixture f;
+  f.bus.register_topics("temp");
+  auto handle = f.bus.topic("temp");
+  f.bus.deregister_topics("temp");
+  f.calls.clear();
+  const auto e = thrown<evbus::unknown_topic>([&] { handle.emit(1); });
+  CHECK(e.topic() == "temp");
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'temp'"));
+  CHECK(f.calls.empty());
+  check_unchanged(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and transactions
+
+TEST_CASE("bad input: data_as with the wrong type", "[bad_inputs][event]") {
+  fixture f;
+  std::string message;
+  bool threw_right_type = false;
+  f.bus.register_topics("typed");
+  f.bus.register_handler("reader", "typed", [&](const evbus::event& e) {
+    try {
+      (void)e.data_as<std::string>();
+    } catch (const evbus::bad_data_type& err) {
+      threw_right_type = true;
+      message = err.what();
+    }
+  });
+  const auto r = f.bus.emit("typed", 42);
+  CHECK(threw_right_type);
+  CHECK_THAT(message, ContainsSubstring("'" + r.id + "'"));  // the event
+  CHECK_THAT(message, ContainsSubstring("'typed'"));         // its topic
+  CHECK_THAT(message, ContainsSubstring(typeid(int).name())); // what it holds
+  // An event made by hand, outside any bus, and a variant payload.
+  const evbus::event loose("loose", 1.5);
+  CHECK_THROWS_AS(loose.data_as<int>(), evbus::bad_data_type);
+  const evbus::basic_event<std::variant<int, std::string>> v("v", std::string("text"));
+  CHECK_THROWS_AS(v.data_as<int>(), evbus::bad_data_type);
+  CHECK(v.data_as<std::string>() == "text");
+}
+
+TEST_CASE("bad input: a transaction used after commit", "[bad_inputs][transaction]") {
+  fixture f;
+  auto tx = f.bus.transaction("tx-7");
+  tx.emit("audit", 1);
+  f.calls.clear();
+  tx.commit();
+  CHECK(f.calls == strings{"all audit"});
+  f.calls.clear();
+  const auto e = thrown<evbus::transaction_closed>([&] { tx.emit("audit", 2); });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'tx-7'"));
+  thrown<evbus::transaction_closed>([&] { tx.commit(); });
+  thrown<evbus::transaction_closed>([&] { tx.rollback(); });
+  CHECK(f.calls.empty());  // nothing emitted twice
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: a transaction event with a foreign tx_id", "[bad_inputs][transaction]") {
+  fixture f;
+  auto tx = f.bus.transaction("tx-8");
+  evbus::emit_options o;
+  o.tx_id = "other-tx";
+  const auto e = thrown<evbus::invalid_argument>([&] { tx.emit("audit", 1, o); });
+  CHECK_THAT(std::string(e.what()), ContainsSubstring("'other-tx'"));
+  CHECK(tx.size() == 0);
+  tx.commit();
+  check_unchanged(f);
+}
+
+TEST_CASE("bad input: a transaction event on an unknown topic", "[bad_inputs][transaction]") {
+  fixture f;
+  auto tx = f.bus.transaction("tx-9");
+  const auto e = thrown<evbus::unknown_topic>([&] { tx.emit("order.lost", 1); });
+  CHECK(e.topic() == "order.lost");
+  CHECK(tx.size() == 0);
+  tx.emit("audit", 1);  // still usable
+  f.calls.clear();
+  tx.commit();
+  CHECK(f.calls == strings{"all audit"});
+  check_unchanged(f);
+}

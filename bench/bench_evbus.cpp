@@ -1,0 +1,523 @@
+// evbus benchmarks: the bus, the keyed executor, and the baselines they are judged against,
+// measured in one binary so that every ratio compares figures from the same run.
+//
+//   build:  g++ -O2 -DNDEBUG -std=c++17 -Iinclude bench/bench_evbus.cpp -lbenchmark -lpthread
+//           (or cmake -DEVBUS_BUILD_BENCHMARKS=ON -DCMAKE_BUILD_TYPE=Release)
+//   run:    ./a.out --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//
+// The names are fixed so that figures can be tracked from one version to the next:
+//
+//   BM_baseline_function_call     one std::function call: the cost of calling a handler
+//   BM_baseline_hand_rolled_emit  the floor of an emit: map lookup, id, timestamp, one call
+//   BM_emit/1, BM_emit/10         evbus emit by topic name among 100 topics, 1 and 10 handlers
+//   BM_emit_handle/1              the same through a topic handle (no name lookup)
+//   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
+//   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
+//   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1), until drained
+//   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
+//
+// Goals (ratios of medians in one run):
+//   BM_emit/1 <= 1.3x BM_baseline_hand_rolled_emit;  BM_emit_handle/1 <= 1.0x it;
+//   (BM_emit/10 - BM_emit/1) / 9 <= 2x BM_baseline_function_call;
+//   BM_emit_threads items/s at 2 threads >= 1.7x at 1 thread;
+//   BM_executor_throughput items/s >= 0.5x BM_baseline_mutex_queue items/s.
+#include "evbus/evbus.hpp"
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// The keyed executor benchmarks (BM_executor_throughput, BM_executor_latency) need
+// evbus::keyed_executor and evbus::ordered in evbus.hpp: 0 until they are there.
+#ifndef EVBUS_BENCH_EXECUTOR
+#define EVBUS_BENCH_EXECUTOR 0
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Common set-up
+// ---------------------------------------------------------------------------
+
+/// The payload of the bus benchmarks: small and trivially copyable, so that
+/// evbus::basic_bus<payload> measures the bus itself. (evbus::bus, i.e. basic_bus<std::any>,
+/// would add the std::any construction and move of the payload, which the hand-rolled
+/// baseline does not pay.)
+struct payload {
+  std::uint64_t value;
+};
+
+using bench_bus = evbus::basic_bus<payload>;
+using bench_event = evbus::basic_event<payload>;
+
+constexpr int kTopicCount = 100;
+
+/// "bench.topic.000" ... "bench.topic.099": 15 bytes, as short topic names are.
+std::vector<std::string> make_topic_names() {
+  std::vector<std::string> names;
+  names.reserve(kTopicCount);
+  for (int i = 0; i < kTopicCount; ++i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "bench.topic.%03d", i);
+    names.emplace_back(buf);
+  }
+  return names;
+}
+
+const std::vector<std::string>& topic_names() {
+  static const std::vector<std::string> names = make_topic_names();
+  return names;
+}
+
+/// The topic every emit benchmark emits on, in the middle of the 100.
+const std::string& target_topic() { return topic_names()[42]; }
+
+/// The whole-name regex that matches only the target topic.
+std::string target_matcher() {
+  std::string re;
+  for (char c : target_topic()) {
+    if (c == '.') re += '\\';
+    re += c;
+  }
+  return re;
+}
+
+/// What every handler does: read the payload through an optimisation barrier. The same body
+/// runs in the baselines and in the evbus benchmarks.
+template <class Event>
+inline void handler_work(const Event& e) {
+  benchmark::DoNotOptimize(e.data.value);
+}
+
+/// A bus with the 100 topics and `handlers` handlers on the target topic.
+std::unique_ptr<bench_bus> make_bus(int handlers) {
+  auto bus = std::make_unique<bench_bus>();
+  for (const auto& name : topic_names()) bus->register_topics(name);
+  const std::string matcher = target_matcher();
+  for (int i = 0; i < handlers; ++i) {
+    bus->register_handler("handler." + std::to_string(i), matcher,
+                          [](const bench_event& e) { handler_work(e); });
+  }
+  return bus;
+}
+
+// ---------------------------------------------------------------------------
+// BM_baseline_function_call
+// ---------------------------------------------------------------------------
+
+/// One call through a std::function<void(const event&)>: what a handler call costs at least.
+void BM_baseline_function_call(benchmark::State& state) {
+  std::function<void(const bench_event&)> fn = [](const bench_event& e) { handler_work(e); };
+  bench_event ev("bench.topic.042", payload{7});
+  benchmark::DoNotOptimize(fn);
+  for (auto _ : state) {
+    fn(ev);
+  }
+}
+BENCHMARK(BM_baseline_function_call);
+
+// ---------------------------------------------------------------------------
+// BM_baseline_hand_rolled_emit
+// ---------------------------------------------------------------------------
+
+/// The event of the hand-rolled bus: a numeric id, the topic, a wall-clock time, the payload.
+struct hand_rolled_event {
+  std::uint64_t id;
+  std::string_view topic;
+  std::chrono::system_clock::time_point occurred_at;
+  payload data;
+};
+
+/**
+ * The floor an emit is compared with: the least a string-keyed bus that stamps its events can
+ * do. Per emit it
+ *   - looks the topic up in an std::unordered_map<std::string, std::vector<std::function>>
+ *     of 100 topics,
+ *   - builds an event: a numeric id from one shared std::atomic<uint64_t> counter, the topic,
+ *     system_clock::now() and the payload,
+ *   - calls the one handler.
+ * It does not: make an id as text, carry a tx id, key or source, return metadata, match
+ * handlers by regex, let handlers or topics be registered while another thread emits (no
+ * thread-safety for registration, no snapshot), isolate a throwing handler or report unknown
+ * topics with a typed error (no error handling).
+ */
+void BM_baseline_hand_rolled_emit(benchmark::State& state) {
+  std::unordered_map<std::string, std::vector<std::function<void(const hand_rolled_event&)>>>
+      handlers;
+  for (const auto& name : topic_names()) handlers[name];
+  handlers[target_topic()].emplace_back([](const hand_rolled_event& e) { handler_work(e); });
+  static std::atomic<std::uint64_t> next_id{1};
+  const std::string& topic = target_topic();
+  std::uint64_t n = 0;
+  for (auto _ : state) {
+    auto it = handlers.find(topic);
+    if (it == handlers.end()) {
+      state.SkipWithError("unknown topic");
+      break;
+    }
+    const hand_rolled_event ev{next_id.fetch_add(1, std::memory_order_relaxed), it->first,
+                               std::chrono::system_clock::now(), payload{n++}};
+    for (const auto& h : it->second) h(ev);
+  }
+}
+BENCHMARK(BM_baseline_hand_rolled_emit);
+
+// ---------------------------------------------------------------------------
+// BM_emit, BM_emit_handle
+// ---------------------------------------------------------------------------
+
+/// evbus::basic_bus<payload>::emit by topic name (a std::string_view), among 100 registered
+/// topics, to the target topic with state.range(0) handlers; default (sortable, text) ids.
+void BM_emit(benchmark::State& state) {
+  auto bus = make_bus(static_cast<int>(state.range(0)));
+  const std::string_view topic = target_topic();
+  std::uint64_t n = 0;
+  for (auto _ : state) {
+    bus->emit(topic, payload{n++});
+  }
+}
+BENCHMARK(BM_emit)->Arg(1)->Arg(10);
+
+/// The same as BM_emit/1 through bus.topic(name): no name lookup per emit.
+void BM_emit_handle(benchmark::State& state) {
+  auto bus = make_bus(static_cast<int>(state.range(0)));
+  const auto handle = bus->topic(target_topic());
+  std::uint64_t n = 0;
+  for (auto _ : state) {
+    handle.emit(payload{n++});
+  }
+}
+BENCHMARK(BM_emit_handle)->Arg(1);
+
+// ---------------------------------------------------------------------------
+// BM_emit_threads
+// ---------------------------------------------------------------------------
+
+/// Every thread emits on the same bus, the same topic, one handler. Items/second over real time:
+/// perfect scaling doubles it from 1 to 2 threads.
+void BM_emit_threads(benchmark::State& state) {
+  static std::unique_ptr<bench_bus> shared;
+  // Thread 0 builds the bus; no thread enters the loop before all have reached it.
+  if (state.thread_index() == 0) shared = make_bus(1);
+  const std::string_view topic = target_topic();
+  std::uint64_t n = 0;
+  for (auto _ : state) {
+    shared->emit(topic, payload{n++});
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
+  // Every thread has left the loop before any returns from it.
+  if (state.thread_index() == 0) shared.reset();
+}
+BENCHMARK(BM_emit_threads)->Threads(1)->Threads(2)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// Producer/consumer: what the items carry and how the consumer checks them
+// ---------------------------------------------------------------------------
+
+/// Items handed from the producer to the consumer, one batch per benchmark iteration; the
+/// benchmark time of an iteration ends when the consumer has handled the whole batch.
+constexpr std::uint64_t kBatch = 100000;
+constexpr std::uint32_t kKeyCount = 1000;
+
+/// A keyed item: which of the 1,000 keys, and its sequence number within that key.
+struct keyed_item {
+  std::uint32_t key;
+  std::uint64_t seq;
+};
+
+/// Per-key order check, the handler work of the executor benchmark and of its baseline. Each
+/// key's entry is written only by the one thread handling that key at a time.
+class order_checker {
+ public:
+  order_checker() : last_(kKeyCount, 0) {}
+
+  void check(const keyed_item& item) {
+    std::uint64_t& last = last_[item.key];
+    if (item.seq <= last) ++violations_;
+    last = item.seq;
+    ++handled_;
+  }
+
+  std::uint64_t handled() const noexcept { return handled_; }
+  std::uint64_t violations() const noexcept { return violations_; }
+
+ private:
+  std::vector<std::uint64_t> last_;
+  std::uint64_t handled_ = 0;
+  std::uint64_t violations_ = 0;
+};
+
+/// Round-robin over the keys, each key's sequence numbers increasing from 1.
+class keyed_source {
+ public:
+  keyed_source() : next_seq_(kKeyCount, 1) {}
+  keyed_item next() noexcept {
+    const std::uint32_t key = key_;
+    key_ = key_ + 1 == kKeyCount ? 0 : key_ + 1;
+    return keyed_item{key, next_seq_[key]++};
+  }
+
+ private:
+  std::vector<std::uint64_t> next_seq_;
+  std::uint32_t key_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// BM_baseline_mutex_queue
+// ---------------------------------------------------------------------------
+
+/**
+ * The raw hand-off the executor is compared with: one producer thread pushes items into a
+ * std::vector under a std::mutex and notifies a std::condition_variable when the vector was
+ * empty; one consumer thread swaps the whole vector out under the lock and handles the items
+ * outside it (the same per-key order check as the executor's handler). No keys, partitions,
+ * events, backpressure or error handling. An iteration pushes kBatch items and ends when the
+ * consumer has handled them all.
+ */
+class mutex_queue {
+ public:
+  mutex_queue() : consumer_([this] { run(); }) {}
+  ~mutex_queue() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    ready_.notify_one();
+    consumer_.join();
+  }
+  mutex_queue(const mutex_queue&) = delete;
+  mutex_queue& operator=(const mutex_queue&) = delete;
+
+  void push(const keyed_item& item) {
+    bool was_empty;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      was_empty = queue_.empty();
+      queue_.push_back(item);
+    }
+    // Only an empty queue can have the consumer waiting on it. (Notifying on every push
+    // measured about half the items/second here: each notify while the consumer is still
+    // waking up is a futex call.)
+    if (was_empty) ready_.notify_one();
+  }
+
+  /// Waits until the consumer has handled `count` items in total.
+  void wait_handled(std::uint64_t count) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return handled_ >= count; });
+  }
+
+  const order_checker& checker() const noexcept { return checker_; }
+
+ private:
+  void run() {
+    std::vector<keyed_item> batch;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      if (!batch.empty()) {
+        handled_ += batch.size();
+        batch.clear();
+        done_.notify_one();
+      }
+      ready_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_
+      batch.swap(queue_);
+      lock.unlock();
+      for (const auto& item : batch) checker_.check(item);
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::condition_variable done_;
+  std::vector<keyed_item> queue_;
+  std::uint64_t handled_ = 0;
+  bool stop_ = false;
+  order_checker checker_;  // consumer thread only, until joined or wait_handled returns
+  std::thread consumer_;   // last: starts once everything above exists
+};
+
+void BM_baseline_mutex_queue(benchmark::State& state) {
+  keyed_source source;
+  mutex_queue queue;
+  std::uint64_t pushed = 0;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < kBatch; ++i) queue.push(source.next());
+    pushed += kBatch;
+    queue.wait_handled(pushed);
+  }
+  if (queue.checker().violations() != 0 || queue.checker().handled() != pushed) {
+    state.SkipWithError("the consumer lost or reordered items");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(pushed));
+}
+BENCHMARK(BM_baseline_mutex_queue)->UseRealTime();
+
+#if EVBUS_BENCH_EXECUTOR
+
+// ---------------------------------------------------------------------------
+// BM_executor_throughput
+// ---------------------------------------------------------------------------
+
+using keyed_bus = evbus::basic_bus<keyed_item>;
+using keyed_event = evbus::basic_event<keyed_item>;
+
+/// "key-0" ... "key-999": short keys, as the executor's partitioner sees them.
+const std::vector<std::string>& key_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    v.reserve(kKeyCount);
+    for (std::uint32_t i = 0; i < kKeyCount; ++i) v.push_back("key-" + std::to_string(i));
+    return v;
+  }();
+  return names;
+}
+
+evbus::executor_options executor_config() {
+  evbus::executor_options options;
+  options.partitions = 64;
+  options.workers = 1;
+  return options;
+}
+
+/**
+ * One producer emits on the bus; the only handler is an evbus::ordered subscription on a
+ * keyed_executor with 64 partitions and 1 worker, keyed by 1,000 keys in round-robin. The
+ * handler checks that each key's sequence numbers increase. An iteration emits kBatch events
+ * and then calls drain(), so an item counts only once it has been handled. The delivery
+ * policy is the default one (its capacity and overflow mode included).
+ */
+void BM_executor_throughput(benchmark::State& state) {
+  order_checker checker;  // written by the executor's worker; read after drain()
+  evbus::keyed_executor exec(executor_config());
+  keyed_bus bus;  // destroyed before the executor
+  bus.register_topics("bench.keyed");
+  bus.register_handler(
+      "ordered", "bench\\.keyed",
+      evbus::ordered<keyed_item>(exec, [&checker](const keyed_event& e) { checker.check(e.data); }));
+  auto topic = bus.topic("bench.keyed");
+  const auto& keys = key_names();
+  keyed_source source;
+  std::uint64_t emitted = 0;
+  try {
+    for (auto _ : state) {
+      for (std::uint64_t i = 0; i < kBatch; ++i) {
+        const keyed_item item = source.next();
+        evbus::emit_options options;
+        options.key = keys[item.key];
+        topic.emit(item, std::move(options));
+      }
+      emitted += kBatch;
+      exec.drain();
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  if (checker.violations() != 0) {
+    state.SkipWithError("per-key order violated");
+  } else if (checker.handled() != emitted) {
+    state.SkipWithError("drain() returned before every event was handled");
+  }
+  state.counters["violations"] = static_cast<double>(checker.violations());
+  state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
+}
+BENCHMARK(BM_executor_throughput)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_executor_latency
+// ---------------------------------------------------------------------------
+
+constexpr std::uint64_t kLatencyBatch = 1000;
+constexpr std::chrono::nanoseconds kLatencyPeriod{20000};  // one event every 20 us
+
+/// The payload of the latency benchmark: the steady-clock time just before the emit, and the
+/// event's slot in the batch's sample array.
+struct stamped_item {
+  std::int64_t sent_ns;
+  std::uint64_t slot;
+};
+
+std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+/**
+ * Emit-to-handler time through a keyed_executor (64 partitions, 1 worker) at a steady,
+ * moderate rate: one producer emits one event every 20 us (busy-waiting on steady_clock, so
+ * that the pacing adds no timer slack), over the 1,000 keys; the handler records
+ * steady_clock::now() minus the time carried in the payload. An iteration is kLatencyBatch
+ * events then drain(). The counters p50_ns, p99_ns and max_ns are over every event of the run;
+ * the benchmark's time per iteration is mostly pacing and means little.
+ */
+void BM_executor_latency(benchmark::State& state) {
+  using stamped_bus = evbus::basic_bus<stamped_item>;
+  using stamped_event = evbus::basic_event<stamped_item>;
+  std::vector<std::int64_t> batch(kLatencyBatch, 0);  // written by the worker, read after drain
+  std::vector<std::int64_t> samples;
+  evbus::keyed_executor exec(executor_config());
+  stamped_bus bus;
+  bus.register_topics("bench.latency");
+  bus.register_handler("ordered", "bench\\.latency",
+                       evbus::ordered<stamped_item>(exec, [&batch](const stamped_event& e) {
+                         batch[e.data.slot] = steady_ns() - e.data.sent_ns;
+                       }));
+  auto topic = bus.topic("bench.latency");
+  const auto& keys = key_names();
+  std::uint32_t key = 0;
+  try {
+    for (auto _ : state) {
+      auto next = std::chrono::steady_clock::now();
+      for (std::uint64_t i = 0; i < kLatencyBatch; ++i) {
+        next += kLatencyPeriod;
+        auto now = std::chrono::steady_clock::now();
+        while (now < next) now = std::chrono::steady_clock::now();
+        if (now - next > kLatencyPeriod) next = now;  // fell behind: do not burst to catch up
+        evbus::emit_options options;
+        options.key = keys[key];
+        key = key + 1 == kKeyCount ? 0 : key + 1;
+        topic.emit(stamped_item{steady_ns(), i}, std::move(options));
+      }
+      exec.drain();
+      samples.insert(samples.end(), batch.begin(), batch.end());
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  if (samples.empty()) return;
+  std::sort(samples.begin(), samples.end());
+  const auto at = [&](double q) {
+    const auto i = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1) + 0.5);
+    return static_cast<double>(samples[std::min(i, samples.size() - 1)]);
+  };
+  state.counters["p50_ns"] = at(0.50);
+  state.counters["p99_ns"] = at(0.99);
+  state.counters["max_ns"] = static_cast<double>(samples.back());
+  state.SetItemsProcessed(static_cast<std::int64_t>(samples.size()));
+}
+BENCHMARK(BM_executor_latency)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+#endif  // EVBUS_BENCH_EXECUTOR
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -51,6 +51,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <initializer_list>
@@ -297,6 +298,7 @@ struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::uint32_t index = 0;
   std::uint64_t id_ms = 0;
   std::uint32_t id_seq = 0;
+  char id_prefix[12] = {};      // the first 12 characters of the ids of millisecond id_ms
   thread_slot* next = nullptr;  // registry list; immutable once published
 };
 
@@ -416,30 +418,61 @@ inline void wait_for_emits_in_progress() {
 /// numeric order.
 inline constexpr char base32_alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// The 15 characters of a default id.
+struct id_text {
+  char c[15];
+};
+
+/// Writes the first 12 characters of the ids of millisecond `slot.id_ms` on this slot: they
+/// hold the milliseconds and the slot index; the last 3 hold the sequence.
+inline void write_id_prefix(thread_slot& slot) noexcept {
+  const std::uint64_t hi = slot.id_ms & ((std::uint64_t{1} << 44) - 1);
+  const std::uint64_t lo = std::uint64_t{slot.index & 0xffffU} << 15;
+  for (int i = 0; i < 12; ++i) {
+    const int shift = 70 - 5 * i;  // lowest bit of character i in the 75-bit number
+    const std::uint64_t bits =
+        shift >= 31 ? (hi >> (shift - 31)) : ((hi << (31 - shift)) | (lo >> shift));
+    slot.id_prefix[i] = base32_alphabet[bits & 31U];
+  }
+}
+
 /// Writes the default id: 75 bits as 15 base32 characters: 44 bits of milliseconds since the
-/// Unix epoch, 16 bits of thread slot, 15 bits of sequence within the millisecond.
-inline void make_sortable_id(thread_slot& slot, time_point now, std::string& out) {
+/// Unix epoch, 16 bits of thread slot, 15 bits of sequence within the millisecond. The first
+/// 12 characters change once a millisecond and are kept in the slot; an id costs 3 characters.
+inline void make_sortable_id(thread_slot& slot, time_point now, id_text& out) noexcept {
   const auto ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
   if (ms > slot.id_ms) {
     slot.id_ms = ms;
     slot.id_seq = 0;
+    write_id_prefix(slot);
   } else if (++slot.id_seq > 0x7fffU) {
     // More than 32768 ids in one millisecond on one thread: borrow the next millisecond, so
     // ids stay unique and increasing.
     ++slot.id_ms;
     slot.id_seq = 0;
+    write_id_prefix(slot);
   }
-  const std::uint64_t hi = slot.id_ms & ((std::uint64_t{1} << 44) - 1);
-  const std::uint64_t lo = (std::uint64_t{slot.index & 0xffffU} << 15) | slot.id_seq;
-  char buf[15];
-  for (int i = 0; i < 15; ++i) {
-    const int shift = 70 - 5 * i;  // lowest bit of character i in the 75-bit number
-    const std::uint64_t bits =
-        shift >= 31 ? (hi >> (shift - 31)) : ((hi << (31 - shift)) | (lo >> shift));
-    buf[i] = base32_alphabet[bits & 31U];
-  }
-  out.assign(buf, 15);
+  std::memcpy(out.c, slot.id_prefix, 12);
+  out.c[12] = base32_alphabet[(slot.id_seq >> 10) & 31U];
+  out.c[13] = base32_alphabet[(slot.id_seq >> 5) & 31U];
+  out.c[14] = base32_alphabet[slot.id_seq & 31U];
+}
+
+/// An id as a std::string, built without a library call: `flatten` inlines the constructor
+/// here, and the copy of 15 known bytes becomes two moves (15 bytes fit the small-string
+/// buffer of every major standard library, so nothing is allocated).
+#if defined(__GNUC__)
+__attribute__((flatten))
+#endif
+inline std::string id_string(const id_text& text) {
+  return std::string(text.c, sizeof text.c);
+}
+
+inline void make_sortable_id(thread_slot& slot, time_point now, std::string& out) {
+  id_text text;
+  make_sortable_id(slot, now, text);
+  out.assign(text.c, sizeof text.c);
 }
 
 }  // namespace detail
@@ -607,6 +640,14 @@ class basic_event {
   friend class basic_bus;
   basic_event(detail::topic_ref topic, Data&& payload)
       : data(std::move(payload)), topic_(std::move(topic)) {}
+  /// The emit path's event with a default id: id and tx id built in place.
+  basic_event(detail::topic_ref topic, const detail::id_text& text, time_point at,
+              Data&& payload)
+      : id(detail::id_string(text)),
+        tx_id(detail::id_string(text)),
+        occurred_at(at),
+        data(std::move(payload)),
+        topic_(std::move(topic)) {}
   detail::topic_ref topic_;
 };
 
@@ -689,9 +730,74 @@ struct topic_slot {
 
 /// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
 /// names owned by the slots.
+/// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
+/// string_view is a general byte hash, two to three times slower on short names).
+inline std::uint64_t hash_topic(std::string_view s) noexcept {
+  constexpr std::uint64_t k = 0x9e3779b97f4a7c15ULL;
+  const char* p = s.data();
+  std::size_t n = s.size();
+  std::uint64_t h = n * k;
+  std::uint64_t w = 0;
+  while (n > 8) {
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * k;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  if (n >= 4) {  // the last 4 to 8 bytes, as two overlapping halves
+    std::uint32_t a = 0;
+    std::uint32_t b = 0;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    w = (std::uint64_t{a} << 32) | b;
+  } else {
+    w = 0;
+    for (std::size_t i = 0; i < n; ++i) w = (w << 8) | static_cast<unsigned char>(p[i]);
+  }
+  h = (h ^ w) * k;
+  h ^= h >> 29;
+  h *= k;
+  return h ^ (h >> 32);
+}
+
+/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
+/// a power-of-two size (no division); built whole when topics come or go, never changed after.
 template <class Data>
 struct topic_index {
-  std::unordered_map<std::string_view, std::shared_ptr<topic_slot<Data>>> map;
+  struct entry {
+    std::uint64_t hash = 0;
+    std::string_view name;             // owned by the slot
+    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+  };
+  std::vector<entry> table;
+  std::size_t mask = 0;
+  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
+
+  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
+    std::size_t size = 4;
+    while (size < 2 * all.size()) size *= 2;
+    table.assign(size, entry{});
+    mask = size - 1;
+    for (const auto& slot : all) {
+      const std::string_view name = slot->name->value;
+      const std::uint64_t h = hash_topic(name);
+      std::size_t i = h & mask;
+      while (table[i].slot != nullptr) i = (i + 1) & mask;
+      table[i] = entry{h, name, slot.get()};
+    }
+    slots = std::move(all);
+  }
+
+  topic_slot<Data>* find(std::string_view name) const noexcept {
+    if (table.empty()) return nullptr;
+    const std::uint64_t h = hash_topic(name);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      const entry& e = table[i];
+      if (e.slot == nullptr) return nullptr;
+      if (e.hash == h && e.name == name) return e.slot;
+    }
+  }
 };
 
 /// How matchers are compiled. libstdc++'s default ECMAScript matcher backtracks recursively:
@@ -989,13 +1095,18 @@ class basic_bus {
    * Throws evbus::unknown_topic (and calls no handler) if the topic is not registered. A
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
-  emit_result emit(std::string_view topic, Data data, emit_options options = {}) {
+  emit_result emit(std::string_view topic, Data data, emit_options options) {
     detail::thread_slot& slot = detail::this_thread_slot();
     detail::emit_scope scope(slot);
-    const auto* index = index_.load(std::memory_order_seq_cst);
-    auto it = index->map.find(topic);
-    if (it == index->map.end()) throw unknown_topic(topic);
-    return dispatch(slot, *it->second, std::move(data), std::move(options));
+    return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
+  }
+
+  /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
+  /// source (no emit_options is built, moved or destroyed).
+  emit_result emit(std::string_view topic, Data data) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, find_registered(topic), std::move(data));
   }
 
   /**
@@ -1041,16 +1152,23 @@ class basic_bus {
                        emit_options&& options) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
-    ev.occurred_at = options.occurred_at ? *options.occurred_at : detail::wall_now();
-    if (!options.id.empty()) {
-      ev.id = std::move(options.id);
-    } else if (default_ids_) {
-      detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : ev.occurred_at,
-                               ev.id);
-    } else {
-      ev.id = generator_();
+    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
+    if (default_ids_ && options.id.empty()) {
+      // The common case: a default id, its strings built in place.
+      detail::id_text text;
+      detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at, text);
+      event_type ev(detail::topic_ref(topic.name.get()), text, at, std::move(data));
+      const bool own_tx = options.tx_id.empty();
+      if (!own_tx) ev.tx_id = std::move(options.tx_id);
+      if (!options.key.empty()) ev.key = std::move(options.key);
+      if (!options.source.empty()) ev.source = std::move(options.source);
+      call_handlers(*handlers, ev);
+      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
+      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
     }
+    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
+    ev.occurred_at = at;
+    ev.id = options.id.empty() ? generator_() : std::move(options.id);
     if (options.tx_id.empty()) {
       ev.tx_id = ev.id;
     } else {
@@ -1058,9 +1176,14 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
+    call_handlers(*handlers, ev);
+    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+  }
 
+  /// Calls every active handler in `handlers`, then reports the failures.
+  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
-    for (const auto& h : *handlers) {
+    for (const auto& h : handlers) {
       // seq_cst pairs with deregister_handler (see detail::emit_scope).
       if (!h->active.load(std::memory_order_seq_cst)) continue;
       try {
@@ -1070,7 +1193,6 @@ class basic_bus {
       }
     }
     if (!failures.empty()) report(ev, std::move(failures));
-    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
   }
 
   std::string new_id() {
@@ -1092,6 +1214,32 @@ class basic_bus {
     detail::thread_slot& slot = detail::this_thread_slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
+  }
+
+  emit_result emit_on(const slot_type& topic, Data&& data) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, topic, std::move(data));
+  }
+
+  /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
+  const slot_type& find_registered(std::string_view name) const {
+    const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
+    if (found == nullptr) throw unknown_topic(name);
+    return *found;
+  }
+
+  /// dispatch without options.
+  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
+    if (!default_ids_) return dispatch(slot, topic, std::move(data), emit_options{});
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
+    const time_point at = detail::wall_now();
+    detail::id_text text;
+    detail::make_sortable_id(slot, at, text);
+    const event_type ev(detail::topic_ref(topic.name.get()), text, at, std::move(data));
+    call_handlers(*handlers, ev);
+    return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
@@ -1186,10 +1334,10 @@ class basic_bus {
 
   void rebuild_index() {
     auto index = std::make_shared<detail::topic_index<Data>>();
-    index->map.reserve(topics_.size());
-    for (auto& kv : topics_) {
-      index->map.emplace(std::string_view(kv.second->name->value), kv.second);
-    }
+    std::vector<std::shared_ptr<slot_type>> all;
+    all.reserve(topics_.size());
+    for (auto& kv : topics_) all.push_back(kv.second);
+    index->build(std::move(all));
     std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
     index_.store(next.get(), std::memory_order_seq_cst);
     // The old index keeps the slots of deregistered topics alive until no emit uses them.
@@ -1263,9 +1411,12 @@ class basic_topic_handle {
   const std::string& name() const noexcept { return slot_->name->value; }
 
   /// Same as `bus.emit(name(), data, options)`, without the lookup.
-  emit_result emit(Data data, emit_options options = {}) const {
+  emit_result emit(Data data, emit_options options) const {
     return bus_->emit_on(*slot_, std::move(data), std::move(options));
   }
+
+  /// The same with no options.
+  emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
 
  private:
   friend class basic_bus<Data>;

@@ -86,6 +86,21 @@ TEST_CASE("basic_bus<MyStruct> delivers the struct itself, without std::any", "[
   CHECK(last_id == 2);
 }
 
+TEST_CASE("basic_bus of a payload without a default constructor works", "[event]") {
+  struct amount {
+    explicit amount(double v) : value(v) {}
+    double value;
+  };
+  STATIC_REQUIRE_FALSE(std::is_default_constructible_v<amount>);
+  evbus::basic_bus<amount> bus;
+  bus.register_topics("t");
+  double total = 0;
+  bus.register_handler("h", "t", [&](const evbus::basic_event<amount>& e) { total += e.data.value; });
+  bus.emit("t", amount{2.5});
+  bus.topic("t").emit(amount{0.5});
+  CHECK(total == 3.0);
+}
+
 TEST_CASE("basic_bus of a move-only payload works", "[event]") {
   evbus::basic_bus<std::unique_ptr<int>> bus;
   bus.register_topics("t");

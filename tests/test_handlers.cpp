@@ -169,6 +169,28 @@ TEST_CASE("a matcher longer than EVBUS_MAX_MATCHER_LENGTH is rejected; the limit
   CHECK(bus.handler_topics("k") == strings{"t"});
 }
 
+#if defined(__GLIBCXX__)
+TEST_CASE("libstdc++: a matcher that would backtrack exponentially is matched in linear time",
+          "[handlers]") {
+  // Matching runs at registration against every topic: a regression here hangs the test.
+  evbus::bus bus;
+  const std::string long_name(255, 'a');
+  bus.register_topics(long_name, "ab");
+  bus.register_handler("exponential", "(a*)*b", noop);
+  CHECK(bus.handler_topics("exponential") == strings{"ab"});
+  bus.register_handler("late", "(a|aa)*c", noop);
+  CHECK(bus.handler_topics("late").empty());
+}
+
+TEST_CASE("libstdc++: a back-reference is rejected as an invalid matcher", "[handlers][errors]") {
+  evbus::bus bus;
+  bus.register_topics("aa");
+  const auto e = thrown<evbus::invalid_matcher>([&] { bus.register_handler("br", "(a)\\1", noop); });
+  CHECK(e.pattern() == "(a)\\1");
+  CHECK(bus.handler_keys().empty());
+}
+#endif
+
 TEST_CASE("a duplicate key is rejected, and the first handler stays as it was",
           "[handlers][errors]") {
   evbus::bus bus;

@@ -225,6 +225,48 @@ TEST_CASE("a handler is called only for the topics its matcher matched", "[emit]
   CHECK(calls == strings{"ab:a", "ab:b", "c:c"});
 }
 
+TEST_CASE("emit finds the right topic among many similar names, and no other", "[emit]") {
+  evbus::basic_bus<int> bus;
+  strings names;
+  for (int i = 0; i < 300; ++i) names.push_back("t." + std::to_string(i));
+  for (std::size_t length = 1; length <= 255; length += 7) names.push_back(std::string(length, 'x'));
+  for (const auto& n : names) bus.register_topics(n);
+  std::string last;
+  bus.register_handler("rec", ".*", [&](const evbus::basic_event<int>& e) { last = e.topic(); });
+
+  const auto misdelivered = [&](const strings& expected_found) {
+    strings wrong;
+    for (const auto& n : expected_found) {
+      last.clear();
+      bus.emit(n, 0);
+      if (last != n) wrong.push_back(n + " -> " + last);
+    }
+    return wrong;
+  };
+  CHECK(misdelivered(names).empty());
+
+  strings absent = {"t.300", "t.", "t", "t.0.", "T.1", "t.1 ", std::string(2, 'x'), std::string(256 - 4, 'x')};
+  for (const auto& n : absent) {
+    INFO(n);
+    CHECK_THROWS_AS(bus.emit(n, 0), evbus::unknown_topic);
+  }
+
+  // Remove every other name: the rest are still found, the removed ones are not.
+  strings kept, removed;
+  for (std::size_t i = 0; i < names.size(); ++i) (i % 2 == 0 ? kept : removed).push_back(names[i]);
+  for (const auto& n : removed) bus.deregister_topics(n);
+  CHECK(misdelivered(kept).empty());
+  std::size_t still_found = 0;
+  for (const auto& n : removed) {
+    try {
+      bus.emit(n, 0);
+      ++still_found;
+    } catch (const evbus::unknown_topic&) {
+    }
+  }
+  CHECK(still_found == 0);
+}
+
 #if __cplusplus >= 202002L
 TEST_CASE("emit_options takes C++20 designated initializers", "[emit]") {
   evbus::bus bus;

@@ -49,18 +49,26 @@
 #include <any>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <initializer_list>
+#include <iomanip>
+#include <limits>
+#include <list>
 #include <locale>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ostream>
 #include <regex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -1552,6 +1560,2185 @@ class basic_transaction {
 
 /// A transaction of evbus::bus.
 using transaction = basic_transaction<std::any>;
+
+}  // namespace v1
+}  // namespace evbus
+
+// ---------------------------------------------------------------------------
+// 6. The keyed executor
+// ---------------------------------------------------------------------------
+//
+// Standard headers this part needs beyond the bus's own include block:
+//   <condition_variable> <cstdio> <deque> <iomanip> <limits> <list> <ostream> <sstream>
+//
+// How it works, for the reader of this file:
+//
+// * Each ordered subscription owns P partitions. A partition is a strand: a queue of events plus
+//   an `owned` flag. Whoever turns `owned` from false to true (the producer that pushes into an
+//   idle partition) puts the partition on the executor's ready list; from then on exactly one
+//   party owns it: the ready list, the thread running it, or the timer heap while it waits for a
+//   retry. So a partition is on the ready list at most once and run by one thread at a time,
+//   while any thread may run it. Per-key order follows: one key maps to one partition.
+// * A worker takes a partition from the ready list, takes up to `batch` of its events under one
+//   lock, and handles them one at a time, in order; then it puts the partition back at the end
+//   of the list if more events came. The queue is a ring that keeps its storage.
+// * A handler that throws leaves its event at the head of the partition; the partition goes to
+//   the timer heap until its backoff is over and holds no thread meanwhile.
+// * Delayed emits live in the same timer heap; when due they move, in (due time, submission)
+//   order, to one strand of their own, so they enter the bus in that order.
+// * Lock order: executor mutex, then a partition's mutex. No code holds a partition's mutex
+//   while taking the executor mutex, and no lock is held while user code runs.
+
+namespace evbus {
+inline namespace v1 {
+
+// -- 6.1 the partitioner -------------------------------------------------------
+
+/**
+ * @brief Kafka's murmur2 hash of `bytes` (the Java client's `Utils.murmur2`): MurmurHash2 with
+ * seed 0x9747b28c, read as little-endian 32-bit words, as a signed 32-bit value.
+ *
+ * The same bytes give the same value on every platform and in every run.
+ *
+ * @code
+ *   evbus::murmur2("21");      // -973932308, as in Kafka's own tests
+ *   evbus::murmur2("foobar");  // -790332482
+ * @endcode
+ */
+inline std::int32_t murmur2(std::string_view bytes) noexcept {
+  constexpr std::uint32_t seed = 0x9747b28cU;
+  constexpr std::uint32_t m = 0x5bd1e995U;
+  constexpr unsigned r = 24;
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  const std::size_t length = bytes.size();
+  // Kafka mixes in the length as a Java int; keys longer than 2 GiB are not a concern here.
+  std::uint32_t h = seed ^ static_cast<std::uint32_t>(length);
+  const std::size_t words = length / 4;
+  for (std::size_t i = 0; i < words; ++i) {
+    const unsigned char* w = data + 4 * i;
+    std::uint32_t k = std::uint32_t{w[0]} | (std::uint32_t{w[1]} << 8) |
+                      (std::uint32_t{w[2]} << 16) | (std::uint32_t{w[3]} << 24);
+    k *= m;
+    k ^= k >> r;
+    k *= m;
+    h *= m;
+    h ^= k;
+  }
+  const unsigned char* tail = data + 4 * words;
+  switch (length % 4) {
+    case 3:
+      h ^= std::uint32_t{tail[2]} << 16;
+      [[fallthrough]];
+    case 2:
+      h ^= std::uint32_t{tail[1]} << 8;
+      [[fallthrough]];
+    case 1:
+      h ^= std::uint32_t{tail[0]};
+      h *= m;
+      break;
+    default:
+      break;
+  }
+  h ^= h >> 13;
+  h *= m;
+  h ^= h >> 15;
+  // Two's complement reinterpretation, as Java's int; memcpy-free and well defined.
+  return h <= 0x7fffffffU ? static_cast<std::int32_t>(h)
+                          : -static_cast<std::int32_t>(~h) - 1;
+}
+
+/**
+ * @brief Kafka's default partitioner: `(murmur2(key) & 0x7fffffff) % partitions`.
+ *
+ * A key lands on the same partition number as a Kafka producer with the same partition count
+ * would choose. `partitions == 0` throws evbus::invalid_argument.
+ *
+ * @code
+ *   std::size_t p = evbus::partition_for("customer-42", 64);  // stable: same p everywhere
+ * @endcode
+ */
+inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
+  if (partitions == 0) {
+    throw invalid_argument("evbus: partition_for: partitions must be at least 1 (got 0)");
+  }
+  const auto positive = static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU;
+  return static_cast<std::size_t>(positive) % partitions;
+}
+
+// -- 6.2 time ------------------------------------------------------------------
+
+/// Executor time: a point on a steady clock (the real one, or a manual one in tests).
+using steady_time = std::chrono::steady_clock::time_point;
+
+/**
+ * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
+ *
+ * evbus::real_clock (the default) follows std::chrono::steady_clock; evbus::manual_clock moves
+ * only when a test moves it. A clock keeps a list of listeners that it calls after its time
+ * moved by itself in a way a waiting thread cannot foresee (manual_clock does so on every
+ * change); executors register there so that advancing a manual clock wakes their workers.
+ *
+ * A custom clock derives from this class, returns its time from now() (which must not throw
+ * and must never go back), returns true from is_manual() if it does not advance in real time,
+ * and calls notify_listeners() after each change of a manual time.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.workers = 0, .clock = clock});
+ *   clock->advance(std::chrono::seconds(1));  // retries and delays now due become ready
+ * @endcode
+ */
+class clock {
+ public:
+  clock() = default;
+  clock(const clock&) = delete;
+  clock& operator=(const clock&) = delete;
+  virtual ~clock() = default;
+
+  /// The current time. Never decreases.
+  virtual steady_time now() const noexcept = 0;
+
+  /// True if the time moves only when told to: executors then wait for listeners instead of
+  /// sleeping until a due time.
+  virtual bool is_manual() const noexcept { return false; }
+
+  /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
+  /// id for remove_listener().
+  std::uint64_t add_listener(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    const std::uint64_t id = next_listener_++;
+    listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
+    return id;
+  }
+
+  /// Unregisters a listener; a call of it already running may still finish.
+  void remove_listener(std::uint64_t id) noexcept {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
+                                    [id](const auto& l) { return l.first == id; }),
+                     listeners_.end());
+  }
+
+ protected:
+  /// Calls every listener. They are called outside the clock's lock, so a listener may add or
+  /// remove listeners, or be the last owner of an executor and destroy it.
+  void notify_listeners() const {
+    std::vector<std::shared_ptr<const std::function<void()>>> calls;
+    {
+      std::lock_guard<std::mutex> lock(listeners_mutex_);
+      calls.reserve(listeners_.size());
+      for (const auto& l : listeners_) calls.push_back(l.second);
+    }
+    for (const auto& fn : calls) (*fn)();
+  }
+
+ private:
+  mutable std::mutex listeners_mutex_;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<const std::function<void()>>>> listeners_;
+  std::uint64_t next_listener_ = 1;
+};
+
+/**
+ * @brief The default executor clock: std::chrono::steady_clock.
+ *
+ * @code
+ *   evbus::keyed_executor ex({.clock = std::make_shared<evbus::real_clock>()});  // = default
+ * @endcode
+ */
+class real_clock final : public clock {
+ public:
+  steady_time now() const noexcept override { return std::chrono::steady_clock::now(); }
+};
+
+/**
+ * @brief A clock that moves only when told: advance() and set(). For tests: retries, delays
+ * and deadlines become deterministic, and no test sleeps.
+ *
+ * Every change wakes the workers of the executors using this clock, so threaded tests work
+ * too. Thread-safe.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.partitions = 4, .workers = 0, .clock = clock});
+ *   ex.emit_after(bus, std::chrono::seconds(5), "reminder", 1);
+ *   ex.run_until_idle();                       // nothing: not due yet
+ *   clock->advance(std::chrono::seconds(5));
+ *   ex.run_until_idle();                       // the reminder enters the bus now
+ * @endcode
+ */
+class manual_clock final : public clock {
+ public:
+  /// A clock reading `start` (by default the steady_clock epoch).
+  explicit manual_clock(steady_time start = steady_time{})
+      : ns_(start.time_since_epoch().count()) {}
+
+  steady_time now() const noexcept override {
+    return steady_time(steady_time::duration(ns_.load(std::memory_order_acquire)));
+  }
+
+  bool is_manual() const noexcept override { return true; }
+
+  /// Moves the time forward by `d` (evbus::invalid_argument if negative), then wakes listeners.
+  void advance(std::chrono::nanoseconds d) {
+    if (d.count() < 0) {
+      throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
+                             std::to_string(d.count()) + "ns)");
+    }
+    ns_.fetch_add(std::chrono::duration_cast<steady_time::duration>(d).count(),
+                  std::memory_order_acq_rel);
+    notify_listeners();
+  }
+
+  /// Sets the time to `t` (evbus::invalid_argument if that is earlier than now()), then wakes
+  /// listeners.
+  void set(steady_time t) {
+    const auto target = t.time_since_epoch().count();
+    auto current = ns_.load(std::memory_order_acquire);
+    do {
+      if (target < current) {
+        throw invalid_argument("evbus: manual_clock::set: time must not go back (now " +
+                               std::to_string(current) + "ns, asked " + std::to_string(target) +
+                               "ns since the epoch)");
+      }
+    } while (!ns_.compare_exchange_weak(current, target, std::memory_order_acq_rel));
+    notify_listeners();
+  }
+
+ private:
+  std::atomic<steady_time::rep> ns_;
+};
+
+// -- 6.3 policies, reports and statistics ---------------------------------------
+
+/// What an ordered subscription does with an event when it already holds `capacity` events.
+enum class overflow {
+  block,        ///< the emitter waits for room (optionally until `block_timeout`)
+  reject,       ///< the emitter gets evbus::queue_full; counted as rejected
+  drop_oldest,  ///< the oldest event no worker has taken yet goes to `on_drop`; the new one
+                ///< is queued (if every event held is taken, the new one is dropped)
+  drop_newest,  ///< the new event goes to `on_drop` and is not queued
+};
+
+/**
+ * @brief What an ordered handler may learn about the current attempt (its optional second
+ * parameter).
+ *
+ * @code
+ *   evbus::ordered(ex, [](const evbus::event& e, const evbus::delivery& d) {
+ *     if (d.attempt > 1) log("retry", d.attempt);
+ *     call_downstream(e, d.deadline);  // cooperative: stop waiting at the deadline
+ *   });
+ * @endcode
+ */
+struct delivery {
+  unsigned attempt = 1;             ///< 1 for the first attempt, 2 for the first retry...
+  steady_time deadline{};           ///< start of this attempt + the policy's timeout
+  bool shutdown_requested = false;  ///< shutdown() had begun when this attempt started
+  std::size_t partition = 0;        ///< the partition the event is in
+};
+
+/**
+ * @brief An event that failed its last attempt: what `on_dead_letter` receives.
+ */
+template <class Data>
+struct basic_dead_letter {
+  basic_event<Data> event;    ///< the event, as it was emitted
+  std::exception_ptr error;   ///< what the last attempt threw
+  unsigned attempts = 0;      ///< attempts made: max_retry + 1
+};
+
+/// A dead letter of evbus::bus.
+using dead_letter = basic_dead_letter<std::any>;
+
+/**
+ * @brief How an ordered subscription delivers: capacity, retries, timeout and callbacks.
+ *
+ * An aggregate; with C++20, `evbus::ordered(ex, fn, {.capacity = 1000, .max_retry = 3})`.
+ * Every callback runs on the thread that detected the situation (the emitter for drops, a
+ * worker or poller for dead letters and timeouts); one that throws is reported to the
+ * executor's `on_error`.
+ *
+ * @code
+ *   evbus::delivery_policy p;
+ *   p.name = "billing";
+ *   p.capacity = 10'000;
+ *   p.on_full = evbus::overflow::reject;
+ *   p.max_retry = 3;
+ *   p.on_dead_letter = [](const evbus::dead_letter& d) { park_for_humans(d.event, d.error); };
+ * @endcode
+ */
+template <class Data = std::any>
+struct basic_delivery_policy {
+  /// Most events the subscription holds (waiting, being handled, or waiting for a retry).
+  /// Must be at least 1. Default: unbounded.
+  std::size_t capacity = std::numeric_limits<std::size_t>::max();
+  /// What an emit into a full subscription does.
+  overflow on_full = overflow::block;
+  /// With overflow::block: longest wait for room, in real time; empty = no limit.
+  std::optional<std::chrono::nanoseconds> block_timeout;
+  /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
+  unsigned max_retry = 5;
+  /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
+  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(100);
+  /// Upper bound of the backoff.
+  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(10);
+  /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
+  double jitter = 0.5;
+  /// Seed of the jitter; empty: a different seed per subscription and run.
+  std::optional<std::uint64_t> jitter_seed;
+  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline.
+  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
+  /// Receives an event whose last attempt failed. Without one it is still counted.
+  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter;
+  /// Receives each event dropped by overflow::drop_oldest / drop_newest.
+  std::function<void(const basic_event<Data>&)> on_drop;
+  /// Receives each attempt that returned after its deadline, with how long it ran.
+  std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
+      on_timeout;
+  /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
+  std::string name;
+};
+
+/// The delivery policy of evbus::bus.
+using delivery_policy = basic_delivery_policy<std::any>;
+
+/**
+ * @brief A delayed emit that never entered the bus: what `on_undelivered` receives at shutdown.
+ *
+ * @code
+ *   opts.on_undelivered = [](const evbus::undelivered& u) {
+ *     save_for_next_start(u.topic, u.key(), u.data_as<reminder>());
+ *   };
+ * @endcode
+ */
+struct undelivered {
+  std::string topic;      ///< the topic it was scheduled for
+  emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
+  steady_time due{};      ///< when it was due, on the executor's clock
+  std::any data;          ///< the payload (for a std::any bus, the payload's own value)
+
+  /// The event's ordering key.
+  const std::string& key() const noexcept { return options.key; }
+
+  /// The payload as a `T`; a wrong type throws evbus::bad_data_type.
+  template <class T>
+  const T& data_as() const {
+    if (const T* p = std::any_cast<T>(&data)) return *p;
+    throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
+                        ": payload is not a " + typeid(T).name() + " (it holds " +
+                        data.type().name() + ")");
+  }
+};
+
+/// What shutdown does with delayed emits that are not due yet.
+enum class delayed_policy {
+  report,  ///< hand each to `on_undelivered` (the default)
+  emit,    ///< emit them at once, in due order, before the subscriptions close
+};
+
+/**
+ * @brief Options of a keyed executor. An aggregate.
+ *
+ * @code
+ *   evbus::executor_options o;
+ *   o.partitions = 64;      // fixed for the executor's life
+ *   o.workers = 4;          // change later with resize(); 0 = drive it with poll()
+ *   o.on_error = [](std::exception_ptr e, std::string_view where) { log(where, e); };
+ *   evbus::keyed_executor ex(o);
+ * @endcode
+ */
+struct executor_options {
+  /// Partitions per ordered subscription (P); at least 1; fixed.
+  std::size_t partitions = 16;
+  /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
+  std::size_t workers = 1;
+  /// Time source; empty = evbus::real_clock.
+  std::shared_ptr<evbus::clock> clock;
+  /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
+  /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
+  std::function<void(std::exception_ptr error, std::string_view where)> on_error;
+  /// Receives, at shutdown, each delayed emit that was not due (with delayed_policy::report).
+  /// Empty: each is reported to on_error instead. Either way it is counted.
+  std::function<void(const undelivered&)> on_undelivered;
+  /// What shutdown does with delayed emits that are not due yet.
+  delayed_policy delayed_at_shutdown = delayed_policy::report;
+  /// Most events a worker handles from one partition before it lets other partitions run.
+  std::size_t batch = 64;
+};
+
+/**
+ * @brief Three percentiles of a duration distribution.
+ *
+ * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
+ * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
+ * never above `max`, which is exact.
+ */
+struct latency_summary {
+  std::uint64_t count = 0;          ///< durations recorded
+  std::chrono::nanoseconds p50{};   ///< median
+  std::chrono::nanoseconds p99{};   ///< 99th percentile
+  std::chrono::nanoseconds max{};   ///< largest
+};
+
+/**
+ * @brief Counters of one ordered subscription (or of all of them, in executor_stats::total).
+ *
+ * When nothing is in flight, accepted == delivered + dead_lettered + dropped + queued, and
+ * failed_attempts == retried + dead_lettered. Counters are read one by one, so under load a
+ * snapshot may be slightly inconsistent.
+ */
+struct subscription_stats {
+  std::string name;                ///< policy name, or "ordered-N"
+  std::uint64_t accepted = 0;      ///< events the subscription took (including later drops)
+  std::uint64_t delivered = 0;     ///< events whose handler returned normally
+  std::uint64_t failed_attempts = 0;  ///< attempts that threw
+  std::uint64_t retried = 0;       ///< failed attempts followed by a retry
+  std::uint64_t dead_lettered = 0; ///< events that failed their last attempt
+  std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
+  std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
+  std::uint64_t expired = 0;       ///< attempts that returned after their deadline
+  std::uint64_t queued = 0;        ///< events held now (waiting, running or awaiting a retry)
+  std::uint64_t high_water = 0;    ///< most events held at once (total: sum of subscriptions')
+  std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
+  latency_summary handler_time;    ///< duration of each attempt, on the executor clock
+  latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
+  std::string last_error;          ///< what the most recent failed attempt threw, if any
+};
+
+/**
+ * @brief What keyed_executor::stats() returns. `to_string(stats)` or `os << stats` gives a
+ * table a person can read.
+ *
+ * @code
+ *   std::cout << ex.stats();
+ * @endcode
+ */
+struct executor_stats {
+  std::size_t partitions = 0;                     ///< P
+  std::size_t workers = 0;                        ///< W now
+  std::vector<subscription_stats> subscriptions;  ///< in creation order
+  subscription_stats total;                       ///< sums over subscriptions; name "total"
+  std::uint64_t delayed_pending = 0;  ///< delayed emits scheduled and not yet emitted
+  std::uint64_t delayed_emitted = 0;  ///< delayed emits that entered the bus without error
+  std::uint64_t delayed_failed = 0;   ///< delayed emits whose bus.emit threw (see on_error)
+  std::uint64_t undelivered = 0;      ///< delayed emits not due at shutdown and not emitted
+  std::uint64_t errors = 0;           ///< errors reported to on_error (or stderr)
+};
+
+namespace detail {
+
+/// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
+/// power-of-two range in 8 equal buckets. Recording is lock-free.
+class log_histogram {
+ public:
+  static constexpr std::size_t bucket_count = 8 + 61 * 8;
+
+  struct snapshot {
+    std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
+    std::uint64_t max = 0;
+    std::uint64_t count = 0;
+
+    void merge(const snapshot& o) {
+      for (std::size_t i = 0; i < bucket_count; ++i) counts[i] += o.counts[i];
+      max = std::max(max, o.max);
+      count += o.count;
+    }
+
+    /// The upper bound of the bucket holding the ceil(count * num / den)-th smallest value.
+    std::uint64_t percentile(std::uint64_t num, std::uint64_t den) const {
+      if (count == 0) return 0;
+      const std::uint64_t rank = std::max<std::uint64_t>(1, (count * num + den - 1) / den);
+      std::uint64_t seen = 0;
+      for (std::size_t i = 0; i < bucket_count; ++i) {
+        seen += counts[i];
+        if (seen >= rank) return std::min(upper_bound(i), max);
+      }
+      return max;
+    }
+
+    latency_summary summary() const {
+      latency_summary s;
+      s.count = count;
+      s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
+      s.p99 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(99, 100)));
+      s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(max));
+      return s;
+    }
+  };
+
+  void record(std::chrono::nanoseconds d) noexcept {
+    const std::uint64_t v = d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
+    counts_[index(v)].fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t m = max_.load(std::memory_order_relaxed);
+    while (v > m && !max_.compare_exchange_weak(m, v, std::memory_order_relaxed)) {
+    }
+  }
+
+  snapshot read() const {
+    snapshot s;
+    for (std::size_t i = 0; i < bucket_count; ++i) {
+      s.counts[i] = counts_[i].load(std::memory_order_relaxed);
+      s.count += s.counts[i];
+    }
+    s.max = max_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  static std::size_t index(std::uint64_t v) noexcept {
+    if (v < 8) return static_cast<std::size_t>(v);
+    const unsigned e = highest_bit(v);
+    const auto sub = static_cast<std::size_t>((v >> (e - 3)) & 7U);
+    return (e - 2) * 8 + sub;
+  }
+
+  static unsigned highest_bit(std::uint64_t v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63U - static_cast<unsigned>(__builtin_clzll(v));
+#else
+    unsigned e = 0;
+    for (; v > 1; v >>= 1) ++e;
+    return e;
+#endif
+  }
+
+  static std::uint64_t upper_bound(std::size_t i) noexcept {
+    if (i < 8) return i;
+    const std::size_t e = i / 8 + 2;
+    const std::uint64_t lower = std::uint64_t(8 + i % 8) << (e - 3);
+    const std::uint64_t width = std::uint64_t{1} << (e - 3);
+    return lower + (width - 1);
+  }
+
+ private:
+  std::atomic<std::uint64_t> counts_[bucket_count] = {};
+  std::atomic<std::uint64_t> max_{0};
+};
+
+/// "12ns", "3.4us", "5.0ms", "1.2s": short durations for tables and messages.
+inline std::string format_duration(std::chrono::nanoseconds d) {
+  const double ns = static_cast<double>(d.count());
+  char buf[32];
+  if (d.count() < 1000) {
+    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
+  } else if (ns < 1e6) {
+    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
+  } else if (ns < 1e9) {
+    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);
+  }
+  return buf;
+}
+
+/// The what() of an exception_ptr, for messages.
+inline std::string describe(const std::exception_ptr& e) {
+  if (!e) return "(no exception)";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "(an exception not derived from std::exception)";
+  }
+}
+
+class executor_core;
+
+/// The executors whose work the calling thread is running now, innermost first: a worker
+/// thread, or a thread inside poll(), run_until_idle(), drain() or shutdown(). Used to refuse
+/// what would wait for itself.
+struct drive_frame {
+  const executor_core* core;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const executor_core* core) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->core == core) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const executor_core* core) noexcept : frame_{core, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+/// Something the ready list holds: a partition or the delayed-emit strand. run() is called by
+/// the one thread that took it from the ready list; it returns the number of handler calls
+/// (or emits) it made and has, before returning, given the runnable back (idle, ready or
+/// parked).
+struct runnable {
+  virtual ~runnable() = default;
+  virtual std::size_t run(std::size_t batch) noexcept = 0;
+};
+
+/// A scheduled delayed emit, type-erased over the bus type.
+struct delayed_base {
+  delayed_base(std::string t, emit_options o, steady_time d)
+      : topic(std::move(t)), options(std::move(o)), due(d) {}
+  virtual ~delayed_base() = default;
+  virtual void emit() = 0;
+  virtual undelivered take() = 0;
+  std::string topic;
+  emit_options options;
+  steady_time due;
+};
+
+template <class Bus>
+struct delayed_emit final : delayed_base {
+  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time due)
+      : delayed_base(std::move(t), std::move(o), due), bus(&b), data(std::move(d)) {}
+  // The options are copied, not moved: a failure report still names the key.
+  void emit() override { bus->emit(topic, std::move(data), options); }
+  undelivered take() override {
+    undelivered u;
+    u.topic = std::move(topic);
+    u.options = std::move(options);
+    u.due = due;
+    u.data = std::any(std::move(data));
+    return u;
+  }
+  Bus* bus;
+  typename Bus::data_type data;
+};
+
+/// A FIFO that keeps its storage: a partition's queue pushes and pops without allocating
+/// once it has grown to its working size (std::deque would allocate a block every few
+/// events of this size). Storage is given back when the queue empties after a burst.
+template <class T>
+class ring {
+ public:
+  bool empty() const noexcept { return size_ == 0; }
+  std::size_t size() const noexcept { return size_; }
+  T& front() noexcept { return *slots_[head_]; }
+  const T& front() const noexcept { return *slots_[head_]; }
+
+  void push_back(T&& value) {
+    if (size_ == slots_.size()) grow();
+    slots_[(head_ + size_) & (slots_.size() - 1)].emplace(std::move(value));
+    ++size_;
+  }
+
+  void pop_front() noexcept {
+    slots_[head_].reset();
+    head_ = (head_ + 1) & (slots_.size() - 1);
+    if (--size_ == 0 && slots_.size() > keep) {
+      std::vector<std::optional<T>>().swap(slots_);
+      head_ = 0;
+    }
+  }
+
+ private:
+  static constexpr std::size_t keep = 1024;
+
+  void grow() {
+    std::vector<std::optional<T>> bigger(slots_.empty() ? 16 : slots_.size() * 2);
+    for (std::size_t i = 0; i < size_; ++i) {
+      auto& from = slots_[(head_ + i) & (slots_.size() - 1)];
+      bigger[i].emplace(std::move(*from));
+      from.reset();
+    }
+    slots_.swap(bigger);
+    head_ = 0;
+  }
+
+  std::vector<std::optional<T>> slots_;  // a power of two in size, or empty
+  std::size_t head_ = 0;
+  std::size_t size_ = 0;
+};
+
+/// One ordered subscription, as the executor core sees it.
+struct subscription_base {
+  virtual ~subscription_base() = default;
+  /// Set once, before the subscription is published to the executor; read-only afterwards.
+  std::string name;
+  /// Events pushed into each partition so far.
+  virtual std::vector<std::uint64_t> pushed() const = 0;
+  /// True when every event with a partition index below `target[p]` has finished, for every
+  /// partition from `from` on; `from` advances past the partitions already done.
+  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
+  /// Makes every push that has not yet seen `closed` finish before this returns.
+  virtual void close_barrier() = 0;
+  /// Wakes emitters blocked for room (they then see the executor closed).
+  virtual void wake_blocked() = 0;
+  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
+                          log_histogram::snapshot& wait) const = 0;
+};
+
+/// Seeds differ between subscriptions and runs when the policy gives none.
+inline std::uint64_t mix64(std::uint64_t x) noexcept {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/**
+ * The shared state of a keyed executor. keyed_executor and every ordered handler hold it, so
+ * an ordered handler that outlives its executor can still say executor_closed.
+ */
+class executor_core : public std::enable_shared_from_this<executor_core> {
+ public:
+  explicit executor_core(executor_options o)
+      : partitions(o.partitions),
+        batch(o.batch == 0 ? 1 : o.batch),
+        clock_(o.clock ? std::move(o.clock) : std::make_shared<real_clock>()),
+        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
+        manual_(clock_->is_manual()),
+        on_error_(std::move(o.on_error)),
+        on_undelivered_(std::move(o.on_undelivered)),
+        delayed_at_shutdown_(o.delayed_at_shutdown),
+        strand_(*this) {}
+
+  executor_core(const executor_core&) = delete;
+  executor_core& operator=(const executor_core&) = delete;
+
+  ~executor_core() {
+    if (listener_ != 0) clock_->remove_listener(listener_);
+  }
+
+  /// Registers with the clock and starts the workers; called once the core is owned by a
+  /// shared_ptr.
+  void start(std::size_t workers) {
+    std::weak_ptr<executor_core> weak = weak_from_this();
+    listener_ = clock_->add_listener([weak] {
+      if (auto self = weak.lock()) self->time_moved();
+    });
+    resize(workers);
+  }
+
+  steady_time now() const noexcept {
+    return real_ ? std::chrono::steady_clock::now() : clock_->now();
+  }
+
+  // -- called by subscriptions ------------------------------------------------
+
+  /// An idle runnable became ready. Only the idle -> ready transition wakes a worker.
+  void schedule(runnable* r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ready_.push_back(r);
+    if (sleepers_ > 0) work_cv_.notify_one();
+    if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+  }
+
+  /// The runner still has work in `r` after a batch: to the back of the list, so other
+  /// partitions get their turn. A sleeper is woken even so: the runner may be a poller or a
+  /// worker that resize() is stopping, and then nobody else would look.
+  void requeue(runnable* r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ready_.push_back(r);
+    if (sleepers_ > 0) work_cv_.notify_one();
+  }
+
+  /// `r` waits for a retry at `due`, holding no thread. At shutdown the wait is cut short.
+  void park(runnable* r, steady_time due) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutdown_requested.load(std::memory_order_relaxed)) {
+      ready_.push_back(r);
+      if (sleepers_ > 0) work_cv_.notify_one();
+      return;
+    }
+    ++parked_;
+    add_timer(timer{due, timer_seq_++, r, nullptr});
+  }
+
+  /// Something finished or moved that a drain() or shutdown() may be waiting for.
+  void notify_progress() {
+    if (waiters_.load(std::memory_order_seq_cst) == 0) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    idle_cv_.notify_all();
+  }
+
+  /// Reports an error that has no caller to go to. Never throws.
+  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      if (on_error_) {
+        on_error_(e, where);
+        return;
+      }
+      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // on_error itself failed; the error stays counted in stats().errors.
+    }
+  }
+
+  /// Names the subscription ("ordered-N" when it has no name) and publishes it.
+  void add_subscription(std::shared_ptr<subscription_base> s) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (state_ != state::open) {
+      throw executor_closed("evbus: ordered(): the keyed_executor is shut down");
+    }
+    if (s->name.empty()) s->name = "ordered-" + std::to_string(subscriptions_.size() + 1);
+    subscriptions_.push_back(std::move(s));
+  }
+
+  // -- delayed emits ------------------------------------------------------------
+
+  void schedule_delayed(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shutdown_requested.load(std::memory_order_relaxed)) {
+      throw executor_closed("evbus: cannot schedule a delayed emit on topic " +
+                            quote(d->topic) + ": the keyed_executor is shut down");
+    }
+    const steady_time due = d->due;
+    delayed_pending_.fetch_add(1, std::memory_order_relaxed);
+    add_timer(timer{due, timer_seq_++, nullptr, std::move(d)});
+  }
+
+  // -- driving ------------------------------------------------------------------
+
+  void resize(std::size_t n) {
+    std::vector<std::thread> finished;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (state_ != state::open) {
+        throw executor_closed("evbus: resize(" + std::to_string(n) +
+                              "): the keyed_executor is shut down");
+      }
+      std::size_t active = 0;
+      for (auto& w : workers_) {
+        if (!w.stop) ++active;
+      }
+      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
+        if (!it->stop) {
+          it->stop = true;
+          --active;
+        }
+      }
+      while (active < n) {
+        workers_.emplace_back();
+        worker* w = &workers_.back();
+        try {
+          w->thread = std::thread([this, w] { worker_main(*w); });
+        } catch (...) {
+          workers_.pop_back();
+          throw;
+        }
+        ++active;
+      }
+      target_workers_ = n;
+      work_cv_.notify_all();
+      idle_cv_.notify_all();
+      // Workers that have left their loop are joined here, except the calling thread itself.
+      const auto self = std::this_thread::get_id();
+      for (auto it = workers_.begin(); it != workers_.end();) {
+        if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
+          finished.push_back(std::move(it->thread));
+          it = workers_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& t : finished) t.join();
+  }
+
+  std::size_t workers() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_workers_;
+  }
+
+  /// One pass: moves due timers, then runs one batch of each runnable that was ready.
+  std::size_t poll_pass(bool& found) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    collect_due();
+    std::size_t n = ready_.size();
+    found = n > 0;
+    std::size_t calls = 0;
+    while (n-- > 0 && !ready_.empty()) {
+      runnable* r = ready_.front();
+      ready_.pop_front();
+      ++running_;
+      lock.unlock();
+      calls += r->run(batch);
+      lock.lock();
+      --running_;
+    }
+    return calls;
+  }
+
+  std::size_t run_until_idle() {
+    std::size_t total = 0;
+    for (;;) {
+      bool found = false;
+      total += poll_pass(found);
+      if (!found) return total;
+    }
+  }
+
+  void drain() {
+    if (drives(this)) {
+      throw error(
+          "evbus: drain() called from inside a handler (or poll) of the same keyed_executor: "
+          "it would wait for itself");
+    }
+    std::vector<std::shared_ptr<subscription_base>> subs;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      subs = subscriptions_;
+    }
+    help_until(subs, snapshot(subs), "drain()");
+  }
+
+  void shutdown() {
+    if (drives(this)) {
+      throw error(
+          "evbus: shutdown() called from inside a handler (or poll) of the same "
+          "keyed_executor: it would wait for itself");
+    }
+    std::vector<std::unique_ptr<delayed_base>> not_due;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (state_ == state::closed) return;
+      if (state_ == state::stopping) {
+        waiters_.fetch_add(1, std::memory_order_seq_cst);
+        idle_cv_.wait(lock, [&] { return state_ == state::closed; });
+        waiters_.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+      }
+      state_ = state::stopping;
+      shutdown_requested.store(true, std::memory_order_seq_cst);
+      // Backoffs are cut short: every parked partition runs its retry now. Delayed emits that
+      // are due go to the strand; those not yet due too (in due order) or to on_undelivered.
+      std::sort(timers_.begin(), timers_.end(),
+                [](const timer& a, const timer& b) { return later(b, a); });
+      const steady_time t_now = now();
+      for (auto& t : timers_) {
+        if (t.partition != nullptr) {
+          ready_.push_back(t.partition);
+        } else if (t.due <= t_now || delayed_at_shutdown_ == delayed_policy::emit) {
+          strand_.queue.push_back(std::move(t.delayed));
+        } else {
+          not_due.push_back(std::move(t.delayed));
+        }
+      }
+      timers_.clear();
+      parked_ = 0;
+      if (!strand_.queue.empty() && !strand_.owned) {
+        strand_.owned = true;
+        ready_.push_back(&strand_);
+      }
+      work_cv_.notify_all();
+    }
+    for (auto& d : not_due) {
+      undelivered_.fetch_add(1, std::memory_order_relaxed);
+      delayed_pending_.fetch_sub(1, std::memory_order_relaxed);
+      undelivered u = d->take();
+      try {
+        if (on_undelivered_) {
+          on_undelivered_(u);
+        } else {
+          throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) +
+                                " with key " + quote(u.key()) +
+                                " was not due at shutdown and was not emitted");
+        }
+      } catch (...) {
+        report_error(std::current_exception(), "undelivered delayed emit on topic " + quote(u.topic));
+      }
+    }
+    std::vector<std::shared_ptr<subscription_base>> subs;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      subs = subscriptions_;
+    }
+    // Delayed emits that are due go into the subscriptions while they still accept events.
+    help_until_strand_idle();
+    closed.store(true, std::memory_order_seq_cst);
+    for (auto& s : subs) s->close_barrier();
+    for (auto& s : subs) s->wake_blocked();
+    // No push can start now, so the counts read here are final: finish every event.
+    help_until(subs, snapshot(subs), "shutdown()");
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& w : workers_) {
+        w.stop = true;
+        if (w.thread.joinable()) threads.push_back(std::move(w.thread));
+      }
+      target_workers_ = 0;
+      work_cv_.notify_all();
+    }
+    for (auto& t : threads) t.join();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      workers_.clear();
+      state_ = state::closed;
+      idle_cv_.notify_all();
+    }
+  }
+
+  bool is_closed() const noexcept { return closed.load(std::memory_order_acquire); }
+
+  executor_stats stats() const {
+    executor_stats out;
+    std::vector<std::shared_ptr<subscription_base>> subs;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      subs = subscriptions_;
+      out.workers = target_workers_;
+    }
+    out.partitions = partitions;
+    out.total.name = "total";
+    log_histogram::snapshot handler_all;
+    log_histogram::snapshot wait_all;
+    for (const auto& s : subs) {
+      subscription_stats one;
+      log_histogram::snapshot handler;
+      log_histogram::snapshot wait;
+      s->read_stats(one, handler, wait);
+      handler_all.merge(handler);
+      wait_all.merge(wait);
+      auto& t = out.total;
+      t.accepted += one.accepted;
+      t.delivered += one.delivered;
+      t.failed_attempts += one.failed_attempts;
+      t.retried += one.retried;
+      t.dead_lettered += one.dead_lettered;
+      t.dropped += one.dropped;
+      t.rejected += one.rejected;
+      t.expired += one.expired;
+      t.queued += one.queued;
+      t.high_water += one.high_water;
+      t.blocked += one.blocked;
+      out.subscriptions.push_back(std::move(one));
+    }
+    out.total.handler_time = handler_all.summary();
+    out.total.queue_wait = wait_all.summary();
+    out.delayed_pending = delayed_pending_.load(std::memory_order_relaxed);
+    out.delayed_emitted = delayed_emitted_.load(std::memory_order_relaxed);
+    out.delayed_failed = delayed_failed_.load(std::memory_order_relaxed);
+    out.undelivered = undelivered_.load(std::memory_order_relaxed);
+    out.errors = errors_.load(std::memory_order_relaxed);
+    return out;
+  }
+
+  const std::size_t partitions;
+  const std::size_t batch;
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested.
+  std::atomic<bool> shutdown_requested{false};
+  /// Set once subscriptions stop accepting events.
+  std::atomic<bool> closed{false};
+
+ private:
+  enum class state { open, stopping, closed };
+
+  struct timer {
+    steady_time due;
+    std::uint64_t seq;
+    runnable* partition;                   // a parked partition, or
+    std::unique_ptr<delayed_base> delayed;  // a delayed emit
+  };
+
+  static bool later(const timer& a, const timer& b) noexcept {
+    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
+  }
+  struct later_first {
+    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
+  };
+
+  struct worker {
+    std::thread thread;
+    bool stop = false;    // under mutex_
+    bool exited = false;  // under mutex_
+  };
+
+  /// The delayed emits that are due, run one at a time so they enter the bus in due order.
+  struct delayed_strand final : runnable {
+    explicit delayed_strand(executor_core& c) : core(c) {}
+    std::size_t run(std::size_t max) noexcept override { return core.run_strand(max); }
+    executor_core& core;
+    std::deque<std::unique_ptr<delayed_base>> queue;  // under core.mutex_
+    bool owned = false;                               // under core.mutex_
+  };
+
+  // Requires mutex_.
+  void add_timer(timer t) {
+    const bool earliest = timers_.empty() || later(timers_.front(), t);
+    timers_.push_back(std::move(t));
+    std::push_heap(timers_.begin(), timers_.end(), later_first{});
+    // Sleepers wait until the earliest due time; a new earliest one must be seen.
+    if (earliest && sleepers_ > 0) work_cv_.notify_all();
+    if (earliest && waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+  }
+
+  // Requires mutex_. Moves what is due from the timer heap to the ready list.
+  void collect_due() {
+    if (timers_.empty()) return;
+    const steady_time t = now();
+    std::size_t moved = 0;
+    while (!timers_.empty() && timers_.front().due <= t) {
+      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
+      timer due = std::move(timers_.back());
+      timers_.pop_back();
+      if (due.partition != nullptr) {
+        --parked_;
+        ready_.push_back(due.partition);
+      } else {
+        strand_.queue.push_back(std::move(due.delayed));
+        if (!strand_.owned) {
+          strand_.owned = true;
+          ready_.push_back(&strand_);
+        }
+      }
+      ++moved;
+    }
+    if (moved > 1 && sleepers_ > 0) work_cv_.notify_all();
+  }
+
+  void time_moved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_cv_.notify_all();
+    idle_cv_.notify_all();
+  }
+
+  void worker_main(worker& self) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!self.stop) {
+      collect_due();
+      if (!ready_.empty()) {
+        runnable* r = ready_.front();
+        ready_.pop_front();
+        ++running_;
+        lock.unlock();
+        r->run(batch);
+        lock.lock();
+        --running_;
+        continue;
+      }
+      ++sleepers_;
+      if (!timers_.empty() && !manual_) {
+        const auto wait = timers_.front().due - now();
+        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, wait);
+      } else {
+        work_cv_.wait(lock);
+      }
+      --sleepers_;
+    }
+    self.exited = true;
+    // Work this worker would have taken next goes to a sleeping one.
+    if (!ready_.empty() && sleepers_ > 0) work_cv_.notify_one();
+    if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+  }
+
+  std::size_t run_strand(std::size_t max) noexcept {
+    std::size_t n = 0;
+    for (;;) {
+      std::unique_ptr<delayed_base> d;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (strand_.queue.empty()) {
+          strand_.owned = false;
+          if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+          return n;
+        }
+        if (n >= max) {
+          ready_.push_back(&strand_);
+          if (sleepers_ > 0) work_cv_.notify_one();
+          return n;
+        }
+        d = std::move(strand_.queue.front());
+        strand_.queue.pop_front();
+      }
+      ++n;
+      try {
+        d->emit();
+        delayed_emitted_.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        delayed_failed_.fetch_add(1, std::memory_order_relaxed);
+        std::string where;
+        try {
+          where = "delayed emit on topic " + quote(d->topic) + " with key " +
+                  quote(d->options.key);
+        } catch (...) {
+        }
+        report_error(std::current_exception(), where);
+      }
+      d.reset();
+      delayed_pending_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  std::vector<std::vector<std::uint64_t>> snapshot(
+      const std::vector<std::shared_ptr<subscription_base>>& subs) const {
+    std::vector<std::vector<std::uint64_t>> targets;
+    targets.reserve(subs.size());
+    for (const auto& s : subs) targets.push_back(s->pushed());
+    return targets;
+  }
+
+  /// Waits until `done()` holds. With workers the calling thread sleeps; without (W = 0) it runs
+  /// the work itself. `done` and the loop run under mutex_.
+  template <class Done>
+  void help_until_impl(Done done, const char* what) {
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    struct leave {
+      std::atomic<std::size_t>& w;
+      ~leave() { w.fetch_sub(1, std::memory_order_seq_cst); }
+    } guard{waiters_};
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      if (done()) return;
+      if (target_workers_ > 0) {
+        idle_cv_.wait(lock);
+        continue;
+      }
+      if (!ready_.empty() || (!timers_.empty() && timers_.front().due <= now())) {
+        lock.unlock();
+        bool found = false;
+        poll_pass(found);
+        lock.lock();
+        continue;
+      }
+      if (running_ > 0 || parked_ == 0) {
+        // Another thread runs the rest (a poll, or a worker finishing its last batch after
+        // resize(0)), or a producer is between queueing and scheduling.
+        idle_cv_.wait(lock);
+        continue;
+      }
+      if (manual_) {
+        throw error(std::string("evbus: ") + what +
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead");
+      }
+      idle_cv_.wait_for(lock, timers_.front().due - now());
+    }
+  }
+
+  void help_until(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                  const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
+    std::size_t sub = 0;
+    std::size_t part = 0;
+    help_until_impl(
+        [&] {
+          for (; sub < subs.size(); ++sub, part = 0) {
+            if (!subs[sub]->reached(targets[sub], part)) return false;
+          }
+          return true;
+        },
+        what);
+  }
+
+  void help_until_strand_idle() {
+    help_until_impl([&] { return strand_.queue.empty() && !strand_.owned; }, "shutdown()");
+  }
+
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  std::uint64_t listener_ = 0;
+  std::function<void(std::exception_ptr, std::string_view)> on_error_;
+  std::function<void(const undelivered&)> on_undelivered_;
+  const delayed_policy delayed_at_shutdown_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;  // workers wait here for ready work or a due time
+  std::condition_variable idle_cv_;  // drain() and shutdown() wait here for progress
+  std::deque<runnable*> ready_;
+  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
+  std::uint64_t timer_seq_ = 0;
+  std::size_t sleepers_ = 0;
+  std::size_t running_ = 0;  // runnables taken from ready_ and not yet given back
+  std::size_t parked_ = 0;   // partitions in timers_, waiting for a retry
+  std::list<worker> workers_;
+  std::size_t target_workers_ = 0;
+  state state_ = state::open;
+  std::vector<std::shared_ptr<subscription_base>> subscriptions_;
+  delayed_strand strand_;
+  std::atomic<std::size_t> waiters_{0};
+
+  std::atomic<std::uint64_t> delayed_pending_{0};
+  std::atomic<std::uint64_t> delayed_emitted_{0};
+  std::atomic<std::uint64_t> delayed_failed_{0};
+  std::atomic<std::uint64_t> undelivered_{0};
+  std::atomic<std::uint64_t> errors_{0};
+};
+
+/// One ordered subscription: P partitions of events of type basic_event<Data>, the handler,
+/// the policy and the counters.
+template <class Data>
+class subscription final : public subscription_base {
+ public:
+  using event_type = basic_event<Data>;
+  using policy_type = basic_delivery_policy<Data>;
+  using handler_type = std::function<void(const event_type&, const delivery&)>;
+
+  subscription(executor_core& core, handler_type fn, policy_type policy)
+      : core_(core),
+        fn_(std::move(fn)),
+        policy_(std::move(policy)),
+        count_(core.partitions),
+        parts_(new partition[core.partitions]) {
+    const std::uint64_t seed =
+        policy_.jitter_seed
+            ? *policy_.jitter_seed
+            : mix64(static_cast<std::uint64_t>(
+                        std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                    reinterpret_cast<std::uintptr_t>(this));
+    for (std::size_t i = 0; i < count_; ++i) {
+      parts_[i].owner = this;
+      parts_[i].number = i;
+      parts_[i].rng = mix64(seed + i * 0x9e3779b97f4a7c15ULL);
+    }
+  }
+
+
+  /// The bus handler's body: copy the event into its partition, or apply the overflow policy.
+  void push(const event_type& e) {
+    if (core_.closed.load(std::memory_order_acquire)) throw closed_error(e);
+    const std::size_t number =
+        e.key.empty()
+            ? static_cast<std::size_t>(round_robin_.fetch_add(1, std::memory_order_relaxed) %
+                                       count_)
+            : static_cast<std::size_t>(
+                  (static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU) % count_);
+    std::optional<item> victim;
+    if (!reserve()) {
+      switch (policy_.on_full) {
+        case overflow::reject:
+          rejected_.fetch_add(1, std::memory_order_relaxed);
+          throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                           std::to_string(policy_.capacity) + "): event on topic " +
+                           quote(e.topic()) + " with key " + quote(e.key) + " rejected");
+        case overflow::drop_newest:
+          dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
+          dropped_.fetch_add(1, std::memory_order_relaxed);
+          report_drop(e);
+          return;
+        case overflow::drop_oldest:
+          victim = take_oldest();
+          if (!victim) {
+            // Every event held is taken by a runner (being handled, awaiting a retry, or in
+            // its current batch): those are never dropped.
+            dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
+            dropped_.fetch_add(1, std::memory_order_relaxed);
+            report_drop(e);
+            return;
+          }
+          // The victim's place in the capacity goes to the new event.
+          dropped_.fetch_add(1, std::memory_order_relaxed);
+          break;
+        case overflow::block:
+          wait_for_room(e);
+          break;
+      }
+    }
+    try {
+      enqueue(number, e);
+    } catch (...) {
+      release_slot();
+      if (victim) finish_drop(std::move(*victim));
+      throw;
+    }
+    if (victim) finish_drop(std::move(*victim));
+  }
+
+  std::vector<std::uint64_t> pushed() const override {
+    std::vector<std::uint64_t> out(count_);
+    for (std::size_t i = 0; i < count_; ++i) {
+      std::lock_guard<std::mutex> lock(parts_[i].mutex);
+      out[i] = parts_[i].pushed;
+    }
+    return out;
+  }
+
+  bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const override {
+    for (; from < count_; ++from) {
+      const partition& p = parts_[from];
+      std::lock_guard<std::mutex> lock(p.mutex);
+      const std::uint64_t taken = p.in_progress.load(std::memory_order_acquire);
+      const std::uint64_t lowest = taken != none      ? taken
+                                   : p.queue.empty() ? p.pushed
+                                                     : p.queue.front().index;
+      if (lowest < target[from]) return false;
+    }
+    return true;
+  }
+
+  void close_barrier() override {
+    for (std::size_t i = 0; i < count_; ++i) {
+      std::lock_guard<std::mutex> lock(parts_[i].mutex);
+    }
+  }
+
+  void wake_blocked() override {
+    std::lock_guard<std::mutex> lock(space_mutex_);
+    space_cv_.notify_all();
+  }
+
+  void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
+                  log_histogram::snapshot& wait) const override {
+    out.name = name;
+    std::uint64_t pushed_total = 0;
+    for (std::size_t i = 0; i < count_; ++i) {
+      std::lock_guard<std::mutex> lock(parts_[i].mutex);
+      pushed_total += parts_[i].pushed;
+    }
+    out.accepted = pushed_total + dropped_incoming_.load(std::memory_order_relaxed);
+    out.delivered = delivered_.load(std::memory_order_relaxed);
+    out.failed_attempts = failed_.load(std::memory_order_relaxed);
+    out.retried = retried_.load(std::memory_order_relaxed);
+    out.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
+    out.dropped = dropped_.load(std::memory_order_relaxed);
+    out.rejected = rejected_.load(std::memory_order_relaxed);
+    out.expired = expired_.load(std::memory_order_relaxed);
+    out.queued = queued_.load(std::memory_order_relaxed);
+    out.high_water = high_water_.load(std::memory_order_relaxed);
+    out.blocked = space_waiters_.load(std::memory_order_relaxed);
+    handler = handler_time_.read();
+    wait = queue_wait_.read();
+    out.handler_time = handler.summary();
+    out.queue_wait = wait.summary();
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    out.last_error = last_error_;
+  }
+
+ private:
+  static constexpr std::uint64_t none = std::numeric_limits<std::uint64_t>::max();
+
+  struct item {
+    event_type event;
+    std::uint64_t seq;    // acceptance order in the subscription: "oldest" for drop_oldest
+    std::uint64_t index;  // push order in the partition: what drain() counts
+    steady_time enqueued;
+    unsigned attempts;
+  };
+
+  struct alignas(EVBUS_CACHE_LINE_SIZE) partition final : runnable {
+    std::size_t run(std::size_t max) noexcept override { return owner->run_partition(*this, max); }
+
+    // Shared between producers and the runner, under `mutex`.
+    mutable std::mutex mutex;
+    ring<item> queue;              // waiting events, not taken by a runner
+    std::uint64_t pushed = 0;      // events ever pushed; the next item's index
+    bool owned = false;            // on the ready list, being run, or parked
+    // Index of the first unfinished event the runner has taken, `none` if it holds none. The
+    // runner moves it forward between events without the lock; drain() reads it.
+    std::atomic<std::uint64_t> in_progress{none};
+    subscription* owner = nullptr;
+    std::size_t number = 0;
+
+    // Touched only by the thread running the partition: the batch it took, in order, and how
+    // far it got (taken[next] is being handled, or awaits its retry).
+    alignas(EVBUS_CACHE_LINE_SIZE) std::vector<item> taken;
+    std::size_t next = 0;
+    std::uint64_t rng = 0;
+  };
+
+  executor_closed closed_error(const event_type& e) const {
+    return executor_closed("evbus: the keyed_executor is shut down: subscription " +
+                           quote(name) + " does not accept the event on topic " +
+                           quote(e.topic()) + " with key " + quote(e.key));
+  }
+
+  bool reserve() noexcept {
+    std::uint64_t q = 0;
+    if (policy_.capacity == std::numeric_limits<std::size_t>::max()) {
+      q = queued_.fetch_add(1, std::memory_order_seq_cst);
+    } else {
+      q = queued_.load(std::memory_order_seq_cst);
+      do {
+        if (q >= policy_.capacity) return false;
+      } while (!queued_.compare_exchange_weak(q, q + 1, std::memory_order_seq_cst));
+    }
+    std::uint64_t h = high_water_.load(std::memory_order_relaxed);
+    while (q + 1 > h && !high_water_.compare_exchange_weak(h, q + 1, std::memory_order_relaxed)) {
+    }
+    return true;
+  }
+
+  void release_slot() {
+    queued_.fetch_sub(1, std::memory_order_seq_cst);
+    if (space_waiters_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(space_mutex_);
+      space_cv_.notify_all();
+    }
+  }
+
+  // Blocking emit: waits for room, unless the caller is running this executor's work (then
+  // nobody might ever make room).
+  void wait_for_room(const event_type& e) {
+    if (drives(&core_)) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                       std::to_string(policy_.capacity) +
+                       ") and the emitting thread is running work of the same keyed_executor "
+                       "(a worker, or inside poll/run_until_idle/drain): blocking would "
+                       "deadlock, so the event on topic " +
+                       quote(e.topic()) + " with key " + quote(e.key) + " is refused");
+    }
+    std::unique_lock<std::mutex> lock(space_mutex_);
+    space_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    bool reserved = false;
+    auto ready = [&] {
+      if (core_.closed.load(std::memory_order_seq_cst)) return true;
+      reserved = reserve();
+      return reserved;
+    };
+    bool in_time = true;
+    if (policy_.block_timeout) {
+      in_time = space_cv_.wait_for(lock, *policy_.block_timeout, ready);
+    } else {
+      space_cv_.wait(lock, ready);
+    }
+    space_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    if (reserved) return;  // enqueue() sees a close and gives the place back
+    if (!in_time) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
+                       std::to_string(policy_.capacity) + ") after block_timeout " +
+                       format_duration(*policy_.block_timeout) + ": event on topic " +
+                       quote(e.topic()) + " with key " + quote(e.key) + " rejected");
+    }
+    throw closed_error(e);
+  }
+
+  void enqueue(std::size_t number, const event_type& e) {
+    const std::uint64_t seq = policy_.on_full == overflow::drop_oldest
+                                  ? next_seq_.fetch_add(1, std::memory_order_relaxed)
+                                  : 0;
+    item it{e, seq, 0, core_.now(), 0};
+    partition& p = parts_[number];
+    bool became_ready = false;
+    {
+      std::lock_guard<std::mutex> lock(p.mutex);
+      // Checked under the partition lock: shutdown's barrier then knows every push that
+      // passed this point is in a queue.
+      if (core_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      it.index = p.pushed;
+      p.queue.push_back(std::move(it));
+      ++p.pushed;
+      if (!p.owned) {
+        p.owned = true;
+        became_ready = true;
+      }
+    }
+    if (became_ready) core_.schedule(&p);
+  }
+
+  std::optional<item> take_oldest() {
+    for (;;) {
+      std::size_t best = count_;
+      std::uint64_t best_seq = none;
+      for (std::size_t i = 0; i < count_; ++i) {
+        std::lock_guard<std::mutex> lock(parts_[i].mutex);
+        if (!parts_[i].queue.empty() && parts_[i].queue.front().seq < best_seq) {
+          best = i;
+          best_seq = parts_[i].queue.front().seq;
+        }
+      }
+      if (best == count_) return std::nullopt;
+      std::lock_guard<std::mutex> lock(parts_[best].mutex);
+      auto& q = parts_[best].queue;
+      if (!q.empty() && q.front().seq == best_seq) {
+        std::optional<item> v(std::move(q.front()));
+        q.pop_front();
+        return v;
+      }
+      // A worker started it meanwhile: look again.
+    }
+  }
+
+  void finish_drop(item&& victim) {
+    report_drop(victim.event);
+    core_.notify_progress();
+  }
+
+  void report_drop(const event_type& e) noexcept {
+    if (!policy_.on_drop) return;
+    try {
+      policy_.on_drop(e);
+    } catch (...) {
+      core_.report_error(std::current_exception(), "on_drop of subscription " + quote(name));
+    }
+  }
+
+  std::chrono::nanoseconds backoff(partition& p, unsigned retry) noexcept {
+    using std::chrono::nanoseconds;
+    const nanoseconds cap = policy_.backoff_cap;
+    nanoseconds nominal = policy_.backoff_base;
+    for (unsigned i = 1; i < retry && nominal < cap; ++i) {
+      nominal = nominal > cap / 2 ? cap : nominal * 2;
+    }
+    if (nominal > cap) nominal = cap;
+    if (policy_.jitter <= 0.0 || nominal.count() <= 0) return nominal;
+    p.rng = mix64(p.rng);
+    const double u = static_cast<double>(p.rng >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
+    const double span = policy_.jitter * static_cast<double>(nominal.count());
+    auto cut = static_cast<std::int64_t>(u * span);
+    const auto most = static_cast<std::int64_t>(span);
+    if (cut > most) cut = most;
+    return nominal - nanoseconds(cut);
+  }
+
+  void record_failure(const item& it, unsigned attempt, const std::exception_ptr& err) {
+    try {
+      std::string text = "attempt " + std::to_string(attempt) + " of event " +
+                         quote(it.event.id) + " on topic " + quote(it.event.topic()) +
+                         " with key " + quote(it.event.key) + ": " + describe(err);
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      last_error_ = std::move(text);
+    } catch (...) {
+      // Out of memory for a message: the failure is still counted.
+    }
+  }
+
+  enum class outcome { finished, retry };
+
+  /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
+  /// end of the previous attempt of the same batch): reading a clock is not free, and nothing
+  /// happens in between. On return it holds the end of this attempt.
+  outcome attempt(partition& p, item& it, std::optional<steady_time>& clock_now,
+                  steady_time& retry_at) noexcept {
+    const unsigned number = ++it.attempts;
+    const steady_time start = clock_now ? *clock_now : core_.now();
+    if (number == 1) queue_wait_.record(start - it.enqueued);
+    delivery d;
+    d.attempt = number;
+    d.deadline = start + policy_.timeout;
+    d.shutdown_requested = core_.shutdown_requested.load(std::memory_order_relaxed);
+    d.partition = p.number;
+    std::exception_ptr err;
+    try {
+      fn_(it.event, d);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const steady_time end = core_.now();
+    clock_now = end;
+    handler_time_.record(end - start);
+    if (end > d.deadline) {
+      expired_.fetch_add(1, std::memory_order_relaxed);
+      if (policy_.on_timeout) {
+        try {
+          policy_.on_timeout(it.event, d, end - start);
+        } catch (...) {
+          core_.report_error(std::current_exception(),
+                             "on_timeout of subscription " + quote(name));
+        }
+      }
+    }
+    if (!err) {
+      delivered_.fetch_add(1, std::memory_order_relaxed);
+      return outcome::finished;
+    }
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    record_failure(it, number, err);
+    if (number <= policy_.max_retry) {
+      retried_.fetch_add(1, std::memory_order_relaxed);
+      retry_at = end + backoff(p, number);
+      return outcome::retry;
+    }
+    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+    if (policy_.on_dead_letter) {
+      try {
+        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
+      } catch (...) {
+        core_.report_error(std::current_exception(),
+                           "on_dead_letter of subscription " + quote(name));
+      }
+    }
+    return outcome::finished;
+  }
+
+  std::size_t run_partition(partition& p, std::size_t max) noexcept {
+    std::size_t calls = 0;
+    std::optional<steady_time> clock_now;
+    for (;;) {
+      if (p.next == p.taken.size()) {
+        // The batch is done (or none was taken): take the next one under one lock.
+        p.taken.clear();
+        p.next = 0;
+        std::unique_lock<std::mutex> lock(p.mutex);
+        if (p.queue.empty() || calls >= max) {
+          p.in_progress.store(none, std::memory_order_release);
+          const bool more = !p.queue.empty();
+          if (!more) p.owned = false;
+          lock.unlock();
+          if (more) core_.requeue(&p);
+          core_.notify_progress();
+          return calls;
+        }
+        for (std::size_t n = std::min(p.queue.size(), max - calls); n > 0; --n) {
+          p.taken.push_back(std::move(p.queue.front()));
+          p.queue.pop_front();
+        }
+        p.in_progress.store(p.taken.front().index, std::memory_order_release);
+        clock_now.reset();  // events of the new batch may be younger than the last reading
+      }
+      steady_time retry_at{};
+      ++calls;
+      if (attempt(p, p.taken[p.next], clock_now, retry_at) == outcome::retry) {
+        // The event stays at the head: later events of the partition wait behind it.
+        core_.park(&p, retry_at);
+        core_.notify_progress();
+        return calls;
+      }
+      ++p.next;
+      release_slot();
+      // Counters were updated before this store: a drain() that sees it sees them.
+      if (p.next < p.taken.size()) {
+        p.in_progress.store(p.taken[p.next].index, std::memory_order_release);
+      }
+    }
+  }
+
+  executor_core& core_;
+  const handler_type fn_;
+  const policy_type policy_;
+  const std::size_t count_;
+  std::unique_ptr<partition[]> parts_;
+  // Producer side.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> round_robin_{0};
+  std::atomic<std::uint64_t> next_seq_{0};          // only with overflow::drop_oldest
+  std::atomic<std::uint64_t> high_water_{0};
+  std::atomic<std::uint64_t> rejected_{0};
+  std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition
+  // Both sides: producers take places, runners give them back.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> queued_{0};
+  std::atomic<std::size_t> space_waiters_{0};
+  // Consumer side.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> delivered_{0};
+  std::atomic<std::uint64_t> failed_{0};
+  std::atomic<std::uint64_t> retried_{0};
+  std::atomic<std::uint64_t> dead_lettered_{0};
+  std::atomic<std::uint64_t> expired_{0};
+  std::atomic<std::uint64_t> dropped_{0};
+  log_histogram handler_time_;
+  log_histogram queue_wait_;
+
+  std::mutex space_mutex_;
+  std::condition_variable space_cv_;
+  mutable std::mutex error_mutex_;
+  std::string last_error_;
+};
+
+/// The payload type a handler takes, when it can be read off a non-generic callable:
+/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
+template <class T>
+struct event_data {
+  using type = std::any;
+};
+template <class D>
+struct event_data<basic_event<D>> {
+  using type = D;
+};
+
+template <class M>
+struct member_first_arg {
+  using type = void;
+};
+#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
+  template <class C, class R, class A, class... Rest>                   \
+  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
+    using type = A;                                                     \
+  };
+EVBUS_DETAIL_MEMBER_FIRST_ARG()
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
+#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
+
+template <class F, class = void>
+struct first_arg {
+  using type = void;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...), void> {
+  using type = A;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...) noexcept, void> {
+  using type = A;
+};
+template <class F>
+struct first_arg<F, std::void_t<decltype(&F::operator())>>
+    : member_first_arg<decltype(&F::operator())> {};
+
+template <class Fn>
+using handler_data_t = typename event_data<
+    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
+
+/// Marks "Data not given": ordered() then reads it off the handler.
+struct deduce_data {};
+
+template <class T>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+}  // namespace detail
+
+class keyed_executor;
+template <class Data>
+class ordered_handler;
+
+namespace detail {
+template <class Data, class Fn>
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
+}  // namespace detail
+
+/**
+ * @brief What evbus::ordered returns: a copyable bus handler that queues each event into its
+ * subscription's partition for the event's key.
+ *
+ * Calling it (which the bus does during emit) copies the event, or applies the subscription's
+ * overflow policy; it throws evbus::queue_full or evbus::executor_closed to the emitter.
+ */
+template <class Data>
+class ordered_handler {
+ public:
+  /// Queues a copy of `e` (the bus's event lives only during the emit).
+  void operator()(const basic_event<Data>& e) const { sub_->push(e); }
+
+  /// The subscription's name in stats().
+  const std::string& name() const noexcept { return sub_->name; }
+
+ private:
+  template <class D, class Fn>
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  ordered_handler(std::shared_ptr<detail::executor_core> core,
+                  std::shared_ptr<detail::subscription<Data>> sub)
+      : core_(std::move(core)), sub_(std::move(sub)) {}
+
+  std::shared_ptr<detail::executor_core> core_;  // the subscription points into it
+  std::shared_ptr<detail::subscription<Data>> sub_;
+};
+
+/**
+ * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
+ * place, backpressure, delays, drain and shutdown.
+ *
+ * An executor has P partitions per subscription (fixed) and W workers (resize() changes W at
+ * any time; W = 0 means no threads: poll() and run_until_idle() run the work on the calling
+ * thread, deterministically). Wrap handlers with evbus::ordered and register them on a bus.
+ *
+ * Order: within one subscription, events with the same key are handled one at a time, in the
+ * order their emits entered the executor, whatever W is and while it changes. Events without
+ * a key are spread round-robin over the partitions and have no order.
+ *
+ * The handle is not copyable or movable; the state it shares with its ordered handlers lives
+ * until the last of them is gone. Destroying the executor shuts it down. Every member function
+ * may be called from any thread; drain() and shutdown() not from inside the executor's own
+ * handlers (they would wait for themselves: evbus::error).
+ *
+ * @code
+ *   evbus::bus bus;
+ *   evbus::keyed_executor ex({.partitions = 64, .workers = 4});
+ *   bus.register_topics("order.placed");
+ *   bus.register_handler("ship", "order\\..*", evbus::ordered(ex, [](const evbus::event& e) {
+ *     ship(e.key, e.data_as<order>());   // one customer's orders, one at a time, in order
+ *   }));
+ *   bus.emit("order.placed", order{1}, {.key = "customer-7"});
+ *   ex.drain();                           // everything emitted so far is handled
+ * @endcode
+ */
+class keyed_executor {
+ public:
+  /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
+  explicit keyed_executor(executor_options options = {}) {
+    if (options.partitions == 0) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    const std::size_t workers = options.workers;
+    core_ = std::make_shared<detail::executor_core>(std::move(options));
+    core_->start(workers);
+  }
+
+  keyed_executor(const keyed_executor&) = delete;
+  keyed_executor& operator=(const keyed_executor&) = delete;
+  keyed_executor(keyed_executor&&) = delete;
+  keyed_executor& operator=(keyed_executor&&) = delete;
+
+  /// Shuts down (see shutdown()). Must not run inside one of the executor's own handlers.
+  ~keyed_executor() {
+    try {
+      core_->shutdown();
+    } catch (...) {
+      core_->report_error(std::current_exception(), "keyed_executor destructor");
+    }
+  }
+
+  /// P: partitions per subscription.
+  std::size_t partitions() const noexcept { return core_->partitions; }
+
+  /// W: the number of workers asked for (by the options or the last resize()).
+  std::size_t workers() const { return core_->workers(); }
+
+  /// The executor clock's time.
+  steady_time now() const noexcept { return core_->now(); }
+
+  /**
+   * @brief Changes the number of worker threads. Safe from any thread, also from inside a
+   * handler. A worker asked to stop finishes its current batch first; resize() does not wait
+   * for it (it is joined by a later resize() or by shutdown()). After shutdown:
+   * evbus::executor_closed.
+   */
+  void resize(std::size_t workers) { core_->resize(workers); }
+
+  /**
+   * @brief Runs, on the calling thread, one batch of every partition that is ready now (retries
+   * and delayed emits that are due on the executor clock included). Returns how many handler
+   * calls and delayed emits it made. Never waits.
+   */
+  std::size_t poll() {
+    bool found = false;
+    return core_->poll_pass(found);
+  }
+
+  /**
+   * @brief poll() until nothing is ready or due. Never waits for time to pass: a retry or a
+   * delayed emit due later (on the executor clock) stays where it is. Returns how many handler
+   * calls and delayed emits it made. Meant for W = 0; with workers it helps them.
+   */
+  std::size_t run_until_idle() { return core_->run_until_idle(); }
+
+  /**
+   * @brief Returns when every event that any subscription accepted before the call has been
+   * handled, dead-lettered or dropped (events accepted later are not waited for; delayed emits
+   * count once they have entered the bus).
+   *
+   * With W = 0 it runs the work on the calling thread; if what remains is a retry that waits
+   * for a time a manual clock has not reached, it throws evbus::error rather than wait forever
+   * (advance the clock and call run_until_idle() instead). With a real clock it waits for the
+   * retry. From inside a handler, poll or run_until_idle of this executor it throws
+   * evbus::error (it would wait for itself).
+   */
+  void drain() { core_->drain(); }
+
+  /**
+   * @brief Stops the executor; idempotent, and concurrent calls all return once it is done.
+   *
+   * In order: (1) delivery::shutdown_requested becomes true and scheduling delayed emits throws
+   * evbus::executor_closed; retries waiting for their backoff run now; (2) delayed emits not
+   * yet due go to on_undelivered, or with delayed_policy::emit are emitted at once, in due
+   * order; (3) the subscriptions stop accepting: emitting into them throws
+   * evbus::executor_closed (also from handlers), and blocked emitters wake with that error;
+   * (4) every event accepted before is handled or dead-lettered (retries without backoff);
+   * (5) the workers are joined. With W = 0 the calling thread does the work. A handler that
+   * never returns keeps shutdown from returning. From inside a handler of this executor it
+   * throws evbus::error.
+   */
+  void shutdown() { core_->shutdown(); }
+
+  /// True once the subscriptions stopped accepting events (during or after shutdown()).
+  bool closed() const noexcept { return core_->is_closed(); }
+
+  /// Counters and percentiles, per subscription and in total.
+  executor_stats stats() const { return core_->stats(); }
+
+  /**
+   * @brief Emits `data` on `topic` through `bus` when the executor clock reaches `due` (at
+   * once, on the next occasion, if it is already past). Returns `due`.
+   *
+   * The topic is checked now (evbus::unknown_topic) and again when due; a failure then (or a
+   * handler error the bus rethrows) goes to on_error and is counted in stats().delayed_failed.
+   * Equal due times keep submission order. The emit runs on a worker, or in poll() with W = 0.
+   * The bus must outlive the executor, or at least its pending delayed emits: shut the executor
+   * down before destroying the bus.
+   *
+   * @code
+   *   ex.emit_at(bus, ex.now() + std::chrono::minutes(10), "cart.reminder", cart_id,
+   *              {.key = customer});
+   * @endcode
+   */
+  template <class Bus>
+  steady_time emit_at(Bus& bus, steady_time due, std::string_view topic,
+                      typename Bus::data_type data, emit_options options = {}) {
+    (void)bus.topic(topic);
+    core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
+        bus, std::string(topic), std::move(data), std::move(options), due));
+    return due;
+  }
+
+  /**
+   * @brief Emits `data` on `topic` through `bus` after `delay` on the executor clock; see
+   * emit_at(). A negative delay throws evbus::invalid_argument. Returns the due time.
+   *
+   * @code
+   *   ex.emit_after(bus, std::chrono::seconds(30), "payment.check", payment_id);
+   * @endcode
+   */
+  template <class Bus, class Rep, class Period>
+  steady_time emit_after(Bus& bus, std::chrono::duration<Rep, Period> delay, std::string_view topic,
+                         typename Bus::data_type data, emit_options options = {}) {
+    if (delay < std::chrono::duration<Rep, Period>::zero()) {
+      throw invalid_argument(
+          "evbus: emit_after: the delay must not be negative (got " +
+          std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count()) +
+          "ns)");
+    }
+    return emit_at(bus, now() + std::chrono::duration_cast<std::chrono::nanoseconds>(delay),
+                   topic, std::move(data), std::move(options));
+  }
+
+ private:
+  template <class D, class Fn>
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  std::shared_ptr<detail::executor_core> core_;
+};
+
+namespace detail {
+
+/// Builds an ordered subscription; evbus::ordered is the public entry.
+template <class Data, class Fn>
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+  using event_type = basic_event<Data>;
+  using F = std::decay_t<Fn>;
+  constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;
+  constexpr bool plain = std::is_invocable_v<F&, const event_type&>;
+  static_assert(with_delivery || plain,
+                "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
+                "fn(const basic_event<Data>&, const evbus::delivery&)");
+  if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F> || is_std_function<F>::value) {
+    if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
+  }
+  const auto bad = [&](const std::string& what) {
+    throw invalid_argument("evbus: ordered(): " + what);
+  };
+  if (policy.capacity == 0) bad("capacity must be at least 1 (got 0)");
+  if (!(policy.jitter >= 0.0 && policy.jitter <= 1.0)) {
+    bad("jitter must be in [0, 1] (got " + std::to_string(policy.jitter) + ")");
+  }
+  if (policy.backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + std::to_string(policy.backoff_base.count()) +
+        "ns)");
+  }
+  if (policy.backoff_cap.count() < 0) {
+    bad("backoff_cap must not be negative (got " + std::to_string(policy.backoff_cap.count()) +
+        "ns)");
+  }
+  if (policy.timeout.count() <= 0) {
+    bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
+  }
+  if (policy.block_timeout && policy.block_timeout->count() < 0) {
+    bad("block_timeout must not be negative (got " +
+        std::to_string(policy.block_timeout->count()) + "ns)");
+  }
+  typename subscription<Data>::handler_type handler;
+  if constexpr (with_delivery) {
+    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
+      f(e, d);
+    };
+  } else {
+    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
+      f(e);
+    };
+  }
+  std::string name = std::move(policy.name);
+  auto sub = std::make_shared<subscription<Data>>(*ex.core_, std::move(handler),
+                                                          std::move(policy));
+  sub->name = std::move(name);
+  ex.core_->add_subscription(sub);
+  return ordered_handler<Data>(ex.core_, std::move(sub));
+}
+
+}  // namespace detail
+
+/**
+ * @brief Wraps `fn` into a bus handler that delivers through `ex`, in order per key: one ordered
+ * subscription with its own P partitions (a slow or failing subscription never stalls another's
+ * queues).
+ *
+ * `fn` is `void(const basic_event<Data>&)` or `void(const basic_event<Data>&, const
+ * evbus::delivery&)`. It is called on a worker thread (or in poll()), for different keys
+ * possibly at the same time on different threads. It fails by throwing: the event is retried in
+ * place per the policy, then dead-lettered. Data comes from the policy (this overload).
+ *
+ * Deregistering the handler from the bus stops new events; the ones already queued are still
+ * handled (drain() waits for them).
+ *
+ * @code
+ *   evbus::delivery_policy p;
+ *   p.max_retry = 3;
+ *   bus.register_handler("mailer", "user\\..*", evbus::ordered(ex, send_mail, p));
+ * @endcode
+ */
+template <class Data = std::any, class Fn>
+ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+  return detail::make_ordered<Data>(ex, std::forward<Fn>(fn), std::move(policy));
+}
+
+/**
+ * @brief ordered() with the default policy. Data is given explicitly (`ordered<my_data>(ex,
+ * fn)`), or read off a handler taking `const basic_event<D>&`, or std::any.
+ *
+ * @code
+ *   auto h = evbus::ordered(ex, [](const evbus::basic_event<order>& e) { ship(e.data); });
+ *   typed_bus.register_handler("ship", "order\\..*", h);   // Data = order
+ * @endcode
+ */
+template <class Data = detail::deduce_data, class Fn>
+auto ordered(keyed_executor& ex, Fn&& fn) {
+  using D = std::conditional_t<std::is_same_v<Data, detail::deduce_data>,
+                               detail::handler_data_t<Fn>, Data>;
+  return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});
+}
+
+/**
+ * @brief The statistics as a table, one row per subscription and a total row.
+ *
+ * @code
+ *   std::cout << evbus::to_string(ex.stats());
+ * @endcode
+ */
+inline std::string to_string(const executor_stats& s) {
+  std::size_t width = 12;
+  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
+  std::ostringstream out;
+  const auto triple = [](const latency_summary& l) {
+    if (l.count == 0) return std::string("-");
+    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
+           detail::format_duration(l.max);
+  };
+  const auto row = [&](const subscription_stats& r) {
+    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
+        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
+        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
+        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
+        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
+        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
+  };
+  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
+  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
+      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
+      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
+      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
+      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
+      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
+  for (const auto& sub : s.subscriptions) row(sub);
+  row(s.total);
+  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
+      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
+      << "\n";
+  for (const auto& sub : s.subscriptions) {
+    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
+  }
+  return out.str();
+}
+
+/// Writes to_string(s).
+inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
+  return os << to_string(s);
+}
 
 }  // namespace v1
 }  // namespace evbus

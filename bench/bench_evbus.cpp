@@ -42,11 +42,9 @@
 #include <utility>
 #include <vector>
 
-// The keyed executor benchmarks (BM_executor_throughput, BM_executor_latency) need
-// evbus::keyed_executor and evbus::ordered in evbus.hpp: 0 until they are there.
-#ifndef EVBUS_BENCH_EXECUTOR
-#define EVBUS_BENCH_EXECUTOR 0
-#endif
+// The keyed executor benchmarks (BM_executor_throughput, BM_executor_latency): on, now that
+// evbus.hpp has evbus::keyed_executor and evbus::ordered.
+#define EVBUS_BENCH_EXECUTOR 1
 
 namespace {
 

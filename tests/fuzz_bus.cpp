@@ -16,13 +16,22 @@
 //   - every handler call of an emit: which handlers, in which order, with which payload
 //     (the subscriptions at the start of the emit, minus handlers deregistered before
 //     their turn by an earlier handler of the same emit);
-//   - topics(), handler_keys(), topic_handler_keys() and handler_topics() against the model.
+//   - topics(), handler_keys(), topic_handler_keys() and handler_topics() against the model;
+//   - the keyed executor (W = 0, manual clock; ops: create, ordered subscriptions with random
+//     capacity / overflow / max_retry / failure plan, poll, run_until_idle, drain, shutdown,
+//     clock advance): every event an ordered subscription accepted (called and not refused
+//     with queue_full / executor_closed) is delivered, dead-lettered or dropped exactly once
+//     (all of them by the end, after shutdown), nothing else is; events of one key start in
+//     emit order; dead letters come after max_retry + 1 attempts; stats() agrees with the
+//     callbacks and accepted == delivered + dead_lettered + dropped + queued.
 #include "evbus/evbus.hpp"
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
+#include <stdexcept>
 #include <map>
 #include <memory>
 #include <optional>
@@ -129,6 +138,7 @@ struct model_handler {
   std::string key;
   std::regex re;
   behaviour b;
+  bool ordered = false;  // an evbus::ordered() handler: its calls go through the executor
 };
 
 struct model {
@@ -139,6 +149,7 @@ struct model {
   std::map<int, model_handler> handlers;
   bool hook = false;
   strings log;
+  std::vector<int> called_ordered;  // ordered handlers called by the emits of this step
 
   static bool valid_topic(const std::string& n) {
     if (n.empty() || n.size() > 255) return false;
@@ -174,7 +185,7 @@ struct model {
 
   std::set<std::string> register_handler(int inst, const std::string& key,
                                          const std::string& pattern, bool empty_fn,
-                                         const behaviour& b) {
+                                         const behaviour& b, bool ordered = false) {
     std::set<std::string> errs;
     if (key.empty() || empty_fn) errs.insert("invalid_argument");
     std::optional<std::regex> re;
@@ -189,7 +200,7 @@ struct model {
     }
     if (by_key.count(key) != 0) errs.insert("duplicate_handler");
     if (!errs.empty()) return errs;
-    handlers.emplace(inst, model_handler{inst, key, *re, b});
+    handlers.emplace(inst, model_handler{inst, key, *re, b, ordered});
     order.push_back(inst);
     by_key[key] = inst;
     for (auto& [name, list] : subs) {
@@ -215,6 +226,10 @@ struct model {
     for (int inst : snapshot) {
       if (!active(inst)) continue;
       const model_handler h = handlers.at(inst);
+      if (h.ordered) {
+        called_ordered.push_back(inst);
+        continue;
+      }
       log.push_back("call " + std::to_string(inst) + " size " + std::to_string(size));
       if (!h.b.deregister.empty()) log.push_back("  deregister -> " + deregister_handler(h.b.deregister));
       if (!h.b.register_topic.empty()) log.push_back("  register -> " + register_topic(h.b.register_topic));
@@ -248,6 +263,10 @@ std::string outcome(F&& f) {
     return "unknown_handler";
   } catch (const evbus::invalid_argument&) {
     return "invalid_argument";
+  } catch (const evbus::executor_closed&) {
+    return "executor_closed";
+  } catch (const evbus::queue_full&) {
+    return "queue_full";
   } catch (const evbus::handler_errors& e) {
     return "handler_errors " + std::to_string(e.errors().size());
   } catch (const handler_failure&) {
@@ -257,9 +276,99 @@ std::string outcome(F&& f) {
   }
 }
 
+/// One ordered subscription and what its callbacks saw.
+struct ordered_sub {
+  std::string key;
+  unsigned max_retry = 0;
+  std::uint8_t fail_mask = 0;
+  std::map<std::string, long> first_attempt_of_key;  // event key -> last id started
+  std::uint64_t delivered = 0, dead = 0, dropped = 0;
+};
+
 struct real_side {
   evbus::bus bus{evbus::sequential_ids()};
   strings log;
+  // The keyed executor, W = 0 (this thread drives it), on a manual clock.
+  std::shared_ptr<evbus::manual_clock> clock;
+  std::unique_ptr<evbus::keyed_executor> ex;
+  std::vector<ordered_sub> subs;                     // in creation order, as stats() lists them
+  std::map<int, std::size_t> sub_of_inst;            // handler instance -> subscription
+  std::map<std::string, std::size_t> sub_of_key;     // handler key -> subscription (latest)
+  std::set<std::pair<std::string, long>> rejected;   // (handler key, event id) refused
+  std::set<std::pair<std::size_t, long>> accepted;   // (subscription, event id)
+  std::map<std::pair<std::size_t, long>, int> outcomes;  // delivered + dead + dropped
+
+  static long id_number(const std::string& id) { return std::stol(id); }
+
+  void outcome_seen(std::size_t sub, const std::string& id) {
+    ++outcomes[{sub, id_number(id)}];
+  }
+
+  evbus::ordered_handler<std::any> make_ordered(std::size_t sub, std::size_t capacity,
+                                                evbus::overflow on_full) {
+    evbus::delivery_policy p;
+    p.capacity = capacity;
+    p.on_full = on_full;
+    p.block_timeout = std::chrono::nanoseconds(0);
+    p.max_retry = subs[sub].max_retry;
+    p.backoff_base = std::chrono::nanoseconds(0);
+    p.backoff_cap = std::chrono::nanoseconds(0);
+    p.jitter = 0;
+    p.on_dead_letter = [this, sub](const evbus::dead_letter& d) {
+      ++subs[sub].dead;
+      outcome_seen(sub, d.event.id);
+      require(d.attempts == subs[sub].max_retry + 1, "dead letter after the wrong attempt count");
+    };
+    p.on_drop = [this, sub](const evbus::event& e) {
+      ++subs[sub].dropped;
+      outcome_seen(sub, e.id);
+    };
+    return evbus::ordered(*ex, [this, sub](const evbus::event& e, const evbus::delivery& d) {
+      ordered_sub& s = subs[sub];
+      const long id = id_number(e.id);
+      if (d.attempt == 1) {
+        auto it = s.first_attempt_of_key.find(e.key);
+        if (!e.key.empty() && it != s.first_attempt_of_key.end()) {
+          require(it->second < id, "events of one key started out of emit order");
+        }
+        s.first_attempt_of_key[e.key] = id;
+      }
+      if ((s.fail_mask >> ((static_cast<unsigned>(id) + d.attempt) % 8)) & 1U) {
+        throw std::runtime_error("planned failure");
+      }
+      ++s.delivered;
+      outcome_seen(sub, e.id);
+    }, p);
+  }
+
+  /// Counters agree with stats(), and nothing is unaccounted for.
+  void check_executor(bool final) {
+    if (!ex) return;
+    const auto st = ex->stats();
+    require(st.subscriptions.size() == subs.size(), "stats(): subscription count");
+    for (std::size_t i = 0; i < subs.size(); ++i) {
+      const auto& s = st.subscriptions[i];
+      std::uint64_t accepted_here = 0;
+      for (const auto& a : accepted) accepted_here += a.first == i;
+      require(s.accepted == accepted_here, "stats(): accepted differs from the emits that were not refused");
+      require(s.delivered == subs[i].delivered, "stats(): delivered");
+      require(s.dead_lettered == subs[i].dead, "stats(): dead_lettered");
+      require(s.dropped == subs[i].dropped, "stats(): dropped");
+      require(s.accepted == s.delivered + s.dead_lettered + s.dropped + s.queued,
+              "stats(): accepted != delivered + dead_lettered + dropped + queued");
+      require(s.failed_attempts == s.retried + s.dead_lettered, "stats(): failed != retried + dead");
+      if (final) require(s.queued == 0, "queued after shutdown");
+    }
+    for (const auto& [what, n] : outcomes) {
+      require(n == 1, "an event was delivered / dead-lettered / dropped more than once");
+      require(accepted.count(what) == 1, "an outcome for an event that was never accepted");
+    }
+    if (final) {
+      for (const auto& a : accepted) {
+        require(outcomes.count(a) == 1, "an accepted event was lost");
+      }
+    }
+  }
 
   evbus::bus::handler_type make(int inst, const behaviour& b) {
     return [this, inst, b](const evbus::event& e) {
@@ -307,8 +416,10 @@ void run(reader& in) {
     std::string got;
     std::string want;
     std::set<std::string> acceptable;
+    m.called_ordered.clear();
+    std::string emitted_id;
     const std::uint8_t op = in.byte();
-    switch (op % 9) {
+    switch (op % 14) {
       case 0: {
         const std::string t = in.topic();
         got = outcome([&] { real.bus.register_topics(t); });
@@ -349,7 +460,9 @@ void run(reader& in) {
       case 5: {
         const std::string t = in.topic();
         const std::size_t size = in.byte() * 16u;
-        got = outcome([&] { real.bus.emit(t, std::string(size, 'p')); });
+        evbus::emit_options o;
+        if (real.ex) o.key = "k" + std::to_string(in.byte() % 5);  // per-key order is checked
+        got = outcome([&] { emitted_id = real.bus.emit(t, std::string(size, 'p'), o).id; });
         want = m.emit(t, size);
         break;
       }
@@ -366,11 +479,106 @@ void run(reader& in) {
         const std::string& name = entry.second;
         const std::size_t size = in.byte();
         require(handle.name() == name, "handle.name()");
-        got = outcome([&] { handle.emit(std::string(size, 'q')); });
+        got = outcome([&] { emitted_id = handle.emit(std::string(size, 'q')).id; });
         want = m.emit(name, size);
         break;
       }
+      case 9: {  // create the executor
+        if (!real.ex) {
+          evbus::executor_options o;
+          o.partitions = 1 + in.byte() % 8;
+          o.workers = 0;
+          real.clock = std::make_shared<evbus::manual_clock>();
+          o.clock = real.clock;
+          real.ex = std::make_unique<evbus::keyed_executor>(o);
+          // From now on handler errors go to a hook: an ordered handler's refusal
+          // (queue_full, executor_closed) is recorded, a plain handler's failure logged.
+          real.bus.set_error_hook([&real](const evbus::event& e, std::string_view key,
+                                          std::exception_ptr err) {
+            try {
+              std::rethrow_exception(err);
+            } catch (const evbus::queue_full&) {
+              real.rejected.insert({std::string(key), real_side::id_number(e.id)});
+            } catch (const evbus::executor_closed&) {
+              real.rejected.insert({std::string(key), real_side::id_number(e.id)});
+            } catch (...) {
+              real.log.push_back("hook " + std::string(key));
+            }
+          });
+          m.hook = true;
+        }
+        got = want = "ok";
+        break;
+      }
+      case 10: {  // register an ordered handler
+        if (!real.ex) continue;
+        const std::string key = in.key();
+        const std::string pattern = in.pattern();
+        const std::uint8_t c = in.byte();
+        const std::size_t capacity =
+            c % 4 == 0 ? std::numeric_limits<std::size_t>::max() : 1 + c % 6;
+        const evbus::overflow on_full = static_cast<evbus::overflow>(in.byte() % 4);
+        const std::size_t sub = real.subs.size();
+        ordered_sub s;
+        s.key = key;
+        s.max_retry = in.byte() % 3;
+        s.fail_mask = in.byte();
+        real.subs.push_back(s);
+        const int inst = next_inst++;
+        got = outcome([&] {
+          auto h = real.make_ordered(sub, capacity, on_full);
+          real.bus.register_handler(key, pattern, std::move(h));
+        });
+        if (real.ex->closed()) {
+          // Documented: a shut-down executor takes no new subscription.
+          want = "executor_closed";
+          real.subs.pop_back();
+          break;
+        }
+        acceptable = m.register_handler(inst, key, pattern, false, behaviour{}, true);
+        want = acceptable.empty() ? "ok" : "an error";
+        if (got == "ok") {
+          real.sub_of_inst[inst] = sub;
+          real.sub_of_key[key] = sub;
+        }
+        break;
+      }
+      case 11: {  // drive it
+        if (!real.ex) continue;
+        const std::uint8_t how = in.byte() % 3;
+        got = outcome([&] {
+          if (how == 0) {
+            real.ex->poll();
+          } else if (how == 1) {
+            real.ex->run_until_idle();
+          } else {
+            try {
+              real.ex->drain();
+            } catch (const evbus::error&) {
+              // documented: with a manual clock, a retry waiting for time it has not reached
+            }
+          }
+        });
+        want = "ok";
+        break;
+      }
+      case 12: {  // shutdown (idempotent)
+        if (!real.ex) continue;
+        got = outcome([&] { real.ex->shutdown(); });
+        want = "ok";
+        break;
+      }
+      case 13: {  // time passes
+        if (!real.ex) continue;
+        real.clock->advance(std::chrono::milliseconds(in.byte()));
+        got = want = "ok";
+        break;
+      }
       default: {
+        if (real.ex) {  // the executor needs the recording hook
+          got = want = "ok";
+          break;
+        }
         m.hook = !m.hook;
         if (m.hook) {
           real.bus.set_error_hook([&real](const evbus::event&, std::string_view key,
@@ -384,7 +592,7 @@ void run(reader& in) {
         break;
       }
     }
-    const std::string where = "step " + std::to_string(step) + " op " + std::to_string(op % 9);
+    const std::string where = "step " + std::to_string(step) + " op " + std::to_string(op % 14);
     if (trace) std::fprintf(stderr, "%s: %s (%zu calls)\n", where.c_str(), got.c_str(), real.log.size());
     if (!acceptable.empty()) {
       require(acceptable.count(got) == 1, where + ": got " + got + ", not an error the model allows");
@@ -392,7 +600,28 @@ void run(reader& in) {
       require(got == want, where + ": got " + got + ", model says " + want);
     }
     require(real.log == m.log, where + ": handler calls differ from the model");
+    // Which ordered subscriptions took this emit's event: those called, minus refusals.
+    for (int inst : m.called_ordered) {
+      require(!emitted_id.empty() || got != "ok", where + ": an ordered handler ran but no id");
+      if (emitted_id.empty()) continue;
+      const std::size_t sub = real.sub_of_inst.at(inst);
+      const long id = real_side::id_number(emitted_id);
+      if (real.rejected.count({real.subs[sub].key, id}) == 0) real.accepted.insert({sub, id});
+    }
+    real.check_executor(false);
     check_queries(real, m);
+  }
+  if (real.ex) {
+    real.ex->shutdown();
+    real.check_executor(true);
+    if (trace) {
+      for (const auto& sub : real.subs) {
+        std::fprintf(stderr, "ordered '%s': delivered %llu, dead-lettered %llu, dropped %llu\n",
+                     sub.key.c_str(), static_cast<unsigned long long>(sub.delivered),
+                     static_cast<unsigned long long>(sub.dead),
+                     static_cast<unsigned long long>(sub.dropped));
+      }
+    }
   }
   handles.clear();  // before the bus
 }

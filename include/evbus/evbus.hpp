@@ -666,11 +666,11 @@ using event = basic_event<std::any>;
  * @brief Per-emit options. An aggregate: in C++20, `bus.emit(t, d, {.key = "42"})`.
  */
 struct emit_options {
-  std::string key;                        ///< ordering key for the keyed executor
-  std::string tx_id;                      ///< transaction id; empty: the event's id
-  std::string source;                     ///< free-form origin
-  std::string id;                         ///< event id; empty: generated
-  std::optional<time_point> occurred_at;  ///< event time; empty: now
+  std::string key{};                        ///< ordering key for the keyed executor
+  std::string tx_id{};                      ///< transaction id; empty: the event's id
+  std::string source{};                     ///< free-form origin
+  std::string id{};                         ///< event id; empty: generated
+  std::optional<time_point> occurred_at{};  ///< event time; empty: now
 };
 
 /// What emit returns: the event's metadata (never the payload).
@@ -1875,7 +1875,7 @@ struct basic_delivery_policy {
   /// What an emit into a full subscription does.
   overflow on_full = overflow::block;
   /// With overflow::block: longest wait for room, in real time; empty = no limit.
-  std::optional<std::chrono::nanoseconds> block_timeout;
+  std::optional<std::chrono::nanoseconds> block_timeout{};
   /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
   unsigned max_retry = 5;
   /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
@@ -1885,18 +1885,18 @@ struct basic_delivery_policy {
   /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
   double jitter = 0.5;
   /// Seed of the jitter; empty: a different seed per subscription and run.
-  std::optional<std::uint64_t> jitter_seed;
+  std::optional<std::uint64_t> jitter_seed{};
   /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline.
   std::chrono::nanoseconds timeout = std::chrono::seconds(30);
   /// Receives an event whose last attempt failed. Without one it is still counted.
-  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter;
+  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};
   /// Receives each event dropped by overflow::drop_oldest / drop_newest.
-  std::function<void(const basic_event<Data>&)> on_drop;
+  std::function<void(const basic_event<Data>&)> on_drop{};
   /// Receives each attempt that returned after its deadline, with how long it ran.
   std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
-      on_timeout;
+      on_timeout{};
   /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
-  std::string name;
+  std::string name{};
 };
 
 /// The delivery policy of evbus::bus.
@@ -1953,13 +1953,13 @@ struct executor_options {
   /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
   std::size_t workers = 1;
   /// Time source; empty = evbus::real_clock.
-  std::shared_ptr<evbus::clock> clock;
+  std::shared_ptr<evbus::clock> clock{};
   /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
   /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
-  std::function<void(std::exception_ptr error, std::string_view where)> on_error;
+  std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
   /// Receives, at shutdown, each delayed emit that was not due (with delayed_policy::report).
   /// Empty: each is reported to on_error instead. Either way it is counted.
-  std::function<void(const undelivered&)> on_undelivered;
+  std::function<void(const undelivered&)> on_undelivered{};
   /// What shutdown does with delayed emits that are not due yet.
   delayed_policy delayed_at_shutdown = delayed_policy::report;
   /// Most events a worker handles from one partition before it lets other partitions run.

@@ -1,0 +1,169 @@
+// Dead letters (issue 4, guarantee 2): an event that always fails reaches the dead-letter
+// callback exactly once, with attempts = max_retry + 1 and the original exception; the key
+// then moves on. Without a callback it is still counted and visible in stats().
+#include "evbus/evbus.hpp"
+#include "evbus_catch.hpp"
+
+#include "executor_support.hpp"
+
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using Catch::Matchers::ContainsSubstring;
+using evbus_test::with_key;
+
+namespace {
+
+struct poison : std::runtime_error {
+  explicit poison(int n) : std::runtime_error("poisoned order " + std::to_string(n)), order(n) {}
+  int order;
+};
+
+}  // namespace
+
+TEST_CASE("an event that always fails is dead-lettered once, with its attempts and exception; "
+          "the next event of its key is then handled",
+          "[dead_letter]") {
+  std::vector<std::string> log;
+  std::vector<evbus::dead_letter> dead;
+  evbus::bus bus{evbus::sequential_ids("e")};
+  bus.register_topics("order.placed");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy p;
+  p.max_retry = 3;
+  p.backoff_base = std::chrono::nanoseconds(0);
+  p.on_dead_letter = [&](const evbus::dead_letter& d) {
+    log.push_back("dead " + std::to_string(d.event.data_as<int>()));
+    dead.push_back(d);
+  };
+  bus.register_handler("h", "order\\..*", evbus::ordered(ex, [&](const evbus::event& e, const evbus::delivery& d) {
+    const int n = e.data_as<int>();
+    log.push_back(std::to_string(n) + "#" + std::to_string(d.attempt));
+    if (n == 13) throw poison(n);
+  }, p));
+  bus.emit("order.placed", 12, with_key("customer-1"));
+  bus.emit("order.placed", 13, with_key("customer-1"));
+  bus.emit("order.placed", 14, with_key("customer-1"));
+  ex.run_until_idle();
+  const std::vector<std::string> expected = {"12#1", "13#1", "13#2", "13#3", "13#4",
+                                             "dead 13", "14#1"};
+  CHECK(log == expected);
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].attempts == 4);
+  CHECK(dead[0].event.id == "e2");
+  CHECK(dead[0].event.key == "customer-1");
+  CHECK(dead[0].event.topic() == "order.placed");
+  // The original exception, type and all.
+  try {
+    std::rethrow_exception(dead[0].error);
+  } catch (const poison& e) {
+    CHECK(e.order == 13);
+    CHECK(std::string(e.what()) == "poisoned order 13");
+  } catch (...) {
+    FAIL("the dead letter does not carry the handler's own exception");
+  }
+  const auto s = ex.stats().total;
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.failed_attempts == 4);
+  CHECK(s.retried == 3);
+  CHECK(s.delivered == 2);
+}
+
+TEST_CASE("without a callback a dead letter is still counted and visible in stats()",
+          "[dead_letter]") {
+  std::vector<int> handled;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy p;  // default max_retry: 5
+  p.name = "mailer";
+  p.backoff_base = std::chrono::nanoseconds(0);
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    if (e.data_as<int>() == 1) throw std::runtime_error("smtp 550: mailbox unavailable");
+    handled.push_back(e.data_as<int>());
+  }, p));
+  bus.emit("t", 1, with_key("k"));
+  bus.emit("t", 2, with_key("k"));
+  ex.run_until_idle();
+  CHECK(handled == std::vector<int>{2});
+  const auto s = evbus_test::row(ex.stats(), "mailer");
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.failed_attempts == 6);  // max_retry + 1
+  CHECK(s.retried == 5);
+  CHECK_THAT(s.last_error, ContainsSubstring("attempt 6 of event"));
+  CHECK_THAT(s.last_error, ContainsSubstring("smtp 550: mailbox unavailable"));
+  CHECK_THAT(evbus::to_string(ex.stats()), ContainsSubstring("mailer: last error:"));
+}
+
+TEST_CASE("max_retry = 0: the first failure is final", "[dead_letter]") {
+  std::vector<unsigned> attempts;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy p;
+  p.max_retry = 0;
+  p.on_dead_letter = [&](const evbus::dead_letter& d) { attempts.push_back(d.attempts); };
+  bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event&) {
+    throw std::runtime_error("no");
+  }, p));
+  bus.emit("t", 1, with_key("k"));
+  CHECK(ex.run_until_idle() == 1);
+  CHECK(attempts == std::vector<unsigned>{1});
+  CHECK(ex.stats().total.retried == 0);
+}
+
+TEST_CASE("a dead-letter callback that throws is reported to on_error and the key moves on",
+          "[dead_letter]") {
+  evbus_test::error_log errors;
+  std::vector<int> handled;
+  evbus::bus bus;
+  bus.register_topics("t");
+  auto options = evbus_test::manual_mode(4);
+  errors.attach(options);
+  evbus::keyed_executor ex(options);
+  evbus::delivery_policy p;
+  p.name = "sub";
+  p.max_retry = 0;
+  p.on_dead_letter = [](const evbus::dead_letter&) { throw std::logic_error("dlq is down"); };
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    if (e.data_as<int>() == 1) throw std::runtime_error("no");
+    handled.push_back(e.data_as<int>());
+  }, p));
+  bus.emit("t", 1, with_key("k"));
+  bus.emit("t", 2, with_key("k"));
+  ex.run_until_idle();
+  CHECK(handled == std::vector<int>{2});
+  REQUIRE(errors.size() == 1);
+  CHECK(errors.where[0] == "on_dead_letter of subscription 'sub'");
+  CHECK(evbus_test::message_of(errors.errors[0]) == "dlq is down");
+  CHECK(ex.stats().errors == 1);
+  CHECK(ex.stats().total.dead_lettered == 1);
+}
+
+TEST_CASE("typed payloads reach the dead-letter callback with their type", "[dead_letter]") {
+  struct order {
+    int id;
+    double amount;
+  };
+  std::vector<int> dead_ids;
+  evbus::basic_bus<order> bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::basic_delivery_policy<order> p;
+  p.max_retry = 1;
+  p.backoff_base = std::chrono::nanoseconds(0);
+  p.on_dead_letter = [&](const evbus::basic_dead_letter<order>& d) {
+    dead_ids.push_back(d.event.data.id);
+  };
+  // Data is taken from the policy.
+  bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::basic_event<order>& e) {
+    if (e.data.amount < 0) throw std::invalid_argument("negative amount");
+  }, p));
+  bus.emit("t", order{1, 5.0}, with_key("k"));
+  bus.emit("t", order{2, -1.0}, with_key("k"));
+  ex.run_until_idle();
+  CHECK(dead_ids == std::vector<int>{2});
+}

@@ -1,0 +1,299 @@
+// drain() and shutdown() (issue 3, guarantees 5 and 6): drain waits for exactly what was
+// accepted before it; shutdown finishes what is queued, joins, and refuses what comes later.
+#include "evbus/evbus.hpp"
+#include "evbus_catch.hpp"
+
+#include "executor_support.hpp"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using Catch::Matchers::ContainsSubstring;
+using evbus_test::row;
+using evbus_test::what_of;
+using evbus_test::with_key;
+
+TEST_CASE("drain returns only when every event accepted before it has been handled",
+          "[drain]") {
+  const int rounds = evbus_test::scaled(50, 10);
+  const int events = 2000;
+  std::atomic<long> handled{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(32, 3));
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    // Some events take a little longer, so that drain() has something to wait for.
+    if (e.data_as<int>() % 97 == 0) std::this_thread::yield();
+    ++handled;
+  }));
+  for (int r = 1; r <= rounds; ++r) {
+    for (int i = 0; i < events; ++i) bus.emit("t", i, with_key(std::to_string(i % 101)));
+    ex.drain();
+    REQUIRE(handled.load() == static_cast<long>(r) * events);
+  }
+  CHECK(ex.stats().total.queued == 0);
+}
+
+TEST_CASE("drain counts dropped and dead-lettered events as finished", "[drain]") {
+  std::atomic<int> dead{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(8, 2));
+  evbus::delivery_policy p;
+  p.max_retry = 2;
+  p.backoff_base = std::chrono::microseconds(50);
+  p.on_dead_letter = [&](const evbus::dead_letter&) { ++dead; };
+  bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event& e) {
+    if (e.data_as<int>() % 10 == 0) throw std::runtime_error("poison");
+  }, p));
+  for (int i = 0; i < 200; ++i) bus.emit("t", i, with_key(std::to_string(i % 13)));
+  ex.drain();
+  CHECK(dead.load() == 20);
+  const auto s = ex.stats().total;
+  CHECK(s.delivered == 180);
+  CHECK(s.dead_lettered == 20);
+  CHECK(s.queued == 0);
+}
+
+TEST_CASE("drain does not wait for events accepted after it was called", "[drain]") {
+  // W = 0: drain() runs the work on this thread. The handler of subscription "first" emits
+  // into "second" while drain() is running: that event came after the call, so drain() returns
+  // without handling it.
+  std::vector<std::string> log;
+  evbus::bus bus;
+  bus.register_topics("first", "second");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy second;
+  second.name = "second";
+  bus.register_handler("first", "first", evbus::ordered(ex, [&](const evbus::event& e) {
+    log.push_back("first " + e.key);
+    bus.emit("second", 0, with_key(e.key));
+  }));
+  bus.register_handler("second", "second", evbus::ordered(ex, [&](const evbus::event& e) {
+    log.push_back("second " + e.key);
+  }, second));
+  bus.emit("first", 0, with_key("k"));
+  ex.drain();
+  CHECK(log == std::vector<std::string>{"first k"});
+  CHECK(row(ex.stats(), "second").queued == 1);
+  ex.drain();  // now it was accepted before the call
+  CHECK(log == std::vector<std::string>{"first k", "second k"});
+}
+
+TEST_CASE("drain from inside the executor's own handler throws instead of waiting for itself",
+          "[drain]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+
+  SECTION("W = 0, inside run_until_idle") {
+    std::string seen;
+    evbus::keyed_executor ex(evbus_test::manual_mode(2));
+    bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+      seen = what_of<evbus::error>([&] { ex.drain(); });
+    }));
+    bus.emit("t", 0);
+    ex.run_until_idle();
+    CHECK_THAT(seen, ContainsSubstring("drain() called from inside a handler"));
+    CHECK_THAT(seen, ContainsSubstring("it would wait for itself"));
+  }
+
+  SECTION("W = 1, on the worker") {
+    std::mutex mutex;
+    std::string seen;
+    evbus_test::gate done;
+    evbus::keyed_executor ex(evbus_test::threaded(2, 1));
+    bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+      auto m = what_of<evbus::error>([&] { ex.drain(); });
+      auto s = what_of<evbus::error>([&] { ex.shutdown(); });
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        seen = m + " | " + s;
+      }
+      done.open();
+    }));
+    bus.emit("t", 0);
+    done.wait();
+    std::lock_guard<std::mutex> lock(mutex);
+    CHECK_THAT(seen, ContainsSubstring("drain() called from inside a handler"));
+    CHECK_THAT(seen, ContainsSubstring("shutdown() called from inside a handler"));
+  }
+}
+
+TEST_CASE("drain with W = 0 and a manual clock refuses to wait for a retry the clock has not "
+          "reached",
+          "[drain][manual]") {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  int calls = 0;
+  std::vector<int> handled;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
+  evbus::delivery_policy p;
+  p.jitter = 0;
+  p.backoff_base = std::chrono::seconds(1);
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    if (++calls == 1) throw std::runtime_error("once");
+    handled.push_back(e.data_as<int>());
+  }, p));
+  REQUIRE(evbus::partition_for("a", 4) != evbus::partition_for("c", 4));
+  bus.emit("t", 0, with_key("a"));
+  bus.emit("t", 1, with_key("c"));
+  // drain() runs what it can (event 1), then sees that only the clock can finish event 0.
+  const auto message = what_of<evbus::error>([&] { ex.drain(); });
+  CHECK_THAT(message, ContainsSubstring("drain() with workers = 0 and a manual clock cannot "
+                                        "finish"));
+  CHECK_THAT(message, ContainsSubstring("advance the clock"));
+  CHECK(handled == std::vector<int>{1});
+  clock->advance(std::chrono::seconds(1));
+  ex.drain();  // the retry is due now: drain() runs it
+  CHECK(handled == std::vector<int>{1, 0});
+}
+
+TEST_CASE("drain with W = 0 and the real clock waits for a due retry", "[drain]") {
+  std::vector<int> attempts;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy p;
+  p.backoff_base = std::chrono::milliseconds(2);
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&, const evbus::delivery& d) {
+    attempts.push_back(static_cast<int>(d.attempt));
+    if (d.attempt < 3) throw std::runtime_error("not yet");
+  }, p));
+  bus.emit("t", 0, with_key("k"));
+  ex.drain();
+  CHECK(attempts == std::vector<int>{1, 2, 3});
+  CHECK(ex.stats().total.delivered == 1);
+}
+
+TEST_CASE("shutdown finishes what is queued, joins, and a count proves nothing was lost",
+          "[shutdown]") {
+  const int events = evbus_test::scaled(20000, 4000);
+  std::atomic<long> handled{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  auto ex = std::make_unique<evbus::keyed_executor>(evbus_test::threaded(16, 2));
+  bus.register_handler("h", "t", evbus::ordered(*ex, [&](const evbus::event&) { ++handled; }));
+  for (int i = 0; i < events; ++i) bus.emit("t", i, with_key(std::to_string(i % 50)));
+  ex->shutdown();
+  CHECK(handled.load() == events);
+  const auto s = ex->stats();
+  CHECK(s.total.accepted == static_cast<std::uint64_t>(events));
+  CHECK(s.total.delivered == static_cast<std::uint64_t>(events));
+  CHECK(s.total.queued == 0);
+  CHECK(s.workers == 0);
+  CHECK(ex->closed());
+  // Emitting into it now is a clear error, through the bus, with the type intact.
+  const auto message = what_of<evbus::executor_closed>([&] { bus.emit("t", 1, with_key("x")); });
+  CHECK_THAT(message, ContainsSubstring("the keyed_executor is shut down"));
+  CHECK_THAT(message, ContainsSubstring("key 'x'"));
+  ex->shutdown();  // idempotent
+  // The handler registered on the bus outlives the executor and still says so.
+  ex.reset();
+  CHECK_THROWS_AS(bus.emit("t", 2, with_key("y")), evbus::executor_closed);
+}
+
+TEST_CASE("the destructor shuts down: queued events are handled before it returns",
+          "[shutdown]") {
+  std::atomic<int> handled{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  {
+    evbus::keyed_executor ex(evbus_test::threaded(4, 1));
+    bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+      std::this_thread::yield();
+      ++handled;
+    }));
+    for (int i = 0; i < 500; ++i) bus.emit("t", i, with_key(std::to_string(i % 7)));
+  }
+  CHECK(handled.load() == 500);
+  CHECK_THROWS_AS(bus.emit("t", 0), evbus::executor_closed);
+}
+
+TEST_CASE("with W = 0, shutdown runs the remaining work on the calling thread", "[shutdown]") {
+  std::vector<std::thread::id> ran_on;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    ran_on.push_back(std::this_thread::get_id());
+  }));
+  for (int i = 0; i < 10; ++i) bus.emit("t", i, with_key(std::to_string(i)));
+  ex.shutdown();
+  REQUIRE(ran_on.size() == 10);
+  for (auto id : ran_on) CHECK(id == std::this_thread::get_id());
+}
+
+TEST_CASE("shutdown cuts backoffs short, so it ends even with a manual clock", "[shutdown]") {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  std::vector<std::pair<unsigned, bool>> attempts;  // (attempt, shutdown_requested)
+  std::vector<unsigned> dead;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
+  evbus::delivery_policy p;
+  p.max_retry = 3;
+  p.backoff_base = std::chrono::hours(1);
+  p.on_dead_letter = [&](const evbus::dead_letter& d) { dead.push_back(d.attempts); };
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&, const evbus::delivery& d) {
+    attempts.emplace_back(d.attempt, d.shutdown_requested);
+    throw std::runtime_error("always");
+  }, p));
+  bus.emit("t", 0, with_key("k"));
+  ex.run_until_idle();
+  REQUIRE(attempts.size() == 1);
+  ex.shutdown();  // the clock never moves
+  const std::vector<std::pair<unsigned, bool>> expected = {
+      {1, false}, {2, true}, {3, true}, {4, true}};
+  CHECK(attempts == expected);
+  CHECK(dead == std::vector<unsigned>{4});
+  CHECK(ex.stats().total.dead_lettered == 1);
+}
+
+TEST_CASE("after shutdown: ordered(), resize() and delayed emits are refused", "[shutdown]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(4, 1));
+  ex.shutdown();
+  CHECK_THAT(what_of<evbus::executor_closed>([&] { evbus::ordered(ex, [](const evbus::event&) {}); }),
+             ContainsSubstring("shut down"));
+  CHECK_THAT(what_of<evbus::executor_closed>([&] { ex.resize(2); }), ContainsSubstring("shut down"));
+  CHECK_THAT(what_of<evbus::executor_closed>(
+                 [&] { ex.emit_after(bus, std::chrono::seconds(1), "t", 1); }),
+             ContainsSubstring("cannot schedule a delayed emit on topic 't'"));
+  CHECK(ex.poll() == 0);
+  ex.drain();  // nothing to wait for
+}
+
+TEST_CASE("concurrent shutdown calls all return after the work is done", "[shutdown]") {
+  evbus_test::gate release;
+  evbus_test::gate started;
+  std::atomic<int> handled{0};
+  std::atomic<int> returned{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(4, 2));
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    if (e.data_as<int>() == 0) {
+      started.open();
+      release.wait();
+    }
+    ++handled;
+  }));
+  for (int i = 0; i < 10; ++i) bus.emit("t", i, with_key("k"));
+  started.wait();
+  int handled_at_return[2] = {-1, -1};
+  std::thread a([&] { ex.shutdown(); handled_at_return[0] = handled.load(); ++returned; });
+  std::thread b([&] { ex.shutdown(); handled_at_return[1] = handled.load(); ++returned; });
+  CHECK(returned.load() == 0);  // nothing can be done while event 0 is held
+  release.open();
+  a.join();
+  b.join();
+  CHECK(handled_at_return[0] == 10);
+  CHECK(handled_at_return[1] == 10);
+}

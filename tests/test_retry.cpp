@@ -1,0 +1,213 @@
+// Retries in place (issue 4, guarantees 1 and 3): a failed event is retried at the head of its
+// partition after a backoff that grows as configured; its key waits, other partitions do not,
+// and no thread is held while it waits.
+#include "evbus/evbus.hpp"
+#include "evbus_catch.hpp"
+
+#include "executor_support.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using evbus_test::with_key;
+using std::chrono::milliseconds;
+using std::chrono::nanoseconds;
+
+TEST_CASE("a handler that fails k times then succeeds is called k + 1 times; its key waits, "
+          "other partitions do not",
+          "[retry]") {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  std::vector<std::string> log;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(8, clock));
+  evbus::delivery_policy p;
+  p.jitter = 0;
+  p.backoff_base = milliseconds(10);
+  const int k = 3;
+  int failures_left = k;
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e, const evbus::delivery& d) {
+    log.push_back(e.key + std::to_string(e.data_as<int>()) + "#" + std::to_string(d.attempt));
+    if (e.key == "a" && e.data_as<int>() == 1 && failures_left-- > 0) {
+      throw std::runtime_error("flaky");
+    }
+  }, p));
+  REQUIRE(evbus::partition_for("a", 8) != evbus::partition_for("c", 8));
+  bus.emit("t", 1, with_key("a"));
+  bus.emit("t", 2, with_key("a"));
+  bus.emit("t", 1, with_key("c"));
+  ex.run_until_idle();
+  CHECK(log == std::vector<std::string>{"a1#1", "c1#1"});
+  bus.emit("t", 2, with_key("c"));  // c keeps flowing while a waits
+  ex.run_until_idle();
+  CHECK(log.back() == "c2#1");
+  clock->advance(milliseconds(10));
+  ex.run_until_idle();
+  clock->advance(milliseconds(20));
+  ex.run_until_idle();
+  CHECK(log.back() == "a1#3");
+  clock->advance(milliseconds(40));
+  ex.run_until_idle();
+  const std::vector<std::string> expected = {"a1#1", "c1#1", "c2#1", "a1#2",
+                                             "a1#3", "a1#4", "a2#1"};
+  CHECK(log == expected);
+  const auto s = ex.stats().total;
+  CHECK(s.failed_attempts == k);
+  CHECK(s.retried == k);
+  CHECK(s.delivered == 4);
+  CHECK(s.dead_lettered == 0);
+}
+
+TEST_CASE("W = 1: a partition waiting for its backoff holds no worker", "[retry][threads]") {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  std::mutex mutex;
+  std::vector<std::string> log;
+  std::atomic<int> c_done{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(8, 1, clock));
+  evbus::delivery_policy p;
+  p.jitter = 0;
+  p.backoff_base = std::chrono::hours(1);
+  bool fail = true;  // touched by the one worker only
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      log.push_back(e.key + std::to_string(e.data_as<int>()));
+    }
+    if (e.key == "a" && std::exchange(fail, false)) throw std::runtime_error("later");
+    if (e.key == "c") ++c_done;
+  }, p));
+  REQUIRE(evbus::partition_for("a", 8) != evbus::partition_for("c", 8));
+  bus.emit("t", 1, with_key("a"));
+  bus.emit("t", 2, with_key("a"));
+  REQUIRE(evbus_test::eventually([&] { return ex.stats().total.retried == 1; }));
+  // The only worker is free: c's events are handled while a waits an hour (of manual time).
+  for (int i = 1; i <= 50; ++i) bus.emit("t", i, with_key("c"));
+  REQUIRE(evbus_test::eventually([&] { return c_done.load() == 50; }));
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    CHECK(std::count(log.begin(), log.end(), "a1") == 1);
+    CHECK(std::count(log.begin(), log.end(), "a2") == 0);
+  }
+  // Advancing the manual clock wakes the sleeping worker: no sleep in the test.
+  clock->advance(std::chrono::hours(1));
+  ex.drain();
+  std::lock_guard<std::mutex> lock(mutex);
+  REQUIRE(log.size() == 53);
+  CHECK(log[51] == "a1");
+  CHECK(log[52] == "a2");
+}
+
+TEST_CASE("backoff without jitter: base * 2^(n-1), capped", "[retry][backoff]") {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  std::vector<evbus::steady_time> attempts;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
+  evbus::delivery_policy p;
+  p.jitter = 0;
+  p.backoff_base = milliseconds(10);
+  p.backoff_cap = milliseconds(50);
+  p.max_retry = 5;
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    attempts.push_back(clock->now());
+    throw std::runtime_error("down");
+  }, p));
+  bus.emit("t", 0, with_key("k"));
+  ex.run_until_idle();
+  const std::vector<milliseconds> expected = {milliseconds(10), milliseconds(20), milliseconds(40),
+                                              milliseconds(50), milliseconds(50)};
+  for (const auto& delay : expected) {
+    const std::size_t before = attempts.size();
+    // One nanosecond early: nothing; exactly on time: the retry.
+    clock->set(attempts.back() + delay - nanoseconds(1));
+    ex.run_until_idle();
+    REQUIRE(attempts.size() == before);
+    clock->advance(nanoseconds(1));
+    ex.run_until_idle();
+    REQUIRE(attempts.size() == before + 1);
+    CHECK(attempts.back() - attempts[before - 1] == delay);
+  }
+  CHECK(ex.stats().total.dead_lettered == 1);
+}
+
+namespace {
+
+/// The delays between attempts with jitter, measured by moving a manual clock 1 ms at a time
+/// (the nominal delays are whole milliseconds, so a measured delay never exceeds its nominal).
+std::vector<milliseconds> jittered_delays(std::uint64_t seed) {
+  auto clock = std::make_shared<evbus::manual_clock>();
+  std::vector<evbus::steady_time> attempts;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
+  evbus::delivery_policy p;
+  p.jitter = 0.5;
+  p.jitter_seed = seed;
+  p.backoff_base = milliseconds(100);
+  p.backoff_cap = milliseconds(1000);
+  p.max_retry = 6;
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    attempts.push_back(clock->now());
+    throw std::runtime_error("down");
+  }, p));
+  bus.emit("t", 0, with_key("k"));
+  ex.run_until_idle();
+  while (attempts.size() < 7) {
+    clock->advance(milliseconds(1));
+    ex.run_until_idle();
+  }
+  std::vector<milliseconds> delays;
+  for (std::size_t i = 1; i < attempts.size(); ++i) {
+    delays.push_back(std::chrono::duration_cast<milliseconds>(attempts[i] - attempts[i - 1]));
+  }
+  return delays;
+}
+
+}  // namespace
+
+TEST_CASE("backoff with jitter stays in [nominal * (1 - jitter), nominal] and grows",
+          "[retry][backoff]") {
+  const auto delays = jittered_delays(42);
+  const std::vector<long> nominal = {100, 200, 400, 800, 1000, 1000};
+  REQUIRE(delays.size() == nominal.size());
+  bool any_jitter = false;
+  for (std::size_t i = 0; i < delays.size(); ++i) {
+    CAPTURE(i, delays[i].count());
+    CHECK(delays[i].count() >= nominal[i] / 2);
+    CHECK(delays[i].count() <= nominal[i]);
+    any_jitter = any_jitter || delays[i].count() < nominal[i];
+  }
+  CHECK(any_jitter);
+  // Growth: each of the first three nominal doublings shows, even at the jitter's extremes.
+  CHECK(delays[2] > delays[0]);
+  CHECK(delays[3] > delays[1]);
+  // A seed gives the same delays on every run.
+  CHECK(jittered_delays(42) == delays);
+}
+
+TEST_CASE("delivery.attempt counts from 1 and the event is the same on every attempt",
+          "[retry]") {
+  std::vector<std::pair<unsigned, std::string>> seen;
+  evbus::bus bus{evbus::sequential_ids("e")};
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::delivery_policy p;
+  p.backoff_base = nanoseconds(0);
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e, const evbus::delivery& d) {
+    seen.emplace_back(d.attempt, e.id + "/" + e.key + "/" + std::to_string(e.data_as<int>()));
+    if (d.attempt < 3) throw std::runtime_error("again");
+  }, p));
+  bus.emit("t", 7, with_key("k"));
+  ex.run_until_idle();
+  const std::vector<std::pair<unsigned, std::string>> expected = {
+      {1, "e1/k/7"}, {2, "e1/k/7"}, {3, "e1/k/7"}};
+  CHECK(seen == expected);
+}

@@ -40,6 +40,13 @@
 #define EVBUS_MAX_MATCHER_LENGTH 1024
 #endif
 
+/// Largest expanded size of a matcher: each character counts the product of the bounds of the
+/// counted repeats (`{m,n}`) around it. libstdc++ copies a counted repeat's operand n times and
+/// walks the copies recursively, so `(()(){0,150}){0,150}`, 20 bytes, would exhaust the stack.
+#ifndef EVBUS_MAX_MATCHER_STATES
+#define EVBUS_MAX_MATCHER_STATES 2000
+#endif
+
 /// Size used to keep data written by different threads on different cache lines.
 #ifndef EVBUS_CACHE_LINE_SIZE
 #define EVBUS_CACHE_LINE_SIZE 64
@@ -822,6 +829,71 @@ struct topic_index {
 #endif
 #endif
 
+/// The expanded size of an ECMAScript pattern, as EVBUS_MAX_MATCHER_STATES counts it: one per
+/// character, bracket expression or group, times the bounds of the counted repeats around it.
+/// Saturates instead of overflowing.
+inline std::size_t matcher_expansion(std::string_view p) {
+  constexpr std::size_t cap = std::size_t{1} << 40;
+  const auto mul = [](std::size_t a, std::size_t b) { return b != 0 && a > cap / b ? cap : a * b; };
+  std::vector<std::size_t> sums{0};  // cost so far of each open group
+  std::size_t last = 0;              // cost of the last atom or group, for a quantifier after it
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\') {
+      ++i;
+      last = 1;
+    } else if (c == '[') {
+      std::size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') ++j;
+      if (j < p.size() && p[j] == ']') ++j;
+      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+      i = j;
+      last = 1;
+    } else if (c == '(') {
+      sums.push_back(0);
+      last = 0;
+      continue;
+    } else if (c == ')') {
+      if (sums.size() == 1) continue;
+      last = std::min(cap, sums.back() + 1);
+      sums.pop_back();
+      sums.back() = std::min(cap, sums.back() + last);
+      continue;
+    } else if (c == '{') {
+      std::size_t j = i + 1, lo = 0, hi = 0;
+      bool digits = false, comma = false, hi_digits = false;
+      for (; j < p.size() && p[j] != '}'; ++j) {
+        if (p[j] >= '0' && p[j] <= '9') {
+          std::size_t& v = comma ? hi : lo;
+          v = std::min(cap, v * 10 + static_cast<std::size_t>(p[j] - '0'));
+          (comma ? hi_digits : digits) = true;
+        } else if (p[j] == ',' && !comma) {
+          comma = true;
+        } else {
+          break;
+        }
+      }
+      if (j < p.size() && p[j] == '}' && digits) {
+        const std::size_t copies = std::max<std::size_t>(1, comma ? (hi_digits ? hi : lo + 1) : lo);
+        sums.back() = std::min(cap, sums.back() + mul(last, copies - 1));
+        last = mul(last, copies);
+        i = j;
+        continue;
+      }
+      last = 1;  // not a repeat: a literal '{'
+    } else if (c == '*' || c == '+' || c == '?' || c == '|' || c == '^' || c == '$') {
+      if (c == '|') last = 0;
+      continue;
+    } else {
+      last = 1;
+    }
+    sums.back() = std::min(cap, sums.back() + 1);
+  }
+  std::size_t total = 0;
+  for (std::size_t v : sums) total = std::min(cap, total + v);
+  return total;
+}
+
 /// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
 /// synchronisation, the first time a regex compiler meets each character; two threads
 /// compiling matchers at once would race on it. Filling it once, under the guard of a
@@ -967,6 +1039,13 @@ class basic_bus {
                             "it is " + std::to_string(matcher.size()) +
                                 " bytes long; the limit is " +
                                 std::to_string(EVBUS_MAX_MATCHER_LENGTH));
+    }
+    if (const std::size_t states = detail::matcher_expansion(matcher);
+        states > EVBUS_MAX_MATCHER_STATES) {
+      throw invalid_matcher(matcher, key,
+                            "its counted repeats expand it to about " + std::to_string(states) +
+                                " states; the limit is " +
+                                std::to_string(EVBUS_MAX_MATCHER_STATES));
     }
     std::regex re;
     try {
@@ -1669,6 +1748,17 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
 
 /// Executor time: a point on a steady clock (the real one, or a manual one in tests).
 using steady_time = std::chrono::steady_clock::time_point;
+
+namespace detail {
+/// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
+/// means "never" / "no deadline" rather than wrapping into the past.
+inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
+  const auto step = std::chrono::duration_cast<steady_time::duration>(d);
+  if (step.count() > 0 && step > steady_time::max() - t) return steady_time::max();
+  if (step.count() < 0 && step < steady_time::min() - t) return steady_time::min();
+  return t + step;
+}
+}  // namespace detail
 
 /**
  * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
@@ -3213,7 +3303,7 @@ class subscription final : public subscription_base {
     if (number == 1) queue_wait_.record(start - it.enqueued);
     delivery d;
     d.attempt = number;
-    d.deadline = start + policy_.timeout;
+    d.deadline = detail::add_saturated(start, policy_.timeout);
     d.shutdown_requested = core_.shutdown_requested.load(std::memory_order_relaxed);
     d.partition = p.number;
     std::exception_ptr err;
@@ -3586,7 +3676,8 @@ class keyed_executor {
           std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count()) +
           "ns)");
     }
-    return emit_at(bus, now() + std::chrono::duration_cast<std::chrono::nanoseconds>(delay),
+    return emit_at(bus,
+                   detail::add_saturated(now(), std::chrono::duration_cast<std::chrono::nanoseconds>(delay)),
                    topic, std::move(data), std::move(options));
   }
 

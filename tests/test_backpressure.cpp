@@ -373,3 +373,24 @@ TEST_CASE("a bad policy is an invalid argument naming the field", "[backpressure
              ContainsSubstring("the handler is empty"));
   CHECK(ex.stats().subscriptions.empty());  // nothing was created
 }
+
+TEST_CASE("a block_timeout too long to add to the clock means no limit, not an instant timeout",
+          "[backpressure]") {
+  std::string emitter_error;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  auto policy = bounded(1, evbus::overflow::block);
+  policy.block_timeout = std::chrono::nanoseconds::max();
+  bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event&) {}, policy));
+  bus.emit("t", 0, with_key("k"));
+  std::thread emitter([&] {
+    emitter_error = what_of<evbus::executor_closed>([&] { bus.emit("t", 1, with_key("k")); });
+  });
+  REQUIRE(evbus_test::eventually([&] { return row(ex.stats(), "sub").blocked == 1; }));
+  CHECK(row(ex.stats(), "sub").rejected == 0);
+  ex.shutdown();  // wakes the emitter
+  emitter.join();
+  CHECK_THAT(emitter_error, ContainsSubstring("shut down"));
+  CHECK(row(ex.stats(), "sub").rejected == 0);
+}

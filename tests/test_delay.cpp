@@ -300,3 +300,20 @@ TEST_CASE("typed buses work with delayed emits", "[delay]") {
   REQUIRE(undelivered.size() == 1);
   CHECK(undelivered[0].data_as<reminder>().cart == 8);
 }
+
+TEST_CASE("delays too long to add to the clock are never due and are reported at shutdown",
+          "[delay][shutdown]") {
+  std::vector<evbus::steady_time> due;
+  evbus::bus bus;
+  bus.register_topics("t");
+  auto options = evbus_test::threaded(4, 2);  // the real clock: workers sleep until a due time
+  options.on_undelivered = [&](const evbus::undelivered& u) { due.push_back(u.due); };
+  evbus::keyed_executor ex(options);
+  CHECK(ex.emit_after(bus, std::chrono::hours::max(), "t", 1) == evbus::steady_time::max());
+  CHECK(ex.emit_after(bus, std::chrono::nanoseconds::max(), "t", 2) == evbus::steady_time::max());
+  ex.emit_at(bus, evbus::steady_time::max(), "t", 3);
+  CHECK(ex.stats().delayed_pending == 3);
+  ex.shutdown();
+  CHECK(due == std::vector<evbus::steady_time>(3, evbus::steady_time::max()));
+  CHECK(ex.stats().delayed_emitted == 0);
+}

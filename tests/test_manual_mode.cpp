@@ -164,4 +164,8 @@ TEST_CASE("a manual clock moves only when told, and never back", "[manual][clock
   CHECK_THROWS_AS(clock.advance(std::chrono::nanoseconds(-1)), evbus::invalid_argument);
   CHECK(clock.is_manual());
   CHECK_FALSE(evbus::real_clock().is_manual());
+  // Advancing past the end of time stops there instead of wrapping into the past.
+  clock.advance(std::chrono::nanoseconds::max());
+  clock.advance(std::chrono::nanoseconds::max());
+  CHECK(clock.now() == evbus::steady_time::max());
 }

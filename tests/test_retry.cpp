@@ -211,3 +211,32 @@ TEST_CASE("delivery.attempt counts from 1 and the event is the same on every att
       {1, "e1/k/7"}, {2, "e1/k/7"}, {3, "e1/k/7"}};
   CHECK(seen == expected);
 }
+
+TEST_CASE("a backoff past the end of time waits for shutdown instead of wrapping around",
+          "[retry][backoff]") {
+  std::mutex mutex;
+  std::vector<std::pair<unsigned, bool>> attempts;  // (attempt, shutdown_requested)
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(4, 1));  // the real clock
+  evbus::delivery_policy p;
+  p.max_retry = 2;
+  p.jitter = 0;
+  p.backoff_base = nanoseconds::max();
+  p.backoff_cap = nanoseconds::max();
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&, const evbus::delivery& d) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      attempts.emplace_back(d.attempt, d.shutdown_requested);
+    }
+    throw std::runtime_error("down");
+  }, p));
+  bus.emit("t", 0, with_key("k"));
+  REQUIRE(evbus_test::eventually([&] { return ex.stats().total.retried == 1; }));
+  // The retry is due at the end of time: only the shutdown, which cuts backoffs short, runs it.
+  ex.shutdown();
+  const std::vector<std::pair<unsigned, bool>> expected = {{1, false}, {2, true}, {3, true}};
+  std::lock_guard<std::mutex> lock(mutex);
+  CHECK(attempts == expected);
+  CHECK(ex.stats().total.dead_lettered == 1);
+}

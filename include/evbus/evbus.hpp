@@ -1758,6 +1758,26 @@ inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noex
   if (step.count() < 0 && step < steady_time::min() - t) return steady_time::min();
   return t + step;
 }
+
+/// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.
+template <class Rep, class Period>
+std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
+  using std::chrono::nanoseconds;
+  const double ns = std::chrono::duration<double, std::nano>(d).count();
+  if (ns >= static_cast<double>(nanoseconds::max().count())) return nanoseconds::max();
+  if (ns <= static_cast<double>(nanoseconds::min().count())) return nanoseconds::min();
+  return std::chrono::duration_cast<nanoseconds>(d);
+}
+
+/// Longest single sleep of a thread of the executor. The standard library adds a wait's
+/// duration to its own clock, which overflows for "until the end of time"; a thread that wakes
+/// after this long looks again and goes back to sleep.
+inline constexpr std::chrono::hours longest_wait{24};
+
+inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
+  return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
+                          : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
+}
 }  // namespace detail
 
 /**
@@ -1874,8 +1894,15 @@ class manual_clock final : public clock {
       throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
                              std::to_string(d.count()) + "ns)");
     }
-    ns_.fetch_add(std::chrono::duration_cast<steady_time::duration>(d).count(),
-                  std::memory_order_acq_rel);
+    const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+    auto current = ns_.load(std::memory_order_acquire);
+    steady_time::rep next = 0;
+    do {
+      // Stops at the end of time rather than wrap into the past.
+      next = current > std::numeric_limits<steady_time::rep>::max() - step
+                 ? std::numeric_limits<steady_time::rep>::max()
+                 : current + step;
+    } while (!ns_.compare_exchange_weak(current, next, std::memory_order_acq_rel));
     notify_listeners();
   }
 
@@ -2816,7 +2843,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
       ++sleepers_;
       if (!timers_.empty() && !manual_) {
         const auto wait = timers_.front().due - now();
-        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, wait);
+        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
       } else {
         work_cv_.wait(lock);
       }
@@ -2909,7 +2936,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
                     "retry at a time the clock has not reached; advance the clock and call "
                     "run_until_idle() instead");
       }
-      idle_cv_.wait_for(lock, timers_.front().due - now());
+      idle_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
     }
   }
 
@@ -3185,7 +3212,17 @@ class subscription final : public subscription_base {
     };
     bool in_time = true;
     if (policy_.block_timeout) {
-      in_time = space_cv_.wait_for(lock, *policy_.block_timeout, ready);
+      // Real time, whatever the executor's clock: it bounds how long this thread is stopped.
+      const auto deadline =
+          add_saturated(std::chrono::steady_clock::now(), *policy_.block_timeout);
+      while (!ready()) {
+        const auto left = deadline - std::chrono::steady_clock::now();
+        if (left <= steady_time::duration::zero()) {
+          in_time = false;
+          break;
+        }
+        space_cv_.wait_for(lock, bounded_wait(left));
+      }
     } else {
       space_cv_.wait(lock, ready);
     }
@@ -3334,7 +3371,7 @@ class subscription final : public subscription_base {
     record_failure(it, number, err);
     if (number <= policy_.max_retry) {
       retried_.fetch_add(1, std::memory_order_relaxed);
-      retry_at = end + backoff(p, number);
+      retry_at = add_saturated(end, backoff(p, number));
       return outcome::retry;
     }
     dead_lettered_.fetch_add(1, std::memory_order_relaxed);
@@ -3671,14 +3708,11 @@ class keyed_executor {
   steady_time emit_after(Bus& bus, std::chrono::duration<Rep, Period> delay, std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
-      throw invalid_argument(
-          "evbus: emit_after: the delay must not be negative (got " +
-          std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(delay).count()) +
-          "ns)");
+      throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
+                             std::to_string(detail::saturating_ns(delay).count()) + "ns)");
     }
-    return emit_at(bus,
-                   detail::add_saturated(now(), std::chrono::duration_cast<std::chrono::nanoseconds>(delay)),
-                   topic, std::move(data), std::move(options));
+    return emit_at(bus, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
+                   std::move(data), std::move(options));
   }
 
  private:

@@ -9,6 +9,8 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -20,26 +22,10 @@
 
 namespace {
 
-using strings = std::vector<std::string>;
 using Catch::Matchers::ContainsSubstring;
-
-/// Runs `f`, which must throw an `E` (the exact type or a subclass), and returns it.
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
-
-void noop(const evbus::event&) {}
+using evbus_test::noop;
+using evbus_test::strings;
+using evbus_test::thrown;
 
 /// A bus with three topics and two handlers, and what it looks like from outside.
 struct fixture {
@@ -55,20 +41,7 @@ struct fixture {
   }
 
   /// Every query, as text.
-  strings state() const {
-    strings out;
-    for (const auto& t : bus.topics()) {
-      std::string line = "topic " + t + ":";
-      for (const auto& k : bus.topic_handler_keys(t)) line += " " + k;
-      out.push_back(line);
-    }
-    for (const auto& k : bus.handler_keys()) {
-      std::string line = "handler " + k + ":";
-      for (const auto& t : bus.handler_topics(k)) line += " " + t;
-      out.push_back(line);
-    }
-    return out;
-  }
+  strings state() const { return evbus_test::bus_state(bus); }
 
   /// The handlers one emit calls, in order.
   strings probe() {

@@ -4,43 +4,20 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <chrono>
 #include <set>
-#include <stdexcept>
 #include <string>
-#include <typeinfo>
 #include <vector>
 
 namespace {
 
-using strings = std::vector<std::string>;
 using Catch::Matchers::ContainsSubstring;
-
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
-
-/// What a handler saw of one event.
-struct seen_event {
-  std::string id, tx_id, topic, key, source;
-  evbus::time_point occurred_at;
-  int data;
-};
-
-seen_event record(const evbus::event& e) {
-  return {e.id, e.tx_id, e.topic(), e.key, e.source, e.occurred_at, e.data_as<int>()};
-}
+using evbus_test::record;
+using evbus_test::seen_event;
+using evbus_test::strings;
+using evbus_test::thrown;
 
 evbus::time_point now() {
   return std::chrono::time_point_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now());

@@ -4,33 +4,20 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
-#include <typeinfo>
 #include <vector>
 
 namespace {
 
-using strings = std::vector<std::string>;
 using Catch::Matchers::ContainsSubstring;
-
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
+using evbus_test::strings;
+using evbus_test::thrown;
 
 /// A user's own exception type, with a field that must survive the trip.
 struct payment_declined : std::exception {

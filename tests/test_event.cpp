@@ -4,33 +4,20 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <any>
 #include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
-#include <typeinfo>
 #include <variant>
 #include <vector>
 
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
-
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
+using evbus_test::thrown;
 
 struct order {
   int id = 0;

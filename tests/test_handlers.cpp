@@ -4,51 +4,20 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <functional>
 #include <memory>
-#include <stdexcept>
 #include <string>
-#include <typeinfo>
 #include <vector>
 
 namespace {
 
-using strings = std::vector<std::string>;
 using Catch::Matchers::ContainsSubstring;
-
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
-
-/// Everything the queries say about a bus, to compare before and after a rejected call.
-struct snapshot {
-  strings topics;
-  strings keys;
-  std::vector<strings> per_topic;
-  std::vector<strings> per_key;
-
-  explicit snapshot(const evbus::bus& bus) : topics(bus.topics()), keys(bus.handler_keys()) {
-    for (const auto& t : topics) per_topic.push_back(bus.topic_handler_keys(t));
-    for (const auto& k : keys) per_key.push_back(bus.handler_topics(k));
-  }
-  bool operator==(const snapshot& o) const {
-    return topics == o.topics && keys == o.keys && per_topic == o.per_topic &&
-           per_key == o.per_key;
-  }
-};
-
-void noop(const evbus::event&) {}
+using evbus_test::bus_state;
+using evbus_test::noop;
+using evbus_test::strings;
+using evbus_test::thrown;
 
 }  // namespace
 
@@ -135,14 +104,14 @@ TEST_CASE("an invalid regex is rejected with invalid_matcher naming it, and noth
     evbus::bus bus;
     bus.register_topics("t", "u");
     bus.register_handler("first", ".*", noop);
-    const snapshot before(bus);
+    const strings before = bus_state(bus);
     int calls = 0;
     const auto e = thrown<evbus::invalid_matcher>(
         [&] { bus.register_handler("bad", pattern, [&](const evbus::event&) { ++calls; }); });
     CHECK(e.pattern() == pattern);
     CHECK_THAT(e.what(), ContainsSubstring("'" + std::string(pattern) + "'"));
     CHECK_THAT(e.what(), ContainsSubstring("'bad'"));
-    CHECK(snapshot(bus) == before);
+    CHECK(bus_state(bus) == before);
     bus.emit("t", 0);
     CHECK(calls == 0);
     // The key was not taken.
@@ -157,12 +126,12 @@ TEST_CASE("a matcher longer than EVBUS_MAX_MATCHER_LENGTH is rejected; the limit
   evbus::bus bus;
   bus.register_topics("t");
   const std::string too_long(EVBUS_MAX_MATCHER_LENGTH + 1, 'a');
-  const snapshot before(bus);
+  const strings before = bus_state(bus);
   const auto e = thrown<evbus::invalid_matcher>([&] { bus.register_handler("k", too_long, noop); });
   CHECK(e.pattern() == too_long);
   CHECK_THAT(e.what(), ContainsSubstring(std::to_string(EVBUS_MAX_MATCHER_LENGTH + 1)));
   CHECK_THAT(e.what(), ContainsSubstring("'k'"));
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 
   const std::string longest = "t|" + std::string(EVBUS_MAX_MATCHER_LENGTH - 2, 'a');
   bus.register_handler("k", longest, noop);
@@ -198,13 +167,13 @@ TEST_CASE("a duplicate key is rejected, and the first handler stays as it was",
   std::vector<std::string> calls;
   bus.register_handler("k", "t", [&](const evbus::event&) { calls.push_back("first"); });
   bus.register_handler("other", ".*", noop);
-  const snapshot before(bus);
+  const strings before = bus_state(bus);
 
   const auto e = thrown<evbus::duplicate_handler>(
       [&] { bus.register_handler("k", ".*", [&](const evbus::event&) { calls.push_back("second"); }); });
   CHECK(e.key() == "k");
   CHECK_THAT(e.what(), ContainsSubstring("'k'"));
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 
   bus.emit("t", 0);
   bus.emit("u", 0);
@@ -216,11 +185,11 @@ TEST_CASE("deregistering an unknown key is rejected with unknown_handler naming 
   evbus::bus bus;
   bus.register_topics("t");
   bus.register_handler("k", "t", noop);
-  const snapshot before(bus);
+  const strings before = bus_state(bus);
   const auto e = thrown<evbus::unknown_handler>([&] { bus.deregister_handler("ghost"); });
   CHECK(e.key() == "ghost");
   CHECK_THAT(e.what(), ContainsSubstring("'ghost'"));
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 
   bus.deregister_handler("k");
   CHECK_THROWS_AS(bus.deregister_handler("k"), evbus::unknown_handler);
@@ -231,20 +200,20 @@ TEST_CASE("an empty key or an empty callable is rejected with invalid_argument",
   evbus::bus bus;
   bus.register_topics("t");
   bus.register_handler("kept", "t", noop);
-  const snapshot before(bus);
+  const strings before = bus_state(bus);
 
   const auto empty_key = thrown<evbus::invalid_argument>([&] { bus.register_handler("", "t", noop); });
   CHECK_THAT(empty_key.what(), ContainsSubstring("key"));
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 
   const auto empty_fn = thrown<evbus::invalid_argument>(
       [&] { bus.register_handler("empty-fn", "t", std::function<void(const evbus::event&)>{}); });
   CHECK_THAT(empty_fn.what(), ContainsSubstring("'empty-fn'"));
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 
   void (*null_fn)(const evbus::event&) = nullptr;
   CHECK_THROWS_AS(bus.register_handler("null-fn", "t", null_fn), evbus::invalid_argument);
-  CHECK(snapshot(bus) == before);
+  CHECK(bus_state(bus) == before);
 }
 
 TEST_CASE("every registration error derives from evbus::error", "[handlers][errors]") {

@@ -3,31 +3,17 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <stdexcept>
 #include <string>
-#include <typeinfo>
 #include <vector>
 
 namespace {
 
-using strings = std::vector<std::string>;
 using Catch::Matchers::ContainsSubstring;
-
-/// Runs `f`, which must throw an `E`, and returns that exception.
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
+using evbus_test::strings;
+using evbus_test::thrown;
 
 }  // namespace
 

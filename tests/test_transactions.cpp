@@ -5,6 +5,8 @@
 
 #include "evbus_catch.hpp"
 
+#include "bus_support.hpp"
+
 #include <chrono>
 #include <exception>
 #include <map>
@@ -16,30 +18,15 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <typeinfo>
 #include <utility>
 #include <variant>
 #include <vector>
 
 namespace {
 
-using strings = std::vector<std::string>;
-
-/// Runs `f`, which must throw an `E`, and returns that exception.
-template <class E, class F>
-E thrown(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e;
-  } catch (const std::exception& e) {
-    FAIL("threw " << typeid(e).name() << " instead: " << e.what());
-  } catch (...) {
-    FAIL("threw a non-standard exception");
-  }
-  FAIL("threw nothing");
-  throw std::logic_error("unreachable");
-}
+using evbus_test::seen_event;
+using evbus_test::strings;
+using evbus_test::thrown;
 
 /// Rethrows `p` and returns the message of the `E` it holds ("" if it holds something else).
 template <class E>
@@ -62,21 +49,10 @@ evbus::emit_options options(std::string key, std::string source = "", std::strin
   return o;
 }
 
-/// What a handler saw of one event.
-struct seen {
-  std::string handler;
-  std::string topic;
-  int value;
-  std::string id;
-  std::string tx_id;
-  std::string key;
-  std::string source;
-};
-
 /// A bus with topics a, b, c and two recording handlers subscribed to all of them.
 struct fixture {
   evbus::bus bus{evbus::sequential_ids("e")};
-  std::vector<seen> log;
+  std::vector<seen_event> log;
 
   fixture() {
     bus.register_topics("a", "b", "c");
@@ -86,7 +62,7 @@ struct fixture {
 
   void record(const std::string& key, const std::string& matcher) {
     bus.register_handler(key, matcher, [this, key](const evbus::event& e) {
-      log.push_back({key, e.topic(), e.data_as<int>(), e.id, e.tx_id, e.key, e.source});
+      log.push_back(evbus_test::record(e, key));
     });
   }
 
@@ -94,7 +70,7 @@ struct fixture {
   strings calls() const {
     strings out;
     for (const auto& s : log)
-      out.push_back(s.handler + ":" + s.topic + ":" + std::to_string(s.value));
+      out.push_back(s.handler + ":" + s.topic + ":" + std::to_string(s.data));
     return out;
   }
 };
@@ -435,7 +411,7 @@ TEST_CASE("a topic deregistered and registered again before commit receives its 
   tx.emit("b", 2);
   f.bus.deregister_topics("b");
   f.bus.register_handler("late", "b", [&](const evbus::event& e) {
-    f.log.push_back({"late", e.topic(), e.data_as<int>(), e.id, e.tx_id, e.key, e.source});
+    f.log.push_back(evbus_test::record(e, "late"));
   });
   f.bus.register_topics("b");
 

@@ -105,37 +105,50 @@ TEST_CASE("W = 1: a partition waiting for its backoff holds no worker", "[retry]
   CHECK(log[52] == "a2");
 }
 
-TEST_CASE("backoff without jitter: base * 2^(n-1), capped", "[retry][backoff]") {
-  auto clock = std::make_shared<evbus::manual_clock>();
+namespace {
+
+/// One event whose handler fails on every attempt and records when each attempt ran, on an
+/// executor without threads whose time is a manual clock. The first attempt has run.
+struct always_failing {
+  std::shared_ptr<evbus::manual_clock> clock = std::make_shared<evbus::manual_clock>();
   std::vector<evbus::steady_time> attempts;
   evbus::bus bus;
-  bus.register_topics("t");
-  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
+  evbus::keyed_executor ex{evbus_test::manual_mode(4, clock)};
+
+  explicit always_failing(const evbus::delivery_policy& p) {
+    bus.register_topics("t");
+    bus.register_handler("h", "t", evbus::ordered(ex, [this](const evbus::event&) {
+      attempts.push_back(clock->now());
+      throw std::runtime_error("down");
+    }, p));
+    bus.emit("t", 0, with_key("k"));
+    ex.run_until_idle();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("backoff without jitter: base * 2^(n-1), capped", "[retry][backoff]") {
   evbus::delivery_policy p;
   p.jitter = 0;
   p.backoff_base = milliseconds(10);
   p.backoff_cap = milliseconds(50);
   p.max_retry = 5;
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
-    attempts.push_back(clock->now());
-    throw std::runtime_error("down");
-  }, p));
-  bus.emit("t", 0, with_key("k"));
-  ex.run_until_idle();
+  always_failing f(p);
   const std::vector<milliseconds> expected = {milliseconds(10), milliseconds(20), milliseconds(40),
                                               milliseconds(50), milliseconds(50)};
   for (const auto& delay : expected) {
-    const std::size_t before = attempts.size();
+    const std::size_t before = f.attempts.size();
     // One nanosecond early: nothing; exactly on time: the retry.
-    clock->set(attempts.back() + delay - nanoseconds(1));
-    ex.run_until_idle();
-    REQUIRE(attempts.size() == before);
-    clock->advance(nanoseconds(1));
-    ex.run_until_idle();
-    REQUIRE(attempts.size() == before + 1);
-    CHECK(attempts.back() - attempts[before - 1] == delay);
+    f.clock->set(f.attempts.back() + delay - nanoseconds(1));
+    f.ex.run_until_idle();
+    REQUIRE(f.attempts.size() == before);
+    f.clock->advance(nanoseconds(1));
+    f.ex.run_until_idle();
+    REQUIRE(f.attempts.size() == before + 1);
+    CHECK(f.attempts.back() - f.attempts[before - 1] == delay);
   }
-  CHECK(ex.stats().total.dead_lettered == 1);
+  CHECK(f.ex.stats().total.dead_lettered == 1);
 }
 
 namespace {
@@ -143,30 +156,20 @@ namespace {
 /// The delays between attempts with jitter, measured by moving a manual clock 1 ms at a time
 /// (the nominal delays are whole milliseconds, so a measured delay never exceeds its nominal).
 std::vector<milliseconds> jittered_delays(std::uint64_t seed) {
-  auto clock = std::make_shared<evbus::manual_clock>();
-  std::vector<evbus::steady_time> attempts;
-  evbus::bus bus;
-  bus.register_topics("t");
-  evbus::keyed_executor ex(evbus_test::manual_mode(4, clock));
   evbus::delivery_policy p;
   p.jitter = 0.5;
   p.jitter_seed = seed;
   p.backoff_base = milliseconds(100);
   p.backoff_cap = milliseconds(1000);
   p.max_retry = 6;
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
-    attempts.push_back(clock->now());
-    throw std::runtime_error("down");
-  }, p));
-  bus.emit("t", 0, with_key("k"));
-  ex.run_until_idle();
-  while (attempts.size() < 7) {
-    clock->advance(milliseconds(1));
-    ex.run_until_idle();
+  always_failing f(p);
+  while (f.attempts.size() < 7) {
+    f.clock->advance(milliseconds(1));
+    f.ex.run_until_idle();
   }
   std::vector<milliseconds> delays;
-  for (std::size_t i = 1; i < attempts.size(); ++i) {
-    delays.push_back(std::chrono::duration_cast<milliseconds>(attempts[i] - attempts[i - 1]));
+  for (std::size_t i = 1; i < f.attempts.size(); ++i) {
+    delays.push_back(std::chrono::duration_cast<milliseconds>(f.attempts[i] - f.attempts[i - 1]));
   }
   return delays;
 }

@@ -31,6 +31,25 @@ evbus::delivery_policy bounded(std::size_t capacity, evbus::overflow mode) {
   return p;
 }
 
+/// A handler on "t" that records the ints it handles, subscribed through an executor without
+/// threads with bounded(capacity, mode); the ints of the events dropped are recorded too.
+struct dropping {
+  std::vector<int> handled;
+  std::vector<int> dropped;
+  evbus::bus bus;
+  evbus::keyed_executor ex;
+
+  dropping(std::size_t partitions, std::size_t capacity, evbus::overflow mode)
+      : ex(evbus_test::manual_mode(partitions)) {
+    bus.register_topics("t");
+    auto policy = bounded(capacity, mode);
+    policy.on_drop = [this](const evbus::event& e) { dropped.push_back(e.data_as<int>()); };
+    bus.register_handler("h", "t", evbus::ordered(ex, [this](const evbus::event& e) {
+      handled.push_back(e.data_as<int>());
+    }, policy));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("reject: a full subscription throws queue_full to the emitter and counts it",
@@ -66,21 +85,12 @@ TEST_CASE("reject: a full subscription throws queue_full to the emitter and coun
 }
 
 TEST_CASE("drop_newest: the incoming event goes to on_drop and is counted", "[backpressure]") {
-  std::vector<int> handled;
-  std::vector<int> dropped;
-  evbus::bus bus;
-  bus.register_topics("t");
-  evbus::keyed_executor ex(evbus_test::manual_mode(4));
-  auto policy = bounded(2, evbus::overflow::drop_newest);
-  policy.on_drop = [&](const evbus::event& e) { dropped.push_back(e.data_as<int>()); };
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
-    handled.push_back(e.data_as<int>());
-  }, policy));
-  for (int i = 0; i < 4; ++i) bus.emit("t", i, with_key("k"));  // no error for the emitter
-  CHECK(dropped == std::vector<int>{2, 3});
-  ex.run_until_idle();
-  CHECK(handled == std::vector<int>{0, 1});
-  const auto s = row(ex.stats(), "sub");
+  dropping f(4, 2, evbus::overflow::drop_newest);
+  for (int i = 0; i < 4; ++i) f.bus.emit("t", i, with_key("k"));  // no error for the emitter
+  CHECK(f.dropped == std::vector<int>{2, 3});
+  f.ex.run_until_idle();
+  CHECK(f.handled == std::vector<int>{0, 1});
+  const auto s = row(f.ex.stats(), "sub");
   CHECK(s.accepted == 4);
   CHECK(s.dropped == 2);
   CHECK(s.delivered == 2);
@@ -91,27 +101,18 @@ TEST_CASE("drop_newest: the incoming event goes to on_drop and is counted", "[ba
 TEST_CASE("drop_oldest: the oldest waiting event of the subscription, whatever its partition, "
           "goes to on_drop",
           "[backpressure]") {
-  std::vector<int> handled;
-  std::vector<int> dropped;
-  evbus::bus bus;
-  bus.register_topics("t");
-  evbus::keyed_executor ex(evbus_test::manual_mode(16));
-  auto policy = bounded(2, evbus::overflow::drop_oldest);
-  policy.on_drop = [&](const evbus::event& e) { dropped.push_back(e.data_as<int>()); };
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
-    handled.push_back(e.data_as<int>());
-  }, policy));
+  dropping f(16, 2, evbus::overflow::drop_oldest);
   REQUIRE(evbus::partition_for("a", 16) != evbus::partition_for("b", 16));
   REQUIRE(evbus::partition_for("a", 16) != evbus::partition_for("c", 16));
-  bus.emit("t", 0, with_key("a"));
-  bus.emit("t", 1, with_key("b"));
-  bus.emit("t", 2, with_key("c"));  // drops 0 (key a)
-  bus.emit("t", 3, with_key("a"));  // drops 1 (key b)
-  CHECK(dropped == std::vector<int>{0, 1});
-  ex.run_until_idle();
-  std::sort(handled.begin(), handled.end());
-  CHECK(handled == std::vector<int>{2, 3});
-  const auto s = row(ex.stats(), "sub");
+  f.bus.emit("t", 0, with_key("a"));
+  f.bus.emit("t", 1, with_key("b"));
+  f.bus.emit("t", 2, with_key("c"));  // drops 0 (key a)
+  f.bus.emit("t", 3, with_key("a"));  // drops 1 (key b)
+  CHECK(f.dropped == std::vector<int>{0, 1});
+  f.ex.run_until_idle();
+  std::sort(f.handled.begin(), f.handled.end());
+  CHECK(f.handled == std::vector<int>{2, 3});
+  const auto s = row(f.ex.stats(), "sub");
   CHECK(s.accepted == 4);
   CHECK(s.dropped == 2);
   CHECK(s.delivered == 2);

@@ -22,6 +22,23 @@ struct poison : std::runtime_error {
   int order;
 };
 
+/// Subscribes a handler to "t" that fails on event 1 with `error` and records the other events
+/// it handles, emits 1 then 2 with one key, runs the executor until idle and returns what the
+/// handler handled: {2} once the key moved on past event 1.
+std::vector<int> handled_after_failing_first(evbus::bus& bus, evbus::keyed_executor& ex,
+                                             const evbus::delivery_policy& p,
+                                             const std::string& error) {
+  auto handled = std::make_shared<std::vector<int>>();
+  bus.register_handler("h", "t", evbus::ordered(ex, [handled, error](const evbus::event& e) {
+    if (e.data_as<int>() == 1) throw std::runtime_error(error);
+    handled->push_back(e.data_as<int>());
+  }, p));
+  bus.emit("t", 1, with_key("k"));
+  bus.emit("t", 2, with_key("k"));
+  ex.run_until_idle();
+  return *handled;
+}
+
 }  // namespace
 
 TEST_CASE("an event that always fails is dead-lettered once, with its attempts and exception; "
@@ -74,20 +91,13 @@ TEST_CASE("an event that always fails is dead-lettered once, with its attempts a
 
 TEST_CASE("without a callback a dead letter is still counted and visible in stats()",
           "[dead_letter]") {
-  std::vector<int> handled;
   evbus::bus bus;
   bus.register_topics("t");
   evbus::keyed_executor ex(evbus_test::manual_mode(4));
   evbus::delivery_policy p;  // default max_retry: 5
   p.name = "mailer";
   p.backoff_base = std::chrono::nanoseconds(0);
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
-    if (e.data_as<int>() == 1) throw std::runtime_error("smtp 550: mailbox unavailable");
-    handled.push_back(e.data_as<int>());
-  }, p));
-  bus.emit("t", 1, with_key("k"));
-  bus.emit("t", 2, with_key("k"));
-  ex.run_until_idle();
+  const auto handled = handled_after_failing_first(bus, ex, p, "smtp 550: mailbox unavailable");
   CHECK(handled == std::vector<int>{2});
   const auto s = evbus_test::row(ex.stats(), "mailer");
   CHECK(s.dead_lettered == 1);
@@ -118,7 +128,6 @@ TEST_CASE("max_retry = 0: the first failure is final", "[dead_letter]") {
 TEST_CASE("a dead-letter callback that throws is reported to on_error and the key moves on",
           "[dead_letter]") {
   evbus_test::error_log errors;
-  std::vector<int> handled;
   evbus::bus bus;
   bus.register_topics("t");
   auto options = evbus_test::manual_mode(4);
@@ -128,13 +137,7 @@ TEST_CASE("a dead-letter callback that throws is reported to on_error and the ke
   p.name = "sub";
   p.max_retry = 0;
   p.on_dead_letter = [](const evbus::dead_letter&) { throw std::logic_error("dlq is down"); };
-  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event& e) {
-    if (e.data_as<int>() == 1) throw std::runtime_error("no");
-    handled.push_back(e.data_as<int>());
-  }, p));
-  bus.emit("t", 1, with_key("k"));
-  bus.emit("t", 2, with_key("k"));
-  ex.run_until_idle();
+  const auto handled = handled_after_failing_first(bus, ex, p, "no");
   CHECK(handled == std::vector<int>{2});
   REQUIRE(errors.size() == 1);
   CHECK(errors.where[0] == "on_dead_letter of subscription 'sub'");

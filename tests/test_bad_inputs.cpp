@@ -645,7 +645,7 @@ TEST_CASE("bad input: destroying the executor while work is pending",
                          }));
     for (int i = 0; i < 100; ++i) {
       evbus::emit_options o;
-      o.key = "k" + std::to_string(i % 7);
+      o.key = std::to_string(i % 7).insert(0, 1, 'k');
       bus.emit("t", i, o);
     }
     CHECK(handled.load() == 0);
@@ -675,7 +675,7 @@ TEST_CASE("bad input: destroying the executor while handlers are in flight",
                          }));
     for (int i = 0; i < 200; ++i) {
       evbus::emit_options e;
-      e.key = "k" + std::to_string(i);
+      e.key = std::to_string(i).insert(0, 1, 'k');
       bus.emit("t", i, e);
     }
     while (started.load() == 0) std::this_thread::yield();

@@ -32,7 +32,7 @@ std::vector<std::string> run_scenario() {
   bus.register_topics("t");
   evbus::keyed_executor ex(evbus_test::manual_mode(8));
   bus.register_handler("h", "t", evbus::ordered(ex, r.handler()));
-  for (int i = 0; i < 40; ++i) bus.emit("t", i, with_key("k" + std::to_string(i % 5)));
+  for (int i = 0; i < 40; ++i) bus.emit("t", i, with_key(std::to_string(i % 5).insert(0, 1, 'k')));
   ex.run_until_idle();
   return r.log;
 }
@@ -84,7 +84,7 @@ TEST_CASE("handling order in manual mode is the same on every run", "[manual]") 
   for (int k = 0; k < 5; ++k) {
     std::vector<int> seen;
     for (const auto& entry : first) {
-      if (entry.rfind("k" + std::to_string(k) + ":", 0) == 0) {
+      if (entry.rfind(std::to_string(k).insert(0, 1, 'k') + ':', 0) == 0) {
         seen.push_back(std::stoi(entry.substr(entry.find(':') + 1)));
       }
     }

@@ -54,7 +54,7 @@ class latch {
 
 /// Joins every thread it holds, also when a REQUIRE leaves the test early.
 struct joiner {
-  std::vector<std::thread> threads;
+  std::deque<std::thread> threads;
   ~joiner() {
     for (auto& t : threads) {
       if (t.joinable()) t.join();

@@ -164,3 +164,32 @@ TEST_CASE("resize from inside a handler neither deadlocks nor joins the calling 
   ex.shutdown();
   CHECK_THROWS_AS(ex.resize(1), evbus::executor_closed);
 }
+
+namespace {
+std::atomic<int> by_name_calls{0};
+void handle_by_name(const evbus::event& e) { by_name_calls += e.data_as<int>(); }
+void handle_typed(const evbus::basic_event<msg>& e, const evbus::delivery&) {
+  by_name_calls += e.data.seq;
+}
+}  // namespace
+
+TEST_CASE("ordered takes plain functions by name and by pointer; a null pointer is refused",
+          "[executor]") {
+  by_name_calls = 0;
+  evbus::keyed_executor ex(evbus_test::threaded(4, 1));
+  evbus::bus bus;
+  bus.register_topics("t");
+  bus.register_handler("by-name", "t", evbus::ordered(ex, handle_by_name));
+  bus.register_handler("by-pointer", "t", evbus::ordered(ex, &handle_by_name));
+  evbus::basic_bus<msg> typed;
+  typed.register_topics("t");
+  // Data is read off the function's parameter: basic_event<msg> gives msg.
+  typed.register_handler("typed", "t", evbus::ordered(ex, handle_typed));
+  bus.emit("t", 10);
+  typed.emit("t", msg{0, 0, 5});
+  ex.drain();
+  CHECK(by_name_calls.load() == 25);  // 10 by name, 10 by pointer, 5 typed
+  void (*null_fn)(const evbus::event&) = nullptr;
+  CHECK_THROWS_WITH(evbus::ordered(ex, null_fn), "evbus: ordered(): the handler is empty");
+  CHECK(ex.stats().subscriptions.size() == 3);
+}

@@ -3774,7 +3774,9 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   static_assert(with_delivery || plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
                 "fn(const basic_event<Data>&, const evbus::delivery&)");
-  if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F> || is_std_function<F>::value) {
+  // A function passed by name (Fn is a reference to a function) cannot be null.
+  if constexpr (std::is_pointer_v<std::remove_reference_t<Fn>> || std::is_member_pointer_v<F> ||
+                is_std_function<F>::value) {
     if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
   }
   const auto bad = [&](const std::string& what) {

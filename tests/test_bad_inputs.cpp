@@ -421,6 +421,18 @@ TEST_CASE("bad input: executor with zero partitions", "[bad_inputs][executor]") 
   CHECK_THAT(std::string(e.what()), ContainsSubstring("0"));
 }
 
+TEST_CASE("bad input: executor with a negative idle_spin", "[bad_inputs][executor]") {
+  evbus::executor_options o;
+  o.idle_spin = std::chrono::microseconds(-5);
+  const auto e = thrown<evbus::invalid_argument>([&] { evbus::keyed_executor ex(o); });
+  CHECK(std::string(e.what()) ==
+        "evbus: keyed_executor: idle_spin must not be negative (got -5000ns)");
+  // Zero is allowed: workers sleep at once.
+  o.idle_spin = std::chrono::nanoseconds(0);
+  evbus::keyed_executor ex(o);
+  CHECK(ex.workers() == 1);
+}
+
 TEST_CASE("bad input: ordered subscription with zero capacity", "[bad_inputs][executor]") {
   evbus::keyed_executor ex(manual_options());
   const auto before = executor_state(ex);

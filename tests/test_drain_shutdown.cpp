@@ -297,3 +297,57 @@ TEST_CASE("concurrent shutdown calls all return after the work is done", "[shutd
   CHECK(handled_at_return[0] == 10);
   CHECK(handled_at_return[1] == 10);
 }
+
+namespace {
+std::string topic_of(int n) {
+  std::string name = "topic.";
+  name += std::to_string(n);
+  return name;
+}
+}  // namespace
+
+TEST_CASE("queued, dropped and dead-lettered events keep their topic names after the topics and "
+          "the bus are gone",
+          "[shutdown][lifetime]") {
+  // One partition holds events of 20 topics: more than the partition keeps names for, so some
+  // events own their name and the others rely on the partition. Every name must still read
+  // right after the bus that registered it is destroyed (AddressSanitizer checks the reads).
+  evbus::keyed_executor ex(evbus_test::manual_mode(1));
+  std::vector<std::string> handled;
+  std::vector<std::string> dropped;
+  std::vector<std::string> dead;
+  std::vector<evbus::event> kept;  // copies made inside the handler outlive everything
+  evbus::delivery_policy p;
+  p.capacity = 30;
+  p.on_full = evbus::overflow::drop_oldest;
+  p.max_retry = 0;
+  p.on_drop = [&](const evbus::event& e) { dropped.push_back(e.topic()); };
+  p.on_dead_letter = [&](const evbus::dead_letter& d) { dead.push_back(d.event.topic()); };
+  {
+    evbus::bus bus;
+    for (int t = 0; t < 20; ++t) bus.register_topics(topic_of(t));
+    bus.register_handler("h", "topic\\..*", evbus::ordered(ex, [&](const evbus::event& e) {
+                           handled.push_back(e.topic());
+                           kept.push_back(e);
+                           if (e.data_as<int>() % 7 == 0) throw std::runtime_error("seven");
+                         }, p));
+    // 40 events into a capacity of 30: the 10 oldest are dropped, while the bus still lives.
+    for (int i = 0; i < 40; ++i) bus.emit(topic_of(i % 20), i);
+    CHECK(dropped.size() == 10);
+    for (int t = 0; t < 20; ++t) bus.deregister_topics(topic_of(t));
+  }
+  ex.run_until_idle();
+  REQUIRE(handled.size() == 30);
+  for (std::size_t i = 0; i < handled.size(); ++i) {
+    CHECK(handled[i] == topic_of(static_cast<int>((i + 10) % 20)));
+  }
+  for (std::size_t i = 0; i < dropped.size(); ++i) {
+    CHECK(dropped[i] == topic_of(static_cast<int>(i)));
+  }
+  // Events 14, 21, 28 and 35 failed their only attempt.
+  CHECK(dead == std::vector<std::string>{"topic.14", "topic.1", "topic.8", "topic.15"});
+  ex.shutdown();
+  REQUIRE(kept.size() == 30);
+  CHECK(kept.front().topic() == "topic.10");
+  CHECK(kept.back().topic() == "topic.19");
+}

@@ -575,10 +575,24 @@ class topic_ref {
     return ptr_ != nullptr ? ptr_->value : empty;
   }
 
+  /// The name, owned or not.
+  const topic_name* name() const noexcept { return ptr_; }
+
+  /// A reference that does not own the name: whoever makes it keeps the name alive.
+  topic_ref borrow() const noexcept { return topic_ref(ptr_); }
+
+  /// Takes shared ownership of the name if it has none (the name must be alive).
+  void own() {
+    if (!owner_ && ptr_ != nullptr) owner_ = ptr_->shared_from_this();
+  }
+
  private:
   const topic_name* ptr_ = nullptr;
   std::shared_ptr<const topic_name> owner_;
 };
+
+/// What the keyed executor needs of an event's insides.
+struct event_access;
 
 /// Types that can be empty and say so (std::function and the like); a lambda is never empty.
 template <class T, class = void>
@@ -653,6 +667,16 @@ class basic_event {
  private:
   template <class>
   friend class basic_bus;
+  friend struct detail::event_access;
+  /// A copy of `other` with another reference to the same topic.
+  basic_event(const basic_event& other, detail::topic_ref topic)
+      : id(other.id),
+        tx_id(other.tx_id),
+        key(other.key),
+        source(other.source),
+        occurred_at(other.occurred_at),
+        data(other.data),
+        topic_(std::move(topic)) {}
   basic_event(detail::topic_ref topic, Data&& payload)
       : data(std::move(payload)), topic_(std::move(topic)) {}
   /// The emit path's event with a default id: id and tx id built in place.
@@ -668,6 +692,25 @@ class basic_event {
 
 /// The dynamic event: payload in a `std::any`.
 using event = basic_event<std::any>;
+
+namespace detail {
+struct event_access {
+  /// A copy of `e` whose topic reference does not own the name (no reference count is
+  /// touched): the caller keeps the name alive as long as the copy refers to it.
+  template <class Data>
+  static basic_event<Data> copy_borrowing(const basic_event<Data>& e) {
+    return basic_event<Data>(e, e.topic_.borrow());
+  }
+  template <class Data>
+  static const topic_name* name(const basic_event<Data>& e) noexcept {
+    return e.topic_.name();
+  }
+  template <class Data>
+  static void own_topic(basic_event<Data>& e) {
+    e.topic_.own();
+  }
+};
+}  // namespace detail
 
 /**
  * @brief Per-emit options. An aggregate: in C++20, `bus.emit(t, d, {.key = "42"})`.
@@ -1783,6 +1826,27 @@ std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noe
 /// after this long looks again and goes back to sleep.
 inline constexpr std::chrono::hours longest_wait{24};
 
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/// Locks `m` (a mutex or a unique_lock) held only for short stretches by others: tries for a
+/// little while before blocking, since a contended std::mutex otherwise puts the caller to
+/// sleep in the kernel and has the holder wake it, which costs far more than the wait.
+template <class Lockable>
+void lock_briefly(Lockable& m) {
+  for (int i = 0; i < 100; ++i) {
+    if (m.try_lock()) return;
+    cpu_relax();
+  }
+  m.lock();
+}
+
 inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
   return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
                           : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
@@ -2090,6 +2154,12 @@ struct executor_options {
   delayed_policy delayed_at_shutdown = delayed_policy::report;
   /// Most events a worker handles from one partition before it lets other partitions run.
   std::size_t batch = 64;
+  /// How long an idle worker keeps looking for new work before it sleeps (one worker at a
+  /// time does). New work usually comes back within microseconds, and a worker that is awake
+  /// takes it without a producer having to wake it through the kernel; the price is up to
+  /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
+  /// Must not be negative.
+  std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
 };
 
 /**
@@ -2123,8 +2193,10 @@ struct subscription_stats {
   std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
   std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
   std::uint64_t expired = 0;       ///< attempts that returned after their deadline
-  std::uint64_t queued = 0;        ///< events held now (waiting, running or awaiting a retry)
-  std::uint64_t high_water = 0;    ///< most events held at once (total: sum of subscriptions')
+  /// Events held now (waiting, running or awaiting a retry). With a capacity, an event stops
+  /// counting as soon as it is handled; without one, when the worker's batch it was in ends.
+  std::uint64_t queued = 0;
+  std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
   std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
   latency_summary handler_time;    ///< duration of each attempt, on the executor clock
   latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
@@ -2355,6 +2427,8 @@ class spinlock {
         if (spins >= 64) {
           std::this_thread::yield();
           spins = 0;
+        } else {
+          cpu_relax();
         }
       }
     }
@@ -2371,9 +2445,10 @@ class spinlock {
 
 /// A FIFO that keeps its storage: a partition's queue pushes and pops without allocating
 /// once it has grown to its working size (std::deque would allocate a block every few
-/// events of this size). Large storage is given back when the queue is empty, but only after
-/// many events went through it since it last grew, so that a queue whose depth swings does
-/// not free and fault in fresh memory over and over.
+/// events of this size). Storage shrinks by halves, and only when the queue has stayed under
+/// a quarter of it for as many pops as it has slots: a queue whose depth swings keeps the
+/// memory it needs (allocating and faulting in fresh pages costs more than the events'
+/// handling), and one that spiked once gives the memory back gradually.
 template <class T>
 class ring {
  public:
@@ -2383,7 +2458,7 @@ class ring {
   const T& front() const noexcept { return *slots_[head_]; }
 
   void push_back(T&& value) {
-    if (size_ == slots_.size()) grow();
+    if (size_ == slots_.size()) resize(slots_.empty() ? 16 : slots_.size() * 2);
     slots_[(head_ + size_) & (slots_.size() - 1)].emplace(std::move(value));
     ++size_;
   }
@@ -2391,32 +2466,38 @@ class ring {
   void pop_front() noexcept {
     slots_[head_].reset();
     head_ = (head_ + 1) & (slots_.size() - 1);
-    ++pops_;
-    if (--size_ == 0 && slots_.size() > keep && pops_ > 8 * slots_.size()) {
-      std::vector<std::optional<T>>().swap(slots_);
-      head_ = 0;
+    --size_;
+    if (slots_.size() <= keep || size_ * 4 >= slots_.size()) {
+      low_pops_ = 0;
+      return;
+    }
+    if (++low_pops_ < slots_.size()) return;
+    try {
+      resize(slots_.size() / 2);
+    } catch (...) {
+      // No memory for the smaller copy: keep the larger one.
     }
   }
 
  private:
   static constexpr std::size_t keep = 1024;
 
-  void grow() {
-    std::vector<std::optional<T>> bigger(slots_.empty() ? 16 : slots_.size() * 2);
+  // Strong guarantee: if copying an element throws (one whose move may throw is copied), the
+  // queue is left as it was.
+  void resize(std::size_t n) {
+    std::vector<std::optional<T>> other(n);
     for (std::size_t i = 0; i < size_; ++i) {
-      auto& from = slots_[(head_ + i) & (slots_.size() - 1)];
-      bigger[i].emplace(std::move(*from));
-      from.reset();
+      other[i].emplace(std::move_if_noexcept(*slots_[(head_ + i) & (slots_.size() - 1)]));
     }
-    slots_.swap(bigger);
+    slots_.swap(other);
     head_ = 0;
-    pops_ = 0;
+    low_pops_ = 0;
   }
 
   std::vector<std::optional<T>> slots_;  // a power of two in size, or empty
   std::size_t head_ = 0;
   std::size_t size_ = 0;
-  std::size_t pops_ = 0;  // since the storage last grew
+  std::size_t low_pops_ = 0;  // pops in a row that left the queue under a quarter full
 };
 
 /// One ordered subscription, as the executor core sees it.
@@ -2460,6 +2541,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         on_error_(std::move(o.on_error)),
         on_undelivered_(std::move(o.on_undelivered)),
         delayed_at_shutdown_(o.delayed_at_shutdown),
+        idle_spin_(o.idle_spin),
         strand_(*this) {}
 
   executor_core(const executor_core&) = delete;
@@ -2485,11 +2567,14 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
 
   // -- called by subscriptions ------------------------------------------------
 
-  /// An idle runnable became ready. Only the idle -> ready transition wakes a worker.
+  /// An idle runnable became ready. Only the idle -> ready transition wakes a worker, and
+  /// only when no worker is awake looking for work.
   void schedule(runnable* r) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    lock_briefly(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_, std::adopt_lock);
     ready_.push_back(r);
-    if (sleepers_ > 0) work_cv_.notify_one();
+    ready_signal_.fetch_add(1, std::memory_order_relaxed);
+    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
 
@@ -2497,9 +2582,11 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   /// partitions get their turn. A sleeper is woken even so: the runner may be a poller or a
   /// worker that resize() is stopping, and then nobody else would look.
   void requeue(runnable* r) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    lock_briefly(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_, std::adopt_lock);
     ready_.push_back(r);
-    if (sleepers_ > 0) work_cv_.notify_one();
+    ready_signal_.fetch_add(1, std::memory_order_relaxed);
+    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
   }
 
   /// `r` waits for a retry at `due`, holding no thread. At shutdown the wait is cut short.
@@ -2869,18 +2956,34 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   void worker_main(worker& self) {
     drive_scope scope(this);
     std::unique_lock<std::mutex> lock(mutex_);
+    bool may_spin = true;
     while (!self.stop) {
       collect_due();
       if (!ready_.empty()) {
         runnable* r = ready_.front();
         ready_.pop_front();
+        // More work than this worker: a sleeping one takes the rest (the spinner, if any,
+        // takes one runnable, then does the same).
+        if (!ready_.empty() && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
         ++running_;
         lock.unlock();
         r->run(batch);
-        lock.lock();
+        lock_briefly(lock);
         --running_;
+        may_spin = true;
         continue;
       }
+      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+        may_spin = false;
+        ++spinning_;
+        const std::uint64_t seen = ready_signal_.load(std::memory_order_relaxed);
+        lock.unlock();
+        spin_for_work(seen);
+        lock_briefly(lock);
+        --spinning_;
+        continue;
+      }
+      may_spin = true;
       ++sleepers_;
       if (!timers_.empty() && !manual_) {
         const auto wait = timers_.front().due - now();
@@ -2894,6 +2997,22 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     // Work this worker would have taken next goes to a sleeping one.
     if (!ready_.empty() && sleepers_ > 0) work_cv_.notify_one();
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+  }
+
+  /// Busy-waits until schedule() or requeue() ran, or idle_spin passed.
+  void spin_for_work(std::uint64_t seen) const noexcept {
+    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
+    for (unsigned i = 1;; ++i) {
+      if (ready_signal_.load(std::memory_order_relaxed) != seen) return;
+      if (i % 16 == 0) {
+        // Gives the processor to whoever waits for it: on a busy machine a worker that only
+        // spun would be preempted as a processor hog, and then be late for the work.
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() >= until) return;
+      } else {
+        cpu_relax();
+      }
+    }
   }
 
   std::size_t run_strand(std::size_t max) noexcept {
@@ -3014,6 +3133,10 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
   std::uint64_t timer_seq_ = 0;
   std::size_t sleepers_ = 0;
+  std::size_t spinning_ = 0;  // workers looking for work without sleeping (0 or 1)
+  const std::chrono::nanoseconds idle_spin_;
+  // Raised by schedule() and requeue(): what a spinning worker watches, off mutex_.
+  std::atomic<std::uint64_t> ready_signal_{0};
   std::size_t running_ = 0;  // runnables taken from ready_ and not yet given back
   std::size_t parked_ = 0;   // partitions in timers_, waiting for a retry
   std::list<worker> workers_;
@@ -3186,6 +3309,8 @@ class subscription final : public subscription_base {
     // Shared between producers and the runner, under `mutex`.
     mutable spinlock mutex;
     ring<item> queue;              // waiting events, not taken by a runner
+    // Topic names the partition's events refer to without owning them (see keep_name).
+    std::vector<std::shared_ptr<const topic_name>> names;
     std::uint64_t pushed = 0;      // events ever pushed; the next item's index
     bool owned = false;            // on the ready list, being run, or parked
     subscription* owner = nullptr;
@@ -3195,6 +3320,7 @@ class subscription final : public subscription_base {
     // order, and how far it got (taken[next] is being handled, or awaits its retry).
     alignas(EVBUS_CACHE_LINE_SIZE) std::vector<item> taken;
     std::size_t next = 0;
+    std::uint64_t finished = 0;  // handled in this batch, places not yet given back (unbounded)
     std::uint64_t rng = 0;
     // Index of the first unfinished event the runner has taken, `none` if it holds none. The
     // runner moves it forward between events without the lock; drain() reads it.
@@ -3221,6 +3347,15 @@ class subscription final : public subscription_base {
     while (q + 1 > h && !high_water_.compare_exchange_weak(h, q + 1, std::memory_order_relaxed)) {
     }
     return true;
+  }
+
+  /// Without a capacity nobody waits for room and the count only feeds stats(): the runner
+  /// gives back its batch's places at once, rather than touching the producers' line for
+  /// every event.
+  void release_batch(partition& p) noexcept {
+    if (p.finished == 0) return;
+    queued_.fetch_sub(p.finished, std::memory_order_seq_cst);
+    p.finished = 0;
   }
 
   void release_slot() {
@@ -3283,7 +3418,7 @@ class subscription final : public subscription_base {
     const std::uint64_t seq = policy_.on_full == overflow::drop_oldest
                                   ? next_seq_.fetch_add(1, std::memory_order_relaxed)
                                   : 0;
-    item it{e, seq, 0, core_.now(), 0};
+    item it{event_access::copy_borrowing(e), seq, 0, core_.now(), 0};
     partition& p = parts_[number];
     bool became_ready = false;
     {
@@ -3291,6 +3426,7 @@ class subscription final : public subscription_base {
       // Checked under the partition lock: shutdown's barrier then knows every push that
       // passed this point is in a queue.
       if (core_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      keep_name(p, it.event);
       it.index = p.pushed;
       p.queue.push_back(std::move(it));
       ++p.pushed;
@@ -3300,6 +3436,27 @@ class subscription final : public subscription_base {
       }
     }
     if (became_ready) core_.schedule(&p);
+  }
+
+  static constexpr std::size_t max_names = 8;   // names a partition owns for its events
+  static constexpr std::size_t idle_names = 4;  // names an idle partition keeps
+
+  /// Requires p.mutex. A queued event refers to its topic's name without owning it: a shared
+  /// count that the producer raised and the runner lowered for every event would bounce
+  /// between their cores. The partition owns the names instead (up to max_names; an event
+  /// with yet another name owns its own) and lets them go only once it is idle, so every
+  /// event it holds, queued or taken by its runner, can rely on them.
+  static void keep_name(partition& p, event_type& ev) {
+    const topic_name* name = event_access::name(ev);
+    if (name == nullptr) return;
+    for (const auto& kept : p.names) {
+      if (kept.get() == name) return;
+    }
+    if (p.names.size() < max_names) {
+      p.names.push_back(name->shared_from_this());
+    } else {
+      event_access::own_topic(ev);
+    }
   }
 
   std::optional<item> take_oldest() {
@@ -3319,6 +3476,8 @@ class subscription final : public subscription_base {
       if (!q.empty() && q.front().seq == best_seq) {
         std::optional<item> v(std::move(q.front()));
         q.pop_front();
+        // It leaves the partition, which may then go idle and let the name go.
+        event_access::own_topic(v->event);
         return v;
       }
       // A worker started it meanwhile: look again.
@@ -3433,13 +3592,18 @@ class subscription final : public subscription_base {
     for (;;) {
       if (p.next == p.taken.size()) {
         // The batch is done (or none was taken): take the next one under one lock.
+        release_batch(p);
         p.taken.clear();
         p.next = 0;
         std::unique_lock<spinlock> lock(p.mutex);
         if (p.queue.empty() || calls >= max) {
           p.in_progress.store(none, std::memory_order_release);
           const bool more = !p.queue.empty();
-          if (!more) p.owned = false;
+          if (!more) {
+            p.owned = false;
+            // Idle: no event refers to the names any more.
+            if (p.names.size() > idle_names) p.names.clear();
+          }
           lock.unlock();
           if (more) core_.requeue(&p);
           core_.notify_progress();
@@ -3456,12 +3620,17 @@ class subscription final : public subscription_base {
       ++calls;
       if (attempt(p, p.taken[p.next], clock_now, retry_at) == outcome::retry) {
         // The event stays at the head: later events of the partition wait behind it.
+        release_batch(p);
         core_.park(&p, retry_at);
         core_.notify_progress();
         return calls;
       }
       ++p.next;
-      release_slot();
+      if (bounded_) {
+        release_slot();  // at once: an emitter may be waiting for the room
+      } else {
+        ++p.finished;
+      }
       // Counters were updated before this store: a drain() that sees it sees them.
       if (p.next < p.taken.size()) {
         p.in_progress.store(p.taken[p.next].index, std::memory_order_release);
@@ -3472,6 +3641,7 @@ class subscription final : public subscription_base {
   executor_core& core_;
   const handler_type fn_;
   const policy_type policy_;
+  const bool bounded_ = policy_.capacity != std::numeric_limits<std::size_t>::max();
   const std::size_t count_;
   std::unique_ptr<partition[]> parts_;
   // Producer side.
@@ -3625,6 +3795,10 @@ class keyed_executor {
   explicit keyed_executor(executor_options options = {}) {
     if (options.partitions == 0) {
       throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    if (options.idle_spin.count() < 0) {
+      throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
+                             std::to_string(options.idle_spin.count()) + "ns)");
     }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));

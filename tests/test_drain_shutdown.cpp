@@ -351,3 +351,60 @@ TEST_CASE("queued, dropped and dead-lettered events keep their topic names after
   CHECK(kept.front().topic() == "topic.10");
   CHECK(kept.back().topic() == "topic.19");
 }
+
+TEST_CASE("drain of one subscription waits for that subscription only", "[drain]") {
+  evbus::keyed_executor ex(evbus_test::threaded(1, 2));
+  evbus_test::gate release;
+  struct opener {
+    evbus_test::gate& g;
+    ~opener() { g.open(); }  // also when a check below fails
+  } open_at_exit{release};
+  std::atomic<int> slow_handled{0};
+  std::atomic<int> fast_handled{0};
+  evbus::bus bus;
+  bus.register_topics("t");
+  // One partition each: the blocked subscription holds one worker, the other one is free.
+  auto slow = evbus::ordered(ex, [&](const evbus::event&) {
+    release.wait();
+    ++slow_handled;
+  });
+  auto fast = evbus::ordered(ex, [&](const evbus::event&) { ++fast_handled; });
+  bus.register_handler("slow", "t", slow);
+  bus.register_handler("fast", "t", fast);
+  for (int i = 0; i < 50; ++i) bus.emit("t", i);
+  ex.drain(fast);
+  CHECK(fast_handled.load() == 50);
+  CHECK(slow_handled.load() == 0);  // still blocked: drain(fast) did not wait for it
+  CHECK(row(ex.stats(), slow.name()).queued == 50);
+  release.open();
+  ex.drain(slow);
+  CHECK(slow_handled.load() == 50);
+}
+
+TEST_CASE("drain of one subscription: W = 0, another executor's subscription, inside a handler",
+          "[drain]") {
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::keyed_executor other(evbus_test::manual_mode(4));
+  int handled = 0;
+  auto mine = evbus::ordered(ex, [&](const evbus::event&) { ++handled; });
+  auto theirs = evbus::ordered(other, [](const evbus::event&) {}, [] {
+    evbus::delivery_policy p;
+    p.name = "theirs";
+    return p;
+  }());
+  evbus::bus bus;
+  bus.register_topics("t");
+  bus.register_handler("mine", "t", mine);
+  for (int i = 0; i < 10; ++i) bus.emit("t", i, with_key(std::to_string(i)));
+  ex.drain(mine);  // no workers: the calling thread does the work
+  CHECK(handled == 10);
+  CHECK(what_of<evbus::invalid_argument>([&] { ex.drain(theirs); }) ==
+        "evbus: drain(): subscription 'theirs' belongs to another keyed_executor");
+  std::string inside;
+  bus.register_handler("reentrant", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    inside = what_of<evbus::error>([&] { ex.drain(mine); });
+  }));
+  bus.emit("t", 99);
+  ex.run_until_idle();
+  CHECK_THAT(inside, ContainsSubstring("drain() called from inside a handler"));
+}

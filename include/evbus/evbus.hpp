@@ -2728,14 +2728,17 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     }
   }
 
-  void drain() {
+  /// Drains every subscription, or only `one`.
+  void drain(std::shared_ptr<subscription_base> one = nullptr) {
     if (drives(this)) {
       throw error(
           "evbus: drain() called from inside a handler (or poll) of the same keyed_executor: "
           "it would wait for itself");
     }
     std::vector<std::shared_ptr<subscription_base>> subs;
-    {
+    if (one) {
+      subs.push_back(std::move(one));
+    } else {
       std::lock_guard<std::mutex> lock(mutex_);
       subs = subscriptions_;
     }
@@ -3751,6 +3754,7 @@ class ordered_handler {
   const std::string& name() const noexcept { return sub_->name; }
 
  private:
+  friend class keyed_executor;
   template <class D, class Fn>
   friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
@@ -3865,6 +3869,28 @@ class keyed_executor {
    * evbus::error (it would wait for itself).
    */
   void drain() { core_->drain(); }
+
+  /**
+   * @brief drain() for one subscription: returns when every event that `subscription` (what
+   * evbus::ordered returned, or a copy) accepted before the call has been handled,
+   * dead-lettered or dropped, whatever the other subscriptions still hold. The same rules
+   * as drain() apply (with W = 0 the calling thread runs the ready work, of any subscription).
+   * A subscription of another executor throws evbus::invalid_argument.
+   *
+   * @code
+   *   auto mailer = evbus::ordered(ex, send_mail);
+   *   bus.register_handler("mailer", "user\\..*", mailer);
+   *   ex.drain(mailer);   // every mail queued so far is sent; a slow audit log may lag
+   * @endcode
+   */
+  template <class Data>
+  void drain(const ordered_handler<Data>& subscription) {
+    if (subscription.core_ != core_) {
+      throw invalid_argument("evbus: drain(): subscription " + detail::quote(subscription.name()) +
+                             " belongs to another keyed_executor");
+    }
+    core_->drain(subscription.sub_);
+  }
 
   /**
    * @brief Stops the executor; idempotent, and concurrent calls all return once it is done.

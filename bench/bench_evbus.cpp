@@ -3,7 +3,10 @@
 //
 //   build:  g++ -O2 -DNDEBUG -std=c++17 -Iinclude bench/bench_evbus.cpp -lbenchmark -lpthread
 //           (or cmake -DEVBUS_BUILD_BENCHMARKS=ON -DCMAKE_BUILD_TYPE=Release)
-//   run:    ./a.out --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   run:    ./a.out --benchmark_repetitions=10 --benchmark_enable_random_interleaving=true
+//                   --benchmark_report_aggregates_only=true
+//           (interleaving: baselines and the figures compared with them share the machine's
+//           noisy moments)
 //
 // The names are fixed so that figures can be tracked from one version to the next:
 //
@@ -13,7 +16,8 @@
 //   BM_emit_handle/1              the same through a topic handle (no name lookup)
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
 //   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
-//   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1), until drained
+//   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1, default options
+//                                 and policy), until drained
 //   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
 //
 // Goals (ratios of medians in one run):

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -95,10 +96,19 @@ void check_totals(checker& c, const evbus::keyed_executor& ex) {
 TEST_CASE("4 producers x 50,000 events over 1,000 keys, P = 64, W = 2: per-key order, one at a "
           "time, exactly once",
           "[executor][order]") {
+  // Both ways an idle worker waits for work: spinning first (the default), or asleep at once,
+  // woken by the producer that makes a partition ready.
+  auto options = evbus_test::threaded(partitions, 2);
+  SECTION("idle workers spin for idle_spin before they sleep (the default)") {
+    CHECK(options.idle_spin > std::chrono::nanoseconds(0));
+  }
+  SECTION("idle workers sleep at once: idle_spin = 0") {
+    options.idle_spin = std::chrono::nanoseconds(0);
+  }
   checker c;
   evbus::basic_bus<msg> bus;
   bus.register_topics("order");
-  evbus::keyed_executor ex(evbus_test::threaded(partitions, 2));
+  evbus::keyed_executor ex(options);
   // Data is read off the handler's parameter type.
   bus.register_handler("check", "order",
                        evbus::ordered(ex, [&](const evbus::basic_event<msg>& e,

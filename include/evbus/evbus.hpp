@@ -2567,34 +2567,21 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
 
   // -- called by subscriptions ------------------------------------------------
 
-  /// An idle runnable became ready. Only the idle -> ready transition wakes a worker, and
-  /// only when no worker is awake looking for work.
+  /// `r` became ready: an idle partition got an event, or its runner still has work after a
+  /// batch (to the back of the list, so other partitions get their turn; a worker is woken
+  /// even so, since the runner may be a poller or a worker that resize() is stopping).
   void schedule(runnable* r) {
     lock_briefly(mutex_);
     std::lock_guard<std::mutex> lock(mutex_, std::adopt_lock);
-    ready_.push_back(r);
-    ready_signal_.fetch_add(1, std::memory_order_relaxed);
-    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+    push_ready(r);
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
-  }
-
-  /// The runner still has work in `r` after a batch: to the back of the list, so other
-  /// partitions get their turn. A sleeper is woken even so: the runner may be a poller or a
-  /// worker that resize() is stopping, and then nobody else would look.
-  void requeue(runnable* r) {
-    lock_briefly(mutex_);
-    std::lock_guard<std::mutex> lock(mutex_, std::adopt_lock);
-    ready_.push_back(r);
-    ready_signal_.fetch_add(1, std::memory_order_relaxed);
-    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
   }
 
   /// `r` waits for a retry at `due`, holding no thread. At shutdown the wait is cut short.
   void park(runnable* r, steady_time due) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shutdown_requested.load(std::memory_order_relaxed)) {
-      ready_.push_back(r);
-      if (sleepers_ > 0) work_cv_.notify_one();
+      push_ready(r);
       return;
     }
     ++parked_;
@@ -2916,6 +2903,14 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     bool owned = false;                               // under core.mutex_
   };
 
+  // Requires mutex_. Queues `r` and has it taken: by the worker spinning for work if there
+  // is one (it watches ready_signal_), else by a sleeping worker woken here.
+  void push_ready(runnable* r) {
+    ready_.push_back(r);
+    ready_signal_.fetch_add(1, std::memory_order_relaxed);
+    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+  }
+
   // Requires mutex_.
   void add_timer(timer t) {
     const bool earliest = timers_.empty() || later(timers_.front(), t);
@@ -3002,7 +2997,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
 
-  /// Busy-waits until schedule() or requeue() ran, or idle_spin passed.
+  /// Busy-waits until push_ready() ran, or idle_spin passed.
   void spin_for_work(std::uint64_t seen) const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
@@ -3030,8 +3025,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
           return n;
         }
         if (n >= max) {
-          ready_.push_back(&strand_);
-          if (sleepers_ > 0) work_cv_.notify_one();
+          push_ready(&strand_);
           return n;
         }
         d = std::move(strand_.queue.front());
@@ -3138,7 +3132,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   std::size_t sleepers_ = 0;
   std::size_t spinning_ = 0;  // workers looking for work without sleeping (0 or 1)
   const std::chrono::nanoseconds idle_spin_;
-  // Raised by schedule() and requeue(): what a spinning worker watches, off mutex_.
+  // Raised by push_ready(): what a spinning worker watches, off mutex_.
   std::atomic<std::uint64_t> ready_signal_{0};
   std::size_t running_ = 0;  // runnables taken from ready_ and not yet given back
   std::size_t parked_ = 0;   // partitions in timers_, waiting for a retry
@@ -3608,7 +3602,7 @@ class subscription final : public subscription_base {
             if (p.names.size() > idle_names) p.names.clear();
           }
           lock.unlock();
-          if (more) core_.requeue(&p);
+          if (more) core_.schedule(&p);
           core_.notify_progress();
           return calls;
         }

@@ -6,10 +6,15 @@
 #include "executor_support.hpp"
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::row;
@@ -114,6 +119,85 @@ TEST_CASE("stats after a known workload: exact counts, per subscription and in t
   CHECK(w.queue_wait.p99 == milliseconds(10));
   CHECK(s.total.handler_time.count == 8);
   CHECK(s.total.handler_time.max == milliseconds(4));
+}
+
+TEST_CASE("without a capacity, queued and high_water follow the queue as it rises and falls",
+          "[stats]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event&) {}));
+  const auto emit = [&](int n) {
+    for (int i = 0; i < n; ++i) bus.emit("t", i, with_key(std::to_string(i)));
+  };
+  const auto sub = [&] { return ex.stats().subscriptions.at(0); };
+
+  emit(5);
+  CHECK(sub().queued == 5);
+  CHECK(sub().high_water == 5);
+  ex.run_until_idle();
+  CHECK(sub().queued == 0);
+  CHECK(sub().high_water == 5);
+  emit(3);  // below the mark
+  CHECK(sub().queued == 3);
+  CHECK(sub().high_water == 5);
+  emit(4);  // 7 held: past it
+  CHECK(sub().queued == 7);
+  CHECK(sub().high_water == 7);
+  ex.run_until_idle();
+  emit(8);
+  CHECK(sub().queued == 8);
+  CHECK(sub().high_water == 8);
+  ex.run_until_idle();
+  const auto s = sub();
+  CHECK(s.queued == 0);
+  CHECK(s.high_water == 8);
+  CHECK(s.accepted == 20);
+  CHECK(s.delivered == 20);
+}
+
+TEST_CASE("without a capacity, events from many threads held at once are all counted",
+          "[stats][threads]") {
+  constexpr int producers = 4;
+  const int per_producer = evbus_test::scaled(2000, 300);
+  evbus::bus bus;
+  bus.register_topics("t");
+  std::mutex gate_mutex;
+  std::condition_variable gate_cv;
+  bool open = false;
+  evbus::keyed_executor ex(evbus_test::threaded(8, 2));
+  // Every handler waits at the gate, so nothing is given back until all events are in.
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    std::unique_lock<std::mutex> lock(gate_mutex);
+    gate_cv.wait(lock, [&] { return open; });
+  }));
+  {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < producers; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < per_producer; ++i) {
+          std::string key = std::to_string(i % 50);
+          key += static_cast<char>('a' + t);
+          bus.emit("t", i, with_key(std::move(key)));
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+  const auto total = static_cast<std::uint64_t>(producers * per_producer);
+  auto s = ex.stats().subscriptions.at(0);
+  CHECK(s.queued == total);
+  CHECK(s.high_water == total);
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex);
+    open = true;
+  }
+  gate_cv.notify_all();
+  ex.drain();
+  s = ex.stats().subscriptions.at(0);
+  CHECK(s.queued == 0);
+  CHECK(s.high_water == total);
+  CHECK(s.delivered == total);
 }
 
 TEST_CASE("percentiles over a spread of durations stay within a bucket of the truth", "[stats]") {

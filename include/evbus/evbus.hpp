@@ -2382,6 +2382,59 @@ class drive_scope {
 struct runnable {
   virtual ~runnable() = default;
   virtual std::size_t run(std::size_t batch) noexcept = 0;
+  /// The next runnable in the executor's inbox or ready list; a runnable is in at most one of
+  /// them, and only while it is owned (ready, not yet run).
+  runnable* next_ready = nullptr;
+};
+
+/// The runnables a worker can take, oldest first: intrusive, so that queueing one never
+/// allocates (and never fails).
+class ready_list {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return size_; }
+  runnable* front() const noexcept { return head_; }
+
+  void push_back(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (tail_ != nullptr) {
+      tail_->next_ready = r;
+    } else {
+      head_ = r;
+    }
+    tail_ = r;
+    ++size_;
+  }
+
+  runnable* pop_front() noexcept {
+    runnable* r = head_;
+    head_ = r->next_ready;
+    if (head_ == nullptr) tail_ = nullptr;
+    r->next_ready = nullptr;
+    --size_;
+    return r;
+  }
+
+  /// Appends a chain linked newest first (as a stack gives it) in oldest-first order.
+  void push_back_reversed(runnable* newest) noexcept {
+    runnable* oldest = nullptr;
+    while (newest != nullptr) {
+      runnable* next = newest->next_ready;
+      newest->next_ready = oldest;
+      oldest = newest;
+      newest = next;
+    }
+    while (oldest != nullptr) {
+      runnable* next = oldest->next_ready;
+      push_back(oldest);
+      oldest = next;
+    }
+  }
+
+ private:
+  runnable* head_ = nullptr;
+  runnable* tail_ = nullptr;
+  std::size_t size_ = 0;
 };
 
 /// A scheduled delayed emit, type-erased over the bus type.
@@ -2449,31 +2502,42 @@ class spinlock {
 /// a quarter of it for as many pops as it has slots: a queue whose depth swings keeps the
 /// memory it needs (allocating and faulting in fresh pages costs more than the events'
 /// handling), and one that spiked once gives the memory back gradually.
+///
+/// Slots are raw storage: a push only writes its slot. (A slot that said whether it holds a
+/// value would be read first, and the slot was last written by the consumer's pop, on
+/// another core: the producer would wait for that cache line instead of letting the write
+/// complete in the background.)
 template <class T>
 class ring {
  public:
+  ring() noexcept = default;
+  ring(const ring&) = delete;
+  ring& operator=(const ring&) = delete;
+  ~ring() {
+    while (size_ > 0) pop_front_only();
+    release(slots_, capacity_);
+  }
+
   bool empty() const noexcept { return size_ == 0; }
   std::size_t size() const noexcept { return size_; }
-  T& front() noexcept { return *slots_[head_]; }
-  const T& front() const noexcept { return *slots_[head_]; }
+  T& front() noexcept { return slots_[head_]; }
+  const T& front() const noexcept { return slots_[head_]; }
 
   void push_back(T&& value) {
-    if (size_ == slots_.size()) resize(slots_.empty() ? 16 : slots_.size() * 2);
-    slots_[(head_ + size_) & (slots_.size() - 1)].emplace(std::move(value));
+    if (size_ == capacity_) resize(capacity_ == 0 ? 16 : capacity_ * 2);
+    ::new (static_cast<void*>(slots_ + ((head_ + size_) & (capacity_ - 1)))) T(std::move(value));
     ++size_;
   }
 
   void pop_front() noexcept {
-    slots_[head_].reset();
-    head_ = (head_ + 1) & (slots_.size() - 1);
-    --size_;
-    if (slots_.size() <= keep || size_ * 4 >= slots_.size()) {
+    pop_front_only();
+    if (capacity_ <= keep || size_ * 4 >= capacity_) {
       low_pops_ = 0;
       return;
     }
-    if (++low_pops_ < slots_.size()) return;
+    if (++low_pops_ < capacity_) return;
     try {
-      resize(slots_.size() / 2);
+      resize(capacity_ / 2);
     } catch (...) {
       // No memory for the smaller copy: keep the larger one.
     }
@@ -2482,19 +2546,41 @@ class ring {
  private:
   static constexpr std::size_t keep = 1024;
 
+  void pop_front_only() noexcept {
+    slots_[head_].~T();
+    head_ = (head_ + 1) & (capacity_ - 1);
+    --size_;
+  }
+
+  static void release(T* slots, std::size_t n) noexcept {
+    if (slots != nullptr) std::allocator<T>().deallocate(slots, n);
+  }
+
   // Strong guarantee: if copying an element throws (one whose move may throw is copied), the
   // queue is left as it was.
   void resize(std::size_t n) {
-    std::vector<std::optional<T>> other(n);
-    for (std::size_t i = 0; i < size_; ++i) {
-      other[i].emplace(std::move_if_noexcept(*slots_[(head_ + i) & (slots_.size() - 1)]));
+    T* other = std::allocator<T>().allocate(n);
+    std::size_t made = 0;
+    try {
+      for (; made < size_; ++made) {
+        ::new (static_cast<void*>(other + made))
+            T(std::move_if_noexcept(slots_[(head_ + made) & (capacity_ - 1)]));
+      }
+    } catch (...) {
+      while (made > 0) other[--made].~T();
+      release(other, n);
+      throw;
     }
-    slots_.swap(other);
+    for (std::size_t i = 0; i < size_; ++i) slots_[(head_ + i) & (capacity_ - 1)].~T();
+    release(slots_, capacity_);
+    slots_ = other;
+    capacity_ = n;
     head_ = 0;
     low_pops_ = 0;
   }
 
-  std::vector<std::optional<T>> slots_;  // a power of two in size, or empty
+  T* slots_ = nullptr;         // capacity_ slots, of which size_ from head_ (wrapping) hold values
+  std::size_t capacity_ = 0;   // a power of two, or 0
   std::size_t head_ = 0;
   std::size_t size_ = 0;
   std::size_t low_pops_ = 0;  // pops in a row that left the queue under a quarter full
@@ -2568,13 +2654,31 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   // -- called by subscriptions ------------------------------------------------
 
   /// `r` became ready: an idle partition got an event, or its runner still has work after a
-  /// batch (to the back of the list, so other partitions get their turn; a worker is woken
+  /// batch (to the back of the line, so other partitions get their turn; a worker is woken
   /// even so, since the runner may be a poller or a worker that resize() is stopping).
-  void schedule(runnable* r) {
-    lock_briefly(mutex_);
-    std::lock_guard<std::mutex> lock(mutex_, std::adopt_lock);
-    push_ready(r);
-    if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
+  ///
+  /// Producers do not take the executor's mutex: `r` goes onto the inbox, a lock-free stack
+  /// that workers empty into the ready list. A worker is woken only when the inbox goes from
+  /// empty to non-empty, none is spinning for work, and one sleeps. Never throws.
+  void schedule(runnable* r) noexcept {
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+    if (head != nullptr) return;  // whoever made the inbox non-empty did what follows
+    // Each of these loads is ordered after the push (seq_cst) and pairs with the store a
+    // worker or waiter makes before it looks at the inbox and sleeps: one of the two sides
+    // sees the other.
+    const bool worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
+                        spinning_.load(std::memory_order_seq_cst) == 0;
+    const bool waiter = waiters_.load(std::memory_order_seq_cst) > 0;
+    if (!worker && !waiter) return;
+    // Under the mutex: a worker or waiter that has looked at the inbox and found it empty is
+    // then waiting on its condition variable, so the notification reaches it.
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (worker) work_cv_.notify_one();
+    if (waiter) idle_cv_.notify_all();
   }
 
   /// `r` waits for a retry at `due`, holding no thread. At shutdown the wait is cut short.
@@ -2691,12 +2795,12 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     drive_scope scope(this);
     std::unique_lock<std::mutex> lock(mutex_);
     collect_due();
+    take_inbox();
     std::size_t n = ready_.size();
     found = n > 0;
     std::size_t calls = 0;
     while (n-- > 0 && !ready_.empty()) {
-      runnable* r = ready_.front();
-      ready_.pop_front();
+      runnable* r = ready_.pop_front();
       ++running_;
       lock.unlock();
       calls += r->run(batch);
@@ -2905,10 +3009,21 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
 
   // Requires mutex_. Queues `r` and has it taken: by the worker spinning for work if there
   // is one (it watches ready_signal_), else by a sleeping worker woken here.
-  void push_ready(runnable* r) {
+  void push_ready(runnable* r) noexcept {
     ready_.push_back(r);
     ready_signal_.fetch_add(1, std::memory_order_relaxed);
-    if (sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+    if (sleepers_.load(std::memory_order_relaxed) > 0 &&
+        spinning_.load(std::memory_order_relaxed) == 0) {
+      work_cv_.notify_one();
+    }
+  }
+
+  // Requires mutex_. Moves what producers scheduled onto the ready list, in the order it
+  // became ready. The load is seq_cst: it pairs with schedule()'s loads of sleepers_ and
+  // spinning_ after a worker changed them.
+  void take_inbox() noexcept {
+    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
+    ready_.push_back_reversed(inbox_.exchange(nullptr, std::memory_order_acquire));
   }
 
   // Requires mutex_.
@@ -2917,7 +3032,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     timers_.push_back(std::move(t));
     std::push_heap(timers_.begin(), timers_.end(), later_first{});
     // Sleepers wait until the earliest due time; a new earliest one must be seen.
-    if (earliest && sleepers_ > 0) work_cv_.notify_all();
+    if (earliest && sleepers_.load(std::memory_order_relaxed) > 0) work_cv_.notify_all();
     if (earliest && waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
 
@@ -2942,7 +3057,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
       }
       ++moved;
     }
-    if (moved > 1 && sleepers_ > 0) work_cv_.notify_all();
+    if (moved > 1 && sleepers_.load(std::memory_order_relaxed) > 0) work_cv_.notify_all();
   }
 
   void time_moved() {
@@ -2957,12 +3072,15 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     bool may_spin = true;
     while (!self.stop) {
       collect_due();
+      take_inbox();
       if (!ready_.empty()) {
-        runnable* r = ready_.front();
-        ready_.pop_front();
+        runnable* r = ready_.pop_front();
         // More work than this worker: a sleeping one takes the rest (the spinner, if any,
         // takes one runnable, then does the same).
-        if (!ready_.empty() && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+        if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0 &&
+            spinning_.load(std::memory_order_relaxed) == 0) {
+          work_cv_.notify_one();
+        }
         ++running_;
         lock.unlock();
         r->run(batch);
@@ -2971,37 +3089,45 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         may_spin = true;
         continue;
       }
-      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+      if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 && idle_spin_.count() > 0) {
         may_spin = false;
-        ++spinning_;
+        spinning_.fetch_add(1, std::memory_order_seq_cst);
         const std::uint64_t seen = ready_signal_.load(std::memory_order_relaxed);
         lock.unlock();
         spin_for_work(seen);
         lock_briefly(lock);
-        --spinning_;
+        spinning_.fetch_sub(1, std::memory_order_seq_cst);
         continue;
       }
       may_spin = true;
-      ++sleepers_;
-      if (!timers_.empty() && !manual_) {
+      // Announced before the last look at the inbox: a producer that pushes after that look
+      // sees a sleeper (schedule() pairs with this) and notifies under the mutex.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (inbox_.load(std::memory_order_seq_cst) != nullptr) {
+        // Came in meanwhile.
+      } else if (!timers_.empty() && !manual_) {
         const auto wait = timers_.front().due - now();
         if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
       } else {
         work_cv_.wait(lock);
       }
-      --sleepers_;
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
     }
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
-    if (!ready_.empty() && sleepers_ > 0) work_cv_.notify_one();
+    take_inbox();
+    if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) work_cv_.notify_one();
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
 
-  /// Busy-waits until push_ready() ran, or idle_spin passed.
+  /// Busy-waits until push_ready() ran, the inbox has work, or idle_spin passed.
   void spin_for_work(std::uint64_t seen) const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
-      if (ready_signal_.load(std::memory_order_relaxed) != seen) return;
+      if (inbox_.load(std::memory_order_relaxed) != nullptr ||
+          ready_signal_.load(std::memory_order_relaxed) != seen) {
+        return;
+      }
       if (i % 16 == 0) {
         // Gives the processor to whoever waits for it: on a busy machine a worker that only
         // spun would be preempted as a processor hog, and then be late for the work.
@@ -3074,6 +3200,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         idle_cv_.wait(lock);
         continue;
       }
+      take_inbox();
       if (!ready_.empty() || (!timers_.empty() && timers_.front().due <= now())) {
         lock.unlock();
         bool found = false;
@@ -3126,11 +3253,9 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   mutable std::mutex mutex_;
   std::condition_variable work_cv_;  // workers wait here for ready work or a due time
   std::condition_variable idle_cv_;  // drain() and shutdown() wait here for progress
-  std::deque<runnable*> ready_;
+  ready_list ready_;
   std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
   std::uint64_t timer_seq_ = 0;
-  std::size_t sleepers_ = 0;
-  std::size_t spinning_ = 0;  // workers looking for work without sleeping (0 or 1)
   const std::chrono::nanoseconds idle_spin_;
   // Raised by push_ready(): what a spinning worker watches, off mutex_.
   std::atomic<std::uint64_t> ready_signal_{0};
@@ -3141,6 +3266,14 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   state state_ = state::open;
   std::vector<std::shared_ptr<subscription_base>> subscriptions_;
   delayed_strand strand_;
+
+  // Runnables that producers made ready, newest first, linked through next_ready; on a line
+  // of its own, since every schedule() writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
+  // Who may need waking when the inbox gets work: read by every schedule(), written (under
+  // mutex_) only when a worker or a drain() changes what it does.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::size_t> sleepers_{0};
+  std::atomic<std::size_t> spinning_{0};  // workers looking for work without sleeping (0 or 1)
   std::atomic<std::size_t> waiters_{0};
 
   std::atomic<std::uint64_t> delayed_pending_{0};
@@ -3278,7 +3411,7 @@ class subscription final : public subscription_base {
     out.dropped = dropped_.load(std::memory_order_relaxed);
     out.rejected = rejected_.load(std::memory_order_relaxed);
     out.expired = expired_.load(std::memory_order_relaxed);
-    out.queued = queued_.load(std::memory_order_relaxed);
+    out.queued = held();
     out.high_water = high_water_.load(std::memory_order_relaxed);
     out.blocked = space_waiters_.load(std::memory_order_relaxed);
     handler = handler_time_.read();
@@ -3330,10 +3463,27 @@ class subscription final : public subscription_base {
                            quote(e.topic()) + " with key " + quote(e.key));
   }
 
+  /// Takes a place for an event, or returns false when the subscription is full.
   bool reserve() noexcept {
     std::uint64_t q = 0;
-    if (policy_.capacity == std::numeric_limits<std::size_t>::max()) {
-      q = queued_.fetch_add(1, std::memory_order_seq_cst);
+    if (!bounded_) {
+      // Without a capacity nobody waits for room and the count only feeds stats(): producers
+      // count places taken, runners count places given back (returned_, on their own line),
+      // so neither writes a line the other keeps reading. The high-water mark needs the
+      // difference only when it may have grown: `returned_seen_` is a value returned_ had,
+      // so taken - returned_seen_ bounds the count from above, and returned_ is read again
+      // only when that bound passes the mark.
+      const std::uint64_t taken = queued_.fetch_add(1, std::memory_order_relaxed) + 1;
+      const std::uint64_t h = high_water_.load(std::memory_order_relaxed);
+      const std::uint64_t seen = returned_seen_.load(std::memory_order_relaxed);
+      if (taken >= seen && taken - seen <= h) return true;
+      // Given back first: a place is given back after it was taken (the partition's lock
+      // orders the two), so the count read second includes every place counted here.
+      const std::uint64_t back = returned_.load(std::memory_order_acquire);
+      const std::uint64_t now_taken = queued_.load(std::memory_order_relaxed);
+      returned_seen_.store(back, std::memory_order_relaxed);
+      if (now_taken <= back) return true;
+      q = now_taken - back - 1;  // the mark is raised to q + 1 below
     } else {
       q = queued_.load(std::memory_order_seq_cst);
       do {
@@ -3346,12 +3496,18 @@ class subscription final : public subscription_base {
     return true;
   }
 
-  /// Without a capacity nobody waits for room and the count only feeds stats(): the runner
-  /// gives back its batch's places at once, rather than touching the producers' line for
-  /// every event.
+  /// Events the subscription holds now: places taken and not given back.
+  std::uint64_t held() const noexcept {
+    // Given back first, as in reserve().
+    const std::uint64_t back = returned_.load(std::memory_order_acquire);
+    const std::uint64_t taken = queued_.load(std::memory_order_seq_cst);
+    return taken >= back ? taken - back : 0;
+  }
+
+  /// Without a capacity the runner gives back its batch's places at once (see reserve()).
   void release_batch(partition& p) noexcept {
     if (p.finished == 0) return;
-    queued_.fetch_sub(p.finished, std::memory_order_seq_cst);
+    returned_.fetch_add(p.finished, std::memory_order_release);
     p.finished = 0;
   }
 
@@ -3647,11 +3803,14 @@ class subscription final : public subscription_base {
   std::atomic<std::uint64_t> high_water_{0};
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition
-  // Both sides: producers take places, runners give them back.
+  // Places taken: with a capacity, minus those given back (producers and runners both write
+  // it); without one, only producers write it and runners count in returned_.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> queued_{0};
+  std::atomic<std::uint64_t> returned_seen_{0};  // a value of returned_, for reserve()
   std::atomic<std::size_t> space_waiters_{0};
   // Consumer side.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> delivered_{0};
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> returned_{0};  // without a capacity
+  std::atomic<std::uint64_t> delivered_{0};
   std::atomic<std::uint64_t> failed_{0};
   std::atomic<std::uint64_t> retried_{0};
   std::atomic<std::uint64_t> dead_lettered_{0};

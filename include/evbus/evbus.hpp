@@ -2661,11 +2661,15 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   /// that workers empty into the ready list. A worker is woken only when the inbox goes from
   /// empty to non-empty, none is spinning for work, and one sleeps. Never throws.
   void schedule(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
+    // First tried as if the inbox were empty, as it mostly is when workers keep up: reading
+    // the head first would fetch its line from a worker's cache once to read and again to
+    // write.
+    runnable* head = nullptr;
+    r->next_ready = nullptr;
+    while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                         std::memory_order_relaxed)) {
       r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
+    }
     if (head != nullptr) return;  // whoever made the inbox non-empty did what follows
     // Each of these loads is ordered after the push (seq_cst) and pairs with the store a
     // worker or waiter makes before it looks at the inbox and sleeps: one of the two sides

@@ -16,6 +16,8 @@
 //   BM_emit_handle/1              the same through a topic handle (no name lookup)
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
 //   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
+//   BM_baseline_line_handoff      two threads passing one cache line back and forth: what the
+//                                 machine charges each time data crosses between two cores
 //   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1, default options
 //                                 and policy), until drained
 //   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
@@ -37,6 +39,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -370,6 +373,57 @@ void BM_baseline_mutex_queue(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(pushed));
 }
 BENCHMARK(BM_baseline_mutex_queue)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_baseline_line_handoff
+// ---------------------------------------------------------------------------
+
+/// One cache line, alone on its line.
+struct alignas(EVBUS_CACHE_LINE_SIZE) shared_line {
+  std::atomic<std::uint64_t> value{0};
+};
+
+/**
+ * Not a goal, a yardstick: the benchmark thread and a second thread take turns writing one
+ * cache line, so every turn moves the line from one core's cache to the other's. Items are
+ * one-way hand-offs (two per iteration); the time of one is what a queue pays each time it
+ * touches data the other side wrote last. On virtual machines it changes by several times
+ * with where the host runs the two threads, and every hand-off figure (the mutex queue, the
+ * executor) moves with it.
+ */
+void BM_baseline_line_handoff(benchmark::State& state) {
+  constexpr std::uint64_t stop = std::numeric_limits<std::uint64_t>::max();
+  auto line = std::make_unique<shared_line>();
+  // The other thread answers each odd value with the next even one.
+  std::thread echo([&line] {
+    for (std::uint64_t expect = 1;; expect += 2) {
+      std::uint64_t v = line->value.load(std::memory_order_acquire);
+      for (; v != expect; v = line->value.load(std::memory_order_acquire)) {
+        if (v == stop) return;
+      }
+      line->value.store(expect + 1, std::memory_order_release);
+    }
+  });
+  const auto round_trip = [&line](std::uint64_t sent) {
+    line->value.store(sent + 1, std::memory_order_release);
+    while (line->value.load(std::memory_order_acquire) != sent + 2) {
+    }
+  };
+  // Untimed, for a few milliseconds: the other thread has started, and the scheduler has had
+  // time to put the two threads on different cores.
+  std::uint64_t sent = 0;
+  const auto warm = std::chrono::steady_clock::now() + std::chrono::milliseconds(5);
+  for (; sent < 2 || std::chrono::steady_clock::now() < warm; sent += 2) round_trip(sent);
+  const std::uint64_t first = sent;
+  for (auto _ : state) {
+    round_trip(sent);
+    sent += 2;
+  }
+  line->value.store(stop, std::memory_order_release);
+  echo.join();
+  state.SetItemsProcessed(static_cast<std::int64_t>(sent - first));
+}
+BENCHMARK(BM_baseline_line_handoff)->UseRealTime();
 
 #if EVBUS_BENCH_EXECUTOR
 

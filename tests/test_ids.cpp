@@ -157,6 +157,29 @@ TEST_CASE("an occurred_at override in the past does not make default ids go back
   CHECK(r.id < bus.emit("t", 0).id);
 }
 
+TEST_CASE("one thread's default ids stay unique and increasing past 32768 in a millisecond",
+          "[ids]") {
+  // 15 bits of sequence per millisecond; past them the generator borrows the next millisecond.
+  // A time long past keeps the thread in its current millisecond for every id.
+  const evbus::time_point past(std::chrono::seconds(1));
+  auto& slot = evbus::detail::this_thread_slot();
+  std::string previous;
+  evbus::detail::make_sortable_id(slot, past, previous);
+  constexpr int count = 70'000;  // at least two full sequences
+  int out_of_order = 0;
+  int sequence_restarts = 0;
+  for (int i = 0; i < count; ++i) {
+    std::string id;
+    evbus::detail::make_sortable_id(slot, past, id);
+    if (!(previous < id)) ++out_of_order;
+    if (id.compare(12, 3, "000") == 0) ++sequence_restarts;
+    previous = std::move(id);
+  }
+  CHECK(out_of_order == 0);
+  CHECK(sequence_restarts >= 2);
+  CHECK(sequence_restarts <= 3);
+}
+
 TEST_CASE("sequential_ids counts from 1, with an optional prefix and first value", "[ids]") {
   const evbus::sequential_ids plain;
   CHECK(plain() == "1");

@@ -296,6 +296,11 @@ inline time_point wall_now() noexcept {
   return std::chrono::time_point_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now());
 }
 
+/// The 15 characters of a default id, in a 16-byte block that never straddles a cache line.
+struct alignas(16) id_text {
+  char c[15];
+};
+
 /**
  * Per-thread state shared by every bus: where a thread announces that it is inside an emit,
  * and the hot state of the default id generator. A slot is written by its owning thread only
@@ -311,10 +316,13 @@ struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   // Owner-only from here on.
   std::uint32_t depth = 0;
   std::uint32_t index = 0;
-  std::uint64_t id_ms = 0;
   std::uint32_t id_seq = 0;
-  char id_prefix[12] = {};      // the first 12 characters of the ids of millisecond id_ms
+  std::uint64_t id_ms = 0;
   thread_slot* next = nullptr;  // registry list; immutable once published
+  // id_buf[id_cur] holds the last id made on this slot, (id_ms, id_seq); while id_seq is below
+  // its maximum, id_buf[id_cur ^ 1] already holds the next one, (id_ms, id_seq + 1).
+  unsigned id_cur = 0;
+  id_text id_buf[2] = {};
 };
 
 /// Every slot ever made, never freed: threads come and go, slots are reused.
@@ -433,13 +441,8 @@ inline void wait_for_emits_in_progress() {
 /// numeric order.
 inline constexpr char base32_alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
-/// The 15 characters of a default id.
-struct id_text {
-  char c[15];
-};
-
-/// Writes the first 12 characters of the ids of millisecond `slot.id_ms` on this slot: they
-/// hold the milliseconds and the slot index; the last 3 hold the sequence.
+/// Writes the first 12 characters of the ids of millisecond `slot.id_ms` on this slot into
+/// both buffers: they hold the milliseconds and the slot index; the last 3 hold the sequence.
 inline void write_id_prefix(thread_slot& slot) noexcept {
   const std::uint64_t hi = slot.id_ms & ((std::uint64_t{1} << 44) - 1);
   const std::uint64_t lo = std::uint64_t{slot.index & 0xffffU} << 15;
@@ -447,31 +450,44 @@ inline void write_id_prefix(thread_slot& slot) noexcept {
     const int shift = 70 - 5 * i;  // lowest bit of character i in the 75-bit number
     const std::uint64_t bits =
         shift >= 31 ? (hi >> (shift - 31)) : ((hi << (31 - shift)) | (lo >> shift));
-    slot.id_prefix[i] = base32_alphabet[bits & 31U];
+    slot.id_buf[0].c[i] = slot.id_buf[1].c[i] = base32_alphabet[bits & 31U];
   }
 }
 
-/// Writes the default id: 75 bits as 15 base32 characters: 44 bits of milliseconds since the
+/// Writes the last 3 characters of an id: the sequence within the millisecond.
+inline void write_id_seq(id_text& text, std::uint32_t seq) noexcept {
+  text.c[12] = base32_alphabet[(seq >> 10) & 31U];
+  text.c[13] = base32_alphabet[(seq >> 5) & 31U];
+  text.c[14] = base32_alphabet[seq & 31U];
+}
+
+/// Makes the default id: 75 bits as 15 base32 characters: 44 bits of milliseconds since the
 /// Unix epoch, 16 bits of thread slot, 15 bits of sequence within the millisecond. The first
-/// 12 characters change once a millisecond and are kept in the slot; an id costs 3 characters.
-inline void make_sortable_id(thread_slot& slot, time_point now, id_text& out) noexcept {
+/// 12 characters change once a millisecond; an id costs 3 characters.
+///
+/// Returns the slot's copy, valid until the thread's next id. Each call also writes the id
+/// that follows, so that the next call finds its characters written long before: an emit reads
+/// them as 8-byte words, and reading bytes just written one by one would stall the processor
+/// until those writes complete.
+inline const id_text& make_sortable_id(thread_slot& slot, time_point now) noexcept {
   const auto ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
-  if (ms > slot.id_ms) {
-    slot.id_ms = ms;
+  constexpr std::uint32_t last_seq = 0x7fffU;
+  if (ms <= slot.id_ms && slot.id_seq < last_seq) {
+    // The next id of the slot's millisecond (or of a later one it borrowed): ready.
+    ++slot.id_seq;
+    slot.id_cur ^= 1U;
+  } else {
+    // A new millisecond, or more than 32768 ids in one millisecond on one thread: then the
+    // next millisecond is borrowed, so ids stay unique and increasing.
+    slot.id_ms = ms > slot.id_ms ? ms : slot.id_ms + 1;
     slot.id_seq = 0;
     write_id_prefix(slot);
-  } else if (++slot.id_seq > 0x7fffU) {
-    // More than 32768 ids in one millisecond on one thread: borrow the next millisecond, so
-    // ids stay unique and increasing.
-    ++slot.id_ms;
-    slot.id_seq = 0;
-    write_id_prefix(slot);
+    slot.id_cur ^= 1U;
+    write_id_seq(slot.id_buf[slot.id_cur], 0);
   }
-  std::memcpy(out.c, slot.id_prefix, 12);
-  out.c[12] = base32_alphabet[(slot.id_seq >> 10) & 31U];
-  out.c[13] = base32_alphabet[(slot.id_seq >> 5) & 31U];
-  out.c[14] = base32_alphabet[slot.id_seq & 31U];
+  if (slot.id_seq < last_seq) write_id_seq(slot.id_buf[slot.id_cur ^ 1U], slot.id_seq + 1);
+  return slot.id_buf[slot.id_cur];
 }
 
 /// An id as a std::string, built without a library call: `flatten` inlines the constructor
@@ -485,8 +501,7 @@ inline std::string id_string(const id_text& text) {
 }
 
 inline void make_sortable_id(thread_slot& slot, time_point now, std::string& out) {
-  id_text text;
-  make_sortable_id(slot, now, text);
+  const id_text& text = make_sortable_id(slot, now);
   out.assign(text.c, sizeof text.c);
 }
 
@@ -1284,10 +1299,12 @@ class basic_bus {
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
     const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
     if (default_ids_ && options.id.empty()) {
-      // The common case: a default id, its strings built in place.
-      detail::id_text text;
-      detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at, text);
-      event_type ev(detail::topic_ref(topic.name.get()), text, at, std::move(data));
+      // The common case: a default id, its strings built in place. The result is built from
+      // a copy of the id: an emit inside a handler makes new ids in the same slot.
+      const detail::id_text& made =
+          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
+      const detail::id_text text = made;
+      event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
       const bool own_tx = options.tx_id.empty();
       if (!own_tx) ev.tx_id = std::move(options.tx_id);
       if (!options.key.empty()) ev.key = std::move(options.key);
@@ -1374,9 +1391,10 @@ class basic_bus {
       call_handlers(*handlers, ev);
       return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
     }
-    detail::id_text text;
-    detail::make_sortable_id(slot, at, text);
-    const event_type ev(detail::topic_ref(topic.name.get()), text, at, std::move(data));
+    // As above, the result is built from a copy of the id.
+    const detail::id_text& made = detail::make_sortable_id(slot, at);
+    const detail::id_text text = made;
+    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
     call_handlers(*handlers, ev);
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }

@@ -191,6 +191,9 @@ struct model {
     std::optional<std::regex> re;
     if (pattern.size() > EVBUS_MAX_MATCHER_LENGTH) {
       errs.insert("invalid_matcher");
+    } else if (evbus::detail::matcher_expansion(pattern) > EVBUS_MAX_MATCHER_STATES) {
+      // The bus's own estimate of counted repeats (tested on its own in test_regex_limits).
+      errs.insert("invalid_matcher");
     } else {
       try {
         re.emplace(pattern, EVBUS_FUZZ_SYNTAX);

@@ -2411,7 +2411,6 @@ class ready_list {
  public:
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
-  runnable* front() const noexcept { return head_; }
 
   void push_back(runnable* r) noexcept {
     r->next_ready = nullptr;

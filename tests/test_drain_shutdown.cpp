@@ -408,3 +408,70 @@ TEST_CASE("drain of one subscription: W = 0, another executor's subscription, in
   ex.run_until_idle();
   CHECK_THAT(inside, ContainsSubstring("drain() called from inside a handler"));
 }
+
+TEST_CASE("events waiting in the intake keep their topic names after the topics and the bus "
+          "are gone",
+          "[shutdown][lifetime]") {
+  // Without a capacity the subscription keeps the names of the first topics it sees and its
+  // events refer to them; events on further topics own their name. 20 topics cover both, and
+  // no worker runs, so every event waits while its topic and the bus go away. One partition:
+  // one order.
+  evbus::keyed_executor ex(evbus_test::manual_mode(1));
+  std::vector<std::string> handled;
+  {
+    evbus::bus bus;
+    for (int t = 0; t < 20; ++t) bus.register_topics(topic_of(t));
+    bus.register_handler("h", "topic\\..*", evbus::ordered(ex, [&](const evbus::event& e) {
+                           handled.push_back(e.topic() + "=" + std::to_string(e.data_as<int>()));
+                         }));
+    for (int i = 0; i < 40; ++i) bus.emit(topic_of(i % 20), i);
+    for (int t = 0; t < 20; ++t) bus.deregister_topics(topic_of(t));
+  }
+  CHECK(ex.run_until_idle() == 40);
+  std::vector<std::string> expected;
+  for (int i = 0; i < 40; ++i) expected.push_back(topic_of(i % 20) + "=" + std::to_string(i));
+  CHECK(handled == expected);
+}
+
+TEST_CASE("emits racing shutdown: each one either is handled or throws executor_closed",
+          "[shutdown]") {
+  constexpr int emitters = 4;
+  const int most = evbus_test::scaled(200000, 20000);  // per emitter; shutdown comes first
+  evbus::bus bus;
+  bus.register_topics("t");
+  auto ex = std::make_unique<evbus::keyed_executor>(evbus_test::threaded(16, 2));
+  std::atomic<long> handled{0};
+  bus.register_handler("h", "t", evbus::ordered(*ex, [&](const evbus::event&) { ++handled; }));
+  std::atomic<long> returned{0};
+  std::atomic<long> refused{0};
+  std::atomic<long> other_errors{0};
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < emitters; ++t) {
+    threads.emplace_back([&, t] {
+      ++started;
+      for (int i = 0; i < most; ++i) {
+        try {
+          bus.emit("t", i, with_key(std::to_string(t * 1000 + i % 100)));
+          ++returned;
+        } catch (const evbus::executor_closed&) {
+          ++refused;
+          return;
+        } catch (...) {
+          ++other_errors;
+          return;
+        }
+      }
+    });
+  }
+  REQUIRE(evbus_test::eventually([&] { return started.load() == emitters && returned.load() > 1000; }));
+  ex->shutdown();
+  for (auto& th : threads) th.join();
+  CHECK(other_errors.load() == 0);
+  CHECK(refused.load() == emitters);  // shutdown came before any emitter finished
+  CHECK(handled.load() == returned.load());
+  const auto s = ex->stats();
+  CHECK(s.total.accepted == static_cast<std::uint64_t>(returned.load()));
+  CHECK(s.total.delivered == static_cast<std::uint64_t>(returned.load()));
+  CHECK(s.total.queued == 0);
+}

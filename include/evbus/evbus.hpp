@@ -54,6 +54,7 @@
 
 #include <algorithm>
 #include <any>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -72,6 +73,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <ostream>
 #include <regex>
@@ -2405,12 +2407,25 @@ struct runnable {
   runnable* next_ready = nullptr;
 };
 
+/**
+ * A subscription's intake as the executor core sees it: running it moves the events emitters
+ * published into their partitions. While it is `owned` (queued, being run, or idle but
+ * watched by the core) emitters only publish; the emitter that finds it not owned takes it
+ * and schedules it.
+ */
+struct intake_source : runnable {
+  /// Whether an emitter published an event the intake has not moved yet. Any thread.
+  virtual bool has_work() const noexcept = 0;
+  std::atomic<bool> owned{false};
+};
+
 /// The runnables a worker can take, oldest first: intrusive, so that queueing one never
 /// allocates (and never fails).
 class ready_list {
  public:
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
+  runnable* first() const noexcept { return head_; }
 
   void push_back(runnable* r) noexcept {
     r->next_ready = nullptr;
@@ -2603,6 +2618,102 @@ class ring {
   std::size_t low_pops_ = 0;  // pops in a row that left the queue under a quarter full
 };
 
+/**
+ * The intake of an ordered subscription without a capacity: a bounded, multi-producer,
+ * single-consumer FIFO of events not yet put into their partitions. Each slot carries a
+ * sequence number that says whose turn it is (free for the push of position `pos` when it
+ * equals pos, holding that push's value once it equals pos + 1), so producers and the
+ * consumer never share a counter: emitters claim positions on `tail_`, a line only they
+ * write, and the consumer reads each slot's number from the line the value is on.
+ *
+ * A push is claim(), then publish() of the slot: between the two the claiming thread builds
+ * the value in place, and the consumer waits at that position, since later positions must
+ * not overtake it. publish(…, false) gives a claimed slot back without a value (the push
+ * failed or was refused); the consumer steps over it.
+ */
+template <class T>
+class intake_ring {
+ public:
+  struct slot {
+    std::atomic<std::uint64_t> seq{0};
+    bool live = false;  // a value is constructed in `storage`
+    alignas(T) unsigned char storage[sizeof(T)];
+    T* value() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+  };
+  struct claim {
+    slot* where = nullptr;  // nullptr: the ring is full
+    std::uint64_t pos = 0;
+  };
+
+  explicit intake_ring(std::size_t n) : size_(n), mask_(n - 1), slots_(new slot[n]) {
+    for (std::size_t i = 0; i < n; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
+  }
+  intake_ring(const intake_ring&) = delete;
+  intake_ring& operator=(const intake_ring&) = delete;
+  ~intake_ring() {
+    while (slot* s = front()) pop(*s);
+  }
+
+  /// Producer: takes the next position, or says the ring is full. seq_cst: a thread that
+  /// reads `closed` after claiming pairs with shutdown, which sets it and then reads tail().
+  claim try_claim() noexcept {
+    std::uint64_t pos = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      slot& s = slots_[pos & mask_];
+      const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+      if (seq == pos) {
+        if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+          return claim{&s, pos};
+        }
+      } else if (seq < pos) {
+        return claim{};  // the consumer has not yet freed it from the last lap
+      } else {
+        pos = tail_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+
+  /// Producer: hands the claimed slot to the consumer, with a value in it or none.
+  void publish(const claim& c, bool live) noexcept {
+    c.where->live = live;
+    c.where->seq.store(c.pos + 1, std::memory_order_release);
+  }
+
+  /// Consumer: the oldest slot if it is published, else nullptr.
+  slot* front() noexcept {
+    const std::uint64_t pos = head_.load(std::memory_order_relaxed);
+    slot& s = slots_[pos & mask_];
+    return s.seq.load(std::memory_order_acquire) == pos + 1 ? &s : nullptr;
+  }
+
+  /// Consumer: destroys the front slot's value and frees the slot for the next lap.
+  void pop(slot& s) noexcept {
+    if (s.live) s.value()->~T();
+    const std::uint64_t pos = head_.load(std::memory_order_relaxed);
+    s.seq.store(pos + size_, std::memory_order_release);
+    head_.store(pos + 1, std::memory_order_relaxed);
+  }
+
+  /// Any thread: whether the oldest position is published (a hint for the consumer).
+  bool has_front() const noexcept {
+    const std::uint64_t pos = head_.load(std::memory_order_relaxed);
+    return slots_[pos & mask_].seq.load(std::memory_order_acquire) == pos + 1;
+  }
+
+  std::uint64_t head() const noexcept { return head_.load(std::memory_order_relaxed); }
+  std::uint64_t tail() const noexcept { return tail_.load(std::memory_order_seq_cst); }
+
+ private:
+  const std::size_t size_;  // a power of two
+  const std::size_t mask_;
+  std::unique_ptr<slot[]> slots_;
+  // Written by emitters only.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> tail_{0};
+  // Written by the consumer only (under its lock); read by workers watching for work.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> head_{0};
+};
+
 /// One ordered subscription, as the executor core sees it.
 struct subscription_base {
   virtual ~subscription_base() = default;
@@ -2615,6 +2726,8 @@ struct subscription_base {
   virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
   /// Makes every push that has not yet seen `closed` finish before this returns.
   virtual void close_barrier() = 0;
+  /// Moves every event emitted so far from the intake (if any) into its partition.
+  virtual void flush() const = 0;
   /// Wakes emitters blocked for room (they then see the executor closed).
   virtual void wake_blocked() = 0;
   virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
@@ -2700,6 +2813,14 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     std::lock_guard<std::mutex> lock(mutex_);
     if (worker) work_cv_.notify_one();
     if (waiter) idle_cv_.notify_all();
+  }
+
+  /// The intake `s` ran dry. It stays owned and waits here, where workers look at it between
+  /// runs and while they spin: emitters that keep publishing into it schedule nothing. A
+  /// worker gives it back (not owned) before it sleeps. Never throws.
+  void intake_idle(intake_source* s) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    idle_intakes_.push_back(s);
   }
 
   /// `r` waits for a retry at `due`, holding no thread. At shutdown the wait is cut short.
@@ -2811,12 +2932,24 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     return target_workers_;
   }
 
-  /// One pass: moves due timers, then runs one batch of each runnable that was ready.
+  /// One pass: moves what was emitted into the partitions and due timers to the ready list,
+  /// then runs one batch of each runnable that was ready.
   std::size_t poll_pass(bool& found) {
     drive_scope scope(this);
+    // Subscriptions are only ever added, so the pointer read under the lock stays valid.
+    for (std::size_t i = 0;; ++i) {
+      const subscription_base* s = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (i >= subscriptions_.size()) break;
+        s = subscriptions_[i].get();
+      }
+      s->flush();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     collect_due();
     take_inbox();
+    take_idle_intakes();
     std::size_t n = ready_.size();
     found = n > 0;
     std::size_t calls = 0;
@@ -3047,6 +3180,42 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     ready_.push_back_reversed(inbox_.exchange(nullptr, std::memory_order_acquire));
   }
 
+  // Requires mutex_. Idle intakes that emitters published into meanwhile go to the ready list.
+  void take_idle_intakes() noexcept {
+    if (idle_intakes_.empty()) return;
+    ready_list still_idle;
+    while (!idle_intakes_.empty()) {
+      auto* s = static_cast<intake_source*>(idle_intakes_.pop_front());
+      if (s->has_work()) {
+        ready_.push_back(s);
+      } else {
+        still_idle.push_back(s);
+      }
+    }
+    idle_intakes_ = still_idle;
+  }
+
+  // Requires mutex_. Before a worker sleeps: gives the idle intakes back to their emitters,
+  // so that the next publish schedules its intake. Each is given back first and looked at
+  // second, and an emitter publishes first and looks at `owned` second, fences in between
+  // on both sides: either the emitter sees the intake not owned, or the look here sees the
+  // event. Once given back, an intake is the emitters' (one may schedule it at once), so it
+  // is taken off the idle list before. True if an intake had work and went to the ready
+  // list instead.
+  bool release_idle_intakes() noexcept {
+    bool found = false;
+    while (!idle_intakes_.empty()) {
+      auto* s = static_cast<intake_source*>(idle_intakes_.pop_front());
+      s->owned.store(false, std::memory_order_release);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (s->has_work() && !s->owned.exchange(true, std::memory_order_acquire)) {
+        ready_.push_back(s);
+        found = true;
+      }
+    }
+    return found;
+  }
+
   // Requires mutex_.
   void add_timer(timer t) {
     const bool earliest = timers_.empty() || later(timers_.front(), t);
@@ -3094,6 +3263,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     while (!self.stop) {
       collect_due();
       take_inbox();
+      take_idle_intakes();
       if (!ready_.empty()) {
         runnable* r = ready_.pop_front();
         // More work than this worker: a sleeping one takes the rest (the spinner, if any,
@@ -3114,13 +3284,21 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         may_spin = false;
         spinning_.fetch_add(1, std::memory_order_seq_cst);
         const std::uint64_t seen = ready_signal_.load(std::memory_order_relaxed);
+        // The idle intakes it watches too (the first few: one that went idle later, or past
+        // these, waits for the next pass, at most idle_spin).
+        watched watch;
+        for (runnable* r = idle_intakes_.first(); r != nullptr && watch.n < watch.at.size();
+             r = r->next_ready) {
+          watch.at[watch.n++] = static_cast<const intake_source*>(r);
+        }
         lock.unlock();
-        spin_for_work(seen);
+        spin_for_work(seen, watch);
         lock_briefly(lock);
         spinning_.fetch_sub(1, std::memory_order_seq_cst);
         continue;
       }
       may_spin = true;
+      if (release_idle_intakes()) continue;
       // Announced before the last look at the inbox: a producer that pushes after that look
       // sees a sleeper (schedule() pairs with this) and notifies under the mutex.
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
@@ -3141,13 +3319,22 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
 
-  /// Busy-waits until push_ready() ran, the inbox has work, or idle_spin passed.
-  void spin_for_work(std::uint64_t seen) const noexcept {
+  struct watched {
+    std::array<const intake_source*, 8> at{};
+    std::size_t n = 0;
+  };
+
+  /// Busy-waits until push_ready() ran, the inbox has work, a watched intake has an event, or
+  /// idle_spin passed.
+  void spin_for_work(std::uint64_t seen, const watched& watch) const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
       if (inbox_.load(std::memory_order_relaxed) != nullptr ||
           ready_signal_.load(std::memory_order_relaxed) != seen) {
         return;
+      }
+      for (std::size_t k = 0; k < watch.n; ++k) {
+        if (watch.at[k]->has_work()) return;
       }
       if (i % 16 == 0) {
         // Gives the processor to whoever waits for it: on a busy machine a worker that only
@@ -3222,6 +3409,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         continue;
       }
       take_inbox();
+      take_idle_intakes();
       if (!ready_.empty() || (!timers_.empty() && timers_.front().due <= now())) {
         lock.unlock();
         bool found = false;
@@ -3275,6 +3463,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   std::condition_variable work_cv_;  // workers wait here for ready work or a due time
   std::condition_variable idle_cv_;  // drain() and shutdown() wait here for progress
   ready_list ready_;
+  ready_list idle_intakes_;  // owned intakes that ran dry (see intake_idle)
   std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
   std::uint64_t timer_seq_ = 0;
   const std::chrono::nanoseconds idle_spin_;
@@ -3330,6 +3519,7 @@ class subscription final : public subscription_base {
       parts_[i].number = i;
       parts_[i].rng = mix64(seed + i * 0x9e3779b97f4a7c15ULL);
     }
+    intake_runner_.owner = this;
   }
 
 
@@ -3374,7 +3564,11 @@ class subscription final : public subscription_base {
       }
     }
     try {
-      enqueue(number, e);
+      if (intake_) {
+        enqueue_intake(number, e);
+      } else {
+        enqueue(number, e);
+      }
     } catch (...) {
       release_slot();
       if (victim) finish_drop(std::move(*victim));
@@ -3384,6 +3578,7 @@ class subscription final : public subscription_base {
   }
 
   std::vector<std::uint64_t> pushed() const override {
+    flush_intake();
     std::vector<std::uint64_t> out(count_);
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
@@ -3405,7 +3600,10 @@ class subscription final : public subscription_base {
     return true;
   }
 
+  void flush() const override { flush_intake(); }
+
   void close_barrier() override {
+    flush_intake();
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
     }
@@ -3419,6 +3617,7 @@ class subscription final : public subscription_base {
   void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
                   log_histogram::snapshot& wait) const override {
     out.name = name;
+    flush_intake();  // so that `accepted` counts every emit that returned
     std::uint64_t pushed_total = 0;
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
@@ -3608,6 +3807,176 @@ class subscription final : public subscription_base {
         p.owned = true;
         became_ready = true;
       }
+    }
+    if (became_ready) core_.schedule(&p);
+  }
+
+  // -- the intake (subscriptions without a capacity) -----------------------------------------
+  //
+  // An emit does not touch the partitions: it publishes the event into the intake, a ring of
+  // its own (see intake_ring), and whoever runs the intake (a worker, a poll, a drain, or an
+  // emitter that finds the ring full) moves events from there into their partitions, in the
+  // order their emits claimed places. Partition locks, ready flags and the executor's inbox
+  // then stay in the cache of the workers that use them, instead of moving to the emitting
+  // core and back with every event. An emit schedules the intake only when nobody owns it; a
+  // worker keeps owning it while it works or spins, so that a steady stream of emits writes
+  // only the ring.
+
+  struct intake_entry {
+    item it;
+    std::size_t number;  // the partition
+  };
+
+  struct intake_runner final : intake_source {
+    std::size_t run(std::size_t max) noexcept override { return owner->run_intake(max); }
+    bool has_work() const noexcept override { return owner->intake_->has_front(); }
+    subscription* owner = nullptr;
+  };
+
+  static constexpr std::size_t intake_slots = 512;
+  static constexpr std::size_t pinned_max = 8;
+
+  /// Emitter side of the intake. The place in the subscription is taken (reserve()).
+  void enqueue_intake(std::size_t number, const event_type& e) {
+    // The event refers to its topic's name without owning it when the subscription keeps
+    // the name (see pin_name); otherwise it owns it.
+    const bool borrow = pin_name(event_access::name(e));
+    auto c = intake_->try_claim();
+    while (c.where == nullptr) {
+      help_intake();  // full: move events out, or let whoever does it go on
+      c = intake_->try_claim();
+    }
+    // After the claim: shutdown sets `closed` and then waits for every place claimed before
+    // it looked (close_barrier), so either this sees `closed` or the event is moved in time.
+    if (core_.closed.load(std::memory_order_seq_cst)) {
+      intake_->publish(c, false);
+      throw closed_error(e);
+    }
+    try {
+      auto* entry = ::new (static_cast<void*>(c.where->storage))
+          intake_entry{item{event_access::copy_borrowing(e), 0, 0, core_.now(), 0}, number};
+      if (!borrow) event_access::own_topic(entry->it.event);
+    } catch (...) {
+      intake_->publish(c, false);
+      throw;
+    }
+    intake_->publish(c, true);
+    // Pairs with release_idle_intakes(): see there.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!intake_runner_.owned.load(std::memory_order_relaxed) &&
+        !intake_runner_.owned.exchange(true, std::memory_order_acquire)) {
+      core_.schedule(&intake_runner_);
+    }
+  }
+
+  /// Whether the subscription keeps `name` alive for as long as it lives, so that its events
+  /// may refer to it without a reference count. The first pinned_max names are kept (a
+  /// subscription usually sees few topics); events on others own their name.
+  bool pin_name(const topic_name* name) {
+    if (name == nullptr) return true;
+    const std::size_t n = pinned_count_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (pinned_[i].load(std::memory_order_relaxed) == name) return true;
+    }
+    if (n == pinned_max) return false;
+    std::lock_guard<std::mutex> lock(pinned_mutex_);
+    const std::size_t now_n = pinned_count_.load(std::memory_order_relaxed);
+    for (std::size_t i = n; i < now_n; ++i) {
+      if (pinned_[i].load(std::memory_order_relaxed) == name) return true;
+    }
+    if (now_n == pinned_max) return false;
+    pinned_owners_.push_back(name->shared_from_this());
+    pinned_[now_n].store(name, std::memory_order_relaxed);
+    pinned_count_.store(now_n + 1, std::memory_order_release);
+    return true;
+  }
+
+  /// The intake's body, run from the ready list. Returns 0: it calls no handler.
+  std::size_t run_intake(std::size_t max) noexcept {
+    std::size_t moved = 0;
+    // When an emitter (its intake full) or a drain is moving the events, this thread has
+    // better things to do than wait for it: the intake waits as if it were dry, and a worker
+    // looks at it again between runs.
+    if (intake_lock_.try_lock()) {
+      std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
+      moved = move_from_intake(max);
+    }
+    if (moved > 0) {
+      core_.schedule(&intake_runner_);  // still owned: to the back of the line
+    } else {
+      core_.intake_idle(&intake_runner_);
+    }
+    return 0;
+  }
+
+  /// Full intake: moves events out if no one else is doing it, else gives them the processor.
+  void help_intake() const {
+    if (intake_lock_.try_lock()) {
+      std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
+      move_from_intake(intake_slots);
+    } else {
+      std::this_thread::yield();
+    }
+  }
+
+  /// Moves every event whose place was claimed before the call into its partition, waiting
+  /// for emits that claimed a place and are still writing it. Any thread but an emitter in
+  /// the middle of its push.
+  void flush_intake() const {
+    if (!intake_) return;
+    const std::uint64_t end = intake_->tail();
+    std::lock_guard<spinlock> lock(intake_lock_);
+    for (unsigned spins = 0; intake_->head() < end;) {
+      if (move_from_intake(intake_slots) > 0) continue;
+      if (++spins % 64 == 0) {
+        std::this_thread::yield();
+      } else {
+        cpu_relax();
+      }
+    }
+  }
+
+  /// Requires intake_lock_. Moves up to `max` published events into their partitions, and
+  /// returns how many slots it freed (given-back places included).
+  std::size_t move_from_intake(std::size_t max) const noexcept {
+    std::size_t n = 0;
+    for (; n < max; ++n) {
+      auto* s = intake_->front();
+      if (s == nullptr) break;
+      if (s->live) deliver(s->value()->number, std::move(s->value()->it));
+      intake_->pop(*s);
+    }
+    return n;
+  }
+
+  /// Puts an event taken from the intake into its partition. Its emit has returned, so a
+  /// failure (no memory for the partition's queue) is a drop: on_drop and on_error hear of it.
+  void deliver(std::size_t number, item&& it) const noexcept {
+    partition& p = parts_[number];
+    bool became_ready = false;
+    try {
+      std::lock_guard<spinlock> lock(p.mutex);
+      it.index = p.pushed;
+      p.queue.push_back(std::move(it));
+      ++p.pushed;
+      if (!p.owned) {
+        p.owned = true;
+        became_ready = true;
+      }
+    } catch (...) {
+      auto* self = const_cast<subscription*>(this);
+      self->dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
+      self->dropped_.fetch_add(1, std::memory_order_relaxed);
+      self->returned_.fetch_add(1, std::memory_order_release);
+      const std::exception_ptr err = std::current_exception();
+      self->report_drop(it.event);
+      try {
+        core_.report_error(err, "subscription " + quote(name) + ": event " +
+                                    quote(it.event.id) + " dropped on its way to its partition");
+      } catch (...) {
+        core_.report_error(err, "an ordered subscription dropped an event");
+      }
+      return;
     }
     if (became_ready) core_.schedule(&p);
   }
@@ -3817,7 +4186,17 @@ class subscription final : public subscription_base {
   const policy_type policy_;
   const bool bounded_ = policy_.capacity != std::numeric_limits<std::size_t>::max();
   const std::size_t count_;
+  // Names of topics the intake's events refer to without owning them (see pin_name): kept
+  // until the subscription goes, after every event that could refer to them.
+  std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
+  std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
+  std::atomic<std::size_t> pinned_count_{0};
+  std::mutex pinned_mutex_;
   std::unique_ptr<partition[]> parts_;
+  std::unique_ptr<intake_ring<intake_entry>> intake_ =
+      bounded_ ? nullptr : std::make_unique<intake_ring<intake_entry>>(intake_slots);
+  mutable spinlock intake_lock_;  // held by whoever moves events out of the intake
+  intake_runner intake_runner_;
   // Producer side.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> round_robin_{0};
   std::atomic<std::uint64_t> next_seq_{0};          // only with overflow::drop_oldest

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <string_view>
 
 #if defined(__SANITIZE_THREAD__)
 #define EVBUS_TEST_TSAN 1
@@ -31,9 +32,11 @@ namespace {
 
 std::atomic<bool> counting{false};
 std::atomic<long> allocations{0};
+std::atomic<bool> out_of_memory{false};  // every allocation fails while set
 
 [[gnu::noinline]] void* allocate(std::size_t size) {
   if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  if (out_of_memory.load(std::memory_order_relaxed)) return nullptr;
   return std::malloc(size == 0 ? 1 : size);
 }
 
@@ -192,6 +195,60 @@ int main() {
 
   const long expected_calls = 2000L + 3L * emits;  // every emit on order.received
   expect(calls == expected_calls, "the handlers ran on every emit", calls);
+
+  // An ordered subscription's event has left its emit (it waits in the intake) when moving it
+  // into its partition runs out of memory: it is a drop that on_drop and on_error hear of.
+  {
+    long errors = 0;
+    bool was_bad_alloc = false;
+    evbus::executor_options options;
+    options.partitions = 2;
+    options.workers = 0;
+    options.on_error = [&](std::exception_ptr e, std::string_view) {
+      ++errors;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::bad_alloc&) {
+        was_bad_alloc = true;
+      } catch (...) {
+      }
+    };
+    evbus::keyed_executor ex(options);
+    std::string dropped;  // written by on_drop; reserved, so it does not allocate
+    dropped.reserve(64);
+    evbus::basic_delivery_policy<order> policy;
+    policy.on_drop = [&dropped](const evbus::basic_event<order>& e) { dropped.append(e.key); };
+    long handled = 0;
+    evbus::basic_bus<order> obus;
+    obus.register_topics("order.queued");
+    obus.register_handler(
+        "ordered", "order\\.queued",
+        evbus::ordered(ex, [&handled](const evbus::basic_event<order>&) { ++handled; }, policy));
+    // Keys for both partitions; the first event gives partition 0 its queue storage.
+    std::string key0 = "k0";
+    std::string key1 = "k1";
+    for (int i = 0; evbus::partition_for(key1, 2) == evbus::partition_for(key0, 2); ++i) {
+      key1 = std::to_string(i + 2).insert(0, "k");
+    }
+    evbus::emit_options first;
+    first.key = key0;
+    obus.emit("order.queued", order{1, 1.0}, first);
+    ex.run_until_idle();
+    evbus::emit_options second;
+    second.key = key1;
+    obus.emit("order.queued", order{2, 2.0}, second);  // waits in the intake
+    out_of_memory.store(true);
+    ex.run_until_idle();  // partition 1's queue cannot get storage
+    out_of_memory.store(false);
+    const auto s = ex.stats();
+    expect(handled == 1, "the event that got into its partition was handled", handled);
+    expect(dropped == key1, "on_drop heard of the event that could not be queued", 0);
+    expect(s.total.dropped == 1 && s.total.accepted == 2 && s.total.delivered == 1 &&
+               s.total.queued == 0,
+           "stats count the event as accepted and dropped", static_cast<long>(s.total.dropped));
+    expect(s.errors == 1 && errors == 1 && was_bad_alloc,
+           "on_error heard of the failure, with the std::bad_alloc", errors);
+  }
   if (failures != 0) {
     std::printf("alloc: %d check(s) failed\n", failures);
     return 1;

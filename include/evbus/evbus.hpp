@@ -3800,13 +3800,7 @@ class subscription final : public subscription_base {
       // passed this point is in a queue.
       if (core_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
       keep_name(p, it.event);
-      it.index = p.pushed;
-      p.queue.push_back(std::move(it));
-      ++p.pushed;
-      if (!p.owned) {
-        p.owned = true;
-        became_ready = true;
-      }
+      became_ready = push_locked(p, std::move(it));
     }
     if (became_ready) core_.schedule(&p);
   }
@@ -3897,10 +3891,12 @@ class subscription final : public subscription_base {
     // When an emitter (its intake full) or a drain is moving the events, this thread has
     // better things to do than wait for it: the intake waits as if it were dry, and a worker
     // looks at it again between runs.
+    lost_event lost;
     if (intake_lock_.try_lock()) {
       std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
-      moved = move_from_intake(max);
+      moved = move_from_intake(max, lost);
     }
+    report_lost(lost);
     if (moved > 0) {
       core_.schedule(&intake_runner_);  // still owned: to the back of the line
     } else {
@@ -3912,8 +3908,12 @@ class subscription final : public subscription_base {
   /// Full intake: moves events out if no one else is doing it, else gives them the processor.
   void help_intake() const {
     if (intake_lock_.try_lock()) {
-      std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
-      move_from_intake(intake_slots);
+      lost_event lost;
+      {
+        std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
+        move_from_intake(intake_slots, lost);
+      }
+      report_lost(lost);
     } else {
       std::this_thread::yield();
     }
@@ -3925,9 +3925,17 @@ class subscription final : public subscription_base {
   void flush_intake() const {
     if (!intake_) return;
     const std::uint64_t end = intake_->tail();
-    std::lock_guard<spinlock> lock(intake_lock_);
+    lost_event lost;
+    std::unique_lock<spinlock> lock(intake_lock_);
     for (unsigned spins = 0; intake_->head() < end;) {
-      if (move_from_intake(intake_slots) > 0) continue;
+      if (move_from_intake(intake_slots, lost) > 0) {
+        if (lost.err) {
+          lock.unlock();
+          report_lost(lost);
+          lock.lock();
+        }
+        continue;
+      }
       if (++spins % 64 == 0) {
         std::this_thread::yield();
       } else {
@@ -3936,49 +3944,79 @@ class subscription final : public subscription_base {
     }
   }
 
+  /// An event that could not be queued in its partition (no memory): its emit has returned,
+  /// so it is a drop, which on_drop and on_error hear of. They are user code, so they are
+  /// called once the intake's lock is released.
+  struct lost_event {
+    std::optional<item> it;
+    std::exception_ptr err;
+  };
+
   /// Requires intake_lock_. Moves up to `max` published events into their partitions, and
-  /// returns how many slots it freed (given-back places included).
-  std::size_t move_from_intake(std::size_t max) const noexcept {
+  /// returns how many slots it freed (given-back places included). Stops after an event it
+  /// could not queue, which it leaves in `lost`.
+  std::size_t move_from_intake(std::size_t max, lost_event& lost) const noexcept {
     std::size_t n = 0;
-    for (; n < max; ++n) {
+    while (n < max) {
       auto* s = intake_->front();
       if (s == nullptr) break;
-      if (s->live) deliver(s->value()->number, std::move(s->value()->it));
+      const bool queued = !s->live || deliver(s->value()->number, std::move(s->value()->it), lost);
       intake_->pop(*s);
+      ++n;
+      if (!queued) break;
     }
     return n;
   }
 
-  /// Puts an event taken from the intake into its partition. Its emit has returned, so a
-  /// failure (no memory for the partition's queue) is a drop: on_drop and on_error hear of it.
-  void deliver(std::size_t number, item&& it) const noexcept {
+  /// Puts an event taken from the intake into its partition; false if that failed.
+  bool deliver(std::size_t number, item&& it, lost_event& lost) const noexcept {
     partition& p = parts_[number];
     bool became_ready = false;
     try {
       std::lock_guard<spinlock> lock(p.mutex);
-      it.index = p.pushed;
-      p.queue.push_back(std::move(it));
-      ++p.pushed;
-      if (!p.owned) {
-        p.owned = true;
-        became_ready = true;
-      }
+      became_ready = push_locked(p, std::move(it));
     } catch (...) {
       auto* self = const_cast<subscription*>(this);
       self->dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
       self->dropped_.fetch_add(1, std::memory_order_relaxed);
       self->returned_.fetch_add(1, std::memory_order_release);
-      const std::exception_ptr err = std::current_exception();
-      self->report_drop(it.event);
+      lost.err = std::current_exception();
       try {
-        core_.report_error(err, "subscription " + quote(name) + ": event " +
-                                    quote(it.event.id) + " dropped on its way to its partition");
+        lost.it.emplace(std::move(it));
       } catch (...) {
-        core_.report_error(err, "an ordered subscription dropped an event");
+        // Its payload cannot even be moved: the drop is counted, and reported without it.
       }
-      return;
+      return false;
     }
     if (became_ready) core_.schedule(&p);
+    return true;
+  }
+
+  /// Reports what move_from_intake() could not queue, outside the intake's lock.
+  void report_lost(lost_event& lost) const noexcept {
+    if (!lost.err) return;
+    auto* self = const_cast<subscription*>(this);
+    std::string where;
+    try {
+      where = "subscription " + quote(name) + ": event " +
+              (lost.it ? quote(lost.it->event.id) : std::string("(unknown)")) +
+              " dropped on its way to its partition";
+    } catch (...) {
+    }
+    if (lost.it) self->report_drop(lost.it->event);
+    core_.report_error(lost.err, where);
+    lost.it.reset();
+    lost.err = nullptr;
+  }
+
+  /// Requires p.mutex. Queues `it` in `p`; true if `p` became ready (the caller schedules it).
+  static bool push_locked(partition& p, item&& it) {
+    it.index = p.pushed;
+    p.queue.push_back(std::move(it));
+    ++p.pushed;
+    if (p.owned) return false;
+    p.owned = true;
+    return true;
   }
 
   static constexpr std::size_t max_names = 8;   // names a partition owns for its events

@@ -2499,10 +2499,11 @@ struct delayed_emit final : delayed_base {
   typename Bus::data_type data;
 };
 
-/// A lock for critical sections of a few dozen nanoseconds that never run user code: a
-/// partition's queue. Producers and workers meet on it all the time; a std::mutex would put
-/// the loser to sleep in the kernel and wake it again, which costs far more than the wait.
-/// After a short spin it yields, so a preempted holder gets the processor back.
+/// A lock for critical sections that never run user code: a partition's queue (a few dozen
+/// nanoseconds), the moving of events out of an intake. Threads meet on it all the time; a
+/// std::mutex would put the loser to sleep in the kernel and wake it again, which costs far
+/// more than the wait. After a short spin it yields, so a preempted holder gets the processor
+/// back.
 class spinlock {
  public:
   void lock() noexcept {
@@ -3523,7 +3524,8 @@ class subscription final : public subscription_base {
   }
 
 
-  /// The bus handler's body: copy the event into its partition, or apply the overflow policy.
+  /// The bus handler's body: copy the event into the intake (without a capacity) or into its
+  /// partition (with one), or apply the overflow policy.
   void push(const event_type& e) {
     if (core_.closed.load(std::memory_order_acquire)) throw closed_error(e);
     const std::size_t number =
@@ -3849,7 +3851,14 @@ class subscription final : public subscription_base {
     try {
       auto* entry = ::new (static_cast<void*>(c.where->storage))
           intake_entry{item{event_access::copy_borrowing(e), 0, 0, core_.now(), 0}, number};
-      if (!borrow) event_access::own_topic(entry->it.event);
+      if (!borrow) {
+        try {
+          event_access::own_topic(entry->it.event);
+        } catch (...) {
+          entry->~intake_entry();
+          throw;
+        }
+      }
     } catch (...) {
       intake_->publish(c, false);
       throw;

@@ -228,7 +228,8 @@ int main() {
     std::string key0 = "k0";
     std::string key1 = "k1";
     for (int i = 0; evbus::partition_for(key1, 2) == evbus::partition_for(key0, 2); ++i) {
-      key1 = std::to_string(i + 2).insert(0, "k");
+      key1 = "k";
+      key1 += std::to_string(i + 2);
     }
     evbus::emit_options first;
     first.key = key0;

@@ -2416,7 +2416,9 @@ struct runnable {
 struct intake_source : runnable {
   /// Whether an emitter published an event the intake has not moved yet. Any thread.
   virtual bool has_work() const noexcept = 0;
-  std::atomic<bool> owned{false};
+  // Every emit reads it; it changes only when the intake is given back or taken. next_ready
+  // above is written each time the intake is scheduled: they do not share a cache line.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> owned{false};
 };
 
 /// The runnables a worker can take, oldest first: intrusive, so that queueing one never
@@ -4242,7 +4244,10 @@ class subscription final : public subscription_base {
   std::unique_ptr<partition[]> parts_;
   std::unique_ptr<intake_ring<intake_entry>> intake_ =
       bounded_ ? nullptr : std::make_unique<intake_ring<intake_entry>>(intake_slots);
-  mutable spinlock intake_lock_;  // held by whoever moves events out of the intake
+  // Held by whoever moves events out of the intake, so written for every run of it: on a
+  // cache line of its own, which emits do not read (they read the pointers above and the
+  // runner's `owned`).
+  alignas(EVBUS_CACHE_LINE_SIZE) mutable spinlock intake_lock_;
   intake_runner intake_runner_;
   // Producer side.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> round_robin_{0};

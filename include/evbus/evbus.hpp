@@ -2639,7 +2639,9 @@ class ring {
 template <class T>
 class intake_ring {
  public:
-  struct slot {
+  // Slots start on cache lines of their own: an emitter filling one slot and the consumer
+  // reading the one before never write the same line.
+  struct alignas(EVBUS_CACHE_LINE_SIZE) slot {
     std::atomic<std::uint64_t> seq{0};
     bool live = false;  // a value is constructed in `storage`
     alignas(T) unsigned char storage[sizeof(T)];

@@ -21,6 +21,8 @@
 //   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1, default options
 //                                 and policy), until drained
 //   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
+//   BM_executor_emit_paced        one emit into the executor, timed alone: /0 without a worker,
+//                                 /1 with one that has taken every event before the next
 //
 // Goals (ratios of medians in one run):
 //   BM_emit/1 <= 1.3x BM_baseline_hand_rolled_emit;  BM_emit_handle/1 <= 1.0x it;
@@ -497,6 +499,68 @@ void BM_executor_throughput(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
 }
 BENCHMARK(BM_executor_throughput)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_executor_emit_paced
+// ---------------------------------------------------------------------------
+
+constexpr std::chrono::nanoseconds kEmitPause{500};  // between emits, with a worker
+constexpr int kAloneRunEvery = 256;                   // emits between runs, without one
+
+/**
+ * Not a goal, a yardstick: what one emit into the executor costs the emitting thread.
+ * Only the emit is timed (manual time). Arg 1: one worker, and 500 ns of busy waiting after
+ * each emit, so that the worker has taken each event before the next (the emitting thread
+ * then writes intake slots the worker has just read). Arg 0: no worker, the same emits
+ * alone on one thread; the events are run, untimed, every 256 emits. The difference is what
+ * handing events to another core costs the emitting side.
+ */
+void BM_executor_emit_paced(benchmark::State& state) {
+  const bool with_worker = state.range(0) == 1;
+  evbus::executor_options options = executor_config();
+  options.workers = with_worker ? 1 : 0;
+  order_checker checker;
+  evbus::keyed_executor exec(options);
+  keyed_bus bus;  // destroyed before the executor
+  bus.register_topics("bench.keyed");
+  bus.register_handler(
+      "ordered", "bench\\.keyed",
+      evbus::ordered<keyed_item>(exec, [&checker](const keyed_event& e) { checker.check(e.data); }));
+  auto topic = bus.topic("bench.keyed");
+  const auto& keys = key_names();
+  keyed_source source;
+  std::uint64_t emitted = 0;
+  try {
+    for (auto _ : state) {
+      const keyed_item item = source.next();
+      evbus::emit_options emit_opts;
+      emit_opts.key = keys[item.key];
+      const auto start = std::chrono::steady_clock::now();
+      topic.emit(item, std::move(emit_opts));
+      const auto end = std::chrono::steady_clock::now();
+      state.SetIterationTime(std::chrono::duration<double>(end - start).count());
+      ++emitted;
+      if (with_worker) {
+        const auto until = end + kEmitPause;
+        while (std::chrono::steady_clock::now() < until) {
+        }
+      } else if (emitted % kAloneRunEvery == 0) {
+        exec.run_until_idle();
+      }
+    }
+    exec.drain();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  if (checker.violations() != 0) {
+    state.SkipWithError("per-key order violated");
+  } else if (checker.handled() != emitted) {
+    state.SkipWithError("drain() returned before every event was handled");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
+}
+BENCHMARK(BM_executor_emit_paced)->Arg(0)->Arg(1)->UseManualTime();
 
 // ---------------------------------------------------------------------------
 // BM_executor_latency

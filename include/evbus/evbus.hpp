@@ -2623,13 +2623,11 @@ class ring {
 
 /**
  * The intake of an ordered subscription without a capacity: a bounded, multi-producer,
- * single-consumer FIFO of events not yet put into their partitions. Emitters claim positions
- * on `tail_`, a line only they write. A slot holds the value of position `pos` once its
- * sequence number equals pos + 1, which the consumer reads from the line the value is on.
- * The consumer frees slots by advancing `head_`, a line only it writes; emitters read it
- * only when the last value they saw (`head_seen_`, on their own line) says the ring may be
- * full. So an emit reads no line the consumer wrote since it last caught up, except the
- * slot's own lines, which it overwrites.
+ * single-consumer FIFO of events not yet put into their partitions. Each slot carries a
+ * sequence number that says whose turn it is (free for the push of position `pos` when it
+ * equals pos, holding that push's value once it equals pos + 1), so producers and the
+ * consumer never share a counter: emitters claim positions on `tail_`, a line only they
+ * write, and the consumer reads each slot's number from the line the value is on.
  *
  * A push is claim(), then publish() of the slot: between the two the claiming thread builds
  * the value in place, and the consumer waits at that position, since later positions must
@@ -2652,7 +2650,9 @@ class intake_ring {
     std::uint64_t pos = 0;
   };
 
-  explicit intake_ring(std::size_t n) : size_(n), mask_(n - 1), slots_(new slot[n]) {}
+  explicit intake_ring(std::size_t n) : size_(n), mask_(n - 1), slots_(new slot[n]) {
+    for (std::size_t i = 0; i < n; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
+  }
   intake_ring(const intake_ring&) = delete;
   intake_ring& operator=(const intake_ring&) = delete;
   ~intake_ring() {
@@ -2664,24 +2664,17 @@ class intake_ring {
   claim try_claim() noexcept {
     std::uint64_t pos = tail_.load(std::memory_order_relaxed);
     for (;;) {
-      // Position pos is free once the consumer has popped pos - size_. head_seen_ carries a
-      // value of head_ from one emitter to the others (acquire/release all the way, so the
-      // consumer's destruction of the old value happens before the new one is built).
-      std::uint64_t head = head_seen_.load(std::memory_order_acquire);
-      if (pos - head >= size_) {
-        head = head_.load(std::memory_order_acquire);
-        if (pos - head >= size_) {
-          // Full, or `pos` is stale (another emitter claimed it and the ring moved on).
-          const std::uint64_t now = tail_.load(std::memory_order_relaxed);
-          if (now == pos) return claim{};
-          pos = now;
-          continue;
+      slot& s = slots_[pos & mask_];
+      const std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+      if (seq == pos) {
+        if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+          return claim{&s, pos};
         }
-        head_seen_.store(head, std::memory_order_release);
-      }
-      if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_seq_cst,
-                                      std::memory_order_relaxed)) {
-        return claim{&slots_[pos & mask_], pos};
+      } else if (seq < pos) {
+        return claim{};  // the consumer has not yet freed it from the last lap
+      } else {
+        pos = tail_.load(std::memory_order_relaxed);
       }
     }
   }
@@ -2702,7 +2695,9 @@ class intake_ring {
   /// Consumer: destroys the front slot's value and frees the slot for the next lap.
   void pop(slot& s) noexcept {
     if (s.live) s.value()->~T();
-    head_.store(head_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    const std::uint64_t pos = head_.load(std::memory_order_relaxed);
+    s.seq.store(pos + size_, std::memory_order_release);
+    head_.store(pos + 1, std::memory_order_relaxed);
   }
 
   /// Any thread: whether the oldest position is published (a hint for the consumer).
@@ -2720,7 +2715,6 @@ class intake_ring {
   std::unique_ptr<slot[]> slots_;
   // Written by emitters only.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> tail_{0};
-  std::atomic<std::uint64_t> head_seen_{0};  // a value head_ had
   // Written by the consumer only (under its lock); read by workers watching for work.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> head_{0};
 };

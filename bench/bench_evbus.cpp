@@ -449,12 +449,42 @@ const std::vector<std::string>& key_names() {
   return names;
 }
 
-evbus::executor_options executor_config() {
+evbus::executor_options executor_config(std::size_t workers = 1) {
   evbus::executor_options options;
   options.partitions = 64;
-  options.workers = 1;
+  options.workers = workers;
   return options;
 }
+
+/// A bus whose only handler is an evbus::ordered subscription on `exec` that checks per-key
+/// order with `checker`; returns the handle of its one topic.
+evbus::basic_topic_handle<keyed_item> subscribe(keyed_bus& bus, evbus::keyed_executor& exec,
+                                                order_checker& checker) {
+  bus.register_topics("bench.keyed");
+  bus.register_handler(
+      "ordered", "bench\\.keyed",
+      evbus::ordered<keyed_item>(exec, [&checker](const keyed_event& e) { checker.check(e.data); }));
+  return bus.topic("bench.keyed");
+}
+
+/// What the keyed benchmarks run: an executor (64 partitions) and a bus subscribed to it.
+/// Declared in this order, so the bus goes before the executor.
+struct keyed_pipeline {
+  explicit keyed_pipeline(std::size_t workers)
+      : exec(executor_config(workers)), topic(subscribe(bus, exec, checker)) {}
+
+  /// After a drain(): why the run is not valid, or nullptr.
+  const char* fault(std::uint64_t emitted) const noexcept {
+    if (checker.violations() != 0) return "per-key order violated";
+    if (checker.handled() != emitted) return "drain() returned before every event was handled";
+    return nullptr;
+  }
+
+  order_checker checker;  // written by the executor's worker; read after drain()
+  evbus::keyed_executor exec;
+  keyed_bus bus;
+  evbus::basic_topic_handle<keyed_item> topic;
+};
 
 /**
  * One producer emits on the bus; the only handler is an evbus::ordered subscription on a
@@ -464,14 +494,8 @@ evbus::executor_options executor_config() {
  * policy is the default one (its capacity and overflow mode included).
  */
 void BM_executor_throughput(benchmark::State& state) {
-  order_checker checker;  // written by the executor's worker; read after drain()
-  evbus::keyed_executor exec(executor_config());
-  keyed_bus bus;  // destroyed before the executor
-  bus.register_topics("bench.keyed");
-  bus.register_handler(
-      "ordered", "bench\\.keyed",
-      evbus::ordered<keyed_item>(exec, [&checker](const keyed_event& e) { checker.check(e.data); }));
-  auto topic = bus.topic("bench.keyed");
+  keyed_pipeline pipeline(1);
+  const auto& topic = pipeline.topic;
   const auto& keys = key_names();
   keyed_source source;
   std::uint64_t emitted = 0;
@@ -484,18 +508,14 @@ void BM_executor_throughput(benchmark::State& state) {
         topic.emit(item, std::move(options));
       }
       emitted += kBatch;
-      exec.drain();
+      pipeline.exec.drain();
     }
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
   }
-  if (checker.violations() != 0) {
-    state.SkipWithError("per-key order violated");
-  } else if (checker.handled() != emitted) {
-    state.SkipWithError("drain() returned before every event was handled");
-  }
-  state.counters["violations"] = static_cast<double>(checker.violations());
+  if (const char* fault = pipeline.fault(emitted)) state.SkipWithError(fault);
+  state.counters["violations"] = static_cast<double>(pipeline.checker.violations());
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
 }
 BENCHMARK(BM_executor_throughput)->UseRealTime();
@@ -517,16 +537,8 @@ constexpr int kAloneRunEvery = 256;                   // emits between runs, wit
  */
 void BM_executor_emit_paced(benchmark::State& state) {
   const bool with_worker = state.range(0) == 1;
-  evbus::executor_options options = executor_config();
-  options.workers = with_worker ? 1 : 0;
-  order_checker checker;
-  evbus::keyed_executor exec(options);
-  keyed_bus bus;  // destroyed before the executor
-  bus.register_topics("bench.keyed");
-  bus.register_handler(
-      "ordered", "bench\\.keyed",
-      evbus::ordered<keyed_item>(exec, [&checker](const keyed_event& e) { checker.check(e.data); }));
-  auto topic = bus.topic("bench.keyed");
+  keyed_pipeline pipeline(with_worker ? 1 : 0);
+  const auto& topic = pipeline.topic;
   const auto& keys = key_names();
   keyed_source source;
   std::uint64_t emitted = 0;
@@ -545,19 +557,15 @@ void BM_executor_emit_paced(benchmark::State& state) {
         while (std::chrono::steady_clock::now() < until) {
         }
       } else if (emitted % kAloneRunEvery == 0) {
-        exec.run_until_idle();
+        pipeline.exec.run_until_idle();
       }
     }
-    exec.drain();
+    pipeline.exec.drain();
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
   }
-  if (checker.violations() != 0) {
-    state.SkipWithError("per-key order violated");
-  } else if (checker.handled() != emitted) {
-    state.SkipWithError("drain() returned before every event was handled");
-  }
+  if (const char* fault = pipeline.fault(emitted)) state.SkipWithError(fault);
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
 }
 BENCHMARK(BM_executor_emit_paced)->Arg(0)->Arg(1)->UseManualTime();

@@ -2650,7 +2650,7 @@ class intake_ring {
     std::uint64_t pos = 0;
   };
 
-  explicit intake_ring(std::size_t n) : size_(n), mask_(n - 1), slots_(new slot[n]) {
+  explicit intake_ring(std::size_t n) : mask_(n - 1), slots_(new slot[n]) {
     for (std::size_t i = 0; i < n; ++i) slots_[i].seq.store(i, std::memory_order_relaxed);
   }
   intake_ring(const intake_ring&) = delete;
@@ -2696,7 +2696,7 @@ class intake_ring {
   void pop(slot& s) noexcept {
     if (s.live) s.value()->~T();
     const std::uint64_t pos = head_.load(std::memory_order_relaxed);
-    s.seq.store(pos + size_, std::memory_order_release);
+    s.seq.store(pos + mask_ + 1, std::memory_order_release);
     head_.store(pos + 1, std::memory_order_relaxed);
   }
 
@@ -2710,8 +2710,7 @@ class intake_ring {
   std::uint64_t tail() const noexcept { return tail_.load(std::memory_order_seq_cst); }
 
  private:
-  const std::size_t size_;  // a power of two
-  const std::size_t mask_;
+  const std::size_t mask_;  // the size, a power of two, minus 1
   std::unique_ptr<slot[]> slots_;
   // Written by emitters only.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> tail_{0};
@@ -2953,8 +2952,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     }
     std::unique_lock<std::mutex> lock(mutex_);
     collect_due();
-    take_inbox();
-    take_idle_intakes();
+    take_ready_work();
     std::size_t n = ready_.size();
     found = n > 0;
     std::size_t calls = 0;
@@ -3178,15 +3176,13 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
   }
 
   // Requires mutex_. Moves what producers scheduled onto the ready list, in the order it
-  // became ready. The load is seq_cst: it pairs with schedule()'s loads of sleepers_ and
-  // spinning_ after a worker changed them.
-  void take_inbox() noexcept {
-    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
-    ready_.push_back_reversed(inbox_.exchange(nullptr, std::memory_order_acquire));
-  }
-
-  // Requires mutex_. Idle intakes that emitters published into meanwhile go to the ready list.
-  void take_idle_intakes() noexcept {
+  // became ready, then the idle intakes that emitters published into meanwhile. The load is
+  // seq_cst: it pairs with schedule()'s loads of sleepers_ and spinning_ after a worker
+  // changed them.
+  void take_ready_work() noexcept {
+    if (inbox_.load(std::memory_order_seq_cst) != nullptr) {
+      ready_.push_back_reversed(inbox_.exchange(nullptr, std::memory_order_acquire));
+    }
     if (idle_intakes_.empty()) return;
     ready_list still_idle;
     while (!idle_intakes_.empty()) {
@@ -3267,8 +3263,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     bool may_spin = true;
     while (!self.stop) {
       collect_due();
-      take_inbox();
-      take_idle_intakes();
+      take_ready_work();
       if (!ready_.empty()) {
         runnable* r = ready_.pop_front();
         // More work than this worker: a sleeping one takes the rest (the spinner, if any,
@@ -3319,7 +3314,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
     }
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
-    take_inbox();
+    take_ready_work();
     if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) work_cv_.notify_one();
     if (waiters_.load(std::memory_order_seq_cst) > 0) idle_cv_.notify_all();
   }
@@ -3413,8 +3408,7 @@ class executor_core : public std::enable_shared_from_this<executor_core> {
         idle_cv_.wait(lock);
         continue;
       }
-      take_inbox();
-      take_idle_intakes();
+      take_ready_work();
       if (!ready_.empty() || (!timers_.empty() && timers_.front().due <= now())) {
         lock.unlock();
         bool found = false;
@@ -3584,7 +3578,7 @@ class subscription final : public subscription_base {
   }
 
   std::vector<std::uint64_t> pushed() const override {
-    flush_intake();
+    flush();
     std::vector<std::uint64_t> out(count_);
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
@@ -3606,10 +3600,8 @@ class subscription final : public subscription_base {
     return true;
   }
 
-  void flush() const override { flush_intake(); }
-
   void close_barrier() override {
-    flush_intake();
+    flush();
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
     }
@@ -3623,7 +3615,7 @@ class subscription final : public subscription_base {
   void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
                   log_histogram::snapshot& wait) const override {
     out.name = name;
-    flush_intake();  // so that `accepted` counts every emit that returned
+    flush();  // so that `accepted` counts every emit that returned
     std::uint64_t pushed_total = 0;
     for (std::size_t i = 0; i < count_; ++i) {
       std::lock_guard<spinlock> lock(parts_[i].mutex);
@@ -3900,16 +3892,11 @@ class subscription final : public subscription_base {
 
   /// The intake's body, run from the ready list. Returns 0: it calls no handler.
   std::size_t run_intake(std::size_t max) noexcept {
-    std::size_t moved = 0;
     // When an emitter (its intake full) or a drain is moving the events, this thread has
     // better things to do than wait for it: the intake waits as if it were dry, and a worker
     // looks at it again between runs.
-    lost_event lost;
-    if (intake_lock_.try_lock()) {
-      std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
-      moved = move_from_intake(max, lost);
-    }
-    report_lost(lost);
+    std::size_t moved = 0;
+    try_move_from_intake(max, moved);
     if (moved > 0) {
       core_.schedule(&intake_runner_);  // still owned: to the back of the line
     } else {
@@ -3920,22 +3907,27 @@ class subscription final : public subscription_base {
 
   /// Full intake: moves events out if no one else is doing it, else gives them the processor.
   void help_intake() const {
-    if (intake_lock_.try_lock()) {
-      lost_event lost;
-      {
-        std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
-        move_from_intake(intake_slots, lost);
-      }
-      report_lost(lost);
-    } else {
-      std::this_thread::yield();
+    std::size_t moved = 0;
+    if (!try_move_from_intake(intake_slots, moved)) std::this_thread::yield();
+  }
+
+  /// Moves up to `max` events out of the intake unless another thread is doing it (false
+  /// then); `moved` counts the slots freed. Reports a lost event once the lock is released.
+  bool try_move_from_intake(std::size_t max, std::size_t& moved) const noexcept {
+    if (!intake_lock_.try_lock()) return false;
+    lost_event lost;
+    {
+      std::lock_guard<spinlock> lock(intake_lock_, std::adopt_lock);
+      moved = move_from_intake(max, lost);
     }
+    report_lost(lost);
+    return true;
   }
 
   /// Moves every event whose place was claimed before the call into its partition, waiting
   /// for emits that claimed a place and are still writing it. Any thread but an emitter in
   /// the middle of its push.
-  void flush_intake() const {
+  void flush() const override {
     if (!intake_) return;
     const std::uint64_t end = intake_->tail();
     lost_event lost;

@@ -298,14 +298,6 @@ TEST_CASE("concurrent shutdown calls all return after the work is done", "[shutd
   CHECK(handled_at_return[1] == 10);
 }
 
-namespace {
-std::string topic_of(int n) {
-  std::string name = "topic.";
-  name += std::to_string(n);
-  return name;
-}
-}  // namespace
-
 TEST_CASE("queued, dropped and dead-lettered events keep their topic names after the topics and "
           "the bus are gone",
           "[shutdown][lifetime]") {
@@ -325,24 +317,24 @@ TEST_CASE("queued, dropped and dead-lettered events keep their topic names after
   p.on_dead_letter = [&](const evbus::dead_letter& d) { dead.push_back(d.event.topic()); };
   {
     evbus::bus bus;
-    for (int t = 0; t < 20; ++t) bus.register_topics(topic_of(t));
+    for (int t = 0; t < 20; ++t) bus.register_topics(evbus_test::numbered("topic.", t));
     bus.register_handler("h", "topic\\..*", evbus::ordered(ex, [&](const evbus::event& e) {
                            handled.push_back(e.topic());
                            kept.push_back(e);
                            if (e.data_as<int>() % 7 == 0) throw std::runtime_error("seven");
                          }, p));
     // 40 events into a capacity of 30: the 10 oldest are dropped, while the bus still lives.
-    for (int i = 0; i < 40; ++i) bus.emit(topic_of(i % 20), i);
+    for (int i = 0; i < 40; ++i) bus.emit(evbus_test::numbered("topic.", i % 20), i);
     CHECK(dropped.size() == 10);
-    for (int t = 0; t < 20; ++t) bus.deregister_topics(topic_of(t));
+    for (int t = 0; t < 20; ++t) bus.deregister_topics(evbus_test::numbered("topic.", t));
   }
   ex.run_until_idle();
   REQUIRE(handled.size() == 30);
   for (std::size_t i = 0; i < handled.size(); ++i) {
-    CHECK(handled[i] == topic_of(static_cast<int>((i + 10) % 20)));
+    CHECK(handled[i] == evbus_test::numbered("topic.", static_cast<int>((i + 10) % 20)));
   }
   for (std::size_t i = 0; i < dropped.size(); ++i) {
-    CHECK(dropped[i] == topic_of(static_cast<int>(i)));
+    CHECK(dropped[i] == evbus_test::numbered("topic.", static_cast<int>(i)));
   }
   // Events 14, 21, 28 and 35 failed their only attempt.
   CHECK(dead == std::vector<std::string>{"topic.14", "topic.1", "topic.8", "topic.15"});
@@ -420,16 +412,18 @@ TEST_CASE("events waiting in the intake keep their topic names after the topics 
   std::vector<std::string> handled;
   {
     evbus::bus bus;
-    for (int t = 0; t < 20; ++t) bus.register_topics(topic_of(t));
+    for (int t = 0; t < 20; ++t) bus.register_topics(evbus_test::numbered("topic.", t));
     bus.register_handler("h", "topic\\..*", evbus::ordered(ex, [&](const evbus::event& e) {
                            handled.push_back(e.topic() + "=" + std::to_string(e.data_as<int>()));
                          }));
-    for (int i = 0; i < 40; ++i) bus.emit(topic_of(i % 20), i);
-    for (int t = 0; t < 20; ++t) bus.deregister_topics(topic_of(t));
+    for (int i = 0; i < 40; ++i) bus.emit(evbus_test::numbered("topic.", i % 20), i);
+    for (int t = 0; t < 20; ++t) bus.deregister_topics(evbus_test::numbered("topic.", t));
   }
   CHECK(ex.run_until_idle() == 40);
   std::vector<std::string> expected;
-  for (int i = 0; i < 40; ++i) expected.push_back(topic_of(i % 20) + "=" + std::to_string(i));
+  for (int i = 0; i < 40; ++i) {
+    expected.push_back(evbus_test::numbered("topic.", i % 20) + "=" + std::to_string(i));
+  }
   CHECK(handled == expected);
 }
 

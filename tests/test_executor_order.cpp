@@ -203,15 +203,6 @@ TEST_CASE("ordered takes plain functions by name and by pointer; a null pointer 
   CHECK(ex.stats().subscriptions.size() == 3);
 }
 
-namespace {
-/// "k<n>". (Built by appending: GCC 12 at -O3 warns falsely on inserting into a new string.)
-std::string key_name(int n) {
-  std::string name = "k";
-  name += std::to_string(n);
-  return name;
-}
-}  // namespace
-
 TEST_CASE("more events than the intake holds, with no worker: order and counts hold, and "
           "poll() sees them all",
           "[executor][order][intake]") {
@@ -234,7 +225,7 @@ TEST_CASE("more events than the intake holds, with no worker: order and counts h
   for (int i = 0; i < events; ++i) {
     const int key = (i * 3) % key_count;
     bus.emit("order", msg{0, key, seq[static_cast<std::size_t>(key)]++},
-             evbus_test::with_key(key_name(key)));
+             evbus_test::with_key(evbus_test::numbered("k", key)));
   }
   auto s = ex.stats();
   CHECK(s.total.accepted == static_cast<std::uint64_t>(events));
@@ -270,7 +261,7 @@ TEST_CASE("each event reaches its handler without drain(), also after the worker
       int reached = 0;
       for (int i = 0; i < rounds; ++i) {
         if (i % 10 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        bus.emit("t", i, evbus_test::with_key(key_name(i % 7)));
+        bus.emit("t", i, evbus_test::with_key(evbus_test::numbered("k", i % 7)));
         if (!evbus_test::eventually([&] { return handled.load() == i + 1; })) break;
         reached = i + 1;
       }

@@ -15,6 +15,8 @@
 //   BM_emit/1, BM_emit/10         evbus emit by topic name among 100 topics, 1 and 10 handlers
 //   BM_emit_handle/1              the same through a topic handle (no name lookup)
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
+//   BM_register_deregister        one handler registered and deregistered: /0 alone, /1 while
+//                                 another thread emits (what the emit path's speed costs)
 //   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
 //   BM_baseline_line_handoff      two threads passing one cache line back and forth: what the
 //                                 machine charges each time data crosses between two cores
@@ -231,6 +233,35 @@ void BM_emit_threads(benchmark::State& state) {
   if (state.thread_index() == 0) shared.reset();
 }
 BENCHMARK(BM_emit_threads)->Threads(1)->Threads(2)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_register_deregister
+// ---------------------------------------------------------------------------
+
+/// What emits cost the rare writer: register_handler then deregister_handler of one handler
+/// on one of the 100 topics. /0: no other thread; /1: another thread emits on another topic
+/// all the while, so deregister_handler's fence (a membarrier(2) call on Linux, see the
+/// README) has a running thread to reach.
+void BM_register_deregister(benchmark::State& state) {
+  auto bus = make_bus(1);
+  std::atomic<bool> stop{false};
+  std::thread emitter;
+  if (state.range(0) != 0) {
+    emitter = std::thread([&] {
+      const std::string_view topic = topic_names()[7];
+      std::uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) bus->emit(topic, payload{n++});
+    });
+  }
+  const std::string matcher = target_matcher();
+  for (auto _ : state) {
+    bus->register_handler("churn", matcher, [](const bench_event& e) { handler_work(e); });
+    bus->deregister_handler("churn");
+  }
+  stop.store(true);
+  if (emitter.joinable()) emitter.join();
+}
+BENCHMARK(BM_register_deregister)->Arg(0)->Arg(1)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // Producer/consumer: what the items carry and how the consumer checks them

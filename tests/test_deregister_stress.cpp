@@ -18,6 +18,7 @@
 
 #include "evbus_catch.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -159,4 +160,86 @@ TEST_CASE("no handler call starts or is still running after deregister_handler r
                              << " handlers registered and deregistered, " << called_handlers
                              << " of them called while live, " << churned_calls
                              << " calls of churned handlers");
+}
+
+// The ordering the promise above rests on, as a litmus test of the library's own two halves:
+// an emit marks its thread (detail::emit_scope), then reads what writers publish; a writer
+// publishes, then reads the marks (detail::emits_in_progress). While the emit is still inside
+// its scope, at least one side must see the other. Without a full fence between the store and
+// the load on both sides, processors with store buffers (x86 among them) let neither see the
+// other when the two run within nanoseconds of each other; each round starts both threads
+// together, then delays one by a varying number of steps to sweep that window.
+TEST_CASE("an emit in progress sees a writer's change or the writer sees the emit",
+          "[stress][deregister][fence]") {
+#ifdef EVBUS_STRESS_SANITIZED
+  constexpr int rounds = 5'000;
+#else
+  constexpr int rounds = 50'000;
+#endif
+  std::atomic<int> arrived{0};    // both threads have arrived at round r when it is 2 r
+  std::atomic<int> scanned{0};    // the writer has read the marks of round r
+  std::atomic<int> published{0};  // what the writer publishes: the round number
+  std::vector<char> emit_saw(rounds + 1, 0);
+  std::vector<char> writer_saw(rounds + 1, 0);
+  std::atomic<const evbus::detail::thread_slot*> emitter_slot{nullptr};
+
+  auto wait_for = [](const std::atomic<int>& value, int target) {
+    for (unsigned spin = 0; value.load(std::memory_order_acquire) < target; ++spin) {
+      if (spin > 1024) std::this_thread::yield();
+    }
+  };
+  auto start_round = [&](int r) {
+    arrived.fetch_add(1, std::memory_order_acq_rel);
+    wait_for(arrived, 2 * r);
+  };
+  // Steps of delay: one side waits 0..63 steps, in turn the emitter and the writer.
+  auto delay = [](int steps) {
+    std::atomic<int> sink{0};
+    for (int i = 0; i < steps; ++i) sink.fetch_add(1, std::memory_order_relaxed);
+  };
+  auto emitter_delay = [](int r) { return (r & 64) != 0 ? r & 63 : 0; };
+  auto writer_delay = [](int r) { return (r & 64) == 0 ? r & 63 : 0; };
+
+  std::thread emitter([&] {
+    evbus::detail::thread_slot& slot = evbus::detail::this_thread_slot();
+    emitter_slot.store(&slot);
+    for (int r = 1; r <= rounds; ++r) {
+      start_round(r);
+      delay(emitter_delay(r));
+      evbus::detail::emit_scope scope(slot);
+      // An emit's reads of published state are acquire or seq_cst loads (plain loads on x86):
+      // neither keeps them after the mark's store.
+      emit_saw[static_cast<std::size_t>(r)] = published.load(std::memory_order_acquire) >= r;
+      wait_for(scanned, r);  // still inside the emit while the writer looks
+    }
+  });
+  std::thread writer([&] {
+    while (emitter_slot.load() == nullptr) std::this_thread::yield();
+    const evbus::detail::thread_slot* target = emitter_slot.load();
+    for (int r = 1; r <= rounds; ++r) {
+      start_round(r);
+      delay(writer_delay(r));
+      published.store(r, std::memory_order_seq_cst);
+      const evbus::detail::emit_marks marks = evbus::detail::emits_in_progress();
+      writer_saw[static_cast<std::size_t>(r)] = std::any_of(
+          marks.begin(), marks.end(), [&](const auto& m) { return m.first == target; });
+      scanned.store(r, std::memory_order_release);
+    }
+  });
+  emitter.join();
+  writer.join();
+
+  int neither = 0;
+  int emit_only = 0;
+  int writer_only = 0;
+  for (std::size_t r = 1; r <= static_cast<std::size_t>(rounds); ++r) {
+    if (!emit_saw[r] && !writer_saw[r]) ++neither;
+    if (emit_saw[r] && !writer_saw[r]) ++emit_only;
+    if (!emit_saw[r] && writer_saw[r]) ++writer_only;
+  }
+  CHECK(neither == 0);
+  WARN("emit/writer litmus: " << rounds << " rounds; only the emit saw the writer in "
+                              << emit_only << ", only the writer saw the emit in "
+                              << writer_only << ", light marks: "
+                              << evbus::detail::light_emit_marks());
 }

@@ -6,9 +6,11 @@
 
 #include "bus_support.hpp"
 
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -264,6 +266,41 @@ TEST_CASE("a deregistered handler is never called again, and its captures are re
   bus.emit("t", 0);
   CHECK(bus.handler_keys().empty());
   CHECK(bus.topic_handler_keys("t").empty());
+}
+
+TEST_CASE("deregister_handler releases the captures also from lists earlier changes retired",
+          "[handlers]") {
+  // Each registration below replaces the topic's subscription list; the lists it replaces
+  // still hold "h". Changes that need not wait may leave such lists for a later scan of the
+  // emits in progress: deregister_handler must free them all before it returns.
+  evbus::bus bus;
+  bus.register_topics("t", "u");
+  auto token = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = token;
+  bus.register_handler("h", ".*", [token](const evbus::event&) { ++*token; });
+  token.reset();
+  for (int i = 0; i < 5; ++i) {
+    std::string key = "other.";
+    key += std::to_string(i);
+    bus.register_handler(key, ".*", [](const evbus::event&) {});
+    bus.emit("t", i);
+  }
+  bus.register_topics("v");
+  CHECK_FALSE(watch.expired());
+  bus.deregister_handler("h");
+  CHECK(watch.expired());
+  CHECK(bus.topic_handler_keys("v").size() == 5);
+}
+
+TEST_CASE("set_error_hook releases the captures of the hook it replaces", "[handlers]") {
+  evbus::bus bus;
+  auto token = std::make_shared<int>(0);
+  std::weak_ptr<int> watch = token;
+  bus.set_error_hook([token](const evbus::event&, std::string_view, std::exception_ptr) {});
+  token.reset();
+  CHECK_FALSE(watch.expired());
+  bus.set_error_hook(nullptr);
+  CHECK(watch.expired());
 }
 
 TEST_CASE("destroying the bus releases the handlers' captures", "[handlers]") {

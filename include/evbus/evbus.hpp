@@ -1255,7 +1255,7 @@ class basic_bus {
       // One look at the emits in progress serves both the lists retired by every change so
       // far and the wait below.
       marks = detail::emits_in_progress();
-      seal(marks);
+      if (!pending_.empty()) seal(marks);
       collect(garbage);
     }
     detail::wait_for_emits(std::move(marks));
@@ -1320,7 +1320,7 @@ class basic_bus {
       retire(std::exchange(hook_owner_, next));
       hook_.store(next.get(), std::memory_order_seq_cst);
       // The old hook's captures are released as soon as no emit can still call it.
-      seal(detail::emits_in_progress());
+      if (!pending_.empty()) seal(detail::emits_in_progress());
       collect(garbage);
     }
   }
@@ -1609,7 +1609,7 @@ class basic_bus {
   /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
   /// caller after unlocking (a handler's captures may call back into the bus).
   void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
-    if (!detail::light_emit_marks() || pending_.size() >= retire_batch) {
+    if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
       seal(detail::emits_in_progress());
     }
     collect(garbage);
@@ -1617,9 +1617,8 @@ class basic_bus {
 
   /// Marks every pending retired object with `marks`, taken after the change that retired the
   /// last of them was published (any later moment will do: an emit that started after a change
-  /// was published cannot read what the change retired).
+  /// was published cannot read what the change retired). Requires pending_ not empty.
   void seal(detail::emit_marks marks) {
-    if (pending_.empty()) return;
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
     auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));

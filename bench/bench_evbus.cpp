@@ -281,7 +281,7 @@ BENCHMARK(BM_register_deregister)->Arg(0)->Arg(1)->UseRealTime();
  * process may use at least two. Left to the scheduler, the two threads of the mutex queue
  * sometimes share one CPU: the producer then fills the vector while the consumer waits, the
  * items never cross between caches, and the queue moves 2 to 3 times as many items per second
- * (23 M/s pinned to one CPU here, against 7 to 9 M/s on two). Its figure then measures the
+ * (23 M/s pinned to one CPU here, against 6 to 10 M/s on two). Its figure then measures the
  * scheduler rather than the hand-off.
  *
  * Construct it before the benchmark's other thread starts (the mutex queue's consumer, the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and tests evbus in every configuration CI checks, stopping at the first failure:
 #
-#   lists      tests/CMakeLists.txt, tests/meson.build and tests/test_*.cpp agree
+#   lists      tests/CMakeLists.txt, tests/meson.build and tests/test_*.cpp agree; the generated
+#              include/evbus/evbus.hpp is the amalgamation of include/evbus/parts/
 #   gcc        GCC, C++17, -O2 with assertions on, -Wall -Wextra -Wpedantic -Werror, ctest
 #   gcc20      GCC, C++20, Release (-O3), -Werror, ctest
 #   clang      Clang, C++20, Release, -Werror, ctest
@@ -66,6 +67,7 @@ ctest_summary() {  # the "N% tests passed" line of a ctest log
 
 run_lists() {
   tests/check_lists.sh
+  cmake -DCHECK=ON -P include/evbus/parts/amalgamate.cmake
 }
 
 # GCC's flow-based warnings (-Wmaybe-uninitialized, -Warray-bounds, -Wrestrict) only see

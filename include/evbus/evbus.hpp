@@ -1,16 +1,22 @@
+// evbus: a header-only, in-process message bus for C++17 and later.
+//
+// GENERATED from include/evbus/parts/ by include/evbus/parts/amalgamate.cmake: do not edit
+// this file. Edit the parts, then run `cmake -P include/evbus/parts/amalgamate.cmake`.
+// Map of the code: include/evbus/parts/README.md.
 /**
  * @file evbus.hpp
  * @brief evbus: a header-only, in-process message bus for C++17 and later.
  *
- * This one file is the whole library: copy it into a project and include it.
+ * This one file is the whole library: copy it into a project and include it. It is generated
+ * from the parts in include/evbus/parts/ (one concept per file; the map of the code is
+ * include/evbus/parts/README.md) by include/evbus/parts/amalgamate.cmake.
  *
  * Read top to bottom it tells the story:
- *   1. configuration and version
- *   2. errors
- *   3. time, thread slots and ids
- *   4. the event
- *   5. the bus (synchronous core)
- *   6. the keyed executor (ordered, partitioned delivery on worker threads)
+ *   1. configuration and version, errors
+ *   2. time, emit tracking and ids
+ *   3. the event
+ *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
+ *   5. the keyed executor (ordered, partitioned delivery on worker threads)
  *
  * @code
  *   evbus::bus bus;
@@ -18,7 +24,9 @@
  *   bus.register_handler("printer", "order\\..*", [](const evbus::event& e) {
  *     std::cout << e.topic() << " " << e.id << "\n";
  *   });
- *   bus.emit("order.received", 42, {.key = "customer-7"});
+ *   evbus::emit_options options;
+ *   options.key = "customer-7";
+ *   bus.emit("order.received", 42, options);
  * @endcode
  *
  * SPDX-License-Identifier: MIT
@@ -26,9 +34,15 @@
 #ifndef EVBUS_EVBUS_HPP
 #define EVBUS_EVBUS_HPP
 
-// ---------------------------------------------------------------------------
-// 1. Configuration and version
-// ---------------------------------------------------------------------------
+// 1. Configuration and version, errors
+// ---- config.hpp -------------------------------------------------
+// evbus/parts/config.hpp: the version and the configuration macros.
+//
+// One version source: EVBUS_VERSION_MAJOR/MINOR/PATCH here; CMake and a test read them. Every
+// other macro may be defined before including evbus to change a limit; nothing in the code
+// needs editing.
+#ifndef EVBUS_PARTS_CONFIG_HPP
+#define EVBUS_PARTS_CONFIG_HPP
 
 #define EVBUS_VERSION_MAJOR 0
 #define EVBUS_VERSION_MINOR 1
@@ -52,68 +66,33 @@
 #define EVBUS_CACHE_LINE_SIZE 64
 #endif
 
-#include <algorithm>
-#include <any>
-#include <array>
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <deque>
-#include <exception>
-#include <functional>
-#include <initializer_list>
-#include <iomanip>
-#include <limits>
-#include <list>
-#include <locale>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <new>
-#include <optional>
-#include <ostream>
-#include <regex>
-#include <sstream>
-#include <stdexcept>
-#include <string>
-#include <string_view>
-#include <thread>
-#include <type_traits>
-#include <typeinfo>
-#include <unordered_map>
-#include <utility>
-#include <variant>
-#include <vector>
-
-/// Emits mark themselves with a plain store, and the rare writer that must see those marks
-/// (a registration change) pays for the ordering instead, with one membarrier(2) system call
-/// that makes every running thread of the process execute a full fence. Linux 4.14 and later;
-/// elsewhere, or when the kernel refuses it, or with EVBUS_NO_MEMBARRIER defined, every emit
-/// pays for a full fence itself (a seq_cst store, about 8 ns).
-#if defined(__linux__) && !defined(EVBUS_NO_MEMBARRIER)
-#include <sys/syscall.h>
-#include <unistd.h>
-#if defined(SYS_membarrier)
-#define EVBUS_HAS_MEMBARRIER 1
-#endif
-#endif
-#ifndef EVBUS_HAS_MEMBARRIER
-#define EVBUS_HAS_MEMBARRIER 0
-#endif
-
 namespace evbus {
 inline namespace v1 {
 
 /// The library version as "major.minor.patch".
 inline constexpr const char* version_string = "0.1.0";
 
-// ---------------------------------------------------------------------------
-// 2. Errors
-// ---------------------------------------------------------------------------
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CONFIG_HPP
+// ---- errors.hpp -------------------------------------------------
+// evbus/parts/errors.hpp: the exceptions evbus throws.
+//
+// Every exception derives from evbus::error; each message names the offending value, quoted by
+// detail::quote so that bytes a terminal cannot show stay readable.
+#ifndef EVBUS_PARTS_ERRORS_HPP
+#define EVBUS_PARTS_ERRORS_HPP
+
+
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 /**
  * @brief Base of every exception evbus throws.
@@ -301,9 +280,41 @@ class queue_full : public error {
   using error::error;
 };
 
-// ---------------------------------------------------------------------------
-// 3. Time, thread slots and ids
-// ---------------------------------------------------------------------------
+namespace detail {
+
+/// The what() of an exception_ptr, for messages.
+inline std::string describe(const std::exception_ptr& e) {
+  if (!e) return "(no exception)";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "(an exception not derived from std::exception)";
+  }
+}
+
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ERRORS_HPP
+
+// 2. Time, emit tracking and ids
+// ---- time.hpp -------------------------------------------------
+// evbus/parts/time.hpp: wall-clock time as events carry it.
+//
+// Events carry wall-clock time in nanoseconds (time_point); the executor keeps its own steady
+// clock (see clock.hpp).
+#ifndef EVBUS_PARTS_TIME_HPP
+#define EVBUS_PARTS_TIME_HPP
+
+
+#include <chrono>
+
+namespace evbus {
+inline namespace v1 {
 
 /// Wall-clock time with nanosecond resolution, as carried by events.
 using time_point = std::chrono::time_point<std::chrono::system_clock, std::chrono::nanoseconds>;
@@ -313,6 +324,55 @@ namespace detail {
 inline time_point wall_now() noexcept {
   return std::chrono::time_point_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now());
 }
+
+
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TIME_HPP
+// ---- emit_tracking.hpp -------------------------------------------------
+// evbus/parts/emit_tracking.hpp: which threads are inside an emit, and the fences that make it visible.
+//
+// Every thread that emits owns a thread_slot (reused when threads exit). An emit marks its slot
+// for as long as it runs; a writer that must know when the emits running now are over (to free
+// what they may read) reads every slot. The slot also holds the thread's id state (ids.hpp).
+#ifndef EVBUS_PARTS_EMIT_TRACKING_HPP
+#define EVBUS_PARTS_EMIT_TRACKING_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+/// Emits mark themselves with a plain store, and the rare writer that must see those marks
+/// (a registration change) pays for the ordering instead, with one membarrier(2) system call
+/// that makes every running thread of the process execute a full fence. Linux 4.14 and later;
+/// elsewhere, or when the kernel refuses it, or with EVBUS_NO_MEMBARRIER defined, every emit
+/// pays for a full fence itself (a seq_cst store, about 8 ns).
+#if defined(__linux__) && !defined(EVBUS_NO_MEMBARRIER)
+#include <sys/syscall.h>
+#include <unistd.h>
+#if defined(SYS_membarrier)
+#define EVBUS_HAS_MEMBARRIER 1
+#endif
+#endif
+#ifndef EVBUS_HAS_MEMBARRIER
+#define EVBUS_HAS_MEMBARRIER 0
+#endif
+
+namespace evbus {
+inline namespace v1 {
+
+namespace detail {
 
 /**
  * The two halves of an asymmetric fence, between emits (many, hot) and the writers that must
@@ -524,6 +584,32 @@ inline void wait_for_emits(emit_marks marks) {
   }
 }
 
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EMIT_TRACKING_HPP
+// ---- ids.hpp -------------------------------------------------
+// evbus/parts/ids.hpp: event ids: the default sortable generator and a sequential one.
+//
+// Default ids are 15 characters of Crockford base32, made from the calling thread's slot without
+// a lock or a shared counter.
+#ifndef EVBUS_PARTS_IDS_HPP
+#define EVBUS_PARTS_IDS_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace evbus {
+inline namespace v1 {
+
+namespace detail {
+
 /// Crockford's base32 alphabet: digits then letters, in ASCII order, so that text order is
 /// numeric order.
 inline constexpr char base32_alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -594,6 +680,7 @@ inline void make_sortable_id(thread_slot& slot, time_point now, std::string& out
 
 }  // namespace detail
 
+
 /**
  * @brief The default id generator: unique, k-sortable, 15 characters, lock-free.
  *
@@ -639,9 +726,32 @@ class sequential_ids {
   std::shared_ptr<std::atomic<std::uint64_t>> next_;
 };
 
-// ---------------------------------------------------------------------------
-// 4. The event
-// ---------------------------------------------------------------------------
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_IDS_HPP
+
+// 3. The event
+// ---- event.hpp -------------------------------------------------
+// evbus/parts/event.hpp: the event handlers receive, and what emit takes and returns.
+//
+// An event refers to its topic's name without a reference count during an emit; a copy takes
+// shared ownership, so copies outlive the emit, the topic and the bus.
+#ifndef EVBUS_PARTS_EVENT_HPP
+#define EVBUS_PARTS_EVENT_HPP
+
+
+#include <any>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <variant>
+
+namespace evbus {
+inline namespace v1 {
 
 namespace detail {
 
@@ -832,9 +942,157 @@ struct emit_result {
   time_point occurred_at{};
 };
 
-// ---------------------------------------------------------------------------
-// 5. The bus
-// ---------------------------------------------------------------------------
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EVENT_HPP
+
+// 4. The bus
+// ---- matcher.hpp -------------------------------------------------
+// evbus/parts/matcher.hpp: compiling and bounding the regular expressions that match topics.
+//
+// A matcher is an ECMAScript regex matched against the whole topic name, at registration time
+// only. The limits here keep std::regex from exhausting the stack or running for ever.
+#ifndef EVBUS_PARTS_MATCHER_HPP
+#define EVBUS_PARTS_MATCHER_HPP
+
+
+#include <algorithm>
+#include <cstddef>
+#include <locale>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+namespace detail {
+
+
+/// How matchers are compiled. libstdc++'s default ECMAScript matcher backtracks recursively:
+/// a short pattern such as `(()(){0,150}){0,150}` exhausts the stack, and `(a*)*b` takes
+/// exponential time on a 255-byte topic. Its `__polynomial` option selects a breadth-first
+/// matcher (time linear in the topic, recursion bounded by the pattern), at the price of
+/// back-references, which topic matchers do not need. Other standard libraries have no such
+/// option; there, matchers should come from the program, not from its input.
+#ifndef EVBUS_MATCHER_SYNTAX
+#if defined(__GLIBCXX__)
+#define EVBUS_MATCHER_SYNTAX (std::regex::ECMAScript | std::regex_constants::__polynomial)
+#else
+#define EVBUS_MATCHER_SYNTAX std::regex::ECMAScript
+#endif
+#endif
+
+/// The expanded size of an ECMAScript pattern, as EVBUS_MAX_MATCHER_STATES counts it: one per
+/// character, bracket expression or group, times the bounds of the counted repeats around it.
+/// Saturates instead of overflowing.
+inline std::size_t matcher_expansion(std::string_view p) {
+  constexpr std::size_t cap = std::size_t{1} << 40;
+  const auto mul = [](std::size_t a, std::size_t b) { return b != 0 && a > cap / b ? cap : a * b; };
+  std::vector<std::size_t> sums{0};  // cost so far of each open group
+  std::size_t last = 0;              // cost of the last atom or group, for a quantifier after it
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const char c = p[i];
+    if (c == '\\') {
+      ++i;
+      last = 1;
+    } else if (c == '[') {
+      std::size_t j = i + 1;
+      if (j < p.size() && p[j] == '^') ++j;
+      if (j < p.size() && p[j] == ']') ++j;
+      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+      i = j;
+      last = 1;
+    } else if (c == '(') {
+      sums.push_back(0);
+      last = 0;
+      continue;
+    } else if (c == ')') {
+      if (sums.size() == 1) continue;
+      last = std::min(cap, sums.back() + 1);
+      sums.pop_back();
+      sums.back() = std::min(cap, sums.back() + last);
+      continue;
+    } else if (c == '{') {
+      std::size_t j = i + 1, lo = 0, hi = 0;
+      bool digits = false, comma = false, hi_digits = false;
+      for (; j < p.size() && p[j] != '}'; ++j) {
+        if (p[j] >= '0' && p[j] <= '9') {
+          std::size_t& v = comma ? hi : lo;
+          v = std::min(cap, v * 10 + static_cast<std::size_t>(p[j] - '0'));
+          (comma ? hi_digits : digits) = true;
+        } else if (p[j] == ',' && !comma) {
+          comma = true;
+        } else {
+          break;
+        }
+      }
+      if (j < p.size() && p[j] == '}' && digits) {
+        const std::size_t copies = std::max<std::size_t>(1, comma ? (hi_digits ? hi : lo + 1) : lo);
+        sums.back() = std::min(cap, sums.back() + mul(last, copies - 1));
+        last = mul(last, copies);
+        i = j;
+        continue;
+      }
+      last = 1;  // not a repeat: a literal '{'
+    } else if (c == '*' || c == '+' || c == '?' || c == '|' || c == '^' || c == '$') {
+      if (c == '|') last = 0;
+      continue;
+    } else {
+      last = 1;
+    }
+    sums.back() = std::min(cap, sums.back() + 1);
+  }
+  std::size_t total = 0;
+  for (std::size_t v : sums) total = std::min(cap, total + v);
+  return total;
+}
+
+/// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
+/// synchronisation, the first time a regex compiler meets each character; two threads
+/// compiling matchers at once would race on it. Filling it once, under the guard of a
+/// function-local static, orders every later compilation after the writes.
+inline void warm_regex_locale() {
+  static const bool warmed = [] {
+    const auto& ct = std::use_facet<std::ctype<char>>(std::locale());
+    for (int c = 0; c < 256; ++c) {
+      (void)ct.narrow(static_cast<char>(c), '\0');
+      (void)ct.widen(static_cast<char>(c));
+    }
+    return true;
+  }();
+  (void)warmed;
+}
+
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_MATCHER_HPP
+// ---- topic_table.hpp -------------------------------------------------
+// evbus/parts/topic_table.hpp: registered topics, their handler lists, and the name -> topic index.
+//
+// A topic's handler list is immutable and swapped whole on every change; the index read by emit
+// is an open-addressing table built whole when topics come or go.
+#ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
+#define EVBUS_PARTS_TOPIC_TABLE_HPP
+
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 template <class Data>
 class basic_bus;
@@ -960,101 +1218,6 @@ struct topic_index {
   }
 };
 
-/// How matchers are compiled. libstdc++'s default ECMAScript matcher backtracks recursively:
-/// a short pattern such as `(()(){0,150}){0,150}` exhausts the stack, and `(a*)*b` takes
-/// exponential time on a 255-byte topic. Its `__polynomial` option selects a breadth-first
-/// matcher (time linear in the topic, recursion bounded by the pattern), at the price of
-/// back-references, which topic matchers do not need. Other standard libraries have no such
-/// option; there, matchers should come from the program, not from its input.
-#ifndef EVBUS_MATCHER_SYNTAX
-#if defined(__GLIBCXX__)
-#define EVBUS_MATCHER_SYNTAX (std::regex::ECMAScript | std::regex_constants::__polynomial)
-#else
-#define EVBUS_MATCHER_SYNTAX std::regex::ECMAScript
-#endif
-#endif
-
-/// The expanded size of an ECMAScript pattern, as EVBUS_MAX_MATCHER_STATES counts it: one per
-/// character, bracket expression or group, times the bounds of the counted repeats around it.
-/// Saturates instead of overflowing.
-inline std::size_t matcher_expansion(std::string_view p) {
-  constexpr std::size_t cap = std::size_t{1} << 40;
-  const auto mul = [](std::size_t a, std::size_t b) { return b != 0 && a > cap / b ? cap : a * b; };
-  std::vector<std::size_t> sums{0};  // cost so far of each open group
-  std::size_t last = 0;              // cost of the last atom or group, for a quantifier after it
-  for (std::size_t i = 0; i < p.size(); ++i) {
-    const char c = p[i];
-    if (c == '\\') {
-      ++i;
-      last = 1;
-    } else if (c == '[') {
-      std::size_t j = i + 1;
-      if (j < p.size() && p[j] == '^') ++j;
-      if (j < p.size() && p[j] == ']') ++j;
-      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
-      i = j;
-      last = 1;
-    } else if (c == '(') {
-      sums.push_back(0);
-      last = 0;
-      continue;
-    } else if (c == ')') {
-      if (sums.size() == 1) continue;
-      last = std::min(cap, sums.back() + 1);
-      sums.pop_back();
-      sums.back() = std::min(cap, sums.back() + last);
-      continue;
-    } else if (c == '{') {
-      std::size_t j = i + 1, lo = 0, hi = 0;
-      bool digits = false, comma = false, hi_digits = false;
-      for (; j < p.size() && p[j] != '}'; ++j) {
-        if (p[j] >= '0' && p[j] <= '9') {
-          std::size_t& v = comma ? hi : lo;
-          v = std::min(cap, v * 10 + static_cast<std::size_t>(p[j] - '0'));
-          (comma ? hi_digits : digits) = true;
-        } else if (p[j] == ',' && !comma) {
-          comma = true;
-        } else {
-          break;
-        }
-      }
-      if (j < p.size() && p[j] == '}' && digits) {
-        const std::size_t copies = std::max<std::size_t>(1, comma ? (hi_digits ? hi : lo + 1) : lo);
-        sums.back() = std::min(cap, sums.back() + mul(last, copies - 1));
-        last = mul(last, copies);
-        i = j;
-        continue;
-      }
-      last = 1;  // not a repeat: a literal '{'
-    } else if (c == '*' || c == '+' || c == '?' || c == '|' || c == '^' || c == '$') {
-      if (c == '|') last = 0;
-      continue;
-    } else {
-      last = 1;
-    }
-    sums.back() = std::min(cap, sums.back() + 1);
-  }
-  std::size_t total = 0;
-  for (std::size_t v : sums) total = std::min(cap, total + v);
-  return total;
-}
-
-/// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
-/// synchronisation, the first time a regex compiler meets each character; two threads
-/// compiling matchers at once would race on it. Filling it once, under the guard of a
-/// function-local static, orders every later compilation after the writes.
-inline void warm_regex_locale() {
-  static const bool warmed = [] {
-    const auto& ct = std::use_facet<std::ctype<char>>(std::locale());
-    for (int c = 0; c < 256; ++c) {
-      (void)ct.narrow(static_cast<char>(c), '\0');
-      (void)ct.widen(static_cast<char>(c));
-    }
-    return true;
-  }();
-  (void)warmed;
-}
-
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
 bool matches(const handler_entry<Data>& h, const std::string& topic) {
@@ -1067,6 +1230,39 @@ bool matches(const handler_entry<Data>& h, const std::string& topic) {
 }
 
 }  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TOPIC_TABLE_HPP
+// ---- bus.hpp -------------------------------------------------
+// evbus/parts/bus.hpp: the synchronous bus: topics, handlers, emit.
+//
+// basic_bus holds registered topics, handlers keyed by name with a regex matcher, and the id
+// generator; emit calls every subscribed handler on the calling thread, in registration order.
+#ifndef EVBUS_PARTS_BUS_HPP
+#define EVBUS_PARTS_BUS_HPP
+
+
+#include <algorithm>
+#include <any>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
@@ -1659,6 +1855,26 @@ class basic_bus {
 /// The dynamic bus: payloads in a `std::any`, like the Go bus's `interface{}`.
 using bus = basic_bus<std::any>;
 
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_BUS_HPP
+// ---- topic_handle.hpp -------------------------------------------------
+// evbus/parts/topic_handle.hpp: a registered topic to emit on without a name lookup.
+//
+// A handle holds the topic's slot; once the topic is deregistered, emitting through it throws
+// unknown_topic, and it works again once the name is registered again.
+#ifndef EVBUS_PARTS_TOPIC_HANDLE_HPP
+#define EVBUS_PARTS_TOPIC_HANDLE_HPP
+
+
+#include <any>
+#include <memory>
+#include <string>
+
+namespace evbus {
+inline namespace v1 {
+
 /**
  * @brief A registered topic, to emit on without a name lookup.
  *
@@ -1691,6 +1907,30 @@ class basic_topic_handle {
 
 /// A topic handle of evbus::bus.
 using topic_handle = basic_topic_handle<std::any>;
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TOPIC_HANDLE_HPP
+// ---- transaction.hpp -------------------------------------------------
+// evbus/parts/transaction.hpp: events buffered until commit: the outbox pattern inside one process.
+//
+// A transaction checks each topic at once, buffers the events, and emits them all at commit with
+// one tx id; rollback or destruction emits nothing.
+#ifndef EVBUS_PARTS_TRANSACTION_HPP
+#define EVBUS_PARTS_TRANSACTION_HPP
+
+
+#include <any>
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 /**
  * @brief Events buffered until commit: the outbox pattern inside one process.
@@ -1819,35 +2059,25 @@ using transaction = basic_transaction<std::any>;
 }  // namespace v1
 }  // namespace evbus
 
-// ---------------------------------------------------------------------------
-// 6. The keyed executor
-// ---------------------------------------------------------------------------
+#endif  // EVBUS_PARTS_TRANSACTION_HPP
+
+// 5. The keyed executor
+// ---- partitioner.hpp -------------------------------------------------
+// evbus/parts/partitioner.hpp: Kafka's default partitioner: murmur2 of the key, modulo the partitions.
 //
-// Standard headers this part needs beyond the bus's own include block:
-//   <condition_variable> <cstdio> <deque> <iomanip> <limits> <list> <ostream> <sstream>
-//
-// How it works, for the reader of this file:
-//
-// * Each ordered subscription owns P partitions. A partition is a strand: a queue of events plus
-//   an `owned` flag. Whoever turns `owned` from false to true (the producer that pushes into an
-//   idle partition) puts the partition on the executor's ready list; from then on exactly one
-//   party owns it: the ready list, the thread running it, or the timer heap while it waits for a
-//   retry. So a partition is on the ready list at most once and run by one thread at a time,
-//   while any thread may run it. Per-key order follows: one key maps to one partition.
-// * A worker takes a partition from the ready list, takes up to `batch` of its events under one
-//   lock, and handles them one at a time, in order; then it puts the partition back at the end
-//   of the list if more events came. The queue is a ring that keeps its storage.
-// * A handler that throws leaves its event at the head of the partition; the partition goes to
-//   the timer heap until its backoff is over and holds no thread meanwhile.
-// * Delayed emits live in the same timer heap; when due they move, in (due time, submission)
-//   order, to one strand of their own, so they enter the bus in that order.
-// * Lock order: executor mutex, then a partition's mutex. No code holds a partition's mutex
-//   while taking the executor mutex, and no lock is held while user code runs.
+// The same key lands on the same partition number as a Kafka producer with the same partition
+// count would choose, on every platform and in every run.
+#ifndef EVBUS_PARTS_PARTITIONER_HPP
+#define EVBUS_PARTS_PARTITIONER_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
 
 namespace evbus {
 inline namespace v1 {
-
-// -- 6.1 the partitioner -------------------------------------------------------
 
 /**
  * @brief Kafka's murmur2 hash of `bytes` (the Java client's `Utils.murmur2`): MurmurHash2 with
@@ -1920,7 +2150,33 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
   return static_cast<std::size_t>(positive) % partitions;
 }
 
-// -- 6.2 time ------------------------------------------------------------------
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_PARTITIONER_HPP
+// ---- clock.hpp -------------------------------------------------
+// evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
+//
+// Backoffs, delays and deadlines are read from an evbus::clock: real_clock follows
+// std::chrono::steady_clock, manual_clock moves only when told.
+#ifndef EVBUS_PARTS_CLOCK_HPP
+#define EVBUS_PARTS_CLOCK_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 /// Executor time: a point on a steady clock (the real one, or a manual one in tests).
 using steady_time = std::chrono::steady_clock::time_point;
@@ -1950,32 +2206,12 @@ std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noe
 /// after this long looks again and goes back to sleep.
 inline constexpr std::chrono::hours longest_wait{24};
 
-/// A hint to the processor inside a busy-wait loop.
-inline void cpu_relax() noexcept {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_ia32_pause();
-#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
-  __asm__ __volatile__("yield");
-#endif
-}
-
-/// Locks `m` (a mutex or a unique_lock) held only for short stretches by others: tries for a
-/// little while before blocking, since a contended std::mutex otherwise puts the caller to
-/// sleep in the kernel and has the holder wake it, which costs far more than the wait.
-template <class Lockable>
-void lock_briefly(Lockable& m) {
-  for (int i = 0; i < 100; ++i) {
-    if (m.try_lock()) return;
-    cpu_relax();
-  }
-  m.lock();
-}
-
 inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
   return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
                           : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
 }
 }  // namespace detail
+
 
 /**
  * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
@@ -2121,6 +2357,34 @@ class manual_clock final : public clock {
  private:
   std::atomic<steady_time::rep> ns_;
 };
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CLOCK_HPP
+// ---- policies.hpp -------------------------------------------------
+// evbus/parts/policies.hpp: how an ordered subscription delivers, and what the executor is built with.
+//
+// The delivery policy (capacity, overflow, retries, backoff, timeout, callbacks) and the executor
+// options, both aggregates; and what the callbacks receive.
+#ifndef EVBUS_PARTS_POLICIES_HPP
+#define EVBUS_PARTS_POLICIES_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeinfo>
+
+namespace evbus {
+inline namespace v1 {
 
 // -- 6.3 policies, reports and statistics ---------------------------------------
 
@@ -2285,6 +2549,34 @@ struct executor_options {
   /// Must not be negative.
   std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
 };
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_POLICIES_HPP
+// ---- stats.hpp -------------------------------------------------
+// evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
+//
+// stats() returns plain structs; durations are kept in log-bucketed histograms, each percentile
+// within 1/8 of the true value.
+#ifndef EVBUS_PARTS_STATS_HPP
+#define EVBUS_PARTS_STATS_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
 
 /**
  * @brief Three percentiles of a duration distribution.
@@ -2452,16 +2744,138 @@ inline std::string format_duration(std::chrono::nanoseconds d) {
   return buf;
 }
 
-/// The what() of an exception_ptr, for messages.
-inline std::string describe(const std::exception_ptr& e) {
-  if (!e) return "(no exception)";
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "(an exception not derived from std::exception)";
+}  // namespace detail
+
+/**
+ * @brief The statistics as a table, one row per subscription and a total row.
+ *
+ * @code
+ *   std::cout << evbus::to_string(ex.stats());
+ * @endcode
+ */
+inline std::string to_string(const executor_stats& s) {
+  std::size_t width = 12;
+  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
+  std::ostringstream out;
+  const auto triple = [](const latency_summary& l) {
+    if (l.count == 0) return std::string("-");
+    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
+           detail::format_duration(l.max);
+  };
+  const auto row = [&](const subscription_stats& r) {
+    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
+        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
+        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
+        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
+        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
+        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
+  };
+  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
+  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
+      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
+      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
+      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
+      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
+      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
+  for (const auto& sub : s.subscriptions) row(sub);
+  row(s.total);
+  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
+      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
+      << "\n";
+  for (const auto& sub : s.subscriptions) {
+    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
   }
+  return out.str();
+}
+
+/// Writes to_string(s).
+inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
+  return os << to_string(s);
+}
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STATS_HPP
+// ---- executor.hpp -------------------------------------------------
+// evbus/parts/executor.hpp: the keyed executor: ordered, partitioned delivery on worker threads.
+//
+// evbus::ordered wraps a handler into one that queues each event into a partition chosen by its
+// key; worker threads run each partition's events one at a time, in order.
+#ifndef EVBUS_PARTS_EXECUTOR_HPP
+#define EVBUS_PARTS_EXECUTOR_HPP
+
+
+#include <algorithm>
+#include <any>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+// Standard headers this part needs beyond the bus's own include block:
+//   <condition_variable> <cstdio> <deque> <iomanip> <limits> <list> <ostream> <sstream>
+//
+// How it works, for the reader of this file:
+//
+// * Each ordered subscription owns P partitions. A partition is a strand: a queue of events plus
+//   an `owned` flag. Whoever turns `owned` from false to true (the producer that pushes into an
+//   idle partition) puts the partition on the executor's ready list; from then on exactly one
+//   party owns it: the ready list, the thread running it, or the timer heap while it waits for a
+//   retry. So a partition is on the ready list at most once and run by one thread at a time,
+//   while any thread may run it. Per-key order follows: one key maps to one partition.
+// * A worker takes a partition from the ready list, takes up to `batch` of its events under one
+//   lock, and handles them one at a time, in order; then it puts the partition back at the end
+//   of the list if more events came. The queue is a ring that keeps its storage.
+// * A handler that throws leaves its event at the head of the partition; the partition goes to
+//   the timer heap until its backoff is over and holds no thread meanwhile.
+// * Delayed emits live in the same timer heap; when due they move, in (due time, submission)
+//   order, to one strand of their own, so they enter the bus in that order.
+// * Lock order: executor mutex, then a partition's mutex. No code holds a partition's mutex
+//   while taking the executor mutex, and no lock is held while user code runs.
+
+namespace detail {
+
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/// Locks `m` (a mutex or a unique_lock) held only for short stretches by others: tries for a
+/// little while before blocking, since a contended std::mutex otherwise puts the caller to
+/// sleep in the kernel and has the holder wake it, which costs far more than the wait.
+template <class Lockable>
+void lock_briefly(Lockable& m) {
+  for (int i = 0; i < 100; ++i) {
+    if (m.try_lock()) return;
+    cpu_relax();
+  }
+  m.lock();
 }
 
 class executor_core;
@@ -4764,54 +5178,9 @@ auto ordered(keyed_executor& ex, Fn&& fn) {
   return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});
 }
 
-/**
- * @brief The statistics as a table, one row per subscription and a total row.
- *
- * @code
- *   std::cout << evbus::to_string(ex.stats());
- * @endcode
- */
-inline std::string to_string(const executor_stats& s) {
-  std::size_t width = 12;
-  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
-  std::ostringstream out;
-  const auto triple = [](const latency_summary& l) {
-    if (l.count == 0) return std::string("-");
-    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
-           detail::format_duration(l.max);
-  };
-  const auto row = [&](const subscription_stats& r) {
-    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
-        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
-        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
-        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
-        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
-        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
-  };
-  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
-  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
-      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
-      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
-      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
-      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
-      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
-  for (const auto& sub : s.subscriptions) row(sub);
-  row(s.total);
-  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
-      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
-      << "\n";
-  for (const auto& sub : s.subscriptions) {
-    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
-  }
-  return out.str();
-}
-
-/// Writes to_string(s).
-inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
-  return os << to_string(s);
-}
-
 }  // namespace v1
 }  // namespace evbus
+
+#endif  // EVBUS_PARTS_EXECUTOR_HPP
 
 #endif  // EVBUS_EVBUS_HPP

@@ -1,0 +1,58 @@
+/**
+ * @file evbus.hpp
+ * @brief evbus: a header-only, in-process message bus for C++17 and later.
+ *
+ * This one file is the whole library: copy it into a project and include it. It is generated
+ * from the parts in include/evbus/parts/ (one concept per file; the map of the code is
+ * include/evbus/parts/README.md) by include/evbus/parts/amalgamate.cmake.
+ *
+ * Read top to bottom it tells the story:
+ *   1. configuration and version, errors
+ *   2. time, emit tracking and ids
+ *   3. the event
+ *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
+ *   5. the keyed executor (ordered, partitioned delivery on worker threads)
+ *
+ * @code
+ *   evbus::bus bus;
+ *   bus.register_topics("order.received", "order.fulfilled");
+ *   bus.register_handler("printer", "order\\..*", [](const evbus::event& e) {
+ *     std::cout << e.topic() << " " << e.id << "\n";
+ *   });
+ *   evbus::emit_options options;
+ *   options.key = "customer-7";
+ *   bus.emit("order.received", 42, options);
+ * @endcode
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef EVBUS_EVBUS_HPP
+#define EVBUS_EVBUS_HPP
+
+// 1. Configuration and version, errors
+#include "config.hpp"
+#include "errors.hpp"
+
+// 2. Time, emit tracking and ids
+#include "time.hpp"
+#include "emit_tracking.hpp"
+#include "ids.hpp"
+
+// 3. The event
+#include "event.hpp"
+
+// 4. The bus
+#include "matcher.hpp"
+#include "topic_table.hpp"
+#include "bus.hpp"
+#include "topic_handle.hpp"
+#include "transaction.hpp"
+
+// 5. The keyed executor
+#include "partitioner.hpp"
+#include "clock.hpp"
+#include "policies.hpp"
+#include "stats.hpp"
+#include "executor.hpp"
+
+#endif  // EVBUS_EVBUS_HPP

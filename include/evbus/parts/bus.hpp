@@ -1,0 +1,629 @@
+// evbus/parts/bus.hpp: the synchronous bus: topics, handlers, emit.
+//
+// basic_bus holds registered topics, handlers keyed by name with a regex matcher, and the id
+// generator; emit calls every subscribed handler on the calling thread, in registration order.
+#ifndef EVBUS_PARTS_BUS_HPP
+#define EVBUS_PARTS_BUS_HPP
+
+#include "emit_tracking.hpp"
+#include "errors.hpp"
+#include "event.hpp"
+#include "ids.hpp"
+#include "matcher.hpp"
+#include "topic_table.hpp"
+
+#include <algorithm>
+#include <any>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
+ * pluggable id generator. `emit` calls every matching handler on the calling thread, in
+ * registration order, before it returns.
+ *
+ * Every member function may be called from any thread at any time, and from inside a handler.
+ * Emits share no lock with each other and, with a payload type that does not allocate, short
+ * keys and the default ids, allocate nothing.
+ *
+ * @tparam Data the payload type: `std::any` (see evbus::bus), a `std::variant`, or any type.
+ *
+ * @code
+ *   struct order { int id; double amount; };
+ *   evbus::basic_bus<order> bus;
+ *   bus.register_topics("order.received");
+ *   bus.register_handler("sum", "order\\..*", [&](const auto& e) { total += e.data.amount; });
+ *   bus.emit("order.received", order{1, 9.5});
+ * @endcode
+ */
+template <class Data = std::any>
+class basic_bus {
+ public:
+  using data_type = Data;
+  using event_type = basic_event<Data>;
+  /// A handler: any callable taking the event by const reference.
+  using handler_type = std::function<void(const event_type&)>;
+  /// Receives each handler failure of an emit, after all handlers have run.
+  using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
+  /// A callable returning a new id.
+  using id_generator = std::function<std::string()>;
+
+  /// A bus with the default id generator, evbus::sortable_ids.
+  basic_bus() : generator_(sortable_ids{}), default_ids_(true) { init(); }
+
+  /**
+   * @brief A bus with a custom id generator: any callable returning text. An empty
+   * `std::function` or a null function pointer throws evbus::invalid_argument.
+   */
+  template <class IdGen,
+            std::enable_if_t<!std::is_same_v<std::decay_t<IdGen>, basic_bus> &&
+                                 std::is_invocable_v<IdGen&> &&
+                                 std::is_constructible_v<std::string,
+                                                         std::invoke_result_t<IdGen&>>,
+                             int> = 0>
+  explicit basic_bus(IdGen generator)
+      : default_ids_(std::is_same_v<std::decay_t<IdGen>, sortable_ids>) {
+    if constexpr (std::is_pointer_v<IdGen> || detail::has_bool_member<IdGen>::value) {
+      if (!static_cast<bool>(generator)) {
+        throw invalid_argument("evbus: the id generator is empty");
+      }
+    }
+    generator_ = [g = std::move(generator)]() mutable { return std::string(g()); };
+    init();
+  }
+
+  basic_bus(const basic_bus&) = delete;
+  basic_bus& operator=(const basic_bus&) = delete;
+  basic_bus(basic_bus&&) = delete;
+  basic_bus& operator=(basic_bus&&) = delete;
+
+  /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
+  /// may be used afterwards.
+  ~basic_bus() = default;
+
+  // -- topics ---------------------------------------------------------------
+
+  /**
+   * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
+   * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
+   * evbus::invalid_topic_name names it.
+   */
+  template <class... Names>
+  void register_topics(const Names&... names) {
+    static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
+    const std::string_view list[] = {std::string_view(names)...};
+    register_topic_list(list, sizeof...(Names));
+  }
+
+  /**
+   * @brief Deregisters topics. Handlers stay registered; an emit already running finishes on
+   * the subscriptions it started with. Names that are not registered are ignored; invalid
+   * names throw evbus::invalid_topic_name and nothing changes.
+   */
+  template <class... Names>
+  void deregister_topics(const Names&... names) {
+    static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
+    const std::string_view list[] = {std::string_view(names)...};
+    deregister_topic_list(list, sizeof...(Names));
+  }
+
+  /// The registered topics, sorted.
+  std::vector<std::string> topics() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::string> out;
+    out.reserve(topics_.size());
+    for (const auto& kv : topics_) out.push_back(kv.first);
+    return out;
+  }
+
+  // -- handlers -------------------------------------------------------------
+
+  /**
+   * @brief Registers `fn` under a unique `key`, subscribed to every topic (now or later) whose
+   * whole name matches the ECMAScript regex `matcher`.
+   *
+   * Throws evbus::duplicate_handler, evbus::invalid_matcher or evbus::invalid_argument (empty
+   * key or callable); then nothing has changed.
+   */
+  void register_handler(std::string key, std::string_view matcher, handler_type fn) {
+    if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
+    if (!fn) throw invalid_argument("evbus: the handler for key " + detail::quote(key) + " is empty");
+    if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
+      throw invalid_matcher(matcher, key,
+                            "it is " + std::to_string(matcher.size()) +
+                                " bytes long; the limit is " +
+                                std::to_string(EVBUS_MAX_MATCHER_LENGTH));
+    }
+    if (const std::size_t states = detail::matcher_expansion(matcher);
+        states > EVBUS_MAX_MATCHER_STATES) {
+      throw invalid_matcher(matcher, key,
+                            "its counted repeats expand it to about " + std::to_string(states) +
+                                " states; the limit is " +
+                                std::to_string(EVBUS_MAX_MATCHER_STATES));
+    }
+    std::regex re;
+    try {
+      detail::warm_regex_locale();
+      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
+    } catch (const std::regex_error& e) {
+      throw invalid_matcher(matcher, key, e.what());
+    }
+    std::vector<std::unique_ptr<unit>> garbage;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (handlers_.count(key) != 0) throw duplicate_handler(key);
+      auto entry = std::make_shared<detail::handler_entry<Data>>(
+          key, std::string(matcher), std::move(re), std::move(fn), next_order_);
+      std::vector<detail::topic_slot<Data>*> subscribed;
+      for (auto& kv : topics_) {
+        if (detail::matches(*entry, kv.first)) subscribed.push_back(kv.second.get());
+      }
+      ++next_order_;
+      handlers_.emplace(entry->key, entry);
+      // The new entry has the highest order, so appending keeps registration order.
+      for (auto* slot : subscribed) {
+        auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
+        list->push_back(entry);
+        publish(*slot, std::move(list));
+      }
+      retire_later(garbage);
+    }
+  }
+
+  /**
+   * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
+   *
+   * After it returns the handler is never called again, and no call of it is still running on
+   * another thread, so the caller may destroy what the handler captured. It waits for the
+   * emits other threads are running; called from inside a handler, it does not wait for the
+   * calling thread's own emits (so a handler may deregister itself). Two handlers that, on two
+   * threads, deregister handlers at the same time would each wait for the other's emit: do not.
+   */
+  void deregister_handler(std::string_view key) {
+    std::shared_ptr<detail::handler_entry<Data>> entry;
+    std::vector<std::unique_ptr<unit>> garbage;
+    detail::emit_marks marks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = handlers_.find(key);
+      if (it == handlers_.end()) throw unknown_handler(key);
+      entry = std::move(it->second);
+      handlers_.erase(it);
+      entry->active.store(false, std::memory_order_seq_cst);
+      for (auto& kv : topics_) {
+        auto& slot = *kv.second;
+        const auto& old = *slot.handlers_owner;
+        if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
+        auto list = std::make_shared<detail::handler_list<Data>>();
+        list->reserve(old.size() - 1);
+        for (const auto& h : old) {
+          if (h != entry) list->push_back(h);
+        }
+        publish(slot, std::move(list));
+      }
+      // One look at the emits in progress serves both the lists retired by every change so
+      // far and the wait below.
+      marks = detail::emits_in_progress();
+      if (!pending_.empty()) seal(marks);
+      collect(garbage);
+    }
+    detail::wait_for_emits(std::move(marks));
+    {
+      // The lists that held the entry can now be freed (unless this thread is inside an emit
+      // that still reads them); the callable is destroyed here, outside the lock, when the
+      // last list goes.
+      std::lock_guard<std::mutex> lock(mutex_);
+      collect(garbage);
+    }
+    garbage.clear();
+    entry.reset();
+  }
+
+  /// Every handler key, in registration order.
+  std::vector<std::string> handler_keys() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<const detail::handler_entry<Data>*> all;
+    all.reserve(handlers_.size());
+    for (const auto& kv : handlers_) all.push_back(kv.second.get());
+    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->order < b->order; });
+    std::vector<std::string> out;
+    out.reserve(all.size());
+    for (auto* h : all) out.push_back(h->key);
+    return out;
+  }
+
+  /// The keys of the handlers subscribed to `topic`, in call order (evbus::unknown_topic).
+  std::vector<std::string> topic_handler_keys(std::string_view topic) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = topics_.find(topic);
+    if (it == topics_.end()) throw unknown_topic(topic);
+    std::vector<std::string> out;
+    for (const auto& h : *it->second->handlers_owner) out.push_back(h->key);
+    return out;
+  }
+
+  /// The topics the handler `key` is subscribed to, sorted (evbus::unknown_handler).
+  std::vector<std::string> handler_topics(std::string_view key) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = handlers_.find(key);
+    if (it == handlers_.end()) throw unknown_handler(key);
+    std::vector<std::string> out;
+    for (const auto& kv : topics_) {
+      const auto& list = *kv.second->handlers_owner;
+      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(kv.first);
+    }
+    return out;
+  }
+
+  /**
+   * @brief Replaces the error hook. The hook receives, after all handlers of an emit have run,
+   * each failure with the handler's key; if it returns, emit returns normally. An empty hook
+   * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
+   * or more.
+   */
+  void set_error_hook(error_hook hook) {
+    std::vector<std::unique_ptr<unit>> garbage;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto next = hook ? std::make_shared<const error_hook>(std::move(hook)) : nullptr;
+      retire(std::exchange(hook_owner_, next));
+      hook_.store(next.get(), std::memory_order_seq_cst);
+      // The old hook's captures are released as soon as no emit can still call it.
+      if (!pending_.empty()) seal(detail::emits_in_progress());
+      collect(garbage);
+    }
+  }
+
+  // -- emit -----------------------------------------------------------------
+
+  /**
+   * @brief Emits an event on `topic`: calls every subscribed handler, in registration order,
+   * on this thread, then returns the event's metadata.
+   *
+   * Throws evbus::unknown_topic (and calls no handler) if the topic is not registered. A
+   * handler that throws does not stop the others; see set_error_hook for what happens next.
+   */
+  emit_result emit(std::string_view topic, Data data, emit_options options) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
+  }
+
+  /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
+  /// source (no emit_options is built, moved or destroyed).
+  emit_result emit(std::string_view topic, Data data) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, find_registered(topic), std::move(data));
+  }
+
+  /**
+   * @brief A handle on a registered topic, to emit without looking the name up.
+   * Emitting through it after the topic was deregistered throws evbus::unknown_topic. The
+   * handle must not outlive the bus.
+   */
+  basic_topic_handle<Data> topic(std::string_view name) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = topics_.find(name);
+    if (it == topics_.end()) throw unknown_topic(name);
+    return basic_topic_handle<Data>(this, it->second);
+  }
+
+  /**
+   * @brief Starts a transaction (the outbox pattern, in process): events emitted into it are
+   * buffered and emitted at commit, in order, all with one tx id; a transaction destroyed or
+   * rolled back before commit emits nothing. `tx_id` empty: a new id from the generator.
+   */
+  basic_transaction<Data> transaction(std::string tx_id = {}) {
+    if (tx_id.empty()) tx_id = new_id();
+    return basic_transaction<Data>(this, std::move(tx_id));
+  }
+
+ private:
+  friend class basic_topic_handle<Data>;
+  friend class basic_transaction<Data>;
+  using slot_type = detail::topic_slot<Data>;
+
+  /// Something retired from the read side, freed once the emits that may read it are over.
+  struct unit {
+    std::shared_ptr<const void> object;
+    detail::emit_marks marks;
+  };
+
+  void init() {
+    auto index = std::make_shared<const detail::topic_index<Data>>();
+    index_.store(index.get(), std::memory_order_seq_cst);
+    index_owner_ = std::move(index);
+  }
+
+  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
+                       emit_options&& options) {
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
+    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
+    if (default_ids_ && options.id.empty()) {
+      // The common case: a default id, its strings built in place. The result is built from
+      // a copy of the id: an emit inside a handler makes new ids in the same slot.
+      const detail::id_text& made =
+          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
+      const detail::id_text text = made;
+      event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
+      const bool own_tx = options.tx_id.empty();
+      if (!own_tx) ev.tx_id = std::move(options.tx_id);
+      if (!options.key.empty()) ev.key = std::move(options.key);
+      if (!options.source.empty()) ev.source = std::move(options.source);
+      call_handlers(*handlers, ev);
+      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
+      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+    }
+    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
+    ev.occurred_at = at;
+    ev.id = options.id.empty() ? generator_() : std::move(options.id);
+    if (options.tx_id.empty()) {
+      ev.tx_id = ev.id;
+    } else {
+      ev.tx_id = std::move(options.tx_id);
+    }
+    ev.key = std::move(options.key);
+    ev.source = std::move(options.source);
+    call_handlers(*handlers, ev);
+    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+  }
+
+  /// Calls every active handler in `handlers`, then reports the failures.
+  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
+    std::vector<typename handler_errors::failure> failures;
+    for (const auto& h : handlers) {
+      // seq_cst pairs with deregister_handler (see detail::emit_scope).
+      if (!h->active.load(std::memory_order_seq_cst)) continue;
+      try {
+        h->fn(ev);
+      } catch (...) {
+        failures.push_back({h->key, std::current_exception()});
+      }
+    }
+    if (!failures.empty()) report(ev, std::move(failures));
+  }
+
+  std::string new_id() {
+    if (!default_ids_) return generator_();
+    std::string id;
+    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    return id;
+  }
+
+  std::shared_ptr<slot_type> find_slot(std::string_view name) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = topics_.find(name);
+    if (it == topics_.end()) throw unknown_topic(name);
+    return it->second;
+  }
+
+  /// Emits on a slot held by the caller (a handle or a transaction).
+  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, topic, std::move(data), std::move(options));
+  }
+
+  emit_result emit_on(const slot_type& topic, Data&& data) {
+    detail::thread_slot& slot = detail::this_thread_slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, topic, std::move(data));
+  }
+
+  /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
+  const slot_type& find_registered(std::string_view name) const {
+    const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
+    if (found == nullptr) throw unknown_topic(name);
+    return *found;
+  }
+
+  /// dispatch without options.
+  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
+    const time_point at = detail::wall_now();
+    if (!default_ids_) {
+      // Built here rather than through an empty emit_options: fewer moves, and g++ -O2
+      // cannot then mistake the empty optional's storage for an uninitialised read.
+      event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
+      ev.occurred_at = at;
+      ev.id = generator_();
+      ev.tx_id = ev.id;
+      call_handlers(*handlers, ev);
+      return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
+    }
+    // As above, the result is built from a copy of the id.
+    const detail::id_text& made = detail::make_sortable_id(slot, at);
+    const detail::id_text text = made;
+    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
+    call_handlers(*handlers, ev);
+    return emit_result{detail::id_string(text), detail::id_string(text), at};
+  }
+
+  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
+    if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
+      for (const auto& f : failures) (*hook)(ev, f.key, f.error);
+      return;
+    }
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    throw handler_errors(ev.topic(), std::move(failures));
+  }
+
+  void register_topic_list(const std::string_view* names, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) detail::check_topic_name(names[i]);
+    std::vector<std::unique_ptr<unit>> garbage;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::vector<std::pair<std::string, std::shared_ptr<detail::handler_list<Data>>>> added;
+      std::vector<const detail::handler_entry<Data>*> by_order;
+      by_order.reserve(handlers_.size());
+      for (const auto& kv : handlers_) by_order.push_back(kv.second.get());
+      std::sort(by_order.begin(), by_order.end(),
+                [](auto* a, auto* b) { return a->order < b->order; });
+      // Everything that can throw happens before the first change.
+      for (std::size_t i = 0; i < count; ++i) {
+        std::string name(names[i]);
+        if (topics_.count(name) != 0) continue;
+        if (std::any_of(added.begin(), added.end(), [&](auto& a) { return a.first == name; })) {
+          continue;
+        }
+        auto list = std::make_shared<detail::handler_list<Data>>();
+        for (const auto* h : by_order) {
+          if (detail::matches(*h, name)) list->push_back(handlers_.find(h->key)->second);
+        }
+        added.emplace_back(std::move(name), std::move(list));
+      }
+      if (added.empty()) return;
+      for (auto& [name, list] : added) {
+        std::shared_ptr<slot_type> slot = revive(name);
+        publish(*slot, std::move(list));
+        topics_.emplace(std::move(name), std::move(slot));
+      }
+      rebuild_index();
+      retire_later(garbage);
+    }
+  }
+
+  void deregister_topic_list(const std::string_view* names, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) detail::check_topic_name(names[i]);
+    std::vector<std::unique_ptr<unit>> garbage;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      bool changed = false;
+      for (std::size_t i = 0; i < count; ++i) {
+        auto it = topics_.find(names[i]);
+        if (it == topics_.end()) continue;
+        // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
+        // and tells an emit that looked the topic up just before that it is gone: it throws
+        // unknown_topic rather than return having called nobody.
+        publish(*it->second, deregistered_);
+        // A handle may still hold the slot; remember it so re-registering the name revives it.
+        dormant_[it->first] = it->second;
+        for (auto d = dormant_.begin(); d != dormant_.end();) {
+          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
+        }
+        topics_.erase(it);
+        changed = true;
+      }
+      if (!changed) return;
+      rebuild_index();
+      retire_later(garbage);
+    }
+  }
+
+  /// The slot for a topic being registered: the one a live handle still holds, or a new one.
+  std::shared_ptr<slot_type> revive(const std::string& name) {
+    auto it = dormant_.find(name);
+    if (it != dormant_.end()) {
+      std::shared_ptr<slot_type> slot = it->second.lock();
+      dormant_.erase(it);
+      if (slot) return slot;
+    }
+    auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
+    slot->handlers_owner = std::make_shared<const detail::handler_list<Data>>();
+    slot->handlers.store(slot->handlers_owner.get(), std::memory_order_seq_cst);
+    return slot;
+  }
+
+  void publish(slot_type& slot, std::shared_ptr<const detail::handler_list<Data>> list) {
+    slot.handlers.store(list.get(), std::memory_order_seq_cst);
+    retire(std::exchange(slot.handlers_owner, std::move(list)));
+  }
+
+  void rebuild_index() {
+    auto index = std::make_shared<detail::topic_index<Data>>();
+    std::vector<std::shared_ptr<slot_type>> all;
+    all.reserve(topics_.size());
+    for (auto& kv : topics_) all.push_back(kv.second);
+    index->build(std::move(all));
+    std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
+    index_.store(next.get(), std::memory_order_seq_cst);
+    // The old index keeps the slots of deregistered topics alive until no emit uses them.
+    retire(std::exchange(index_owner_, std::move(next)));
+  }
+
+  void retire(std::shared_ptr<const void> object) {
+    if (object) pending_.push_back(std::move(object));
+  }
+
+  /// Retired objects that wait, unmarked, for one look at the emits in progress. With light
+  /// emit marks that look costs a membarrier(2) call, tens of microseconds when other threads
+  /// are running, so changes that need not wait for emits share it.
+  static constexpr std::size_t retire_batch = 32;
+
+  /// Called under the lock after a change was published: marks what the changes so far retired
+  /// with the emits in progress (now, or once retire_batch objects wait), then frees whatever
+  /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
+  /// caller after unlocking (a handler's captures may call back into the bus).
+  void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
+    if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
+      seal(detail::emits_in_progress());
+    }
+    collect(garbage);
+  }
+
+  /// Marks every pending retired object with `marks`, taken after the change that retired the
+  /// last of them was published (any later moment will do: an emit that started after a change
+  /// was published cannot read what the change retired). Requires pending_ not empty.
+  void seal(detail::emit_marks marks) {
+    auto u = std::make_unique<unit>();
+    u->marks = std::move(marks);
+    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
+    pending_.clear();
+    u->object = std::move(holder);
+    retired_.push_back(std::move(u));
+  }
+
+  void collect(std::vector<std::unique_ptr<unit>>& garbage) {
+    auto keep = std::partition(retired_.begin(), retired_.end(),
+                               [](const std::unique_ptr<unit>& u) {
+                                 return !detail::emits_finished(u->marks);
+                               });
+    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
+    retired_.erase(keep, retired_.end());
+  }
+
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<slot_type>, std::less<>> topics_;
+  std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
+  std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
+  std::uint64_t next_order_ = 0;
+  std::shared_ptr<const detail::topic_index<Data>> index_owner_;
+  std::shared_ptr<const error_hook> hook_owner_;
+  std::vector<std::shared_ptr<const void>> pending_;
+  std::vector<std::unique_ptr<unit>> retired_;
+  /// The handler list of every deregistered topic (compared by address).
+  const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
+      std::make_shared<const detail::handler_list<Data>>();
+
+  // Read by every emit; written under the lock.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
+  std::atomic<const error_hook*> hook_{nullptr};
+  id_generator generator_;
+  bool default_ids_ = false;
+};
+
+/// The dynamic bus: payloads in a `std::any`, like the Go bus's `interface{}`.
+using bus = basic_bus<std::any>;
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_BUS_HPP

@@ -1,0 +1,224 @@
+// evbus/parts/errors.hpp: the exceptions evbus throws.
+//
+// Every exception derives from evbus::error; each message names the offending value, quoted by
+// detail::quote so that bytes a terminal cannot show stay readable.
+#ifndef EVBUS_PARTS_ERRORS_HPP
+#define EVBUS_PARTS_ERRORS_HPP
+
+#include "config.hpp"
+
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Base of every exception evbus throws.
+ *
+ * @code
+ *   try { bus.emit("nope", 1); } catch (const evbus::error& e) { std::cerr << e.what(); }
+ * @endcode
+ */
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+/// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
+/// \xNN, and long values cut (the length is still named) so a message stays readable.
+inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out = "'";
+  std::size_t shown = 0;
+  for (char ch : s) {
+    if (shown == max_shown) break;
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c <= 0x7e) {
+      out += ch;
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+    ++shown;
+  }
+  out += '\'';
+  if (s.size() > max_shown) {
+    out += "... (" + std::to_string(s.size()) + " bytes)";
+  }
+  return out;
+}
+
+}  // namespace detail
+
+/// emit, or a topic handle, names a topic that is not registered.
+class unknown_topic : public error {
+ public:
+  explicit unknown_topic(std::string_view topic)
+      : error("evbus: unknown topic " + detail::quote(topic) +
+              " (register it with register_topics first)"),
+        topic_(topic) {}
+  /// The topic named by the caller.
+  const std::string& topic() const noexcept { return topic_; }
+
+ private:
+  std::string topic_;
+};
+
+/// A topic name is empty, longer than 255 bytes, or has a byte outside printable ASCII.
+class invalid_topic_name : public error {
+ public:
+  invalid_topic_name(std::string_view topic, const std::string& reason)
+      : error("evbus: invalid topic name " + detail::quote(topic) + ": " + reason),
+        topic_(topic) {}
+  /// The rejected name.
+  const std::string& topic() const noexcept { return topic_; }
+
+ private:
+  std::string topic_;
+};
+
+/// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
+class invalid_matcher : public error {
+ public:
+  invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+      : error("evbus: invalid matcher " + detail::quote(pattern) + " for handler " +
+              detail::quote(key) + ": " + reason),
+        pattern_(pattern) {}
+  /// The rejected pattern.
+  const std::string& pattern() const noexcept { return pattern_; }
+
+ private:
+  std::string pattern_;
+};
+
+/// register_handler with a key that is already registered.
+class duplicate_handler : public error {
+ public:
+  explicit duplicate_handler(std::string_view key)
+      : error("evbus: a handler with key " + detail::quote(key) + " is already registered"),
+        key_(key) {}
+  /// The duplicate key.
+  const std::string& key() const noexcept { return key_; }
+
+ private:
+  std::string key_;
+};
+
+/// deregister_handler or handler_topics with a key that is not registered.
+class unknown_handler : public error {
+ public:
+  explicit unknown_handler(std::string_view key)
+      : error("evbus: no handler with key " + detail::quote(key) + " is registered"), key_(key) {}
+  /// The unknown key.
+  const std::string& key() const noexcept { return key_; }
+
+ private:
+  std::string key_;
+};
+
+/// Any other bad argument: an empty callable, a zero count, a negative duration...
+class invalid_argument : public error {
+ public:
+  using error::error;
+};
+
+/// event::data_as<T>() asked for a type the payload does not hold.
+class bad_data_type : public error {
+ public:
+  using error::error;
+};
+
+/**
+ * @brief Thrown by the default error hook when two or more handlers threw during one emit.
+ *
+ * A single failure is rethrown as it is, type intact; several are collected here so none is
+ * lost. Each entry names the handler key (or, from a transaction's commit, the event id) and
+ * holds its exception.
+ */
+class handler_errors : public error {
+ public:
+  /// One failed handler call.
+  struct failure {
+    std::string key;
+    std::exception_ptr error;
+  };
+
+  handler_errors(std::string_view topic, std::vector<failure> failures)
+      : error(describe("handlers failed on topic " + detail::quote(topic), failures)),
+        failures_(std::move(failures)) {}
+
+  /// Failures collected elsewhere, for example across the events of a transaction;
+  /// `what` says where ("events failed in transaction 'tx-1'").
+  handler_errors(std::vector<failure> failures, const std::string& what)
+      : error(describe(what, failures)), failures_(std::move(failures)) {}
+
+  /// Every failure, in handler call order.
+  const std::vector<failure>& errors() const noexcept { return failures_; }
+
+ private:
+  static std::string describe(const std::string& what, const std::vector<failure>& failures) {
+    std::string text = "evbus: " + std::to_string(failures.size()) + " " + what + ":";
+    for (const auto& f : failures) {
+      text += " " + detail::quote(f.key) + ": ";
+      try {
+        std::rethrow_exception(f.error);
+      } catch (const std::exception& e) {
+        text += e.what();
+      } catch (...) {
+        text += "(unknown exception)";
+      }
+      text += ";";
+    }
+    text.pop_back();
+    return text;
+  }
+
+  std::vector<failure> failures_;
+};
+
+/// Emitting into, committing or rolling back a transaction that is already finished.
+class transaction_closed : public error {
+ public:
+  using error::error;
+};
+
+/// Emitting into, or scheduling on, a keyed executor that has been shut down.
+class executor_closed : public error {
+ public:
+  using error::error;
+};
+
+/// A bounded subscription is full: reject mode, a block deadline passed, or a block that could
+/// never end (the emitter is itself running that executor's work).
+class queue_full : public error {
+ public:
+  using error::error;
+};
+
+namespace detail {
+
+/// The what() of an exception_ptr, for messages.
+inline std::string describe(const std::exception_ptr& e) {
+  if (!e) return "(no exception)";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "(an exception not derived from std::exception)";
+  }
+}
+
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ERRORS_HPP

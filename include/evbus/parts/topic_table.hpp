@@ -1,0 +1,165 @@
+// evbus/parts/topic_table.hpp: registered topics, their handler lists, and the name -> topic index.
+//
+// A topic's handler list is immutable and swapped whole on every change; the index read by emit
+// is an open-addressing table built whole when topics come or go.
+#ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
+#define EVBUS_PARTS_TOPIC_TABLE_HPP
+
+#include "errors.hpp"
+#include "event.hpp"
+#include "matcher.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+template <class Data>
+class basic_bus;
+template <class Data>
+class basic_topic_handle;
+template <class Data>
+class basic_transaction;
+
+namespace detail {
+
+inline void check_topic_name(std::string_view name) {
+  if (name.empty()) throw invalid_topic_name(name, "it is empty");
+  if (name.size() > 255) {
+    throw invalid_topic_name(name, "it is " + std::to_string(name.size()) +
+                                       " bytes long; the limit is 255");
+  }
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    if (c < 0x20 || c > 0x7e) {
+      throw invalid_topic_name(name, "byte " + std::to_string(i) +
+                                         " is not printable ASCII (0x20 to 0x7e)");
+    }
+  }
+}
+
+template <class Data>
+struct handler_entry {
+  handler_entry(std::string k, std::string p, std::regex r,
+                std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
+      : key(std::move(k)), pattern(std::move(p)), matcher(std::move(r)), fn(std::move(f)),
+        order(o) {}
+  const std::string key;
+  const std::string pattern;
+  const std::regex matcher;
+  const std::function<void(const basic_event<Data>&)> fn;
+  const std::uint64_t order;
+  std::atomic<bool> active{true};
+};
+
+template <class Data>
+using handler_list = std::vector<std::shared_ptr<handler_entry<Data>>>;
+
+/// A registered topic. The bus swaps `handlers` whole on every change (copy on write); an emit
+/// reads the list once and works on it, so it sees the subscriptions as they were when it
+/// started.
+template <class Data>
+struct topic_slot {
+  explicit topic_slot(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
+  const std::shared_ptr<const topic_name> name;
+  std::atomic<const handler_list<Data>*> handlers{nullptr};
+  std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
+};
+
+/// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
+/// names owned by the slots.
+/// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
+/// string_view is a general byte hash, two to three times slower on short names).
+inline std::uint64_t hash_topic(std::string_view s) noexcept {
+  constexpr std::uint64_t k = 0x9e3779b97f4a7c15ULL;
+  const char* p = s.data();
+  std::size_t n = s.size();
+  std::uint64_t h = n * k;
+  std::uint64_t w = 0;
+  while (n > 8) {
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * k;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  if (n >= 4) {  // the last 4 to 8 bytes, as two overlapping halves
+    std::uint32_t a = 0;
+    std::uint32_t b = 0;
+    std::memcpy(&a, p, 4);
+    std::memcpy(&b, p + n - 4, 4);
+    w = (std::uint64_t{a} << 32) | b;
+  } else {
+    w = 0;
+    for (std::size_t i = 0; i < n; ++i) w = (w << 8) | static_cast<unsigned char>(p[i]);
+  }
+  h = (h ^ w) * k;
+  h ^= h >> 29;
+  h *= k;
+  return h ^ (h >> 32);
+}
+
+/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
+/// a power-of-two size (no division); built whole when topics come or go, never changed after.
+template <class Data>
+struct topic_index {
+  struct entry {
+    std::uint64_t hash = 0;
+    std::string_view name;             // owned by the slot
+    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+  };
+  std::vector<entry> table;
+  std::size_t mask = 0;
+  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
+
+  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
+    std::size_t size = 4;
+    while (size < 2 * all.size()) size *= 2;
+    table.assign(size, entry{});
+    mask = size - 1;
+    for (const auto& slot : all) {
+      const std::string_view name = slot->name->value;
+      const std::uint64_t h = hash_topic(name);
+      std::size_t i = h & mask;
+      while (table[i].slot != nullptr) i = (i + 1) & mask;
+      table[i] = entry{h, name, slot.get()};
+    }
+    slots = std::move(all);
+  }
+
+  topic_slot<Data>* find(std::string_view name) const noexcept {
+    if (table.empty()) return nullptr;
+    const std::uint64_t h = hash_topic(name);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      const entry& e = table[i];
+      if (e.slot == nullptr) return nullptr;
+      if (e.hash == h && e.name == name) return e.slot;
+    }
+  }
+};
+
+/// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
+template <class Data>
+bool matches(const handler_entry<Data>& h, const std::string& topic) {
+  try {
+    return std::regex_match(topic, h.matcher);
+  } catch (const std::regex_error& e) {
+    throw invalid_matcher(h.pattern, h.key,
+                          std::string("matching topic ") + quote(topic) + " failed: " + e.what());
+  }
+}
+
+}  // namespace detail
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TOPIC_TABLE_HPP

@@ -1,0 +1,148 @@
+// evbus/parts/transaction.hpp: events buffered until commit: the outbox pattern inside one process.
+//
+// A transaction checks each topic at once, buffers the events, and emits them all at commit with
+// one tx id; rollback or destruction emits nothing.
+#ifndef EVBUS_PARTS_TRANSACTION_HPP
+#define EVBUS_PARTS_TRANSACTION_HPP
+
+#include "bus.hpp"
+
+#include <any>
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Events buffered until commit: the outbox pattern inside one process.
+ *
+ * `emit` checks the topic at once (evbus::unknown_topic) and buffers the event; `commit`
+ * emits every buffered event in order, all with the transaction's tx id; `rollback`, or
+ * destruction before commit, discards them. A finished transaction throws
+ * evbus::transaction_closed. One transaction is used by one thread at a time, and it must
+ * not be committed after its bus is destroyed (destroying it then is fine).
+ *
+ * @code
+ *   auto tx = bus.transaction();
+ *   db.update(order);                       // may throw: then nothing is emitted
+ *   tx.emit("order.updated", order);
+ *   tx.emit("stock.reserved", order.items);
+ *   tx.commit();
+ * @endcode
+ */
+template <class Data>
+class basic_transaction {
+ public:
+  /// Takes over `other`'s events; `other` is finished afterwards.
+  basic_transaction(basic_transaction&& other)
+      : bus_(std::exchange(other.bus_, nullptr)), tx_id_(other.tx_id_),
+        pending_(std::move(other.pending_)) {
+    other.pending_.clear();
+  }
+  /// Discards this transaction's events (as rollback would), then takes over `other`'s.
+  basic_transaction& operator=(basic_transaction&& other) {
+    if (this != &other) {
+      bus_ = std::exchange(other.bus_, nullptr);
+      tx_id_ = other.tx_id_;
+      pending_ = std::move(other.pending_);
+      other.pending_.clear();
+    }
+    return *this;
+  }
+  basic_transaction(const basic_transaction&) = delete;
+  basic_transaction& operator=(const basic_transaction&) = delete;
+  ~basic_transaction() = default;
+
+  /// The tx id every event of this transaction carries.
+  const std::string& tx_id() const noexcept { return tx_id_; }
+
+  /// How many events wait for commit.
+  std::size_t size() const noexcept { return pending_.size(); }
+
+  /// Buffers an event and returns its id (generated now unless `options.id` is set).
+  /// `options.tx_id` must be empty or equal tx_id().
+  std::string emit(std::string_view topic, Data data, emit_options options = {}) {
+    check_open("emit into");
+    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
+      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
+                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+    }
+    auto slot = bus_->find_slot(topic);
+    options.tx_id = tx_id_;
+    if (options.id.empty()) options.id = bus_->new_id();
+    std::string id = options.id;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    return id;
+  }
+
+  /**
+   * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
+   * was deregistered meanwhile) does not stop the others; afterwards the one failure is
+   * rethrown as it is, or evbus::handler_errors lists several, keyed by event id.
+   */
+  void commit() {
+    check_open("commit");
+    basic_bus<Data>* bus = std::exchange(bus_, nullptr);
+    std::vector<entry> events = std::move(pending_);
+    pending_.clear();
+    std::vector<handler_errors::failure> failures;
+    for (auto& e : events) {
+      try {
+        bus->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+      } catch (...) {
+        failures.push_back({e.id, std::current_exception()});
+      }
+    }
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    if (!failures.empty()) {
+      throw handler_errors(std::move(failures),
+                           "events failed in transaction " + detail::quote(tx_id_));
+    }
+  }
+
+  /// Discards every buffered event.
+  void rollback() {
+    check_open("roll back");
+    bus_ = nullptr;
+    pending_.clear();
+  }
+
+  /// True until commit or rollback.
+  bool open() const noexcept { return bus_ != nullptr; }
+
+ private:
+  friend class basic_bus<Data>;
+  struct entry {
+    std::shared_ptr<detail::topic_slot<Data>> slot;
+    Data data;
+    emit_options options;
+    std::string id;
+  };
+
+  basic_transaction(basic_bus<Data>* bus, std::string tx_id)
+      : bus_(bus), tx_id_(std::move(tx_id)) {}
+
+  void check_open(const char* what) const {
+    if (bus_ == nullptr) {
+      throw transaction_closed(std::string("evbus: cannot ") + what + " transaction " +
+                               detail::quote(tx_id_) + ": it is already finished");
+    }
+  }
+
+  basic_bus<Data>* bus_;
+  std::string tx_id_;
+  std::vector<entry> pending_;
+};
+
+/// A transaction of evbus::bus.
+using transaction = basic_transaction<std::any>;
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TRANSACTION_HPP

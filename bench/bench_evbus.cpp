@@ -8,8 +8,11 @@
 //           (interleaving: baselines and the figures compared with them share the machine's
 //           noisy moments)
 //
-// On Linux, the benchmarks that hand data between two threads (the mutex queue, the line
-// hand-off, the executor) pin those threads to two different CPUs: see two_cpus below.
+// On Linux, the benchmarks that hand data between two threads (the mutex queues, the line
+// hand-off, the executor) pin those threads to two different CPUs: see two_cpus below. Their
+// "_loaded" twins do the same work while two more threads, not pinned, burn CPU for the whole
+// benchmark (cpu_burners below), as other work does on a user's busy host.
+// bench/README.md explains each benchmark and keeps the figures.
 //
 // The names are fixed so that figures can be tracked from one version to the next:
 //
@@ -20,7 +23,10 @@
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
 //   BM_register_deregister        one handler registered and deregistered: /0 alone, /1 while
 //                                 another thread emits (what the emit path's speed costs)
-//   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
+//   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer,
+//                                 16-byte keyed items: the raw hand-off
+//   BM_baseline_keyed_queue       the same queue carrying the event a user would build by hand
+//                                 for the executor's job: text id, wall-clock time, key, payload
 //   BM_baseline_line_handoff      two threads passing one cache line back and forth: what the
 //                                 machine charges each time data crosses between two cores
 //   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1, default options
@@ -28,12 +34,20 @@
 //   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
 //   BM_executor_emit_paced        one emit into the executor, timed alone: /0 without a worker,
 //                                 /1 with one that has taken every event before the next
+//   BM_baseline_mutex_queue_loaded, BM_baseline_keyed_queue_loaded,
+//   BM_executor_throughput_loaded, BM_executor_latency_loaded
+//                                 the same four with two CPU-burning threads running
 //
 // Goals (ratios of medians in one run):
 //   BM_emit/1 <= 1.3x BM_baseline_hand_rolled_emit;  BM_emit_handle/1 <= 1.0x it;
 //   (BM_emit/10 - BM_emit/1) / 9 <= 2x BM_baseline_function_call;
 //   BM_emit_threads items/s at 2 threads >= 1.7x at 1 thread;
-//   BM_executor_throughput items/s >= 0.5x BM_baseline_mutex_queue items/s.
+//   BM_executor_throughput items/s >= 1.0x BM_baseline_keyed_queue items/s, and
+//     BM_executor_throughput_loaded >= 1.0x BM_baseline_keyed_queue_loaded;
+//   BM_executor_throughput items/s >= 0.5x BM_baseline_mutex_queue items/s (idle);
+//   BM_executor_emit_paced/0 <= 2x BM_emit/1;
+//   BM_executor_latency and BM_executor_latency_loaded: p50_ns and p99_ns reported, idle and
+//     loaded (no bound yet).
 #include "evbus/evbus.hpp"
 
 #include <benchmark/benchmark.h>
@@ -346,6 +360,53 @@ class two_cpus {
 #endif
 };
 
+/// Whether the other CPU-bound work of a user's host is simulated: see cpu_burners.
+enum class load { idle, busy };
+
+/**
+ * The load of the "_loaded" benchmarks: with load::busy, two threads that burn CPU for as long
+ * as the object lives, as other work does on a user's busy host. Each runs multiply-adds on a
+ * volatile variable of its own and checks a stop flag between rounds. They are not pinned and
+ * run at normal priority, so the scheduler shares the CPUs of a hand-off benchmark's two pinned
+ * threads between those threads and the burners.
+ *
+ * Construct it before two_cpus: a thread starts on the CPUs of the thread that creates it,
+ * and two_cpus pins the benchmark thread. The constructor returns once both threads run; the
+ * destructor stops and joins them. With load::idle it does nothing.
+ */
+class alignas(EVBUS_CACHE_LINE_SIZE) cpu_burners {
+ public:
+  static constexpr int kThreads = 2;
+
+  explicit cpu_burners(load how) {
+    if (how == load::idle) return;
+    threads_.reserve(kThreads);
+    for (int i = 0; i < kThreads; ++i) threads_.emplace_back([this] { burn(); });
+    while (running_.load(std::memory_order_acquire) < kThreads) std::this_thread::yield();
+  }
+  ~cpu_burners() {
+    stop_.store(true, std::memory_order_relaxed);
+    for (auto& t : threads_) t.join();
+  }
+  cpu_burners(const cpu_burners&) = delete;
+  cpu_burners& operator=(const cpu_burners&) = delete;
+
+ private:
+  void burn() {
+    running_.fetch_add(1, std::memory_order_release);
+    volatile std::uint64_t x = 1;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      for (int i = 0; i < 1000; ++i) x = x * 6364136223846793005u + 1442695040888963407u;
+    }
+  }
+
+  // The object has its cache lines to itself, so the burners' reads of the flag never touch
+  // a line the benchmark writes.
+  std::atomic<bool> stop_{false};
+  std::atomic<int> running_{0};
+  std::vector<std::thread> threads_;
+};
+
 /// Items handed from the producer to the consumer, one batch per benchmark iteration; the
 /// benchmark time of an iteration ends when the consumer has handled the whole batch.
 constexpr std::uint64_t kBatch = 100000;
@@ -490,7 +551,8 @@ class mutex_queue {
 /// make_item(source.next()) for kBatch keyed items and ends when the consumer has handled
 /// them all. Items processed: items handed over.
 template <class Item, class MakeItem>
-void run_mutex_queue(benchmark::State& state, MakeItem make_item) {
+void run_mutex_queue(benchmark::State& state, load how, MakeItem make_item) {
+  cpu_burners burners(how);
   keyed_source source;
   two_cpus cpus;
   mutex_queue<Item> queue;
@@ -512,10 +574,18 @@ void run_mutex_queue(benchmark::State& state, MakeItem make_item) {
  * items themselves (16 bytes each), 1 producer, 1 consumer. No events (no id, timestamp or key
  * string), keys, partitions, backpressure or error handling.
  */
-void BM_baseline_mutex_queue(benchmark::State& state) {
-  run_mutex_queue<keyed_item>(state, [](const keyed_item& item) { return item; });
+void baseline_mutex_queue(benchmark::State& state, load how) {
+  run_mutex_queue<keyed_item>(state, how, [](const keyed_item& item) { return item; });
 }
+
+void BM_baseline_mutex_queue(benchmark::State& state) { baseline_mutex_queue(state, load::idle); }
 BENCHMARK(BM_baseline_mutex_queue)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_baseline_mutex_queue_loaded(benchmark::State& state) {
+  baseline_mutex_queue(state, load::busy);
+}
+BENCHMARK(BM_baseline_mutex_queue_loaded)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // BM_baseline_keyed_queue
@@ -553,15 +623,23 @@ struct alignas(EVBUS_CACHE_LINE_SIZE) id_counter {
  * Its ids and keys fit in std::string's short buffer (libstdc++: 15 characters), so no event
  * allocates.
  */
-void BM_baseline_keyed_queue(benchmark::State& state) {
+void baseline_keyed_queue(benchmark::State& state, load how) {
   static id_counter ids;
   const auto& keys = key_names();
-  run_mutex_queue<hand_keyed_event>(state, [&keys](const keyed_item& item) {
+  run_mutex_queue<hand_keyed_event>(state, how, [&keys](const keyed_item& item) {
     return hand_keyed_event{std::to_string(ids.next.fetch_add(1, std::memory_order_relaxed)),
                             keys[item.key], std::chrono::system_clock::now(), item};
   });
 }
+
+void BM_baseline_keyed_queue(benchmark::State& state) { baseline_keyed_queue(state, load::idle); }
 BENCHMARK(BM_baseline_keyed_queue)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_baseline_keyed_queue_loaded(benchmark::State& state) {
+  baseline_keyed_queue(state, load::busy);
+}
+BENCHMARK(BM_baseline_keyed_queue_loaded)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // BM_baseline_line_handoff
@@ -669,7 +747,8 @@ struct keyed_pipeline {
  * and then calls drain(), so an item counts only once it has been handled. The delivery
  * policy is the default one (its capacity and overflow mode included).
  */
-void BM_executor_throughput(benchmark::State& state) {
+void executor_throughput(benchmark::State& state, load how) {
+  cpu_burners burners(how);
   two_cpus cpus;
   keyed_pipeline pipeline(1);
   cpus.producer_side();
@@ -696,7 +775,15 @@ void BM_executor_throughput(benchmark::State& state) {
   state.counters["violations"] = static_cast<double>(pipeline.checker.violations());
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
 }
+
+void BM_executor_throughput(benchmark::State& state) { executor_throughput(state, load::idle); }
 BENCHMARK(BM_executor_throughput)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_executor_throughput_loaded(benchmark::State& state) {
+  executor_throughput(state, load::busy);
+}
+BENCHMARK(BM_executor_throughput_loaded)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // BM_executor_emit_paced
@@ -778,11 +865,12 @@ std::int64_t steady_ns() noexcept {
  * events then drain(). The counters p50_ns, p99_ns and max_ns are over every event of the run;
  * the benchmark's time per iteration is mostly pacing and means little.
  */
-void BM_executor_latency(benchmark::State& state) {
+void executor_latency(benchmark::State& state, load how) {
   using stamped_bus = evbus::basic_bus<stamped_item>;
   using stamped_event = evbus::basic_event<stamped_item>;
   std::vector<std::int64_t> batch(kLatencyBatch, 0);  // written by the worker, read after drain
   std::vector<std::int64_t> samples;
+  cpu_burners burners(how);
   two_cpus cpus;
   evbus::keyed_executor exec(executor_config());
   cpus.producer_side();
@@ -826,7 +914,13 @@ void BM_executor_latency(benchmark::State& state) {
   state.counters["max_ns"] = static_cast<double>(samples.back());
   state.SetItemsProcessed(static_cast<std::int64_t>(samples.size()));
 }
+
+void BM_executor_latency(benchmark::State& state) { executor_latency(state, load::idle); }
 BENCHMARK(BM_executor_latency)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+/// The same while two unpinned threads burn CPU (cpu_burners): p50/p99 on a busy host.
+void BM_executor_latency_loaded(benchmark::State& state) { executor_latency(state, load::busy); }
+BENCHMARK(BM_executor_latency_loaded)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 #endif  // EVBUS_BENCH_EXECUTOR
 

@@ -8,8 +8,11 @@
 //           (interleaving: baselines and the figures compared with them share the machine's
 //           noisy moments)
 //
-// On Linux, the benchmarks that hand data between two threads (the mutex queue, the line
-// hand-off, the executor) pin those threads to two different CPUs: see two_cpus below.
+// On Linux, the benchmarks that hand data between two threads (the mutex queues, the line
+// hand-off, the executor) pin those threads to two different CPUs: see two_cpus below. Their
+// "_loaded" twins do the same work while two more threads, not pinned, burn CPU for the whole
+// benchmark (cpu_burners below), as other work does on a user's busy host.
+// bench/README.md explains each benchmark and keeps the figures.
 //
 // The names are fixed so that figures can be tracked from one version to the next:
 //
@@ -20,7 +23,10 @@
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
 //   BM_register_deregister        one handler registered and deregistered: /0 alone, /1 while
 //                                 another thread emits (what the emit path's speed costs)
-//   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer
+//   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer,
+//                                 16-byte keyed items: the raw hand-off
+//   BM_baseline_keyed_queue       the same queue carrying the event a user would build by hand
+//                                 for the executor's job: text id, wall-clock time, key, payload
 //   BM_baseline_line_handoff      two threads passing one cache line back and forth: what the
 //                                 machine charges each time data crosses between two cores
 //   BM_executor_throughput        bus -> ordered subscription (P = 64, W = 1, default options
@@ -28,12 +34,20 @@
 //   BM_executor_latency           emit-to-handler time at a steady rate: p50/p99/max counters
 //   BM_executor_emit_paced        one emit into the executor, timed alone: /0 without a worker,
 //                                 /1 with one that has taken every event before the next
+//   BM_baseline_mutex_queue_loaded, BM_baseline_keyed_queue_loaded,
+//   BM_executor_throughput_loaded, BM_executor_latency_loaded
+//                                 the same four with two CPU-burning threads running
 //
 // Goals (ratios of medians in one run):
 //   BM_emit/1 <= 1.3x BM_baseline_hand_rolled_emit;  BM_emit_handle/1 <= 1.0x it;
 //   (BM_emit/10 - BM_emit/1) / 9 <= 2x BM_baseline_function_call;
 //   BM_emit_threads items/s at 2 threads >= 1.7x at 1 thread;
-//   BM_executor_throughput items/s >= 0.5x BM_baseline_mutex_queue items/s.
+//   BM_executor_throughput items/s >= 1.0x BM_baseline_keyed_queue items/s, and
+//     BM_executor_throughput_loaded >= 1.0x BM_baseline_keyed_queue_loaded;
+//   BM_executor_throughput items/s >= 0.5x BM_baseline_mutex_queue items/s (idle);
+//   BM_executor_emit_paced/0 <= 2x BM_emit/1;
+//   BM_executor_latency and BM_executor_latency_loaded: p50_ns and p99_ns reported, idle and
+//     loaded (no bound yet).
 #include "evbus/evbus.hpp"
 
 #include <benchmark/benchmark.h>
@@ -346,6 +360,53 @@ class two_cpus {
 #endif
 };
 
+/// Whether the other CPU-bound work of a user's host is simulated: see cpu_burners.
+enum class load { idle, busy };
+
+/**
+ * The load of the "_loaded" benchmarks: with load::busy, two threads that burn CPU for as long
+ * as the object lives, as other work does on a user's busy host. Each runs multiply-adds on a
+ * volatile variable of its own and checks a stop flag between rounds. They are not pinned and
+ * run at normal priority, so the scheduler shares the CPUs of a hand-off benchmark's two pinned
+ * threads between those threads and the burners.
+ *
+ * Construct it before two_cpus: a thread starts on the CPUs of the thread that creates it,
+ * and two_cpus pins the benchmark thread. The constructor returns once both threads run; the
+ * destructor stops and joins them. With load::idle it does nothing.
+ */
+class alignas(EVBUS_CACHE_LINE_SIZE) cpu_burners {
+ public:
+  static constexpr int kThreads = 2;
+
+  explicit cpu_burners(load how) {
+    if (how == load::idle) return;
+    threads_.reserve(kThreads);
+    for (int i = 0; i < kThreads; ++i) threads_.emplace_back([this] { burn(); });
+    while (running_.load(std::memory_order_acquire) < kThreads) std::this_thread::yield();
+  }
+  ~cpu_burners() {
+    stop_.store(true, std::memory_order_relaxed);
+    for (auto& t : threads_) t.join();
+  }
+  cpu_burners(const cpu_burners&) = delete;
+  cpu_burners& operator=(const cpu_burners&) = delete;
+
+ private:
+  void burn() {
+    running_.fetch_add(1, std::memory_order_release);
+    volatile std::uint64_t x = 1;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      for (int i = 0; i < 1000; ++i) x = x * 6364136223846793005u + 1442695040888963407u;
+    }
+  }
+
+  // The object has its cache lines to itself, so the burners' reads of the flag never touch
+  // a line the benchmark writes.
+  std::atomic<bool> stop_{false};
+  std::atomic<int> running_{0};
+  std::vector<std::thread> threads_;
+};
+
 /// Items handed from the producer to the consumer, one batch per benchmark iteration; the
 /// benchmark time of an iteration ends when the consumer has handled the whole batch.
 constexpr std::uint64_t kBatch = 100000;
@@ -396,18 +457,32 @@ class keyed_source {
   std::uint32_t key_ = 0;
 };
 
+/// "key-0" ... "key-999": short keys, as the executor's partitioner sees them.
+const std::vector<std::string>& key_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    v.reserve(kKeyCount);
+    for (std::uint32_t i = 0; i < kKeyCount; ++i) v.push_back("key-" + std::to_string(i));
+    return v;
+  }();
+  return names;
+}
+
 // ---------------------------------------------------------------------------
 // BM_baseline_mutex_queue
 // ---------------------------------------------------------------------------
 
+/// The keyed item an item of the mutex queue carries, for the consumer's order check.
+inline const keyed_item& keyed_payload(const keyed_item& item) noexcept { return item; }
+
 /**
- * The raw hand-off the executor is compared with: one producer thread pushes items into a
- * std::vector under a std::mutex and notifies a std::condition_variable when the vector was
- * empty; one consumer thread swaps the whole vector out under the lock and handles the items
- * outside it (the same per-key order check as the executor's handler). No keys, partitions,
- * events, backpressure or error handling. An iteration pushes kBatch items and ends when the
- * consumer has handled them all.
+ * The queue of the mutex-queue baselines: one producer thread pushes items into a std::vector
+ * under a std::mutex and notifies a std::condition_variable when the vector was empty; one
+ * consumer thread swaps the whole vector out under the lock and handles the items outside it:
+ * it checks per-key order on keyed_payload(item) with an order_checker, as the executor's
+ * handler does, then destroys them.
  */
+template <class Item>
 class mutex_queue {
  public:
   mutex_queue() : consumer_([this] { run(); }) {}
@@ -422,12 +497,12 @@ class mutex_queue {
   mutex_queue(const mutex_queue&) = delete;
   mutex_queue& operator=(const mutex_queue&) = delete;
 
-  void push(const keyed_item& item) {
+  void push(Item item) {
     bool was_empty;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       was_empty = queue_.empty();
-      queue_.push_back(item);
+      queue_.push_back(std::move(item));
     }
     // Only an empty queue can have the consumer waiting on it. (Notifying on every push
     // measured about half the items/second here: each notify while the consumer is still
@@ -445,7 +520,7 @@ class mutex_queue {
 
  private:
   void run() {
-    std::vector<keyed_item> batch;
+    std::vector<Item> batch;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
       if (!batch.empty()) {
@@ -457,7 +532,7 @@ class mutex_queue {
       if (queue_.empty()) return;  // stop_
       batch.swap(queue_);
       lock.unlock();
-      for (const auto& item : batch) checker_.check(item);
+      for (const auto& item : batch) checker_.check(keyed_payload(item));
       lock.lock();
     }
   }
@@ -465,21 +540,26 @@ class mutex_queue {
   std::mutex mutex_;
   std::condition_variable ready_;
   std::condition_variable done_;
-  std::vector<keyed_item> queue_;
+  std::vector<Item> queue_;
   std::uint64_t handled_ = 0;
   bool stop_ = false;
   order_checker checker_;  // consumer thread only, until joined or wait_handled returns
   std::thread consumer_;   // last: starts once everything above exists
 };
 
-void BM_baseline_mutex_queue(benchmark::State& state) {
+/// The producer/consumer loop of the mutex-queue baselines: an iteration pushes
+/// make_item(source.next()) for kBatch keyed items and ends when the consumer has handled
+/// them all. Items processed: items handed over.
+template <class Item, class MakeItem>
+void run_mutex_queue(benchmark::State& state, load how, MakeItem make_item) {
+  cpu_burners burners(how);
   keyed_source source;
   two_cpus cpus;
-  mutex_queue queue;
+  mutex_queue<Item> queue;
   cpus.producer_side();
   std::uint64_t pushed = 0;
   for (auto _ : state) {
-    for (std::uint64_t i = 0; i < kBatch; ++i) queue.push(source.next());
+    for (std::uint64_t i = 0; i < kBatch; ++i) queue.push(make_item(source.next()));
     pushed += kBatch;
     queue.wait_handled(pushed);
   }
@@ -488,7 +568,78 @@ void BM_baseline_mutex_queue(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(pushed));
 }
+
+/**
+ * The raw hand-off the executor is compared with: the mutex queue above carrying the keyed
+ * items themselves (16 bytes each), 1 producer, 1 consumer. No events (no id, timestamp or key
+ * string), keys, partitions, backpressure or error handling.
+ */
+void baseline_mutex_queue(benchmark::State& state, load how) {
+  run_mutex_queue<keyed_item>(state, how, [](const keyed_item& item) { return item; });
+}
+
+void BM_baseline_mutex_queue(benchmark::State& state) { baseline_mutex_queue(state, load::idle); }
 BENCHMARK(BM_baseline_mutex_queue)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_baseline_mutex_queue_loaded(benchmark::State& state) {
+  baseline_mutex_queue(state, load::busy);
+}
+BENCHMARK(BM_baseline_mutex_queue_loaded)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_baseline_keyed_queue
+// ---------------------------------------------------------------------------
+
+/// The event of the hand-written keyed queue: what a bus emit builds for the same job, short
+/// of the topic and the tx id.
+struct hand_keyed_event {
+  std::string id;  // the counter in decimal
+  std::string key;
+  std::chrono::system_clock::time_point occurred_at;
+  keyed_item data;
+};
+
+inline const keyed_item& keyed_payload(const hand_keyed_event& e) noexcept { return e.data; }
+
+/// The id counter of the keyed queue's producer, on a cache line of its own.
+struct alignas(EVBUS_CACHE_LINE_SIZE) id_counter {
+  std::atomic<std::uint64_t> next{1};
+};
+
+/**
+ * What a user would write by hand for the job of BM_executor_throughput. For each item the
+ * producer builds an event as an emit does: an id from a shared std::atomic<uint64_t> counter
+ * written as text with std::to_string, std::chrono::system_clock::now(), the key copied from
+ * key_names() (as the executor benchmark copies it into emit_options) and the keyed item; it
+ * moves the event into the mutex queue above (vector swap, notify only when the queue was
+ * empty). The consumer swaps the vector out and checks per-key order with an order_checker,
+ * as the executor's handler does. Same 1,000 keys in round-robin, kBatch events per iteration
+ * (ending when the consumer has handled them), same pinning. Items processed: events.
+ * It does not: look up a topic or carry one, carry a tx id or source, hash keys to partitions
+ * or keep per-key queues (one consumer handles every key in arrival order, which keeps order
+ * trivially), bound the queue (no backpressure), retry, dead-letter, time out, measure queue
+ * wait or handler time, or let consumers register and deregister while the producer runs.
+ * Its ids and keys fit in std::string's short buffer (libstdc++: 15 characters), so no event
+ * allocates.
+ */
+void baseline_keyed_queue(benchmark::State& state, load how) {
+  static id_counter ids;
+  const auto& keys = key_names();
+  run_mutex_queue<hand_keyed_event>(state, how, [&keys](const keyed_item& item) {
+    return hand_keyed_event{std::to_string(ids.next.fetch_add(1, std::memory_order_relaxed)),
+                            keys[item.key], std::chrono::system_clock::now(), item};
+  });
+}
+
+void BM_baseline_keyed_queue(benchmark::State& state) { baseline_keyed_queue(state, load::idle); }
+BENCHMARK(BM_baseline_keyed_queue)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_baseline_keyed_queue_loaded(benchmark::State& state) {
+  baseline_keyed_queue(state, load::busy);
+}
+BENCHMARK(BM_baseline_keyed_queue_loaded)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // BM_baseline_line_handoff
@@ -552,17 +703,6 @@ BENCHMARK(BM_baseline_line_handoff)->UseRealTime();
 using keyed_bus = evbus::basic_bus<keyed_item>;
 using keyed_event = evbus::basic_event<keyed_item>;
 
-/// "key-0" ... "key-999": short keys, as the executor's partitioner sees them.
-const std::vector<std::string>& key_names() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> v;
-    v.reserve(kKeyCount);
-    for (std::uint32_t i = 0; i < kKeyCount; ++i) v.push_back("key-" + std::to_string(i));
-    return v;
-  }();
-  return names;
-}
-
 evbus::executor_options executor_config(std::size_t workers = 1) {
   evbus::executor_options options;
   options.partitions = 64;
@@ -607,7 +747,8 @@ struct keyed_pipeline {
  * and then calls drain(), so an item counts only once it has been handled. The delivery
  * policy is the default one (its capacity and overflow mode included).
  */
-void BM_executor_throughput(benchmark::State& state) {
+void executor_throughput(benchmark::State& state, load how) {
+  cpu_burners burners(how);
   two_cpus cpus;
   keyed_pipeline pipeline(1);
   cpus.producer_side();
@@ -634,7 +775,15 @@ void BM_executor_throughput(benchmark::State& state) {
   state.counters["violations"] = static_cast<double>(pipeline.checker.violations());
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
 }
+
+void BM_executor_throughput(benchmark::State& state) { executor_throughput(state, load::idle); }
 BENCHMARK(BM_executor_throughput)->UseRealTime();
+
+/// The same while two unpinned threads burn CPU (cpu_burners).
+void BM_executor_throughput_loaded(benchmark::State& state) {
+  executor_throughput(state, load::busy);
+}
+BENCHMARK(BM_executor_throughput_loaded)->UseRealTime();
 
 // ---------------------------------------------------------------------------
 // BM_executor_emit_paced
@@ -716,11 +865,12 @@ std::int64_t steady_ns() noexcept {
  * events then drain(). The counters p50_ns, p99_ns and max_ns are over every event of the run;
  * the benchmark's time per iteration is mostly pacing and means little.
  */
-void BM_executor_latency(benchmark::State& state) {
+void executor_latency(benchmark::State& state, load how) {
   using stamped_bus = evbus::basic_bus<stamped_item>;
   using stamped_event = evbus::basic_event<stamped_item>;
   std::vector<std::int64_t> batch(kLatencyBatch, 0);  // written by the worker, read after drain
   std::vector<std::int64_t> samples;
+  cpu_burners burners(how);
   two_cpus cpus;
   evbus::keyed_executor exec(executor_config());
   cpus.producer_side();
@@ -764,7 +914,13 @@ void BM_executor_latency(benchmark::State& state) {
   state.counters["max_ns"] = static_cast<double>(samples.back());
   state.SetItemsProcessed(static_cast<std::int64_t>(samples.size()));
 }
+
+void BM_executor_latency(benchmark::State& state) { executor_latency(state, load::idle); }
 BENCHMARK(BM_executor_latency)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+/// The same while two unpinned threads burn CPU (cpu_burners): p50/p99 on a busy host.
+void BM_executor_latency_loaded(benchmark::State& state) { executor_latency(state, load::busy); }
+BENCHMARK(BM_executor_latency_loaded)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 #endif  // EVBUS_BENCH_EXECUTOR
 

@@ -16,7 +16,8 @@
  *   2. time, emit tracking and ids
  *   3. the event
  *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
- *   5. the keyed executor (ordered, partitioned delivery on worker threads)
+ *   5. the durable outbox: the store interface, payload codecs, the producer side
+ *   6. the keyed executor (ordered, partitioned delivery on worker threads)
  *
  * @code
  *   evbus::bus bus;
@@ -2077,7 +2078,433 @@ using transaction = basic_transaction<std::any>;
 
 #endif  // EVBUS_PARTS_TRANSACTION_HPP
 
-// 5. The keyed executor
+// 5. The durable outbox
+// ---- outbox_store.hpp -------------------------------------------------
+// evbus/parts/outbox_store.hpp: the durable outbox's store: what is stored, the interface a store
+// implements, and the errors of the outbox.
+//
+// A store is a table of events in append order. Producers append committed transactions to it
+// (evbus::basic_outbox); a relay reads what is pending, emits it and marks it delivered; delivered
+// events are purged after a retention time. Two implementations are meant: the user's own table,
+// written inside the user's database transaction, and evbus::file_journal.
+//
+// Why the calls look as they do:
+//  - append takes a whole transaction and assigns no visible result. A SQL store inserts the
+//    rows on the caller's connection, inside the caller's transaction, so the business change
+//    and its events commit together (an autoincrement column gives the sequence); the journal
+//    writes one checksummed record per batch, so a torn write loses the batch whole.
+//  - Sequences order events for everyone. read_pending pages by sequence ("after"), so a relay
+//    can resume from where it stopped instead of rereading every pending event.
+//  - mark_delivered names sequences, not a watermark "everything up to n". In a SQL table a
+//    sequence is taken at insert but seen at commit: a transaction that took 5 can commit after
+//    one that took 6 was read and delivered, and a watermark at 6 would mark 5 delivered unread.
+//    A list is exact in both stores (`UPDATE ... WHERE seq IN (...)`, one journal record of
+//    ranges) and covers each acknowledgement mode: one event, a batch, or all read so far.
+//    Marking is idempotent, so a relay may repeat a mark that failed.
+//  - Delivery and purge times are arguments, not read from a clock inside the store: the caller's
+//    clock decides (a manual one in tests), and both stores record exactly the same time.
+//  - Every call is a unit a caller can time and count failures of (store time and errors around
+//    append, send around the emit, cleanup around purge_delivered), and every failure is an
+//    exception that leaves the store as it was, so a relay can retry it for ever.
+#ifndef EVBUS_PARTS_OUTBOX_STORE_HPP
+#define EVBUS_PARTS_OUTBOX_STORE_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief One event as the outbox stores it: everything needed to emit it again exactly as the
+ * bus first made it. The payload is bytes, as the outbox's codec encoded them.
+ *
+ * @code
+ *   evbus::outbox_event e;
+ *   e.id = "01HX...";  e.tx_id = "01HW...";  e.topic = "order.created";  e.key = "customer-7";
+ *   e.occurred_at = std::chrono::system_clock::now();  e.payload = "{\"order\":42}";
+ *   store.append({e});
+ * @endcode
+ */
+struct outbox_event {
+  std::string id;            ///< the event id
+  std::string tx_id;         ///< the id of the transaction that committed it
+  std::string topic;         ///< the topic it is emitted on
+  std::string key;           ///< ordering key; may be empty
+  std::string source;        ///< free-form origin; may be empty
+  time_point occurred_at{};  ///< wall-clock time of the event
+  std::string payload;       ///< the payload's bytes (not necessarily text)
+
+  friend bool operator==(const outbox_event& a, const outbox_event& b) {
+    return a.id == b.id && a.tx_id == b.tx_id && a.topic == b.topic && a.key == b.key &&
+           a.source == b.source && a.occurred_at == b.occurred_at && a.payload == b.payload;
+  }
+  friend bool operator!=(const outbox_event& a, const outbox_event& b) { return !(a == b); }
+};
+
+/**
+ * @brief An event read back from a store, with the sequence the store gave it at append.
+ *
+ * Sequences are positive, strictly increase in append order, and are never given twice by one
+ * store, even after events are purged.
+ *
+ * @code
+ *   for (const evbus::stored_event& e : store.read_pending(0, 100)) {
+ *     std::cout << e.sequence << " " << e.topic << "\n";
+ *   }
+ * @endcode
+ */
+struct stored_event : outbox_event {
+  std::uint64_t sequence = 0;  ///< position in append order, given by the store
+};
+
+/**
+ * @brief The storage of a durable outbox: implement it over your own database, or use
+ * evbus::file_journal.
+ *
+ * The contract, for every implementation:
+ *  - append(batch) stores the events of one committed transaction, in order, all or nothing,
+ *    and gives each the next sequence. When it returns the events are durable (they survive a
+ *    crash of the process or the machine: for a database, once the caller's transaction
+ *    commits). When it throws, nothing of the batch is stored. An empty batch stores nothing.
+ *  - read_pending(after, max) returns up to `max` events not yet delivered whose sequence is
+ *    greater than `after`, in sequence order. Calling it with the last sequence returned pages
+ *    through the pending events; calling it with 0 starts again from the oldest.
+ *  - mark_delivered(sequences, when) records that these events were delivered at `when`;
+ *    read_pending returns them no more. Sequences that are unknown, purged or already delivered
+ *    are ignored (the call is idempotent). Durable when it returns.
+ *  - purge_delivered(before) removes the delivered events whose delivery time is earlier than
+ *    `before` and returns how many it removed. Pending events are never purged.
+ *  - Failures are exceptions, and a call that throws changes nothing.
+ *  - Producers may append from several threads while one relay reads, marks and purges:
+ *    calls may run concurrently.
+ *
+ * In a SQL database, with a table `outbox(seq BIGSERIAL PRIMARY KEY, id, tx_id, topic, key,
+ * source, occurred_at, payload BYTEA, delivered_at NULL)`:
+ *
+ * @code
+ *   class pg_store : public evbus::outbox_store {
+ *    public:
+ *     explicit pg_store(connection& producer_tx) : tx_(producer_tx) {}
+ *     void append(const std::vector<evbus::outbox_event>& batch) override {
+ *       for (const auto& e : batch) tx_.exec("INSERT INTO outbox (...) VALUES (...)", e);
+ *     }  // commits with the caller's transaction, as the business change does
+ *     std::vector<evbus::stored_event> read_pending(std::uint64_t after, std::size_t max) override {
+ *       return select("... WHERE delivered_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2");
+ *     }
+ *     void mark_delivered(const std::vector<std::uint64_t>& seqs, evbus::time_point when) override {
+ *       exec("UPDATE outbox SET delivered_at = $1 WHERE seq = ANY($2) AND delivered_at IS NULL");
+ *     }
+ *     std::size_t purge_delivered(evbus::time_point before) override {
+ *       return exec("DELETE FROM outbox WHERE delivered_at < $1");
+ *     }
+ *   };
+ * @endcode
+ *
+ * In such a table a smaller sequence can become visible after a larger one (sequences are
+ * taken at insert, rows appear at commit): a reader that pages with `after` must also start
+ * again from 0 from time to time, or it misses them until then.
+ */
+class outbox_store {
+ public:
+  virtual ~outbox_store() = default;
+
+  /// Stores one committed transaction's events, in order, all or nothing; durable on return.
+  virtual void append(const std::vector<outbox_event>& batch) = 0;
+
+  /// Up to `max` undelivered events with a sequence greater than `after`, in sequence order.
+  virtual std::vector<stored_event> read_pending(std::uint64_t after, std::size_t max) = 0;
+
+  /// Records these events as delivered at `when`; unknown or delivered ones are ignored.
+  virtual void mark_delivered(const std::vector<std::uint64_t>& sequences, time_point when) = 0;
+
+  /// Removes the events delivered before `before`; returns how many.
+  virtual std::size_t purge_delivered(time_point before) = 0;
+
+ protected:
+  outbox_store() = default;
+  outbox_store(const outbox_store&) = default;
+  outbox_store& operator=(const outbox_store&) = default;
+};
+
+/**
+ * @brief A store call failed. basic_outbox::commit throws it when the store's append throws,
+ * with the store's own exception nested (`std::rethrow_if_nested` gets it back).
+ *
+ * @code
+ *   try { outbox.commit(tx); }
+ *   catch (const evbus::store_error& e) { log(e.what()); tx.rollback(); }  // or retry
+ * @endcode
+ */
+class store_error : public error {
+ public:
+  using error::error;
+};
+
+/**
+ * @brief A payload could not be encoded for the store, or stored bytes could not be decoded
+ * (for the built-in codec of a trivially copyable type: the byte count is not its size).
+ *
+ * @code
+ *   try { evbus::codec<double>{}.decode("abc"); }
+ *   catch (const evbus::codec_error& e) { std::cerr << e.what(); }  // names 3 and 8 bytes
+ * @endcode
+ */
+class codec_error : public error {
+ public:
+  using error::error;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_OUTBOX_STORE_HPP
+// ---- codec.hpp -------------------------------------------------
+// evbus/parts/codec.hpp: payloads as bytes, for the durable outbox.
+//
+// A codec turns a payload into the bytes a store keeps and back. evbus::codec<T> is built in for
+// std::string (the bytes are the string) and for trivially copyable types without pointers (the
+// bytes are the object's representation); any other type, std::any first of all, needs the
+// user's codec, and instantiating evbus::codec<T> for it fails to compile with a message that
+// says how to give one.
+#ifndef EVBUS_PARTS_CODEC_HPP
+#define EVBUS_PARTS_CODEC_HPP
+
+
+#include <any>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <typeinfo>
+
+namespace evbus {
+inline namespace v1 {
+
+namespace detail {
+
+template <class T>
+struct is_string_view : std::false_type {};
+template <class C, class Tr>
+struct is_string_view<std::basic_string_view<C, Tr>> : std::true_type {};
+
+/// Types whose object representation is their value: trivially copyable, default-constructible
+/// (decode fills one in), and not a pointer, a member pointer or a string view, whose bytes
+/// mean nothing once the process that wrote them is gone.
+template <class T>
+inline constexpr bool stored_as_bytes_v =
+    std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T> &&
+    !std::is_pointer_v<T> && !std::is_member_pointer_v<T> && !std::is_null_pointer_v<T> &&
+    !is_string_view<T>::value;
+
+}  // namespace detail
+
+/**
+ * @brief The built-in payload codec: `std::string encode(const T&) const` gives the bytes a
+ * store keeps, `T decode(std::string_view) const` gives the payload back.
+ *
+ * Built in for `std::string` (the bytes are the string) and for trivially copyable,
+ * default-constructible types that are not pointers or string views (the bytes are the
+ * object's representation: read them back on the same architecture and ABI; a struct holding
+ * a pointer is not caught here and must not be stored this way). For any other type, and for
+ * `std::any` (evbus::bus), instantiating it fails with a static_assert whose message says what
+ * to do: pass your own codec, a type with the same two members, as basic_outbox's second
+ * template argument, or specialise `evbus::codec<T>` for your type.
+ *
+ * @code
+ *   struct reading { int sensor; double value; };      // trivially copyable: built in
+ *   std::string bytes = evbus::codec<reading>{}.encode({7, 21.5});
+ *   reading back = evbus::codec<reading>{}.decode(bytes);
+ *
+ *   struct any_codec {                                   // evbus::bus needs one of its own
+ *     std::string encode(const std::any& a) const { return std::any_cast<std::string>(a); }
+ *     std::any decode(std::string_view b) const { return std::string(b); }
+ *   };
+ *   evbus::basic_outbox<std::any, any_codec> outbox(store);
+ * @endcode
+ */
+template <class T, class = void>
+struct codec {
+  static_assert(!std::is_same_v<T, std::any>,
+                "evbus: std::any payloads (evbus::bus) have no built-in codec, so the outbox "
+                "cannot store them as bytes. Give it yours: evbus::basic_outbox<std::any, "
+                "my_codec> outbox(store), where my_codec has std::string encode(const std::any&) "
+                "const and std::any decode(std::string_view) const; or specialise "
+                "evbus::codec<std::any>.");
+  static_assert(std::is_same_v<T, std::any>,
+                "evbus: this payload type has no built-in codec (built in: std::string, and "
+                "trivially copyable, default-constructible types that are not pointers or "
+                "string views). Give the outbox yours: evbus::basic_outbox<T, my_codec>, where "
+                "my_codec has std::string encode(const T&) const and T decode(std::string_view) "
+                "const; or specialise evbus::codec<T>.");
+};
+
+/// std::string payloads are stored as they are.
+template <>
+struct codec<std::string> {
+  std::string encode(const std::string& value) const { return value; }
+  std::string decode(std::string_view bytes) const { return std::string(bytes); }
+};
+
+/// Trivially copyable payloads are stored as their object representation, sizeof(T) bytes.
+template <class T>
+struct codec<T, std::enable_if_t<detail::stored_as_bytes_v<T>>> {
+  std::string encode(const T& value) const {
+    std::string bytes(sizeof(T), '\0');
+    std::memcpy(&bytes[0], &value, sizeof(T));
+    return bytes;
+  }
+  /// Throws evbus::codec_error unless `bytes` holds exactly sizeof(T) bytes.
+  T decode(std::string_view bytes) const {
+    if (bytes.size() != sizeof(T)) {
+      throw codec_error("evbus: cannot decode " + std::to_string(bytes.size()) +
+                        " bytes as a " + typeid(T).name() + ": it is " +
+                        std::to_string(sizeof(T)) + " bytes");
+    }
+    T value;
+    std::memcpy(&value, bytes.data(), sizeof(T));
+    return value;
+  }
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CODEC_HPP
+// ---- outbox.hpp -------------------------------------------------
+// evbus/parts/outbox.hpp: the producer side of the durable outbox: a transaction committed into a
+// store instead of emitted.
+//
+// basic_outbox owns nothing but a reference to the store and a codec: commit turns a
+// transaction's buffered events into one batch of outbox_event (payloads encoded, ids, tx id,
+// key, source and time as the bus would have emitted them) and appends it. The transaction is
+// finished only once the append returned, so a failed commit leaves it open to retry.
+#ifndef EVBUS_PARTS_OUTBOX_HPP
+#define EVBUS_PARTS_OUTBOX_HPP
+
+
+#include <exception>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Commits bus transactions into an outbox store instead of emitting them.
+ *
+ * `commit(tx)` stores every event buffered in `tx`, in order, as one batch: the store's append
+ * is all or nothing and durable on return, so the events survive a crash and a relay emits them
+ * later, at least once. Each stored event carries the id and tx id the transaction gave it, its
+ * key and source, its time (the one given at emit, else the time of the commit, as an emit
+ * would stamp it) and its payload encoded by `Codec`.
+ *
+ * If encoding or the store's append throws, nothing is stored, the transaction stays open
+ * (commit it again, here or on the bus, or roll it back) and commit throws evbus::codec_error or
+ * evbus::store_error with the original exception nested. With a user's database store, call
+ * commit inside the database transaction that makes the business change: both then commit or
+ * roll back together.
+ *
+ * The outbox holds a reference to the store, which must outlive it. commit may be called from
+ * several threads at once if the store allows it (evbus::file_journal does).
+ *
+ * @tparam Data  the bus's payload type
+ * @tparam Codec `std::string encode(const Data&) const`; evbus::codec<Data> is built in for
+ *               std::string and trivially copyable types, and evbus::bus (std::any) needs yours.
+ *
+ * @code
+ *   evbus::basic_bus<std::string> bus;
+ *   bus.register_topics("order.created");
+ *   evbus::file_journal journal("/var/lib/shop/outbox");
+ *   evbus::basic_outbox<std::string> outbox(journal);
+ *
+ *   auto tx = bus.transaction();
+ *   evbus::emit_options options;
+ *   options.key = "customer-7";
+ *   tx.emit("order.created", R"({"order":42})", options);
+ *   outbox.commit(tx);  // durable now; a relay emits it on the bus later
+ * @endcode
+ */
+template <class Data, class Codec = codec<Data>>
+class basic_outbox {
+ public:
+  using data_type = Data;
+  using codec_type = Codec;
+
+  /// An outbox storing into `store` (kept by reference) with `payload_codec`.
+  explicit basic_outbox(outbox_store& store, Codec payload_codec = Codec{})
+      : store_(&store), codec_(std::move(payload_codec)) {}
+
+  /**
+   * @brief Appends every event of `tx` to the store as one batch, then finishes `tx`. A
+   * transaction without events finishes without touching the store.
+   *
+   * Throws evbus::transaction_closed if `tx` is already finished; evbus::codec_error if a
+   * payload cannot be encoded, and evbus::store_error if the store's append throws (each with
+   * the original exception nested, and `tx` still open with its events).
+   */
+  void commit(basic_transaction<Data>& tx) {
+    if (!tx.open()) {
+      throw transaction_closed("evbus: cannot commit transaction " + detail::quote(tx.tx_id()) +
+                               " to the outbox: it is already finished");
+    }
+    std::vector<outbox_event> batch;
+    batch.reserve(tx.size());
+    tx.for_each_pending([&](std::string_view topic, const Data& data, const emit_options& o) {
+      outbox_event e;
+      e.id = o.id;
+      e.tx_id = o.tx_id;
+      e.topic = std::string(topic);
+      e.key = o.key;
+      e.source = o.source;
+      e.occurred_at = o.occurred_at ? *o.occurred_at : detail::wall_now();
+      try {
+        e.payload = codec_.encode(data);
+      } catch (...) {
+        std::throw_with_nested(codec_error(
+            "evbus: cannot encode the payload of event " + detail::quote(o.id) + " on topic " +
+            detail::quote(topic) + " of transaction " + detail::quote(tx.tx_id()) + ": " +
+            detail::describe(std::current_exception())));
+      }
+      batch.push_back(std::move(e));
+    });
+    if (!batch.empty()) {
+      try {
+        store_->append(batch);
+      } catch (...) {
+        std::throw_with_nested(store_error(
+            "evbus: cannot commit transaction " + detail::quote(tx.tx_id()) + " (" +
+            std::to_string(batch.size()) + (batch.size() == 1 ? " event" : " events") +
+            ") to the outbox store: " + detail::describe(std::current_exception()) +
+            "; nothing was stored and the transaction is still open"));
+      }
+    }
+    tx.rollback();  // the events now live in the store: finish without emitting them
+  }
+
+  /// The store commits go to.
+  outbox_store& store() const noexcept { return *store_; }
+
+  /// The payload codec.
+  const Codec& payload_codec() const noexcept { return codec_; }
+
+ private:
+  outbox_store* store_;
+  Codec codec_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_OUTBOX_HPP
+
+// 6. The keyed executor
 // ---- partitioner.hpp -------------------------------------------------
 // evbus/parts/partitioner.hpp: Kafka's default partitioner: murmur2 of the key, modulo the partitions.
 //

@@ -1,7 +1,9 @@
 // The durable outbox's producer side, with a store of the user's (an in-memory one here): a
 // transaction committed into a store stores each event as the bus would have emitted it, all
 // in one append, and emits nothing; a failing append leaves nothing stored and the transaction
-// open; payload codecs round-trip.
+// open; payload codecs round-trip. This file also proves that evbus.hpp builds without the file
+// journal (EVBUS_NO_FILE_JOURNAL, as on a platform without POSIX).
+#define EVBUS_NO_FILE_JOURNAL
 #include "evbus/evbus.hpp"
 
 #include "evbus_catch.hpp"
@@ -19,6 +21,11 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+// Without the journal, the rest of the outbox is all there; naming file_journal compiles, and
+// only using it would fail, with the static_assert of journal.hpp.
+static_assert(EVBUS_HAS_FILE_JOURNAL == 0, "EVBUS_NO_FILE_JOURNAL leaves the journal out");
+static_assert(std::is_same_v<evbus::file_journal, evbus::detail::file_journal_unavailable<void>>);
 
 namespace {
 

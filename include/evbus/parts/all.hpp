@@ -11,7 +11,8 @@
  *   2. time, emit tracking and ids
  *   3. the event
  *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
- *   5. the durable outbox: the store interface, payload codecs, the producer side
+ *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
+ *      built-in file journal
  *   6. the keyed executor (ordered, partitioned delivery on worker threads)
  *
  * @code
@@ -53,6 +54,12 @@
 #include "outbox_store.hpp"
 #include "codec.hpp"
 #include "outbox.hpp"
+#include "journal_format.hpp"
+#include "journal_io.hpp"
+#include "journal_index.hpp"
+#include "journal_recovery.hpp"
+#include "journal_options.hpp"
+#include "journal.hpp"
 
 // 6. The keyed executor
 #include "partitioner.hpp"

@@ -101,6 +101,7 @@ std::uint32_t crc32c_bitwise(const unsigned char* p, std::size_t n) {
 
 TEST_CASE("crc32c: the check value, the bitwise definition at every length and alignment, chaining") {
   CHECK(evbus::detail::crc32c("123456789", 9) == 0xE3069283U);
+  CHECK(evbus::detail::crc32c_portable("123456789", 9) == 0xE3069283U);
   CHECK(evbus::detail::crc32c("", 0) == 0U);
   std::mt19937 rng(7);
   std::vector<unsigned char> data(400);
@@ -108,9 +109,13 @@ TEST_CASE("crc32c: the check value, the bitwise definition at every length and a
   for (std::size_t offset = 0; offset < 8; ++offset) {
     for (std::size_t n = 0; n + offset <= 300; ++n) {
       const unsigned char* p = data.data() + offset;
-      REQUIRE(evbus::detail::crc32c(p, n) == crc32c_bitwise(p, n));
+      REQUIRE(evbus::detail::crc32c(p, n) == crc32c_bitwise(p, n));  // the instruction, if any
+      REQUIRE(evbus::detail::crc32c_portable(p, n) == crc32c_bitwise(p, n));
       const std::size_t half = n / 3;
       REQUIRE(evbus::detail::crc32c(p + half, n - half, evbus::detail::crc32c(p, half)) ==
+              crc32c_bitwise(p, n));
+      REQUIRE(evbus::detail::crc32c_portable(p + half, n - half,
+                                             evbus::detail::crc32c_portable(p, half)) ==
               crc32c_bitwise(p, n));
     }
   }

@@ -2559,7 +2559,6 @@ class basic_outbox {
 #define EVBUS_PARTS_JOURNAL_FORMAT_HPP
 
 
-#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -3309,6 +3308,7 @@ inline std::uint64_t count_records(const std::string& dir, const std::string& pa
 #define EVBUS_PARTS_JOURNAL_INDEX_HPP
 
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -3737,8 +3737,10 @@ class recoverer {
         why = reason_at(status, fr, f, path, reader.offset(), size);
       } else if (!jf::decode_batch(fr.body, fr.size, head, nullptr)) {
         why = "malformed batch record";
-      } else if (head.first < first || head.first < index_.next_sequence()) {
-        why = "batch sequence " + std::to_string(head.first) + " is not above the sequences before it";
+      } else if (head.first < first) {
+        why = "batch sequence " + std::to_string(head.first) + " is below the segment's first";
+      } else if (head.first < index_.next_sequence()) {
+        why = "batch sequence " + std::to_string(head.first) + " is not above the ones before it";
       } else {
         index_.add_batch(head.first, head.count, reader.offset());
         ++report_.records;
@@ -4007,6 +4009,8 @@ struct journal_compaction {
 //  - never: calls return after write(); the journal never syncs (the kernel writes back when it
 //    likes, sync() forces it). A process crash loses nothing that returned; a power failure may
 //    lose anything not yet written back, still as a suffix of whole batches.
+// Under every(N) and never, a power failure also loses recent marks: their events are pending
+// again and are delivered again (at least once, never lost).
 // Creating a segment or rewriting the state log goes through a temporary file and rename(2),
 // synced (file and directory) unless the policy is never, so a crash leaves the old file or the
 // new one, whole.
@@ -4023,17 +4027,15 @@ struct journal_compaction {
 
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <filesystem>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -4051,7 +4053,8 @@ inline namespace v1 {
  * Opening recovers the directory (creating it if needed): every whole, valid record is kept, a
  * torn or corrupt tail is cut and reported (recovery(), on_recovery, stderr). The directory is
  * locked while the journal is open: a second journal on it, in this process or another, throws
- * evbus::journal_locked. Every member function may be called from any thread.
+ * evbus::journal_locked (a child forked meanwhile shares the lock until it exits or execs).
+ * Every member function may be called from any thread.
  *
  * Beyond evbus::outbox_store's contract: with sync_policy::every_commit, read_pending returns
  * only events already synced, so an event a crash could still lose is never handed out. A sync

@@ -17,6 +17,8 @@
 //  - never: calls return after write(); the journal never syncs (the kernel writes back when it
 //    likes, sync() forces it). A process crash loses nothing that returned; a power failure may
 //    lose anything not yet written back, still as a suffix of whole batches.
+// Under every(N) and never, a power failure also loses recent marks: their events are pending
+// again and are delivered again (at least once, never lost).
 // Creating a segment or rewriting the state log goes through a temporary file and rename(2),
 // synced (file and directory) unless the policy is never, so a crash leaves the old file or the
 // new one, whole.
@@ -41,17 +43,15 @@
 #include "time.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <filesystem>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -69,7 +69,8 @@ inline namespace v1 {
  * Opening recovers the directory (creating it if needed): every whole, valid record is kept, a
  * torn or corrupt tail is cut and reported (recovery(), on_recovery, stderr). The directory is
  * locked while the journal is open: a second journal on it, in this process or another, throws
- * evbus::journal_locked. Every member function may be called from any thread.
+ * evbus::journal_locked (a child forked meanwhile shares the lock until it exits or execs).
+ * Every member function may be called from any thread.
  *
  * Beyond evbus::outbox_store's contract: with sync_policy::every_commit, read_pending returns
  * only events already synced, so an event a crash could still lose is never handed out. A sync

@@ -55,7 +55,6 @@
 #include "outbox_store.hpp"
 #include "time.hpp"
 
-#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>

@@ -10,6 +10,7 @@
 #include "journal_format.hpp"
 #include "journal_io.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>

@@ -207,8 +207,10 @@ class recoverer {
         why = reason_at(status, fr, f, path, reader.offset(), size);
       } else if (!jf::decode_batch(fr.body, fr.size, head, nullptr)) {
         why = "malformed batch record";
-      } else if (head.first < first || head.first < index_.next_sequence()) {
-        why = "batch sequence " + std::to_string(head.first) + " is not above the sequences before it";
+      } else if (head.first < first) {
+        why = "batch sequence " + std::to_string(head.first) + " is below the segment's first";
+      } else if (head.first < index_.next_sequence()) {
+        why = "batch sequence " + std::to_string(head.first) + " is not above the ones before it";
       } else {
         index_.add_batch(head.first, head.count, reader.offset());
         ++report_.records;

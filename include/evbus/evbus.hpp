@@ -3412,26 +3412,25 @@ class journal_index {
     next_ = mark.next;
   }
 
-  /// Pending -> delivered at `at`; false (nothing changes) if `seq` is not pending.
-  bool deliver(std::uint64_t seq, std::int64_t at) noexcept {
+  /// Pending -> delivered at `at`; anything else is left as it is.
+  void deliver(std::uint64_t seq, std::int64_t at) noexcept {
     entry* e = find(seq);
-    if (e == nullptr || e->st != state::pending) return false;
+    if (e == nullptr || e->st != state::pending) return;
     e->st = state::delivered;
     e->delivered_at = at;
     --pending;
     ++delivered;
-    return true;
   }
 
-  /// Pending or delivered -> purged (the segment's live count drops); false if neither.
-  bool purge(std::uint64_t seq) {
+  /// Delivered -> purged, and (replaying a state log, where events start pending) pending ->
+  /// purged; the segment's live count drops. Anything else is left as it is.
+  void purge(std::uint64_t seq) {
     entry* e = find(seq);
-    if (e == nullptr || (e->st != state::pending && e->st != state::delivered)) return false;
+    if (e == nullptr || (e->st != state::pending && e->st != state::delivered)) return;
     (e->st == state::pending ? pending : delivered) -= 1;
     e->st = state::purged;
     auto seg = segment_of(seq);
     if (seg != segments.end()) --seg->second.live;
-    return true;
   }
 
   /// Sequences of the events delivered before `before` (nanoseconds), ascending.

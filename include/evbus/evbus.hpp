@@ -16,7 +16,9 @@
  *   2. time, emit tracking and ids
  *   3. the event
  *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
- *   5. the keyed executor (ordered, partitioned delivery on worker threads)
+ *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
+ *      built-in file journal
+ *   6. the keyed executor (ordered, partitioned delivery on worker threads)
  *
  * @code
  *   evbus::bus bus;
@@ -2029,6 +2031,22 @@ class basic_transaction {
   /// True until commit or rollback.
   bool open() const noexcept { return bus_ != nullptr; }
 
+  /**
+   * @brief Calls `fn(topic, data, options)` for each buffered event, in order, without
+   * emitting or finishing anything: what evbus::basic_outbox stores instead of emitting. The
+   * options are those commit would emit with: id and tx id set, occurred_at only if given.
+   *
+   * @code
+   *   tx.for_each_pending([](std::string_view topic, const auto& data, const auto& options) {
+   *     std::cout << options.id << " " << topic << "\n";
+   *   });
+   * @endcode
+   */
+  template <class Fn>
+  void for_each_pending(Fn&& fn) const {
+    for (const auto& e : pending_) fn(std::string_view(e.slot->name->value), e.data, e.options);
+  }
+
  private:
   friend class basic_bus<Data>;
   struct entry {
@@ -2061,7 +2079,2401 @@ using transaction = basic_transaction<std::any>;
 
 #endif  // EVBUS_PARTS_TRANSACTION_HPP
 
-// 5. The keyed executor
+// 5. The durable outbox
+// ---- outbox_store.hpp -------------------------------------------------
+// evbus/parts/outbox_store.hpp: the durable outbox's store: what is stored, the interface a store
+// implements, and the errors of the outbox.
+//
+// A store is a table of events in append order. Producers append committed transactions to it
+// (evbus::basic_outbox); a relay reads what is pending, emits it and marks it delivered; delivered
+// events are purged after a retention time. Two implementations are meant: the user's own table,
+// written inside the user's database transaction, and evbus::file_journal.
+//
+// Why the calls look as they do:
+//  - append takes a whole transaction and assigns no visible result. A SQL store inserts the
+//    rows on the caller's connection, inside the caller's transaction, so the business change
+//    and its events commit together (an autoincrement column gives the sequence); the journal
+//    writes one checksummed record per batch, so a torn write loses the batch whole.
+//  - Sequences order events for everyone. read_pending pages by sequence ("after"), so a relay
+//    can resume from where it stopped instead of rereading every pending event.
+//  - mark_delivered names sequences, not a watermark "everything up to n". In a SQL table a
+//    sequence is taken at insert but seen at commit: a transaction that took 5 can commit after
+//    one that took 6 was read and delivered, and a watermark at 6 would mark 5 delivered unread.
+//    A list is exact in both stores (`UPDATE ... WHERE seq IN (...)`, one journal record of
+//    ranges) and covers each acknowledgement mode: one event, a batch, or all read so far.
+//    Marking is idempotent, so a relay may repeat a mark that failed.
+//  - Delivery and purge times are arguments, not read from a clock inside the store: the caller's
+//    clock decides (a manual one in tests), and both stores record exactly the same time.
+//  - Every call is a unit a caller can time and count failures of (store time and errors around
+//    append, send around the emit, cleanup around purge_delivered), and every failure is an
+//    exception that leaves the store as it was, so a relay can retry it for ever.
+#ifndef EVBUS_PARTS_OUTBOX_STORE_HPP
+#define EVBUS_PARTS_OUTBOX_STORE_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief One event as the outbox stores it: everything needed to emit it again exactly as the
+ * bus first made it. The payload is bytes, as the outbox's codec encoded them.
+ *
+ * @code
+ *   evbus::outbox_event e;
+ *   e.id = "01HX...";  e.tx_id = "01HW...";  e.topic = "order.created";  e.key = "customer-7";
+ *   e.occurred_at = std::chrono::system_clock::now();  e.payload = "{\"order\":42}";
+ *   store.append({e});
+ * @endcode
+ */
+struct outbox_event {
+  std::string id;            ///< the event id
+  std::string tx_id;         ///< the id of the transaction that committed it
+  std::string topic;         ///< the topic it is emitted on
+  std::string key;           ///< ordering key; may be empty
+  std::string source;        ///< free-form origin; may be empty
+  time_point occurred_at{};  ///< wall-clock time of the event
+  std::string payload;       ///< the payload's bytes (not necessarily text)
+
+  friend bool operator==(const outbox_event& a, const outbox_event& b) {
+    return a.id == b.id && a.tx_id == b.tx_id && a.topic == b.topic && a.key == b.key &&
+           a.source == b.source && a.occurred_at == b.occurred_at && a.payload == b.payload;
+  }
+  friend bool operator!=(const outbox_event& a, const outbox_event& b) { return !(a == b); }
+};
+
+/**
+ * @brief An event read back from a store, with the sequence the store gave it at append.
+ *
+ * Sequences are positive, strictly increase in append order, and are never given twice by one
+ * store, even after events are purged.
+ *
+ * @code
+ *   for (const evbus::stored_event& e : store.read_pending(0, 100)) {
+ *     std::cout << e.sequence << " " << e.topic << "\n";
+ *   }
+ * @endcode
+ */
+struct stored_event : outbox_event {
+  std::uint64_t sequence = 0;  ///< position in append order, given by the store
+};
+
+/**
+ * @brief The storage of a durable outbox: implement it over your own database, or use
+ * evbus::file_journal.
+ *
+ * The contract, for every implementation:
+ *  - append(batch) stores the events of one committed transaction, in order, all or nothing,
+ *    and gives each the next sequence. When it returns the events are durable (they survive a
+ *    crash of the process or the machine: for a database, once the caller's transaction
+ *    commits). When it throws, nothing of the batch is stored. An empty batch stores nothing.
+ *  - read_pending(after, max) returns up to `max` events not yet delivered whose sequence is
+ *    greater than `after`, in sequence order. Calling it with the last sequence returned pages
+ *    through the pending events; calling it with 0 starts again from the oldest.
+ *  - mark_delivered(sequences, when) records that these events were delivered at `when`;
+ *    read_pending returns them no more. Sequences that are unknown, purged or already delivered
+ *    are ignored (the call is idempotent). Durable when it returns.
+ *  - purge_delivered(before) removes the delivered events whose delivery time is earlier than
+ *    `before` and returns how many it removed. Pending events are never purged.
+ *  - Failures are exceptions, and a call that throws changes nothing.
+ *  - Producers may append from several threads while one relay reads, marks and purges:
+ *    calls may run concurrently.
+ *
+ * In a SQL database, with a table `outbox(seq BIGSERIAL PRIMARY KEY, id, tx_id, topic, key,
+ * source, occurred_at, payload BYTEA, delivered_at NULL)`:
+ *
+ * @code
+ *   class pg_store : public evbus::outbox_store {
+ *    public:
+ *     explicit pg_store(connection& producer_tx) : tx_(producer_tx) {}
+ *     void append(const std::vector<evbus::outbox_event>& batch) override {
+ *       for (const auto& e : batch) tx_.exec("INSERT INTO outbox (...) VALUES (...)", e);
+ *     }  // commits with the caller's transaction, as the business change does
+ *     std::vector<evbus::stored_event> read_pending(std::uint64_t after, std::size_t max) override {
+ *       return select("... WHERE delivered_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2");
+ *     }
+ *     void mark_delivered(const std::vector<std::uint64_t>& seqs, evbus::time_point when) override {
+ *       exec("UPDATE outbox SET delivered_at = $1 WHERE seq = ANY($2) AND delivered_at IS NULL");
+ *     }
+ *     std::size_t purge_delivered(evbus::time_point before) override {
+ *       return exec("DELETE FROM outbox WHERE delivered_at < $1");
+ *     }
+ *   };
+ * @endcode
+ *
+ * In such a table a smaller sequence can become visible after a larger one (sequences are
+ * taken at insert, rows appear at commit): a reader that pages with `after` must also start
+ * again from 0 from time to time, or it misses them until then.
+ */
+class outbox_store {
+ public:
+  virtual ~outbox_store() = default;
+
+  /// Stores one committed transaction's events, in order, all or nothing; durable on return.
+  virtual void append(const std::vector<outbox_event>& batch) = 0;
+
+  /// Up to `max` undelivered events with a sequence greater than `after`, in sequence order.
+  virtual std::vector<stored_event> read_pending(std::uint64_t after, std::size_t max) = 0;
+
+  /// Records these events as delivered at `when`; unknown or delivered ones are ignored.
+  virtual void mark_delivered(const std::vector<std::uint64_t>& sequences, time_point when) = 0;
+
+  /// Removes the events delivered before `before`; returns how many.
+  virtual std::size_t purge_delivered(time_point before) = 0;
+
+ protected:
+  outbox_store() = default;
+  outbox_store(const outbox_store&) = default;
+  outbox_store& operator=(const outbox_store&) = default;
+};
+
+/**
+ * @brief A store call failed. basic_outbox::commit throws it when the store's append throws,
+ * with the store's own exception nested (`std::rethrow_if_nested` gets it back).
+ *
+ * @code
+ *   try { outbox.commit(tx); }
+ *   catch (const evbus::store_error& e) { log(e.what()); tx.rollback(); }  // or retry
+ * @endcode
+ */
+class store_error : public error {
+ public:
+  using error::error;
+};
+
+/**
+ * @brief A payload could not be encoded for the store, or stored bytes could not be decoded
+ * (for the built-in codec of a trivially copyable type: the byte count is not its size).
+ *
+ * @code
+ *   try { evbus::codec<double>{}.decode("abc"); }
+ *   catch (const evbus::codec_error& e) { std::cerr << e.what(); }  // names 3 and 8 bytes
+ * @endcode
+ */
+class codec_error : public error {
+ public:
+  using error::error;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_OUTBOX_STORE_HPP
+// ---- codec.hpp -------------------------------------------------
+// evbus/parts/codec.hpp: payloads as bytes, for the durable outbox.
+//
+// A codec turns a payload into the bytes a store keeps and back. evbus::codec<T> is built in for
+// std::string (the bytes are the string) and for trivially copyable types without pointers (the
+// bytes are the object's representation); any other type, std::any first of all, needs the
+// user's codec, and instantiating evbus::codec<T> for it fails to compile with a message that
+// says how to give one.
+#ifndef EVBUS_PARTS_CODEC_HPP
+#define EVBUS_PARTS_CODEC_HPP
+
+
+#include <any>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <typeinfo>
+
+namespace evbus {
+inline namespace v1 {
+
+namespace detail {
+
+template <class T>
+struct is_string_view : std::false_type {};
+template <class C, class Tr>
+struct is_string_view<std::basic_string_view<C, Tr>> : std::true_type {};
+
+/// Types whose object representation is their value: trivially copyable, default-constructible
+/// (decode fills one in), and not a pointer, a member pointer or a string view, whose bytes
+/// mean nothing once the process that wrote them is gone.
+template <class T>
+inline constexpr bool stored_as_bytes_v =
+    std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T> &&
+    !std::is_pointer_v<T> && !std::is_member_pointer_v<T> && !std::is_null_pointer_v<T> &&
+    !is_string_view<T>::value;
+
+}  // namespace detail
+
+/**
+ * @brief The built-in payload codec: `std::string encode(const T&) const` gives the bytes a
+ * store keeps, `T decode(std::string_view) const` gives the payload back.
+ *
+ * Built in for `std::string` (the bytes are the string) and for trivially copyable,
+ * default-constructible types that are not pointers or string views (the bytes are the
+ * object's representation: read them back on the same architecture and ABI; a struct holding
+ * a pointer is not caught here and must not be stored this way). For any other type, and for
+ * `std::any` (evbus::bus), instantiating it fails with a static_assert whose message says what
+ * to do: pass your own codec, a type with the same two members, as basic_outbox's second
+ * template argument, or specialise `evbus::codec<T>` for your type.
+ *
+ * @code
+ *   struct reading { int sensor; double value; };      // trivially copyable: built in
+ *   std::string bytes = evbus::codec<reading>{}.encode({7, 21.5});
+ *   reading back = evbus::codec<reading>{}.decode(bytes);
+ *
+ *   struct any_codec {                                   // evbus::bus needs one of its own
+ *     std::string encode(const std::any& a) const { return std::any_cast<std::string>(a); }
+ *     std::any decode(std::string_view b) const { return std::string(b); }
+ *   };
+ *   evbus::basic_outbox<std::any, any_codec> outbox(store);
+ * @endcode
+ */
+template <class T, class = void>
+struct codec {
+  static_assert(!std::is_same_v<T, std::any>,
+                "evbus: std::any payloads (evbus::bus) have no built-in codec, so the outbox "
+                "cannot store them as bytes. Give it yours: evbus::basic_outbox<std::any, "
+                "my_codec> outbox(store), where my_codec has std::string encode(const std::any&) "
+                "const and std::any decode(std::string_view) const; or specialise "
+                "evbus::codec<std::any>.");
+  static_assert(std::is_same_v<T, std::any>,
+                "evbus: this payload type has no built-in codec (built in: std::string, and "
+                "trivially copyable, default-constructible types that are not pointers or "
+                "string views). Give the outbox yours: evbus::basic_outbox<T, my_codec>, where "
+                "my_codec has std::string encode(const T&) const and T decode(std::string_view) "
+                "const; or specialise evbus::codec<T>.");
+};
+
+/// std::string payloads are stored as they are.
+template <>
+struct codec<std::string> {
+  std::string encode(const std::string& value) const { return value; }
+  std::string decode(std::string_view bytes) const { return std::string(bytes); }
+};
+
+/// Trivially copyable payloads are stored as their object representation, sizeof(T) bytes.
+template <class T>
+struct codec<T, std::enable_if_t<detail::stored_as_bytes_v<T>>> {
+  std::string encode(const T& value) const {
+    std::string bytes(sizeof(T), '\0');
+    std::memcpy(&bytes[0], &value, sizeof(T));
+    return bytes;
+  }
+  /// Throws evbus::codec_error unless `bytes` holds exactly sizeof(T) bytes.
+  T decode(std::string_view bytes) const {
+    if (bytes.size() != sizeof(T)) {
+      throw codec_error("evbus: cannot decode " + std::to_string(bytes.size()) +
+                        " bytes as a " + typeid(T).name() + ": it is " +
+                        std::to_string(sizeof(T)) + " bytes");
+    }
+    T value;
+    std::memcpy(&value, bytes.data(), sizeof(T));
+    return value;
+  }
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CODEC_HPP
+// ---- outbox.hpp -------------------------------------------------
+// evbus/parts/outbox.hpp: the producer side of the durable outbox: a transaction committed into a
+// store instead of emitted.
+//
+// basic_outbox owns nothing but a reference to the store and a codec: commit turns a
+// transaction's buffered events into one batch of outbox_event (payloads encoded, ids, tx id,
+// key, source and time as the bus would have emitted them) and appends it. The transaction is
+// finished only once the append returned, so a failed commit leaves it open to retry.
+#ifndef EVBUS_PARTS_OUTBOX_HPP
+#define EVBUS_PARTS_OUTBOX_HPP
+
+
+#include <exception>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Commits bus transactions into an outbox store instead of emitting them.
+ *
+ * `commit(tx)` stores every event buffered in `tx`, in order, as one batch: the store's append
+ * is all or nothing and durable on return, so the events survive a crash and a relay emits them
+ * later, at least once. Each stored event carries the id and tx id the transaction gave it, its
+ * key and source, its time (the one given at emit, else the time of the commit, as an emit
+ * would stamp it) and its payload encoded by `Codec`.
+ *
+ * If encoding or the store's append throws, nothing is stored, the transaction stays open
+ * (commit it again, here or on the bus, or roll it back) and commit throws evbus::codec_error or
+ * evbus::store_error with the original exception nested. With a user's database store, call
+ * commit inside the database transaction that makes the business change: both then commit or
+ * roll back together.
+ *
+ * The outbox holds a reference to the store, which must outlive it. commit may be called from
+ * several threads at once if the store allows it (evbus::file_journal does).
+ *
+ * @tparam Data  the bus's payload type
+ * @tparam Codec `std::string encode(const Data&) const`; evbus::codec<Data> is built in for
+ *               std::string and trivially copyable types, and evbus::bus (std::any) needs yours.
+ *
+ * @code
+ *   evbus::basic_bus<std::string> bus;
+ *   bus.register_topics("order.created");
+ *   evbus::file_journal journal("/var/lib/shop/outbox");
+ *   evbus::basic_outbox<std::string> outbox(journal);
+ *
+ *   auto tx = bus.transaction();
+ *   evbus::emit_options options;
+ *   options.key = "customer-7";
+ *   tx.emit("order.created", R"({"order":42})", options);
+ *   outbox.commit(tx);  // durable now; a relay emits it on the bus later
+ * @endcode
+ */
+template <class Data, class Codec = codec<Data>>
+class basic_outbox {
+ public:
+  using data_type = Data;
+  using codec_type = Codec;
+
+  /// An outbox storing into `store` (kept by reference) with `payload_codec`.
+  explicit basic_outbox(outbox_store& store, Codec payload_codec = Codec{})
+      : store_(&store), codec_(std::move(payload_codec)) {}
+
+  /**
+   * @brief Appends every event of `tx` to the store as one batch, then finishes `tx`. A
+   * transaction without events finishes without touching the store.
+   *
+   * Throws evbus::transaction_closed if `tx` is already finished; evbus::codec_error if a
+   * payload cannot be encoded, and evbus::store_error if the store's append throws (each with
+   * the original exception nested, and `tx` still open with its events).
+   */
+  void commit(basic_transaction<Data>& tx) {
+    if (!tx.open()) {
+      throw transaction_closed("evbus: cannot commit transaction " + detail::quote(tx.tx_id()) +
+                               " to the outbox: it is already finished");
+    }
+    std::vector<outbox_event> batch;
+    batch.reserve(tx.size());
+    tx.for_each_pending([&](std::string_view topic, const Data& data, const emit_options& o) {
+      outbox_event e;
+      e.id = o.id;
+      e.tx_id = o.tx_id;
+      e.topic = std::string(topic);
+      e.key = o.key;
+      e.source = o.source;
+      e.occurred_at = o.occurred_at ? *o.occurred_at : detail::wall_now();
+      try {
+        e.payload = codec_.encode(data);
+      } catch (...) {
+        std::throw_with_nested(codec_error(
+            "evbus: cannot encode the payload of event " + detail::quote(o.id) + " on topic " +
+            detail::quote(topic) + " of transaction " + detail::quote(tx.tx_id()) + ": " +
+            detail::describe(std::current_exception())));
+      }
+      batch.push_back(std::move(e));
+    });
+    if (!batch.empty()) {
+      try {
+        store_->append(batch);
+      } catch (...) {
+        std::throw_with_nested(store_error(
+            "evbus: cannot commit transaction " + detail::quote(tx.tx_id()) + " (" +
+            std::to_string(batch.size()) + (batch.size() == 1 ? " event" : " events") +
+            ") to the outbox store: " + detail::describe(std::current_exception()) +
+            "; nothing was stored and the transaction is still open"));
+      }
+    }
+    tx.rollback();  // the events now live in the store: finish without emitting them
+  }
+
+  /// The store commits go to.
+  outbox_store& store() const noexcept { return *store_; }
+
+  /// The payload codec.
+  const Codec& payload_codec() const noexcept { return codec_; }
+
+ private:
+  outbox_store* store_;
+  Codec codec_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_OUTBOX_HPP
+// ---- journal_format.hpp -------------------------------------------------
+// evbus/parts/journal_format.hpp: the file journal's on-disk format: CRC-32C, file headers,
+// checksummed records, and the bodies of the three record types.
+//
+// Pure byte layout, no I/O: evbus::file_journal (journal.hpp) writes and reads these bytes.
+//
+// The directory
+//   lock                             flock(2)ed while a journal has the directory open
+//   segment-<first sequence>.evj     event segments, the sequence as 20 decimal digits, so that
+//                                    name order is sequence order; a segment holds batches
+//                                    with sequences >= the one in its name
+//   state.evj                        the state log: which events are delivered or purged
+//   *.tmp                            a file being created or rewritten; removed on open
+//   <file>.cut, <file>.cut.<n>       segments set aside by recovery, never read again
+//
+// A file (segment or state log) starts with a 16-byte header, then records, nothing else:
+//   0  8  magic: "EVBUSSEG" (segment) or "EVBUSSTA" (state log)
+//   8  4  format version, 1
+//   12 4  zero
+// Files are created as <name>.tmp, header written (and synced unless the policy is never),
+// then renamed, so a file with a torn header never carries its final name.
+//
+// A record: a 12-byte header, then its body. Integers are little-endian, whatever the machine.
+//   0  4  CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, initial and final XOR
+//         0xFFFFFFFF) of bytes 4 .. 12 + length: the length, the type, the zero bytes and the
+//         body. A record is valid only if it is whole and its checksum matches.
+//   4  4  length of the body in bytes
+//   8  1  type: 1 batch, 2 delivered, 3 purged
+//   9  3  zero
+//
+// Batch (type 1, in segments): one committed transaction, all or nothing.
+//   u64 first sequence (the events have first, first + 1, ...), u32 event count, then per event:
+//   i64 occurred_at in nanoseconds since the Unix epoch; u32 lengths of id, tx_id, topic, key,
+//   source and payload; then those six byte strings in that order.
+// Delivered (type 2, in the state log): i64 delivery time (nanoseconds since the Unix epoch),
+//   u32 range count, then per range u64 first and u64 last sequence (inclusive).
+// Purged (type 3, in the state log): u32 range count, then the ranges as above.
+//
+// Recovery on open (journal.hpp) reads the segments in name order, then the state log:
+//  - A record is kept only if it is whole, its checksum matches, its type is known, its body
+//    parses exactly, and (a batch) its first sequence is above every sequence before it.
+//  - The first record that fails ends the log: the file is truncated there, and (a segment)
+//    every later segment is renamed to <name>.cut. Nothing before it is touched. What was cut is
+//    reported: file, offset, bytes, records (whole or torn, counted by following the length
+//    fields as far as they lead) and the reason.
+//  - Segments replayed give every event as pending; the state log then marks events delivered
+//    (the first mark of an event wins) or purged (pending or delivered), ignoring sequences no
+//    segment holds.
+//  - The next sequence is at least the largest in a segment's name and above every sequence of
+//    a batch or named by the state log, so a sequence the state log still names is never given
+//    to a new event.
+#ifndef EVBUS_PARTS_JOURNAL_FORMAT_HPP
+#define EVBUS_PARTS_JOURNAL_FORMAT_HPP
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// CRC-32C lookup tables for slicing by 8: table[0] is the classic byte-at-a-time table;
+/// table[k][b] is the CRC of byte b followed by k zero bytes.
+struct crc32c_tables {
+  std::uint32_t t[8][256];
+};
+
+constexpr crc32c_tables make_crc32c_tables() {
+  crc32c_tables tables{};
+  for (std::uint32_t b = 0; b < 256; ++b) {
+    std::uint32_t c = b;
+    for (int bit = 0; bit < 8; ++bit) c = (c & 1U) != 0 ? (c >> 1) ^ 0x82F63B78U : c >> 1;
+    tables.t[0][b] = c;
+  }
+  for (std::uint32_t b = 0; b < 256; ++b) {
+    for (int k = 1; k < 8; ++k) {
+      const std::uint32_t prev = tables.t[k - 1][b];
+      tables.t[k][b] = (prev >> 8) ^ tables.t[0][prev & 0xFFU];
+    }
+  }
+  return tables;
+}
+
+inline constexpr crc32c_tables crc32c_table = make_crc32c_tables();
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define EVBUS_LITTLE_ENDIAN 1
+#else
+#define EVBUS_LITTLE_ENDIAN 0
+#endif
+
+// Little-endian integers at any address: one move on a little-endian machine, bytes elsewhere.
+inline std::uint32_t load_le32(const unsigned char* p) noexcept {
+#if EVBUS_LITTLE_ENDIAN
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#else
+  return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
+         std::uint32_t{p[3]} << 24;
+#endif
+}
+inline std::uint64_t load_le64(const unsigned char* p) noexcept {
+  return std::uint64_t{load_le32(p)} | std::uint64_t{load_le32(p + 4)} << 32;
+}
+inline void store_le32(unsigned char* p, std::uint32_t v) noexcept {
+#if EVBUS_LITTLE_ENDIAN
+  std::memcpy(p, &v, 4);
+#else
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+#endif
+}
+inline void store_le64(unsigned char* p, std::uint64_t v) noexcept {
+  store_le32(p, static_cast<std::uint32_t>(v));
+  store_le32(p + 4, static_cast<std::uint32_t>(v >> 32));
+}
+
+/// CRC-32C by the tables, on any machine: what crc32c computes, also where the processor has
+/// an instruction for it.
+inline std::uint32_t crc32c_portable(const void* data, std::size_t n,
+                                     std::uint32_t crc = 0) noexcept {
+  const auto& t = crc32c_table.t;
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    const std::uint32_t lo = crc ^ load_le32(p);
+    const std::uint32_t hi = load_le32(p + 4);
+    crc = t[7][lo & 0xFFU] ^ t[6][(lo >> 8) & 0xFFU] ^ t[5][(lo >> 16) & 0xFFU] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFU] ^ t[2][(hi >> 8) & 0xFFU] ^ t[1][(hi >> 16) & 0xFFU] ^ t[0][hi >> 24];
+  }
+  for (; n > 0; --n, ++p) crc = (crc >> 8) ^ t[0][(crc ^ *p) & 0xFFU];
+  return ~crc;
+}
+
+// x86-64 has had an instruction for CRC-32C since SSE4.2 (2008): about three times the speed of
+// the tables on a journal record, and a record is checksummed once per append. Compiled for
+// that instruction set alone, used only where the processor reports it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(EVBUS_CRC32C_PORTABLE_ONLY)
+#define EVBUS_CRC32C_SSE42 1
+__attribute__((target("sse4.2"))) inline std::uint32_t crc32c_sse42(
+    const unsigned char* p, std::size_t n, std::uint32_t crc) noexcept {
+  std::uint64_t c = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  auto c32 = static_cast<std::uint32_t>(c);
+  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return ~c32;
+}
+
+inline bool has_sse42() noexcept {
+  static const bool yes = __builtin_cpu_supports("sse4.2");
+  return yes;
+}
+#else
+#define EVBUS_CRC32C_SSE42 0
+#endif
+
+/**
+ * @brief CRC-32C (Castagnoli) of `n` bytes, continuing from `crc` (the CRC of what came
+ * before, 0 for none): crc32c(b, nb, crc32c(a, na)) is the CRC of a followed by b.
+ * Check value: crc32c("123456789", 9) == 0xE3069283. The processor's instruction where there
+ * is one (x86-64 with SSE4.2), else the tables; define EVBUS_CRC32C_PORTABLE_ONLY for the
+ * tables always.
+ */
+inline std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0) noexcept {
+#if EVBUS_CRC32C_SSE42
+  if (has_sse42()) return crc32c_sse42(static_cast<const unsigned char*>(data), n, crc);
+#endif
+  return crc32c_portable(data, n, crc);
+}
+
+namespace journal_format {
+
+inline constexpr char segment_magic[9] = "EVBUSSEG";
+inline constexpr char state_magic[9] = "EVBUSSTA";
+inline constexpr std::uint32_t version = 1;
+inline constexpr std::size_t file_header_size = 16;
+inline constexpr std::size_t record_header_size = 12;
+inline constexpr std::uint64_t max_body_size = 0xFFFFFFFFU;
+
+enum record_type : std::uint8_t { batch_record = 1, delivered_record = 2, purged_record = 3 };
+
+/// Fixed bytes of a batch body, and of each event in it before its strings.
+inline constexpr std::size_t batch_fixed_size = 12;
+inline constexpr std::size_t event_fixed_size = 8 + 6 * 4;
+
+/// An inclusive run of sequences.
+struct range {
+  std::uint64_t first;
+  std::uint64_t last;
+};
+
+/// The 16 bytes every journal file starts with.
+inline std::string file_header(const char (&magic)[9]) {
+  std::string h(file_header_size, '\0');
+  auto* p = reinterpret_cast<unsigned char*>(&h[0]);
+  std::memcpy(p, magic, 8);
+  store_le32(p + 8, version);
+  return h;
+}
+
+inline bool valid_file_header(const unsigned char* p, const char (&magic)[9]) noexcept {
+  return std::memcmp(p, magic, 8) == 0 && load_le32(p + 8) == version && load_le32(p + 12) == 0;
+}
+
+/// Writes the header of the record at `record` (its body of `body_size` bytes follows it).
+inline void seal(unsigned char* record, record_type type, std::uint32_t body_size) noexcept {
+  store_le32(record + 4, body_size);
+  record[8] = type;
+  record[9] = record[10] = record[11] = 0;
+  store_le32(record, crc32c(record + 4, record_header_size - 4 + body_size));
+}
+
+/// Size of the batch record of `batch`, header included. Throws evbus::invalid_argument,
+/// naming the event, if a field or the whole body exceeds the format's 32-bit sizes.
+inline std::size_t batch_record_size(const std::vector<outbox_event>& batch) {
+  std::uint64_t body = batch_fixed_size;
+  for (const auto& e : batch) {
+    for (const std::string* s : {&e.id, &e.tx_id, &e.topic, &e.key, &e.source, &e.payload}) {
+      if (s->size() > max_body_size) {
+        throw invalid_argument("evbus: event " + quote(e.id) + " has a field of " +
+                               std::to_string(s->size()) +
+                               " bytes; the journal stores at most 4294967295");
+      }
+      body += s->size();
+    }
+    body += event_fixed_size;
+  }
+  if (body > max_body_size || batch.size() > max_body_size) {
+    throw invalid_argument("evbus: a batch of " + std::to_string(batch.size()) + " events takes " +
+                           std::to_string(body) +
+                           " bytes; the journal stores at most 4294967295 per transaction");
+  }
+  return record_header_size + static_cast<std::size_t>(body);
+}
+
+/// Makes `out` the batch record of `batch` with sequences from `first`; `size` is
+/// batch_record_size(batch).
+inline void encode_batch(std::string& out, std::uint64_t first, const std::vector<outbox_event>& batch,
+                         std::size_t size) {
+  out.resize(size);
+  auto* rec = reinterpret_cast<unsigned char*>(&out[0]);
+  unsigned char* p = rec + record_header_size;
+  store_le64(p, first);
+  store_le32(p + 8, static_cast<std::uint32_t>(batch.size()));
+  p += batch_fixed_size;
+  for (const auto& e : batch) {
+    store_le64(p, static_cast<std::uint64_t>(e.occurred_at.time_since_epoch().count()));
+    p += 8;
+    const std::string* fields[] = {&e.id, &e.tx_id, &e.topic, &e.key, &e.source, &e.payload};
+    for (const std::string* s : fields) {
+      store_le32(p, static_cast<std::uint32_t>(s->size()));
+      p += 4;
+    }
+    for (const std::string* s : fields) {
+      if (!s->empty()) std::memcpy(p, s->data(), s->size());
+      p += s->size();
+    }
+  }
+  seal(rec, batch_record, static_cast<std::uint32_t>(size - record_header_size));
+}
+
+/// Makes `out` a delivered record (`at` set) or a purged record (`at` null) of `ranges`.
+inline void encode_ranges(std::string& out, const time_point* at, const std::vector<range>& ranges) {
+  const std::size_t body = (at != nullptr ? 8 : 0) + 4 + 16 * ranges.size();
+  out.resize(record_header_size + body);
+  auto* rec = reinterpret_cast<unsigned char*>(&out[0]);
+  unsigned char* p = rec + record_header_size;
+  if (at != nullptr) {
+    store_le64(p, static_cast<std::uint64_t>(at->time_since_epoch().count()));
+    p += 8;
+  }
+  store_le32(p, static_cast<std::uint32_t>(ranges.size()));
+  p += 4;
+  for (const auto& r : ranges) {
+    store_le64(p, r.first);
+    store_le64(p + 8, r.last);
+    p += 16;
+  }
+  seal(rec, at != nullptr ? delivered_record : purged_record, static_cast<std::uint32_t>(body));
+}
+
+/// Runs of consecutive values in `sorted` (ascending, no duplicates).
+inline std::vector<range> to_ranges(const std::vector<std::uint64_t>& sorted) {
+  std::vector<range> out;
+  for (std::uint64_t s : sorted) {
+    if (!out.empty() && out.back().last + 1 == s) {
+      out.back().last = s;
+    } else {
+      out.push_back({s, s});
+    }
+  }
+  return out;
+}
+
+/// What check_frame found at a record's start.
+enum class frame_status { ok, torn, bad_checksum, bad_type };
+
+/// A record found valid by check_frame.
+struct frame {
+  record_type type = batch_record;
+  const unsigned char* body = nullptr;
+  std::uint32_t size = 0;  ///< of the body
+};
+
+/// Checks the record starting at `p`, given the `available` bytes of the file from there.
+inline frame_status check_frame(const unsigned char* p, std::uint64_t available, frame& out) {
+  if (available < record_header_size) return frame_status::torn;
+  const std::uint32_t size = load_le32(p + 4);
+  if (available - record_header_size < size) return frame_status::torn;
+  if (crc32c(p + 4, record_header_size - 4 + size) != load_le32(p)) {
+    return frame_status::bad_checksum;
+  }
+  if (p[8] < batch_record || p[8] > purged_record || p[9] != 0 || p[10] != 0 || p[11] != 0) {
+    return frame_status::bad_type;
+  }
+  out.type = static_cast<record_type>(p[8]);
+  out.body = p + record_header_size;
+  out.size = size;
+  return frame_status::ok;
+}
+
+/// The head of a batch body.
+struct batch_head {
+  std::uint64_t first = 0;
+  std::uint32_t count = 0;
+};
+
+/// Parses a batch body: false unless it is well formed and fills exactly `size` bytes. With
+/// `events`, appends its events (sequences from the head's first).
+inline bool decode_batch(const unsigned char* body, std::size_t size, batch_head& head,
+                         std::vector<stored_event>* events) {
+  if (size < batch_fixed_size) return false;
+  head.first = load_le64(body);
+  head.count = load_le32(body + 8);
+  if (head.count == 0 || head.first == 0 || head.first + head.count < head.first) return false;
+  std::size_t at = batch_fixed_size;
+  for (std::uint32_t i = 0; i < head.count; ++i) {
+    if (size - at < event_fixed_size) return false;
+    const unsigned char* p = body + at;
+    std::uint64_t lengths[6];
+    std::uint64_t total = 0;
+    for (int f = 0; f < 6; ++f) total += lengths[f] = load_le32(p + 8 + 4 * f);
+    at += event_fixed_size;
+    if (size - at < total) return false;
+    if (events != nullptr) {
+      stored_event e;
+      e.sequence = head.first + i;
+      e.occurred_at = time_point(std::chrono::nanoseconds(static_cast<std::int64_t>(load_le64(p))));
+      std::string* fields[] = {&e.id, &e.tx_id, &e.topic, &e.key, &e.source, &e.payload};
+      for (int f = 0; f < 6; ++f) {
+        fields[f]->assign(reinterpret_cast<const char*>(body + at), lengths[f]);
+        at += lengths[f];
+      }
+      events->push_back(std::move(e));
+    } else {
+      at += total;
+    }
+  }
+  return at == size;
+}
+
+/// Parses a delivered body (`at` set) or a purged body (`at` null) into `ranges`: false unless
+/// well formed, exactly `size` bytes, and every range has first <= last.
+inline bool decode_ranges(const unsigned char* body, std::size_t size, time_point* at,
+                          std::vector<range>& ranges) {
+  const std::size_t fixed = (at != nullptr ? 8 : 0) + 4;
+  if (size < fixed) return false;
+  if (at != nullptr) {
+    *at = time_point(std::chrono::nanoseconds(static_cast<std::int64_t>(load_le64(body))));
+  }
+  const std::uint32_t count = load_le32(body + fixed - 4);
+  if ((size - fixed) / 16 != count || (size - fixed) % 16 != 0) return false;
+  ranges.clear();
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const unsigned char* p = body + fixed + 16 * std::size_t{i};
+    const range r{load_le64(p), load_le64(p + 8)};
+    if (r.first == 0 || r.first > r.last) return false;
+    ranges.push_back(r);
+  }
+  return true;
+}
+
+}  // namespace journal_format
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_FORMAT_HPP
+// ---- journal_io.hpp -------------------------------------------------
+// evbus/parts/journal_io.hpp: the file journal's errors and the POSIX file calls it needs.
+//
+// The standard library cannot sync a file or a directory, lock a file against other processes,
+// or read and write at an offset; these wrappers do, with POSIX, and turn every failure into an
+// evbus::journal_error naming the file and the system's reason. On a platform without POSIX,
+// or with EVBUS_NO_FILE_JOURNAL defined, none of this is compiled: EVBUS_HAS_FILE_JOURNAL is 0
+// and evbus::file_journal says so when used (journal.hpp); the rest of evbus is unaffected.
+#ifndef EVBUS_PARTS_JOURNAL_IO_HPP
+#define EVBUS_PARTS_JOURNAL_IO_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if !defined(EVBUS_NO_FILE_JOURNAL) && (defined(__unix__) || defined(__APPLE__))
+#define EVBUS_HAS_FILE_JOURNAL 1
+#else
+#define EVBUS_HAS_FILE_JOURNAL 0
+#endif
+
+#if EVBUS_HAS_FILE_JOURNAL
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <system_error>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#endif
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief The file journal could not do what was asked: a file could not be opened, written,
+ * read or synced, or a record read back no longer matches its checksum. The message names the
+ * journal's directory, the file and the reason.
+ *
+ * @code
+ *   try { journal.append(batch); }
+ *   catch (const evbus::journal_error& e) { std::cerr << e.what() << " in " << e.directory(); }
+ * @endcode
+ */
+class journal_error : public error {
+ public:
+  journal_error(std::string directory, const std::string& what)
+      : error(what), directory_(std::move(directory)) {}
+  /// The journal's directory.
+  const std::string& directory() const noexcept { return directory_; }
+
+ private:
+  std::string directory_;
+};
+
+/**
+ * @brief Opening a file journal whose directory another journal holds, in this process or
+ * another: only one may write a journal at a time.
+ *
+ * @code
+ *   try { evbus::file_journal journal(dir); }
+ *   catch (const evbus::journal_locked& e) { std::cerr << e.what(); }  // names dir
+ * @endcode
+ */
+class journal_locked : public journal_error {
+ public:
+  using journal_error::journal_error;
+};
+
+#if EVBUS_HAS_FILE_JOURNAL
+namespace detail {
+namespace journal_io {
+
+/// Fault points for crash tests: when set, called with a step's name at each point where a
+/// crash leaves a distinct state on disk (a test kills its process there). Null otherwise.
+inline void (*fault_hook)(const char* step) = nullptr;
+
+inline void fault_point(const char* step) {
+  if (fault_hook != nullptr) fault_hook(step);
+}
+
+/// A file descriptor, closed on destruction.
+class file {
+ public:
+  file() noexcept = default;
+  explicit file(int fd) noexcept : fd_(fd) {}
+  file(file&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  file& operator=(file&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  file(const file&) = delete;
+  file& operator=(const file&) = delete;
+  ~file() { reset(); }
+
+  int fd() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  void reset() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Throws journal_error: "evbus: journal '<dir>': cannot <what> '<path>': <reason of errno>".
+[[noreturn]] inline void fail(const std::string& dir, const std::string& what,
+                              const std::string& path, int err) {
+  throw journal_error(dir, "evbus: journal " + quote(dir, 200) + ": cannot " + what + " " +
+                               quote(path, 200) + ": " +
+                               std::error_code(err, std::generic_category()).message());
+}
+
+inline file open_file(const std::string& dir, const std::string& path, int flags) {
+  for (;;) {
+    const int fd = ::open(path.c_str(), flags | O_CLOEXEC, 0644);
+    if (fd >= 0) return file(fd);
+    if (errno != EINTR) fail(dir, "open", path, errno);
+  }
+}
+
+/// Writes all of `n` bytes at `offset`. On failure some of them may have been written.
+inline void write_at(const std::string& dir, const std::string& path, const file& f,
+                     const void* data, std::size_t n, std::uint64_t offset) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t r = ::pwrite(f.fd(), p, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fail(dir, "write to", path, errno);
+    }
+    if (r == 0) fail(dir, "write to", path, EIO);
+    p += r;
+    n -= static_cast<std::size_t>(r);
+    offset += static_cast<std::uint64_t>(r);
+  }
+}
+
+/// Reads up to `n` bytes at `offset`; fewer only at the end of the file.
+inline std::size_t read_at(const std::string& dir, const std::string& path, const file& f,
+                           void* data, std::size_t n, std::uint64_t offset) {
+  char* p = static_cast<char*>(data);
+  std::size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(f.fd(), p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fail(dir, "read", path, errno);
+    }
+    if (r == 0) break;
+    done += static_cast<std::size_t>(r);
+  }
+  return done;
+}
+
+inline std::uint64_t size_of(const std::string& dir, const std::string& path, const file& f) {
+  struct stat st {};
+  if (::fstat(f.fd(), &st) != 0) fail(dir, "stat", path, errno);
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+inline void truncate_to(const std::string& dir, const std::string& path, const file& f,
+                        std::uint64_t size) {
+  while (::ftruncate(f.fd(), static_cast<off_t>(size)) != 0) {
+    if (errno != EINTR) fail(dir, "truncate", path, errno);
+  }
+}
+
+/// Makes the file's data durable (and the metadata needed to read it, such as its size):
+/// fdatasync, or on Apple F_FULLFSYNC, since fsync there does not flush the drive's cache.
+inline void sync_file(const std::string& dir, const std::string& path, const file& f) {
+#if defined(__APPLE__)
+  if (::fcntl(f.fd(), F_FULLFSYNC) == 0) return;
+  if (::fsync(f.fd()) != 0) fail(dir, "sync", path, errno);
+#elif defined(_POSIX_SYNCHRONIZED_IO) && _POSIX_SYNCHRONIZED_IO > 0
+  if (::fdatasync(f.fd()) != 0) fail(dir, "sync", path, errno);
+#else
+  if (::fsync(f.fd()) != 0) fail(dir, "sync", path, errno);
+#endif
+}
+
+/// Makes the directory's entries (files created, renamed, removed) durable.
+inline void sync_directory(const std::string& dir) {
+  const file d = open_file(dir, dir, O_RDONLY | O_DIRECTORY);
+  if (::fsync(d.fd()) != 0) fail(dir, "sync the directory", dir, errno);
+}
+
+/// Takes the lock file's exclusive lock: false if another open file description holds it.
+/// flock(2) locks belong to the open file description, so a second journal in the same
+/// process is refused as one in another process is.
+inline bool lock_exclusive(const std::string& dir, const std::string& path, const file& f) {
+  for (;;) {
+    if (::flock(f.fd(), LOCK_EX | LOCK_NB) == 0) return true;
+    if (errno == EWOULDBLOCK) return false;
+    if (errno != EINTR) fail(dir, "lock", path, errno);
+  }
+}
+
+/**
+ * Creates the journal's directory if asked to (else it must exist) and takes its lock file's
+ * lock; throws journal_locked if another journal holds it. Returns the lock file: closing it
+ * releases the lock.
+ */
+inline file lock_directory(const std::string& dir, bool create) {
+  std::error_code ec;
+  if (create) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec) fail(dir, "create the directory", dir, ec.value());
+  } else if (!std::filesystem::is_directory(dir, ec)) {
+    fail(dir, "open the directory", dir, ec ? ec.value() : ENOENT);
+  }
+  const std::string path = (std::filesystem::path(dir) / "lock").string();
+  file lock = open_file(dir, path, O_RDWR | O_CREAT);
+  if (!lock_exclusive(dir, path, lock)) {
+    throw journal_locked(dir, "evbus: journal " + quote(dir, 200) +
+                                  " is in use: another file_journal, in this process or "
+                                  "another, holds its lock " + quote(path, 200));
+  }
+  return lock;
+}
+
+/**
+ * Reads the batch record at `offset` of a segment of `size` bytes and decodes its events into
+ * `out`; throws journal_error if it does not read back whole and valid.
+ */
+inline void read_batch(const std::string& dir, const std::string& path, const file& f,
+                       std::uint64_t size, std::uint64_t offset, std::vector<stored_event>& out) {
+  namespace jf = journal_format;
+  constexpr std::size_t first_read = 4096;  // most records: one read
+  const std::uint64_t available = size - offset;
+  std::string bytes(static_cast<std::size_t>(std::min<std::uint64_t>(available, first_read)), '\0');
+  read_at(dir, path, f, &bytes[0], bytes.size(), offset);
+  if (bytes.size() >= jf::record_header_size) {
+    const std::uint64_t whole =
+        jf::record_header_size + load_le32(reinterpret_cast<const unsigned char*>(bytes.data()) + 4);
+    if (whole > bytes.size() && whole <= available) {
+      bytes.resize(static_cast<std::size_t>(whole));
+      read_at(dir, path, f, &bytes[first_read], bytes.size() - first_read, offset + first_read);
+    }
+  }
+  jf::frame fr;
+  jf::batch_head head;
+  out.clear();
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (jf::check_frame(p, bytes.size(), fr) != jf::frame_status::ok ||
+      fr.type != jf::batch_record || !jf::decode_batch(fr.body, fr.size, head, &out)) {
+    out.clear();
+    throw journal_error(dir, "evbus: journal " + quote(dir, 200) + ": the record at offset " +
+                                 std::to_string(offset) + " of " + quote(path, 200) +
+                                 " no longer reads back whole (checksum or layout)");
+  }
+}
+
+/// Renames `from` to `to`, replacing `to` atomically if it exists.
+inline void rename_file(const std::string& dir, const std::string& from, const std::string& to) {
+  if (std::rename(from.c_str(), to.c_str()) != 0) fail(dir, "rename " + quote(from, 200) + " to", to, errno);
+}
+
+/**
+ * Creates `path` holding `contents`, whole or not at all: written to `path`.tmp, synced, renamed
+ * to `path`, and the directory synced (the syncs only if `durable`; each one counted in
+ * `syncs`). Fault points "<step>.written" and "<step>.renamed" follow the write and the rename.
+ * Returns the file, open for reading and writing.
+ */
+inline file create_whole(const std::string& dir, const std::string& path,
+                         const std::string& contents, bool durable, const char* step,
+                         std::uint64_t& syncs) {
+  const std::string tmp = path + ".tmp";
+  try {
+    file f = open_file(dir, tmp, O_RDWR | O_CREAT | O_TRUNC);
+    write_at(dir, tmp, f, contents.data(), contents.size(), 0);
+    if (durable) {
+      sync_file(dir, tmp, f);
+      ++syncs;
+    }
+    fault_point((std::string(step) + ".written").c_str());
+    rename_file(dir, tmp, path);
+    fault_point((std::string(step) + ".renamed").c_str());
+    if (durable) {
+      sync_directory(dir);
+      ++syncs;
+    }
+    return f;
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
+  }
+}
+
+/**
+ * Reads a journal file's records in order through a window of the file kept in memory (refilled
+ * as records need, so a segment is read with few calls and never all at once).
+ */
+class record_reader {
+ public:
+  record_reader(const std::string& dir, const std::string& path, const file& f, std::uint64_t size)
+      : dir_(dir), path_(path), file_(f), size_(size) {}
+
+  /// True if the file starts with a whole version-1 header with `magic`; then the records
+  /// start after it.
+  bool header_ok(const char (&magic)[9]) {
+    const std::size_t n = journal_format::file_header_size;
+    if (size_ < n || !fill(0, n)) return false;
+    at_ = n;
+    return journal_format::valid_file_header(window(0), magic);
+  }
+
+  /// Checks the record at offset(): false at the end of the file, else `status` says what is
+  /// there and, when ok, `out` is the record (valid until the next call).
+  bool next(journal_format::frame& out, journal_format::frame_status& status) {
+    using journal_format::record_header_size;
+    if (at_ >= size_) return false;
+    const std::uint64_t available = size_ - at_;
+    std::uint64_t need = std::min<std::uint64_t>(available, record_header_size);
+    if (available >= record_header_size) {
+      fill(at_, record_header_size);
+      need = std::min<std::uint64_t>(available, record_header_size +
+                                                    std::uint64_t{load_le32(
+                                                        window(at_) + 4)});
+    }
+    fill(at_, need);
+    status = journal_format::check_frame(window(at_), need, out);
+    current_ = status == journal_format::frame_status::ok ? record_header_size + out.size : 0;
+    return true;
+  }
+
+  /// Moves past the record next() found ok.
+  void advance() noexcept { at_ += current_; }
+
+  /// Where the next record starts (or the failing one is).
+  std::uint64_t offset() const noexcept { return at_; }
+
+ private:
+  /// Makes the window hold file bytes [from, from + n): false if the file is shorter.
+  bool fill(std::uint64_t from, std::uint64_t n) {
+    if (from >= start_ && from + n <= start_ + buffer_.size()) return true;
+    constexpr std::uint64_t chunk = std::uint64_t{1} << 20;
+    const std::uint64_t want = std::min(size_ - from, std::max(n, chunk));
+    buffer_.resize(static_cast<std::size_t>(want));
+    start_ = from;
+    const std::size_t got = read_at(dir_, path_, file_, &buffer_[0], buffer_.size(), from);
+    buffer_.resize(got);
+    return got >= n;
+  }
+  const unsigned char* window(std::uint64_t at) const noexcept {
+    return reinterpret_cast<const unsigned char*>(buffer_.data()) + (at - start_);
+  }
+
+  const std::string& dir_;
+  const std::string& path_;
+  const file& file_;
+  std::uint64_t size_;
+  std::uint64_t at_ = 0;
+  std::uint64_t current_ = 0;
+  std::uint64_t start_ = 0;
+  std::string buffer_;
+};
+
+/// Records in `size` - `from` bytes of a file, counted by following their length fields from
+/// `from` until one leads past the end (a torn one counts too).
+inline std::uint64_t count_records(const std::string& dir, const std::string& path, const file& f,
+                                   std::uint64_t from, std::uint64_t size) {
+  std::uint64_t n = 0;
+  while (from < size) {
+    ++n;
+    unsigned char head[journal_format::record_header_size];
+    if (size - from < sizeof head || read_at(dir, path, f, head, sizeof head, from) < sizeof head) {
+      break;
+    }
+    const std::uint64_t length = sizeof head + std::uint64_t{load_le32(head + 4)};
+    if (length > size - from) break;
+    from += length;
+  }
+  return n;
+}
+
+}  // namespace journal_io
+}  // namespace detail
+#endif  // EVBUS_HAS_FILE_JOURNAL
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_IO_HPP
+// ---- journal_index.hpp -------------------------------------------------
+// evbus/parts/journal_index.hpp: what a file journal knows of its events, in memory.
+//
+// For each sequence from the oldest kept to the newest: where its batch record is and whether
+// the event is pending, delivered (and when) or purged; for each segment file: its size and how
+// many of its events are not purged, which tells compaction when it may be removed. Payloads
+// stay on disk. No I/O and no lock here: file_journal does both around every call.
+#ifndef EVBUS_PARTS_JOURNAL_INDEX_HPP
+#define EVBUS_PARTS_JOURNAL_INDEX_HPP
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if EVBUS_HAS_FILE_JOURNAL
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// One segment file of a journal.
+struct journal_segment {
+  std::string path;
+  /// Shared: a sync running outside the journal's lock may still hold it after compaction.
+  std::shared_ptr<journal_io::file> file;
+  std::uint64_t size = 0;    ///< bytes written, header included (the file's size)
+  std::uint64_t live = 0;    ///< events in it that are not purged
+  std::uint64_t ticket = 0;  ///< the last record written to it, in the journal's write count
+};
+
+/// The journal's events by sequence, and its segments.
+class journal_index {
+ public:
+  enum class state : std::uint8_t { absent, pending, delivered, purged };
+
+  /// One sequence. `absent`: no event (a gap, or its segment was removed).
+  struct entry {
+    std::uint64_t offset = 0;        ///< of its batch record in its segment
+    std::int64_t delivered_at = 0;   ///< nanoseconds since the Unix epoch, once delivered
+    std::uint32_t index = 0;         ///< within the batch
+    state st = state::absent;
+  };
+
+  /// What add_batch changed, for undo_batch.
+  struct undo_mark {
+    std::size_t size;
+    std::uint64_t first;
+    std::uint64_t next;
+    std::uint32_t count;
+  };
+
+  /// Segments by first sequence; the last one takes appends. Never empty once open.
+  std::map<std::uint64_t, journal_segment> segments;
+  std::uint64_t pending = 0;    ///< events pending
+  std::uint64_t delivered = 0;  ///< events delivered, not purged
+
+  /// The state log; shared for the same reason as a segment's file.
+  std::string state_path;
+  std::shared_ptr<journal_io::file> state_file;
+  std::uint64_t state_size = 0;    ///< bytes written, header included
+  std::uint64_t state_ticket = 0;  ///< the last record written to it
+
+  /// The oldest sequence indexed.
+  std::uint64_t first() const noexcept { return first_; }
+
+  /// The sequence the next batch gets.
+  std::uint64_t next_sequence() const noexcept { return next_; }
+
+  /// Raises the next sequence to at least `floor` (never lowers it).
+  void raise_next(std::uint64_t floor) noexcept {
+    if (floor > next_) next_ = floor;
+    if (entries_.empty()) first_ = next_;
+  }
+
+  /// One past the last sequence indexed.
+  std::uint64_t end() const noexcept { return first_ + entries_.size(); }
+
+  entry* find(std::uint64_t seq) noexcept {
+    return seq >= first_ && seq < end() ? &entries_[seq - first_] : nullptr;
+  }
+
+  /// The segment holding `seq` (the one with the largest first sequence not above it).
+  std::map<std::uint64_t, journal_segment>::iterator segment_of(std::uint64_t seq) {
+    auto it = segments.upper_bound(seq);
+    return it == segments.begin() ? segments.end() : std::prev(it);
+  }
+
+  /// Indexes a batch of `count` pending events with sequences from `first` (not below
+  /// next_sequence()) whose record is at `offset` of its segment.
+  undo_mark add_batch(std::uint64_t first, std::uint32_t count, std::uint64_t offset) {
+    const undo_mark mark{entries_.size(), first_, next_, count};
+    if (entries_.empty()) first_ = first;
+    while (end() < first) entries_.emplace_back();
+    for (std::uint32_t i = 0; i < count; ++i) {
+      entries_.push_back(entry{offset, 0, i, state::pending});
+    }
+    pending += count;
+    next_ = first + count;
+    return mark;
+  }
+
+  /// Forgets what add_batch(...) returning `mark` indexed.
+  void undo_batch(const undo_mark& mark) {
+    pending -= mark.count;
+    entries_.resize(mark.size);
+    first_ = mark.first;
+    next_ = mark.next;
+  }
+
+  /// Pending -> delivered at `at`; anything else is left as it is.
+  void deliver(std::uint64_t seq, std::int64_t at) noexcept {
+    entry* e = find(seq);
+    if (e == nullptr || e->st != state::pending) return;
+    e->st = state::delivered;
+    e->delivered_at = at;
+    --pending;
+    ++delivered;
+  }
+
+  /// Delivered -> purged, and (replaying a state log, where events start pending) pending ->
+  /// purged; the segment's live count drops. Anything else is left as it is.
+  void purge(std::uint64_t seq) {
+    entry* e = find(seq);
+    if (e == nullptr || (e->st != state::pending && e->st != state::delivered)) return;
+    (e->st == state::pending ? pending : delivered) -= 1;
+    e->st = state::purged;
+    auto seg = segment_of(seq);
+    if (seg != segments.end()) --seg->second.live;
+  }
+
+  /// Sequences of the events delivered before `before` (nanoseconds), ascending.
+  std::vector<std::uint64_t> delivered_before(std::int64_t before) const {
+    std::vector<std::uint64_t> out;
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const entry& e = entries_[i];
+      if (e.st == state::delivered && e.delivered_at < before) out.push_back(first_ + i);
+    }
+    return out;
+  }
+
+  /// Up to `max` pending sequences in [from, to), ascending. Starts no lower than the first
+  /// pending sequence, which it remembers: events become pending only at the end.
+  std::vector<std::uint64_t> pending_between(std::uint64_t from, std::uint64_t to,
+                                             std::size_t max) {
+    if (scan_from_ < first_) scan_from_ = first_;
+    while (scan_from_ < end() && entries_[scan_from_ - first_].st != state::pending) ++scan_from_;
+    std::vector<std::uint64_t> out;
+    if (to > end()) to = end();
+    for (std::uint64_t s = from > scan_from_ ? from : scan_from_; s < to && out.size() < max; ++s) {
+      if (entries_[s - first_].st == state::pending) out.push_back(s);
+    }
+    return out;
+  }
+
+  /// Sets every segment's live count from the entries (after recovery, whose replay of purged
+  /// records runs before the counts exist).
+  void recount_live() {
+    for (auto& s : segments) s.second.live = 0;
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const state st = entries_[i].st;
+      if (st != state::pending && st != state::delivered) continue;
+      auto seg = segment_of(first_ + i);
+      if (seg != segments.end()) ++seg->second.live;
+    }
+  }
+
+  /// Removes a segment that is not the last from the index: its sequences become absent.
+  void drop_segment(std::map<std::uint64_t, journal_segment>::iterator seg) {
+    const std::uint64_t until = std::next(seg)->first;
+    for (std::uint64_t s = seg->first; s < until; ++s) {
+      if (entry* e = find(s)) e->st = state::absent;
+    }
+    segments.erase(seg);
+    while (!entries_.empty() && entries_.front().st == state::absent) {
+      entries_.pop_front();
+      ++first_;
+    }
+    if (entries_.empty()) first_ = next_;
+  }
+
+  /// A whole state log that says what the index says: delivered records for the delivered
+  /// events (one per delivery time), then purged records for the purged ones still on disk.
+  std::string state_snapshot() const {
+    namespace jf = journal_format;
+    std::map<std::int64_t, std::vector<std::uint64_t>> by_time;
+    std::vector<std::uint64_t> purged;
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const entry& e = entries_[i];
+      if (e.st == state::delivered) by_time[e.delivered_at].push_back(first_ + i);
+      if (e.st == state::purged) purged.push_back(first_ + i);
+    }
+    std::string out = jf::file_header(jf::state_magic);
+    std::string record;
+    const auto emit = [&](const time_point* at, const std::vector<std::uint64_t>& seqs) {
+      const std::vector<jf::range> ranges = jf::to_ranges(seqs);
+      constexpr std::size_t per_record = 1 << 16;
+      for (std::size_t from = 0; from < ranges.size(); from += per_record) {
+        const std::size_t n = ranges.size() - from < per_record ? ranges.size() - from : per_record;
+        jf::encode_ranges(record, at,
+                          std::vector<jf::range>(ranges.begin() + static_cast<std::ptrdiff_t>(from),
+                                                 ranges.begin() +
+                                                     static_cast<std::ptrdiff_t>(from + n)));
+        out += record;
+      }
+    };
+    for (const auto& group : by_time) {
+      const time_point at{std::chrono::nanoseconds(group.first)};
+      emit(&at, group.second);
+    }
+    emit(nullptr, purged);
+    return out;
+  }
+
+ private:
+  std::deque<entry> entries_;  ///< entries_[i] is sequence first_ + i
+  std::uint64_t first_ = 1;
+  std::uint64_t next_ = 1;
+  std::uint64_t scan_from_ = 1;  ///< no pending event has a smaller sequence
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+#endif  // EVBUS_HAS_FILE_JOURNAL
+
+#endif  // EVBUS_PARTS_JOURNAL_INDEX_HPP
+// ---- journal_recovery.hpp -------------------------------------------------
+// evbus/parts/journal_recovery.hpp: opening a file journal's directory: what recovery keeps, what
+// it cuts, and the report of it.
+//
+// Recovery replays the segments in name order and then the state log into a journal_index,
+// keeping every whole, valid record and cutting the log at the first one that is not (the rules
+// are in journal_format.hpp). A cut truncates the file, sets later segments aside as .cut files
+// (never deleted: they stay for inspection), and is reported in a journal_recovery.
+#ifndef EVBUS_PARTS_JOURNAL_RECOVERY_HPP
+#define EVBUS_PARTS_JOURNAL_RECOVERY_HPP
+
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief One part of a journal that recovery cut: the bytes from `offset` to the end of `file`
+ * (offset 0 and the whole file for a segment set aside as `<file>.cut`).
+ *
+ * @code
+ *   for (const evbus::journal_cut& c : journal.recovery().cuts) {
+ *     std::cerr << c.file << " @" << c.offset << ": " << c.bytes << " bytes, " << c.reason << "\n";
+ *   }
+ * @endcode
+ */
+struct journal_cut {
+  std::string file;          ///< the file's name in the journal's directory
+  std::uint64_t offset = 0;  ///< where the cut starts
+  std::uint64_t bytes = 0;   ///< bytes cut
+  std::uint64_t records = 0; ///< records in them, whole or torn, as far as lengths could be followed
+  std::string reason;        ///< why, e.g. "torn record: 37 of its 120 bytes are on disk"
+};
+
+/**
+ * @brief What recovery found when a file journal was opened: the records and events it kept,
+ * and every cut it made (empty after a clean shutdown, or a crash between two writes).
+ *
+ * @code
+ *   evbus::file_journal journal(dir);
+ *   if (!journal.recovery().clean()) std::cerr << journal.recovery().describe();
+ * @endcode
+ */
+struct journal_recovery {
+  std::uint64_t records = 0;  ///< valid records replayed, segments and state log
+  std::uint64_t events = 0;   ///< events in the batches kept (pending, delivered or purged)
+  std::vector<journal_cut> cuts;  ///< in log order
+
+  /// True if nothing was cut.
+  bool clean() const noexcept { return cuts.empty(); }
+
+  /// One line per cut, or a line saying that nothing was cut.
+  std::string describe() const {
+    std::string out;
+    for (const auto& c : cuts) {
+      out += "cut " + std::to_string(c.bytes) + " bytes (" + std::to_string(c.records) +
+             (c.records == 1 ? " record" : " records") + ") of " + c.file + " at offset " +
+             std::to_string(c.offset) + ": " + c.reason + "\n";
+    }
+    if (out.empty()) {
+      out = "nothing cut: " + std::to_string(records) + " records, " + std::to_string(events) +
+            " events kept\n";
+    }
+    return out;
+  }
+};
+
+#if EVBUS_HAS_FILE_JOURNAL
+namespace detail {
+namespace journal_recover {
+
+namespace io = journal_io;
+namespace jf = journal_format;
+
+inline constexpr const char* state_file_name = "state.evj";
+
+/// "segment-<first as 20 digits>.evj": name order is sequence order.
+inline std::string segment_file_name(std::uint64_t first) {
+  const std::string digits = std::to_string(first);
+  return "segment-" + std::string(20 - digits.size(), '0') + digits + ".evj";
+}
+
+/// The first sequence of a segment file's name; false if `name` is not one.
+inline bool parse_segment_name(const std::string& name, std::uint64_t& first) {
+  if (name.size() != 32 || name.compare(0, 8, "segment-") != 0 || name.compare(28, 4, ".evj") != 0) {
+    return false;
+  }
+  std::uint64_t v = 0;
+  for (std::size_t i = 8; i < 28; ++i) {
+    const char c = name[i];
+    if (c < '0' || c > '9') return false;
+    const auto d = static_cast<std::uint64_t>(c - '0');
+    if (v > (~std::uint64_t{0} - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  first = v;
+  return v != 0;
+}
+
+inline std::string path_in(const std::string& dir, const std::string& name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+inline std::string describe(jf::frame_status status, const jf::frame& f, std::uint64_t available,
+                            const unsigned char* head) {
+  switch (status) {
+    case jf::frame_status::torn:
+      if (available < jf::record_header_size) {
+        return "torn record header: " + std::to_string(available) + " of its " +
+               std::to_string(jf::record_header_size) + " bytes are on disk";
+      }
+      return "torn record: " + std::to_string(available) + " of its " +
+             std::to_string(jf::record_header_size + std::uint64_t{load_le32(head + 4)}) +
+             " bytes are on disk";
+    case jf::frame_status::bad_checksum:
+      return "checksum mismatch";
+    case jf::frame_status::bad_type:
+      return "unknown record type " + std::to_string(head[8]);
+    case jf::frame_status::ok:
+      break;
+  }
+  return "record of type " + std::to_string(int{f.type}) + " cannot be replayed here";
+}
+
+/// Everything recovery does, with what it needs at hand.
+class recoverer {
+ public:
+  recoverer(const std::string& dir, bool durable, journal_index& index, journal_recovery& report,
+            std::uint64_t& syncs)
+      : dir_(dir), durable_(durable), index_(index), report_(report), syncs_(syncs) {}
+
+  void run() {
+    std::vector<std::pair<std::uint64_t, std::string>> segments;
+    list(segments);
+    std::uint64_t floor = 1;
+    for (const auto& [first, name] : segments) {
+      floor = std::max(floor, first);
+      if (cut_in_.empty()) {
+        replay_segment(first, name);
+      } else {
+        set_aside(name, "it follows the cut in " + cut_in_);
+      }
+    }
+    if (index_.segments.empty()) {
+      const std::string path = path_in(dir_, segment_file_name(floor));
+      io::file f = io::create_whole(dir_, path, jf::file_header(jf::segment_magic), durable_,
+                                    "segment", syncs_);
+      index_.segments.emplace(
+          floor, journal_segment{path, std::make_shared<io::file>(std::move(f)),
+                                 jf::file_header_size, 0, 0});
+    }
+    replay_state();
+    if (moved_ && durable_) {
+      io::sync_directory(dir_);
+      ++syncs_;
+    }
+    index_.raise_next(std::max({floor, index_.segments.rbegin()->first, max_named_ + 1}));
+    index_.recount_live();
+  }
+
+ private:
+  /// Segment files by first sequence; removes files left half-made by a crash (*.tmp).
+  void list(std::vector<std::pair<std::uint64_t, std::string>>& segments) {
+    std::error_code ec;
+    std::vector<std::string> leftovers;
+    for (std::filesystem::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      std::uint64_t first = 0;
+      if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+        leftovers.push_back(name);
+      } else if (parse_segment_name(name, first)) {
+        segments.emplace_back(first, name);
+      }
+    }
+    if (ec) io::fail(dir_, "list", dir_, ec.value());
+    for (const auto& name : leftovers) std::remove(path_in(dir_, name).c_str());
+    std::sort(segments.begin(), segments.end());
+  }
+
+  void replay_segment(std::uint64_t first, const std::string& name) {
+    const std::string path = path_in(dir_, name);
+    io::file f = io::open_file(dir_, path, O_RDWR);
+    const std::uint64_t size = io::size_of(dir_, path, f);
+    io::record_reader reader(dir_, path, f, size);
+    if (!reader.header_ok(jf::segment_magic)) {
+      f.reset();
+      set_aside(name, "its header is not a version-1 segment header");
+      cut_in_ = name;
+      return;
+    }
+    jf::frame fr;
+    jf::frame_status status = jf::frame_status::ok;
+    while (reader.next(fr, status)) {
+      std::string why;
+      jf::batch_head head;
+      if (status != jf::frame_status::ok || fr.type != jf::batch_record) {
+        why = reason_at(status, fr, f, path, reader.offset(), size);
+      } else if (!jf::decode_batch(fr.body, fr.size, head, nullptr)) {
+        why = "malformed batch record";
+      } else if (head.first < first) {
+        why = "batch sequence " + std::to_string(head.first) + " is below the segment's first";
+      } else if (head.first < index_.next_sequence()) {
+        why = "batch sequence " + std::to_string(head.first) + " is not above the ones before it";
+      } else {
+        index_.add_batch(head.first, head.count, reader.offset());
+        ++report_.records;
+        report_.events += head.count;
+        reader.advance();
+        continue;
+      }
+      cut(name, path, f, reader.offset(), size, why);
+      break;
+    }
+    const std::uint64_t kept = reader.offset();
+    index_.segments.emplace(
+        first, journal_segment{path, std::make_shared<io::file>(std::move(f)), kept, 0, 0});
+  }
+
+  void replay_state() {
+    const std::string path = path_in(dir_, state_file_name);
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) create_state(path);
+    io::file f = io::open_file(dir_, path, O_RDWR);
+    std::uint64_t size = io::size_of(dir_, path, f);
+    io::record_reader reader(dir_, path, f, size);
+    if (!reader.header_ok(jf::state_magic)) {
+      f.reset();
+      set_aside(state_file_name, "its header is not a version-1 state log header");
+      f = create_state(path);
+      size = jf::file_header_size;
+    } else {
+      jf::frame fr;
+      jf::frame_status status = jf::frame_status::ok;
+      std::vector<jf::range> ranges;
+      while (reader.next(fr, status)) {
+        time_point at{};
+        const bool delivered = fr.type == jf::delivered_record;
+        if (status != jf::frame_status::ok || fr.type == jf::batch_record) {
+          cut(state_file_name, path, f, reader.offset(), size,
+              reason_at(status, fr, f, path, reader.offset(), size));
+          break;
+        }
+        if (!jf::decode_ranges(fr.body, fr.size, delivered ? &at : nullptr, ranges)) {
+          cut(state_file_name, path, f, reader.offset(), size, "malformed state record");
+          break;
+        }
+        for (const auto& r : ranges) {
+          max_named_ = std::max(max_named_, r.last);
+          const std::uint64_t from = std::max(r.first, index_.first());
+          const std::uint64_t to = std::min(r.last, index_.end() - 1);
+          for (std::uint64_t s = from; s <= to; ++s) {
+            if (delivered) {
+              index_.deliver(s, at.time_since_epoch().count());
+            } else {
+              index_.purge(s);
+            }
+          }
+        }
+        ++report_.records;
+        reader.advance();
+      }
+      size = reader.offset();
+    }
+    index_.state_path = path;
+    index_.state_file = std::make_shared<io::file>(std::move(f));
+    index_.state_size = size;
+  }
+
+  io::file create_state(const std::string& path) {
+    return io::create_whole(dir_, path, jf::file_header(jf::state_magic), durable_, "state",
+                            syncs_);
+  }
+
+  std::string reason_at(jf::frame_status status, const jf::frame& fr, const io::file& f,
+                        const std::string& path, std::uint64_t at, std::uint64_t size) {
+    unsigned char head[jf::record_header_size] = {};
+    io::read_at(dir_, path, f, head, sizeof head, at);
+    return describe(status, fr, size - at, head);
+  }
+
+  /// Truncates `name` at `at` and reports what went.
+  void cut(const std::string& name, const std::string& path, const io::file& f, std::uint64_t at,
+           std::uint64_t size, const std::string& why) {
+    report_.cuts.push_back(
+        journal_cut{name, at, size - at, io::count_records(dir_, path, f, at, size), why});
+    io::truncate_to(dir_, path, f, at);
+    if (durable_) {
+      io::sync_file(dir_, path, f);
+      ++syncs_;
+    }
+    cut_in_ = name;
+  }
+
+  /// Renames `name` to `name`.cut (or .cut.1, .cut.2, ... if taken) and reports it.
+  void set_aside(const std::string& name, const std::string& why) {
+    const std::string path = path_in(dir_, name);
+    std::uint64_t size = 0, records = 0;
+    {
+      io::file f = io::open_file(dir_, path, O_RDONLY);
+      size = io::size_of(dir_, path, f);
+      records = size > jf::file_header_size
+                    ? io::count_records(dir_, path, f, jf::file_header_size, size)
+                    : 0;
+    }
+    std::string target = path + ".cut";
+    std::error_code ec;
+    for (int n = 1; std::filesystem::exists(target, ec); ++n) {
+      target = path + ".cut." + std::to_string(n);
+    }
+    io::rename_file(dir_, path, target);
+    moved_ = true;
+    report_.cuts.push_back(journal_cut{name, 0, size, records,
+                                       why + "; set aside as " +
+                                           std::filesystem::path(target).filename().string()});
+  }
+
+  const std::string& dir_;
+  const bool durable_;
+  journal_index& index_;
+  journal_recovery& report_;
+  std::uint64_t& syncs_;
+  std::string cut_in_;          ///< the file the log was cut in; later segments are set aside
+  std::uint64_t max_named_ = 0; ///< the largest sequence the state log names
+  bool moved_ = false;          ///< a file was renamed: the directory needs a sync
+};
+
+}  // namespace journal_recover
+}  // namespace detail
+#endif  // EVBUS_HAS_FILE_JOURNAL
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_RECOVERY_HPP
+// ---- journal_options.hpp -------------------------------------------------
+// evbus/parts/journal_options.hpp: how a file journal is opened and run, and what it reports:
+// sync_policy, journal_options, journal_stats, journal_compaction.
+//
+// Plain types, defined on every platform (with or without the journal itself), so that code
+// configuring a journal compiles everywhere.
+#ifndef EVBUS_PARTS_JOURNAL_OPTIONS_HPP
+#define EVBUS_PARTS_JOURNAL_OPTIONS_HPP
+
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief When a file journal makes its writes durable: after every commit, every N
+ * milliseconds (group commit), or never. See journal.hpp's header for what each may lose.
+ *
+ * @code
+ *   evbus::journal_options options;
+ *   options.sync = evbus::sync_policy::every(std::chrono::milliseconds(10));
+ * @endcode
+ */
+class sync_policy {
+ public:
+  enum class mode { every_commit, interval, never };
+
+  /// Sync before every append, mark and purge returns (the default).
+  static sync_policy every_commit() noexcept { return sync_policy(mode::every_commit, {}); }
+
+  /// Sync every `interval` whatever was written since; evbus::invalid_argument unless positive.
+  static sync_policy every(std::chrono::milliseconds interval) {
+    if (interval.count() <= 0) {
+      throw invalid_argument("evbus: sync_policy::every needs a positive interval, not " +
+                             std::to_string(interval.count()) + "ms");
+    }
+    return sync_policy(mode::interval, interval);
+  }
+
+  /// Never sync (file_journal::sync() still does when called).
+  static sync_policy never() noexcept { return sync_policy(mode::never, {}); }
+
+  /// The default: every_commit().
+  sync_policy() noexcept = default;
+
+  mode kind() const noexcept { return mode_; }
+  /// The interval of every(); zero otherwise.
+  std::chrono::milliseconds interval() const noexcept { return interval_; }
+
+ private:
+  sync_policy(mode m, std::chrono::milliseconds i) noexcept : mode_(m), interval_(i) {}
+  mode mode_ = mode::every_commit;
+  std::chrono::milliseconds interval_{0};
+};
+
+/**
+ * @brief How a file journal is opened and run.
+ *
+ * @code
+ *   evbus::journal_options options;
+ *   options.sync = evbus::sync_policy::every(std::chrono::milliseconds(10));
+ *   options.segment_bytes = 16 << 20;
+ *   options.on_recovery = [](const evbus::journal_recovery& r) { log(r.describe()); };
+ *   evbus::file_journal journal("/var/lib/app/outbox", options);
+ * @endcode
+ */
+struct journal_options {
+  /// When writes become durable.
+  sync_policy sync = sync_policy::every_commit();
+  /// A new segment starts when a batch would take the current one past this size (at least 64;
+  /// a batch larger than this gets a segment of its own).
+  std::uint64_t segment_bytes = std::uint64_t{64} << 20;
+  /// Create the directory (and its parents) if missing; else a missing one is an error.
+  bool create_directory = true;
+  /// Called once recovery is done, whatever it found. Empty: what was cut, if anything, is
+  /// written to stderr.
+  std::function<void(const journal_recovery&)> on_recovery{};
+};
+
+/**
+ * @brief A file journal's counts, read together.
+ *
+ * @code
+ *   const evbus::journal_stats s = journal.stats();
+ *   std::cout << s.pending << " pending in " << s.segments << " segments\n";
+ * @endcode
+ */
+struct journal_stats {
+  std::uint64_t pending = 0;        ///< events not yet delivered
+  std::uint64_t delivered = 0;      ///< events delivered and not yet purged
+  std::uint64_t segments = 0;       ///< segment files
+  std::uint64_t bytes = 0;          ///< bytes in the segment files and the state log
+  std::uint64_t syncs = 0;          ///< fdatasync/fsync calls since open, files and directory
+  std::uint64_t next_sequence = 0;  ///< the sequence the next event gets
+};
+
+/**
+ * @brief What one compaction reclaimed.
+ *
+ * @code
+ *   const evbus::journal_compaction c = journal.compact();
+ *   std::cout << c.segments_removed << " segments, " << c.bytes_freed << " bytes\n";
+ * @endcode
+ */
+struct journal_compaction {
+  std::uint64_t segments_removed = 0;  ///< segment files removed, their events all purged
+  std::uint64_t bytes_freed = 0;       ///< their bytes, plus what the state log's rewrite saved
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_OPTIONS_HPP
+// ---- journal.hpp -------------------------------------------------
+// evbus/parts/journal.hpp: evbus::file_journal, the built-in outbox store: an append-only journal
+// of checksummed records in segment files on local disk.
+//
+// The on-disk format and the recovery rules are in journal_format.hpp; recovery itself in
+// journal_recovery.hpp; the in-memory index in journal_index.hpp; the options in
+// journal_options.hpp. Here: appends and marks, syncs by policy, reads, purge and compaction.
+//
+// Durability, by sync policy (a "process crash" kills the process, the kernel lives on; a
+// "power failure" loses whatever the kernel had not yet written to the device):
+//  - every_commit: append, mark_delivered and purge_delivered return after fdatasync. Nothing
+//    that returned is lost, either way. Concurrent calls share syncs (group commit).
+//  - every(N ms): calls return after write(); a thread of the journal syncs every N ms whatever
+//    was written since, so many commits share one sync. A process crash loses nothing that
+//    returned. A power failure loses at most what returned in the last N ms plus one sync's
+//    duration, and always a suffix: the log keeps a prefix of what was written, never a batch
+//    in part (each batch is one checksummed record).
+//  - never: calls return after write(); the journal never syncs (the kernel writes back when it
+//    likes, sync() forces it). A process crash loses nothing that returned; a power failure may
+//    lose anything not yet written back, still as a suffix of whole batches.
+// Under every(N) and never, a power failure also loses recent marks: their events are pending
+// again and are delivered again (at least once, never lost).
+// Creating a segment or rewriting the state log goes through a temporary file and rename(2),
+// synced (file and directory) unless the policy is never, so a crash leaves the old file or the
+// new one, whole.
+//
+// Compaction: purge_delivered appends a purged record, then compacts: (1) every segment, except
+// the one taking appends, whose events are all purged is removed (before the state log is
+// rewritten: events of a removed segment were delivered, so whatever the state log then says
+// of them is moot, while a rewritten state log that no longer names a segment's purged events
+// would bring them back as pending); (2) the state log is rewritten from the index when that
+// makes it smaller. A crash between any two steps leaves a directory that recovery reads as the
+// same pending events, and no delivered event pending.
+#ifndef EVBUS_PARTS_JOURNAL_HPP
+#define EVBUS_PARTS_JOURNAL_HPP
+
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+#if EVBUS_HAS_FILE_JOURNAL
+
+/**
+ * @brief The built-in outbox store: an append-only journal of checksummed records in segment
+ * files in one directory, with a sync policy, segment rotation, compaction of purged events
+ * and recovery on open.
+ *
+ * Opening recovers the directory (creating it if needed): every whole, valid record is kept, a
+ * torn or corrupt tail is cut and reported (recovery(), on_recovery, stderr). The directory is
+ * locked while the journal is open: a second journal on it, in this process or another, throws
+ * evbus::journal_locked (a child forked meanwhile shares the lock until it exits or execs).
+ * Every member function may be called from any thread.
+ *
+ * Beyond evbus::outbox_store's contract: with sync_policy::every_commit, read_pending returns
+ * only events already synced, so an event a crash could still lose is never handed out. A sync
+ * that fails (fdatasync reports an I/O error) leaves the journal refusing every later call with
+ * that error: the kernel may have dropped the data, so only reopening, which recovers what is
+ * really on disk, is safe. A batch whose append threw then may or may not be there. A write
+ * that fails (the disk is full) is undone, and the journal goes on.
+ *
+ * Memory: about 24 bytes per event from the oldest one not purged (or in a segment not yet
+ * removed) to the newest; payloads stay on disk.
+ *
+ * @code
+ *   evbus::file_journal journal("/var/lib/shop/outbox");     // recovers, locks
+ *   evbus::basic_outbox<std::string> outbox(journal);
+ *   outbox.commit(tx);                                         // durable on return
+ *   for (const auto& e : journal.read_pending(0, 100)) deliver(e);
+ *   journal.mark_delivered({1, 2, 3}, std::chrono::system_clock::now());
+ *   journal.purge_delivered(std::chrono::system_clock::now() - std::chrono::hours(24 * 7));
+ * @endcode
+ */
+class file_journal final : public outbox_store {
+ public:
+  /**
+   * @brief Opens (recovering) or creates the journal in `directory`. Throws
+   * evbus::journal_locked if another journal has it open, evbus::journal_error if it cannot be
+   * created or read, evbus::invalid_argument for an empty path or segment_bytes below 64.
+   */
+  explicit file_journal(std::string directory, journal_options options = {})
+      : dir_(std::move(directory)), options_(std::move(options)) {
+    if (dir_.empty()) throw invalid_argument("evbus: file_journal needs a directory, not ''");
+    if (options_.segment_bytes < 64) {
+      throw invalid_argument("evbus: journal_options::segment_bytes must be at least 64, not " +
+                             std::to_string(options_.segment_bytes));
+    }
+    lock_ = detail::journal_io::lock_directory(dir_, options_.create_directory);
+    detail::journal_recover::recoverer(dir_, durable(), index_, recovery_, syncs_).run();
+    durable_seq_ = index_.next_sequence() - 1;
+    if (options_.on_recovery) {
+      options_.on_recovery(recovery_);
+    } else if (!recovery_.clean()) {
+      std::fprintf(stderr, "evbus: journal %s recovered:\n%s", detail::quote(dir_, 200).c_str(),
+                   recovery_.describe().c_str());
+    }
+    if (options_.sync.kind() == sync_policy::mode::interval) {
+      flusher_ = std::thread([this] { flush_periodically(); });
+    }
+  }
+
+  file_journal(const file_journal&) = delete;
+  file_journal& operator=(const file_journal&) = delete;
+
+  /// Stops the sync thread, syncs what was written (unless the policy is never) and unlocks.
+  /// A sync that fails here is written to stderr.
+  ~file_journal() override {
+    if (flusher_.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(flusher_mutex_);
+        stopping_ = true;
+      }
+      flusher_wake_.notify_all();
+      flusher_.join();
+    }
+    if (options_.sync.kind() != sync_policy::mode::never) {
+      try {
+        sync();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "evbus: closing the journal: %s\n", e.what());
+      }
+    }
+  }
+
+  /**
+   * @brief Appends the batch as one record, all or nothing, giving its events the next
+   * sequences; returns once the sync policy is met. Throws evbus::invalid_argument (a field
+   * or the batch too large for the format) or evbus::journal_error; then nothing is appended.
+   */
+  void append(const std::vector<outbox_event>& batch) override {
+    if (batch.empty()) return;
+    const std::size_t size = detail::journal_format::batch_record_size(batch);
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      detail::journal_segment* seg = &index_.segments.rbegin()->second;
+      if (seg->size > detail::journal_format::file_header_size &&
+          seg->size + size > options_.segment_bytes) {
+        seg = &rotate();
+      }
+      const std::uint64_t offset = seg->size;
+      detail::journal_format::encode_batch(buffer_, index_.next_sequence(), batch, size);
+      const auto undo = index_.add_batch(index_.next_sequence(),
+                                         static_cast<std::uint32_t>(batch.size()), offset);
+      try {
+        write_record(seg->path, *seg->file, seg->size);
+      } catch (...) {
+        index_.undo_batch(undo);
+        throw;
+      }
+      seg->live += batch.size();
+      ticket = seg->ticket = ++written_;
+    }
+    if (options_.sync.kind() == sync_policy::mode::every_commit) sync_through(ticket);
+  }
+
+  /**
+   * @brief Up to `max` pending events with a sequence above `after`, in sequence order (with
+   * sync_policy::every_commit, only those already synced). Throws evbus::journal_error if a
+   * record can no longer be read or fails its checksum.
+   */
+  std::vector<stored_event> read_pending(std::uint64_t after, std::size_t max) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_usable();
+    std::vector<stored_event> out;
+    if (max == 0 || after == ~std::uint64_t{0}) return out;
+    const std::uint64_t end =
+        options_.sync.kind() == sync_policy::mode::every_commit ? durable_seq_ + 1 : index_.end();
+    const std::vector<std::uint64_t> wanted = index_.pending_between(after + 1, end, max);
+    out.reserve(wanted.size());
+    std::vector<stored_event> record;
+    std::uint64_t record_segment = 0, record_offset = 0;
+    for (std::uint64_t seq : wanted) {
+      const auto seg = index_.segment_of(seq);
+      const auto* e = index_.find(seq);
+      if (record.empty() || seg->first != record_segment || e->offset != record_offset) {
+        detail::journal_io::read_batch(dir_, seg->second.path, *seg->second.file,
+                                       seg->second.size, e->offset, record);
+        record_segment = seg->first;
+        record_offset = e->offset;
+      }
+      out.push_back(std::move(record.at(e->index)));
+    }
+    return out;
+  }
+
+  /**
+   * @brief Marks pending events delivered at `when` with one state-log record; returns once
+   * the sync policy is met. Unknown, purged and already delivered sequences are ignored.
+   */
+  void mark_delivered(const std::vector<std::uint64_t>& sequences, time_point when) override {
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      std::vector<std::uint64_t> marked;
+      for (std::uint64_t s : sequences) {
+        const auto* e = index_.find(s);
+        if (e != nullptr && e->st == detail::journal_index::state::pending) marked.push_back(s);
+      }
+      if (marked.empty()) return;
+      std::sort(marked.begin(), marked.end());
+      marked.erase(std::unique(marked.begin(), marked.end()), marked.end());
+      detail::journal_format::encode_ranges(buffer_, &when, detail::journal_format::to_ranges(marked));
+      write_record(index_.state_path, *index_.state_file, index_.state_size);
+      for (std::uint64_t s : marked) index_.deliver(s, when.time_since_epoch().count());
+      ticket = index_.state_ticket = ++written_;
+    }
+    if (options_.sync.kind() == sync_policy::mode::every_commit) sync_through(ticket);
+  }
+
+  /**
+   * @brief Purges the events delivered before `before` (one state-log record, synced per the
+   * policy), then compacts (see compact()). Returns how many were purged. If compaction fails
+   * after the purge, evbus::journal_error says so; it is tried again at the next purge.
+   */
+  std::size_t purge_delivered(time_point before) override {
+    std::vector<std::uint64_t> purged;
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      purged = index_.delivered_before(before.time_since_epoch().count());
+      if (!purged.empty()) {
+        detail::journal_format::encode_ranges(buffer_, nullptr,
+                                              detail::journal_format::to_ranges(purged));
+        write_record(index_.state_path, *index_.state_file, index_.state_size);
+        for (std::uint64_t s : purged) index_.purge(s);
+        ticket = index_.state_ticket = ++written_;
+        compaction_due_ = true;
+      } else if (!compaction_due_) {
+        return 0;
+      }
+    }
+    if (ticket != 0 && options_.sync.kind() == sync_policy::mode::every_commit) {
+      sync_through(ticket);
+    }
+    try {
+      compact();
+    } catch (const journal_error& e) {
+      throw journal_error(dir_, "evbus: journal " + detail::quote(dir_, 200) + ": purged " +
+                                    std::to_string(purged.size()) +
+                                    " events, then compaction failed (it runs again at the next "
+                                    "purge): " + e.what());
+    }
+    return purged.size();
+  }
+
+  /**
+   * @brief Removes the segments (except the one taking appends) whose events are all purged,
+   * then rewrites the state log if that makes it smaller. Crash-safe at every step.
+   */
+  journal_compaction compact() {
+    namespace io = detail::journal_io;
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_usable();
+    journal_compaction done;
+    for (auto it = index_.segments.begin(); std::next(it) != index_.segments.end();) {
+      if (it->second.live != 0) {
+        ++it;
+        continue;
+      }
+      if (std::remove(it->second.path.c_str()) != 0) io::fail(dir_, "remove", it->second.path, errno);
+      io::fault_point("compact.segment_removed");
+      ++done.segments_removed;
+      done.bytes_freed += it->second.size;
+      auto next = std::next(it);
+      index_.drop_segment(it);
+      it = next;
+    }
+    if (done.segments_removed != 0 && durable()) {
+      io::sync_directory(dir_);
+      ++syncs_;
+      io::fault_point("compact.directory_synced");
+    }
+    const std::string snapshot = index_.state_snapshot();
+    if (snapshot.size() < index_.state_size) {
+      io::file f = io::create_whole(dir_, index_.state_path, snapshot, durable(), "state", syncs_);
+      done.bytes_freed += index_.state_size - snapshot.size();
+      index_.state_file = std::make_shared<io::file>(std::move(f));
+      index_.state_size = snapshot.size();
+      index_.state_ticket = durable() ? 0 : ++written_;
+    }
+    compaction_due_ = false;
+    return done;
+  }
+
+  /// Makes everything written so far durable, whatever the policy.
+  void sync() {
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      ticket = written_;
+    }
+    sync_through(ticket);
+  }
+
+  /// The journal's counts.
+  journal_stats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    journal_stats s;
+    s.pending = index_.pending;
+    s.delivered = index_.delivered;
+    s.segments = index_.segments.size();
+    s.bytes = index_.state_size;
+    for (const auto& seg : index_.segments) s.bytes += seg.second.size;
+    s.syncs = syncs_;
+    s.next_sequence = index_.next_sequence();
+    return s;
+  }
+
+  /// What recovery kept and cut when the journal was opened.
+  const journal_recovery& recovery() const noexcept { return recovery_; }
+
+  /// The journal's directory, as given.
+  const std::string& directory() const noexcept { return dir_; }
+
+  /// The options it was opened with.
+  const journal_options& options() const noexcept { return options_; }
+
+ private:
+  bool durable() const noexcept { return options_.sync.kind() != sync_policy::mode::never; }
+
+  void check_usable() const {
+    if (!failure_.empty()) throw journal_error(dir_, failure_);
+  }
+
+  /// Writes buffer_ at `size` of the file and moves `size` past it; on failure undoes the
+  /// partial write (or, if even that fails, refuses every later call).
+  void write_record(const std::string& path, const detail::journal_io::file& f,
+                    std::uint64_t& size) {
+    namespace io = detail::journal_io;
+    try {
+      io::write_at(dir_, path, f, buffer_.data(), buffer_.size(), size);
+    } catch (const journal_error& e) {
+      try {
+        io::truncate_to(dir_, path, f, size);
+      } catch (const journal_error& undo) {
+        failure_ = std::string(e.what()) + ", and the partial record could not be removed: " +
+                   undo.what() + "; reopen the journal";
+      }
+      throw;
+    }
+    size += buffer_.size();
+    io::fault_point("record.written");
+  }
+
+  /// Starts a new segment whose first sequence is the next one.
+  detail::journal_segment& rotate() {
+    namespace io = detail::journal_io;
+    const std::uint64_t first = index_.next_sequence();
+    const std::string path = detail::journal_recover::path_in(
+        dir_, detail::journal_recover::segment_file_name(first));
+    io::file f = io::create_whole(dir_, path,
+                                  detail::journal_format::file_header(
+                                      detail::journal_format::segment_magic),
+                                  durable(), "segment", syncs_);
+    return index_.segments
+        .emplace(first, detail::journal_segment{path, std::make_shared<io::file>(std::move(f)),
+                                                detail::journal_format::file_header_size, 0, 0})
+        .first->second;
+  }
+
+  /// Makes every record with a ticket up to `ticket` durable. Callers that find their record
+  /// already covered return at once; one sync covers everyone written before it.
+  void sync_through(std::uint64_t ticket) {
+    namespace io = detail::journal_io;
+    std::lock_guard<std::mutex> guard(sync_mutex_);
+    if (synced_ >= ticket) return;
+    std::vector<std::pair<std::string, std::shared_ptr<io::file>>> dirty;
+    std::uint64_t target = 0, last_seq = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      target = written_;
+      last_seq = index_.next_sequence() - 1;
+      for (const auto& seg : index_.segments) {
+        if (seg.second.ticket > synced_) dirty.emplace_back(seg.second.path, seg.second.file);
+      }
+      if (index_.state_ticket > synced_) dirty.emplace_back(index_.state_path, index_.state_file);
+    }
+    try {
+      for (const auto& d : dirty) io::sync_file(dir_, d.first, *d.second);
+    } catch (const journal_error& e) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (failure_.empty()) {
+        failure_ = std::string(e.what()) +
+                   "; written data may be lost, so the journal refuses every call: reopen it";
+      }
+      throw journal_error(dir_, failure_);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      syncs_ += dirty.size();
+      durable_seq_ = std::max(durable_seq_, last_seq);
+    }
+    synced_ = target;
+  }
+
+  /// The sync thread of sync_policy::every(N).
+  void flush_periodically() {
+    std::unique_lock<std::mutex> lock(flusher_mutex_);
+    while (!stopping_) {
+      if (flusher_wake_.wait_for(lock, options_.sync.interval(), [this] { return stopping_; })) {
+        break;
+      }
+      lock.unlock();
+      try {
+        sync();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "evbus: the journal's sync thread stops: %s\n", e.what());
+        return;
+      }
+      lock.lock();
+    }
+  }
+
+  const std::string dir_;
+  const journal_options options_;
+  detail::journal_io::file lock_;
+  journal_recovery recovery_;
+
+  mutable std::mutex mutex_;      ///< guards everything below up to sync_mutex_
+  detail::journal_index index_;
+  std::uint64_t written_ = 0;     ///< records written since open: each record's ticket
+  std::uint64_t durable_seq_ = 0; ///< every event up to this sequence is synced
+  std::uint64_t syncs_ = 0;
+  bool compaction_due_ = false;   ///< a purge's compaction has not completed
+  std::string failure_;           ///< set: every call throws it
+  std::string buffer_;            ///< the record being written
+
+  std::mutex sync_mutex_;         ///< one sync at a time; taken before mutex_, never after
+  std::uint64_t synced_ = 0;      ///< every record up to this ticket is synced
+
+  std::mutex flusher_mutex_;
+  std::condition_variable flusher_wake_;
+  bool stopping_ = false;
+  std::thread flusher_;
+};
+
+#else  // EVBUS_HAS_FILE_JOURNAL
+
+namespace detail {
+template <class T>
+inline constexpr bool file_journal_available = false;
+
+/// What evbus::file_journal is where there are no POSIX file calls: using it fails to compile.
+template <class T>
+class file_journal_unavailable {
+ public:
+  static_assert(file_journal_available<T>,
+                "evbus: evbus::file_journal needs POSIX file calls (open, pwrite, fdatasync, "
+                "flock, rename, directory fsync), which this platform lacks or "
+                "EVBUS_NO_FILE_JOURNAL turned off. Implement evbus::outbox_store over your own "
+                "storage instead.");
+  template <class... Args>
+  explicit file_journal_unavailable(Args&&...) {}
+};
+}  // namespace detail
+
+/// Not available here (EVBUS_HAS_FILE_JOURNAL is 0): any use fails to compile, saying why.
+using file_journal = detail::file_journal_unavailable<void>;
+
+#endif  // EVBUS_HAS_FILE_JOURNAL
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_HPP
+
+// 6. The keyed executor
 // ---- partitioner.hpp -------------------------------------------------
 // evbus/parts/partitioner.hpp: Kafka's default partitioner: murmur2 of the key, modulo the partitions.
 //

@@ -11,7 +11,9 @@
  *   2. time, emit tracking and ids
  *   3. the event
  *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
- *   5. the keyed executor (ordered, partitioned delivery on worker threads)
+ *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
+ *      built-in file journal
+ *   6. the keyed executor (ordered, partitioned delivery on worker threads)
  *
  * @code
  *   evbus::bus bus;
@@ -48,7 +50,18 @@
 #include "topic_handle.hpp"
 #include "transaction.hpp"
 
-// 5. The keyed executor
+// 5. The durable outbox
+#include "outbox_store.hpp"
+#include "codec.hpp"
+#include "outbox.hpp"
+#include "journal_format.hpp"
+#include "journal_io.hpp"
+#include "journal_index.hpp"
+#include "journal_recovery.hpp"
+#include "journal_options.hpp"
+#include "journal.hpp"
+
+// 6. The keyed executor
 #include "partitioner.hpp"
 #include "clock.hpp"
 #include "policies.hpp"

@@ -115,6 +115,22 @@ class basic_transaction {
   /// True until commit or rollback.
   bool open() const noexcept { return bus_ != nullptr; }
 
+  /**
+   * @brief Calls `fn(topic, data, options)` for each buffered event, in order, without
+   * emitting or finishing anything: what evbus::basic_outbox stores instead of emitting. The
+   * options are those commit would emit with: id and tx id set, occurred_at only if given.
+   *
+   * @code
+   *   tx.for_each_pending([](std::string_view topic, const auto& data, const auto& options) {
+   *     std::cout << options.id << " " << topic << "\n";
+   *   });
+   * @endcode
+   */
+  template <class Fn>
+  void for_each_pending(Fn&& fn) const {
+    for (const auto& e : pending_) fn(std::string_view(e.slot->name->value), e.data, e.options);
+  }
+
  private:
   friend class basic_bus<Data>;
   struct entry {

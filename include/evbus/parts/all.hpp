@@ -66,6 +66,16 @@
 #include "clock.hpp"
 #include "policies.hpp"
 #include "stats.hpp"
+#include "lock.hpp"
+#include "block_queue.hpp"
+#include "strand.hpp"
+#include "delayed.hpp"
+#include "scheduler.hpp"
+#include "link.hpp"
+#include "admission.hpp"
+#include "attempt.hpp"
+#include "subscription.hpp"
+#include "executor_core.hpp"
 #include "executor.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

@@ -86,10 +86,11 @@ struct executor_stats {
 namespace detail {
 
 /// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
-/// power-of-two range in 8 equal buckets. Recording is lock-free.
+/// power-of-two range in 8 equal buckets, up to 2^45 ns (about ten hours; longer durations
+/// share the last bucket, and `max` keeps the exact longest). Recording is lock-free.
 class log_histogram {
  public:
-  static constexpr std::size_t bucket_count = 8 + 61 * 8;
+  static constexpr std::size_t bucket_count = 8 + 42 * 8;
 
   struct snapshot {
     std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
@@ -144,6 +145,7 @@ class log_histogram {
 
   static std::size_t index(std::uint64_t v) noexcept {
     if (v < 8) return static_cast<std::size_t>(v);
+    if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
     const unsigned e = highest_bit(v);
     const auto sub = static_cast<std::size_t>((v >> (e - 3)) & 7U);
     return (e - 2) * 8 + sub;

@@ -1,0 +1,191 @@
+// evbus/parts/attempt.hpp: one attempt of an event: the handler call, timeouts, retries with
+// backoff, dead letters, and the counters they feed.
+//
+// Owns: the user's handler and policy of one ordered subscription, and what happens around
+// each call: the delivery it is given, the time it takes, what a throw leads to (a retry at
+// now + backoff with jitter, or a dead letter once max_retry is spent). Keeps: "a failing event
+// is retried in place, then dead-lettered" and the delivered / failed / retried /
+// dead_lettered / expired counters and the two histograms of stats().
+#ifndef EVBUS_PARTS_ATTEMPT_HPP
+#define EVBUS_PARTS_ATTEMPT_HPP
+
+#include "clock.hpp"
+#include "errors.hpp"
+#include "event.hpp"
+#include "link.hpp"
+#include "policies.hpp"
+#include "stats.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// An event as a partition holds it.
+template <class Data>
+struct queued_event {
+  basic_event<Data> event;
+  steady_time accepted{};   // when it was accepted, if sampled (see `sampled`)
+  std::uint64_t seq = 0;    // acceptance order in the subscription (drop_oldest)
+  unsigned attempts = 0;
+  bool sampled = false;     // `accepted` was read: its queue wait is recorded
+  bool evicted = false;     // drop_oldest took it: skipped, never handled
+};
+
+template <class Data>
+class attempt_runner {
+ public:
+  using event_type = basic_event<Data>;
+  using handler_type = std::function<void(const event_type&, const delivery&)>;
+  enum class outcome { finished, retry };
+
+  attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
+      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {}
+
+  const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
+
+  /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
+  /// end of the previous attempt of the same run), since nothing happened in between; on
+  /// return it holds the end of this attempt. On `retry`, `retry_at` says when.
+  outcome attempt(queued_event<Data>& it, std::size_t partition, std::uint64_t& rng,
+                  std::optional<steady_time>& clock_now, steady_time& retry_at,
+                  const std::string& name) noexcept {
+    const unsigned number = ++it.attempts;
+    const steady_time start = clock_now ? *clock_now : link_.now();
+    if (number == 1 && it.sampled) queue_wait_.record(elapsed(it.accepted, start));
+    delivery d;
+    d.attempt = number;
+    d.deadline = add_saturated(start, policy_.timeout);
+    d.shutdown_requested = link_.shutdown_requested.load(std::memory_order_relaxed);
+    d.partition = partition;
+    std::exception_ptr err;
+    try {
+      fn_(it.event, d);
+    } catch (...) {
+      err = std::current_exception();
+    }
+    const steady_time end = link_.now();
+    clock_now = end;
+    handler_time_.record(elapsed(start, end));
+    if (end > d.deadline) {
+      expired_.fetch_add(1, std::memory_order_relaxed);
+      if (policy_.on_timeout) {
+        try {
+          policy_.on_timeout(it.event, d, elapsed(start, end));
+        } catch (...) {
+          link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
+        }
+      }
+    }
+    if (!err) {
+      delivered_.fetch_add(1, std::memory_order_relaxed);
+      return outcome::finished;
+    }
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    record_failure(it, number, err);
+    if (number <= policy_.max_retry) {
+      retried_.fetch_add(1, std::memory_order_relaxed);
+      retry_at = add_saturated(end, backoff(rng, number));
+      return outcome::retry;
+    }
+    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+    if (policy_.on_dead_letter) {
+      try {
+        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
+      } catch (...) {
+        link_.report_error(std::current_exception(),
+                           "on_dead_letter of subscription " + quote(name));
+      }
+    }
+    return outcome::finished;
+  }
+
+  /// `to - from` in nanoseconds, saturated (a manual clock may start at steady_time::min()).
+  static std::chrono::nanoseconds elapsed(steady_time from, steady_time to) noexcept {
+    if (to <= from) return std::chrono::nanoseconds(0);
+    const auto a = from.time_since_epoch().count();
+    const auto b = to.time_since_epoch().count();
+    using rep = decltype(a);
+    if (a < 0 && b > std::numeric_limits<rep>::max() + a) return std::chrono::nanoseconds::max();
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from);
+  }
+
+  void read(subscription_stats& out, log_histogram::snapshot& handler,
+            log_histogram::snapshot& wait) const {
+    out.delivered = delivered_.load(std::memory_order_relaxed);
+    out.failed_attempts = failed_.load(std::memory_order_relaxed);
+    out.retried = retried_.load(std::memory_order_relaxed);
+    out.dead_lettered = dead_lettered_.load(std::memory_order_relaxed);
+    out.expired = expired_.load(std::memory_order_relaxed);
+    handler = handler_time_.read();
+    wait = queue_wait_.read();
+    out.handler_time = handler.summary();
+    out.queue_wait = wait.summary();
+    std::lock_guard<std::mutex> lock(error_mutex_);
+    out.last_error = last_error_;
+  }
+
+ private:
+  /// The backoff before retry `retry` (1-based): base * 2^(retry-1), capped, minus up to
+  /// `jitter` of it.
+  std::chrono::nanoseconds backoff(std::uint64_t& rng, unsigned retry) const noexcept {
+    using std::chrono::nanoseconds;
+    const nanoseconds cap = policy_.backoff_cap;
+    nanoseconds nominal = policy_.backoff_base;
+    for (unsigned i = 1; i < retry && nominal < cap; ++i) {
+      nominal = nominal > cap / 2 ? cap : nominal * 2;
+    }
+    if (nominal > cap) nominal = cap;
+    if (policy_.jitter <= 0.0 || nominal.count() <= 0) return nominal;
+    rng = mix64(rng);
+    const double u = static_cast<double>(rng >> 11) * (1.0 / 9007199254740992.0);  // [0, 1)
+    const double span = policy_.jitter * static_cast<double>(nominal.count());
+    auto cut = static_cast<std::int64_t>(u * span);
+    const auto most = static_cast<std::int64_t>(span);
+    if (cut > most) cut = most;
+    return nominal - nanoseconds(cut);
+  }
+
+  void record_failure(const queued_event<Data>& it, unsigned attempt,
+                      const std::exception_ptr& err) {
+    try {
+      std::string text = "attempt " + std::to_string(attempt) + " of event " +
+                         quote(it.event.id) + " on topic " + quote(it.event.topic()) +
+                         " with key " + quote(it.event.key) + ": " + describe(err);
+      std::lock_guard<std::mutex> lock(error_mutex_);
+      last_error_ = std::move(text);
+    } catch (...) {
+      // Out of memory for a message: the failure is still counted.
+    }
+  }
+
+  executor_link& link_;
+  const handler_type fn_;
+  const basic_delivery_policy<Data> policy_;
+  std::atomic<std::uint64_t> delivered_{0};
+  std::atomic<std::uint64_t> failed_{0};
+  std::atomic<std::uint64_t> retried_{0};
+  std::atomic<std::uint64_t> dead_lettered_{0};
+  std::atomic<std::uint64_t> expired_{0};
+  log_histogram handler_time_;
+  log_histogram queue_wait_;
+  mutable std::mutex error_mutex_;
+  std::string last_error_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ATTEMPT_HPP

@@ -1,0 +1,137 @@
+// evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
+// them once due.
+//
+// Owns: a delayed emit from emit_at() until it enters the bus (or goes to on_undelivered).
+// The scheduler keeps each one in its timer heap; when due it arrives here, in (due time,
+// submission) order, and the strand emits them one at a time on a worker (or in poll()), so
+// equal due times keep submission order. Keeps: "delayed emits enter the bus in due order".
+#ifndef EVBUS_PARTS_DELAYED_HPP
+#define EVBUS_PARTS_DELAYED_HPP
+
+#include "clock.hpp"
+#include "event.hpp"
+#include "policies.hpp"
+#include "strand.hpp"
+
+#include <any>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A scheduled delayed emit, type-erased over the bus type.
+struct delayed_base {
+  delayed_base(std::string t, emit_options o, steady_time d)
+      : topic(std::move(t)), options(std::move(o)), due(d) {}
+  virtual ~delayed_base() = default;
+  delayed_base(const delayed_base&) = delete;
+  delayed_base& operator=(const delayed_base&) = delete;
+  virtual void emit() = 0;
+  virtual undelivered take() = 0;
+  std::string topic;
+  emit_options options;
+  steady_time due;
+};
+
+template <class Bus>
+struct delayed_emit final : delayed_base {
+  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
+      : delayed_base(std::move(t), std::move(o), at), bus(&b), data(std::move(d)) {}
+  // The options are copied, not moved: a failure report still names the key.
+  void emit() override { bus->emit(topic, std::move(data), options); }
+  undelivered take() override {
+    undelivered u;
+    u.topic = std::move(topic);
+    u.options = std::move(options);
+    u.due = due;
+    u.data = std::any(std::move(data));
+    return u;
+  }
+  Bus* bus;
+  typename Bus::data_type data;
+};
+
+/// The due delayed emits, run one at a time in the order they fell due.
+class delayed_strand final : public runnable {
+ public:
+  /// `report(error, where)` receives a failed emit (it must not throw).
+  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
+      : report_(std::move(report)) {}
+
+  /// A delayed emit fell due. True: the strand must be submitted (strand rule).
+  bool arrive(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(d));
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  result run(std::size_t batch) noexcept override {
+    result res;
+    for (;;) {
+      std::unique_ptr<delayed_base> d;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (queue_.empty()) {
+          held_ = false;
+          res.what = next::idle;
+          return res;
+        }
+        if (res.calls >= batch) {
+          res.what = next::again;
+          return res;
+        }
+        d = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      ++res.calls;
+      try {
+        d->emit();
+        emitted.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        failed.fetch_add(1, std::memory_order_relaxed);
+        std::string where;
+        try {
+          where = "delayed emit on topic " + quote(d->topic) + " with key " +
+                  quote(d->options.key);
+        } catch (...) {
+        }
+        report_(std::current_exception(), where);
+      }
+      d.reset();
+      pending.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// True when no due emit waits or runs.
+  bool idle() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return queue_.empty() && !held_;
+  }
+
+  std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
+  std::atomic<std::uint64_t> emitted{0};
+  std::atomic<std::uint64_t> failed{0};
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> report_;
+  mutable std::mutex mutex_;
+  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
+  bool held_ = false;                                 // under mutex_
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_DELAYED_HPP

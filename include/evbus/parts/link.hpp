@@ -1,0 +1,119 @@
+// evbus/parts/link.hpp: what a subscription sees of its executor.
+//
+// Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
+// the one place errors without a caller go (on_error, else stderr). The executor's core
+// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
+// base, so the two headers do not include each other. Also: the subscription base the core
+// keeps in its registry, and its lifetime count.
+#ifndef EVBUS_PARTS_LINK_HPP
+#define EVBUS_PARTS_LINK_HPP
+
+#include "errors.hpp"
+#include "scheduler.hpp"
+#include "stats.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A 64-bit mixer (splitmix64's finaliser): jitter and seeds.
+inline std::uint64_t mix64(std::uint64_t x) noexcept {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/// What the core keeps of each ordered subscription.
+struct subscription_base {
+  subscription_base() = default;
+  subscription_base(const subscription_base&) = delete;
+  subscription_base& operator=(const subscription_base&) = delete;
+  virtual ~subscription_base() = default;
+
+  /// Per partition, the events pushed so far: what drain() waits for.
+  virtual std::vector<std::uint64_t> pushed() const = 0;
+  /// True if every partition from `from` on finished the events counted in `target`;
+  /// `from` advances past those that did.
+  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
+  /// Returns once every push that saw the executor open has queued its event.
+  virtual void close_barrier() = 0;
+  /// Wakes emitters blocked for room, so they see the executor closed.
+  virtual void wake_blocked() = 0;
+  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
+                          log_histogram::snapshot& wait) const = 0;
+
+  std::string name;
+  /// One for the handler front (the copies of what ordered() returned) and one per partition
+  /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
+  /// remove the subscription: no handler can push, and no event is left.
+  std::atomic<std::size_t> holds{1};
+};
+
+class executor_link {
+ public:
+  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+                std::chrono::nanoseconds idle_spin,
+                std::function<void(std::exception_ptr, std::string_view)> on_error)
+      : sched(std::move(clock), batch, idle_spin,
+              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
+        on_error_(std::move(on_error)) {}
+  executor_link(const executor_link&) = delete;
+  executor_link& operator=(const executor_link&) = delete;
+
+  steady_time now() const noexcept { return sched.now(); }
+
+  /// Reports an error that has no caller to go to. Never throws.
+  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+    errors.fetch_add(1, std::memory_order_relaxed);
+    try {
+      if (on_error_) {
+        on_error_(e, where);
+        return;
+      }
+      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // on_error itself failed; the error stays counted in stats().errors.
+    }
+  }
+
+  /// Drops `s` from the registry (its holds reached zero). Never throws.
+  virtual void remove(subscription_base* s) noexcept = 0;
+
+  /// Gives back one hold of `s`; the last one removes it.
+  void release_hold(subscription_base* s) noexcept {
+    if (s->holds.fetch_sub(1, std::memory_order_acq_rel) == 1) remove(s);
+  }
+
+  scheduler sched;
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested.
+  std::atomic<bool> shutdown_requested{false};
+  /// Set once subscriptions stop accepting events.
+  std::atomic<bool> closed{false};
+  std::atomic<std::uint64_t> errors{0};
+
+ protected:
+  ~executor_link() = default;
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> on_error_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LINK_HPP

@@ -1,0 +1,480 @@
+// evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
+// their wake-ups.
+//
+// Owns: which strand runs next and on which thread. Everything here is under one std::mutex,
+// held only to move a pointer on or off a list, never across user code. A strand that gets
+// work is submitted once (its holder does it, see strand.hpp) and taken by one thread; after
+// its run it is idle (let go: not touched again), ready again (to the back of the list, so
+// every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
+// to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
+// until work comes or the earliest timer is due. Keeps: no thread waits for another by
+// spinning past a short bound; no worker idles while work is ready (a submit wakes a sleeper
+// unless one is spinning); with W = 0, poll() and the waits of drain() run the work on the
+// calling thread.
+#ifndef EVBUS_PARTS_SCHEDULER_HPP
+#define EVBUS_PARTS_SCHEDULER_HPP
+
+#include "clock.hpp"
+#include "delayed.hpp"
+#include "errors.hpp"
+#include "lock.hpp"
+#include "strand.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
+/// drain or shutdown), innermost first: used to refuse what would wait for itself.
+struct drive_frame {
+  const void* owner;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const void* owner) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->owner == owner) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+class scheduler {
+ public:
+  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
+  scheduler(std::shared_ptr<evbus::clock> c, std::size_t batch, std::chrono::nanoseconds spin,
+            std::function<void(std::exception_ptr, std::string_view)> report)
+      : delayed_(std::move(report)),
+        clock_(std::move(c)),
+        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
+        manual_(clock_->is_manual()),
+        batch_(batch == 0 ? 1 : batch),
+        idle_spin_(spin) {}
+
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+  ~scheduler() { stop_workers(); }
+
+  steady_time now() const noexcept {
+    return real_ ? std::chrono::steady_clock::now() : clock_->now();
+  }
+  evbus::clock& clock() const noexcept { return *clock_; }
+
+  /// A strand got its first waiting event: run it soon. Never throws.
+  void submit(runnable* r) noexcept {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      push_ready(r);
+      wake = sleepers_ > 0 && spinning_ == 0;
+      if (waiters_ > 0) progress_cv_.notify_all();
+    }
+    if (wake) work_cv_.notify_one();
+  }
+
+  /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
+  void park(runnable* r, steady_time due) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    park_locked(r, due);
+  }
+
+  /// Keeps `d` until it is due, then emits it on the delayed strand. False (and `d` is
+  /// untouched) once cut_timers() ran.
+  bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cut_) return false;
+    const steady_time due = d->due;
+    add_timer(timer{due, seq_, nullptr, std::move(d)});
+    ++seq_;
+    delayed_.pending.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
+  /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
+  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
+    std::vector<std::unique_ptr<delayed_base>> out;
+    std::lock_guard<std::mutex> lock(mutex_);
+    cut_ = true;
+    std::sort(timers_.begin(), timers_.end(),
+              [](const timer& a, const timer& b) { return later(b, a); });
+    for (auto& t : timers_) {
+      if (t.r != nullptr) {
+        push_ready(t.r);
+      } else {
+        out.push_back(std::move(t.d));
+      }
+    }
+    timers_.clear();
+    work_cv_.notify_all();
+    return out;
+  }
+
+  /// Emits `d` as soon as possible, after the delayed emits already due (shutdown).
+  void emit_delayed_now(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+    work_cv_.notify_one();
+  }
+
+  delayed_strand& delayed() noexcept { return delayed_; }
+  const delayed_strand& delayed() const noexcept { return delayed_; }
+
+  /// The clock moved (manual clocks): sleepers look at their timers again.
+  void time_moved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_cv_.notify_all();
+    progress_cv_.notify_all();
+  }
+
+  /// Something a waiter of help_until() may be waiting for happened outside a run.
+  void notify_progress() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
+  void resize(std::size_t n) {
+    std::vector<std::thread> finished;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::size_t active = 0;
+      for (auto& w : workers_) active += w.stop ? 0 : 1;
+      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
+        if (!it->stop) {
+          it->stop = true;
+          --active;
+        }
+      }
+      while (active < n) {
+        workers_.emplace_back();
+        worker* w = &workers_.back();
+        try {
+          w->thread = std::thread([this, w] { worker_main(*w); });
+        } catch (...) {
+          workers_.pop_back();
+          throw;
+        }
+        ++active;
+      }
+      target_ = n;
+      work_cv_.notify_all();
+      progress_cv_.notify_all();
+      collect_exited(finished);
+    }
+    for (auto& t : finished) t.join();
+  }
+
+  std::size_t workers() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_;
+  }
+
+  /// Stops and joins every worker (shutdown, destruction).
+  void stop_workers() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& w : workers_) {
+        w.stop = true;
+        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
+          threads.push_back(std::move(w.thread));
+        }
+      }
+      target_ = 0;
+      work_cv_.notify_all();
+    }
+    for (auto& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
+  }
+
+  /// One pass on the calling thread: what is due becomes ready, then one run of each strand
+  /// that was ready. Returns the handler calls made; `found` says whether anything ran.
+  std::size_t poll_pass(bool& found) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    fire_due();
+    std::size_t n = ready_count_;
+    found = n > 0;
+    std::size_t calls = 0;
+    while (n-- > 0 && ready_head_ != nullptr) {
+      runnable* r = pop_ready();
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      calls += res.calls;
+      settle(r, res);
+    }
+    return calls;
+  }
+
+  /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
+  /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
+  /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
+  /// left (waiting would never end).
+  template <class Done>
+  void help_until(Done done, const char* what) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    ++waiters_;
+    struct leave {
+      std::size_t& n;
+      ~leave() { --n; }
+    } guard{waiters_};
+    for (;;) {
+      if (done()) return;
+      if (target_ > 0) {
+        progress_cv_.wait(lock);
+        continue;
+      }
+      if (ready_head_ != nullptr || (!timers_.empty() && timers_.front().due <= now())) {
+        lock.unlock();
+        bool found = false;
+        poll_pass(found);
+        lock.lock();
+        continue;
+      }
+      if (running_ > 0 || timers_.empty()) {
+        // Another thread runs the rest, or an emitter is between queueing and submitting.
+        progress_cv_.wait(lock);
+        continue;
+      }
+      if (manual_) {
+        throw error(std::string("evbus: ") + what +
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead");
+      }
+      progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
+    }
+  }
+
+  std::size_t batch() const noexcept { return batch_; }
+
+ private:
+  struct timer {
+    steady_time due;
+    std::uint64_t seq;
+    runnable* r;                       // a parked strand, or
+    std::unique_ptr<delayed_base> d;  // a delayed emit
+  };
+  static bool later(const timer& a, const timer& b) noexcept {
+    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
+  }
+  struct later_first {
+    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
+  };
+  struct worker {
+    std::thread thread;
+    bool stop = false;    // under mutex_
+    bool exited = false;  // under mutex_
+  };
+
+  // -- under mutex_ --------------------------------------------------------------------
+  void push_ready(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (ready_tail_ == nullptr) {
+      ready_head_ = r;
+    } else {
+      ready_tail_->next_ready = r;
+    }
+    ready_tail_ = r;
+    ++ready_count_;
+    ready_gen_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  runnable* pop_ready() noexcept {
+    runnable* r = ready_head_;
+    ready_head_ = r->next_ready;
+    if (ready_head_ == nullptr) ready_tail_ = nullptr;
+    --ready_count_;
+    return r;
+  }
+
+  void park_locked(runnable* r, steady_time due) {
+    if (cut_) {
+      push_ready(r);
+      return;
+    }
+    add_timer(timer{due, seq_, r, nullptr});
+    ++seq_;
+  }
+
+  void add_timer(timer t) {
+    const bool earliest = timers_.empty() || later(timers_.front(), t);
+    timers_.push_back(std::move(t));
+    std::push_heap(timers_.begin(), timers_.end(), later_first{});
+    if (earliest) {
+      work_cv_.notify_all();  // sleepers wait until the earliest due time
+      if (waiters_ > 0) progress_cv_.notify_all();
+    }
+  }
+
+  void settle(runnable* r, const runnable::result& res) {
+    if (res.what == runnable::next::again) {
+      push_ready(r);
+    } else if (res.what == runnable::next::park) {
+      try {
+        park_locked(r, res.due);
+      } catch (...) {
+        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
+      }
+    }
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  void fire_due() {
+    if (timers_.empty()) return;
+    const steady_time t = now();
+    while (!timers_.empty() && timers_.front().due <= t) {
+      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
+      timer t = std::move(timers_.back());
+      timers_.pop_back();
+      if (t.r != nullptr) {
+        push_ready(t.r);
+      } else if (delayed_.arrive(std::move(t.d))) {
+        push_ready(&delayed_);
+      }
+    }
+  }
+
+  void collect_exited(std::vector<std::thread>& out) {
+    const auto self = std::this_thread::get_id();
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
+        out.push_back(std::move(it->thread));
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // -- workers ---------------------------------------------------------------------------
+  void worker_main(worker& self) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool may_spin = true;
+    while (!self.stop) {
+      fire_due();
+      if (ready_head_ != nullptr) {
+        runnable* r = pop_ready();
+        // More ready than this worker takes: a sleeper takes the next (and so on).
+        if (ready_head_ != nullptr && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+        ++running_;
+        lock.unlock();
+        const runnable::result res = r->run(batch_);
+        lock.lock();
+        --running_;
+        settle(r, res);
+        may_spin = true;
+        continue;
+      }
+      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+        may_spin = false;
+        ++spinning_;
+        const std::uint64_t seen = ready_gen_.load(std::memory_order_relaxed);
+        lock.unlock();
+        spin_for_work(seen);
+        lock.lock();
+        --spinning_;
+        continue;
+      }
+      may_spin = true;
+      ++sleepers_;
+      if (!timers_.empty() && !manual_) {
+        const auto wait = timers_.front().due - now();
+        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
+      } else {
+        work_cv_.wait(lock);
+      }
+      --sleepers_;
+    }
+    self.exited = true;
+    // Work this worker would have taken next goes to a sleeping one.
+    if (ready_head_ != nullptr && sleepers_ > 0) work_cv_.notify_one();
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  // Busy-waits, for at most idle_spin, until something is made ready. Yields the processor
+  // every few rounds, so that on a busy machine the thread it waits for gets to run.
+  void spin_for_work(std::uint64_t seen) const noexcept {
+    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
+    for (unsigned i = 1;; ++i) {
+      if (ready_gen_.load(std::memory_order_relaxed) != seen) return;
+      if (i % 16 == 0) {
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() >= until) return;
+      } else {
+        cpu_relax();
+      }
+    }
+  }
+
+  delayed_strand delayed_;
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  const std::size_t batch_;
+  const std::chrono::nanoseconds idle_spin_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
+  std::condition_variable progress_cv_;  // help_until() waits here
+  runnable* ready_head_ = nullptr;
+  runnable* ready_tail_ = nullptr;
+  std::size_t ready_count_ = 0;
+  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
+  std::uint64_t seq_ = 0;
+  bool cut_ = false;
+  std::size_t running_ = 0;   // runs in progress
+  std::size_t sleepers_ = 0;  // workers blocked on work_cv_
+  std::size_t spinning_ = 0;  // workers spinning for work (0 or 1)
+  std::size_t waiters_ = 0;   // threads in help_until()
+  std::size_t target_ = 0;
+  std::list<worker> workers_;
+  // Raised by every push_ready(): what a spinning worker watches without the mutex.
+  std::atomic<std::uint64_t> ready_gen_{0};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_HPP

@@ -210,14 +210,23 @@ int main() {
     obus.register_handler(
         "ordered", "order\\.queued",
         evbus::ordered<order>(ex, [&handled](const evbus::basic_event<order>&) { ++handled; }));
+    // Two keys in different partitions.
+    std::string key1 = "k1";
+    for (int i = 2; evbus::partition_for(key1, 2) == evbus::partition_for("k0", 2); ++i) {
+      key1 = "k";
+      key1 += std::to_string(i);
+    }
     evbus::emit_options first;
     first.key = "k0";
+    evbus::emit_options second;
+    second.key = key1;
     obus.emit("order.queued", order{1, 1.0}, first);
-    ex.run_until_idle();  // the partition is idle again and holds no storage
+    ex.run_until_idle();  // the partition is idle again; its block is the subscription's spare
     bool threw_bad_alloc = false;
     out_of_memory.store(true);
+    obus.emit("order.queued", order{2, 2.0}, first);  // takes the spare block
     try {
-      obus.emit("order.queued", order{2, 2.0}, first);
+      obus.emit("order.queued", order{3, 3.0}, second);  // needs a new one
     } catch (const std::bad_alloc&) {
       threw_bad_alloc = true;
     }
@@ -225,12 +234,12 @@ int main() {
     ex.run_until_idle();
     const auto s = ex.stats();
     expect(threw_bad_alloc, "the emit whose event could not be queued threw std::bad_alloc", 0);
-    expect(handled == 1, "only the event that got into its partition was handled", handled);
-    expect(s.total.accepted == 1 && s.total.dropped == 0 && s.total.queued == 0,
+    expect(handled == 2, "the events that got into their partition were handled", handled);
+    expect(s.total.accepted == 2 && s.total.dropped == 0 && s.total.queued == 0,
            "stats do not count the refused event", static_cast<long>(s.total.accepted));
-    obus.emit("order.queued", order{3, 3.0}, first);
+    obus.emit("order.queued", order{4, 4.0}, second);
     ex.run_until_idle();
-    expect(handled == 2, "the subscription works on after the failure", handled);
+    expect(handled == 3, "the subscription works on after the failure", handled);
   }
   if (failures != 0) {
     std::printf("alloc: %d check(s) failed\n", failures);

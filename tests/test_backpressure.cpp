@@ -395,3 +395,51 @@ TEST_CASE("a block_timeout too long to add to the clock means no limit, not an i
   CHECK_THAT(emitter_error, ContainsSubstring("shut down"));
   CHECK(row(ex.stats(), "sub").rejected == 0);
 }
+
+namespace {
+// A payload whose copy throws while `fail` is set: the subscription's copy of an event fails.
+struct fragile {
+  static inline bool fail = false;
+  int value = 0;
+  explicit fragile(int v) : value(v) {}
+  fragile(const fragile& o) : value(o.value) {
+    if (fail) throw std::runtime_error("fragile: copy refused");
+  }
+  fragile(fragile&& o) noexcept : value(o.value) {}
+  fragile& operator=(const fragile&) = default;
+  fragile& operator=(fragile&&) noexcept = default;
+};
+}  // namespace
+
+TEST_CASE("drop_oldest: when the new event cannot be copied, no event is evicted for it",
+          "[backpressure]") {
+  evbus::basic_bus<fragile> bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  std::vector<int> handled;
+  std::vector<int> dropped;
+  evbus::basic_delivery_policy<fragile> policy;
+  policy.capacity = 2;
+  policy.on_full = evbus::overflow::drop_oldest;
+  policy.on_drop = [&](const evbus::basic_event<fragile>& e) { dropped.push_back(e.data.value); };
+  bus.register_handler("h", "t",
+                       evbus::ordered<fragile>(
+                           ex,
+                           [&](const evbus::basic_event<fragile>& e) {
+                             handled.push_back(e.data.value);
+                           },
+                           policy));
+  bus.emit("t", fragile(0), with_key("a"));
+  bus.emit("t", fragile(1), with_key("b"));
+  fragile::fail = true;
+  CHECK_THROWS_AS(bus.emit("t", fragile(2), with_key("c")), std::runtime_error);
+  fragile::fail = false;
+  CHECK(dropped.empty());  // the full subscription kept both events
+  ex.run_until_idle();
+  std::sort(handled.begin(), handled.end());
+  CHECK(handled == std::vector<int>{0, 1});
+  const auto s = row(ex.stats(), "ordered-1");
+  CHECK(s.accepted == 2);
+  CHECK(s.dropped == 0);
+  CHECK(s.queued == 0);
+}

@@ -281,3 +281,23 @@ TEST_CASE("stats are readable as text", "[stats]") {
   ex.shutdown();
   CHECK(undelivered == 1);
 }
+
+TEST_CASE("queue-wait and handler-time statistics stay in range with a manual clock that starts "
+          "at steady_time::min()",
+          "[stats]") {
+  auto clock = std::make_shared<evbus::manual_clock>(evbus::steady_time::min());
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::manual_mode(2, clock));
+  bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+    clock->advance(std::chrono::milliseconds(3));
+  }));
+  bus.emit("t", 1);
+  clock->advance(std::chrono::hours(24 * 365));  // a year in the queue
+  ex.run_until_idle();
+  const auto s = ex.stats().total;
+  CHECK(s.delivered == 1);
+  CHECK(s.queue_wait.count == 1);
+  CHECK(s.queue_wait.max == std::chrono::hours(24 * 365));
+  CHECK(s.handler_time.max == std::chrono::milliseconds(3));
+}

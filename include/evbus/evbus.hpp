@@ -5334,7 +5334,9 @@ class small_lock {
 #ifndef EVBUS_PARTS_BLOCK_QUEUE_HPP
 #define EVBUS_PARTS_BLOCK_QUEUE_HPP
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -5343,13 +5345,18 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// Elements per block: about 1 KiB of them, at least 4.
+template <class T>
+inline constexpr std::size_t block_elements = sizeof(T) >= 256 ? 4 : 1024 / sizeof(T);
+
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the
 /// consumer has taken and those still waiting. Not synchronised: push(), take(), waiting()
 /// and release_all() are called under the caller's lock; front(), pop() belong to the one
 /// consumer, which touches only elements it took under that lock.
-template <class T, std::size_t per_block = 16>
+template <class T, std::size_t per_block = block_elements<T>>
 class block_queue {
-  static_assert(per_block >= 2, "block_queue: a block holds at least two elements");
+  static_assert(per_block >= 2 && per_block < (std::size_t{1} << 31),
+                "block_queue: a block holds at least two elements");
 
   struct block {
     block* next = nullptr;
@@ -5359,7 +5366,29 @@ class block_queue {
   };
 
  public:
+  /// One spare block that the queues of a subscription share, so that a partition going idle
+  /// and busy again does not free and allocate a block each time.
+  class spare_block {
+   public:
+    spare_block() noexcept = default;
+    spare_block(const spare_block&) = delete;
+    spare_block& operator=(const spare_block&) = delete;
+    ~spare_block() { delete slot_.load(std::memory_order_acquire); }
+    block* take() noexcept { return slot_.exchange(nullptr, std::memory_order_acquire); }
+    void give(block* b) noexcept {
+      block* none = nullptr;
+      if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+                                         std::memory_order_relaxed)) {
+        delete b;
+      }
+    }
+
+   private:
+    std::atomic<block*> slot_{nullptr};
+  };
+
   block_queue() noexcept = default;
+  void use_spare(spare_block* s) noexcept { spare_ = s; }
   block_queue(const block_queue&) = delete;
   block_queue& operator=(const block_queue&) = delete;
   /// Destroys the elements not popped (no consumer may be running then).
@@ -5378,7 +5407,12 @@ class block_queue {
     static_assert(std::is_nothrow_move_constructible_v<T>,
                   "block_queue: elements must move without throwing");
     if (tail_ == nullptr || tail_index_ == per_block) {
-      block* b = new block;
+      block* b = spare_ != nullptr ? spare_->take() : nullptr;
+      if (b == nullptr) {
+        b = new block;
+      } else {
+        b->next = nullptr;
+      }
       if (tail_ == nullptr) {
         head_ = mark_ = b;
         head_index_ = mark_index_ = 0;
@@ -5401,7 +5435,7 @@ class block_queue {
       }
       const std::size_t here = per_block - mark_index_;
       const std::size_t step_by = n < here ? n : here;
-      mark_index_ += step_by;
+      mark_index_ = static_cast<std::uint32_t>(mark_index_ + step_by);
       n -= step_by;
     }
   }
@@ -5439,7 +5473,7 @@ class block_queue {
     block* b = head_;
     while (b != nullptr) {
       block* next = b->next;
-      delete b;
+      drop(b);
       b = next;
     }
     head_ = tail_ = mark_ = nullptr;
@@ -5460,15 +5494,24 @@ class block_queue {
     block* old = head_;
     head_ = old->next;
     head_index_ = 0;
-    delete old;
+    drop(old);
+  }
+
+  void drop(block* b) noexcept {
+    if (spare_ != nullptr) {
+      spare_->give(b);
+    } else {
+      delete b;
+    }
   }
 
   block* head_ = nullptr;  // consumer's (set by the producer only when the queue was empty)
-  std::size_t head_index_ = 0;
+  std::uint32_t head_index_ = 0;
   block* tail_ = nullptr;  // producer's
-  std::size_t tail_index_ = 0;
+  std::uint32_t tail_index_ = 0;
   block* mark_ = nullptr;  // the first waiting element; under the lock
-  std::size_t mark_index_ = 0;
+  std::uint32_t mark_index_ = 0;
+  spare_block* spare_ = nullptr;
 };
 
 }  // namespace detail
@@ -5490,6 +5533,7 @@ class block_queue {
 
 
 #include <cstddef>
+#include <cstdint>
 
 namespace evbus {
 inline namespace v1 {
@@ -5516,7 +5560,7 @@ class strand {
   /// One event was queued. True: the caller has just become the holder and must hand the
   /// strand to something that runs it (the scheduler); false: the holder will take it.
   bool arrive() noexcept {
-    ++waiting_;
+    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
     if (held_) return false;
     held_ = true;
     return true;
@@ -5527,7 +5571,7 @@ class strand {
   /// guards, since the next arrive() makes another thread the holder.
   std::size_t take(std::size_t max) noexcept {
     const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ -= n;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
     if (n == 0) held_ = false;
     return n;
   }
@@ -5536,7 +5580,7 @@ class strand {
   bool held() const noexcept { return held_; }
 
  private:
-  std::size_t waiting_ = 0;
+  std::uint32_t waiting_ = 0;
   bool held_ = false;
 };
 
@@ -5759,7 +5803,7 @@ class scheduler {
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
         manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch),
+        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
         idle_spin_(spin) {}
 
   scheduler(const scheduler&) = delete;
@@ -5963,6 +6007,9 @@ class scheduler {
   }
 
   std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
 
  private:
   struct timer {
@@ -6215,6 +6262,10 @@ struct subscription_base {
   /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
   /// remove the subscription: no handler can push, and no event is left.
   std::atomic<std::size_t> holds{1};
+  /// The handler front is gone: the subscription leaves once its partitions are let go.
+  std::atomic<bool> retiring{false};
+  /// It has left the registry (drain() waits for a retiring subscription to be gone).
+  std::atomic<bool> removed{false};
 };
 
 class executor_link {
@@ -6254,8 +6305,10 @@ class executor_link {
   }
 
   scheduler sched;
-  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested.
-  std::atomic<bool> shutdown_requested{false};
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
+  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
+  /// all the time.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
   /// Set once subscriptions stop accepting events.
   std::atomic<bool> closed{false};
   std::atomic<std::uint64_t> errors{0};
@@ -6318,8 +6371,21 @@ class admission {
     return true;
   }
 
-  /// Takes a place whatever the capacity (unbounded subscriptions), raising the mark.
-  void force() noexcept { raise_mark(held_.fetch_add(1, std::memory_order_acq_rel) + 1); }
+  /// Unbounded subscriptions: counts an event in. Emitters write only `taken_` and workers
+  /// only `given_` (release_unbounded), so neither writes a line the other keeps reading; the
+  /// difference is read again only when a bound on it passes the high-water mark.
+  void count_in() noexcept {
+    const std::uint64_t taken = taken_.fetch_add(1, std::memory_order_relaxed) + 1;
+    const std::uint64_t seen = given_seen_.load(std::memory_order_relaxed);
+    if (taken >= seen && taken - seen <= high_water_.load(std::memory_order_relaxed)) return;
+    const std::uint64_t given = given_.load(std::memory_order_acquire);
+    given_seen_.store(given, std::memory_order_relaxed);
+    const std::uint64_t now_taken = taken_.load(std::memory_order_relaxed);
+    if (now_taken > given) raise_mark(now_taken - given);
+  }
+
+  /// Unbounded subscriptions: `n` events finished (nobody waits for room).
+  void count_out(std::uint64_t n) noexcept { given_.fetch_add(n, std::memory_order_release); }
 
   /// Takes a place beyond the capacity for an instant (drop_oldest, which evicts one next):
   /// the mark is not raised, since the subscription never holds more than its capacity.
@@ -6377,7 +6443,12 @@ class admission {
     }
   }
 
-  std::uint64_t held() const noexcept { return held_.load(std::memory_order_acquire); }
+  std::uint64_t held() const noexcept {
+    if (bounded()) return held_.load(std::memory_order_acquire);
+    const std::uint64_t given = given_.load(std::memory_order_acquire);
+    const std::uint64_t taken = taken_.load(std::memory_order_acquire);
+    return taken > given ? taken - given : 0;
+  }
   std::uint64_t high_water() const noexcept {
     return high_water_.load(std::memory_order_relaxed);
   }
@@ -6386,6 +6457,11 @@ class admission {
  private:
   const std::size_t capacity_;
   std::atomic<std::uint64_t> held_{0};  // bounded only
+  // Unbounded only: events counted in (by emitters) and out (by workers), on lines of their
+  // own, and a value `given_` had, which bounds the count from above.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> taken_{0};
+  std::atomic<std::uint64_t> given_seen_{0};
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::uint64_t> high_water_{0};
   std::atomic<std::size_t> waiting_{0};
   std::mutex mutex_;
@@ -6639,8 +6715,9 @@ class subscription final : public subscription_base {
                               reinterpret_cast<std::uintptr_t>(this));
     for (std::size_t i = 0; i < count_; ++i) {
       parts_[i].owner = this;
-      parts_[i].number = i;
+      parts_[i].number = static_cast<std::uint32_t>(i);
       parts_[i].rng = mix64(seed + i * 0x9e3779b97f4a7c15ULL);
+      parts_[i].queue.use_spare(&spare_);
     }
   }
 
@@ -6649,14 +6726,12 @@ class subscription final : public subscription_base {
   void push(const event_type& e) {
     if (link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
     const std::size_t number =
-        e.key.empty()
-            ? static_cast<std::size_t>(round_robin_.fetch_add(1, std::memory_order_relaxed) %
-                                       count_)
-            : static_cast<std::size_t>(
-                  (static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU) % count_);
+        e.key.empty() ? static_cast<std::size_t>(
+                            round_robin_.fetch_add(1, std::memory_order_relaxed) % count_)
+                      : partition_of(static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU);
     bool evict = false;
     if (!admission_.bounded()) {
-      admission_.force();
+      admission_.count_in();
     } else if (!admission_.reserve()) {
       switch (on_full_) {
         case overflow::reject:
@@ -6683,7 +6758,7 @@ class subscription final : public subscription_base {
     try {
       enqueue(number, e);
     } catch (...) {
-      admission_.release();
+      give_back_one();
       throw;
     }
     if (evict) evict_oldest();
@@ -6738,16 +6813,23 @@ class subscription final : public subscription_base {
     mutable small_lock lock;
     std::uint32_t number = 0;
     strand rule;
-    std::size_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
+    std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
+    // The holder's: events taken and not yet popped.
+    std::uint32_t in_hand = 0;
     block_queue<item> queue;
     std::uint64_t pushed = 0;
-    // The holder's: events taken and not yet popped, the jitter state, and events finished
-    // (read by drain() without the lock).
-    std::size_t in_hand = 0;
+    // The holder's: the jitter state, and events finished (read by drain() without the lock).
+
     std::uint64_t rng = 0;
     std::atomic<std::uint64_t> finished{0};
     subscription* owner = nullptr;
   };
+
+  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
+  std::size_t partition_of(std::uint32_t hash) const noexcept {
+    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
+                                     : static_cast<std::size_t>(hash) % count_;
+  }
 
   executor_closed closed_error(const event_type& e) const {
     return executor_closed("evbus: the keyed_executor is shut down: subscription " +
@@ -6807,9 +6889,10 @@ class subscription final : public subscription_base {
           return res;
         }
         p.queue.take(n);
-        p.evicted_waiting = p.evicted_waiting > n ? p.evicted_waiting - n : 0;
+        p.evicted_waiting =
+            p.evicted_waiting > n ? static_cast<std::uint32_t>(p.evicted_waiting - n) : 0;
         lock.unlock();
-        p.in_hand = n;
+        p.in_hand = static_cast<std::uint32_t>(n);  // n <= batch, checked by the executor
       }
       item& it = p.queue.front();
       if (!it.evicted) {
@@ -6838,8 +6921,16 @@ class subscription final : public subscription_base {
 
   void give_back(std::uint64_t& done) {
     if (done == 0) return;
-    admission_.release(done);
+    admission_.count_out(done);
     done = 0;
+  }
+
+  void give_back_one() {
+    if (admission_.bounded()) {
+      admission_.release();
+    } else {
+      admission_.count_out(1);
+    }
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
@@ -6943,7 +7034,9 @@ class subscription final : public subscription_base {
   const overflow on_full_;
   const std::optional<std::chrono::nanoseconds> block_timeout_;
   const bool manual_clock_ = link_.sched.clock().is_manual();
+  typename block_queue<item>::spare_block spare_;  // before parts_: destroyed after them
   const std::size_t count_;
+  const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2
   std::unique_ptr<partition[]> parts_;
   attempt_runner<Data> runner_;
   std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
@@ -7035,6 +7128,7 @@ class executor_core final : public executor_link,
       if (it == subscriptions_.end()) return;
       gone = std::move(*it);
       subscriptions_.erase(it);
+      gone->removed.store(true, std::memory_order_release);
       try {
         subscription_stats one;
         log_histogram::snapshot handler;
@@ -7195,6 +7289,12 @@ class executor_core final : public executor_link,
         [&] {
           for (; sub < subs.size(); ++sub, part = 0) {
             if (!subs[sub]->reached(targets[sub], part)) return false;
+            // A subscription whose handler is gone is waited for until it has left, so that
+            // stats() after drain() no longer lists it.
+            if (subs[sub]->retiring.load(std::memory_order_acquire) &&
+                !subs[sub]->removed.load(std::memory_order_acquire)) {
+              return false;
+            }
           }
           return true;
         },
@@ -7351,7 +7451,10 @@ struct subscription_front {
       : core(std::move(c)), sub(std::move(s)) {}
   subscription_front(const subscription_front&) = delete;
   subscription_front& operator=(const subscription_front&) = delete;
-  ~subscription_front() { core->release_hold(sub.get()); }
+  ~subscription_front() {
+    sub->retiring.store(true, std::memory_order_release);
+    core->release_hold(sub.get());
+  }
   std::shared_ptr<executor_core> core;
   std::shared_ptr<subscription<Data>> sub;
 };
@@ -7431,6 +7534,11 @@ class keyed_executor {
     if (options.partitions == 0) {
       throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
     }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at most " +
+                             std::to_string(max_partitions) + " (got " +
+                             std::to_string(options.partitions) + ")");
+    }
     if (options.idle_spin.count() < 0) {
       throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
                              std::to_string(options.idle_spin.count()) + "ns)");
@@ -7453,6 +7561,9 @@ class keyed_executor {
       core_->report_error(std::current_exception(), "keyed_executor destructor");
     }
   }
+
+  /// The most partitions an executor may have.
+  static constexpr std::size_t max_partitions = std::size_t{1} << 24;
 
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }

@@ -11,6 +11,7 @@
 #define EVBUS_PARTS_ADMISSION_HPP
 
 #include "clock.hpp"
+#include "config.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -44,8 +45,21 @@ class admission {
     return true;
   }
 
-  /// Takes a place whatever the capacity (unbounded subscriptions), raising the mark.
-  void force() noexcept { raise_mark(held_.fetch_add(1, std::memory_order_acq_rel) + 1); }
+  /// Unbounded subscriptions: counts an event in. Emitters write only `taken_` and workers
+  /// only `given_` (release_unbounded), so neither writes a line the other keeps reading; the
+  /// difference is read again only when a bound on it passes the high-water mark.
+  void count_in() noexcept {
+    const std::uint64_t taken = taken_.fetch_add(1, std::memory_order_relaxed) + 1;
+    const std::uint64_t seen = given_seen_.load(std::memory_order_relaxed);
+    if (taken >= seen && taken - seen <= high_water_.load(std::memory_order_relaxed)) return;
+    const std::uint64_t given = given_.load(std::memory_order_acquire);
+    given_seen_.store(given, std::memory_order_relaxed);
+    const std::uint64_t now_taken = taken_.load(std::memory_order_relaxed);
+    if (now_taken > given) raise_mark(now_taken - given);
+  }
+
+  /// Unbounded subscriptions: `n` events finished (nobody waits for room).
+  void count_out(std::uint64_t n) noexcept { given_.fetch_add(n, std::memory_order_release); }
 
   /// Takes a place beyond the capacity for an instant (drop_oldest, which evicts one next):
   /// the mark is not raised, since the subscription never holds more than its capacity.
@@ -103,7 +117,12 @@ class admission {
     }
   }
 
-  std::uint64_t held() const noexcept { return held_.load(std::memory_order_acquire); }
+  std::uint64_t held() const noexcept {
+    if (bounded()) return held_.load(std::memory_order_acquire);
+    const std::uint64_t given = given_.load(std::memory_order_acquire);
+    const std::uint64_t taken = taken_.load(std::memory_order_acquire);
+    return taken > given ? taken - given : 0;
+  }
   std::uint64_t high_water() const noexcept {
     return high_water_.load(std::memory_order_relaxed);
   }
@@ -112,6 +131,11 @@ class admission {
  private:
   const std::size_t capacity_;
   std::atomic<std::uint64_t> held_{0};  // bounded only
+  // Unbounded only: events counted in (by emitters) and out (by workers), on lines of their
+  // own, and a value `given_` had, which bounds the count from above.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> taken_{0};
+  std::atomic<std::uint64_t> given_seen_{0};
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::uint64_t> high_water_{0};
   std::atomic<std::size_t> waiting_{0};
   std::mutex mutex_;

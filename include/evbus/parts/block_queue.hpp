@@ -11,7 +11,9 @@
 #ifndef EVBUS_PARTS_BLOCK_QUEUE_HPP
 #define EVBUS_PARTS_BLOCK_QUEUE_HPP
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -20,13 +22,18 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// Elements per block: about 1 KiB of them, at least 4.
+template <class T>
+inline constexpr std::size_t block_elements = sizeof(T) >= 256 ? 4 : 1024 / sizeof(T);
+
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the
 /// consumer has taken and those still waiting. Not synchronised: push(), take(), waiting()
 /// and release_all() are called under the caller's lock; front(), pop() belong to the one
 /// consumer, which touches only elements it took under that lock.
-template <class T, std::size_t per_block = 16>
+template <class T, std::size_t per_block = block_elements<T>>
 class block_queue {
-  static_assert(per_block >= 2, "block_queue: a block holds at least two elements");
+  static_assert(per_block >= 2 && per_block < (std::size_t{1} << 31),
+                "block_queue: a block holds at least two elements");
 
   struct block {
     block* next = nullptr;
@@ -36,7 +43,29 @@ class block_queue {
   };
 
  public:
+  /// One spare block that the queues of a subscription share, so that a partition going idle
+  /// and busy again does not free and allocate a block each time.
+  class spare_block {
+   public:
+    spare_block() noexcept = default;
+    spare_block(const spare_block&) = delete;
+    spare_block& operator=(const spare_block&) = delete;
+    ~spare_block() { delete slot_.load(std::memory_order_acquire); }
+    block* take() noexcept { return slot_.exchange(nullptr, std::memory_order_acquire); }
+    void give(block* b) noexcept {
+      block* none = nullptr;
+      if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+                                         std::memory_order_relaxed)) {
+        delete b;
+      }
+    }
+
+   private:
+    std::atomic<block*> slot_{nullptr};
+  };
+
   block_queue() noexcept = default;
+  void use_spare(spare_block* s) noexcept { spare_ = s; }
   block_queue(const block_queue&) = delete;
   block_queue& operator=(const block_queue&) = delete;
   /// Destroys the elements not popped (no consumer may be running then).
@@ -55,7 +84,12 @@ class block_queue {
     static_assert(std::is_nothrow_move_constructible_v<T>,
                   "block_queue: elements must move without throwing");
     if (tail_ == nullptr || tail_index_ == per_block) {
-      block* b = new block;
+      block* b = spare_ != nullptr ? spare_->take() : nullptr;
+      if (b == nullptr) {
+        b = new block;
+      } else {
+        b->next = nullptr;
+      }
       if (tail_ == nullptr) {
         head_ = mark_ = b;
         head_index_ = mark_index_ = 0;
@@ -78,7 +112,7 @@ class block_queue {
       }
       const std::size_t here = per_block - mark_index_;
       const std::size_t step_by = n < here ? n : here;
-      mark_index_ += step_by;
+      mark_index_ = static_cast<std::uint32_t>(mark_index_ + step_by);
       n -= step_by;
     }
   }
@@ -116,7 +150,7 @@ class block_queue {
     block* b = head_;
     while (b != nullptr) {
       block* next = b->next;
-      delete b;
+      drop(b);
       b = next;
     }
     head_ = tail_ = mark_ = nullptr;
@@ -137,15 +171,24 @@ class block_queue {
     block* old = head_;
     head_ = old->next;
     head_index_ = 0;
-    delete old;
+    drop(old);
+  }
+
+  void drop(block* b) noexcept {
+    if (spare_ != nullptr) {
+      spare_->give(b);
+    } else {
+      delete b;
+    }
   }
 
   block* head_ = nullptr;  // consumer's (set by the producer only when the queue was empty)
-  std::size_t head_index_ = 0;
+  std::uint32_t head_index_ = 0;
   block* tail_ = nullptr;  // producer's
-  std::size_t tail_index_ = 0;
+  std::uint32_t tail_index_ = 0;
   block* mark_ = nullptr;  // the first waiting element; under the lock
-  std::size_t mark_index_ = 0;
+  std::uint32_t mark_index_ = 0;
+  spare_block* spare_ = nullptr;
 };
 
 }  // namespace detail

@@ -105,7 +105,10 @@ struct subscription_front {
       : core(std::move(c)), sub(std::move(s)) {}
   subscription_front(const subscription_front&) = delete;
   subscription_front& operator=(const subscription_front&) = delete;
-  ~subscription_front() { core->release_hold(sub.get()); }
+  ~subscription_front() {
+    sub->retiring.store(true, std::memory_order_release);
+    core->release_hold(sub.get());
+  }
   std::shared_ptr<executor_core> core;
   std::shared_ptr<subscription<Data>> sub;
 };
@@ -185,6 +188,11 @@ class keyed_executor {
     if (options.partitions == 0) {
       throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
     }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at most " +
+                             std::to_string(max_partitions) + " (got " +
+                             std::to_string(options.partitions) + ")");
+    }
     if (options.idle_spin.count() < 0) {
       throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
                              std::to_string(options.idle_spin.count()) + "ns)");
@@ -207,6 +215,9 @@ class keyed_executor {
       core_->report_error(std::current_exception(), "keyed_executor destructor");
     }
   }
+
+  /// The most partitions an executor may have.
+  static constexpr std::size_t max_partitions = std::size_t{1} << 24;
 
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }

@@ -76,6 +76,7 @@ class executor_core final : public executor_link,
       if (it == subscriptions_.end()) return;
       gone = std::move(*it);
       subscriptions_.erase(it);
+      gone->removed.store(true, std::memory_order_release);
       try {
         subscription_stats one;
         log_histogram::snapshot handler;
@@ -236,6 +237,12 @@ class executor_core final : public executor_link,
         [&] {
           for (; sub < subs.size(); ++sub, part = 0) {
             if (!subs[sub]->reached(targets[sub], part)) return false;
+            // A subscription whose handler is gone is waited for until it has left, so that
+            // stats() after drain() no longer lists it.
+            if (subs[sub]->retiring.load(std::memory_order_acquire) &&
+                !subs[sub]->removed.load(std::memory_order_acquire)) {
+              return false;
+            }
           }
           return true;
         },

@@ -8,6 +8,7 @@
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 
+#include "config.hpp"
 #include "errors.hpp"
 #include "scheduler.hpp"
 #include "stats.hpp"
@@ -60,6 +61,10 @@ struct subscription_base {
   /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
   /// remove the subscription: no handler can push, and no event is left.
   std::atomic<std::size_t> holds{1};
+  /// The handler front is gone: the subscription leaves once its partitions are let go.
+  std::atomic<bool> retiring{false};
+  /// It has left the registry (drain() waits for a retiring subscription to be gone).
+  std::atomic<bool> removed{false};
 };
 
 class executor_link {
@@ -99,8 +104,10 @@ class executor_link {
   }
 
   scheduler sched;
-  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested.
-  std::atomic<bool> shutdown_requested{false};
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
+  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
+  /// all the time.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
   /// Set once subscriptions stop accepting events.
   std::atomic<bool> closed{false};
   std::atomic<std::uint64_t> errors{0};

@@ -82,7 +82,7 @@ class scheduler {
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
         manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch),
+        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
         idle_spin_(spin) {}
 
   scheduler(const scheduler&) = delete;
@@ -286,6 +286,9 @@ class scheduler {
   }
 
   std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
 
  private:
   struct timer {

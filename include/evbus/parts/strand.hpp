@@ -12,6 +12,7 @@
 #include "clock.hpp"
 
 #include <cstddef>
+#include <cstdint>
 
 namespace evbus {
 inline namespace v1 {
@@ -38,7 +39,7 @@ class strand {
   /// One event was queued. True: the caller has just become the holder and must hand the
   /// strand to something that runs it (the scheduler); false: the holder will take it.
   bool arrive() noexcept {
-    ++waiting_;
+    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
     if (held_) return false;
     held_ = true;
     return true;
@@ -49,7 +50,7 @@ class strand {
   /// guards, since the next arrive() makes another thread the holder.
   std::size_t take(std::size_t max) noexcept {
     const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ -= n;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
     if (n == 0) held_ = false;
     return n;
   }
@@ -58,7 +59,7 @@ class strand {
   bool held() const noexcept { return held_; }
 
  private:
-  std::size_t waiting_ = 0;
+  std::uint32_t waiting_ = 0;
   bool held_ = false;
 };
 

@@ -63,8 +63,9 @@ class subscription final : public subscription_base {
                               reinterpret_cast<std::uintptr_t>(this));
     for (std::size_t i = 0; i < count_; ++i) {
       parts_[i].owner = this;
-      parts_[i].number = i;
+      parts_[i].number = static_cast<std::uint32_t>(i);
       parts_[i].rng = mix64(seed + i * 0x9e3779b97f4a7c15ULL);
+      parts_[i].queue.use_spare(&spare_);
     }
   }
 
@@ -73,14 +74,12 @@ class subscription final : public subscription_base {
   void push(const event_type& e) {
     if (link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
     const std::size_t number =
-        e.key.empty()
-            ? static_cast<std::size_t>(round_robin_.fetch_add(1, std::memory_order_relaxed) %
-                                       count_)
-            : static_cast<std::size_t>(
-                  (static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU) % count_);
+        e.key.empty() ? static_cast<std::size_t>(
+                            round_robin_.fetch_add(1, std::memory_order_relaxed) % count_)
+                      : partition_of(static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU);
     bool evict = false;
     if (!admission_.bounded()) {
-      admission_.force();
+      admission_.count_in();
     } else if (!admission_.reserve()) {
       switch (on_full_) {
         case overflow::reject:
@@ -107,7 +106,7 @@ class subscription final : public subscription_base {
     try {
       enqueue(number, e);
     } catch (...) {
-      admission_.release();
+      give_back_one();
       throw;
     }
     if (evict) evict_oldest();
@@ -162,16 +161,23 @@ class subscription final : public subscription_base {
     mutable small_lock lock;
     std::uint32_t number = 0;
     strand rule;
-    std::size_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
+    std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
+    // The holder's: events taken and not yet popped.
+    std::uint32_t in_hand = 0;
     block_queue<item> queue;
     std::uint64_t pushed = 0;
-    // The holder's: events taken and not yet popped, the jitter state, and events finished
-    // (read by drain() without the lock).
-    std::size_t in_hand = 0;
+    // The holder's: the jitter state, and events finished (read by drain() without the lock).
+
     std::uint64_t rng = 0;
     std::atomic<std::uint64_t> finished{0};
     subscription* owner = nullptr;
   };
+
+  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
+  std::size_t partition_of(std::uint32_t hash) const noexcept {
+    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
+                                     : static_cast<std::size_t>(hash) % count_;
+  }
 
   executor_closed closed_error(const event_type& e) const {
     return executor_closed("evbus: the keyed_executor is shut down: subscription " +
@@ -231,9 +237,10 @@ class subscription final : public subscription_base {
           return res;
         }
         p.queue.take(n);
-        p.evicted_waiting = p.evicted_waiting > n ? p.evicted_waiting - n : 0;
+        p.evicted_waiting =
+            p.evicted_waiting > n ? static_cast<std::uint32_t>(p.evicted_waiting - n) : 0;
         lock.unlock();
-        p.in_hand = n;
+        p.in_hand = static_cast<std::uint32_t>(n);  // n <= batch, checked by the executor
       }
       item& it = p.queue.front();
       if (!it.evicted) {
@@ -262,8 +269,16 @@ class subscription final : public subscription_base {
 
   void give_back(std::uint64_t& done) {
     if (done == 0) return;
-    admission_.release(done);
+    admission_.count_out(done);
     done = 0;
+  }
+
+  void give_back_one() {
+    if (admission_.bounded()) {
+      admission_.release();
+    } else {
+      admission_.count_out(1);
+    }
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
@@ -367,7 +382,9 @@ class subscription final : public subscription_base {
   const overflow on_full_;
   const std::optional<std::chrono::nanoseconds> block_timeout_;
   const bool manual_clock_ = link_.sched.clock().is_manual();
+  typename block_queue<item>::spare_block spare_;  // before parts_: destroyed after them
   const std::size_t count_;
+  const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2
   std::unique_ptr<partition[]> parts_;
   attempt_runner<Data> runner_;
   std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_

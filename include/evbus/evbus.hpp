@@ -344,14 +344,11 @@ inline time_point wall_now() noexcept {
 #define EVBUS_PARTS_EMIT_TRACKING_HPP
 
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -447,8 +444,8 @@ struct alignas(16) id_text {
  * (except for `seq`, which others read), so emitting threads share no cache line.
  *
  * `seq` is odd while its thread is inside an outermost emit. A writer that must know when the
- * emits running now are over (to free a subscription list, or before deregister_handler
- * returns) reads every slot's `seq` and waits for the odd ones to move on.
+ * emits running now are over (to free a subscription list) reads every slot's `seq` and
+ * waits for the odd ones to move on.
  */
 struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::atomic<std::uint64_t> seq{0};
@@ -502,17 +499,82 @@ inline void release_slot(thread_slot* s) noexcept {
   s->in_use.store(false, std::memory_order_relaxed);
 }
 
+/// The calling thread's slot, kept where it stays readable for the whole life of the thread:
+/// a thread_local with no destructor. While the thread runs, `slot` is the slot it owns; once
+/// its slot_owner is destroyed at thread exit, `exiting` is set and `slot` is set only while a
+/// slot_lease holds one (a thread_local destructor that emits).
+struct thread_state {
+  thread_slot* slot = nullptr;
+  std::uint32_t leases = 0;
+  bool exiting = false;
+};
+
+inline thread_state& this_thread_state() noexcept {
+  static thread_local thread_state state;
+  return state;
+}
+
+/// Owns the calling thread's slot from its first use to the thread's exit.
 struct slot_owner {
-  thread_slot* slot;
-  slot_owner() : slot(acquire_slot()) {}
-  ~slot_owner() { release_slot(slot); }
+  slot_owner() { this_thread_state().slot = acquire_slot(); }
+  ~slot_owner() {
+    thread_state& t = this_thread_state();
+    release_slot(t.slot);
+    t.slot = nullptr;
+    t.exiting = true;
+  }
   slot_owner(const slot_owner&) = delete;
   slot_owner& operator=(const slot_owner&) = delete;
 };
 
+/// The slot the calling thread owns. Not for use during thread exit: see slot_lease.
 inline thread_slot& this_thread_slot() {
   thread_local slot_owner owner;
-  return *owner.slot;
+  return *this_thread_state().slot;
+}
+
+/**
+ * The calling thread's slot for as long as the lease lives. While the thread runs, its own
+ * slot. During thread exit, once the owned slot was handed back (a thread_local destructor
+ * that emits or makes ids), a slot taken from the registry for the outermost lease and handed
+ * back when it ends: a slot is never used by two threads at once, so marks and ids stay
+ * exact.
+ */
+class slot_lease {
+ public:
+  slot_lease() {
+    thread_state& t = this_thread_state();
+    if (!t.exiting) {
+      slot_ = &this_thread_slot();
+      return;
+    }
+    if (t.leases == 0) t.slot = acquire_slot();
+    ++t.leases;
+    slot_ = t.slot;
+    leased_ = true;
+  }
+  ~slot_lease() {
+    if (!leased_) return;
+    thread_state& t = this_thread_state();
+    if (--t.leases == 0) {
+      release_slot(t.slot);
+      t.slot = nullptr;
+    }
+  }
+  slot_lease(const slot_lease&) = delete;
+  slot_lease& operator=(const slot_lease&) = delete;
+
+  thread_slot& slot() const noexcept { return *slot_; }
+
+ private:
+  thread_slot* slot_ = nullptr;
+  bool leased_ = false;
+};
+
+/// True when the calling thread is inside an emit (of any bus).
+inline bool this_thread_in_emit() noexcept {
+  const thread_slot* s = this_thread_state().slot;
+  return s != nullptr && s->depth > 0;
 }
 
 /// Marks the calling thread as inside an emit for as long as it lives. Only the outermost
@@ -568,22 +630,6 @@ inline bool emits_finished(const emit_marks& marks) noexcept {
     if (m.first->seq.load(std::memory_order_acquire) == m.second) return false;
   }
   return true;
-}
-
-/// Waits until every emit in `marks` that another thread was running has returned. The
-/// calling thread's own emits (it may be inside a handler) are not waited for.
-inline void wait_for_emits(emit_marks marks) {
-  const thread_slot* self = &this_thread_slot();
-  marks.erase(std::remove_if(marks.begin(), marks.end(),
-                             [self](const auto& m) { return m.first == self; }),
-              marks.end());
-  for (unsigned spin = 0; !emits_finished(marks); ++spin) {
-    if (spin < 64) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
-    }
-  }
 }
 
 }  // namespace detail
@@ -700,7 +746,8 @@ struct sortable_ids {
   /// A new id.
   std::string operator()() const {
     std::string out;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), out);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), out);
     return out;
   }
 };
@@ -1120,6 +1167,15 @@ inline void check_topic_name(std::string_view name) {
   }
 }
 
+/**
+ * A registered handler. Lists of topics share it; its callable lives until it is deregistered
+ * and no call of it is running, then the thread that ends the last call (or deregistration,
+ * when none runs) destroys it.
+ *
+ * `calls` counts the calls running, in steps of 2, plus 1 once deregistered. A call starts
+ * only while that bit is clear, in the same atomic step that counts it, so deregistration
+ * (which sets the bit) knows exactly how many calls may still touch the callable.
+ */
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
@@ -1129,9 +1185,38 @@ struct handler_entry {
   const std::string key;
   const std::string pattern;
   const std::regex matcher;
-  const std::function<void(const basic_event<Data>&)> fn;
+  std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
   const std::uint64_t order;
-  std::atomic<bool> active{true};
+  std::atomic<std::uint64_t> calls{0};
+  std::atomic<bool> released{false};  // set once fn is destroyed
+
+  /// Counts a call about to start; false once deregistered (then do not call).
+  bool enter() noexcept {
+    std::uint64_t v = calls.load(std::memory_order_relaxed);
+    do {
+      if ((v & 1U) != 0) return false;
+    } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                          std::memory_order_relaxed));
+    return true;
+  }
+
+  /// Ends a call; the last call to end after deregistration destroys the callable.
+  void leave() noexcept {
+    if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) release();
+  }
+
+  /// Marks the handler deregistered: no call starts after this. True when no call is running
+  /// (the caller must then call release()).
+  bool deregister() noexcept { return calls.fetch_or(1, std::memory_order_acq_rel) == 0; }
+
+  /// Destroys the callable, and with it what it captured.
+  void release() noexcept {
+    {
+      std::function<void(const basic_event<Data>&)> dead;
+      dead.swap(fn);
+    }
+    released.store(true, std::memory_order_release);
+  }
 };
 
 template <class Data>
@@ -1249,6 +1334,7 @@ bool matches(const handler_entry<Data>& h, const std::string& topic) {
 #include <algorithm>
 #include <any>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -1258,6 +1344,7 @@ bool matches(const handler_entry<Data>& h, const std::string& topic) {
 #include <regex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -1422,23 +1509,27 @@ class basic_bus {
   /**
    * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
    *
-   * After it returns the handler is never called again, and no call of it is still running on
-   * another thread, so the caller may destroy what the handler captured. It waits for the
-   * emits other threads are running; called from inside a handler, it does not wait for the
-   * calling thread's own emits (so a handler may deregister itself). Two handlers that, on two
-   * threads, deregister handlers at the same time would each wait for the other's emit: do not.
+   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
+   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
+   * running: by this call, before it returns, when none is; otherwise by the thread that ends
+   * the last running call, as that call returns.
+   *
+   * Called outside any emit, it waits for the calls running on other threads to return, so
+   * once it returns the callable is destroyed and the caller may destroy what the handler
+   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
+   * deregister themselves and each other on any number of threads without deadlock.
    */
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    detail::emit_marks marks;
+    bool idle = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      entry->active.store(false, std::memory_order_seq_cst);
+      idle = entry->deregister();
       for (auto& kv : topics_) {
         auto& slot = *kv.second;
         const auto& old = *slot.handlers_owner;
@@ -1450,22 +1541,20 @@ class basic_bus {
         }
         publish(slot, std::move(list));
       }
-      // One look at the emits in progress serves both the lists retired by every change so
-      // far and the wait below.
-      marks = detail::emits_in_progress();
-      if (!pending_.empty()) seal(marks);
-      collect(garbage);
-    }
-    detail::wait_for_emits(std::move(marks));
-    {
-      // The lists that held the entry can now be freed (unless this thread is inside an emit
-      // that still reads them); the callable is destroyed here, outside the lock, when the
-      // last list goes.
-      std::lock_guard<std::mutex> lock(mutex_);
-      collect(garbage);
+      retire_later(garbage);
     }
     garbage.clear();
-    entry.reset();
+    if (idle) {
+      entry->release();
+    } else if (!detail::this_thread_in_emit()) {
+      for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
+        if (spin < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
+        }
+      }
+    }
   }
 
   /// Every handler key, in registration order.
@@ -1509,6 +1598,10 @@ class basic_bus {
    * each failure with the handler's key; if it returns, emit returns normally. An empty hook
    * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
    * or more.
+   *
+   * A hook that throws still receives every other failure of the emit; then what it threw
+   * leaves emit by the default rule: one exception as it is, several as
+   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
    */
   void set_error_hook(error_hook hook) {
     std::vector<std::unique_ptr<unit>> garbage;
@@ -1533,7 +1626,8 @@ class basic_bus {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
   }
@@ -1541,7 +1635,8 @@ class basic_bus {
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data));
   }
@@ -1623,8 +1718,11 @@ class basic_bus {
   void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      // seq_cst pairs with deregister_handler (see detail::emit_scope).
-      if (!h->active.load(std::memory_order_seq_cst)) continue;
+      if (!h->enter()) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        ~call_guard() { entry.leave(); }
+      } guard{*h};
       try {
         h->fn(ev);
       } catch (...) {
@@ -1637,7 +1735,8 @@ class basic_bus {
   std::string new_id() {
     if (!default_ids_) return generator_();
     std::string id;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
     return id;
   }
 
@@ -1650,13 +1749,15 @@ class basic_bus {
 
   /// Emits on a slot held by the caller (a handle or a transaction).
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
   emit_result emit_on(const slot_type& topic, Data&& data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data));
   }
@@ -1691,10 +1792,20 @@ class basic_bus {
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
+  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
+  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
-      for (const auto& f : failures) (*hook)(ev, f.key, f.error);
-      return;
+      std::vector<typename handler_errors::failure> hook_failures;
+      for (const auto& f : failures) {
+        try {
+          (*hook)(ev, f.key, f.error);
+        } catch (...) {
+          hook_failures.push_back({f.key, std::current_exception()});
+        }
+      }
+      if (hook_failures.empty()) return;
+      failures = std::move(hook_failures);
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));

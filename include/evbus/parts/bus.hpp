@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <any>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -24,6 +25,7 @@
 #include <regex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -188,23 +190,27 @@ class basic_bus {
   /**
    * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
    *
-   * After it returns the handler is never called again, and no call of it is still running on
-   * another thread, so the caller may destroy what the handler captured. It waits for the
-   * emits other threads are running; called from inside a handler, it does not wait for the
-   * calling thread's own emits (so a handler may deregister itself). Two handlers that, on two
-   * threads, deregister handlers at the same time would each wait for the other's emit: do not.
+   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
+   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
+   * running: by this call, before it returns, when none is; otherwise by the thread that ends
+   * the last running call, as that call returns.
+   *
+   * Called outside any emit, it waits for the calls running on other threads to return, so
+   * once it returns the callable is destroyed and the caller may destroy what the handler
+   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
+   * deregister themselves and each other on any number of threads without deadlock.
    */
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    detail::emit_marks marks;
+    bool idle = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      entry->active.store(false, std::memory_order_seq_cst);
+      idle = entry->deregister();
       for (auto& kv : topics_) {
         auto& slot = *kv.second;
         const auto& old = *slot.handlers_owner;
@@ -216,22 +222,20 @@ class basic_bus {
         }
         publish(slot, std::move(list));
       }
-      // One look at the emits in progress serves both the lists retired by every change so
-      // far and the wait below.
-      marks = detail::emits_in_progress();
-      if (!pending_.empty()) seal(marks);
-      collect(garbage);
-    }
-    detail::wait_for_emits(std::move(marks));
-    {
-      // The lists that held the entry can now be freed (unless this thread is inside an emit
-      // that still reads them); the callable is destroyed here, outside the lock, when the
-      // last list goes.
-      std::lock_guard<std::mutex> lock(mutex_);
-      collect(garbage);
+      retire_later(garbage);
     }
     garbage.clear();
-    entry.reset();
+    if (idle) {
+      entry->release();
+    } else if (!detail::this_thread_in_emit()) {
+      for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
+        if (spin < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
+        }
+      }
+    }
   }
 
   /// Every handler key, in registration order.
@@ -275,6 +279,10 @@ class basic_bus {
    * each failure with the handler's key; if it returns, emit returns normally. An empty hook
    * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
    * or more.
+   *
+   * A hook that throws still receives every other failure of the emit; then what it threw
+   * leaves emit by the default rule: one exception as it is, several as
+   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
    */
   void set_error_hook(error_hook hook) {
     std::vector<std::unique_ptr<unit>> garbage;
@@ -299,7 +307,8 @@ class basic_bus {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
   }
@@ -307,7 +316,8 @@ class basic_bus {
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data));
   }
@@ -389,8 +399,11 @@ class basic_bus {
   void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      // seq_cst pairs with deregister_handler (see detail::emit_scope).
-      if (!h->active.load(std::memory_order_seq_cst)) continue;
+      if (!h->enter()) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        ~call_guard() { entry.leave(); }
+      } guard{*h};
       try {
         h->fn(ev);
       } catch (...) {
@@ -403,7 +416,8 @@ class basic_bus {
   std::string new_id() {
     if (!default_ids_) return generator_();
     std::string id;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
     return id;
   }
 
@@ -416,13 +430,15 @@ class basic_bus {
 
   /// Emits on a slot held by the caller (a handle or a transaction).
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
   emit_result emit_on(const slot_type& topic, Data&& data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data));
   }
@@ -457,10 +473,20 @@ class basic_bus {
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
+  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
+  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
-      for (const auto& f : failures) (*hook)(ev, f.key, f.error);
-      return;
+      std::vector<typename handler_errors::failure> hook_failures;
+      for (const auto& f : failures) {
+        try {
+          (*hook)(ev, f.key, f.error);
+        } catch (...) {
+          hook_failures.push_back({f.key, std::current_exception()});
+        }
+      }
+      if (hook_failures.empty()) return;
+      failures = std::move(hook_failures);
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));

@@ -46,6 +46,15 @@ inline void check_topic_name(std::string_view name) {
   }
 }
 
+/**
+ * A registered handler. Lists of topics share it; its callable lives until it is deregistered
+ * and no call of it is running, then the thread that ends the last call (or deregistration,
+ * when none runs) destroys it.
+ *
+ * `calls` counts the calls running, in steps of 2, plus 1 once deregistered. A call starts
+ * only while that bit is clear, in the same atomic step that counts it, so deregistration
+ * (which sets the bit) knows exactly how many calls may still touch the callable.
+ */
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
@@ -55,9 +64,38 @@ struct handler_entry {
   const std::string key;
   const std::string pattern;
   const std::regex matcher;
-  const std::function<void(const basic_event<Data>&)> fn;
+  std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
   const std::uint64_t order;
-  std::atomic<bool> active{true};
+  std::atomic<std::uint64_t> calls{0};
+  std::atomic<bool> released{false};  // set once fn is destroyed
+
+  /// Counts a call about to start; false once deregistered (then do not call).
+  bool enter() noexcept {
+    std::uint64_t v = calls.load(std::memory_order_relaxed);
+    do {
+      if ((v & 1U) != 0) return false;
+    } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                          std::memory_order_relaxed));
+    return true;
+  }
+
+  /// Ends a call; the last call to end after deregistration destroys the callable.
+  void leave() noexcept {
+    if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) release();
+  }
+
+  /// Marks the handler deregistered: no call starts after this. True when no call is running
+  /// (the caller must then call release()).
+  bool deregister() noexcept { return calls.fetch_or(1, std::memory_order_acq_rel) == 0; }
+
+  /// Destroys the callable, and with it what it captured.
+  void release() noexcept {
+    {
+      std::function<void(const basic_event<Data>&)> dead;
+      dead.swap(fn);
+    }
+    released.store(true, std::memory_order_release);
+  }
 };
 
 template <class Data>

@@ -87,11 +87,25 @@ inline constexpr const char* version_string = "0.1.0";
 #define EVBUS_PARTS_ERRORS_HPP
 
 
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <vector>
+
+/// Where the platform offers the Itanium C++ ABI's demangler (GCC, Clang), type names in
+/// messages are shown as written in code; elsewhere as std::type_info::name gives them.
+#if defined(__has_include)
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
+#define EVBUS_HAS_CXXABI 1
+#endif
+#endif
+#ifndef EVBUS_HAS_CXXABI
+#define EVBUS_HAS_CXXABI 0
+#endif
 
 namespace evbus {
 inline namespace v1 {
@@ -109,6 +123,21 @@ class error : public std::runtime_error {
 };
 
 namespace detail {
+
+/// A type's name for an error message: demangled where the platform can (`std::string`'s
+/// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
+inline std::string type_name(const std::type_info& type) {
+#if EVBUS_HAS_CXXABI
+  int status = 0;
+  char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
+  if (readable != nullptr) {
+    std::string out = status == 0 ? std::string(readable) : std::string(type.name());
+    std::free(readable);
+    return out;
+  }
+#endif
+  return type.name();
+}
 
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \xNN, and long values cut (the length is still named) so a message stays readable.
@@ -866,6 +895,22 @@ struct is_variant : std::false_type {};
 template <class... Ts>
 struct is_variant<std::variant<Ts...>> : std::true_type {};
 
+/// True for a payload given as C text (a string literal or a char pointer) to a std::any bus,
+/// which stores it as a std::string: a pointer into the caller's buffer would dangle.
+template <class Data, class T>
+inline constexpr bool is_c_text =
+    std::is_same_v<Data, std::any> && (std::is_same_v<std::decay_t<T>, const char*> ||
+                                       std::is_same_v<std::decay_t<T>, char*>);
+
+/// C text as the std::string a std::any bus stores; a null pointer is evbus::invalid_argument.
+inline std::string c_text(const char* text) {
+  if (text == nullptr) {
+    throw invalid_argument("evbus: the payload is a null char pointer (text given as a char "
+                           "pointer is stored as a std::string)");
+  }
+  return std::string(text);
+}
+
 }  // namespace detail
 
 /**
@@ -911,13 +956,13 @@ class basic_event {
     if constexpr (std::is_same_v<Data, std::any>) {
       if (const T* p = std::any_cast<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (it holds " + data.type().name() + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (it holds " + detail::type_name(data.type()) + ")");
     } else if constexpr (detail::is_variant<Data>::value) {
       if (const T* p = std::get_if<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (variant index " + std::to_string(data.index()) + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (variant index " + std::to_string(data.index()) + ")");
     } else {
       static_assert(std::is_same_v<T, Data>,
                     "evbus: data_as<T> needs T == Data unless Data is std::any or std::variant");
@@ -1642,6 +1687,22 @@ class basic_bus {
   }
 
   /**
+   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
+   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
+   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
+   */
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
+    return emit(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text) {
+    return emit(topic, Data(detail::c_text(text)));
+  }
+
+  /**
    * @brief A handle on a registered topic, to emit without looking the name up.
    * Emitting through it after the topic was deregistered throws evbus::unknown_topic. The
    * handle must not outlive the bus.
@@ -1984,6 +2045,7 @@ using bus = basic_bus<std::any>;
 #include <any>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 namespace evbus {
 inline namespace v1 {
@@ -2009,6 +2071,18 @@ class basic_topic_handle {
 
   /// The same with no options.
   emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text, emit_options options) const {
+    return emit(Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text) const {
+    return emit(Data(detail::c_text(text)));
+  }
 
  private:
   friend class basic_bus<Data>;
@@ -2039,6 +2113,7 @@ using topic_handle = basic_topic_handle<std::any>;
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -2094,18 +2169,15 @@ class basic_transaction {
   /// Buffers an event and returns its id (generated now unless `options.id` is set).
   /// `options.tx_id` must be empty or equal tx_id().
   std::string emit(std::string_view topic, Data data, emit_options options = {}) {
-    check_open("emit into");
-    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
-                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
-    }
-    auto slot = bus_->find_slot(topic);
-    options.tx_id = tx_id_;
-    if (options.id.empty()) options.id = bus_->new_id();
-    std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
-    return id;
+    return buffer(topic, std::move(data), std::move(options));
   }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  std::string emit(std::string_view topic, Text&& text, emit_options options = {}) {
+    return buffer(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
 
   /**
    * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
@@ -2159,6 +2231,21 @@ class basic_transaction {
   }
 
  private:
+  /// What emit does: check the transaction, the tx id and the topic, then buffer the event.
+  std::string buffer(std::string_view topic, Data data, emit_options options) {
+    check_open("emit into");
+    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
+      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
+                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+    }
+    auto slot = bus_->find_slot(topic);
+    options.tx_id = tx_id_;
+    if (options.id.empty()) options.id = bus_->new_id();
+    std::string id = options.id;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    return id;
+  }
+
   friend class basic_bus<Data>;
   struct entry {
     std::shared_ptr<detail::topic_slot<Data>> slot;
@@ -2474,7 +2561,7 @@ struct codec<T, std::enable_if_t<detail::stored_as_bytes_v<T>>> {
   T decode(std::string_view bytes) const {
     if (bytes.size() != sizeof(T)) {
       throw codec_error("evbus: cannot decode " + std::to_string(bytes.size()) +
-                        " bytes as a " + typeid(T).name() + ": it is " +
+                        " bytes as a " + detail::type_name(typeid(T)) + ": it is " +
                         std::to_string(sizeof(T)) + " bytes");
     }
     T value;
@@ -5026,8 +5113,8 @@ struct undelivered {
   const T& data_as() const {
     if (const T* p = std::any_cast<T>(&data)) return *p;
     throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + typeid(T).name() + " (it holds " +
-                        data.type().name() + ")");
+                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
+                        detail::type_name(data.type()) + ")");
   }
 };
 

@@ -323,6 +323,22 @@ class basic_bus {
   }
 
   /**
+   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
+   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
+   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
+   */
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
+    return emit(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text) {
+    return emit(topic, Data(detail::c_text(text)));
+  }
+
+  /**
    * @brief A handle on a registered topic, to emit without looking the name up.
    * Emitting through it after the topic was deregistered throws evbus::unknown_topic. The
    * handle must not outlive the bus.

@@ -1144,6 +1144,48 @@ inline std::size_t matcher_expansion(std::string_view p) {
   return total;
 }
 
+/// The literal text every topic a matcher matches starts with, or empty: the leading
+/// characters of `pattern` that are plain (letters, digits, punctuation other than
+/// `. ^ $ | ? * + ( ) [ ] { } \`) or escaped punctuation (`\.`, `\/`), up to the first
+/// other element; a character followed by a quantifier does not count, and a pattern with a
+/// `|` anywhere has none.
+inline std::string literal_prefix(std::string_view pattern) {
+  if (pattern.find('|') != std::string_view::npos) return {};
+  const auto special = [](char c) {
+    return std::string_view(".^$|?*+()[]{}\\").find(c) != std::string_view::npos;
+  };
+  const auto printable_punct = [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x21 && u <= 0x7e && !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                                        (c >= 'A' && c <= 'Z'));
+  };
+  std::string prefix;
+  std::size_t i = 0;
+  while (i < pattern.size()) {
+    char c = pattern[i];
+    std::size_t next = i + 1;
+    if (c == '\\') {
+      if (next >= pattern.size() || !printable_punct(pattern[next])) break;
+      c = pattern[next];
+      next = i + 2;
+    } else if (special(c)) {
+      break;
+    }
+    if (next < pattern.size()) {
+      const char q = pattern[next];
+      if (q == '?' || q == '*' || q == '+' || q == '{') break;
+    }
+    prefix += c;
+    i = next;
+  }
+  return prefix;
+}
+
+/// True when `topic` starts with `prefix`.
+inline bool has_prefix(std::string_view topic, std::string_view prefix) noexcept {
+  return topic.size() >= prefix.size() && topic.compare(0, prefix.size(), prefix) == 0;
+}
+
 /// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
 /// synchronisation, the first time a regex compiler meets each character; two threads
 /// compiling matchers at once would race on it. Filling it once, under the guard of a
@@ -1225,10 +1267,11 @@ template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
                 std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
-      : key(std::move(k)), pattern(std::move(p)), matcher(std::move(r)), fn(std::move(f)),
-        order(o) {}
+      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
+        matcher(std::move(r)), fn(std::move(f)), order(o) {}
   const std::string key;
   const std::string pattern;
+  const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
   std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
   const std::uint64_t order;
@@ -1311,50 +1354,79 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
   return h ^ (h >> 32);
 }
 
-/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
-/// a power-of-two size (no division); built whole when topics come or go, never changed after.
+/**
+ * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
+ * The bus changes it in place, under its lock, while emits read it without one: a topic is
+ * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
+ * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
+ * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * a bigger one and retires this one: amortised O(1) per topic.
+ */
 template <class Data>
 struct topic_index {
   struct entry {
-    std::uint64_t hash = 0;
-    std::string_view name;             // owned by the slot
-    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
   };
-  std::vector<entry> table;
-  std::size_t mask = 0;
-  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
 
-  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
-    std::size_t size = 4;
-    while (size < 2 * all.size()) size *= 2;
-    table.assign(size, entry{});
-    mask = size - 1;
-    for (const auto& slot : all) {
-      const std::string_view name = slot->name->value;
-      const std::uint64_t h = hash_topic(name);
-      std::size_t i = h & mask;
-      while (table[i].slot != nullptr) i = (i + 1) & mask;
-      table[i] = entry{h, name, slot.get()};
+  explicit topic_index(std::size_t capacity)
+      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+
+  const std::unique_ptr<entry[]> table;
+  const std::size_t mask;
+  const std::size_t size;
+  std::size_t live = 0;        // writer side
+  std::size_t tombstones = 0;  // writer side
+  topic_slot<Data> tombstone{nullptr};
+
+  /// True when `more` topics can be added without filling more than half of the table.
+  bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
+
+  /// Adds a topic not in the table; requires has_room(1).
+  void insert(topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    std::size_t i = h & mask;
+    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    table[i].hash.store(h, std::memory_order_relaxed);
+    table[i].slot.store(slot, std::memory_order_seq_cst);
+    ++live;
+  }
+
+  /// Removes a topic that is in the table.
+  void erase(const topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
+      if (s == nullptr) return;
+      if (s == slot) {
+        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+        --live;
+        ++tombstones;
+        return;
+      }
     }
-    slots = std::move(all);
   }
 
   topic_slot<Data>* find(std::string_view name) const noexcept {
-    if (table.empty()) return nullptr;
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       const entry& e = table[i];
-      if (e.slot == nullptr) return nullptr;
-      if (e.hash == h && e.name == name) return e.slot;
+      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
+      if (s == nullptr) return nullptr;
+      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
+          s->name->value == name) {
+        return s;
+      }
     }
   }
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
-bool matches(const handler_entry<Data>& h, const std::string& topic) {
+bool matches(const handler_entry<Data>& h, std::string_view topic) {
+  if (!has_prefix(topic, h.prefix)) return false;
   try {
-    return std::regex_match(topic, h.matcher);
+    return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
                           std::string("matching topic ") + quote(topic) + " failed: " + e.what());
@@ -1392,6 +1464,7 @@ bool matches(const handler_entry<Data>& h, const std::string& topic) {
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -1536,11 +1609,15 @@ class basic_bus {
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
       std::vector<detail::topic_slot<Data>*> subscribed;
-      for (auto& kv : topics_) {
-        if (detail::matches(*entry, kv.first)) subscribed.push_back(kv.second.get());
+      // Only the topics that start with the matcher's literal prefix can match.
+      for (auto it = topics_.lower_bound(entry->prefix);
+           it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
       }
+      by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
       handlers_.emplace(entry->key, entry);
+      by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
       for (auto* slot : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
@@ -1575,8 +1652,10 @@ class basic_bus {
       entry = std::move(it->second);
       handlers_.erase(it);
       idle = entry->deregister();
-      for (auto& kv : topics_) {
-        auto& slot = *kv.second;
+      by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
+      for (auto t = topics_.lower_bound(entry->prefix);
+           t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
+        auto& slot = *t->second;
         const auto& old = *slot.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
@@ -1631,9 +1710,11 @@ class basic_bus {
     auto it = handlers_.find(key);
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
-    for (const auto& kv : topics_) {
-      const auto& list = *kv.second->handlers_owner;
-      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(kv.first);
+    const std::string& prefix = it->second->prefix;
+    for (auto t = topics_.lower_bound(prefix);
+         t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
+      const auto& list = *t->second->handlers_owner;
+      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
     }
     return out;
   }
@@ -1736,9 +1817,8 @@ class basic_bus {
   };
 
   void init() {
-    auto index = std::make_shared<const detail::topic_index<Data>>();
-    index_.store(index.get(), std::memory_order_seq_cst);
-    index_owner_ = std::move(index);
+    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
+    index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
   emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
@@ -1877,32 +1957,28 @@ class basic_bus {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::vector<const detail::handler_entry<Data>*> by_order;
-      by_order.reserve(handlers_.size());
-      for (const auto& kv : handlers_) by_order.push_back(kv.second.get());
-      std::sort(by_order.begin(), by_order.end(),
-                [](auto* a, auto* b) { return a->order < b->order; });
+      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
+      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
-        std::string name(names[i]);
-        if (topics_.count(name) != 0) continue;
-        if (std::any_of(added.begin(), added.end(), [&](auto& a) { return a.first == name; })) {
-          continue;
-        }
+        const std::string_view name = names[i];
+        if (topics_.find(name) != topics_.end()) continue;
+        if (count > 1 && !in_call.insert(name).second) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
-        for (const auto* h : by_order) {
-          if (detail::matches(*h, name)) list->push_back(handlers_.find(h->key)->second);
+        for (const auto& h : by_order_) {
+          if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(std::move(name), std::move(list));
+        added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      for (auto& [name, list] : added) {
-        std::shared_ptr<slot_type> slot = revive(name);
-        publish(*slot, std::move(list));
-        topics_.emplace(std::move(name), std::move(slot));
+      std::vector<std::shared_ptr<slot_type>> slots;
+      slots.reserve(added.size());
+      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      make_index_room(added.size());
+      for (auto& slot : slots) {
+        index_owner_->insert(slot.get());
+        topics_.emplace(slot->name->value, std::move(slot));
       }
-      rebuild_index();
       retire_later(garbage);
     }
   }
@@ -1916,35 +1992,47 @@ class basic_bus {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
+        std::shared_ptr<slot_type> slot = std::move(it->second);
+        topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*it->second, deregistered_);
+        publish(*slot, deregistered_);
+        index_owner_->erase(slot.get());
         // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[it->first] = it->second;
-        for (auto d = dormant_.begin(); d != dormant_.end();) {
-          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
-        }
-        topics_.erase(it);
+        dormant_[slot->name->value] = slot;
+        // An emit that found the slot may still read it.
+        retire(std::move(slot));
         changed = true;
       }
       if (!changed) return;
-      rebuild_index();
+      if (dormant_.size() >= dormant_limit_) {
+        for (auto d = dormant_.begin(); d != dormant_.end();) {
+          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
+        }
+        dormant_limit_ = std::max<std::size_t>(64, 2 * dormant_.size());
+      }
+      if (index_owner_->tombstones > index_owner_->live + 16) make_index_room(0, true);
       retire_later(garbage);
     }
   }
 
-  /// The slot for a topic being registered: the one a live handle still holds, or a new one.
-  std::shared_ptr<slot_type> revive(const std::string& name) {
+  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// still holds, or a new one.
+  std::shared_ptr<slot_type> revive(std::string name,
+                                    std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
       std::shared_ptr<slot_type> slot = it->second.lock();
       dormant_.erase(it);
-      if (slot) return slot;
+      if (slot) {
+        publish(*slot, std::move(list));
+        return slot;
+      }
     }
     auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers_owner = std::make_shared<const detail::handler_list<Data>>();
-    slot->handlers.store(slot->handlers_owner.get(), std::memory_order_seq_cst);
+    slot->handlers.store(list.get(), std::memory_order_seq_cst);
+    slot->handlers_owner = std::move(list);
     return slot;
   }
 
@@ -1953,16 +2041,17 @@ class basic_bus {
     retire(std::exchange(slot.handlers_owner, std::move(list)));
   }
 
-  void rebuild_index() {
-    auto index = std::make_shared<detail::topic_index<Data>>();
-    std::vector<std::shared_ptr<slot_type>> all;
-    all.reserve(topics_.size());
-    for (auto& kv : topics_) all.push_back(kv.second);
-    index->build(std::move(all));
-    std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
-    index_.store(next.get(), std::memory_order_seq_cst);
-    // The old index keeps the slots of deregistered topics alive until no emit uses them.
-    retire(std::exchange(index_owner_, std::move(next)));
+  /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
+  /// new index, twice as big as the live topics need, replaces it, and the old one is retired
+  /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
+  void make_index_room(std::size_t more, bool compact = false) {
+    if (!compact && index_owner_->has_room(more)) return;
+    std::size_t size = 16;
+    while (size < 4 * (topics_.size() + more)) size *= 2;
+    auto index = std::make_shared<detail::topic_index<Data>>(size);
+    for (auto& kv : topics_) index->insert(kv.second.get());
+    index_.store(index.get(), std::memory_order_seq_cst);
+    retire(std::exchange(index_owner_, std::move(index)));
   }
 
   void retire(std::shared_ptr<const void> object) {
@@ -2011,7 +2100,10 @@ class basic_bus {
   std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
-  std::shared_ptr<const detail::topic_index<Data>> index_owner_;
+  std::shared_ptr<detail::topic_index<Data>> index_owner_;
+  /// Live handlers in registration order, each with the literal prefix of its matcher.
+  std::vector<std::shared_ptr<detail::handler_entry<Data>>> by_order_;
+  std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;

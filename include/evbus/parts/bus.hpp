@@ -28,6 +28,7 @@
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -172,11 +173,15 @@ class basic_bus {
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
       std::vector<detail::topic_slot<Data>*> subscribed;
-      for (auto& kv : topics_) {
-        if (detail::matches(*entry, kv.first)) subscribed.push_back(kv.second.get());
+      // Only the topics that start with the matcher's literal prefix can match.
+      for (auto it = topics_.lower_bound(entry->prefix);
+           it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
       }
+      by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
       handlers_.emplace(entry->key, entry);
+      by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
       for (auto* slot : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
@@ -211,8 +216,10 @@ class basic_bus {
       entry = std::move(it->second);
       handlers_.erase(it);
       idle = entry->deregister();
-      for (auto& kv : topics_) {
-        auto& slot = *kv.second;
+      by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
+      for (auto t = topics_.lower_bound(entry->prefix);
+           t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
+        auto& slot = *t->second;
         const auto& old = *slot.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
@@ -267,9 +274,11 @@ class basic_bus {
     auto it = handlers_.find(key);
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
-    for (const auto& kv : topics_) {
-      const auto& list = *kv.second->handlers_owner;
-      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(kv.first);
+    const std::string& prefix = it->second->prefix;
+    for (auto t = topics_.lower_bound(prefix);
+         t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
+      const auto& list = *t->second->handlers_owner;
+      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
     }
     return out;
   }
@@ -372,9 +381,8 @@ class basic_bus {
   };
 
   void init() {
-    auto index = std::make_shared<const detail::topic_index<Data>>();
-    index_.store(index.get(), std::memory_order_seq_cst);
-    index_owner_ = std::move(index);
+    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
+    index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
   emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
@@ -513,32 +521,28 @@ class basic_bus {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::vector<const detail::handler_entry<Data>*> by_order;
-      by_order.reserve(handlers_.size());
-      for (const auto& kv : handlers_) by_order.push_back(kv.second.get());
-      std::sort(by_order.begin(), by_order.end(),
-                [](auto* a, auto* b) { return a->order < b->order; });
+      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
+      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
-        std::string name(names[i]);
-        if (topics_.count(name) != 0) continue;
-        if (std::any_of(added.begin(), added.end(), [&](auto& a) { return a.first == name; })) {
-          continue;
-        }
+        const std::string_view name = names[i];
+        if (topics_.find(name) != topics_.end()) continue;
+        if (count > 1 && !in_call.insert(name).second) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
-        for (const auto* h : by_order) {
-          if (detail::matches(*h, name)) list->push_back(handlers_.find(h->key)->second);
+        for (const auto& h : by_order_) {
+          if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(std::move(name), std::move(list));
+        added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      for (auto& [name, list] : added) {
-        std::shared_ptr<slot_type> slot = revive(name);
-        publish(*slot, std::move(list));
-        topics_.emplace(std::move(name), std::move(slot));
+      std::vector<std::shared_ptr<slot_type>> slots;
+      slots.reserve(added.size());
+      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      make_index_room(added.size());
+      for (auto& slot : slots) {
+        index_owner_->insert(slot.get());
+        topics_.emplace(slot->name->value, std::move(slot));
       }
-      rebuild_index();
       retire_later(garbage);
     }
   }
@@ -552,35 +556,47 @@ class basic_bus {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
+        std::shared_ptr<slot_type> slot = std::move(it->second);
+        topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*it->second, deregistered_);
+        publish(*slot, deregistered_);
+        index_owner_->erase(slot.get());
         // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[it->first] = it->second;
-        for (auto d = dormant_.begin(); d != dormant_.end();) {
-          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
-        }
-        topics_.erase(it);
+        dormant_[slot->name->value] = slot;
+        // An emit that found the slot may still read it.
+        retire(std::move(slot));
         changed = true;
       }
       if (!changed) return;
-      rebuild_index();
+      if (dormant_.size() >= dormant_limit_) {
+        for (auto d = dormant_.begin(); d != dormant_.end();) {
+          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
+        }
+        dormant_limit_ = std::max<std::size_t>(64, 2 * dormant_.size());
+      }
+      if (index_owner_->tombstones > index_owner_->live + 16) make_index_room(0, true);
       retire_later(garbage);
     }
   }
 
-  /// The slot for a topic being registered: the one a live handle still holds, or a new one.
-  std::shared_ptr<slot_type> revive(const std::string& name) {
+  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// still holds, or a new one.
+  std::shared_ptr<slot_type> revive(std::string name,
+                                    std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
       std::shared_ptr<slot_type> slot = it->second.lock();
       dormant_.erase(it);
-      if (slot) return slot;
+      if (slot) {
+        publish(*slot, std::move(list));
+        return slot;
+      }
     }
     auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers_owner = std::make_shared<const detail::handler_list<Data>>();
-    slot->handlers.store(slot->handlers_owner.get(), std::memory_order_seq_cst);
+    slot->handlers.store(list.get(), std::memory_order_seq_cst);
+    slot->handlers_owner = std::move(list);
     return slot;
   }
 
@@ -589,16 +605,17 @@ class basic_bus {
     retire(std::exchange(slot.handlers_owner, std::move(list)));
   }
 
-  void rebuild_index() {
-    auto index = std::make_shared<detail::topic_index<Data>>();
-    std::vector<std::shared_ptr<slot_type>> all;
-    all.reserve(topics_.size());
-    for (auto& kv : topics_) all.push_back(kv.second);
-    index->build(std::move(all));
-    std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
-    index_.store(next.get(), std::memory_order_seq_cst);
-    // The old index keeps the slots of deregistered topics alive until no emit uses them.
-    retire(std::exchange(index_owner_, std::move(next)));
+  /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
+  /// new index, twice as big as the live topics need, replaces it, and the old one is retired
+  /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
+  void make_index_room(std::size_t more, bool compact = false) {
+    if (!compact && index_owner_->has_room(more)) return;
+    std::size_t size = 16;
+    while (size < 4 * (topics_.size() + more)) size *= 2;
+    auto index = std::make_shared<detail::topic_index<Data>>(size);
+    for (auto& kv : topics_) index->insert(kv.second.get());
+    index_.store(index.get(), std::memory_order_seq_cst);
+    retire(std::exchange(index_owner_, std::move(index)));
   }
 
   void retire(std::shared_ptr<const void> object) {
@@ -647,7 +664,10 @@ class basic_bus {
   std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
-  std::shared_ptr<const detail::topic_index<Data>> index_owner_;
+  std::shared_ptr<detail::topic_index<Data>> index_owner_;
+  /// Live handlers in registration order, each with the literal prefix of its matcher.
+  std::vector<std::shared_ptr<detail::handler_entry<Data>>> by_order_;
+  std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;

@@ -59,10 +59,11 @@ template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
                 std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
-      : key(std::move(k)), pattern(std::move(p)), matcher(std::move(r)), fn(std::move(f)),
-        order(o) {}
+      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
+        matcher(std::move(r)), fn(std::move(f)), order(o) {}
   const std::string key;
   const std::string pattern;
+  const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
   std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
   const std::uint64_t order;
@@ -145,50 +146,79 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
   return h ^ (h >> 32);
 }
 
-/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
-/// a power-of-two size (no division); built whole when topics come or go, never changed after.
+/**
+ * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
+ * The bus changes it in place, under its lock, while emits read it without one: a topic is
+ * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
+ * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
+ * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * a bigger one and retires this one: amortised O(1) per topic.
+ */
 template <class Data>
 struct topic_index {
   struct entry {
-    std::uint64_t hash = 0;
-    std::string_view name;             // owned by the slot
-    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
   };
-  std::vector<entry> table;
-  std::size_t mask = 0;
-  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
 
-  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
-    std::size_t size = 4;
-    while (size < 2 * all.size()) size *= 2;
-    table.assign(size, entry{});
-    mask = size - 1;
-    for (const auto& slot : all) {
-      const std::string_view name = slot->name->value;
-      const std::uint64_t h = hash_topic(name);
-      std::size_t i = h & mask;
-      while (table[i].slot != nullptr) i = (i + 1) & mask;
-      table[i] = entry{h, name, slot.get()};
+  explicit topic_index(std::size_t capacity)
+      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+
+  const std::unique_ptr<entry[]> table;
+  const std::size_t mask;
+  const std::size_t size;
+  std::size_t live = 0;        // writer side
+  std::size_t tombstones = 0;  // writer side
+  topic_slot<Data> tombstone{nullptr};
+
+  /// True when `more` topics can be added without filling more than half of the table.
+  bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
+
+  /// Adds a topic not in the table; requires has_room(1).
+  void insert(topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    std::size_t i = h & mask;
+    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    table[i].hash.store(h, std::memory_order_relaxed);
+    table[i].slot.store(slot, std::memory_order_seq_cst);
+    ++live;
+  }
+
+  /// Removes a topic that is in the table.
+  void erase(const topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
+      if (s == nullptr) return;
+      if (s == slot) {
+        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+        --live;
+        ++tombstones;
+        return;
+      }
     }
-    slots = std::move(all);
   }
 
   topic_slot<Data>* find(std::string_view name) const noexcept {
-    if (table.empty()) return nullptr;
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       const entry& e = table[i];
-      if (e.slot == nullptr) return nullptr;
-      if (e.hash == h && e.name == name) return e.slot;
+      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
+      if (s == nullptr) return nullptr;
+      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
+          s->name->value == name) {
+        return s;
+      }
     }
   }
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
-bool matches(const handler_entry<Data>& h, const std::string& topic) {
+bool matches(const handler_entry<Data>& h, std::string_view topic) {
+  if (!has_prefix(topic, h.prefix)) return false;
   try {
-    return std::regex_match(topic, h.matcher);
+    return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
                           std::string("matching topic ") + quote(topic) + " failed: " + e.what());

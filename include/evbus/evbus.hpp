@@ -1221,10 +1221,12 @@ inline void warm_regex_locale() {
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace evbus {
@@ -1253,6 +1255,18 @@ inline void check_topic_name(std::string_view name) {
     }
   }
 }
+
+/// True for a range of names (its elements convert to std::string_view) that is not itself a
+/// name: what register_topics and deregister_topics accept as their one argument.
+template <class T, class = void>
+struct is_name_range : std::false_type {};
+template <class T>
+struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>())),
+                                    decltype(std::end(std::declval<const T&>()))>>
+    : std::bool_constant<
+          !std::is_convertible_v<const T&, std::string_view> &&
+          std::is_convertible_v<decltype(*std::begin(std::declval<const T&>())),
+                                std::string_view>> {};
 
 /**
  * A registered handler. Lists of topics share it; its callable lives until it is deregistered
@@ -1455,6 +1469,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1541,24 +1556,47 @@ class basic_bus {
    * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
    * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
    * evbus::invalid_topic_name names it.
+   *
+   * The names are given one per argument, or as one range of string-like values (a
+   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
+   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
+   * the handlers whose matcher's literal prefix it starts with.
+   *
+   * @code
+   *   bus.register_topics("order.created", "order.paid");
+   *   std::vector<std::string> tenants = load_tenants();
+   *   bus.register_topics(tenants);
+   * @endcode
    */
   template <class... Names>
   void register_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    register_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        register_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      register_topic_list(list, sizeof...(Names));
+    }
   }
 
   /**
-   * @brief Deregisters topics. Handlers stay registered; an emit already running finishes on
+   * @brief Deregisters topics, given like register_topics's. Handlers stay registered; an emit already running finishes on
    * the subscriptions it started with. Names that are not registered are ignored; invalid
    * names throw evbus::invalid_topic_name and nothing changes.
    */
   template <class... Names>
   void deregister_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    deregister_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        deregister_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      deregister_topic_list(list, sizeof...(Names));
+    }
   }
 
   /// The registered topics, sorted.
@@ -1950,6 +1988,23 @@ class basic_bus {
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));
+  }
+
+  /// Calls `f(names, count)` with the names of `range` as string_views (copied first when the
+  /// range makes its elements on the fly).
+  template <class Range, class F>
+  static void with_name_list(const Range& range, F&& f) {
+    using element = decltype(*std::begin(range));
+    std::vector<std::string_view> views;
+    if constexpr (std::is_lvalue_reference_v<element>) {
+      for (const auto& name : range) views.emplace_back(name);
+      f(views.data(), views.size());
+    } else {
+      std::vector<std::string> owned;
+      for (auto&& name : range) owned.emplace_back(std::string_view(name));
+      views.assign(owned.begin(), owned.end());
+      f(views.data(), views.size());
+    }
   }
 
   void register_topic_list(const std::string_view* names, std::size_t count) {

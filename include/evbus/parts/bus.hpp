@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -105,24 +106,47 @@ class basic_bus {
    * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
    * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
    * evbus::invalid_topic_name names it.
+   *
+   * The names are given one per argument, or as one range of string-like values (a
+   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
+   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
+   * the handlers whose matcher's literal prefix it starts with.
+   *
+   * @code
+   *   bus.register_topics("order.created", "order.paid");
+   *   std::vector<std::string> tenants = load_tenants();
+   *   bus.register_topics(tenants);
+   * @endcode
    */
   template <class... Names>
   void register_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    register_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        register_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      register_topic_list(list, sizeof...(Names));
+    }
   }
 
   /**
-   * @brief Deregisters topics. Handlers stay registered; an emit already running finishes on
+   * @brief Deregisters topics, given like register_topics's. Handlers stay registered; an emit already running finishes on
    * the subscriptions it started with. Names that are not registered are ignored; invalid
    * names throw evbus::invalid_topic_name and nothing changes.
    */
   template <class... Names>
   void deregister_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    deregister_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        deregister_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      deregister_topic_list(list, sizeof...(Names));
+    }
   }
 
   /// The registered topics, sorted.
@@ -514,6 +538,23 @@ class basic_bus {
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));
+  }
+
+  /// Calls `f(names, count)` with the names of `range` as string_views (copied first when the
+  /// range makes its elements on the fly).
+  template <class Range, class F>
+  static void with_name_list(const Range& range, F&& f) {
+    using element = decltype(*std::begin(range));
+    std::vector<std::string_view> views;
+    if constexpr (std::is_lvalue_reference_v<element>) {
+      for (const auto& name : range) views.emplace_back(name);
+      f(views.data(), views.size());
+    } else {
+      std::vector<std::string> owned;
+      for (auto&& name : range) owned.emplace_back(std::string_view(name));
+      views.assign(owned.begin(), owned.end());
+      f(views.data(), views.size());
+    }
   }
 
   void register_topic_list(const std::string_view* names, std::size_t count) {

@@ -13,10 +13,12 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace evbus {
@@ -45,6 +47,18 @@ inline void check_topic_name(std::string_view name) {
     }
   }
 }
+
+/// True for a range of names (its elements convert to std::string_view) that is not itself a
+/// name: what register_topics and deregister_topics accept as their one argument.
+template <class T, class = void>
+struct is_name_range : std::false_type {};
+template <class T>
+struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>())),
+                                    decltype(std::end(std::declval<const T&>()))>>
+    : std::bool_constant<
+          !std::is_convertible_v<const T&, std::string_view> &&
+          std::is_convertible_v<decltype(*std::begin(std::declval<const T&>())),
+                                std::string_view>> {};
 
 /**
  * A registered handler. Lists of topics share it; its callable lives until it is deregistered

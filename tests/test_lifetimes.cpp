@@ -304,3 +304,27 @@ TEST_CASE("emits at thread exit while new threads start: every id is unique",
   const std::set<std::string> unique(ids.begin(), ids.end());
   CHECK(unique.size() == ids.size());
 }
+
+TEST_CASE("a handler nested 19 deep that deregisters itself at the deepest call: no call after, "
+          "captures destroyed when the outermost call returns",
+          "[lifetimes][reentrancy]") {
+  evbus::bus bus;
+  bus.register_topics("r");
+  destruction d;
+  int depth = 0;
+  int calls = 0;
+  bool alive_at_outermost_end = false;
+  bus.register_handler("deep", "r", [&, t = std::make_shared<tracked>(&d)](const evbus::event&) {
+    (void)t;
+    ++calls;
+    const int level = depth++;
+    if (level == 18) bus.deregister_handler("deep");
+    bus.emit("r", level);  // not called again once deregistered
+    --depth;
+    if (level == 0) alive_at_outermost_end = !d.done.load();
+  });
+  bus.emit("r", 0);
+  CHECK(calls == 19);
+  CHECK(alive_at_outermost_end);
+  CHECK(d.done.load());
+}

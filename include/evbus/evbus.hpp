@@ -476,12 +476,20 @@ struct alignas(16) id_text {
  * emits running now are over (to free a subscription list) reads every slot's `seq` and
  * waits for the odd ones to move on.
  */
+/// How many nested handler calls of one thread its slot marks; deeper calls are counted in the
+/// handler instead (see handler_entry).
+inline constexpr std::uint32_t marked_call_depth = 16;
+
 struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::atomic<std::uint64_t> seq{0};
   std::atomic<bool> in_use{false};
+  /// The handler each level of this thread's nested handler calls is running, written by the
+  /// owner around each call and read by deregistration.
+  std::atomic<const void*> calling[marked_call_depth] = {};
   // Owner-only from here on.
   bool light_marks = light_emit_marks();
   std::uint32_t depth = 0;
+  std::uint32_t call_depth = 0;
   std::uint32_t index = 0;
   std::uint32_t id_seq = 0;
   std::uint64_t id_ms = 0;
@@ -525,6 +533,7 @@ inline thread_slot* acquire_slot() {
 inline void release_slot(thread_slot* s) noexcept {
   std::lock_guard<std::mutex> lock(registry().mutex);
   s->depth = 0;
+  s->call_depth = 0;
   s->in_use.store(false, std::memory_order_relaxed);
 }
 
@@ -636,6 +645,30 @@ class emit_scope {
  private:
   thread_slot& slot_;
 };
+
+/// Marks the slot's call at `level` as running `handler` (nullptr: none), with the same
+/// asymmetric fence as emit_scope: a deregistration that publishes, then fences and reads the
+/// marks, either sees this mark or is seen by the loads that follow it.
+inline void mark_call(thread_slot& s, std::uint32_t level, const void* handler) noexcept {
+  if (s.light_marks) {
+    s.calling[level].store(handler, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    s.calling[level].store(handler, std::memory_order_seq_cst);
+  }
+}
+
+/// True when some thread's slot marks a running call of `handler`. A deregistration calls it
+/// after fence_emitting_threads.
+inline bool call_marked(const void* handler) noexcept {
+  for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;
+       s = s->next) {
+    for (const auto& mark : s->calling) {
+      if (mark.load(std::memory_order_seq_cst) == handler) return true;
+    }
+  }
+  return false;
+}
 
 /// The emits in progress on other threads at one moment: (slot, odd seq) pairs.
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;
@@ -1223,6 +1256,7 @@ inline void warm_regex_locale() {
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -1273,9 +1307,12 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
  * and no call of it is running, then the thread that ends the last call (or deregistration,
  * when none runs) destroys it.
  *
- * `calls` counts the calls running, in steps of 2, plus 1 once deregistered. A call starts
- * only while that bit is clear, in the same atomic step that counts it, so deregistration
- * (which sets the bit) knows exactly how many calls may still touch the callable.
+ * A call marks the calling thread's slot (thread_slot::calling) with the handler, then checks
+ * that it is not deregistered; deregistration sets that bit, fences, then reads every slot's
+ * marks: either it sees the call, or the call sees the bit and does not start. Emits on
+ * different threads so write only their own slots. A call that ends after deregistration, or
+ * a deregistration that finds no call, settles: whoever finds no call left destroys the
+ * callable. Calls nested deeper than marked_call_depth are counted in `calls` instead.
  */
 template <class Data>
 struct handler_entry {
@@ -1287,32 +1324,64 @@ struct handler_entry {
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
-  std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
+  std::function<void(const basic_event<Data>&)> fn;  // emptied once released
   const std::uint64_t order;
-  std::atomic<std::uint64_t> calls{0};
-  std::atomic<bool> released{false};  // set once fn is destroyed
+  std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
+  std::atomic<bool> released{false};    // set once fn is destroyed
+  std::mutex settle_mutex;
+  bool claimed = false;  // under settle_mutex: a thread is destroying fn
 
-  /// Counts a call about to start; false once deregistered (then do not call).
-  bool enter() noexcept {
-    std::uint64_t v = calls.load(std::memory_order_relaxed);
-    do {
-      if ((v & 1U) != 0) return false;
-    } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
-                                          std::memory_order_relaxed));
+  /// Starts a call on this thread; false once deregistered (then do not call).
+  bool enter(thread_slot& slot) noexcept {
+    const std::uint32_t level = slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, this);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) {
+        mark_call(slot, level, nullptr);
+        settle();  // the deregistration may have seen the mark
+        return false;
+      }
+    } else {
+      std::uint64_t v = calls.load(std::memory_order_relaxed);
+      do {
+        if ((v & 1U) != 0) return false;
+      } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+    }
+    slot.call_depth = level + 1;
     return true;
   }
 
-  /// Ends a call; the last call to end after deregistration destroys the callable.
-  void leave() noexcept {
-    if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) release();
+  /// Ends the call enter started.
+  void leave(thread_slot& slot) noexcept {
+    const std::uint32_t level = --slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, nullptr);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) settle();
+    } else if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) {
+      settle();
+    }
   }
 
-  /// Marks the handler deregistered: no call starts after this. True when no call is running
-  /// (the caller must then call release()).
-  bool deregister() noexcept { return calls.fetch_or(1, std::memory_order_acq_rel) == 0; }
+  /// Marks the handler deregistered: no call starts after this. Destroys the callable at once
+  /// when no call is running, and says whether it did (if not, the last call to end will).
+  bool deregister() noexcept {
+    calls.fetch_or(1, std::memory_order_seq_cst);
+    fence_emitting_threads();
+    settle();
+    return released.load(std::memory_order_acquire);
+  }
 
-  /// Destroys the callable, and with it what it captured.
-  void release() noexcept {
+  /// After deregistration: destroys the callable unless a call of it still runs.
+  void settle() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(settle_mutex);
+      if (claimed || (calls.load(std::memory_order_acquire) >> 1) != 0 || call_marked(this)) {
+        return;
+      }
+      claimed = true;
+    }
+    // Outside the mutex: the captures' destructors may emit, even on this handler's topics.
     {
       std::function<void(const basic_event<Data>&)> dead;
       dead.swap(fn);
@@ -1682,14 +1751,12 @@ class basic_bus {
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    bool idle = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      idle = entry->deregister();
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
       for (auto t = topics_.lower_bound(entry->prefix);
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
@@ -1706,9 +1773,8 @@ class basic_bus {
       retire_later(garbage);
     }
     garbage.clear();
-    if (idle) {
-      entry->release();
-    } else if (!detail::this_thread_in_emit()) {
+    // Outside the lock: the callable may be destroyed here, and its captures may use the bus.
+    if (!entry->deregister() && !detail::this_thread_in_emit()) {
       for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
         if (spin < 64) {
           std::this_thread::yield();
@@ -1875,7 +1941,7 @@ class basic_bus {
       if (!own_tx) ev.tx_id = std::move(options.tx_id);
       if (!options.key.empty()) ev.key = std::move(options.key);
       if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
       return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
     }
@@ -1889,19 +1955,21 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
-  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
+  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                     const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      if (!h->enter()) continue;  // deregistered
+      if (!h->enter(slot)) continue;  // deregistered
       struct call_guard {
         detail::handler_entry<Data>& entry;
-        ~call_guard() { entry.leave(); }
-      } guard{*h};
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
       try {
         h->fn(ev);
       } catch (...) {
@@ -1960,14 +2028,14 @@ class basic_bus {
       ev.occurred_at = at;
       ev.id = generator_();
       ev.tx_id = ev.id;
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
     }
     // As above, the result is built from a copy of the id.
     const detail::id_text& made = detail::make_sortable_id(slot, at);
     const detail::id_text text = made;
     const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 

@@ -232,14 +232,12 @@ class basic_bus {
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    bool idle = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      idle = entry->deregister();
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
       for (auto t = topics_.lower_bound(entry->prefix);
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
@@ -256,9 +254,8 @@ class basic_bus {
       retire_later(garbage);
     }
     garbage.clear();
-    if (idle) {
-      entry->release();
-    } else if (!detail::this_thread_in_emit()) {
+    // Outside the lock: the callable may be destroyed here, and its captures may use the bus.
+    if (!entry->deregister() && !detail::this_thread_in_emit()) {
       for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
         if (spin < 64) {
           std::this_thread::yield();
@@ -425,7 +422,7 @@ class basic_bus {
       if (!own_tx) ev.tx_id = std::move(options.tx_id);
       if (!options.key.empty()) ev.key = std::move(options.key);
       if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
       return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
     }
@@ -439,19 +436,21 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
-  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
+  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                     const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      if (!h->enter()) continue;  // deregistered
+      if (!h->enter(slot)) continue;  // deregistered
       struct call_guard {
         detail::handler_entry<Data>& entry;
-        ~call_guard() { entry.leave(); }
-      } guard{*h};
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
       try {
         h->fn(ev);
       } catch (...) {
@@ -510,14 +509,14 @@ class basic_bus {
       ev.occurred_at = at;
       ev.id = generator_();
       ev.tx_id = ev.id;
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
     }
     // As above, the result is built from a copy of the id.
     const detail::id_text& made = detail::make_sortable_id(slot, at);
     const detail::id_text text = made;
     const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 

@@ -111,12 +111,20 @@ struct alignas(16) id_text {
  * emits running now are over (to free a subscription list) reads every slot's `seq` and
  * waits for the odd ones to move on.
  */
+/// How many nested handler calls of one thread its slot marks; deeper calls are counted in the
+/// handler instead (see handler_entry).
+inline constexpr std::uint32_t marked_call_depth = 16;
+
 struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::atomic<std::uint64_t> seq{0};
   std::atomic<bool> in_use{false};
+  /// The handler each level of this thread's nested handler calls is running, written by the
+  /// owner around each call and read by deregistration.
+  std::atomic<const void*> calling[marked_call_depth] = {};
   // Owner-only from here on.
   bool light_marks = light_emit_marks();
   std::uint32_t depth = 0;
+  std::uint32_t call_depth = 0;
   std::uint32_t index = 0;
   std::uint32_t id_seq = 0;
   std::uint64_t id_ms = 0;
@@ -160,6 +168,7 @@ inline thread_slot* acquire_slot() {
 inline void release_slot(thread_slot* s) noexcept {
   std::lock_guard<std::mutex> lock(registry().mutex);
   s->depth = 0;
+  s->call_depth = 0;
   s->in_use.store(false, std::memory_order_relaxed);
 }
 
@@ -271,6 +280,30 @@ class emit_scope {
  private:
   thread_slot& slot_;
 };
+
+/// Marks the slot's call at `level` as running `handler` (nullptr: none), with the same
+/// asymmetric fence as emit_scope: a deregistration that publishes, then fences and reads the
+/// marks, either sees this mark or is seen by the loads that follow it.
+inline void mark_call(thread_slot& s, std::uint32_t level, const void* handler) noexcept {
+  if (s.light_marks) {
+    s.calling[level].store(handler, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    s.calling[level].store(handler, std::memory_order_seq_cst);
+  }
+}
+
+/// True when some thread's slot marks a running call of `handler`. A deregistration calls it
+/// after fence_emitting_threads.
+inline bool call_marked(const void* handler) noexcept {
+  for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;
+       s = s->next) {
+    for (const auto& mark : s->calling) {
+      if (mark.load(std::memory_order_seq_cst) == handler) return true;
+    }
+  }
+  return false;
+}
 
 /// The emits in progress on other threads at one moment: (slot, odd seq) pairs.
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;

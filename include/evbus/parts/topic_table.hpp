@@ -5,6 +5,7 @@
 #ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
 #define EVBUS_PARTS_TOPIC_TABLE_HPP
 
+#include "emit_tracking.hpp"
 #include "errors.hpp"
 #include "event.hpp"
 #include "matcher.hpp"
@@ -15,6 +16,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -65,9 +67,12 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
  * and no call of it is running, then the thread that ends the last call (or deregistration,
  * when none runs) destroys it.
  *
- * `calls` counts the calls running, in steps of 2, plus 1 once deregistered. A call starts
- * only while that bit is clear, in the same atomic step that counts it, so deregistration
- * (which sets the bit) knows exactly how many calls may still touch the callable.
+ * A call marks the calling thread's slot (thread_slot::calling) with the handler, then checks
+ * that it is not deregistered; deregistration sets that bit, fences, then reads every slot's
+ * marks: either it sees the call, or the call sees the bit and does not start. Emits on
+ * different threads so write only their own slots. A call that ends after deregistration, or
+ * a deregistration that finds no call, settles: whoever finds no call left destroys the
+ * callable. Calls nested deeper than marked_call_depth are counted in `calls` instead.
  */
 template <class Data>
 struct handler_entry {
@@ -79,32 +84,64 @@ struct handler_entry {
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
-  std::function<void(const basic_event<Data>&)> fn;  // emptied by release()
+  std::function<void(const basic_event<Data>&)> fn;  // emptied once released
   const std::uint64_t order;
-  std::atomic<std::uint64_t> calls{0};
-  std::atomic<bool> released{false};  // set once fn is destroyed
+  std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
+  std::atomic<bool> released{false};    // set once fn is destroyed
+  std::mutex settle_mutex;
+  bool claimed = false;  // under settle_mutex: a thread is destroying fn
 
-  /// Counts a call about to start; false once deregistered (then do not call).
-  bool enter() noexcept {
-    std::uint64_t v = calls.load(std::memory_order_relaxed);
-    do {
-      if ((v & 1U) != 0) return false;
-    } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
-                                          std::memory_order_relaxed));
+  /// Starts a call on this thread; false once deregistered (then do not call).
+  bool enter(thread_slot& slot) noexcept {
+    const std::uint32_t level = slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, this);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) {
+        mark_call(slot, level, nullptr);
+        settle();  // the deregistration may have seen the mark
+        return false;
+      }
+    } else {
+      std::uint64_t v = calls.load(std::memory_order_relaxed);
+      do {
+        if ((v & 1U) != 0) return false;
+      } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+    }
+    slot.call_depth = level + 1;
     return true;
   }
 
-  /// Ends a call; the last call to end after deregistration destroys the callable.
-  void leave() noexcept {
-    if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) release();
+  /// Ends the call enter started.
+  void leave(thread_slot& slot) noexcept {
+    const std::uint32_t level = --slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, nullptr);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) settle();
+    } else if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) {
+      settle();
+    }
   }
 
-  /// Marks the handler deregistered: no call starts after this. True when no call is running
-  /// (the caller must then call release()).
-  bool deregister() noexcept { return calls.fetch_or(1, std::memory_order_acq_rel) == 0; }
+  /// Marks the handler deregistered: no call starts after this. Destroys the callable at once
+  /// when no call is running, and says whether it did (if not, the last call to end will).
+  bool deregister() noexcept {
+    calls.fetch_or(1, std::memory_order_seq_cst);
+    fence_emitting_threads();
+    settle();
+    return released.load(std::memory_order_acquire);
+  }
 
-  /// Destroys the callable, and with it what it captured.
-  void release() noexcept {
+  /// After deregistration: destroys the callable unless a call of it still runs.
+  void settle() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(settle_mutex);
+      if (claimed || (calls.load(std::memory_order_acquire) >> 1) != 0 || call_marked(this)) {
+        return;
+      }
+      claimed = true;
+    }
+    // Outside the mutex: the captures' destructors may emit, even on this handler's topics.
     {
       std::function<void(const basic_event<Data>&)> dead;
       dead.swap(fn);

@@ -132,9 +132,9 @@ class basic_bus {
   }
 
   /**
-   * @brief Deregisters topics, given like register_topics's. Handlers stay registered; an emit already running finishes on
-   * the subscriptions it started with. Names that are not registered are ignored; invalid
-   * names throw evbus::invalid_topic_name and nothing changes.
+   * @brief Deregisters topics, given as to register_topics. Handlers stay registered; an emit
+   * already running finishes on the subscriptions it started with. Names that are not
+   * registered are ignored; invalid names throw evbus::invalid_topic_name and nothing changes.
    */
   template <class... Names>
   void deregister_topics(const Names&... names) {
@@ -269,13 +269,9 @@ class basic_bus {
   /// Every handler key, in registration order.
   std::vector<std::string> handler_keys() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<const detail::handler_entry<Data>*> all;
-    all.reserve(handlers_.size());
-    for (const auto& kv : handlers_) all.push_back(kv.second.get());
-    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->order < b->order; });
     std::vector<std::string> out;
-    out.reserve(all.size());
-    for (auto* h : all) out.push_back(h->key);
+    out.reserve(by_order_.size());
+    for (const auto& h : by_order_) out.push_back(h->key);
     return out;
   }
 

@@ -23,6 +23,10 @@
 //   BM_emit_threads               emits on one bus from 1 and 2 threads, items/second
 //   BM_register_deregister        one handler registered and deregistered: /0 alone, /1 while
 //                                 another thread emits (what the emit path's speed costs)
+//   BM_register_topics_one_by_one N topics registered one call each, 100 handlers with literal
+//                                 prefixes (/1000, /100000), the whole run per iteration
+//   BM_register_handler           one handler whose prefix matches 1 % of N topics (/1000,
+//                                 /100000)
 //   BM_baseline_mutex_queue       mutex + condition variable + vector swap, 1 producer, 1 consumer,
 //                                 16-byte keyed items: the raw hand-off
 //   BM_baseline_keyed_queue       the same queue carrying the event a user would build by hand
@@ -285,6 +289,66 @@ void BM_register_deregister(benchmark::State& state) {
   if (emitter.joinable()) emitter.join();
 }
 BENCHMARK(BM_register_deregister)->Arg(0)->Arg(1)->UseRealTime();
+
+// ---------------------------------------------------------------------------
+// BM_register_topics_one_by_one, BM_register_handler: registration at scale
+// ---------------------------------------------------------------------------
+
+/// Topic i of the scale benchmarks: "tenant-<i % 100>/topic-<i>", so that each of the 100
+/// tenants' prefixes matches 1 % of the topics.
+std::vector<std::string> tenant_topics(std::size_t n) {
+  std::vector<std::string> names;
+  names.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    names.push_back("tenant-" + std::to_string(i % 100) + "/topic-" + std::to_string(i));
+  }
+  return names;
+}
+
+/// A bus with 100 handlers, handler k matching "tenant-<k>/.*" (a literal prefix each).
+std::unique_ptr<bench_bus> tenant_bus() {
+  auto bus = std::make_unique<bench_bus>();
+  for (int k = 0; k < 100; ++k) {
+    bus->register_handler("tenant-" + std::to_string(k), "tenant-" + std::to_string(k) + "/.*",
+                          [](const bench_event& e) { handler_work(e); });
+  }
+  return bus;
+}
+
+/// N topics registered one call each, with the 100 handlers registered first: the whole run
+/// of N calls per iteration (the time of one call is this / N).
+void BM_register_topics_one_by_one(benchmark::State& state) {
+  const auto names = tenant_topics(static_cast<std::size_t>(state.range(0)));
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto bus = tenant_bus();
+    state.ResumeTiming();
+    for (const auto& name : names) bus->register_topics(name);
+    state.PauseTiming();
+    bus.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_register_topics_one_by_one)
+    ->Arg(1000)
+    ->Arg(100000)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+/// One more handler registered on a bus with N topics and the 100 handlers; its prefix
+/// "tenant-7/" matches 1 % of the topics (it is deregistered, untimed, after each).
+void BM_register_handler(benchmark::State& state) {
+  auto bus = tenant_bus();
+  bus->register_topics(tenant_topics(static_cast<std::size_t>(state.range(0))));
+  for (auto _ : state) {
+    bus->register_handler("extra", "tenant-7/.*", [](const bench_event& e) { handler_work(e); });
+    state.PauseTiming();
+    bus->deregister_handler("extra");
+    state.ResumeTiming();
+  }
+}
+BENCHMARK(BM_register_handler)->Arg(1000)->Arg(100000)->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
 // Producer/consumer: where the two threads run, what the items carry, how they are checked

@@ -2,9 +2,15 @@
 #ifndef EVBUS_TESTS_BUS_SUPPORT_HPP
 #define EVBUS_TESTS_BUS_SUPPORT_HPP
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <typeinfo>
 #include <utility>
 #include <vector>
@@ -29,6 +35,38 @@ E thrown(F&& f) {
   FAIL("threw nothing");
   throw std::logic_error("unreachable");
 }
+
+/// Ends the process with a failure if it is not destroyed within `limit`: a test that could
+/// deadlock fails by timeout instead of hanging (threads stuck in a deadlock cannot be joined).
+class watchdog {
+ public:
+  watchdog(const char* what, std::chrono::seconds limit)
+      : thread_([this, what, limit] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+            std::fprintf(stderr, "FAILED: %s did not finish within %lld s (deadlock?)\n", what,
+                         static_cast<long long>(limit.count()));
+            std::fflush(stderr);
+            std::_Exit(1);
+          }
+        }) {}
+  ~watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  watchdog(const watchdog&) = delete;
+  watchdog& operator=(const watchdog&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
 
 /// A handler that does nothing.
 inline void noop(const evbus::event&) {}

@@ -317,6 +317,16 @@ TEST_CASE("bad input: emit through a handle whose topic was deregistered",
 // ---------------------------------------------------------------------------------------------
 // Events and transactions
 
+TEST_CASE("bad input: a null char pointer payload", "[bad_inputs][event]") {
+  fixture f;
+  const auto before = f.state();
+  const char* text = nullptr;
+  const auto e = thrown<evbus::invalid_argument>([&] { f.bus.emit("audit", text); });
+  CHECK_THAT(e.what(), ContainsSubstring("null char pointer"));
+  CHECK(f.calls.empty());
+  CHECK(f.state() == before);
+}
+
 TEST_CASE("bad input: data_as with the wrong type", "[bad_inputs][event]") {
   fixture f;
   std::string message;

@@ -189,6 +189,38 @@ TEST_CASE("a hook that throws makes emit throw that exception", "[errors]") {
   CHECK(f.calls == strings{"first", "second", "third"});
 }
 
+TEST_CASE("a hook that throws still receives every failure; its one exception leaves emit as "
+          "it is",
+          "[errors]") {
+  three_handlers f(true, false, true);
+  strings heard;
+  f.bus.set_error_hook([&](const evbus::event&, std::string_view key, std::exception_ptr) {
+    heard.emplace_back(key);
+    if (key == "first") throw payment_declined(7);
+  });
+  const auto e = thrown<payment_declined>([&] { f.bus.emit("t", 0); });
+  CHECK(e.code == 7);
+  CHECK(heard == strings{"first", "third"});
+  CHECK(f.calls == strings{"first", "second", "third"});
+}
+
+TEST_CASE("a hook that throws for several failures: emit throws handler_errors listing them "
+          "under the failing handlers' keys",
+          "[errors]") {
+  three_handlers f(true, true, false);
+  strings heard;
+  f.bus.set_error_hook([&](const evbus::event&, std::string_view key, std::exception_ptr) {
+    heard.emplace_back(key);
+    throw std::logic_error("hook rejects " + std::string(key));
+  });
+  const auto e = thrown<evbus::handler_errors>([&] { f.bus.emit("t", 0); });
+  CHECK(heard == strings{"first", "second"});
+  REQUIRE(e.errors().size() == 2);
+  CHECK(e.errors()[0].key == "first");
+  CHECK(e.errors()[1].key == "second");
+  CHECK_THROWS_WITH(std::rethrow_exception(e.errors()[1].error), "hook rejects second");
+}
+
 TEST_CASE("a handler failure through a topic handle is reported the same way", "[errors][handle]") {
   three_handlers f(false, true, true);
   auto handle = f.bus.topic("t");

@@ -263,3 +263,61 @@ TEST_CASE("an event can be made outside any bus, to test a handler directly", "[
   const evbus::event empty_copy = empty;
   CHECK(empty_copy.topic().empty());
 }
+
+TEST_CASE("bad_data_type names the types as written in code where the platform can demangle "
+          "them",
+          "[event][errors]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+  std::string message;
+  bus.register_handler("h", "t", [&](const evbus::event& e) {
+    message = thrown<evbus::bad_data_type>([&] { (void)e.data_as<std::string>(); }).what();
+  });
+  bus.emit("t", 42);
+#if defined(__has_include) && __has_include(<cxxabi.h>)
+  CHECK_THAT(message, ContainsSubstring("payload is not a std::"));
+  CHECK_THAT(message, ContainsSubstring("basic_string<char"));
+  CHECK_THAT(message, ContainsSubstring("(it holds int)"));
+#else
+  CHECK_THAT(message, ContainsSubstring("payload is not a "));
+#endif
+}
+
+TEST_CASE("on a std::any bus, string literals and char pointers are stored as std::string",
+          "[event]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+  std::vector<std::string> seen;
+  bus.register_handler("h", "t", [&](const evbus::event& e) {
+    seen.push_back(e.data_as<std::string>());
+  });
+  char buffer[] = "from a buffer";
+  char* mutable_text = buffer;
+  const char* text = "by pointer";
+  bus.emit("t", "hello");
+  bus.emit("t", "with options", evbus::emit_options{});
+  bus.emit("t", text);
+  bus.emit("t", mutable_text);
+  bus.topic("t").emit("through a handle");
+  auto tx = bus.transaction();
+  tx.emit("t", buffer);
+  buffer[0] = 'X';  // the buffered event holds its own copy
+  tx.commit();
+  CHECK(seen == std::vector<std::string>{"hello", "with options", "by pointer", "from a buffer",
+                                         "through a handle", "from a buffer"});
+  const char* null_text = nullptr;
+  const auto e = thrown<evbus::invalid_argument>([&] { bus.emit("t", null_text); });
+  CHECK_THAT(e.what(), ContainsSubstring("null char pointer"));
+  CHECK(seen.size() == 6);
+}
+
+TEST_CASE("other payloads of a std::any bus are stored as given, nullptr included", "[event]") {
+  evbus::bus bus;
+  bus.register_topics("t");
+  bool held_nullptr = false;
+  bus.register_handler("h", "t", [&](const evbus::event& e) {
+    held_nullptr = std::any_cast<std::nullptr_t>(&e.data) != nullptr;
+  });
+  bus.emit("t", nullptr);
+  CHECK(held_nullptr);
+}

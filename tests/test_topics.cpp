@@ -5,8 +5,12 @@
 
 #include "bus_support.hpp"
 
+#include <array>
+#include <cstddef>
+#include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -14,6 +18,23 @@ namespace {
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::strings;
 using evbus_test::thrown;
+
+/// A range that makes its names on the fly ("gen-0", "gen-1", ...): its elements are
+/// temporaries.
+struct generated_names {
+  struct iterator {
+    int i;
+    std::string operator*() const { return "gen-" + std::to_string(i); }
+    iterator& operator++() {
+      ++i;
+      return *this;
+    }
+    bool operator!=(const iterator& o) const { return i != o.i; }
+  };
+  int n;
+  iterator begin() const { return {0}; }
+  iterator end() const { return {n}; }
+};
 
 }  // namespace
 
@@ -238,4 +259,100 @@ TEST_CASE("register_topics takes std::string, std::string_view and literals", "[
   CHECK(bus.topics() == strings{"from.literal", "from.pointer", "from.string", "from.view"});
   bus.deregister_topics(s, v);
   CHECK(bus.topics() == strings{"from.literal", "from.pointer"});
+}
+
+TEST_CASE("register_topics and deregister_topics take a range of names known at run time",
+          "[topics]") {
+  evbus::bus bus;
+  int calls = 0;
+  bus.register_handler("tenants", R"(tenant-\d+/orders)", [&](const evbus::event&) { ++calls; });
+  std::vector<std::string> names;
+  for (int i = 0; i < 5; ++i) names.push_back("tenant-" + std::to_string(i) + "/orders");
+  names.push_back("tenant-0/orders");  // twice in one call: once
+  bus.register_topics(names);
+  CHECK(bus.topics().size() == 5);
+  CHECK(bus.handler_topics("tenants").size() == 5);
+  bus.emit("tenant-3/orders", 1);
+  CHECK(calls == 1);
+
+  bus.register_topics(std::set<std::string_view>{"b", "a"});
+  bus.register_topics(std::array<const char*, 2>{"c", "d"});
+  bus.register_topics(generated_names{3});
+  bus.register_topics(std::vector<std::string>{});  // nothing to do
+  CHECK(bus.topics() == strings{"a", "b", "c", "d", "gen-0", "gen-1", "gen-2", "tenant-0/orders",
+                                "tenant-1/orders", "tenant-2/orders", "tenant-3/orders",
+                                "tenant-4/orders"});
+
+  bus.deregister_topics(names);
+  bus.deregister_topics(generated_names{3});
+  bus.deregister_topics(std::vector<std::string_view>{"a", "not-registered"});
+  CHECK(bus.topics() == strings{"b", "c", "d"});
+  CHECK(bus.handler_topics("tenants").empty());
+}
+
+TEST_CASE("a range with one invalid name registers nothing and names it", "[topics][bad]") {
+  evbus::bus bus;
+  bus.register_topics("keep");
+  const std::vector<std::string> names{"ok.1", "ok.2", std::string("bad\x01name"), "ok.3"};
+  const auto e = thrown<evbus::invalid_topic_name>([&] { bus.register_topics(names); });
+  CHECK_THAT(e.what(), ContainsSubstring("bad\\x01name"));
+  CHECK(bus.topics() == strings{"keep"});
+  const auto d = thrown<evbus::invalid_topic_name>([&] { bus.deregister_topics(names); });
+  CHECK_THAT(d.what(), ContainsSubstring("bad\\x01name"));
+  CHECK(bus.topics() == strings{"keep"});
+}
+
+TEST_CASE("100,000 topics registered one by one and half deregistered: every live one is "
+          "found and subscribed, every other is unknown",
+          "[topics][scale]") {
+  evbus::bus bus;
+  std::vector<int> calls(100, 0);
+  for (int k = 0; k < 100; ++k) {
+    bus.register_handler("h" + std::to_string(k), "tenant-" + std::to_string(k) + "/.*",
+                         [&calls, k](const evbus::event&) { ++calls[k]; });
+  }
+  constexpr int n = 100000;
+  const auto name = [](int i) {
+    return "tenant-" + std::to_string(i % 100) + "/topic-" + std::to_string(i);
+  };
+  for (int i = 0; i < n; ++i) bus.register_topics(name(i));
+  for (int i = 0; i < n; i += 2) bus.deregister_topics(name(i));
+  CHECK(bus.topics().size() == n / 2);
+  for (int i = 0; i < n; ++i) {
+    if (i % 2 == 0) {
+      CHECK_THROWS_AS(bus.emit(name(i), i), evbus::unknown_topic);
+    } else {
+      bus.emit(name(i), i);
+    }
+  }
+  for (int k = 0; k < 100; ++k) REQUIRE(calls[k] == (k % 2 == 1 ? n / 100 : 0));
+  CHECK(bus.handler_topics("h7").size() == n / 100);
+  CHECK(bus.handler_topics("h8").empty());
+}
+
+TEST_CASE("the literal prefix of a matcher: the topics it is tried on", "[topics][handlers]") {
+  using evbus::detail::literal_prefix;
+  CHECK(literal_prefix(R"(order\..*)") == "order.");
+  CHECK(literal_prefix("tenant-7/.*") == "tenant-7/");
+  CHECK(literal_prefix("orders") == "orders");
+  CHECK(literal_prefix("ab?c") == "a");
+  CHECK(literal_prefix("ab*") == "a");
+  CHECK(literal_prefix("ab{2}") == "a");
+  CHECK(literal_prefix("a(b)") == "a");
+  CHECK(literal_prefix("a[bc]") == "a");
+  CHECK(literal_prefix(R"(a\d)") == "a");
+  CHECK(literal_prefix("a|b") == "");
+  CHECK(literal_prefix("order|x.*") == "");
+  CHECK(literal_prefix(".*") == "");
+  CHECK(literal_prefix("^a") == "");
+  // Matching is unchanged: only topics outside the prefix are skipped.
+  evbus::bus bus;
+  bus.register_topics("order.a", "orderxa", "order.", "order", "b.order.a", "ac", "abbc");
+  bus.register_handler("dot", R"(order\..*)", evbus_test::noop);
+  bus.register_handler("opt", "ab?c", evbus_test::noop);
+  CHECK(bus.handler_topics("dot") == strings{"order.", "order.a"});
+  CHECK(bus.handler_topics("opt") == strings{"ac"});
+  bus.register_topics("order.b", "abc");
+  CHECK(bus.handler_topics("dot") == strings{"order.", "order.a", "order.b"});
+  CHECK(bus.handler_topics("opt") == strings{"abc", "ac"});
 }

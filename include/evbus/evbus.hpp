@@ -87,11 +87,25 @@ inline constexpr const char* version_string = "0.1.0";
 #define EVBUS_PARTS_ERRORS_HPP
 
 
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <vector>
+
+/// Where the platform offers the Itanium C++ ABI's demangler (GCC, Clang), type names in
+/// messages are shown as written in code; elsewhere as std::type_info::name gives them.
+#if defined(__has_include)
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
+#define EVBUS_HAS_CXXABI 1
+#endif
+#endif
+#ifndef EVBUS_HAS_CXXABI
+#define EVBUS_HAS_CXXABI 0
+#endif
 
 namespace evbus {
 inline namespace v1 {
@@ -109,6 +123,21 @@ class error : public std::runtime_error {
 };
 
 namespace detail {
+
+/// A type's name for an error message: demangled where the platform can (`std::string`'s
+/// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
+inline std::string type_name(const std::type_info& type) {
+#if EVBUS_HAS_CXXABI
+  int status = 0;
+  char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
+  if (readable != nullptr) {
+    std::string out = status == 0 ? std::string(readable) : std::string(type.name());
+    std::free(readable);
+    return out;
+  }
+#endif
+  return type.name();
+}
 
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \xNN, and long values cut (the length is still named) so a message stays readable.
@@ -344,14 +373,11 @@ inline time_point wall_now() noexcept {
 #define EVBUS_PARTS_EMIT_TRACKING_HPP
 
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -447,15 +473,23 @@ struct alignas(16) id_text {
  * (except for `seq`, which others read), so emitting threads share no cache line.
  *
  * `seq` is odd while its thread is inside an outermost emit. A writer that must know when the
- * emits running now are over (to free a subscription list, or before deregister_handler
- * returns) reads every slot's `seq` and waits for the odd ones to move on.
+ * emits running now are over (to free a subscription list) reads every slot's `seq` and
+ * waits for the odd ones to move on.
  */
+/// How many nested handler calls of one thread its slot marks; deeper calls are counted in the
+/// handler instead (see handler_entry).
+inline constexpr std::uint32_t marked_call_depth = 16;
+
 struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::atomic<std::uint64_t> seq{0};
   std::atomic<bool> in_use{false};
+  /// The handler each level of this thread's nested handler calls is running, written by the
+  /// owner around each call and read by deregistration.
+  std::atomic<const void*> calling[marked_call_depth] = {};
   // Owner-only from here on.
   bool light_marks = light_emit_marks();
   std::uint32_t depth = 0;
+  std::uint32_t call_depth = 0;
   std::uint32_t index = 0;
   std::uint32_t id_seq = 0;
   std::uint64_t id_ms = 0;
@@ -499,20 +533,86 @@ inline thread_slot* acquire_slot() {
 inline void release_slot(thread_slot* s) noexcept {
   std::lock_guard<std::mutex> lock(registry().mutex);
   s->depth = 0;
+  s->call_depth = 0;
   s->in_use.store(false, std::memory_order_relaxed);
 }
 
+/// The calling thread's slot, kept where it stays readable for the whole life of the thread:
+/// a thread_local with no destructor. While the thread runs, `slot` is the slot it owns; once
+/// its slot_owner is destroyed at thread exit, `exiting` is set and `slot` is set only while a
+/// slot_lease holds one (a thread_local destructor that emits).
+struct thread_state {
+  thread_slot* slot = nullptr;
+  std::uint32_t leases = 0;
+  bool exiting = false;
+};
+
+inline thread_state& this_thread_state() noexcept {
+  static thread_local thread_state state;
+  return state;
+}
+
+/// Owns the calling thread's slot from its first use to the thread's exit.
 struct slot_owner {
-  thread_slot* slot;
-  slot_owner() : slot(acquire_slot()) {}
-  ~slot_owner() { release_slot(slot); }
+  slot_owner() { this_thread_state().slot = acquire_slot(); }
+  ~slot_owner() {
+    thread_state& t = this_thread_state();
+    release_slot(t.slot);
+    t.slot = nullptr;
+    t.exiting = true;
+  }
   slot_owner(const slot_owner&) = delete;
   slot_owner& operator=(const slot_owner&) = delete;
 };
 
+/// The slot the calling thread owns. Not for use during thread exit: see slot_lease.
 inline thread_slot& this_thread_slot() {
   thread_local slot_owner owner;
-  return *owner.slot;
+  return *this_thread_state().slot;
+}
+
+/**
+ * The calling thread's slot for as long as the lease lives. While the thread runs, its own
+ * slot. During thread exit, once the owned slot was handed back (a thread_local destructor
+ * that emits or makes ids), a slot taken from the registry for the outermost lease and handed
+ * back when it ends: a slot is never used by two threads at once, so marks and ids stay
+ * exact.
+ */
+class slot_lease {
+ public:
+  slot_lease() {
+    thread_state& t = this_thread_state();
+    if (!t.exiting) {
+      slot_ = &this_thread_slot();
+      return;
+    }
+    if (t.leases == 0) t.slot = acquire_slot();
+    ++t.leases;
+    slot_ = t.slot;
+    leased_ = true;
+  }
+  ~slot_lease() {
+    if (!leased_) return;
+    thread_state& t = this_thread_state();
+    if (--t.leases == 0) {
+      release_slot(t.slot);
+      t.slot = nullptr;
+    }
+  }
+  slot_lease(const slot_lease&) = delete;
+  slot_lease& operator=(const slot_lease&) = delete;
+
+  thread_slot& slot() const noexcept { return *slot_; }
+
+ private:
+  thread_slot* slot_ = nullptr;
+  bool leased_ = false;
+};
+
+/// True when the calling thread is inside an emit (of any bus).
+inline bool this_thread_in_emit() noexcept {
+  const thread_slot* s = this_thread_state().slot;
+  return s != nullptr && s->depth > 0;
 }
 
 /// Marks the calling thread as inside an emit for as long as it lives. Only the outermost
@@ -546,6 +646,30 @@ class emit_scope {
   thread_slot& slot_;
 };
 
+/// Marks the slot's call at `level` as running `handler` (nullptr: none), with the same
+/// asymmetric fence as emit_scope: a deregistration that publishes, then fences and reads the
+/// marks, either sees this mark or is seen by the loads that follow it.
+inline void mark_call(thread_slot& s, std::uint32_t level, const void* handler) noexcept {
+  if (s.light_marks) {
+    s.calling[level].store(handler, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    s.calling[level].store(handler, std::memory_order_seq_cst);
+  }
+}
+
+/// True when some thread's slot marks a running call of `handler`. A deregistration calls it
+/// after fence_emitting_threads.
+inline bool call_marked(const void* handler) noexcept {
+  for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;
+       s = s->next) {
+    for (const auto& mark : s->calling) {
+      if (mark.load(std::memory_order_seq_cst) == handler) return true;
+    }
+  }
+  return false;
+}
+
 /// The emits in progress on other threads at one moment: (slot, odd seq) pairs.
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;
 
@@ -568,22 +692,6 @@ inline bool emits_finished(const emit_marks& marks) noexcept {
     if (m.first->seq.load(std::memory_order_acquire) == m.second) return false;
   }
   return true;
-}
-
-/// Waits until every emit in `marks` that another thread was running has returned. The
-/// calling thread's own emits (it may be inside a handler) are not waited for.
-inline void wait_for_emits(emit_marks marks) {
-  const thread_slot* self = &this_thread_slot();
-  marks.erase(std::remove_if(marks.begin(), marks.end(),
-                             [self](const auto& m) { return m.first == self; }),
-              marks.end());
-  for (unsigned spin = 0; !emits_finished(marks); ++spin) {
-    if (spin < 64) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
-    }
-  }
 }
 
 }  // namespace detail
@@ -700,7 +808,8 @@ struct sortable_ids {
   /// A new id.
   std::string operator()() const {
     std::string out;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), out);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), out);
     return out;
   }
 };
@@ -819,6 +928,22 @@ struct is_variant : std::false_type {};
 template <class... Ts>
 struct is_variant<std::variant<Ts...>> : std::true_type {};
 
+/// True for a payload given as C text (a string literal or a char pointer) to a std::any bus,
+/// which stores it as a std::string: a pointer into the caller's buffer would dangle.
+template <class Data, class T>
+inline constexpr bool is_c_text =
+    std::is_same_v<Data, std::any> && (std::is_same_v<std::decay_t<T>, const char*> ||
+                                       std::is_same_v<std::decay_t<T>, char*>);
+
+/// C text as the std::string a std::any bus stores; a null pointer is evbus::invalid_argument.
+inline std::string c_text(const char* text) {
+  if (text == nullptr) {
+    throw invalid_argument("evbus: the payload is a null char pointer (text given as a char "
+                           "pointer is stored as a std::string)");
+  }
+  return std::string(text);
+}
+
 }  // namespace detail
 
 /**
@@ -864,13 +989,13 @@ class basic_event {
     if constexpr (std::is_same_v<Data, std::any>) {
       if (const T* p = std::any_cast<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (it holds " + data.type().name() + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (it holds " + detail::type_name(data.type()) + ")");
     } else if constexpr (detail::is_variant<Data>::value) {
       if (const T* p = std::get_if<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (variant index " + std::to_string(data.index()) + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (variant index " + std::to_string(data.index()) + ")");
     } else {
       static_assert(std::is_same_v<T, Data>,
                     "evbus: data_as<T> needs T == Data unless Data is std::any or std::variant");
@@ -1052,6 +1177,48 @@ inline std::size_t matcher_expansion(std::string_view p) {
   return total;
 }
 
+/// The literal text every topic a matcher matches starts with, or empty: the leading
+/// characters of `pattern` that are plain (letters, digits, punctuation other than
+/// `. ^ $ | ? * + ( ) [ ] { } \`) or escaped punctuation (`\.`, `\/`), up to the first
+/// other element; a character followed by a quantifier does not count, and a pattern with a
+/// `|` anywhere has none.
+inline std::string literal_prefix(std::string_view pattern) {
+  if (pattern.find('|') != std::string_view::npos) return {};
+  const auto special = [](char c) {
+    return std::string_view(".^$|?*+()[]{}\\").find(c) != std::string_view::npos;
+  };
+  const auto printable_punct = [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x21 && u <= 0x7e && !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                                        (c >= 'A' && c <= 'Z'));
+  };
+  std::string prefix;
+  std::size_t i = 0;
+  while (i < pattern.size()) {
+    char c = pattern[i];
+    std::size_t next = i + 1;
+    if (c == '\\') {
+      if (next >= pattern.size() || !printable_punct(pattern[next])) break;
+      c = pattern[next];
+      next = i + 2;
+    } else if (special(c)) {
+      break;
+    }
+    if (next < pattern.size()) {
+      const char q = pattern[next];
+      if (q == '?' || q == '*' || q == '+' || q == '{') break;
+    }
+    prefix += c;
+    i = next;
+  }
+  return prefix;
+}
+
+/// True when `topic` starts with `prefix`.
+inline bool has_prefix(std::string_view topic, std::string_view prefix) noexcept {
+  return topic.size() >= prefix.size() && topic.compare(0, prefix.size(), prefix) == 0;
+}
+
 /// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
 /// synchronisation, the first time a regex compiler meets each character; two threads
 /// compiling matchers at once would race on it. Filling it once, under the guard of a
@@ -1087,10 +1254,13 @@ inline void warm_regex_locale() {
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace evbus {
@@ -1120,18 +1290,104 @@ inline void check_topic_name(std::string_view name) {
   }
 }
 
+/// True for a range of names (its elements convert to std::string_view) that is not itself a
+/// name: what register_topics and deregister_topics accept as their one argument.
+template <class T, class = void>
+struct is_name_range : std::false_type {};
+template <class T>
+struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>())),
+                                    decltype(std::end(std::declval<const T&>()))>>
+    : std::bool_constant<
+          !std::is_convertible_v<const T&, std::string_view> &&
+          std::is_convertible_v<decltype(*std::begin(std::declval<const T&>())),
+                                std::string_view>> {};
+
+/**
+ * A registered handler. Lists of topics share it; its callable lives until it is deregistered
+ * and no call of it is running, then the thread that ends the last call (or deregistration,
+ * when none runs) destroys it.
+ *
+ * A call marks the calling thread's slot (thread_slot::calling) with the handler, then checks
+ * that it is not deregistered; deregistration sets that bit, fences, then reads every slot's
+ * marks: either it sees the call, or the call sees the bit and does not start. Emits on
+ * different threads so write only their own slots. A call that ends after deregistration, or
+ * a deregistration that finds no call, settles: whoever finds no call left destroys the
+ * callable. Calls nested deeper than marked_call_depth are counted in `calls` instead.
+ */
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
                 std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
-      : key(std::move(k)), pattern(std::move(p)), matcher(std::move(r)), fn(std::move(f)),
-        order(o) {}
+      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
+        matcher(std::move(r)), fn(std::move(f)), order(o) {}
   const std::string key;
   const std::string pattern;
+  const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
-  const std::function<void(const basic_event<Data>&)> fn;
+  std::function<void(const basic_event<Data>&)> fn;  // emptied once released
   const std::uint64_t order;
-  std::atomic<bool> active{true};
+  std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
+  std::atomic<bool> released{false};    // set once fn is destroyed
+  std::mutex settle_mutex;
+  bool claimed = false;  // under settle_mutex: a thread is destroying fn
+
+  /// Starts a call on this thread; false once deregistered (then do not call).
+  bool enter(thread_slot& slot) noexcept {
+    const std::uint32_t level = slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, this);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) {
+        mark_call(slot, level, nullptr);
+        settle();  // the deregistration may have seen the mark
+        return false;
+      }
+    } else {
+      std::uint64_t v = calls.load(std::memory_order_relaxed);
+      do {
+        if ((v & 1U) != 0) return false;
+      } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+    }
+    slot.call_depth = level + 1;
+    return true;
+  }
+
+  /// Ends the call enter started.
+  void leave(thread_slot& slot) noexcept {
+    const std::uint32_t level = --slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, nullptr);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) settle();
+    } else if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) {
+      settle();
+    }
+  }
+
+  /// Marks the handler deregistered: no call starts after this. Destroys the callable at once
+  /// when no call is running, and says whether it did (if not, the last call to end will).
+  bool deregister() noexcept {
+    calls.fetch_or(1, std::memory_order_seq_cst);
+    fence_emitting_threads();
+    settle();
+    return released.load(std::memory_order_acquire);
+  }
+
+  /// After deregistration: destroys the callable unless a call of it still runs.
+  void settle() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(settle_mutex);
+      if (claimed || (calls.load(std::memory_order_acquire) >> 1) != 0 || call_marked(this)) {
+        return;
+      }
+      claimed = true;
+    }
+    // Outside the mutex: the captures' destructors may emit, even on this handler's topics.
+    {
+      std::function<void(const basic_event<Data>&)> dead;
+      dead.swap(fn);
+    }
+    released.store(true, std::memory_order_release);
+  }
 };
 
 template <class Data>
@@ -1181,50 +1437,79 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
   return h ^ (h >> 32);
 }
 
-/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
-/// a power-of-two size (no division); built whole when topics come or go, never changed after.
+/**
+ * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
+ * The bus changes it in place, under its lock, while emits read it without one: a topic is
+ * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
+ * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
+ * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * a bigger one and retires this one: amortised O(1) per topic.
+ */
 template <class Data>
 struct topic_index {
   struct entry {
-    std::uint64_t hash = 0;
-    std::string_view name;             // owned by the slot
-    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
   };
-  std::vector<entry> table;
-  std::size_t mask = 0;
-  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
 
-  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
-    std::size_t size = 4;
-    while (size < 2 * all.size()) size *= 2;
-    table.assign(size, entry{});
-    mask = size - 1;
-    for (const auto& slot : all) {
-      const std::string_view name = slot->name->value;
-      const std::uint64_t h = hash_topic(name);
-      std::size_t i = h & mask;
-      while (table[i].slot != nullptr) i = (i + 1) & mask;
-      table[i] = entry{h, name, slot.get()};
+  explicit topic_index(std::size_t capacity)
+      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+
+  const std::unique_ptr<entry[]> table;
+  const std::size_t mask;
+  const std::size_t size;
+  std::size_t live = 0;        // writer side
+  std::size_t tombstones = 0;  // writer side
+  topic_slot<Data> tombstone{nullptr};
+
+  /// True when `more` topics can be added without filling more than half of the table.
+  bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
+
+  /// Adds a topic not in the table; requires has_room(1).
+  void insert(topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    std::size_t i = h & mask;
+    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    table[i].hash.store(h, std::memory_order_relaxed);
+    table[i].slot.store(slot, std::memory_order_seq_cst);
+    ++live;
+  }
+
+  /// Removes a topic that is in the table.
+  void erase(const topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
+      if (s == nullptr) return;
+      if (s == slot) {
+        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+        --live;
+        ++tombstones;
+        return;
+      }
     }
-    slots = std::move(all);
   }
 
   topic_slot<Data>* find(std::string_view name) const noexcept {
-    if (table.empty()) return nullptr;
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       const entry& e = table[i];
-      if (e.slot == nullptr) return nullptr;
-      if (e.hash == h && e.name == name) return e.slot;
+      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
+      if (s == nullptr) return nullptr;
+      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
+          s->name->value == name) {
+        return s;
+      }
     }
   }
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
-bool matches(const handler_entry<Data>& h, const std::string& topic) {
+bool matches(const handler_entry<Data>& h, std::string_view topic) {
+  if (!has_prefix(topic, h.prefix)) return false;
   try {
-    return std::regex_match(topic, h.matcher);
+    return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
                           std::string("matching topic ") + quote(topic) + " failed: " + e.what());
@@ -1249,17 +1534,21 @@ bool matches(const handler_entry<Data>& h, const std::string& topic) {
 #include <algorithm>
 #include <any>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -1336,24 +1625,47 @@ class basic_bus {
    * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
    * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
    * evbus::invalid_topic_name names it.
+   *
+   * The names are given one per argument, or as one range of string-like values (a
+   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
+   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
+   * the handlers whose matcher's literal prefix it starts with.
+   *
+   * @code
+   *   bus.register_topics("order.created", "order.paid");
+   *   std::vector<std::string> tenants = load_tenants();
+   *   bus.register_topics(tenants);
+   * @endcode
    */
   template <class... Names>
   void register_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    register_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        register_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      register_topic_list(list, sizeof...(Names));
+    }
   }
 
   /**
-   * @brief Deregisters topics. Handlers stay registered; an emit already running finishes on
-   * the subscriptions it started with. Names that are not registered are ignored; invalid
-   * names throw evbus::invalid_topic_name and nothing changes.
+   * @brief Deregisters topics, given as to register_topics. Handlers stay registered; an emit
+   * already running finishes on the subscriptions it started with. Names that are not
+   * registered are ignored; invalid names throw evbus::invalid_topic_name and nothing changes.
    */
   template <class... Names>
   void deregister_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    deregister_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        deregister_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      deregister_topic_list(list, sizeof...(Names));
+    }
   }
 
   /// The registered topics, sorted.
@@ -1404,11 +1716,15 @@ class basic_bus {
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
       std::vector<detail::topic_slot<Data>*> subscribed;
-      for (auto& kv : topics_) {
-        if (detail::matches(*entry, kv.first)) subscribed.push_back(kv.second.get());
+      // Only the topics that start with the matcher's literal prefix can match.
+      for (auto it = topics_.lower_bound(entry->prefix);
+           it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
       }
+      by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
       handlers_.emplace(entry->key, entry);
+      by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
       for (auto* slot : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
@@ -1422,25 +1738,29 @@ class basic_bus {
   /**
    * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
    *
-   * After it returns the handler is never called again, and no call of it is still running on
-   * another thread, so the caller may destroy what the handler captured. It waits for the
-   * emits other threads are running; called from inside a handler, it does not wait for the
-   * calling thread's own emits (so a handler may deregister itself). Two handlers that, on two
-   * threads, deregister handlers at the same time would each wait for the other's emit: do not.
+   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
+   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
+   * running: by this call, before it returns, when none is; otherwise by the thread that ends
+   * the last running call, as that call returns.
+   *
+   * Called outside any emit, it waits for the calls running on other threads to return, so
+   * once it returns the callable is destroyed and the caller may destroy what the handler
+   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
+   * deregister themselves and each other on any number of threads without deadlock.
    */
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    detail::emit_marks marks;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      entry->active.store(false, std::memory_order_seq_cst);
-      for (auto& kv : topics_) {
-        auto& slot = *kv.second;
+      by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
+      for (auto t = topics_.lower_bound(entry->prefix);
+           t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
+        auto& slot = *t->second;
         const auto& old = *slot.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
@@ -1450,34 +1770,27 @@ class basic_bus {
         }
         publish(slot, std::move(list));
       }
-      // One look at the emits in progress serves both the lists retired by every change so
-      // far and the wait below.
-      marks = detail::emits_in_progress();
-      if (!pending_.empty()) seal(marks);
-      collect(garbage);
-    }
-    detail::wait_for_emits(std::move(marks));
-    {
-      // The lists that held the entry can now be freed (unless this thread is inside an emit
-      // that still reads them); the callable is destroyed here, outside the lock, when the
-      // last list goes.
-      std::lock_guard<std::mutex> lock(mutex_);
-      collect(garbage);
+      retire_later(garbage);
     }
     garbage.clear();
-    entry.reset();
+    // Outside the lock: the callable may be destroyed here, and its captures may use the bus.
+    if (!entry->deregister() && !detail::this_thread_in_emit()) {
+      for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
+        if (spin < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
+        }
+      }
+    }
   }
 
   /// Every handler key, in registration order.
   std::vector<std::string> handler_keys() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<const detail::handler_entry<Data>*> all;
-    all.reserve(handlers_.size());
-    for (const auto& kv : handlers_) all.push_back(kv.second.get());
-    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->order < b->order; });
     std::vector<std::string> out;
-    out.reserve(all.size());
-    for (auto* h : all) out.push_back(h->key);
+    out.reserve(by_order_.size());
+    for (const auto& h : by_order_) out.push_back(h->key);
     return out;
   }
 
@@ -1497,9 +1810,11 @@ class basic_bus {
     auto it = handlers_.find(key);
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
-    for (const auto& kv : topics_) {
-      const auto& list = *kv.second->handlers_owner;
-      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(kv.first);
+    const std::string& prefix = it->second->prefix;
+    for (auto t = topics_.lower_bound(prefix);
+         t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
+      const auto& list = *t->second->handlers_owner;
+      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
     }
     return out;
   }
@@ -1509,6 +1824,10 @@ class basic_bus {
    * each failure with the handler's key; if it returns, emit returns normally. An empty hook
    * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
    * or more.
+   *
+   * A hook that throws still receives every other failure of the emit; then what it threw
+   * leaves emit by the default rule: one exception as it is, several as
+   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
    */
   void set_error_hook(error_hook hook) {
     std::vector<std::unique_ptr<unit>> garbage;
@@ -1533,7 +1852,8 @@ class basic_bus {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
   }
@@ -1541,9 +1861,26 @@ class basic_bus {
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data));
+  }
+
+  /**
+   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
+   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
+   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
+   */
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
+    return emit(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text) {
+    return emit(topic, Data(detail::c_text(text)));
   }
 
   /**
@@ -1580,9 +1917,8 @@ class basic_bus {
   };
 
   void init() {
-    auto index = std::make_shared<const detail::topic_index<Data>>();
-    index_.store(index.get(), std::memory_order_seq_cst);
-    index_owner_ = std::move(index);
+    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
+    index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
   emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
@@ -1601,7 +1937,7 @@ class basic_bus {
       if (!own_tx) ev.tx_id = std::move(options.tx_id);
       if (!options.key.empty()) ev.key = std::move(options.key);
       if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
       return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
     }
@@ -1615,16 +1951,21 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
-  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
+  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                     const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      // seq_cst pairs with deregister_handler (see detail::emit_scope).
-      if (!h->active.load(std::memory_order_seq_cst)) continue;
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
       try {
         h->fn(ev);
       } catch (...) {
@@ -1637,7 +1978,8 @@ class basic_bus {
   std::string new_id() {
     if (!default_ids_) return generator_();
     std::string id;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
     return id;
   }
 
@@ -1650,13 +1992,15 @@ class basic_bus {
 
   /// Emits on a slot held by the caller (a handle or a transaction).
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
   emit_result emit_on(const slot_type& topic, Data&& data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data));
   }
@@ -1680,24 +2024,51 @@ class basic_bus {
       ev.occurred_at = at;
       ev.id = generator_();
       ev.tx_id = ev.id;
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
     }
     // As above, the result is built from a copy of the id.
     const detail::id_text& made = detail::make_sortable_id(slot, at);
     const detail::id_text text = made;
     const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
+  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
+  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
-      for (const auto& f : failures) (*hook)(ev, f.key, f.error);
-      return;
+      std::vector<typename handler_errors::failure> hook_failures;
+      for (const auto& f : failures) {
+        try {
+          (*hook)(ev, f.key, f.error);
+        } catch (...) {
+          hook_failures.push_back({f.key, std::current_exception()});
+        }
+      }
+      if (hook_failures.empty()) return;
+      failures = std::move(hook_failures);
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));
+  }
+
+  /// Calls `f(names, count)` with the names of `range` as string_views (copied first when the
+  /// range makes its elements on the fly).
+  template <class Range, class F>
+  static void with_name_list(const Range& range, F&& f) {
+    using element = decltype(*std::begin(range));
+    std::vector<std::string_view> views;
+    if constexpr (std::is_lvalue_reference_v<element>) {
+      for (const auto& name : range) views.emplace_back(name);
+      f(views.data(), views.size());
+    } else {
+      std::vector<std::string> owned;
+      for (auto&& name : range) owned.emplace_back(std::string_view(name));
+      views.assign(owned.begin(), owned.end());
+      f(views.data(), views.size());
+    }
   }
 
   void register_topic_list(const std::string_view* names, std::size_t count) {
@@ -1705,32 +2076,28 @@ class basic_bus {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::vector<const detail::handler_entry<Data>*> by_order;
-      by_order.reserve(handlers_.size());
-      for (const auto& kv : handlers_) by_order.push_back(kv.second.get());
-      std::sort(by_order.begin(), by_order.end(),
-                [](auto* a, auto* b) { return a->order < b->order; });
+      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
+      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
-        std::string name(names[i]);
-        if (topics_.count(name) != 0) continue;
-        if (std::any_of(added.begin(), added.end(), [&](auto& a) { return a.first == name; })) {
-          continue;
-        }
+        const std::string_view name = names[i];
+        if (topics_.find(name) != topics_.end()) continue;
+        if (count > 1 && !in_call.insert(name).second) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
-        for (const auto* h : by_order) {
-          if (detail::matches(*h, name)) list->push_back(handlers_.find(h->key)->second);
+        for (const auto& h : by_order_) {
+          if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(std::move(name), std::move(list));
+        added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      for (auto& [name, list] : added) {
-        std::shared_ptr<slot_type> slot = revive(name);
-        publish(*slot, std::move(list));
-        topics_.emplace(std::move(name), std::move(slot));
+      std::vector<std::shared_ptr<slot_type>> slots;
+      slots.reserve(added.size());
+      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      make_index_room(added.size());
+      for (auto& slot : slots) {
+        index_owner_->insert(slot.get());
+        topics_.emplace(slot->name->value, std::move(slot));
       }
-      rebuild_index();
       retire_later(garbage);
     }
   }
@@ -1744,35 +2111,47 @@ class basic_bus {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
+        std::shared_ptr<slot_type> slot = std::move(it->second);
+        topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*it->second, deregistered_);
+        publish(*slot, deregistered_);
+        index_owner_->erase(slot.get());
         // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[it->first] = it->second;
-        for (auto d = dormant_.begin(); d != dormant_.end();) {
-          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
-        }
-        topics_.erase(it);
+        dormant_[slot->name->value] = slot;
+        // An emit that found the slot may still read it.
+        retire(std::move(slot));
         changed = true;
       }
       if (!changed) return;
-      rebuild_index();
+      if (dormant_.size() >= dormant_limit_) {
+        for (auto d = dormant_.begin(); d != dormant_.end();) {
+          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
+        }
+        dormant_limit_ = std::max<std::size_t>(64, 2 * dormant_.size());
+      }
+      if (index_owner_->tombstones > index_owner_->live + 16) make_index_room(0, true);
       retire_later(garbage);
     }
   }
 
-  /// The slot for a topic being registered: the one a live handle still holds, or a new one.
-  std::shared_ptr<slot_type> revive(const std::string& name) {
+  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// still holds, or a new one.
+  std::shared_ptr<slot_type> revive(std::string name,
+                                    std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
       std::shared_ptr<slot_type> slot = it->second.lock();
       dormant_.erase(it);
-      if (slot) return slot;
+      if (slot) {
+        publish(*slot, std::move(list));
+        return slot;
+      }
     }
     auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers_owner = std::make_shared<const detail::handler_list<Data>>();
-    slot->handlers.store(slot->handlers_owner.get(), std::memory_order_seq_cst);
+    slot->handlers.store(list.get(), std::memory_order_seq_cst);
+    slot->handlers_owner = std::move(list);
     return slot;
   }
 
@@ -1781,16 +2160,17 @@ class basic_bus {
     retire(std::exchange(slot.handlers_owner, std::move(list)));
   }
 
-  void rebuild_index() {
-    auto index = std::make_shared<detail::topic_index<Data>>();
-    std::vector<std::shared_ptr<slot_type>> all;
-    all.reserve(topics_.size());
-    for (auto& kv : topics_) all.push_back(kv.second);
-    index->build(std::move(all));
-    std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
-    index_.store(next.get(), std::memory_order_seq_cst);
-    // The old index keeps the slots of deregistered topics alive until no emit uses them.
-    retire(std::exchange(index_owner_, std::move(next)));
+  /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
+  /// new index, twice as big as the live topics need, replaces it, and the old one is retired
+  /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
+  void make_index_room(std::size_t more, bool compact = false) {
+    if (!compact && index_owner_->has_room(more)) return;
+    std::size_t size = 16;
+    while (size < 4 * (topics_.size() + more)) size *= 2;
+    auto index = std::make_shared<detail::topic_index<Data>>(size);
+    for (auto& kv : topics_) index->insert(kv.second.get());
+    index_.store(index.get(), std::memory_order_seq_cst);
+    retire(std::exchange(index_owner_, std::move(index)));
   }
 
   void retire(std::shared_ptr<const void> object) {
@@ -1839,7 +2219,10 @@ class basic_bus {
   std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
-  std::shared_ptr<const detail::topic_index<Data>> index_owner_;
+  std::shared_ptr<detail::topic_index<Data>> index_owner_;
+  /// Live handlers in registration order, each with the literal prefix of its matcher.
+  std::vector<std::shared_ptr<detail::handler_entry<Data>>> by_order_;
+  std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;
@@ -1873,6 +2256,7 @@ using bus = basic_bus<std::any>;
 #include <any>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 namespace evbus {
 inline namespace v1 {
@@ -1898,6 +2282,18 @@ class basic_topic_handle {
 
   /// The same with no options.
   emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text, emit_options options) const {
+    return emit(Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text) const {
+    return emit(Data(detail::c_text(text)));
+  }
 
  private:
   friend class basic_bus<Data>;
@@ -1928,6 +2324,7 @@ using topic_handle = basic_topic_handle<std::any>;
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -1983,18 +2380,15 @@ class basic_transaction {
   /// Buffers an event and returns its id (generated now unless `options.id` is set).
   /// `options.tx_id` must be empty or equal tx_id().
   std::string emit(std::string_view topic, Data data, emit_options options = {}) {
-    check_open("emit into");
-    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
-                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
-    }
-    auto slot = bus_->find_slot(topic);
-    options.tx_id = tx_id_;
-    if (options.id.empty()) options.id = bus_->new_id();
-    std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
-    return id;
+    return buffer(topic, std::move(data), std::move(options));
   }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  std::string emit(std::string_view topic, Text&& text, emit_options options = {}) {
+    return buffer(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
 
   /**
    * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
@@ -2048,6 +2442,21 @@ class basic_transaction {
   }
 
  private:
+  /// What emit does: check the transaction, the tx id and the topic, then buffer the event.
+  std::string buffer(std::string_view topic, Data data, emit_options options) {
+    check_open("emit into");
+    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
+      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
+                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+    }
+    auto slot = bus_->find_slot(topic);
+    options.tx_id = tx_id_;
+    if (options.id.empty()) options.id = bus_->new_id();
+    std::string id = options.id;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    return id;
+  }
+
   friend class basic_bus<Data>;
   struct entry {
     std::shared_ptr<detail::topic_slot<Data>> slot;
@@ -2363,7 +2772,7 @@ struct codec<T, std::enable_if_t<detail::stored_as_bytes_v<T>>> {
   T decode(std::string_view bytes) const {
     if (bytes.size() != sizeof(T)) {
       throw codec_error("evbus: cannot decode " + std::to_string(bytes.size()) +
-                        " bytes as a " + typeid(T).name() + ": it is " +
+                        " bytes as a " + detail::type_name(typeid(T)) + ": it is " +
                         std::to_string(sizeof(T)) + " bytes");
     }
     T value;
@@ -4915,8 +5324,8 @@ struct undelivered {
   const T& data_as() const {
     if (const T* p = std::any_cast<T>(&data)) return *p;
     throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + typeid(T).name() + " (it holds " +
-                        data.type().name() + ")");
+                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
+                        detail::type_name(data.type()) + ")");
   }
 };
 

@@ -15,17 +15,21 @@
 #include <algorithm>
 #include <any>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -102,24 +106,47 @@ class basic_bus {
    * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
    * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
    * evbus::invalid_topic_name names it.
+   *
+   * The names are given one per argument, or as one range of string-like values (a
+   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
+   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
+   * the handlers whose matcher's literal prefix it starts with.
+   *
+   * @code
+   *   bus.register_topics("order.created", "order.paid");
+   *   std::vector<std::string> tenants = load_tenants();
+   *   bus.register_topics(tenants);
+   * @endcode
    */
   template <class... Names>
   void register_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    register_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        register_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      register_topic_list(list, sizeof...(Names));
+    }
   }
 
   /**
-   * @brief Deregisters topics. Handlers stay registered; an emit already running finishes on
-   * the subscriptions it started with. Names that are not registered are ignored; invalid
-   * names throw evbus::invalid_topic_name and nothing changes.
+   * @brief Deregisters topics, given as to register_topics. Handlers stay registered; an emit
+   * already running finishes on the subscriptions it started with. Names that are not
+   * registered are ignored; invalid names throw evbus::invalid_topic_name and nothing changes.
    */
   template <class... Names>
   void deregister_topics(const Names&... names) {
     static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
-    const std::string_view list[] = {std::string_view(names)...};
-    deregister_topic_list(list, sizeof...(Names));
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        deregister_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      deregister_topic_list(list, sizeof...(Names));
+    }
   }
 
   /// The registered topics, sorted.
@@ -170,11 +197,15 @@ class basic_bus {
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
       std::vector<detail::topic_slot<Data>*> subscribed;
-      for (auto& kv : topics_) {
-        if (detail::matches(*entry, kv.first)) subscribed.push_back(kv.second.get());
+      // Only the topics that start with the matcher's literal prefix can match.
+      for (auto it = topics_.lower_bound(entry->prefix);
+           it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
       }
+      by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
       handlers_.emplace(entry->key, entry);
+      by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
       for (auto* slot : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
@@ -188,25 +219,29 @@ class basic_bus {
   /**
    * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
    *
-   * After it returns the handler is never called again, and no call of it is still running on
-   * another thread, so the caller may destroy what the handler captured. It waits for the
-   * emits other threads are running; called from inside a handler, it does not wait for the
-   * calling thread's own emits (so a handler may deregister itself). Two handlers that, on two
-   * threads, deregister handlers at the same time would each wait for the other's emit: do not.
+   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
+   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
+   * running: by this call, before it returns, when none is; otherwise by the thread that ends
+   * the last running call, as that call returns.
+   *
+   * Called outside any emit, it waits for the calls running on other threads to return, so
+   * once it returns the callable is destroyed and the caller may destroy what the handler
+   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
+   * deregister themselves and each other on any number of threads without deadlock.
    */
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
-    detail::emit_marks marks;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = handlers_.find(key);
       if (it == handlers_.end()) throw unknown_handler(key);
       entry = std::move(it->second);
       handlers_.erase(it);
-      entry->active.store(false, std::memory_order_seq_cst);
-      for (auto& kv : topics_) {
-        auto& slot = *kv.second;
+      by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
+      for (auto t = topics_.lower_bound(entry->prefix);
+           t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
+        auto& slot = *t->second;
         const auto& old = *slot.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
@@ -216,34 +251,27 @@ class basic_bus {
         }
         publish(slot, std::move(list));
       }
-      // One look at the emits in progress serves both the lists retired by every change so
-      // far and the wait below.
-      marks = detail::emits_in_progress();
-      if (!pending_.empty()) seal(marks);
-      collect(garbage);
-    }
-    detail::wait_for_emits(std::move(marks));
-    {
-      // The lists that held the entry can now be freed (unless this thread is inside an emit
-      // that still reads them); the callable is destroyed here, outside the lock, when the
-      // last list goes.
-      std::lock_guard<std::mutex> lock(mutex_);
-      collect(garbage);
+      retire_later(garbage);
     }
     garbage.clear();
-    entry.reset();
+    // Outside the lock: the callable may be destroyed here, and its captures may use the bus.
+    if (!entry->deregister() && !detail::this_thread_in_emit()) {
+      for (unsigned spin = 0; !entry->released.load(std::memory_order_acquire); ++spin) {
+        if (spin < 64) {
+          std::this_thread::yield();
+        } else {
+          std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
+        }
+      }
+    }
   }
 
   /// Every handler key, in registration order.
   std::vector<std::string> handler_keys() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<const detail::handler_entry<Data>*> all;
-    all.reserve(handlers_.size());
-    for (const auto& kv : handlers_) all.push_back(kv.second.get());
-    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->order < b->order; });
     std::vector<std::string> out;
-    out.reserve(all.size());
-    for (auto* h : all) out.push_back(h->key);
+    out.reserve(by_order_.size());
+    for (const auto& h : by_order_) out.push_back(h->key);
     return out;
   }
 
@@ -263,9 +291,11 @@ class basic_bus {
     auto it = handlers_.find(key);
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
-    for (const auto& kv : topics_) {
-      const auto& list = *kv.second->handlers_owner;
-      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(kv.first);
+    const std::string& prefix = it->second->prefix;
+    for (auto t = topics_.lower_bound(prefix);
+         t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
+      const auto& list = *t->second->handlers_owner;
+      if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
     }
     return out;
   }
@@ -275,6 +305,10 @@ class basic_bus {
    * each failure with the handler's key; if it returns, emit returns normally. An empty hook
    * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
    * or more.
+   *
+   * A hook that throws still receives every other failure of the emit; then what it threw
+   * leaves emit by the default rule: one exception as it is, several as
+   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
    */
   void set_error_hook(error_hook hook) {
     std::vector<std::unique_ptr<unit>> garbage;
@@ -299,7 +333,8 @@ class basic_bus {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
   }
@@ -307,9 +342,26 @@ class basic_bus {
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, find_registered(topic), std::move(data));
+  }
+
+  /**
+   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
+   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
+   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
+   */
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
+    return emit(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text) {
+    return emit(topic, Data(detail::c_text(text)));
   }
 
   /**
@@ -346,9 +398,8 @@ class basic_bus {
   };
 
   void init() {
-    auto index = std::make_shared<const detail::topic_index<Data>>();
-    index_.store(index.get(), std::memory_order_seq_cst);
-    index_owner_ = std::move(index);
+    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
+    index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
   emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
@@ -367,7 +418,7 @@ class basic_bus {
       if (!own_tx) ev.tx_id = std::move(options.tx_id);
       if (!options.key.empty()) ev.key = std::move(options.key);
       if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
       return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
     }
@@ -381,16 +432,21 @@ class basic_bus {
     }
     ev.key = std::move(options.key);
     ev.source = std::move(options.source);
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
-  void call_handlers(const detail::handler_list<Data>& handlers, const event_type& ev) {
+  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                     const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
     for (const auto& h : handlers) {
-      // seq_cst pairs with deregister_handler (see detail::emit_scope).
-      if (!h->active.load(std::memory_order_seq_cst)) continue;
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
       try {
         h->fn(ev);
       } catch (...) {
@@ -403,7 +459,8 @@ class basic_bus {
   std::string new_id() {
     if (!default_ids_) return generator_();
     std::string id;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), id);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
     return id;
   }
 
@@ -416,13 +473,15 @@ class basic_bus {
 
   /// Emits on a slot held by the caller (a handle or a transaction).
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
   emit_result emit_on(const slot_type& topic, Data&& data) {
-    detail::thread_slot& slot = detail::this_thread_slot();
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data));
   }
@@ -446,24 +505,51 @@ class basic_bus {
       ev.occurred_at = at;
       ev.id = generator_();
       ev.tx_id = ev.id;
-      call_handlers(*handlers, ev);
+      call_handlers(slot, *handlers, ev);
       return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
     }
     // As above, the result is built from a copy of the id.
     const detail::id_text& made = detail::make_sortable_id(slot, at);
     const detail::id_text text = made;
     const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(*handlers, ev);
+    call_handlers(slot, *handlers, ev);
     return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
+  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
+  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
   void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
-      for (const auto& f : failures) (*hook)(ev, f.key, f.error);
-      return;
+      std::vector<typename handler_errors::failure> hook_failures;
+      for (const auto& f : failures) {
+        try {
+          (*hook)(ev, f.key, f.error);
+        } catch (...) {
+          hook_failures.push_back({f.key, std::current_exception()});
+        }
+      }
+      if (hook_failures.empty()) return;
+      failures = std::move(hook_failures);
     }
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     throw handler_errors(ev.topic(), std::move(failures));
+  }
+
+  /// Calls `f(names, count)` with the names of `range` as string_views (copied first when the
+  /// range makes its elements on the fly).
+  template <class Range, class F>
+  static void with_name_list(const Range& range, F&& f) {
+    using element = decltype(*std::begin(range));
+    std::vector<std::string_view> views;
+    if constexpr (std::is_lvalue_reference_v<element>) {
+      for (const auto& name : range) views.emplace_back(name);
+      f(views.data(), views.size());
+    } else {
+      std::vector<std::string> owned;
+      for (auto&& name : range) owned.emplace_back(std::string_view(name));
+      views.assign(owned.begin(), owned.end());
+      f(views.data(), views.size());
+    }
   }
 
   void register_topic_list(const std::string_view* names, std::size_t count) {
@@ -471,32 +557,28 @@ class basic_bus {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::vector<const detail::handler_entry<Data>*> by_order;
-      by_order.reserve(handlers_.size());
-      for (const auto& kv : handlers_) by_order.push_back(kv.second.get());
-      std::sort(by_order.begin(), by_order.end(),
-                [](auto* a, auto* b) { return a->order < b->order; });
+      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
+      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
-        std::string name(names[i]);
-        if (topics_.count(name) != 0) continue;
-        if (std::any_of(added.begin(), added.end(), [&](auto& a) { return a.first == name; })) {
-          continue;
-        }
+        const std::string_view name = names[i];
+        if (topics_.find(name) != topics_.end()) continue;
+        if (count > 1 && !in_call.insert(name).second) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
-        for (const auto* h : by_order) {
-          if (detail::matches(*h, name)) list->push_back(handlers_.find(h->key)->second);
+        for (const auto& h : by_order_) {
+          if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(std::move(name), std::move(list));
+        added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      for (auto& [name, list] : added) {
-        std::shared_ptr<slot_type> slot = revive(name);
-        publish(*slot, std::move(list));
-        topics_.emplace(std::move(name), std::move(slot));
+      std::vector<std::shared_ptr<slot_type>> slots;
+      slots.reserve(added.size());
+      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      make_index_room(added.size());
+      for (auto& slot : slots) {
+        index_owner_->insert(slot.get());
+        topics_.emplace(slot->name->value, std::move(slot));
       }
-      rebuild_index();
       retire_later(garbage);
     }
   }
@@ -510,35 +592,47 @@ class basic_bus {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
+        std::shared_ptr<slot_type> slot = std::move(it->second);
+        topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*it->second, deregistered_);
+        publish(*slot, deregistered_);
+        index_owner_->erase(slot.get());
         // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[it->first] = it->second;
-        for (auto d = dormant_.begin(); d != dormant_.end();) {
-          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
-        }
-        topics_.erase(it);
+        dormant_[slot->name->value] = slot;
+        // An emit that found the slot may still read it.
+        retire(std::move(slot));
         changed = true;
       }
       if (!changed) return;
-      rebuild_index();
+      if (dormant_.size() >= dormant_limit_) {
+        for (auto d = dormant_.begin(); d != dormant_.end();) {
+          d = d->second.expired() ? dormant_.erase(d) : std::next(d);
+        }
+        dormant_limit_ = std::max<std::size_t>(64, 2 * dormant_.size());
+      }
+      if (index_owner_->tombstones > index_owner_->live + 16) make_index_room(0, true);
       retire_later(garbage);
     }
   }
 
-  /// The slot for a topic being registered: the one a live handle still holds, or a new one.
-  std::shared_ptr<slot_type> revive(const std::string& name) {
+  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// still holds, or a new one.
+  std::shared_ptr<slot_type> revive(std::string name,
+                                    std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
       std::shared_ptr<slot_type> slot = it->second.lock();
       dormant_.erase(it);
-      if (slot) return slot;
+      if (slot) {
+        publish(*slot, std::move(list));
+        return slot;
+      }
     }
     auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers_owner = std::make_shared<const detail::handler_list<Data>>();
-    slot->handlers.store(slot->handlers_owner.get(), std::memory_order_seq_cst);
+    slot->handlers.store(list.get(), std::memory_order_seq_cst);
+    slot->handlers_owner = std::move(list);
     return slot;
   }
 
@@ -547,16 +641,17 @@ class basic_bus {
     retire(std::exchange(slot.handlers_owner, std::move(list)));
   }
 
-  void rebuild_index() {
-    auto index = std::make_shared<detail::topic_index<Data>>();
-    std::vector<std::shared_ptr<slot_type>> all;
-    all.reserve(topics_.size());
-    for (auto& kv : topics_) all.push_back(kv.second);
-    index->build(std::move(all));
-    std::shared_ptr<const detail::topic_index<Data>> next = std::move(index);
-    index_.store(next.get(), std::memory_order_seq_cst);
-    // The old index keeps the slots of deregistered topics alive until no emit uses them.
-    retire(std::exchange(index_owner_, std::move(next)));
+  /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
+  /// new index, twice as big as the live topics need, replaces it, and the old one is retired
+  /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
+  void make_index_room(std::size_t more, bool compact = false) {
+    if (!compact && index_owner_->has_room(more)) return;
+    std::size_t size = 16;
+    while (size < 4 * (topics_.size() + more)) size *= 2;
+    auto index = std::make_shared<detail::topic_index<Data>>(size);
+    for (auto& kv : topics_) index->insert(kv.second.get());
+    index_.store(index.get(), std::memory_order_seq_cst);
+    retire(std::exchange(index_owner_, std::move(index)));
   }
 
   void retire(std::shared_ptr<const void> object) {
@@ -605,7 +700,10 @@ class basic_bus {
   std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
-  std::shared_ptr<const detail::topic_index<Data>> index_owner_;
+  std::shared_ptr<detail::topic_index<Data>> index_owner_;
+  /// Live handlers in registration order, each with the literal prefix of its matcher.
+  std::vector<std::shared_ptr<detail::handler_entry<Data>>> by_order_;
+  std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;

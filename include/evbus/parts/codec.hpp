@@ -99,7 +99,7 @@ struct codec<T, std::enable_if_t<detail::stored_as_bytes_v<T>>> {
   T decode(std::string_view bytes) const {
     if (bytes.size() != sizeof(T)) {
       throw codec_error("evbus: cannot decode " + std::to_string(bytes.size()) +
-                        " bytes as a " + typeid(T).name() + ": it is " +
+                        " bytes as a " + detail::type_name(typeid(T)) + ": it is " +
                         std::to_string(sizeof(T)) + " bytes");
     }
     T value;

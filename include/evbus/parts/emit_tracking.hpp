@@ -8,14 +8,11 @@
 
 #include "config.hpp"
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <mutex>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -111,15 +108,23 @@ struct alignas(16) id_text {
  * (except for `seq`, which others read), so emitting threads share no cache line.
  *
  * `seq` is odd while its thread is inside an outermost emit. A writer that must know when the
- * emits running now are over (to free a subscription list, or before deregister_handler
- * returns) reads every slot's `seq` and waits for the odd ones to move on.
+ * emits running now are over (to free a subscription list) reads every slot's `seq` and
+ * waits for the odd ones to move on.
  */
+/// How many nested handler calls of one thread its slot marks; deeper calls are counted in the
+/// handler instead (see handler_entry).
+inline constexpr std::uint32_t marked_call_depth = 16;
+
 struct alignas(EVBUS_CACHE_LINE_SIZE) thread_slot {
   std::atomic<std::uint64_t> seq{0};
   std::atomic<bool> in_use{false};
+  /// The handler each level of this thread's nested handler calls is running, written by the
+  /// owner around each call and read by deregistration.
+  std::atomic<const void*> calling[marked_call_depth] = {};
   // Owner-only from here on.
   bool light_marks = light_emit_marks();
   std::uint32_t depth = 0;
+  std::uint32_t call_depth = 0;
   std::uint32_t index = 0;
   std::uint32_t id_seq = 0;
   std::uint64_t id_ms = 0;
@@ -163,20 +168,86 @@ inline thread_slot* acquire_slot() {
 inline void release_slot(thread_slot* s) noexcept {
   std::lock_guard<std::mutex> lock(registry().mutex);
   s->depth = 0;
+  s->call_depth = 0;
   s->in_use.store(false, std::memory_order_relaxed);
 }
 
+/// The calling thread's slot, kept where it stays readable for the whole life of the thread:
+/// a thread_local with no destructor. While the thread runs, `slot` is the slot it owns; once
+/// its slot_owner is destroyed at thread exit, `exiting` is set and `slot` is set only while a
+/// slot_lease holds one (a thread_local destructor that emits).
+struct thread_state {
+  thread_slot* slot = nullptr;
+  std::uint32_t leases = 0;
+  bool exiting = false;
+};
+
+inline thread_state& this_thread_state() noexcept {
+  static thread_local thread_state state;
+  return state;
+}
+
+/// Owns the calling thread's slot from its first use to the thread's exit.
 struct slot_owner {
-  thread_slot* slot;
-  slot_owner() : slot(acquire_slot()) {}
-  ~slot_owner() { release_slot(slot); }
+  slot_owner() { this_thread_state().slot = acquire_slot(); }
+  ~slot_owner() {
+    thread_state& t = this_thread_state();
+    release_slot(t.slot);
+    t.slot = nullptr;
+    t.exiting = true;
+  }
   slot_owner(const slot_owner&) = delete;
   slot_owner& operator=(const slot_owner&) = delete;
 };
 
+/// The slot the calling thread owns. Not for use during thread exit: see slot_lease.
 inline thread_slot& this_thread_slot() {
   thread_local slot_owner owner;
-  return *owner.slot;
+  return *this_thread_state().slot;
+}
+
+/**
+ * The calling thread's slot for as long as the lease lives. While the thread runs, its own
+ * slot. During thread exit, once the owned slot was handed back (a thread_local destructor
+ * that emits or makes ids), a slot taken from the registry for the outermost lease and handed
+ * back when it ends: a slot is never used by two threads at once, so marks and ids stay
+ * exact.
+ */
+class slot_lease {
+ public:
+  slot_lease() {
+    thread_state& t = this_thread_state();
+    if (!t.exiting) {
+      slot_ = &this_thread_slot();
+      return;
+    }
+    if (t.leases == 0) t.slot = acquire_slot();
+    ++t.leases;
+    slot_ = t.slot;
+    leased_ = true;
+  }
+  ~slot_lease() {
+    if (!leased_) return;
+    thread_state& t = this_thread_state();
+    if (--t.leases == 0) {
+      release_slot(t.slot);
+      t.slot = nullptr;
+    }
+  }
+  slot_lease(const slot_lease&) = delete;
+  slot_lease& operator=(const slot_lease&) = delete;
+
+  thread_slot& slot() const noexcept { return *slot_; }
+
+ private:
+  thread_slot* slot_ = nullptr;
+  bool leased_ = false;
+};
+
+/// True when the calling thread is inside an emit (of any bus).
+inline bool this_thread_in_emit() noexcept {
+  const thread_slot* s = this_thread_state().slot;
+  return s != nullptr && s->depth > 0;
 }
 
 /// Marks the calling thread as inside an emit for as long as it lives. Only the outermost
@@ -210,6 +281,30 @@ class emit_scope {
   thread_slot& slot_;
 };
 
+/// Marks the slot's call at `level` as running `handler` (nullptr: none), with the same
+/// asymmetric fence as emit_scope: a deregistration that publishes, then fences and reads the
+/// marks, either sees this mark or is seen by the loads that follow it.
+inline void mark_call(thread_slot& s, std::uint32_t level, const void* handler) noexcept {
+  if (s.light_marks) {
+    s.calling[level].store(handler, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } else {
+    s.calling[level].store(handler, std::memory_order_seq_cst);
+  }
+}
+
+/// True when some thread's slot marks a running call of `handler`. A deregistration calls it
+/// after fence_emitting_threads.
+inline bool call_marked(const void* handler) noexcept {
+  for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;
+       s = s->next) {
+    for (const auto& mark : s->calling) {
+      if (mark.load(std::memory_order_seq_cst) == handler) return true;
+    }
+  }
+  return false;
+}
+
 /// The emits in progress on other threads at one moment: (slot, odd seq) pairs.
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;
 
@@ -232,22 +327,6 @@ inline bool emits_finished(const emit_marks& marks) noexcept {
     if (m.first->seq.load(std::memory_order_acquire) == m.second) return false;
   }
   return true;
-}
-
-/// Waits until every emit in `marks` that another thread was running has returned. The
-/// calling thread's own emits (it may be inside a handler) are not waited for.
-inline void wait_for_emits(emit_marks marks) {
-  const thread_slot* self = &this_thread_slot();
-  marks.erase(std::remove_if(marks.begin(), marks.end(),
-                             [self](const auto& m) { return m.first == self; }),
-              marks.end());
-  for (unsigned spin = 0; !emits_finished(marks); ++spin) {
-    if (spin < 64) {
-      std::this_thread::yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(spin < 256 ? 10 : 200));
-    }
-  }
 }
 
 }  // namespace detail

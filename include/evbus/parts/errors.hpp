@@ -7,11 +7,25 @@
 
 #include "config.hpp"
 
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <vector>
+
+/// Where the platform offers the Itanium C++ ABI's demangler (GCC, Clang), type names in
+/// messages are shown as written in code; elsewhere as std::type_info::name gives them.
+#if defined(__has_include)
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
+#define EVBUS_HAS_CXXABI 1
+#endif
+#endif
+#ifndef EVBUS_HAS_CXXABI
+#define EVBUS_HAS_CXXABI 0
+#endif
 
 namespace evbus {
 inline namespace v1 {
@@ -29,6 +43,21 @@ class error : public std::runtime_error {
 };
 
 namespace detail {
+
+/// A type's name for an error message: demangled where the platform can (`std::string`'s
+/// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
+inline std::string type_name(const std::type_info& type) {
+#if EVBUS_HAS_CXXABI
+  int status = 0;
+  char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
+  if (readable != nullptr) {
+    std::string out = status == 0 ? std::string(readable) : std::string(type.name());
+    std::free(readable);
+    return out;
+  }
+#endif
+  return type.name();
+}
 
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \xNN, and long values cut (the length is still named) so a message stays readable.

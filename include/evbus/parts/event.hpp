@@ -85,6 +85,22 @@ struct is_variant : std::false_type {};
 template <class... Ts>
 struct is_variant<std::variant<Ts...>> : std::true_type {};
 
+/// True for a payload given as C text (a string literal or a char pointer) to a std::any bus,
+/// which stores it as a std::string: a pointer into the caller's buffer would dangle.
+template <class Data, class T>
+inline constexpr bool is_c_text =
+    std::is_same_v<Data, std::any> && (std::is_same_v<std::decay_t<T>, const char*> ||
+                                       std::is_same_v<std::decay_t<T>, char*>);
+
+/// C text as the std::string a std::any bus stores; a null pointer is evbus::invalid_argument.
+inline std::string c_text(const char* text) {
+  if (text == nullptr) {
+    throw invalid_argument("evbus: the payload is a null char pointer (text given as a char "
+                           "pointer is stored as a std::string)");
+  }
+  return std::string(text);
+}
+
 }  // namespace detail
 
 /**
@@ -130,13 +146,13 @@ class basic_event {
     if constexpr (std::is_same_v<Data, std::any>) {
       if (const T* p = std::any_cast<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (it holds " + data.type().name() + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (it holds " + detail::type_name(data.type()) + ")");
     } else if constexpr (detail::is_variant<Data>::value) {
       if (const T* p = std::get_if<T>(&data)) return *p;
       throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " + typeid(T).name() +
-                          " (variant index " + std::to_string(data.index()) + ")");
+                          detail::quote(topic()) + ": payload is not a " +
+                          detail::type_name(typeid(T)) + " (variant index " + std::to_string(data.index()) + ")");
     } else {
       static_assert(std::is_same_v<T, Data>,
                     "evbus: data_as<T> needs T == Data unless Data is std::any or std::variant");

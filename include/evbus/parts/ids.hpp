@@ -107,7 +107,8 @@ struct sortable_ids {
   /// A new id.
   std::string operator()() const {
     std::string out;
-    detail::make_sortable_id(detail::this_thread_slot(), detail::wall_now(), out);
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), out);
     return out;
   }
 };

@@ -101,6 +101,48 @@ inline std::size_t matcher_expansion(std::string_view p) {
   return total;
 }
 
+/// The literal text every topic a matcher matches starts with, or empty: the leading
+/// characters of `pattern` that are plain (letters, digits, punctuation other than
+/// `. ^ $ | ? * + ( ) [ ] { } \`) or escaped punctuation (`\.`, `\/`), up to the first
+/// other element; a character followed by a quantifier does not count, and a pattern with a
+/// `|` anywhere has none.
+inline std::string literal_prefix(std::string_view pattern) {
+  if (pattern.find('|') != std::string_view::npos) return {};
+  const auto special = [](char c) {
+    return std::string_view(".^$|?*+()[]{}\\").find(c) != std::string_view::npos;
+  };
+  const auto printable_punct = [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u >= 0x21 && u <= 0x7e && !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                                        (c >= 'A' && c <= 'Z'));
+  };
+  std::string prefix;
+  std::size_t i = 0;
+  while (i < pattern.size()) {
+    char c = pattern[i];
+    std::size_t next = i + 1;
+    if (c == '\\') {
+      if (next >= pattern.size() || !printable_punct(pattern[next])) break;
+      c = pattern[next];
+      next = i + 2;
+    } else if (special(c)) {
+      break;
+    }
+    if (next < pattern.size()) {
+      const char q = pattern[next];
+      if (q == '?' || q == '*' || q == '+' || q == '{') break;
+    }
+    prefix += c;
+    i = next;
+  }
+  return prefix;
+}
+
+/// True when `topic` starts with `prefix`.
+inline bool has_prefix(std::string_view topic, std::string_view prefix) noexcept {
+  return topic.size() >= prefix.size() && topic.compare(0, prefix.size(), prefix) == 0;
+}
+
 /// libstdc++ fills a per-locale cache of ctype<char>::narrow results lazily, without
 /// synchronisation, the first time a regex compiler meets each character; two threads
 /// compiling matchers at once would race on it. Filling it once, under the guard of a

@@ -140,8 +140,8 @@ struct undelivered {
   const T& data_as() const {
     if (const T* p = std::any_cast<T>(&data)) return *p;
     throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + typeid(T).name() + " (it holds " +
-                        data.type().name() + ")");
+                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
+                        detail::type_name(data.type()) + ")");
   }
 };
 

@@ -10,6 +10,7 @@
 #include <any>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 namespace evbus {
 inline namespace v1 {
@@ -35,6 +36,18 @@ class basic_topic_handle {
 
   /// The same with no options.
   emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text, emit_options options) const {
+    return emit(Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(Text&& text) const {
+    return emit(Data(detail::c_text(text)));
+  }
 
  private:
   friend class basic_bus<Data>;

@@ -5,6 +5,7 @@
 #ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
 #define EVBUS_PARTS_TOPIC_TABLE_HPP
 
+#include "emit_tracking.hpp"
 #include "errors.hpp"
 #include "event.hpp"
 #include "matcher.hpp"
@@ -13,10 +14,13 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <memory>
+#include <mutex>
 #include <regex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace evbus {
@@ -46,18 +50,104 @@ inline void check_topic_name(std::string_view name) {
   }
 }
 
+/// True for a range of names (its elements convert to std::string_view) that is not itself a
+/// name: what register_topics and deregister_topics accept as their one argument.
+template <class T, class = void>
+struct is_name_range : std::false_type {};
+template <class T>
+struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>())),
+                                    decltype(std::end(std::declval<const T&>()))>>
+    : std::bool_constant<
+          !std::is_convertible_v<const T&, std::string_view> &&
+          std::is_convertible_v<decltype(*std::begin(std::declval<const T&>())),
+                                std::string_view>> {};
+
+/**
+ * A registered handler. Lists of topics share it; its callable lives until it is deregistered
+ * and no call of it is running, then the thread that ends the last call (or deregistration,
+ * when none runs) destroys it.
+ *
+ * A call marks the calling thread's slot (thread_slot::calling) with the handler, then checks
+ * that it is not deregistered; deregistration sets that bit, fences, then reads every slot's
+ * marks: either it sees the call, or the call sees the bit and does not start. Emits on
+ * different threads so write only their own slots. A call that ends after deregistration, or
+ * a deregistration that finds no call, settles: whoever finds no call left destroys the
+ * callable. Calls nested deeper than marked_call_depth are counted in `calls` instead.
+ */
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
                 std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
-      : key(std::move(k)), pattern(std::move(p)), matcher(std::move(r)), fn(std::move(f)),
-        order(o) {}
+      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
+        matcher(std::move(r)), fn(std::move(f)), order(o) {}
   const std::string key;
   const std::string pattern;
+  const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
-  const std::function<void(const basic_event<Data>&)> fn;
+  std::function<void(const basic_event<Data>&)> fn;  // emptied once released
   const std::uint64_t order;
-  std::atomic<bool> active{true};
+  std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
+  std::atomic<bool> released{false};    // set once fn is destroyed
+  std::mutex settle_mutex;
+  bool claimed = false;  // under settle_mutex: a thread is destroying fn
+
+  /// Starts a call on this thread; false once deregistered (then do not call).
+  bool enter(thread_slot& slot) noexcept {
+    const std::uint32_t level = slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, this);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) {
+        mark_call(slot, level, nullptr);
+        settle();  // the deregistration may have seen the mark
+        return false;
+      }
+    } else {
+      std::uint64_t v = calls.load(std::memory_order_relaxed);
+      do {
+        if ((v & 1U) != 0) return false;
+      } while (!calls.compare_exchange_weak(v, v + 2, std::memory_order_acquire,
+                                            std::memory_order_relaxed));
+    }
+    slot.call_depth = level + 1;
+    return true;
+  }
+
+  /// Ends the call enter started.
+  void leave(thread_slot& slot) noexcept {
+    const std::uint32_t level = --slot.call_depth;
+    if (level < marked_call_depth) {
+      mark_call(slot, level, nullptr);
+      if ((calls.load(std::memory_order_seq_cst) & 1U) != 0) settle();
+    } else if (calls.fetch_sub(2, std::memory_order_acq_rel) == 3) {
+      settle();
+    }
+  }
+
+  /// Marks the handler deregistered: no call starts after this. Destroys the callable at once
+  /// when no call is running, and says whether it did (if not, the last call to end will).
+  bool deregister() noexcept {
+    calls.fetch_or(1, std::memory_order_seq_cst);
+    fence_emitting_threads();
+    settle();
+    return released.load(std::memory_order_acquire);
+  }
+
+  /// After deregistration: destroys the callable unless a call of it still runs.
+  void settle() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(settle_mutex);
+      if (claimed || (calls.load(std::memory_order_acquire) >> 1) != 0 || call_marked(this)) {
+        return;
+      }
+      claimed = true;
+    }
+    // Outside the mutex: the captures' destructors may emit, even on this handler's topics.
+    {
+      std::function<void(const basic_event<Data>&)> dead;
+      dead.swap(fn);
+    }
+    released.store(true, std::memory_order_release);
+  }
 };
 
 template <class Data>
@@ -107,50 +197,79 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
   return h ^ (h >> 32);
 }
 
-/// The name -> topic table read by emit: open addressing, linear probing, at most half full,
-/// a power-of-two size (no division); built whole when topics come or go, never changed after.
+/**
+ * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
+ * The bus changes it in place, under its lock, while emits read it without one: a topic is
+ * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
+ * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
+ * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * a bigger one and retires this one: amortised O(1) per topic.
+ */
 template <class Data>
 struct topic_index {
   struct entry {
-    std::uint64_t hash = 0;
-    std::string_view name;             // owned by the slot
-    topic_slot<Data>* slot = nullptr;  // nullptr: an empty entry
+    std::atomic<std::uint64_t> hash{0};
+    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
   };
-  std::vector<entry> table;
-  std::size_t mask = 0;
-  std::vector<std::shared_ptr<topic_slot<Data>>> slots;  // keeps the slots alive
 
-  void build(std::vector<std::shared_ptr<topic_slot<Data>>> all) {
-    std::size_t size = 4;
-    while (size < 2 * all.size()) size *= 2;
-    table.assign(size, entry{});
-    mask = size - 1;
-    for (const auto& slot : all) {
-      const std::string_view name = slot->name->value;
-      const std::uint64_t h = hash_topic(name);
-      std::size_t i = h & mask;
-      while (table[i].slot != nullptr) i = (i + 1) & mask;
-      table[i] = entry{h, name, slot.get()};
+  explicit topic_index(std::size_t capacity)
+      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+
+  const std::unique_ptr<entry[]> table;
+  const std::size_t mask;
+  const std::size_t size;
+  std::size_t live = 0;        // writer side
+  std::size_t tombstones = 0;  // writer side
+  topic_slot<Data> tombstone{nullptr};
+
+  /// True when `more` topics can be added without filling more than half of the table.
+  bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
+
+  /// Adds a topic not in the table; requires has_room(1).
+  void insert(topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    std::size_t i = h & mask;
+    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    table[i].hash.store(h, std::memory_order_relaxed);
+    table[i].slot.store(slot, std::memory_order_seq_cst);
+    ++live;
+  }
+
+  /// Removes a topic that is in the table.
+  void erase(const topic_slot<Data>* slot) noexcept {
+    const std::uint64_t h = hash_topic(slot->name->value);
+    for (std::size_t i = h & mask;; i = (i + 1) & mask) {
+      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
+      if (s == nullptr) return;
+      if (s == slot) {
+        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+        --live;
+        ++tombstones;
+        return;
+      }
     }
-    slots = std::move(all);
   }
 
   topic_slot<Data>* find(std::string_view name) const noexcept {
-    if (table.empty()) return nullptr;
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
       const entry& e = table[i];
-      if (e.slot == nullptr) return nullptr;
-      if (e.hash == h && e.name == name) return e.slot;
+      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
+      if (s == nullptr) return nullptr;
+      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
+          s->name->value == name) {
+        return s;
+      }
     }
   }
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
-bool matches(const handler_entry<Data>& h, const std::string& topic) {
+bool matches(const handler_entry<Data>& h, std::string_view topic) {
+  if (!has_prefix(topic, h.prefix)) return false;
   try {
-    return std::regex_match(topic, h.matcher);
+    return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
                           std::string("matching topic ") + quote(topic) + " failed: " + e.what());

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -67,18 +68,15 @@ class basic_transaction {
   /// Buffers an event and returns its id (generated now unless `options.id` is set).
   /// `options.tx_id` must be empty or equal tx_id().
   std::string emit(std::string_view topic, Data data, emit_options options = {}) {
-    check_open("emit into");
-    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
-                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
-    }
-    auto slot = bus_->find_slot(topic);
-    options.tx_id = tx_id_;
-    if (options.id.empty()) options.id = bus_->new_id();
-    std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
-    return id;
+    return buffer(topic, std::move(data), std::move(options));
   }
+
+  /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  std::string emit(std::string_view topic, Text&& text, emit_options options = {}) {
+    return buffer(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
 
   /**
    * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
@@ -132,6 +130,21 @@ class basic_transaction {
   }
 
  private:
+  /// What emit does: check the transaction, the tx id and the topic, then buffer the event.
+  std::string buffer(std::string_view topic, Data data, emit_options options) {
+    check_open("emit into");
+    if (!options.tx_id.empty() && options.tx_id != tx_id_) {
+      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
+                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+    }
+    auto slot = bus_->find_slot(topic);
+    options.tx_id = tx_id_;
+    if (options.id.empty()) options.id = bus_->new_id();
+    std::string id = options.id;
+    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    return id;
+  }
+
   friend class basic_bus<Data>;
   struct entry {
     std::shared_ptr<detail::topic_slot<Data>> slot;

@@ -74,8 +74,7 @@ class subscription final : public subscription_base {
   void push(const event_type& e) {
     if (link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
     const std::size_t number =
-        e.key.empty() ? static_cast<std::size_t>(
-                            round_robin_.fetch_add(1, std::memory_order_relaxed) % count_)
+        e.key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
                       : partition_of(static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU);
     bool evict = false;
     if (!admission_.bounded()) {
@@ -391,7 +390,7 @@ class subscription final : public subscription_base {
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
-  std::atomic<std::uint64_t> round_robin_{0};
+  std::atomic<std::size_t> round_robin_{0};
   std::atomic<std::uint64_t> next_seq_{0};  // only with overflow::drop_oldest
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition

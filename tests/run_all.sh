@@ -11,7 +11,7 @@
 #   meson      Meson build, Clang, C++17, debug, -Dwerror=true, meson test
 #   examples   the examples with their output (they also run in every ctest above)
 #   bench      the benchmark binary, Release, run briefly
-#   consumers  the four consumer projects (tests/consumers/run.sh)
+#   consumers  the four consumer projects, and installing with Catch2 hidden (tests/consumers/run.sh)
 #   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
 # Usage: tests/run_all.sh [section...]   (no argument: all sections, in this order)

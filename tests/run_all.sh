@@ -15,7 +15,12 @@
 #   consumers  the four consumer projects, and installing with Catch2 hidden (tests/consumers/run.sh)
 #   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
-# Usage: tests/run_all.sh [section...]   (no argument: all sections, in this order)
+# Sections run only when named (not yet part of CI):
+#   strict     tests/strict_warnings.cpp, every public template instantiated, with the header
+#              included as an ordinary one: g++ with the strict warning list below and clang
+#              -Weverything (less a short list), C++17 and C++20, -Werror
+#
+# Usage: tests/run_all.sh [section...]   (no argument: all CI sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
 set -euo pipefail
 
@@ -24,11 +29,13 @@ cd "$repo"
 
 jobs="${EVBUS_JOBS:-2}"
 all_sections=(lists gcc gcc20 clang asan tsan meson examples bench consumers fuzz)
+named_only_sections=(strict)
 if [ $# -gt 0 ]; then sections=("$@"); else sections=("${all_sections[@]}"); fi
 for s in "${sections[@]}"; do
-  case " ${all_sections[*]} " in
+  case " ${all_sections[*]} ${named_only_sections[*]} " in
     *" $s "*) ;;
-    *) echo "run_all: unknown section '$s' (known: ${all_sections[*]})" >&2; exit 2 ;;
+    *) echo "run_all: unknown section '$s' (known: ${all_sections[*]} ${named_only_sections[*]})" >&2
+       exit 2 ;;
   esac
 done
 
@@ -160,6 +167,41 @@ run_bench() {
 
 run_consumers() {
   CXX="${CXX:-g++}" tests/consumers/run.sh
+}
+
+# A project that copies the header sees its warnings: g++'s strict set, and clang's
+# -Weverything less the warnings that do not apply to a C++17 header-only library.
+strict_gcc_flags=(-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion
+  -Wold-style-cast -Wuseless-cast -Wcast-qual -Wnon-virtual-dtor -Woverloaded-virtual
+  -Wnull-dereference -Wdouble-promotion -Werror)
+strict_clang_flags=(-Weverything -Werror
+  # compatibility with C++ standards older than the C++17 evbus requires
+  -Wno-c++98-compat -Wno-c++98-compat-pedantic -Wno-c++98-compat-local-type-template-args
+  -Wno-pre-c++14-compat -Wno-pre-c++17-compat
+  # a report of struct layout, not a defect
+  -Wno-padded
+  # a header-only library has no translation unit to anchor a vtable in
+  -Wno-weak-vtables
+  # a thread's emit slot is handed back by a thread_local's destructor, by design
+  -Wno-exit-time-destructors)
+
+run_strict() {
+  local dir=build/strict std failed=0
+  mkdir -p "$dir"
+  for std in 17 20; do
+    # -O2: GCC's flow-based warnings need the optimiser, as in users' release builds.
+    echo "strict: g++ -std=c++$std -O2 ${strict_gcc_flags[*]}"
+    g++ -std=c++$std -O2 "${strict_gcc_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/gcc$std.o" || failed=$((failed + 1))
+    echo "strict: clang++ -std=c++$std -O2 ${strict_clang_flags[*]}"
+    clang++ -std=c++$std -O2 "${strict_clang_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/clang$std.o" || failed=$((failed + 1))
+  done
+  if [ "$failed" -ne 0 ]; then
+    echo "strict: $failed of 4 compilations of tests/strict_warnings.cpp gave warnings" >&2
+    return 1
+  fi
+  note="g++ and clang, C++17 and C++20: no warning"
 }
 
 # --- fuzz: self-contained section; keep edits to it inside this block -----------------------

@@ -53,7 +53,7 @@ inline std::size_t matcher_expansion(std::string_view p) {
       std::size_t j = i + 1;
       if (j < p.size() && p[j] == '^') ++j;
       if (j < p.size() && p[j] == ']') ++j;
-      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2 : 1;
+      while (j < p.size() && p[j] != ']') j += p[j] == '\\' ? 2U : 1U;
       i = j;
       last = 1;
     } else if (c == '(') {

@@ -9,6 +9,8 @@
 #   clang      Clang, C++20, Release, -Werror, ctest
 #   asan       Clang, AddressSanitizer + UndefinedBehaviorSanitizer (-O1, asserts on), ctest
 #   tsan       Clang, ThreadSanitizer (-O1, asserts on), ctest
+#   gcc-asan   GCC, AddressSanitizer + UndefinedBehaviorSanitizer (-O1, asserts on), -Werror, ctest
+#   libcxx     Clang with libc++ (not libstdc++), C++17, -O2 with assertions on, -Werror, ctest
 #   meson      Meson build, Clang, C++17, debug, -Dwerror=true, meson test
 #   examples   the examples with their output (they also run in every ctest above)
 #   bench      the benchmark binary, Release, run briefly
@@ -16,6 +18,8 @@
 #   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
 # Sections run only when named (not yet part of CI):
+#   gcc-tsan   GCC, ThreadSanitizer (-O1, asserts on), -Werror, ctest: GCC refuses
+#              std::atomic_thread_fence under TSan (-Werror=tsan), which the executor uses
 #   strict     tests/strict_warnings.cpp, every public template instantiated, with the header
 #              included as an ordinary one: g++ with the strict warning list below and clang
 #              -Weverything (less a short list), C++17 and C++20, -Werror
@@ -28,8 +32,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 jobs="${EVBUS_JOBS:-2}"
-all_sections=(lists gcc gcc20 clang asan tsan meson examples bench consumers fuzz)
-named_only_sections=(strict)
+all_sections=(lists gcc gcc20 clang asan tsan gcc-asan libcxx meson examples bench consumers fuzz)
+named_only_sections=(gcc-tsan strict)
 if [ $# -gt 0 ]; then sections=("$@"); else sections=("${all_sections[@]}"); fi
 for s in "${sections[@]}"; do
   case " ${all_sections[*]} ${named_only_sections[*]} " in
@@ -44,12 +48,14 @@ passed=0
 summary=()
 current=""
 started_all=$SECONDS
+started=$SECONDS
 
 on_exit() {
   local rc=$?
   if [ "$rc" -ne 0 ] && [ -n "$current" ]; then
-    printf '\n==== FAILED: section "%s" (exit code %s) after %ss ====\n' \
-      "$current" "$rc" "$((SECONDS - started_all))" >&2
+    if [ ${#summary[@]} -gt 0 ]; then printf '%s\n' "${summary[@]}" >&2; fi
+    printf '\n==== FAILED: section "%s" (exit code %s) after %ss in it, %ss in all ====\n' \
+      "$current" "$rc" "$((SECONDS - started))" "$((SECONDS - started_all))" >&2
   fi
 }
 trap on_exit EXIT
@@ -132,6 +138,36 @@ run_tsan() {
   fi
   unset TSAN_OPTIONS
   note=$(ctest_summary tsan)
+}
+
+# GCC's sanitizers, as a user's sanitizer build with GCC would use them.
+gcc_sanitized=(-DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1" -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON)
+
+run_gcc-asan() {
+  cmake_build build/gcc-asan "${gcc_sanitized[@]}" -DEVBUS_SANITIZE=address,undefined
+  ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+    ctest_in build/gcc-asan gcc-asan
+  note=$(ctest_summary gcc-asan)
+}
+
+run_gcc-tsan() {
+  cmake_build build/gcc-tsan "${gcc_sanitized[@]}" -DEVBUS_SANITIZE=thread
+  TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+    setarch "$(uname -m)" -R ctest --test-dir build/gcc-tsan --output-on-failure -j "$jobs" 2>&1 \
+    | tee build/logs/gcc-tsan.log
+  note=$(ctest_summary gcc-tsan)
+}
+
+# libc++ instead of libstdc++: what the library assumes of its standard library is checked
+# with a second one (the matcher's bounds are libstdc++'s; see tests/test_regex_limits.cpp).
+run_libcxx() {
+  cmake_build build/libcxx -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2" -DCMAKE_CXX_FLAGS=-stdlib=libc++ \
+    -DCMAKE_EXE_LINKER_FLAGS=-stdlib=libc++ -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON
+  ctest_in build/libcxx libcxx
+  note=$(ctest_summary libcxx)
 }
 
 run_meson() {

@@ -17,7 +17,7 @@
 #   consumers  the four consumer projects, and installing with Catch2 hidden (tests/consumers/run.sh)
 #   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
-# Sections run only when named (not yet part of CI):
+# Sections run only when named (not yet part of CI, see README "Supported compilers"):
 #   gcc-tsan   GCC, ThreadSanitizer (-O1, asserts on), -Werror, ctest: GCC refuses
 #              std::atomic_thread_fence under TSan (-Werror=tsan), which the executor uses
 #   strict     tests/strict_warnings.cpp, every public template instantiated, with the header

@@ -27,7 +27,8 @@
 #
 # Usage: tests/run_all.sh [section...]   (no argument: all CI sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
-# The long stress tests (label / suite "stress") run in the gcc, asan and tsan sections only.
+# The long stress tests (label / suite "stress") run in the gcc, asan, tsan and meson (libc++)
+# sections only.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -178,8 +179,7 @@ run_meson() {
     CXX=clang++ meson setup "$dir" "${opts[@]}"
   fi
   meson compile -C "$dir" -j "$jobs"
-  meson test -C "$dir" --no-suite stress --print-errorlogs --num-processes "$jobs" 2>&1 \
-    | tee build/logs/meson.log
+  meson test -C "$dir" --print-errorlogs --num-processes "$jobs" 2>&1 | tee build/logs/meson.log
   if pkg-config --exists benchmark 2>/dev/null; then
     rm -rf build/meson-bench
     meson setup build/meson-bench -Dtests=false -Dexamples=false -Dbenchmarks=true

@@ -15,7 +15,7 @@
 // A pattern the bus rejects (evbus::invalid_matcher: too long, does not compile, too many
 // NFA states) is out of scope: the child reports it and that is fine.
 //
-// What holds with another standard library (libc++, CI section libcxx): the limits on length
+// What holds with another standard library (libc++, in CI's Meson build): the limits on length
 // and expanded size still refuse what they refuse (the last test case, and tests/
 // test_bad_inputs.cpp), but the guarantee that every ACCEPTED pattern is matched without a
 // crash and in bounded time is libstdc++'s polynomial matcher's (EVBUS_MATCHER_SYNTAX). libc++

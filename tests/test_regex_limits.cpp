@@ -173,6 +173,7 @@ TEST_CASE("no accepted pattern crashes or hangs the bus against worst-case 255-b
 #if !defined(__GLIBCXX__)
   WARN("not libstdc++: accepted matchers are not bounded in stack or time (see the top of this "
        "file); skipped");
+  SUCCEED("skipped");
   return;
 #endif
   if (!fork_child::supported) {

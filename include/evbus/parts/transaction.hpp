@@ -85,13 +85,13 @@ class basic_transaction {
    */
   void commit() {
     check_open("commit");
-    basic_bus<Data>* bus = std::exchange(bus_, nullptr);
+    basic_bus<Data>* target = std::exchange(bus_, nullptr);
     std::vector<entry> events = std::move(pending_);
     pending_.clear();
     std::vector<handler_errors::failure> failures;
     for (auto& e : events) {
       try {
-        bus->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
       } catch (...) {
         failures.push_back({e.id, std::current_exception()});
       }
@@ -153,8 +153,8 @@ class basic_transaction {
     std::string id;
   };
 
-  basic_transaction(basic_bus<Data>* bus, std::string tx_id)
-      : bus_(bus), tx_id_(std::move(tx_id)) {}
+  basic_transaction(basic_bus<Data>* owner, std::string tx_id)
+      : bus_(owner), tx_id_(std::move(tx_id)) {}
 
   void check_open(const char* what) const {
     if (bus_ == nullptr) {

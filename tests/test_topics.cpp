@@ -307,13 +307,21 @@ TEST_CASE("100,000 topics registered one by one and half deregistered: every liv
           "[topics][scale]") {
   evbus::bus bus;
   std::vector<int> calls(100, 0);
+  // Strings are built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on
+  // "literal" + std::string.
+  const auto joined = [](std::string head, const std::string& tail) {
+    head += tail;
+    return head;
+  };
   for (int k = 0; k < 100; ++k) {
-    bus.register_handler("h" + std::to_string(k), "tenant-" + std::to_string(k) + "/.*",
+    bus.register_handler(joined("h", std::to_string(k)),
+                         joined(joined("tenant-", std::to_string(k)), "/.*"),
                          [&calls, k](const evbus::event&) { ++calls[k]; });
   }
   constexpr int n = 100000;
-  const auto name = [](int i) {
-    return "tenant-" + std::to_string(i % 100) + "/topic-" + std::to_string(i);
+  const auto name = [&joined](int i) {
+    return joined(joined(joined("tenant-", std::to_string(i % 100)), "/topic-"),
+                  std::to_string(i));
   };
   for (int i = 0; i < n; ++i) bus.register_topics(name(i));
   for (int i = 0; i < n; i += 2) bus.deregister_topics(name(i));

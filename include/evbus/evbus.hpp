@@ -1543,6 +1543,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1554,6 +1555,35 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
+/// ends it first thing in its destructor, which waits for a use that is running to return; a
+/// use that starts later finds it ended and does not touch the bus.
+class bus_life {
+ public:
+  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
+  template <class Fn>
+  bool use(Fn&& fn) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (!alive_) return false;
+    fn();
+    return true;
+  }
+  void end() noexcept {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    alive_ = false;
+  }
+
+ private:
+  std::shared_mutex mutex_;
+  bool alive_ = true;
+};
+
+template <class Bus>
+struct delayed_emit;
+
+}  // namespace detail
 
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
@@ -1616,8 +1646,10 @@ class basic_bus {
   basic_bus& operator=(basic_bus&&) = delete;
 
   /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
-  /// may be used afterwards.
-  ~basic_bus() = default;
+  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
+  /// running on it is waited for; those that fall due later are not emitted but handed to the
+  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
+  ~basic_bus() { life_->end(); }
 
   // -- topics ---------------------------------------------------------------
 
@@ -1908,6 +1940,8 @@ class basic_bus {
  private:
   friend class basic_topic_handle<Data>;
   friend class basic_transaction<Data>;
+  template <class Bus>
+  friend struct detail::delayed_emit;
   using slot_type = detail::topic_slot<Data>;
 
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -2233,6 +2267,7 @@ class basic_bus {
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
   std::atomic<const error_hook*> hook_{nullptr};
+  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
   id_generator generator_;
   bool default_ids_ = false;
 };
@@ -5310,7 +5345,14 @@ using delivery_policy = basic_delivery_policy<std::any>;
  *   };
  * @endcode
  */
+/// Why a delayed emit never entered the bus.
+enum class undelivered_reason {
+  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
+  bus_destroyed,        ///< the bus it was meant for was destroyed first
+};
+
 struct undelivered {
+  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
   std::string topic;      ///< the topic it was scheduled for
   emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
   steady_time due{};      ///< when it was due, on the executor's clock
@@ -6032,7 +6074,8 @@ struct delayed_base {
   virtual ~delayed_base() = default;
   delayed_base(const delayed_base&) = delete;
   delayed_base& operator=(const delayed_base&) = delete;
-  virtual void emit() = 0;
+  /// Emits into the bus; false (nothing done) if the bus is gone.
+  virtual bool emit() = 0;
   virtual undelivered take() = 0;
   std::string topic;
   emit_options options;
@@ -6042,9 +6085,14 @@ struct delayed_base {
 template <class Bus>
 struct delayed_emit final : delayed_base {
   delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
-      : delayed_base(std::move(t), std::move(o), at), bus(&b), data(std::move(d)) {}
+      : delayed_base(std::move(t), std::move(o), at),
+        bus(&b),
+        life(b.life_),
+        data(std::move(d)) {}
   // The options are copied, not moved: a failure report still names the key.
-  void emit() override { bus->emit(topic, std::move(data), options); }
+  bool emit() override {
+    return life->use([&] { bus->emit(topic, std::move(data), options); });
+  }
   undelivered take() override {
     undelivered u;
     u.topic = std::move(topic);
@@ -6054,6 +6102,7 @@ struct delayed_emit final : delayed_base {
     return u;
   }
   Bus* bus;
+  std::shared_ptr<bus_life> life;
   typename Bus::data_type data;
 };
 
@@ -6093,7 +6142,10 @@ class delayed_strand final : public runnable {
       }
       ++res.calls;
       try {
-        d->emit();
+        if (!d->emit()) {
+          lost_(std::move(d));  // counts it out of pending
+          continue;
+        }
         emitted.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
         failed.fetch_add(1, std::memory_order_relaxed);
@@ -6110,6 +6162,9 @@ class delayed_strand final : public runnable {
     }
   }
 
+  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
+  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+
   /// True when no due emit waits or runs.
   bool idle() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -6122,6 +6177,7 @@ class delayed_strand final : public runnable {
 
  private:
   std::function<void(std::exception_ptr, std::string_view)> report_;
+  std::function<void(std::unique_ptr<delayed_base>)> lost_;
   mutable std::mutex mutex_;
   std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
   bool held_ = false;                                 // under mutex_
@@ -6413,6 +6469,12 @@ class scheduler {
       }
       progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
     }
+  }
+
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return !timers_.empty() && timers_.front().due <= now();
   }
 
   std::size_t batch() const noexcept { return batch_; }
@@ -7500,7 +7562,16 @@ class executor_core final : public executor_link,
                       std::move(o.on_error)),
         partitions(o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown) {}
+        delayed_at_shutdown_(o.delayed_at_shutdown) {
+    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
+    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
+      try {
+        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
+      } catch (...) {
+        // Out of memory taking the payload: the event is counted as undelivered, not reported.
+      }
+    });
+  }
 
   ~executor_core() {
     if (listener_ != 0) sched.clock().remove_listener(listener_);
@@ -7591,6 +7662,33 @@ class executor_core final : public executor_link,
     wait_finished(subs, "drain()");
   }
 
+  /// Waits until nothing is queued, running, waiting for a retry or due among the delayed
+  /// emits, counting what handlers and delayed emits add meanwhile.
+  void wait_idle() {
+    refuse_inside("wait_idle()");
+    for (;;) {
+      auto subs = live();
+      std::vector<std::vector<std::uint64_t>> targets;
+      targets.reserve(subs.size());
+      for (const auto& s : subs) targets.push_back(s->pushed());
+      const auto delayed_done = [&] {
+        return sched.delayed().emitted.load(std::memory_order_relaxed) +
+               sched.delayed().failed.load(std::memory_order_relaxed);
+      };
+      const std::uint64_t delayed_before = delayed_done();
+      wait_finished(subs, targets, "wait_idle()");
+      sched.help_until([&] { return sched.delayed().idle() && !sched.timer_due_locked(); },
+                       "wait_idle()");
+      // Idle if nothing entered meanwhile: no new subscription, no new event, no delayed emit.
+      if (delayed_done() != delayed_before) continue;
+      auto now_live = live();
+      if (now_live != subs) continue;
+      bool same = true;
+      for (std::size_t i = 0; same && i < subs.size(); ++i) same = subs[i]->pushed() == targets[i];
+      if (same) return;
+    }
+  }
+
   void shutdown() {
     refuse_inside("shutdown()");
     {
@@ -7612,7 +7710,7 @@ class executor_core final : public executor_link,
       if (d->due <= t || delayed_at_shutdown_ == delayed_policy::emit) {
         sched.emit_delayed_now(std::move(d));
       } else {
-        report_undelivered(std::move(d));
+        report_undelivered(std::move(d), undelivered_reason::not_due_at_shutdown);
       }
     }
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
@@ -7692,6 +7790,11 @@ class executor_core final : public executor_link,
     std::vector<std::vector<std::uint64_t>> targets;
     targets.reserve(subs.size());
     for (const auto& s : subs) targets.push_back(s->pushed());
+    wait_finished(subs, targets, what);
+  }
+
+  void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                     const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
     std::size_t sub = 0;
     std::size_t part = 0;
     sched.help_until(
@@ -7710,16 +7813,20 @@ class executor_core final : public executor_link,
         what);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d) {
+  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
+    u.reason = why;
     try {
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
         throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) + " was not due at shutdown and was not emitted");
+                              quote(u.key()) +
+                              (why == undelivered_reason::bus_destroyed
+                                   ? " was not emitted: its bus was destroyed first"
+                                   : " was not due at shutdown and was not emitted"));
       }
     } catch (...) {
       report_error(std::current_exception(),
@@ -8020,6 +8127,26 @@ class keyed_executor {
    * evbus::error (it would wait for itself).
    */
   void drain() { core_->drain(); }
+
+  /**
+   * @brief Returns when the executor is idle: no event queued, running or waiting for a retry
+   * in any subscription, and no delayed emit due (on the executor clock), counting the work
+   * that handlers and delayed emits create while it waits. Use it for pipelines (a handler
+   * that emits into another subscription of this executor) and before reading results in
+   * tests; drain() only waits for what was accepted before the call.
+   *
+   * Delayed emits due later are not waited for. It returns only once the executor is quiet:
+   * while another thread keeps emitting, it keeps waiting. The same rules as drain() apply
+   * (W = 0 runs the work on the calling thread; a retry a manual clock has not reached
+   * throws evbus::error; from inside a handler, poll or run_until_idle of this executor it
+   * throws evbus::error).
+   *
+   * @code
+   *   bus.emit("order.placed", o, {.key = "customer-7"});  // stage 1 emits "order.billed"
+   *   ex.wait_idle();                                        // stage 2 has handled it too
+   * @endcode
+   */
+  void wait_idle() { core_->wait_idle(); }
 
   /**
    * @brief drain() for one subscription: returns when every event that `subscription` (what

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -35,6 +36,35 @@
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
+/// ends it first thing in its destructor, which waits for a use that is running to return; a
+/// use that starts later finds it ended and does not touch the bus.
+class bus_life {
+ public:
+  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
+  template <class Fn>
+  bool use(Fn&& fn) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (!alive_) return false;
+    fn();
+    return true;
+  }
+  void end() noexcept {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    alive_ = false;
+  }
+
+ private:
+  std::shared_mutex mutex_;
+  bool alive_ = true;
+};
+
+template <class Bus>
+struct delayed_emit;
+
+}  // namespace detail
 
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
@@ -97,8 +127,10 @@ class basic_bus {
   basic_bus& operator=(basic_bus&&) = delete;
 
   /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
-  /// may be used afterwards.
-  ~basic_bus() = default;
+  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
+  /// running on it is waited for; those that fall due later are not emitted but handed to the
+  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
+  ~basic_bus() { life_->end(); }
 
   // -- topics ---------------------------------------------------------------
 
@@ -389,6 +421,8 @@ class basic_bus {
  private:
   friend class basic_topic_handle<Data>;
   friend class basic_transaction<Data>;
+  template <class Bus>
+  friend struct detail::delayed_emit;
   using slot_type = detail::topic_slot<Data>;
 
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -714,6 +748,7 @@ class basic_bus {
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
   std::atomic<const error_hook*> hook_{nullptr};
+  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
   id_generator generator_;
   bool default_ids_ = false;
 };

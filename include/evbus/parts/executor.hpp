@@ -267,6 +267,26 @@ class keyed_executor {
   void drain() { core_->drain(); }
 
   /**
+   * @brief Returns when the executor is idle: no event queued, running or waiting for a retry
+   * in any subscription, and no delayed emit due (on the executor clock), counting the work
+   * that handlers and delayed emits create while it waits. Use it for pipelines (a handler
+   * that emits into another subscription of this executor) and before reading results in
+   * tests; drain() only waits for what was accepted before the call.
+   *
+   * Delayed emits due later are not waited for. It returns only once the executor is quiet:
+   * while another thread keeps emitting, it keeps waiting. The same rules as drain() apply
+   * (W = 0 runs the work on the calling thread; a retry a manual clock has not reached
+   * throws evbus::error; from inside a handler, poll or run_until_idle of this executor it
+   * throws evbus::error).
+   *
+   * @code
+   *   bus.emit("order.placed", o, {.key = "customer-7"});  // stage 1 emits "order.billed"
+   *   ex.wait_idle();                                        // stage 2 has handled it too
+   * @endcode
+   */
+  void wait_idle() { core_->wait_idle(); }
+
+  /**
    * @brief drain() for one subscription: returns when every event that `subscription` (what
    * evbus::ordered returned, or a copy) accepted before the call has been handled,
    * dead-lettered or dropped, whatever the other subscriptions still hold. The same rules

@@ -126,7 +126,14 @@ using delivery_policy = basic_delivery_policy<std::any>;
  *   };
  * @endcode
  */
+/// Why a delayed emit never entered the bus.
+enum class undelivered_reason {
+  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
+  bus_destroyed,        ///< the bus it was meant for was destroyed first
+};
+
 struct undelivered {
+  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
   std::string topic;      ///< the topic it was scheduled for
   emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
   steady_time due{};      ///< when it was due, on the executor's clock

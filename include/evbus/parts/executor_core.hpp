@@ -251,9 +251,9 @@ class executor_core final : public executor_link,
 
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
-      throw error(std::string("evbus: ") + what +
-                  " called from inside a handler (or poll) of the same keyed_executor: it "
-                  "would wait for itself");
+      throw waits_for_itself(std::string("evbus: ") + what +
+                             " called from inside a handler (or poll) of the same "
+                             "keyed_executor: it would wait for itself");
     }
   }
 

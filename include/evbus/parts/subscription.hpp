@@ -69,6 +69,8 @@ class subscription final : public subscription_base {
     }
   }
 
+  ~subscription() override { runner_.flush_notes(name); }
+
   /// The bus handler's body: queue a copy of `e` in its key's partition, or apply the
   /// overflow policy.
   void push(const event_type& e) {
@@ -320,7 +322,13 @@ class subscription final : public subscription_base {
   }
 
   void report_drop(const event_type& e) noexcept {
-    if (!runner_.policy().on_drop) return;
+    if (!runner_.policy().on_drop) {
+      runner_.note(name, [&] {
+        return "dropped event " + quote(e.id) + " on topic " + quote(e.topic()) + " with key " +
+               quote(e.key) + " (the subscription is full)";
+      });
+      return;
+    }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {

@@ -171,3 +171,34 @@ TEST_CASE("a bounded stage fed from a worker of the same executor refuses when f
     CHECK(stage2.stats().total.rejected == 0);
   }
 }
+
+namespace {
+struct order {
+  int id = 0;
+};
+}  // namespace
+
+TEST_CASE("a typed bus takes ordered handlers whose payload type is read off the handler or "
+          "given, also for a generic lambda",
+          "[pipeline]") {
+  evbus::keyed_executor ex(evbus_test::manual_mode(2));
+  evbus::basic_bus<order> bus;
+  bus.register_topics("o");
+  int sum = 0;
+  // Read off the handler's parameter.
+  bus.register_handler("typed", "o", evbus::ordered(ex, [&](const evbus::basic_event<order>& e) {
+                         sum += e.data.id;
+                       }));
+  // A generic lambda: the payload type is given.
+  bus.register_handler("generic", "o",
+                       evbus::ordered<order>(ex, [&](const auto& e) { sum += 10 * e.data.id; }));
+  // A typed policy: Data comes from it.
+  evbus::basic_delivery_policy<order> p;
+  p.name = "with-policy";
+  bus.register_handler("policy", "o", evbus::ordered(ex, [&](const auto& e, const auto&) {
+                         sum += 100 * e.data.id;
+                       }, p));
+  bus.emit("o", order{1});
+  ex.wait_idle();
+  CHECK(sum == 111);
+}

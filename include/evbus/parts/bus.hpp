@@ -66,6 +66,9 @@ struct delayed_emit;
 
 }  // namespace detail
 
+template <class Data>
+class ordered_handler;
+
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
  * pluggable id generator. `emit` calls every matching handler on the calling thread, in
@@ -246,6 +249,22 @@ class basic_bus {
       }
       retire_later(garbage);
     }
+  }
+
+  /**
+   * @brief register_handler() for what evbus::ordered returned. Its payload type must be the
+   * bus's: a mismatch fails to compile with a message naming the fix.
+   */
+  template <class D>
+  void register_handler(std::string key, std::string_view matcher,
+                        const ordered_handler<D>& fn) {
+    static_assert(std::is_same_v<D, Data>,
+                  "evbus: register_handler: this ordered handler was made for another payload "
+                  "type than the bus's. Give evbus::ordered the bus's payload type: "
+                  "evbus::ordered<Data>(ex, fn), a handler taking const "
+                  "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
+                  "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
+    register_handler(std::move(key), matcher, handler_type(fn));
   }
 
   /**

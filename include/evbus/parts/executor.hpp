@@ -392,6 +392,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 "a partition moves queued events, and a throwing move could lose one. Give the "
                 "type a noexcept move constructor, or carry it in a std::unique_ptr or "
                 "std::shared_ptr");
+  static_assert(std::is_same_v<typename first_arg<F>::type, void> ||
+                    std::is_same_v<handler_data_t<Fn>, std::any> ||
+                    std::is_same_v<handler_data_t<Fn>, Data>,
+                "evbus::ordered: the handler takes basic_event<D> but the policy is "
+                "basic_delivery_policy<Data> of another payload type. Pass an "
+                "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
+                "basic_delivery_policy<std::any>, for evbus::bus)");
   static_assert(with_delivery || plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
                 "fn(const basic_event<Data>&, const evbus::delivery&)");
@@ -469,7 +476,9 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
 
 /**
  * @brief ordered() with the default policy. Data is given explicitly (`ordered<my_data>(ex,
- * fn)`), or read off a handler taking `const basic_event<D>&`, or std::any.
+ * fn)`), or read off a handler taking `const basic_event<D>&` (std::any for `const
+ * evbus::event&`). A generic handler (`[](const auto& e)`) must say it: without Data it does
+ * not compile, with a message naming the fix.
  *
  * @code
  *   auto h = evbus::ordered(ex, [](const evbus::basic_event<order>& e) { ship(e.data); });
@@ -478,6 +487,12 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
  */
 template <class Data = detail::deduce_data, class Fn>
 auto ordered(keyed_executor& ex, Fn&& fn) {
+  static_assert(!std::is_same_v<Data, detail::deduce_data> ||
+                    !std::is_same_v<typename detail::first_arg<std::decay_t<Fn>>::type, void>,
+                "evbus::ordered: the payload type cannot be read off this handler (a generic "
+                "lambda, or an overloaded call operator). Say it: evbus::ordered<Data>(ex, fn) "
+                "with the bus's payload type (std::any for evbus::bus), or take const "
+                "evbus::basic_event<Data>& in the handler");
   using D = std::conditional_t<std::is_same_v<Data, detail::deduce_data>,
                                detail::handler_data_t<Fn>, Data>;
   return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});

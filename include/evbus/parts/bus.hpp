@@ -524,6 +524,26 @@ class basic_bus {
     return it->second;
   }
 
+  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// before it emits); none if the topic was deregistered.
+  template <class Fn>
+  void for_each_handler(const slot_type& topic, Fn&& fn) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) return;
+    for (const auto& h : *handlers) {
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
+      fn(h->fn);
+    }
+  }
+
   /// Emits on a slot held by the caller (a handle or a transaction).
   emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
     const detail::slot_lease lease;

@@ -142,6 +142,7 @@ class ordered_handler {
 
  private:
   friend class keyed_executor;
+  friend struct detail::commit_reserver<Data>;
   template <class D, class Fn>
   friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
@@ -181,6 +182,39 @@ class ordered_handler {
  *   ex.drain();                           // everything emitted so far is handled
  * @endcode
  */
+namespace detail {
+
+/// What a transaction's commit does for each handler of its events before emitting any
+/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
+/// and take a place in its subscription, or throw the refusal push() would throw.
+template <class Data>
+struct commit_reserver {
+  static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
+                      commit_context& ctx, std::string_view topic, const std::string& key,
+                      const std::string& id) {
+    const auto* handler = fn.template target<ordered_handler<Data>>();
+    if (handler == nullptr) return;
+    const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
+    executor_link& link = sub->link();
+    ctx.places.reserve(ctx.places.size() + 1);
+    if (!ctx.holds_link(&link)) {
+      ctx.holds.reserve(ctx.holds.size() + 1);
+      if (!link.hold_for_commit()) {
+        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
+                              quote(sub->name) + " does not accept the event on topic " +
+                              quote(topic) + " with key " + quote(key) +
+                              "; nothing of the transaction was emitted");
+      }
+      ctx.holds.push_back(&link);
+    }
+    if (sub->reserve_place(topic, key)) {
+      ctx.places.push_back(commit_context::place{sub, &id, false});
+    }
+  }
+};
+
+}  // namespace detail
+
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.

@@ -18,11 +18,13 @@
 #include "stats.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -168,6 +170,11 @@ class executor_core final : public executor_link,
 
   void shutdown() {
     refuse_inside("shutdown()");
+    if (const commit_context* c = current_commit(); c != nullptr && c->holds_link(this)) {
+      throw waits_for_itself(
+          "evbus: shutdown() called from inside a transaction's commit that holds this "
+          "keyed_executor open: it would wait for itself");
+    }
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (state_ == state::closed) return;
@@ -193,6 +200,14 @@ class executor_core final : public executor_link,
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
     // (3) The subscriptions close; emitters blocked for room wake with executor_closed.
     closed.store(true, std::memory_order_seq_cst);
+    // A transaction's commit that took places before the close still gets its events in.
+    for (unsigned spins = 0; commits.load(std::memory_order_seq_cst) != 0; ++spins) {
+      if (spins < 64) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
     auto subs = live();
     for (auto& s : subs) s->close_barrier();
     for (auto& s : subs) s->wake_blocked();

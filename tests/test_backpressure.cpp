@@ -401,6 +401,7 @@ namespace {
 struct fragile {
   static inline bool fail = false;
   int value = 0;
+  fragile() = default;
   explicit fragile(int v) : value(v) {}
   fragile(const fragile& o) : value(o.value) {
     if (fail) throw std::runtime_error("fragile: copy refused");

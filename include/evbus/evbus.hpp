@@ -3528,14 +3528,14 @@ class scheduler {
 
   void fire_due() {
     if (timers_.empty()) return;
-    const steady_time t = now();
-    while (!timers_.empty() && timers_.front().due <= t) {
+    const steady_time t_now = now();
+    while (!timers_.empty() && timers_.front().due <= t_now) {
       std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer t = std::move(timers_.back());
+      timer due = std::move(timers_.back());
       timers_.pop_back();
-      if (t.r != nullptr) {
-        push_ready(t.r);
-      } else if (delayed_.arrive(std::move(t.d))) {
+      if (due.r != nullptr) {
+        push_ready(due.r);
+      } else if (delayed_.arrive(std::move(due.d))) {
         push_ready(&delayed_);
       }
     }
@@ -7622,10 +7622,8 @@ class subscription final : public subscription_base {
   }
 
   std::size_t partition_for_key(const std::string& key) {
-    return key.empty()
-               ? static_cast<std::size_t>(round_robin_.fetch_add(1, std::memory_order_relaxed) %
-                                          count_)
-               : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+    return key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
   }
 
   /// push() of a commit's event whose place is taken: no admission, and it gets in even if
@@ -7852,7 +7850,7 @@ class subscription final : public subscription_base {
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
-  std::atomic<std::uint64_t> round_robin_{0};
+  std::atomic<std::size_t> round_robin_{0};
   std::atomic<std::uint64_t> next_seq_{0};  // only with overflow::drop_oldest
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition
@@ -8594,11 +8592,11 @@ class keyed_executor {
    * @endcode
    */
   template <class Bus>
-  steady_time emit_at(Bus& bus, steady_time due, std::string_view topic,
+  steady_time emit_at(Bus& target, steady_time due, std::string_view topic,
                       typename Bus::data_type data, emit_options options = {}) {
-    (void)bus.topic(topic);
+    (void)target.topic(topic);
     core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
-        bus, std::string(topic), std::move(data), std::move(options), due));
+        target, std::string(topic), std::move(data), std::move(options), due));
     return due;
   }
 
@@ -8611,13 +8609,14 @@ class keyed_executor {
    * @endcode
    */
   template <class Bus, class Rep, class Period>
-  steady_time emit_after(Bus& bus, std::chrono::duration<Rep, Period> delay, std::string_view topic,
+  steady_time emit_after(Bus& target, std::chrono::duration<Rep, Period> delay,
+                         std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
       throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
                              std::to_string(detail::saturating_ns(delay).count()) + "ns)");
     }
-    return emit_at(bus, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
+    return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
                    std::move(data), std::move(options));
   }
 

@@ -379,11 +379,11 @@ class keyed_executor {
    * @endcode
    */
   template <class Bus>
-  steady_time emit_at(Bus& bus, steady_time due, std::string_view topic,
+  steady_time emit_at(Bus& target, steady_time due, std::string_view topic,
                       typename Bus::data_type data, emit_options options = {}) {
-    (void)bus.topic(topic);
+    (void)target.topic(topic);
     core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
-        bus, std::string(topic), std::move(data), std::move(options), due));
+        target, std::string(topic), std::move(data), std::move(options), due));
     return due;
   }
 
@@ -396,13 +396,14 @@ class keyed_executor {
    * @endcode
    */
   template <class Bus, class Rep, class Period>
-  steady_time emit_after(Bus& bus, std::chrono::duration<Rep, Period> delay, std::string_view topic,
+  steady_time emit_after(Bus& target, std::chrono::duration<Rep, Period> delay,
+                         std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
       throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
                              std::to_string(detail::saturating_ns(delay).count()) + "ns)");
     }
-    return emit_at(bus, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
+    return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
                    std::move(data), std::move(options));
   }
 

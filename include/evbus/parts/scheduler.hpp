@@ -370,14 +370,14 @@ class scheduler {
 
   void fire_due() {
     if (timers_.empty()) return;
-    const steady_time t = now();
-    while (!timers_.empty() && timers_.front().due <= t) {
+    const steady_time t_now = now();
+    while (!timers_.empty() && timers_.front().due <= t_now) {
       std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer t = std::move(timers_.back());
+      timer due = std::move(timers_.back());
       timers_.pop_back();
-      if (t.r != nullptr) {
-        push_ready(t.r);
-      } else if (delayed_.arrive(std::move(t.d))) {
+      if (due.r != nullptr) {
+        push_ready(due.r);
+      } else if (delayed_.arrive(std::move(due.d))) {
         push_ready(&delayed_);
       }
     }

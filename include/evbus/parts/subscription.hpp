@@ -250,10 +250,8 @@ class subscription final : public subscription_base {
   }
 
   std::size_t partition_for_key(const std::string& key) {
-    return key.empty()
-               ? static_cast<std::size_t>(round_robin_.fetch_add(1, std::memory_order_relaxed) %
-                                          count_)
-               : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+    return key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
   }
 
   /// push() of a commit's event whose place is taken: no admission, and it gets in even if
@@ -480,7 +478,7 @@ class subscription final : public subscription_base {
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
-  std::atomic<std::uint64_t> round_robin_{0};
+  std::atomic<std::size_t> round_robin_{0};
   std::atomic<std::uint64_t> next_seq_{0};  // only with overflow::drop_oldest
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition

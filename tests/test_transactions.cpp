@@ -839,3 +839,28 @@ TEST_CASE("shutdown() that begins during a commit waits for it: every event of t
   CHECK(sunk.load() == 2);  // "b" got in although the executor had closed
   CHECK_THROWS_AS(bus.emit("b", 3), evbus::executor_closed);
 }
+
+TEST_CASE("a commit waiting for room when shutdown() begins is refused and emits nothing",
+          "[transactions][executor]") {
+  evbus::bus bus;
+  bus.register_topics("a");
+  evbus::keyed_executor ex(evbus_test::manual_mode(1));  // nobody makes room but shutdown
+  evbus::delivery_policy p;
+  p.capacity = 1;
+  p.on_full = evbus::overflow::block;
+  std::atomic<int> handled{0};
+  bus.register_handler("sink", "a", evbus::ordered(ex, [&](const evbus::event&) { ++handled; }, p));
+  bus.emit("a", 0);  // full
+  auto tx = bus.transaction();
+  tx.emit("a", 1);
+  std::string refused;
+  std::thread committer([&] {
+    refused = evbus_test::what_of<evbus::executor_closed>([&] { tx.commit(); });
+  });
+  REQUIRE(evbus_test::eventually([&] { return ex.stats().total.blocked == 1; }));
+  ex.shutdown();  // wakes the commit, which gives up; then runs the queued event
+  committer.join();
+  CHECK_THAT(refused, Catch::Matchers::ContainsSubstring("nothing of the transaction was emitted"));
+  CHECK(tx.open());
+  CHECK(handled.load() == 1);
+}

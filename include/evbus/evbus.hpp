@@ -7528,8 +7528,17 @@ class subscription final : public subscription_base {
                        quote(topic) + " with key " + quote(key) +
                        " is refused; nothing of the transaction was emitted");
     }
-    // The commit holds the executor open, so `closed` does not end this wait.
-    if (admission_.wait(block_timeout_, [] { return false; })) return true;
+    // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
+    if (admission_.wait(block_timeout_,
+                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
+      return true;
+    }
+    if (link_.closed.load(std::memory_order_seq_cst)) {
+      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
+                            "in subscription " + quote(name) + " (event on topic " +
+                            quote(topic) + " with key " + quote(key) +
+                            "); nothing of the transaction was emitted");
+    }
     rejected_.fetch_add(1, std::memory_order_relaxed);
     throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
                      std::to_string(admission_.capacity()) + ") after block_timeout " +
@@ -8059,7 +8068,10 @@ class executor_core final : public executor_link,
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
     // (3) The subscriptions close; emitters blocked for room wake with executor_closed.
     closed.store(true, std::memory_order_seq_cst);
-    // A transaction's commit that took places before the close still gets its events in.
+    auto subs = live();
+    for (auto& s : subs) s->wake_blocked();
+    // A transaction's commit that took its places before the close still gets its events in
+    // (one still waiting for room wakes above and is refused).
     for (unsigned spins = 0; commits.load(std::memory_order_seq_cst) != 0; ++spins) {
       if (spins < 64) {
         std::this_thread::yield();
@@ -8067,9 +8079,7 @@ class executor_core final : public executor_link,
         std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
     }
-    auto subs = live();
     for (auto& s : subs) s->close_barrier();
-    for (auto& s : subs) s->wake_blocked();
     // (4) No push can start now: every event accepted is finished.
     wait_finished(subs, "shutdown()");
     subs.clear();
@@ -8583,8 +8593,9 @@ class keyed_executor {
    * The topic is checked now (evbus::unknown_topic) and again when due; a failure then (or a
    * handler error the bus rethrows) goes to on_error and is counted in stats().delayed_failed.
    * Equal due times keep submission order. The emit runs on a worker, or in poll() with W = 0.
-   * The bus must outlive the executor, or at least its pending delayed emits: shut the executor
-   * down before destroying the bus.
+   * The bus and the executor may be destroyed in either order: a delayed emit never touches a
+   * bus that is gone; one that falls due after (or is emitted at shutdown with
+   * delayed_policy::emit) goes to on_undelivered with undelivered_reason::bus_destroyed.
    *
    * @code
    *   ex.emit_at(bus, ex.now() + std::chrono::minutes(10), "cart.reminder", cart_id,

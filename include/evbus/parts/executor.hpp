@@ -370,8 +370,9 @@ class keyed_executor {
    * The topic is checked now (evbus::unknown_topic) and again when due; a failure then (or a
    * handler error the bus rethrows) goes to on_error and is counted in stats().delayed_failed.
    * Equal due times keep submission order. The emit runs on a worker, or in poll() with W = 0.
-   * The bus must outlive the executor, or at least its pending delayed emits: shut the executor
-   * down before destroying the bus.
+   * The bus and the executor may be destroyed in either order: a delayed emit never touches a
+   * bus that is gone; one that falls due after (or is emitted at shutdown with
+   * delayed_policy::emit) goes to on_undelivered with undelivered_reason::bus_destroyed.
    *
    * @code
    *   ex.emit_at(bus, ex.now() + std::chrono::minutes(10), "cart.reminder", cart_id,

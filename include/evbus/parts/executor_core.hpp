@@ -200,7 +200,10 @@ class executor_core final : public executor_link,
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
     // (3) The subscriptions close; emitters blocked for room wake with executor_closed.
     closed.store(true, std::memory_order_seq_cst);
-    // A transaction's commit that took places before the close still gets its events in.
+    auto subs = live();
+    for (auto& s : subs) s->wake_blocked();
+    // A transaction's commit that took its places before the close still gets its events in
+    // (one still waiting for room wakes above and is refused).
     for (unsigned spins = 0; commits.load(std::memory_order_seq_cst) != 0; ++spins) {
       if (spins < 64) {
         std::this_thread::yield();
@@ -208,9 +211,7 @@ class executor_core final : public executor_link,
         std::this_thread::sleep_for(std::chrono::microseconds(50));
       }
     }
-    auto subs = live();
     for (auto& s : subs) s->close_barrier();
-    for (auto& s : subs) s->wake_blocked();
     // (4) No push can start now: every event accepted is finished.
     wait_finished(subs, "shutdown()");
     subs.clear();

@@ -156,8 +156,17 @@ class subscription final : public subscription_base {
                        quote(topic) + " with key " + quote(key) +
                        " is refused; nothing of the transaction was emitted");
     }
-    // The commit holds the executor open, so `closed` does not end this wait.
-    if (admission_.wait(block_timeout_, [] { return false; })) return true;
+    // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
+    if (admission_.wait(block_timeout_,
+                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
+      return true;
+    }
+    if (link_.closed.load(std::memory_order_seq_cst)) {
+      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
+                            "in subscription " + quote(name) + " (event on topic " +
+                            quote(topic) + " with key " + quote(key) +
+                            "); nothing of the transaction was emitted");
+    }
     rejected_.fetch_add(1, std::memory_order_relaxed);
     throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
                      std::to_string(admission_.capacity()) + ") after block_timeout " +

@@ -2,32 +2,46 @@
 # Builds and tests evbus in every configuration CI checks, stopping at the first failure:
 #
 #   lists      tests/CMakeLists.txt, tests/meson.build and tests/test_*.cpp agree; the generated
-#              include/evbus/evbus.hpp is the amalgamation of include/evbus/parts/
+#              include/evbus/evbus.hpp is the amalgamation of include/evbus/parts/; every
+#              ```cpp block of README.md compiles as C++17 -pedantic-errors (check_readme.sh);
+#              README's API reference names every public name (check_api_reference.sh)
 #   gcc        GCC, C++17, -O2 with assertions on, -Wall -Wextra -Wpedantic -Werror, ctest
 #   gcc20      GCC, C++20, Release (-O3), -Werror, ctest
 #   clang      Clang, C++20, Release, -Werror, ctest
 #   asan       Clang, AddressSanitizer + UndefinedBehaviorSanitizer (-O1, asserts on), ctest
 #   tsan       Clang, ThreadSanitizer (-O1, asserts on), ctest
-#   meson      Meson build, Clang, C++17, debug, -Dwerror=true, meson test
+#   gcc-asan   GCC, AddressSanitizer + UndefinedBehaviorSanitizer (-O1, asserts on), -Werror, ctest
+#   meson      Meson build, Clang with libc++ (not libstdc++), C++17, debug, -Dwerror=true,
+#              meson test
 #   examples   the examples with their output (they also run in every ctest above)
 #   bench      the benchmark binary, Release, run briefly
-#   consumers  the four consumer projects (tests/consumers/run.sh)
+#   consumers  the four consumer projects, and installing with Catch2 hidden (tests/consumers/run.sh)
 #   fuzz       the libFuzzer target tests/fuzz_bus.cpp (clang), 60 s on a copy of its corpus
 #
-# Usage: tests/run_all.sh [section...]   (no argument: all sections, in this order)
+#   gcc-tsan   GCC, ThreadSanitizer (-O1, asserts on), -Werror, the executor's tests
+#   strict     tests/strict_warnings.cpp, every public template instantiated, with the header
+#              included as an ordinary one: g++ with the strict warning list below and clang
+#              -Weverything (less a short list), C++17 and C++20, -Werror
+#
+# Usage: tests/run_all.sh [section...]   (no argument: all CI sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
+# The long stress tests (label / suite "stress") run in the gcc, asan, tsan and meson (libc++)
+# sections only.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 jobs="${EVBUS_JOBS:-2}"
-all_sections=(lists gcc gcc20 clang asan tsan meson examples bench consumers fuzz)
+all_sections=(lists strict gcc gcc20 clang asan tsan gcc-asan gcc-tsan meson examples bench consumers
+  fuzz)
+named_only_sections=()
 if [ $# -gt 0 ]; then sections=("$@"); else sections=("${all_sections[@]}"); fi
 for s in "${sections[@]}"; do
-  case " ${all_sections[*]} " in
+  case " ${all_sections[*]} ${named_only_sections[*]} " in
     *" $s "*) ;;
-    *) echo "run_all: unknown section '$s' (known: ${all_sections[*]})" >&2; exit 2 ;;
+    *) echo "run_all: unknown section '$s' (known: ${all_sections[*]} ${named_only_sections[*]})" >&2
+       exit 2 ;;
   esac
 done
 
@@ -36,12 +50,14 @@ passed=0
 summary=()
 current=""
 started_all=$SECONDS
+started=$SECONDS
 
 on_exit() {
   local rc=$?
   if [ "$rc" -ne 0 ] && [ -n "$current" ]; then
-    printf '\n==== FAILED: section "%s" (exit code %s) after %ss ====\n' \
-      "$current" "$rc" "$((SECONDS - started_all))" >&2
+    if [ ${#summary[@]} -gt 0 ]; then printf '%s\n' "${summary[@]}" >&2; fi
+    printf '\n==== FAILED: section "%s" (exit code %s) after %ss in it, %ss in all ====\n' \
+      "$current" "$rc" "$((SECONDS - started))" "$((SECONDS - started_all))" >&2
   fi
 }
 trap on_exit EXIT
@@ -68,6 +84,8 @@ ctest_summary() {  # the "N% tests passed" line of a ctest log
 run_lists() {
   tests/check_lists.sh
   cmake -DCHECK=ON -P include/evbus/parts/amalgamate.cmake
+  CXX=g++ tests/check_readme.sh
+  tests/check_api_reference.sh
 }
 
 # GCC's flow-based warnings (-Wmaybe-uninitialized, -Warray-bounds, -Wrestrict) only see
@@ -84,14 +102,14 @@ run_gcc() {
 run_gcc20() {
   cmake_build build/gcc20 -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release \
     -DEVBUS_CXX_STANDARD=20 -DEVBUS_WERROR=ON
-  ctest_in build/gcc20 gcc20
+  ctest_in build/gcc20 gcc20 -LE stress
   note=$(ctest_summary gcc20)
 }
 
 run_clang() {
   cmake_build build/clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release \
     -DEVBUS_CXX_STANDARD=20 -DEVBUS_WERROR=ON
-  ctest_in build/clang clang
+  ctest_in build/clang clang -LE stress
   note=$(ctest_summary clang)
 }
 
@@ -125,10 +143,47 @@ run_tsan() {
   note=$(ctest_summary tsan)
 }
 
+# GCC's sanitizers, as a user's sanitizer build with GCC would use them.
+gcc_sanitized=(-DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1" -DEVBUS_CXX_STANDARD=17 -DEVBUS_WERROR=ON)
+
+run_gcc-asan() {
+  cmake_build build/gcc-asan "${gcc_sanitized[@]}" -DEVBUS_SANITIZE=address,undefined
+  ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+    ctest_in build/gcc-asan gcc-asan -LE stress
+  note=$(ctest_summary gcc-asan)
+}
+
+# The executor's tests only: the bus is single-threaded per emit and covered by Clang's TSan;
+# the executor's threads are what GCC's instrumentation checks a second time.
+gcc_tsan_areas=(strand scheduler executor_order executor_isolation executor_stats
+  executor_stress executor_lifetime manual_mode retry dead_letter deadline delay backpressure
+  drain_shutdown)
+
+run_gcc-tsan() {
+  local targets=() area
+  for area in "${gcc_tsan_areas[@]}"; do targets+=("evbus_test_$area"); done
+  cmake -S . -B build/gcc-tsan -G Ninja -DEVBUS_BUILD_TESTS=ON -DEVBUS_BUILD_EXAMPLES=OFF \
+    "${gcc_sanitized[@]}" -DEVBUS_SANITIZE=thread
+  cmake --build build/gcc-tsan -j "$jobs" --target "${targets[@]}"
+  local pattern
+  pattern="^evbus\\.($(IFS='|'; echo "${gcc_tsan_areas[*]}"))\$"
+  TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}" \
+    setarch "$(uname -m)" -R ctest --test-dir build/gcc-tsan --output-on-failure -j "$jobs" \
+    -R "$pattern" 2>&1 | tee build/logs/gcc-tsan.log
+  note=$(ctest_summary gcc-tsan)
+}
+
+# The Meson build doubles as the libc++ configuration: Clang with libc++ instead of libstdc++,
+# so what the library assumes of its standard library is checked with a second one (the
+# matcher's bounds are libstdc++'s; see tests/test_regex_limits.cpp). Google Benchmark is built
+# against libstdc++, so the benchmarks' build file is only configured here (the bench section
+# builds them).
 run_meson() {
   local dir=build/meson
-  local opts=(--buildtype=debug -Dwerror=true -Dtests=true -Dexamples=true)
-  if pkg-config --exists benchmark 2>/dev/null; then opts+=(-Dbenchmarks=true); fi
+  local opts=(--buildtype=debug -Dwerror=true -Dtests=true -Dexamples=true -Dbenchmarks=false
+    -Dcpp_args=-stdlib=libc++ -Dcpp_link_args=-stdlib=libc++)
   if [ -d "$dir/meson-private" ]; then
     CXX=clang++ meson setup --reconfigure "$dir" "${opts[@]}"
   else
@@ -136,8 +191,12 @@ run_meson() {
   fi
   meson compile -C "$dir" -j "$jobs"
   meson test -C "$dir" --print-errorlogs --num-processes "$jobs" 2>&1 | tee build/logs/meson.log
+  if pkg-config --exists benchmark 2>/dev/null; then
+    rm -rf build/meson-bench
+    meson setup build/meson-bench -Dtests=false -Dexamples=false -Dbenchmarks=true
+  fi
   note=$(grep -E "^Ok: " build/logs/meson.log | tail -n 1 || true)
-  note=${note:+meson test: $note}
+  note=${note:+meson test (libc++): $note}
 }
 
 run_examples() {
@@ -158,6 +217,41 @@ run_bench() {
 
 run_consumers() {
   CXX="${CXX:-g++}" tests/consumers/run.sh
+}
+
+# A project that copies the header sees its warnings: g++'s strict set, and clang's
+# -Weverything less the warnings that do not apply to a C++17 header-only library.
+strict_gcc_flags=(-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion
+  -Wold-style-cast -Wuseless-cast -Wcast-qual -Wnon-virtual-dtor -Woverloaded-virtual
+  -Wnull-dereference -Wdouble-promotion -Werror)
+strict_clang_flags=(-Weverything -Werror
+  # compatibility with C++ standards older than the C++17 evbus requires
+  -Wno-c++98-compat -Wno-c++98-compat-pedantic -Wno-c++98-compat-local-type-template-args
+  -Wno-pre-c++14-compat -Wno-pre-c++17-compat
+  # a report of struct layout, not a defect
+  -Wno-padded
+  # a header-only library has no translation unit to anchor a vtable in
+  -Wno-weak-vtables
+  # a thread's emit slot is handed back by a thread_local's destructor, by design
+  -Wno-exit-time-destructors)
+
+run_strict() {
+  local dir=build/strict std failed=0
+  mkdir -p "$dir"
+  for std in 17 20; do
+    # -O2: GCC's flow-based warnings need the optimiser, as in users' release builds.
+    echo "strict: g++ -std=c++$std -O2 ${strict_gcc_flags[*]}"
+    g++ -std=c++$std -O2 "${strict_gcc_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/gcc$std.o" || failed=$((failed + 1))
+    echo "strict: clang++ -std=c++$std -O2 ${strict_clang_flags[*]}"
+    clang++ -std=c++$std -O2 "${strict_clang_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/clang$std.o" || failed=$((failed + 1))
+  done
+  if [ "$failed" -ne 0 ]; then
+    echo "strict: $failed of 4 compilations of tests/strict_warnings.cpp gave warnings" >&2
+    return 1
+  fi
+  note="g++ and clang, C++17 and C++20: no warning"
 }
 
 # --- fuzz: self-contained section; keep edits to it inside this block -----------------------

@@ -136,6 +136,25 @@ TEST_CASE("bad input: matcher one byte over EVBUS_MAX_MATCHER_LENGTH", "[bad_inp
   check_unchanged(f);
 }
 
+// Runs `body`, which registers a matcher that makes a backtracking regex engine work hardest.
+// libstdc++ matches it with its polynomial matcher (EVBUS_MATCHER_SYNTAX), so `body` must
+// pass. Other standard libraries backtrack; libc++ gives up after a set number of steps
+// (std::regex_constants::error_complexity), and the bus then refuses the matcher with
+// evbus::invalid_matcher, naming it, at whichever registration met the long topic.
+template <class Body>
+void with_pathological_matcher(const std::string& pattern, Body body) {
+#if defined(__GLIBCXX__)
+  (void)pattern;
+  body();
+#else
+  try {
+    body();
+  } catch (const evbus::invalid_matcher& e) {
+    CHECK(e.pattern() == pattern);
+  }
+#endif
+}
+
 TEST_CASE("bad input: pathological regex (a*)*b against 255-byte topics",
           "[bad_inputs][matcher]") {
   // Valid, so accepted; the point is that matching it against the longest topics returns
@@ -144,10 +163,12 @@ TEST_CASE("bad input: pathological regex (a*)*b against 255-byte topics",
   const std::string as(255, 'a');
   const std::string ab = std::string(254, 'a') + "b";
   f.bus.register_topics(as, ab);
-  f.bus.register_handler("nested", "(a*)*b", noop);
-  CHECK(f.bus.handler_topics("nested") == strings{ab});
-  f.bus.register_topics(std::string(100, 'a') + "b");  // matched at topic registration too
-  CHECK(f.bus.handler_topics("nested").size() == 2);
+  with_pathological_matcher("(a*)*b", [&] {
+    f.bus.register_handler("nested", "(a*)*b", noop);
+    CHECK(f.bus.handler_topics("nested") == strings{ab});
+    f.bus.register_topics(std::string(100, 'a') + "b");  // matched at topic registration too
+    CHECK(f.bus.handler_topics("nested").size() == 2);
+  });
 }
 
 TEST_CASE("bad input: pathological regex (a|aa)+$ against 255-byte topics",
@@ -155,9 +176,11 @@ TEST_CASE("bad input: pathological regex (a|aa)+$ against 255-byte topics",
   fixture f;
   const std::string as(255, 'a');
   const std::string ax = std::string(254, 'a') + "x";
-  f.bus.register_handler("overlap", "(a|aa)+$", noop);
-  f.bus.register_topics(as, ax);
-  CHECK(f.bus.handler_topics("overlap") == strings{as});
+  with_pathological_matcher("(a|aa)+$", [&] {
+    f.bus.register_handler("overlap", "(a|aa)+$", noop);
+    f.bus.register_topics(as, ax);
+    CHECK(f.bus.handler_topics("overlap") == strings{as});
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,10 +29,13 @@ namespace detail {
 /// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
 /// means "never" / "no deadline" rather than wrapping into the past.
 inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
-  const auto step = std::chrono::duration_cast<steady_time::duration>(d);
-  if (step.count() > 0 && step > steady_time::max() - t) return steady_time::max();
-  if (step.count() < 0 && step < steady_time::min() - t) return steady_time::min();
-  return t + step;
+  const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+  const auto at = t.time_since_epoch().count();
+  using rep = decltype(at);
+  // Compared without forming `max() - t`, which overflows for a time far in the past.
+  if (step > 0 && at > std::numeric_limits<rep>::max() - step) return steady_time::max();
+  if (step < 0 && at < std::numeric_limits<rep>::min() - step) return steady_time::min();
+  return t + steady_time::duration(step);
 }
 
 /// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.

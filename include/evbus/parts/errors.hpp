@@ -60,7 +60,7 @@ inline std::string type_name(const std::type_info& type) {
 }
 
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
-/// \xNN, and long values cut (the length is still named) so a message stays readable.
+/// \\xNN, and long values cut (the length is still named) so a message stays readable.
 inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out = "'";

@@ -242,7 +242,8 @@ inline std::size_t batch_record_size(const std::vector<outbox_event>& batch) {
                            std::to_string(body) +
                            " bytes; the journal stores at most 4294967295 per transaction");
   }
-  return record_header_size + static_cast<std::size_t>(body);
+  const auto checked_body = static_cast<std::uint32_t>(body);  // at most 4294967295, as checked
+  return record_header_size + checked_body;
 }
 
 /// Makes `out` the batch record of `batch` with sequences from `first`; `size` is

@@ -144,10 +144,10 @@ class log_histogram {
   }
 
   static std::size_t index(std::uint64_t v) noexcept {
-    if (v < 8) return static_cast<std::size_t>(v);
+    if (v < 8) return static_cast<unsigned>(v);
     if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
     const unsigned e = highest_bit(v);
-    const auto sub = static_cast<std::size_t>((v >> (e - 3)) & 7U);
+    const auto sub = static_cast<unsigned>((v >> (e - 3)) & 7U);
     return (e - 2) * 8 + sub;
   }
 
@@ -164,7 +164,8 @@ class log_histogram {
   static std::uint64_t upper_bound(std::size_t i) noexcept {
     if (i < 8) return i;
     const std::size_t e = i / 8 + 2;
-    const std::uint64_t lower = std::uint64_t(8 + i % 8) << (e - 3);
+    std::uint64_t lower = 8 + i % 8;
+    lower <<= e - 3;
     const std::uint64_t width = std::uint64_t{1} << (e - 3);
     return lower + (width - 1);
   }

@@ -51,8 +51,8 @@ class basic_topic_handle {
 
  private:
   friend class basic_bus<Data>;
-  basic_topic_handle(basic_bus<Data>* bus, std::shared_ptr<detail::topic_slot<Data>> slot)
-      : bus_(bus), slot_(std::move(slot)) {}
+  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_slot<Data>> slot)
+      : bus_(owner), slot_(std::move(slot)) {}
   basic_bus<Data>* bus_;
   std::shared_ptr<detail::topic_slot<Data>> slot_;
 };

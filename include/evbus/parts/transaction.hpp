@@ -142,10 +142,10 @@ class basic_transaction {
       }
       // Every place is taken: from here on, nothing is refused.
       reservations.enter();
-      basic_bus<Data>* bus = std::exchange(bus_, nullptr);
+      basic_bus<Data>* target = std::exchange(bus_, nullptr);
       std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
       pending_.clear();
-      emit_all(bus, events, ctx);
+      emit_all(target, events, ctx);
     }
   }
 
@@ -162,12 +162,13 @@ class basic_transaction {
  private:
   struct entry;
 
-  void emit_all(basic_bus<Data>* bus, std::vector<entry>& events, detail::commit_context& ctx) {
+  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+                detail::commit_context& ctx) {
     std::vector<handler_errors::failure> failures;
     for (auto& e : events) {
       ctx.current = &e.id;
       try {
-        bus->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
       } catch (...) {
         failures.push_back({e.id, std::current_exception()});
       }
@@ -221,8 +222,8 @@ class basic_transaction {
     std::string id;
   };
 
-  basic_transaction(basic_bus<Data>* bus, std::string tx_id)
-      : bus_(bus), tx_id_(std::move(tx_id)) {}
+  basic_transaction(basic_bus<Data>* owner, std::string tx_id)
+      : bus_(owner), tx_id_(std::move(tx_id)) {}
 
   void check_open(const char* what) const {
     if (bus_ == nullptr) {

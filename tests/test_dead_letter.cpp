@@ -6,8 +6,12 @@
 
 #include "executor_support.hpp"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <memory>
+#include <regex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -169,4 +173,138 @@ TEST_CASE("typed payloads reach the dead-letter callback with their type", "[dea
   bus.emit("t", order{2, -1.0}, with_key("k"));
   ex.run_until_idle();
   CHECK(dead_ids == std::vector<int>{2});
+}
+
+namespace {
+
+/// Captures what the process writes to stderr (file descriptor 2) while it lives.
+class stderr_capture {
+ public:
+  stderr_capture() : file_(std::tmpfile()) {
+    REQUIRE(file_ != nullptr);
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    ::dup2(::fileno(file_), 2);
+  }
+  stderr_capture(const stderr_capture&) = delete;
+  stderr_capture& operator=(const stderr_capture&) = delete;
+  ~stderr_capture() {
+    restore();
+    std::fclose(file_);
+  }
+  /// Restores stderr and returns what was written.
+  std::string text() {
+    restore();
+    std::rewind(file_);
+    std::string out;
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, file_)) > 0) out.append(buf, n);
+    return out;
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  std::FILE* file_;
+  int saved_ = -1;
+};
+
+/// Lines containing `what`, plus the counts of "N more" the lines report.
+std::size_t lines_and_counts(const std::string& text, const std::string& what) {
+  std::size_t total = 0;
+  std::size_t from = 0;
+  for (;;) {
+    const auto at = text.find(what, from);
+    if (at == std::string::npos) break;
+    ++total;
+    from = at + what.size();
+  }
+  static const std::regex more("([0-9]+) more");
+  for (std::sregex_iterator it(text.begin(), text.end(), more), end; it != end; ++it) {
+    total += std::stoul((*it)[1].str());
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("without on_dead_letter, dead letters are written to stderr, at most one line a "
+          "second per subscription with a count of those not printed",
+          "[dead_letter]") {
+  stderr_capture capture;
+  {
+    evbus::keyed_executor ex(evbus_test::manual_mode(2));
+    evbus::bus bus;
+    bus.register_topics("t");
+    evbus::delivery_policy p;
+    p.name = "billing";
+    p.max_retry = 0;
+    bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event& e) {
+                           throw poison(e.data_as<int>());
+                         }, p));
+    for (int i = 0; i < 20; ++i) bus.emit("t", i, with_key("k"));
+    ex.run_until_idle();
+    CHECK(ex.stats().total.dead_lettered == 20);
+  }
+  const std::string text = capture.text();
+  CHECK_THAT(text, ContainsSubstring("evbus: subscription 'billing': dead letter: event"));
+  CHECK_THAT(text, ContainsSubstring("poisoned order 0"));
+  // Every dead letter is either printed or counted in a later line, once.
+  CHECK(lines_and_counts(text, "dead letter: event") == 20);
+}
+
+TEST_CASE("without on_drop, dropped events are written to stderr", "[dead_letter]") {
+  stderr_capture capture;
+  {
+    evbus::keyed_executor ex(evbus_test::manual_mode(1));
+    evbus::bus bus;
+    bus.register_topics("t");
+    evbus::delivery_policy p;
+    p.name = "audit";
+    p.capacity = 1;
+    p.on_full = evbus::overflow::drop_newest;
+    bus.register_handler("h", "t", evbus::ordered(ex, [](const evbus::event&) {}, p));
+    for (int i = 0; i < 4; ++i) bus.emit("t", i, with_key("k"));
+    ex.run_until_idle();
+    CHECK(ex.stats().total.dropped == 3);
+  }
+  const std::string text = capture.text();
+  CHECK_THAT(text, ContainsSubstring("evbus: subscription 'audit': dropped event"));
+  CHECK(lines_and_counts(text, "dropped event") == 3);
+}
+
+TEST_CASE("a handler that calls drain() or shutdown() of its own executor is dead-lettered at "
+          "once, not retried",
+          "[dead_letter]") {
+  for (int which = 0; which < 2; ++which) {
+    CAPTURE(which);
+    evbus::keyed_executor ex(evbus_test::threaded(2, 1));
+    evbus::bus bus;
+    bus.register_topics("t");
+    std::vector<evbus::dead_letter> letters;
+    evbus::delivery_policy p;  // max_retry = 5 by default
+    p.on_dead_letter = [&](const evbus::dead_letter& d) { letters.push_back(d); };
+    int calls = 0;
+    bus.register_handler("h", "t", evbus::ordered(ex, [&](const evbus::event&) {
+                           ++calls;
+                           if (which == 0) {
+                             ex.drain();
+                           } else {
+                             ex.shutdown();
+                           }
+                         }, p));
+    bus.emit("t", 1, with_key("k"));
+    ex.drain();
+    CHECK(calls == 1);
+    REQUIRE(letters.size() == 1);
+    CHECK(letters[0].attempts == 1);
+    CHECK_THROWS_AS(std::rethrow_exception(letters[0].error), evbus::waits_for_itself);
+    CHECK(ex.stats().total.retried == 0);
+  }
 }

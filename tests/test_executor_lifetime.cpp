@@ -161,3 +161,51 @@ TEST_CASE("an executor destroyed while a subscription's handler is still registe
   bus.reset();  // the handler goes last, after its executor
   CHECK(handled.load() == 1);
 }
+
+TEST_CASE("an executor and its bus destroyed in either order: a delayed emit never touches a "
+          "bus that is gone, and goes to on_undelivered with the reason",
+          "[lifetime]") {
+  for (int order = 0; order < 2; ++order) {
+    for (std::size_t workers : {std::size_t{0}, std::size_t{2}}) {
+      for (auto policy : {evbus::delayed_policy::emit, evbus::delayed_policy::report}) {
+        CAPTURE(order, workers, static_cast<int>(policy));
+        auto undelivered = std::make_shared<std::vector<evbus::undelivered_reason>>();
+        auto mutex = std::make_shared<std::mutex>();
+        auto handled = std::make_shared<std::atomic<int>>(0);
+        evbus::executor_options o = evbus_test::threaded(2, workers);
+        o.delayed_at_shutdown = policy;
+        o.on_undelivered = [undelivered, mutex](const evbus::undelivered& u) {
+          std::lock_guard<std::mutex> lock(*mutex);
+          undelivered->push_back(u.reason);
+        };
+        // Declared executor first, bus second: the bus goes first at the end of the scope.
+        auto ex = std::make_unique<evbus::keyed_executor>(std::move(o));
+        auto bus = std::make_unique<evbus::bus>();
+        bus->register_topics("remind");
+        bus->register_handler("h", "remind",
+                              evbus::ordered(*ex, [handled](const evbus::event&) { ++*handled; }));
+        for (int i = 0; i < 3; ++i) {
+          ex->emit_after(*bus, std::chrono::hours(1), "remind", i, with_key(numbered("k", i)));
+        }
+        bus->emit("remind", 99);
+        ex->wait_idle();
+        if (order == 0) {
+          bus.reset();
+          ex.reset();
+        } else {
+          ex.reset();
+          bus.reset();
+        }
+        const bool emitted = order == 1 && policy == evbus::delayed_policy::emit;
+        CHECK(handled->load() == (emitted ? 4 : 1));
+        std::lock_guard<std::mutex> lock(*mutex);
+        REQUIRE(undelivered->size() == (emitted ? 0u : 3u));
+        for (auto r : *undelivered) {
+          CHECK(r == (order == 0 && policy == evbus::delayed_policy::emit
+                          ? evbus::undelivered_reason::bus_destroyed
+                          : evbus::undelivered_reason::not_due_at_shutdown));
+        }
+      }
+    }
+  }
+}

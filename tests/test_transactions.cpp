@@ -6,6 +6,9 @@
 #include "evbus_catch.hpp"
 
 #include "bus_support.hpp"
+#include "executor_support.hpp"
+
+#include <atomic>
 
 #include <chrono>
 #include <exception>
@@ -701,4 +704,163 @@ TEST_CASE("transactions committed on several threads each keep their order and t
     CHECK(by_tx[id] == expected);
     CHECK(by_tx["plain-" + id.substr(3)] == std::vector<int>{-1});
   }
+}
+
+// -- commit is all or nothing with respect to refusals ---------------------------------------
+
+namespace {
+
+/// An order service: a synchronous audit log, an ordered billing subscription (bounded,
+/// reject) and an ordered inventory subscription, all on "order.*" / "inventory.*".
+struct order_service {
+  explicit order_service(std::size_t capacity)
+      : ex(evbus_test::manual_mode(2)) {
+    bus.register_topics("order.created", "inventory.reserved");
+    bus.register_handler("audit", ".*", [this](const evbus::event& e) {
+      audit.push_back(std::string(e.topic()));
+    });
+    evbus::delivery_policy p;
+    p.name = "billing";
+    p.capacity = capacity;
+    p.on_full = evbus::overflow::reject;
+    bus.register_handler("billing", "order\\..*",
+                         evbus::ordered(ex, [this](const evbus::event&) { ++billed; }, p));
+    bus.register_handler("inventory", "inventory\\..*",
+                         evbus::ordered(ex, [this](const evbus::event&) { ++reserved; }));
+  }
+  evbus::bus bus;
+  std::vector<std::string> audit;
+  int billed = 0;
+  int reserved = 0;
+  evbus::keyed_executor ex;
+};
+
+}  // namespace
+
+TEST_CASE("a commit refused by a full bounded subscription emits nothing and stays open",
+          "[transactions][executor]") {
+  order_service s(1);
+  s.bus.emit("order.created", 0, evbus_test::with_key("c0"));  // billing is now full
+  s.audit.clear();
+
+  auto tx = s.bus.transaction();
+  tx.emit("inventory.reserved", 1, evbus_test::with_key("c1"));
+  tx.emit("order.created", 1, evbus_test::with_key("c1"));
+  const auto message = evbus_test::what_of<evbus::queue_full>([&] { tx.commit(); });
+  CHECK_THAT(message, Catch::Matchers::ContainsSubstring("nothing of the transaction was emitted"));
+  CHECK(tx.open());
+  CHECK(tx.size() == 2);
+  CHECK(s.audit.empty());  // not even the synchronous handler ran
+  s.ex.run_until_idle();
+  CHECK(s.billed == 1);    // only the event emitted before
+  CHECK(s.reserved == 0);  // inventory.reserved was not delivered
+  CHECK(s.ex.stats().total.queued == 0);  // the places taken were given back
+
+  // Room again: the same transaction commits, every event once.
+  tx.commit();
+  CHECK_FALSE(tx.open());
+  CHECK(s.audit == strings{"inventory.reserved", "order.created"});
+  s.ex.run_until_idle();
+  CHECK(s.billed == 2);
+  CHECK(s.reserved == 1);
+}
+
+TEST_CASE("a commit takes as many places as it has events for a subscription",
+          "[transactions][executor]") {
+  order_service s(2);
+  auto tx = s.bus.transaction();
+  for (int i = 0; i < 3; ++i) tx.emit("order.created", i);
+  CHECK_THROWS_AS(tx.commit(), evbus::queue_full);
+  s.ex.run_until_idle();
+  CHECK(s.billed == 0);
+  CHECK(s.ex.stats().total.queued == 0);
+  tx.rollback();
+  auto two = s.bus.transaction();
+  two.emit("order.created", 1);
+  two.emit("order.created", 2);
+  two.commit();
+  s.ex.run_until_idle();
+  CHECK(s.billed == 2);
+}
+
+TEST_CASE("a commit with one event for a shut-down executor emits nothing",
+          "[transactions][executor]") {
+  evbus::bus bus;
+  bus.register_topics("a", "b");
+  evbus::keyed_executor open_ex(evbus_test::manual_mode(1));
+  evbus::keyed_executor closed_ex(evbus_test::manual_mode(1));
+  int a = 0;
+  int b = 0;
+  bus.register_handler("a", "a", evbus::ordered(open_ex, [&](const evbus::event&) { ++a; }));
+  bus.register_handler("b", "b", evbus::ordered(closed_ex, [&](const evbus::event&) { ++b; }));
+  closed_ex.shutdown();
+  auto tx = bus.transaction();
+  tx.emit("a", 1);
+  tx.emit("b", 2);
+  const auto message = evbus_test::what_of<evbus::executor_closed>([&] { tx.commit(); });
+  CHECK_THAT(message, Catch::Matchers::ContainsSubstring("nothing of the transaction was emitted"));
+  CHECK(tx.open());
+  open_ex.run_until_idle();
+  CHECK(a == 0);
+  CHECK(b == 0);
+  tx.rollback();
+}
+
+TEST_CASE("shutdown() that begins during a commit waits for it: every event of the commit is "
+          "handled",
+          "[transactions][executor]") {
+  evbus::bus bus;
+  bus.register_topics("a", "b");
+  evbus::keyed_executor ex(evbus_test::threaded(2, 1));
+  evbus_test::gate go;
+  std::atomic<bool> in_commit{false};
+  std::atomic<int> sunk{0};
+  // The synchronous handler of "a" holds the commit between its two emits.
+  bus.register_handler("hold", "a", [&](const evbus::event&) {
+    in_commit = true;
+    go.wait();
+  });
+  bus.register_handler("sink", "a|b", evbus::ordered(ex, [&](const evbus::event&) { ++sunk; }));
+  auto tx = bus.transaction();
+  tx.emit("a", 1);
+  tx.emit("b", 2);
+  std::thread committer([&] { tx.commit(); });
+  REQUIRE(evbus_test::eventually([&] { return in_commit.load(); }));
+  std::atomic<bool> shut{false};
+  std::thread stopper([&] {
+    ex.shutdown();
+    shut = true;
+  });
+  REQUIRE(evbus_test::eventually([&] { return ex.closed(); }));
+  CHECK_FALSE(shut.load());  // it waits for the commit
+  go.open();
+  committer.join();
+  stopper.join();
+  CHECK(sunk.load() == 2);  // "b" got in although the executor had closed
+  CHECK_THROWS_AS(bus.emit("b", 3), evbus::executor_closed);
+}
+
+TEST_CASE("a commit waiting for room when shutdown() begins is refused and emits nothing",
+          "[transactions][executor]") {
+  evbus::bus bus;
+  bus.register_topics("a");
+  evbus::keyed_executor ex(evbus_test::manual_mode(1));  // nobody makes room but shutdown
+  evbus::delivery_policy p;
+  p.capacity = 1;
+  p.on_full = evbus::overflow::block;
+  std::atomic<int> handled{0};
+  bus.register_handler("sink", "a", evbus::ordered(ex, [&](const evbus::event&) { ++handled; }, p));
+  bus.emit("a", 0);  // full
+  auto tx = bus.transaction();
+  tx.emit("a", 1);
+  std::string refused;
+  std::thread committer([&] {
+    refused = evbus_test::what_of<evbus::executor_closed>([&] { tx.commit(); });
+  });
+  REQUIRE(evbus_test::eventually([&] { return ex.stats().total.blocked == 1; }));
+  ex.shutdown();  // wakes the commit, which gives up; then runs the queued event
+  committer.join();
+  CHECK_THAT(refused, Catch::Matchers::ContainsSubstring("nothing of the transaction was emitted"));
+  CHECK(tx.open());
+  CHECK(handled.load() == 1);
 }

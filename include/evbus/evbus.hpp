@@ -311,7 +311,28 @@ class queue_full : public error {
   using error::error;
 };
 
+/// A call that would wait for itself: drain(), wait_idle() or shutdown() from inside the
+/// executor's own work. A mistake of the program, not of the moment: a handler that throws it
+/// is dead-lettered at once, never retried.
+class waits_for_itself : public error {
+ public:
+  using error::error;
+};
+
 namespace detail {
+
+/// True if `e` is (or derives from) E.
+template <class E>
+bool holds_exception(const std::exception_ptr& e) noexcept {
+  if (!e) return false;
+  try {
+    std::rethrow_exception(e);
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
 
 /// The what() of an exception_ptr, for messages.
 inline std::string describe(const std::exception_ptr& e) {
@@ -1556,6 +1577,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1567,6 +1589,38 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
+/// ends it first thing in its destructor, which waits for a use that is running to return; a
+/// use that starts later finds it ended and does not touch the bus.
+class bus_life {
+ public:
+  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
+  template <class Fn>
+  bool use(Fn&& fn) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (!alive_) return false;
+    fn();
+    return true;
+  }
+  void end() noexcept {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    alive_ = false;
+  }
+
+ private:
+  std::shared_mutex mutex_;
+  bool alive_ = true;
+};
+
+template <class Bus>
+struct delayed_emit;
+
+}  // namespace detail
+
+template <class Data>
+class ordered_handler;
 
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
@@ -1629,8 +1683,10 @@ class basic_bus {
   basic_bus& operator=(basic_bus&&) = delete;
 
   /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
-  /// may be used afterwards.
-  ~basic_bus() = default;
+  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
+  /// running on it is waited for; those that fall due later are not emitted but handed to the
+  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
+  ~basic_bus() { life_->end(); }
 
   // -- topics ---------------------------------------------------------------
 
@@ -1746,6 +1802,22 @@ class basic_bus {
       }
       retire_later(garbage);
     }
+  }
+
+  /**
+   * @brief register_handler() for what evbus::ordered returned. Its payload type must be the
+   * bus's: a mismatch fails to compile with a message naming the fix.
+   */
+  template <class D>
+  void register_handler(std::string key, std::string_view matcher,
+                        const ordered_handler<D>& fn) {
+    static_assert(std::is_same_v<D, Data>,
+                  "evbus: register_handler: this ordered handler was made for another payload "
+                  "type than the bus's. Give evbus::ordered the bus's payload type: "
+                  "evbus::ordered<Data>(ex, fn), a handler taking const "
+                  "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
+                  "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
+    register_handler(std::move(key), matcher, handler_type(fn));
   }
 
   /**
@@ -1921,6 +1993,8 @@ class basic_bus {
  private:
   friend class basic_topic_handle<Data>;
   friend class basic_transaction<Data>;
+  template <class Bus>
+  friend struct detail::delayed_emit;
   using slot_type = detail::topic_slot<Data>;
 
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -2001,6 +2075,26 @@ class basic_bus {
     auto it = topics_.find(name);
     if (it == topics_.end()) throw unknown_topic(name);
     return it->second;
+  }
+
+  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// before it emits); none if the topic was deregistered.
+  template <class Fn>
+  void for_each_handler(const slot_type& topic, Fn&& fn) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) return;
+    for (const auto& h : *handlers) {
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
+      fn(h->fn);
+    }
   }
 
   /// Emits on a slot held by the caller (a handle or a transaction).
@@ -2246,6 +2340,7 @@ class basic_bus {
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
   std::atomic<const error_hook*> hook_{nullptr};
+  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
   id_generator generator_;
   bool default_ids_ = false;
 };
@@ -2331,6 +2426,1656 @@ using topic_handle = basic_topic_handle<std::any>;
 #ifndef EVBUS_PARTS_TRANSACTION_HPP
 #define EVBUS_PARTS_TRANSACTION_HPP
 
+// ---- link.hpp -------------------------------------------------
+// evbus/parts/link.hpp: what a subscription sees of its executor.
+//
+// Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
+// the one place errors without a caller go (on_error, else stderr). The executor's core
+// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
+// base, so the two headers do not include each other. Also: the subscription base the core
+// keeps in its registry, and its lifetime count.
+#ifndef EVBUS_PARTS_LINK_HPP
+#define EVBUS_PARTS_LINK_HPP
+
+// ---- scheduler.hpp -------------------------------------------------
+// evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
+// their wake-ups.
+//
+// Owns: which strand runs next and on which thread. Everything here is under one std::mutex,
+// held only to move a pointer on or off a list, never across user code. A strand that gets
+// work is submitted once (its holder does it, see strand.hpp) and taken by one thread; after
+// its run it is idle (let go: not touched again), ready again (to the back of the list, so
+// every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
+// to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
+// until work comes or the earliest timer is due. Keeps: no thread waits for another by
+// spinning past a short bound; no worker idles while work is ready (a submit wakes a sleeper
+// unless one is spinning); with W = 0, poll() and the waits of drain() run the work on the
+// calling thread.
+#ifndef EVBUS_PARTS_SCHEDULER_HPP
+#define EVBUS_PARTS_SCHEDULER_HPP
+
+// ---- clock.hpp -------------------------------------------------
+// evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
+//
+// Backoffs, delays and deadlines are read from an evbus::clock: real_clock follows
+// std::chrono::steady_clock, manual_clock moves only when told.
+#ifndef EVBUS_PARTS_CLOCK_HPP
+#define EVBUS_PARTS_CLOCK_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/// Executor time: a point on a steady clock (the real one, or a manual one in tests).
+using steady_time = std::chrono::steady_clock::time_point;
+
+namespace detail {
+/// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
+/// means "never" / "no deadline" rather than wrapping into the past.
+inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
+  const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+  const auto at = t.time_since_epoch().count();
+  using rep = decltype(at);
+  // Compared without forming `max() - t`, which overflows for a time far in the past.
+  if (step > 0 && at > std::numeric_limits<rep>::max() - step) return steady_time::max();
+  if (step < 0 && at < std::numeric_limits<rep>::min() - step) return steady_time::min();
+  return t + steady_time::duration(step);
+}
+
+/// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.
+template <class Rep, class Period>
+std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
+  using std::chrono::nanoseconds;
+  const double ns = std::chrono::duration<double, std::nano>(d).count();
+  if (ns >= static_cast<double>(nanoseconds::max().count())) return nanoseconds::max();
+  if (ns <= static_cast<double>(nanoseconds::min().count())) return nanoseconds::min();
+  return std::chrono::duration_cast<nanoseconds>(d);
+}
+
+/// Longest single sleep of a thread of the executor. The standard library adds a wait's
+/// duration to its own clock, which overflows for "until the end of time"; a thread that wakes
+/// after this long looks again and goes back to sleep.
+inline constexpr std::chrono::hours longest_wait{24};
+
+inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
+  return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
+                          : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
+}
+}  // namespace detail
+
+
+/**
+ * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
+ *
+ * evbus::real_clock (the default) follows std::chrono::steady_clock; evbus::manual_clock moves
+ * only when a test moves it. A clock keeps a list of listeners that it calls after its time
+ * moved by itself in a way a waiting thread cannot foresee (manual_clock does so on every
+ * change); executors register there so that advancing a manual clock wakes their workers.
+ *
+ * A custom clock derives from this class, returns its time from now() (which must not throw
+ * and must never go back), returns true from is_manual() if it does not advance in real time,
+ * and calls notify_listeners() after each change of a manual time.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.workers = 0, .clock = clock});
+ *   clock->advance(std::chrono::seconds(1));  // retries and delays now due become ready
+ * @endcode
+ */
+class clock {
+ public:
+  clock() = default;
+  clock(const clock&) = delete;
+  clock& operator=(const clock&) = delete;
+  virtual ~clock() = default;
+
+  /// The current time. Never decreases.
+  virtual steady_time now() const noexcept = 0;
+
+  /// True if the time moves only when told to: executors then wait for listeners instead of
+  /// sleeping until a due time.
+  virtual bool is_manual() const noexcept { return false; }
+
+  /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
+  /// id for remove_listener().
+  std::uint64_t add_listener(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    const std::uint64_t id = next_listener_++;
+    listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
+    return id;
+  }
+
+  /// Unregisters a listener; a call of it already running may still finish.
+  void remove_listener(std::uint64_t id) noexcept {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
+                                    [id](const auto& l) { return l.first == id; }),
+                     listeners_.end());
+  }
+
+ protected:
+  /// Calls every listener. They are called outside the clock's lock, so a listener may add or
+  /// remove listeners, or be the last owner of an executor and destroy it.
+  void notify_listeners() const {
+    std::vector<std::shared_ptr<const std::function<void()>>> calls;
+    {
+      std::lock_guard<std::mutex> lock(listeners_mutex_);
+      calls.reserve(listeners_.size());
+      for (const auto& l : listeners_) calls.push_back(l.second);
+    }
+    for (const auto& fn : calls) (*fn)();
+  }
+
+ private:
+  mutable std::mutex listeners_mutex_;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<const std::function<void()>>>> listeners_;
+  std::uint64_t next_listener_ = 1;
+};
+
+/**
+ * @brief The default executor clock: std::chrono::steady_clock.
+ *
+ * @code
+ *   evbus::keyed_executor ex({.clock = std::make_shared<evbus::real_clock>()});  // = default
+ * @endcode
+ */
+class real_clock final : public clock {
+ public:
+  steady_time now() const noexcept override { return std::chrono::steady_clock::now(); }
+};
+
+/**
+ * @brief A clock that moves only when told: advance() and set(). For tests: retries, delays
+ * and deadlines become deterministic, and no test sleeps.
+ *
+ * Every change wakes the workers of the executors using this clock, so threaded tests work
+ * too. Thread-safe.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.partitions = 4, .workers = 0, .clock = clock});
+ *   ex.emit_after(bus, std::chrono::seconds(5), "reminder", 1);
+ *   ex.run_until_idle();                       // nothing: not due yet
+ *   clock->advance(std::chrono::seconds(5));
+ *   ex.run_until_idle();                       // the reminder enters the bus now
+ * @endcode
+ */
+class manual_clock final : public clock {
+ public:
+  /// A clock reading `start` (by default the steady_clock epoch).
+  explicit manual_clock(steady_time start = steady_time{})
+      : ns_(start.time_since_epoch().count()) {}
+
+  steady_time now() const noexcept override {
+    return steady_time(steady_time::duration(ns_.load(std::memory_order_acquire)));
+  }
+
+  bool is_manual() const noexcept override { return true; }
+
+  /// Moves the time forward by `d` (evbus::invalid_argument if negative), then wakes listeners.
+  void advance(std::chrono::nanoseconds d) {
+    if (d.count() < 0) {
+      throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
+                             std::to_string(d.count()) + "ns)");
+    }
+    const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+    auto current = ns_.load(std::memory_order_acquire);
+    steady_time::rep next = 0;
+    do {
+      // Stops at the end of time rather than wrap into the past.
+      next = current > std::numeric_limits<steady_time::rep>::max() - step
+                 ? std::numeric_limits<steady_time::rep>::max()
+                 : current + step;
+    } while (!ns_.compare_exchange_weak(current, next, std::memory_order_acq_rel));
+    notify_listeners();
+  }
+
+  /// Sets the time to `t` (evbus::invalid_argument if that is earlier than now()), then wakes
+  /// listeners.
+  void set(steady_time t) {
+    const auto target = t.time_since_epoch().count();
+    auto current = ns_.load(std::memory_order_acquire);
+    do {
+      if (target < current) {
+        throw invalid_argument("evbus: manual_clock::set: time must not go back (now " +
+                               std::to_string(current) + "ns, asked " + std::to_string(target) +
+                               "ns since the epoch)");
+      }
+    } while (!ns_.compare_exchange_weak(current, target, std::memory_order_acq_rel));
+    notify_listeners();
+  }
+
+ private:
+  std::atomic<steady_time::rep> ns_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CLOCK_HPP
+// ---- delayed.hpp -------------------------------------------------
+// evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
+// them once due.
+//
+// Owns: a delayed emit from emit_at() until it enters the bus (or goes to on_undelivered).
+// The scheduler keeps each one in its timer heap; when due it arrives here, in (due time,
+// submission) order, and the strand emits them one at a time on a worker (or in poll()), so
+// equal due times keep submission order. Keeps: "delayed emits enter the bus in due order".
+#ifndef EVBUS_PARTS_DELAYED_HPP
+#define EVBUS_PARTS_DELAYED_HPP
+
+// ---- policies.hpp -------------------------------------------------
+// evbus/parts/policies.hpp: how an ordered subscription delivers, and what the executor is built with.
+//
+// The delivery policy (capacity, overflow, retries, backoff, timeout, callbacks) and the executor
+// options, both aggregates; and what the callbacks receive.
+#ifndef EVBUS_PARTS_POLICIES_HPP
+#define EVBUS_PARTS_POLICIES_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeinfo>
+
+namespace evbus {
+inline namespace v1 {
+
+// -- 6.3 policies, reports and statistics ---------------------------------------
+
+/// What an ordered subscription does with an event when it already holds `capacity` events.
+enum class overflow {
+  block,        ///< the emitter waits for room (optionally until `block_timeout`)
+  reject,       ///< the emitter gets evbus::queue_full; counted as rejected
+  drop_oldest,  ///< the oldest event no worker has taken yet goes to `on_drop`; the new one
+                ///< is queued (if every event held is taken, the new one is dropped)
+  drop_newest,  ///< the new event goes to `on_drop` and is not queued
+};
+
+/**
+ * @brief What an ordered handler may learn about the current attempt (its optional second
+ * parameter).
+ *
+ * @code
+ *   evbus::ordered(ex, [](const evbus::event& e, const evbus::delivery& d) {
+ *     if (d.attempt > 1) log("retry", d.attempt);
+ *     call_downstream(e, d.deadline);  // cooperative: stop waiting at the deadline
+ *   });
+ * @endcode
+ */
+struct delivery {
+  unsigned attempt = 1;             ///< 1 for the first attempt, 2 for the first retry...
+  steady_time deadline{};           ///< start of this attempt + the policy's timeout
+  bool shutdown_requested = false;  ///< shutdown() had begun when this attempt started
+  std::size_t partition = 0;        ///< the partition the event is in
+};
+
+/**
+ * @brief An event that failed its last attempt: what `on_dead_letter` receives.
+ */
+template <class Data>
+struct basic_dead_letter {
+  basic_event<Data> event;    ///< the event, as it was emitted
+  std::exception_ptr error;   ///< what the last attempt threw
+  unsigned attempts = 0;      ///< attempts made: max_retry + 1
+};
+
+/// A dead letter of evbus::bus.
+using dead_letter = basic_dead_letter<std::any>;
+
+/**
+ * @brief How an ordered subscription delivers: capacity, retries, timeout and callbacks.
+ *
+ * An aggregate; with C++20, `evbus::ordered(ex, fn, {.capacity = 1000, .max_retry = 3})`.
+ * Every callback runs on the thread that detected the situation (the emitter for drops, a
+ * worker or poller for dead letters and timeouts); one that throws is reported to the
+ * executor's `on_error`.
+ *
+ * @code
+ *   evbus::delivery_policy p;
+ *   p.name = "billing";
+ *   p.capacity = 10'000;
+ *   p.on_full = evbus::overflow::reject;
+ *   p.max_retry = 3;
+ *   p.on_dead_letter = [](const evbus::dead_letter& d) { park_for_humans(d.event, d.error); };
+ * @endcode
+ */
+template <class Data = std::any>
+struct basic_delivery_policy {
+  /// Most events the subscription holds (waiting, being handled, or waiting for a retry).
+  /// Must be at least 1. Default: unbounded.
+  std::size_t capacity = std::numeric_limits<std::size_t>::max();
+  /// What an emit into a full subscription does.
+  overflow on_full = overflow::block;
+  /// With overflow::block: longest wait for room, in real time; empty = no limit.
+  std::optional<std::chrono::nanoseconds> block_timeout{};
+  /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
+  unsigned max_retry = 5;
+  /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
+  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(100);
+  /// Upper bound of the backoff.
+  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(10);
+  /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
+  double jitter = 0.5;
+  /// Seed of the jitter; empty: a different seed per subscription and run.
+  std::optional<std::uint64_t> jitter_seed{};
+  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline.
+  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
+  /// Receives an event whose last attempt failed. Without one it is still counted.
+  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};
+  /// Receives each event dropped by overflow::drop_oldest / drop_newest.
+  std::function<void(const basic_event<Data>&)> on_drop{};
+  /// Receives each attempt that returned after its deadline, with how long it ran.
+  std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
+      on_timeout{};
+  /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
+  std::string name{};
+};
+
+/// The delivery policy of evbus::bus.
+using delivery_policy = basic_delivery_policy<std::any>;
+
+/**
+ * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
+ * shutdown, or when it fell due after its bus was destroyed).
+ *
+ * @code
+ *   opts.on_undelivered = [](const evbus::undelivered& u) {
+ *     save_for_next_start(u.topic, u.key(), u.data_as<reminder>());
+ *   };
+ * @endcode
+ */
+/// Why a delayed emit never entered the bus.
+enum class undelivered_reason {
+  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
+  bus_destroyed,        ///< the bus it was meant for was destroyed first
+};
+
+struct undelivered {
+  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
+  std::string topic;      ///< the topic it was scheduled for
+  emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
+  steady_time due{};      ///< when it was due, on the executor's clock
+  std::any data;          ///< the payload (for a std::any bus, the payload's own value)
+
+  /// The event's ordering key.
+  const std::string& key() const noexcept { return options.key; }
+
+  /// The payload as a `T`; a wrong type throws evbus::bad_data_type.
+  template <class T>
+  const T& data_as() const {
+    if (const T* p = std::any_cast<T>(&data)) return *p;
+    throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
+                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
+                        detail::type_name(data.type()) + ")");
+  }
+};
+
+/// What shutdown does with delayed emits that are not due yet.
+enum class delayed_policy {
+  report,  ///< hand each to `on_undelivered` (the default)
+  emit,    ///< emit them at once, in due order, before the subscriptions close
+};
+
+/**
+ * @brief Options of a keyed executor. An aggregate.
+ *
+ * @code
+ *   evbus::executor_options o;
+ *   o.partitions = 64;      // fixed for the executor's life
+ *   o.workers = 4;          // change later with resize(); 0 = drive it with poll()
+ *   o.on_error = [](std::exception_ptr e, std::string_view where) { log(where, e); };
+ *   evbus::keyed_executor ex(o);
+ * @endcode
+ */
+struct executor_options {
+  /// Partitions per ordered subscription (P); at least 1; fixed.
+  std::size_t partitions = 16;
+  /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
+  std::size_t workers = 1;
+  /// Time source; empty = evbus::real_clock.
+  std::shared_ptr<evbus::clock> clock{};
+  /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
+  /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
+  std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
+  /// Receives each delayed emit that never entered the bus: not due at shutdown (with
+  /// delayed_policy::report), or due after its bus was destroyed; undelivered::reason says
+  /// which. Empty: each is reported to on_error instead. Either way it is counted.
+  std::function<void(const undelivered&)> on_undelivered{};
+  /// What shutdown does with delayed emits that are not due yet.
+  delayed_policy delayed_at_shutdown = delayed_policy::report;
+  /// Most events a worker handles from one partition before it lets other partitions run.
+  std::size_t batch = 64;
+  /// How long an idle worker keeps looking for new work before it sleeps (one worker at a
+  /// time does). New work usually comes back within microseconds, and a worker that is awake
+  /// takes it without a producer having to wake it through the kernel; the price is up to
+  /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
+  /// Must not be negative.
+  std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_POLICIES_HPP
+// ---- strand.hpp -------------------------------------------------
+// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
+//
+// Owns: the two facts that make a partition a strand: how many of its events wait, and
+// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
+// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
+// only the holder takes events, in the order they arrived, and lets go only when it finds
+// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
+// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
+#ifndef EVBUS_PARTS_STRAND_HPP
+#define EVBUS_PARTS_STRAND_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
+/// strand hands it to the scheduler through this interface.
+struct runnable {
+  enum class next { idle, again, park };
+  struct result {
+    next what = next::idle;  // idle: the runnable let itself go and must not be touched
+    steady_time due{};       // park: when to run it again
+    std::size_t calls = 0;   // handler calls (or emits) made
+  };
+  virtual ~runnable() = default;
+  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
+  virtual result run(std::size_t batch) noexcept = 0;
+  runnable* next_ready = nullptr;  // the ready list's link, under the scheduler's mutex
+};
+
+/// Every member is called under the lock that also guards the strand's queue.
+class strand {
+ public:
+  /// One event was queued. True: the caller has just become the holder and must hand the
+  /// strand to something that runs it (the scheduler); false: the holder will take it.
+  bool arrive() noexcept {
+    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
+  /// waits, and the strand is let go: from then on the caller must not touch what the strand
+  /// guards, since the next arrive() makes another thread the holder.
+  std::size_t take(std::size_t max) noexcept {
+    const std::size_t n = waiting_ < max ? waiting_ : max;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
+    if (n == 0) held_ = false;
+    return n;
+  }
+
+  std::size_t waiting() const noexcept { return waiting_; }
+  bool held() const noexcept { return held_; }
+
+ private:
+  std::uint32_t waiting_ = 0;
+  bool held_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STRAND_HPP
+
+#include <any>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A scheduled delayed emit, type-erased over the bus type.
+struct delayed_base {
+  delayed_base(std::string t, emit_options o, steady_time d)
+      : topic(std::move(t)), options(std::move(o)), due(d) {}
+  virtual ~delayed_base() = default;
+  delayed_base(const delayed_base&) = delete;
+  delayed_base& operator=(const delayed_base&) = delete;
+  /// Emits into the bus; false (nothing done) if the bus is gone.
+  virtual bool emit() = 0;
+  virtual undelivered take() = 0;
+  std::string topic;
+  emit_options options;
+  steady_time due;
+};
+
+template <class Bus>
+struct delayed_emit final : delayed_base {
+  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
+      : delayed_base(std::move(t), std::move(o), at),
+        bus(&b),
+        life(b.life_),
+        data(std::move(d)) {}
+  // The options are copied, not moved: a failure report still names the key.
+  bool emit() override {
+    return life->use([&] { bus->emit(topic, std::move(data), options); });
+  }
+  undelivered take() override {
+    undelivered u;
+    u.topic = std::move(topic);
+    u.options = std::move(options);
+    u.due = due;
+    u.data = std::any(std::move(data));
+    return u;
+  }
+  Bus* bus;
+  std::shared_ptr<bus_life> life;
+  typename Bus::data_type data;
+};
+
+/// The due delayed emits, run one at a time in the order they fell due.
+class delayed_strand final : public runnable {
+ public:
+  /// `report(error, where)` receives a failed emit (it must not throw).
+  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
+      : report_(std::move(report)) {}
+
+  /// A delayed emit fell due. True: the strand must be submitted (strand rule).
+  bool arrive(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(d));
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  result run(std::size_t batch) noexcept override {
+    result res;
+    for (;;) {
+      std::unique_ptr<delayed_base> d;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (queue_.empty()) {
+          held_ = false;
+          res.what = next::idle;
+          return res;
+        }
+        if (res.calls >= batch) {
+          res.what = next::again;
+          return res;
+        }
+        d = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      ++res.calls;
+      try {
+        if (!d->emit()) {
+          lost_(std::move(d));  // counts it out of pending
+          continue;
+        }
+        emitted.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        failed.fetch_add(1, std::memory_order_relaxed);
+        std::string where;
+        try {
+          where = "delayed emit on topic " + quote(d->topic) + " with key " +
+                  quote(d->options.key);
+        } catch (...) {
+        }
+        report_(std::current_exception(), where);
+      }
+      d.reset();
+      pending.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
+  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+
+  /// True when no due emit waits or runs.
+  bool idle() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return queue_.empty() && !held_;
+  }
+
+  std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
+  std::atomic<std::uint64_t> emitted{0};
+  std::atomic<std::uint64_t> failed{0};
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> report_;
+  std::function<void(std::unique_ptr<delayed_base>)> lost_;
+  mutable std::mutex mutex_;
+  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
+  bool held_ = false;                                 // under mutex_
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_DELAYED_HPP
+// ---- lock.hpp -------------------------------------------------
+// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
+//
+// Owns: mutual exclusion for critical sections that only move pointers and counters (a
+// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
+// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
+// C++17 (a thread that holds it and is preempted therefore never has others burn their time
+// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+#ifndef EVBUS_PARTS_LOCK_HPP
+#define EVBUS_PARTS_LOCK_HPP
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
+/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
+/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
+struct parking_entry {
+  std::mutex mutex;
+  std::condition_variable cv;
+};
+
+inline parking_entry& parking_for(const void* address) noexcept {
+  static parking_entry table[64];
+  const auto bits = reinterpret_cast<std::uintptr_t>(address);
+  return table[(bits >> 6) % 64];
+}
+#endif
+
+class small_lock {
+ public:
+  small_lock() noexcept = default;
+  small_lock(const small_lock&) = delete;
+  small_lock& operator=(const small_lock&) = delete;
+
+  void lock() noexcept {
+    std::uint32_t expected = free_;
+    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+      return;
+    }
+    lock_slow();
+  }
+
+  bool try_lock() noexcept {
+    std::uint32_t expected = free_;
+    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void unlock() noexcept {
+    if (state_.exchange(free_, std::memory_order_release) == contended_) wake();
+  }
+
+ private:
+  static constexpr std::uint32_t free_ = 0;
+  static constexpr std::uint32_t locked_ = 1;
+  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
+  static constexpr int spins_ = 64;
+
+  void lock_slow() noexcept {
+    for (int i = 0; i < spins_; ++i) {
+      cpu_relax();
+      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
+    }
+    // From here on the lock is marked contended, so that its unlock wakes sleepers.
+    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
+  }
+
+#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
+  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
+  void wake() noexcept { state_.notify_one(); }
+#else
+  void sleep() noexcept {
+    parking_entry& p = parking_for(this);
+    std::unique_lock<std::mutex> guard(p.mutex);
+    while (state_.load(std::memory_order_relaxed) == contended_) p.cv.wait(guard);
+  }
+  void wake() noexcept {
+    parking_entry& p = parking_for(this);
+    std::lock_guard<std::mutex> guard(p.mutex);
+    p.cv.notify_all();
+  }
+#endif
+
+  std::atomic<std::uint32_t> state_{free_};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LOCK_HPP
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
+/// drain or shutdown), innermost first: used to refuse what would wait for itself.
+struct drive_frame {
+  const void* owner;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const void* owner) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->owner == owner) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+class scheduler {
+ public:
+  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
+  scheduler(std::shared_ptr<evbus::clock> c, std::size_t batch, std::chrono::nanoseconds spin,
+            std::function<void(std::exception_ptr, std::string_view)> report)
+      : delayed_(std::move(report)),
+        clock_(std::move(c)),
+        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
+        manual_(clock_->is_manual()),
+        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
+        idle_spin_(spin) {}
+
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+  ~scheduler() { stop_workers(); }
+
+  steady_time now() const noexcept {
+    return real_ ? std::chrono::steady_clock::now() : clock_->now();
+  }
+  evbus::clock& clock() const noexcept { return *clock_; }
+
+  /// A strand got its first waiting event: run it soon. Never throws.
+  void submit(runnable* r) noexcept {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      push_ready(r);
+      wake = sleepers_ > 0 && spinning_ == 0;
+      if (waiters_ > 0) progress_cv_.notify_all();
+    }
+    if (wake) work_cv_.notify_one();
+  }
+
+  /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
+  void park(runnable* r, steady_time due) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    park_locked(r, due);
+  }
+
+  /// Keeps `d` until it is due, then emits it on the delayed strand. False (and `d` is
+  /// untouched) once cut_timers() ran.
+  bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cut_) return false;
+    const steady_time due = d->due;
+    add_timer(timer{due, seq_, nullptr, std::move(d)});
+    ++seq_;
+    delayed_.pending.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
+  /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
+  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
+    std::vector<std::unique_ptr<delayed_base>> out;
+    std::lock_guard<std::mutex> lock(mutex_);
+    cut_ = true;
+    std::sort(timers_.begin(), timers_.end(),
+              [](const timer& a, const timer& b) { return later(b, a); });
+    for (auto& t : timers_) {
+      if (t.r != nullptr) {
+        push_ready(t.r);
+      } else {
+        out.push_back(std::move(t.d));
+      }
+    }
+    timers_.clear();
+    work_cv_.notify_all();
+    return out;
+  }
+
+  /// Emits `d` as soon as possible, after the delayed emits already due (shutdown).
+  void emit_delayed_now(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+    work_cv_.notify_one();
+  }
+
+  delayed_strand& delayed() noexcept { return delayed_; }
+  const delayed_strand& delayed() const noexcept { return delayed_; }
+
+  /// The clock moved (manual clocks): sleepers look at their timers again.
+  void time_moved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_cv_.notify_all();
+    progress_cv_.notify_all();
+  }
+
+  /// Something a waiter of help_until() may be waiting for happened outside a run.
+  void notify_progress() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
+  void resize(std::size_t n) {
+    std::vector<std::thread> finished;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::size_t active = 0;
+      for (auto& w : workers_) active += w.stop ? 0 : 1;
+      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
+        if (!it->stop) {
+          it->stop = true;
+          --active;
+        }
+      }
+      while (active < n) {
+        workers_.emplace_back();
+        worker* w = &workers_.back();
+        try {
+          w->thread = std::thread([this, w] { worker_main(*w); });
+        } catch (...) {
+          workers_.pop_back();
+          throw;
+        }
+        ++active;
+      }
+      target_ = n;
+      work_cv_.notify_all();
+      progress_cv_.notify_all();
+      collect_exited(finished);
+    }
+    for (auto& t : finished) t.join();
+  }
+
+  std::size_t workers() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_;
+  }
+
+  /// Stops and joins every worker (shutdown, destruction).
+  void stop_workers() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& w : workers_) {
+        w.stop = true;
+        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
+          threads.push_back(std::move(w.thread));
+        }
+      }
+      target_ = 0;
+      work_cv_.notify_all();
+    }
+    for (auto& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
+  }
+
+  /// One pass on the calling thread: what is due becomes ready, then one run of each strand
+  /// that was ready. Returns the handler calls made; `found` says whether anything ran.
+  std::size_t poll_pass(bool& found) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    fire_due();
+    std::size_t n = ready_count_;
+    found = n > 0;
+    std::size_t calls = 0;
+    while (n-- > 0 && ready_head_ != nullptr) {
+      runnable* r = pop_ready();
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      calls += res.calls;
+      settle(r, res);
+    }
+    return calls;
+  }
+
+  /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
+  /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
+  /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
+  /// left (waiting would never end).
+  template <class Done>
+  void help_until(Done done, const char* what) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    ++waiters_;
+    struct leave {
+      std::size_t& n;
+      ~leave() { --n; }
+    } guard{waiters_};
+    for (;;) {
+      if (done()) return;
+      if (target_ > 0) {
+        progress_cv_.wait(lock);
+        continue;
+      }
+      if (ready_head_ != nullptr || (!timers_.empty() && timers_.front().due <= now())) {
+        lock.unlock();
+        bool found = false;
+        poll_pass(found);
+        lock.lock();
+        continue;
+      }
+      if (running_ > 0 || timers_.empty()) {
+        // Another thread runs the rest, or an emitter is between queueing and submitting.
+        progress_cv_.wait(lock);
+        continue;
+      }
+      if (manual_) {
+        throw error(std::string("evbus: ") + what +
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead");
+      }
+      progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
+    }
+  }
+
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return !timers_.empty() && timers_.front().due <= now();
+  }
+
+  std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
+
+ private:
+  struct timer {
+    steady_time due;
+    std::uint64_t seq;
+    runnable* r;                       // a parked strand, or
+    std::unique_ptr<delayed_base> d;  // a delayed emit
+  };
+  static bool later(const timer& a, const timer& b) noexcept {
+    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
+  }
+  struct later_first {
+    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
+  };
+  struct worker {
+    std::thread thread;
+    bool stop = false;    // under mutex_
+    bool exited = false;  // under mutex_
+  };
+
+  // -- under mutex_ --------------------------------------------------------------------
+  void push_ready(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (ready_tail_ == nullptr) {
+      ready_head_ = r;
+    } else {
+      ready_tail_->next_ready = r;
+    }
+    ready_tail_ = r;
+    ++ready_count_;
+    ready_gen_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  runnable* pop_ready() noexcept {
+    runnable* r = ready_head_;
+    ready_head_ = r->next_ready;
+    if (ready_head_ == nullptr) ready_tail_ = nullptr;
+    --ready_count_;
+    return r;
+  }
+
+  void park_locked(runnable* r, steady_time due) {
+    if (cut_) {
+      push_ready(r);
+      return;
+    }
+    add_timer(timer{due, seq_, r, nullptr});
+    ++seq_;
+  }
+
+  void add_timer(timer t) {
+    const bool earliest = timers_.empty() || later(timers_.front(), t);
+    timers_.push_back(std::move(t));
+    std::push_heap(timers_.begin(), timers_.end(), later_first{});
+    if (earliest) {
+      work_cv_.notify_all();  // sleepers wait until the earliest due time
+      if (waiters_ > 0) progress_cv_.notify_all();
+    }
+  }
+
+  void settle(runnable* r, const runnable::result& res) {
+    if (res.what == runnable::next::again) {
+      push_ready(r);
+    } else if (res.what == runnable::next::park) {
+      try {
+        park_locked(r, res.due);
+      } catch (...) {
+        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
+      }
+    }
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  void fire_due() {
+    if (timers_.empty()) return;
+    const steady_time t_now = now();
+    while (!timers_.empty() && timers_.front().due <= t_now) {
+      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
+      timer due = std::move(timers_.back());
+      timers_.pop_back();
+      if (due.r != nullptr) {
+        push_ready(due.r);
+      } else if (delayed_.arrive(std::move(due.d))) {
+        push_ready(&delayed_);
+      }
+    }
+  }
+
+  void collect_exited(std::vector<std::thread>& out) {
+    const auto self = std::this_thread::get_id();
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
+        out.push_back(std::move(it->thread));
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // -- workers ---------------------------------------------------------------------------
+  void worker_main(worker& self) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool may_spin = true;
+    while (!self.stop) {
+      fire_due();
+      if (ready_head_ != nullptr) {
+        runnable* r = pop_ready();
+        // More ready than this worker takes: a sleeper takes the next (and so on).
+        if (ready_head_ != nullptr && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+        ++running_;
+        lock.unlock();
+        const runnable::result res = r->run(batch_);
+        lock.lock();
+        --running_;
+        settle(r, res);
+        may_spin = true;
+        continue;
+      }
+      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+        may_spin = false;
+        ++spinning_;
+        const std::uint64_t seen = ready_gen_.load(std::memory_order_relaxed);
+        lock.unlock();
+        spin_for_work(seen);
+        lock.lock();
+        --spinning_;
+        continue;
+      }
+      may_spin = true;
+      ++sleepers_;
+      if (!timers_.empty() && !manual_) {
+        const auto wait = timers_.front().due - now();
+        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
+      } else {
+        work_cv_.wait(lock);
+      }
+      --sleepers_;
+    }
+    self.exited = true;
+    // Work this worker would have taken next goes to a sleeping one.
+    if (ready_head_ != nullptr && sleepers_ > 0) work_cv_.notify_one();
+    if (waiters_ > 0) progress_cv_.notify_all();
+  }
+
+  // Busy-waits, for at most idle_spin, until something is made ready. Yields the processor
+  // every few rounds, so that on a busy machine the thread it waits for gets to run.
+  void spin_for_work(std::uint64_t seen) const noexcept {
+    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
+    for (unsigned i = 1;; ++i) {
+      if (ready_gen_.load(std::memory_order_relaxed) != seen) return;
+      if (i % 16 == 0) {
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() >= until) return;
+      } else {
+        cpu_relax();
+      }
+    }
+  }
+
+  delayed_strand delayed_;
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  const std::size_t batch_;
+  const std::chrono::nanoseconds idle_spin_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
+  std::condition_variable progress_cv_;  // help_until() waits here
+  runnable* ready_head_ = nullptr;
+  runnable* ready_tail_ = nullptr;
+  std::size_t ready_count_ = 0;
+  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
+  std::uint64_t seq_ = 0;
+  bool cut_ = false;
+  std::size_t running_ = 0;   // runs in progress
+  std::size_t sleepers_ = 0;  // workers blocked on work_cv_
+  std::size_t spinning_ = 0;  // workers spinning for work (0 or 1)
+  std::size_t waiters_ = 0;   // threads in help_until()
+  std::size_t target_ = 0;
+  std::list<worker> workers_;
+  // Raised by every push_ready(): what a spinning worker watches without the mutex.
+  std::atomic<std::uint64_t> ready_gen_{0};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_HPP
+// ---- stats.hpp -------------------------------------------------
+// evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
+//
+// stats() returns plain structs; durations are kept in log-bucketed histograms, each percentile
+// within 1/8 of the true value.
+#ifndef EVBUS_PARTS_STATS_HPP
+#define EVBUS_PARTS_STATS_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Three percentiles of a duration distribution.
+ *
+ * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
+ * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
+ * never above `max`, which is exact.
+ */
+struct latency_summary {
+  std::uint64_t count = 0;          ///< durations recorded
+  std::chrono::nanoseconds p50{};   ///< median
+  std::chrono::nanoseconds p99{};   ///< 99th percentile
+  std::chrono::nanoseconds max{};   ///< largest
+};
+
+/**
+ * @brief Counters of one ordered subscription (or of all of them, in executor_stats::total).
+ *
+ * When nothing is in flight, accepted == delivered + dead_lettered + dropped + queued, and
+ * failed_attempts == retried + dead_lettered. Counters are read one by one, so under load a
+ * snapshot may be slightly inconsistent.
+ */
+struct subscription_stats {
+  std::string name;                ///< policy name, or "ordered-N"
+  std::uint64_t accepted = 0;      ///< events the subscription took (including later drops)
+  std::uint64_t delivered = 0;     ///< events whose handler returned normally
+  std::uint64_t failed_attempts = 0;  ///< attempts that threw
+  std::uint64_t retried = 0;       ///< failed attempts followed by a retry
+  std::uint64_t dead_lettered = 0; ///< events that failed their last attempt
+  std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
+  std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
+  std::uint64_t expired = 0;       ///< attempts that returned after their deadline
+  /// Events held now (waiting, running or awaiting a retry). With a capacity, an event stops
+  /// counting as soon as it is handled; without one, when the worker's batch it was in ends.
+  std::uint64_t queued = 0;
+  std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
+  std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
+  latency_summary handler_time;    ///< duration of each attempt, on the executor clock
+  latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
+  std::string last_error;          ///< what the most recent failed attempt threw, if any
+};
+
+/**
+ * @brief What keyed_executor::stats() returns. `to_string(stats)` or `os << stats` gives a
+ * table a person can read.
+ *
+ * @code
+ *   std::cout << ex.stats();
+ * @endcode
+ */
+struct executor_stats {
+  std::size_t partitions = 0;                     ///< P
+  std::size_t workers = 0;                        ///< W now
+  std::vector<subscription_stats> subscriptions;  ///< in creation order
+  subscription_stats total;                       ///< sums over subscriptions; name "total"
+  std::uint64_t delayed_pending = 0;  ///< delayed emits scheduled and not yet emitted
+  std::uint64_t delayed_emitted = 0;  ///< delayed emits that entered the bus without error
+  std::uint64_t delayed_failed = 0;   ///< delayed emits whose bus.emit threw (see on_error)
+  std::uint64_t undelivered = 0;      ///< delayed emits not due at shutdown and not emitted
+  std::uint64_t errors = 0;           ///< errors reported to on_error (or stderr)
+};
+
+namespace detail {
+
+/// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
+/// power-of-two range in 8 equal buckets, up to 2^45 ns (about ten hours; longer durations
+/// share the last bucket, and `max` keeps the exact longest). Recording is lock-free.
+class log_histogram {
+ public:
+  static constexpr std::size_t bucket_count = 8 + 42 * 8;
+
+  struct snapshot {
+    std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
+    std::uint64_t max = 0;
+    std::uint64_t count = 0;
+
+    void merge(const snapshot& o) {
+      for (std::size_t i = 0; i < bucket_count; ++i) counts[i] += o.counts[i];
+      max = std::max(max, o.max);
+      count += o.count;
+    }
+
+    /// The upper bound of the bucket holding the ceil(count * num / den)-th smallest value.
+    std::uint64_t percentile(std::uint64_t num, std::uint64_t den) const {
+      if (count == 0) return 0;
+      const std::uint64_t rank = std::max<std::uint64_t>(1, (count * num + den - 1) / den);
+      std::uint64_t seen = 0;
+      for (std::size_t i = 0; i < bucket_count; ++i) {
+        seen += counts[i];
+        if (seen >= rank) return std::min(upper_bound(i), max);
+      }
+      return max;
+    }
+
+    latency_summary summary() const {
+      latency_summary s;
+      s.count = count;
+      s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
+      s.p99 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(99, 100)));
+      s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(max));
+      return s;
+    }
+  };
+
+  void record(std::chrono::nanoseconds d) noexcept {
+    const std::uint64_t v = d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
+    counts_[index(v)].fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t m = max_.load(std::memory_order_relaxed);
+    while (v > m && !max_.compare_exchange_weak(m, v, std::memory_order_relaxed)) {
+    }
+  }
+
+  snapshot read() const {
+    snapshot s;
+    for (std::size_t i = 0; i < bucket_count; ++i) {
+      s.counts[i] = counts_[i].load(std::memory_order_relaxed);
+      s.count += s.counts[i];
+    }
+    s.max = max_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  static std::size_t index(std::uint64_t v) noexcept {
+    if (v < 8) return static_cast<unsigned>(v);
+    if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
+    const unsigned e = highest_bit(v);
+    const auto sub = static_cast<unsigned>((v >> (e - 3)) & 7U);
+    return (e - 2) * 8 + sub;
+  }
+
+  static unsigned highest_bit(std::uint64_t v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63U - static_cast<unsigned>(__builtin_clzll(v));
+#else
+    unsigned e = 0;
+    for (; v > 1; v >>= 1) ++e;
+    return e;
+#endif
+  }
+
+  static std::uint64_t upper_bound(std::size_t i) noexcept {
+    if (i < 8) return i;
+    const std::size_t e = i / 8 + 2;
+    std::uint64_t lower = 8 + i % 8;
+    lower <<= e - 3;
+    const std::uint64_t width = std::uint64_t{1} << (e - 3);
+    return lower + (width - 1);
+  }
+
+ private:
+  std::atomic<std::uint64_t> counts_[bucket_count] = {};
+  std::atomic<std::uint64_t> max_{0};
+};
+
+/// "12ns", "3.4us", "5.0ms", "1.2s": short durations for tables and messages.
+inline std::string format_duration(std::chrono::nanoseconds d) {
+  const double ns = static_cast<double>(d.count());
+  char buf[32];
+  if (d.count() < 1000) {
+    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
+  } else if (ns < 1e6) {
+    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
+  } else if (ns < 1e9) {
+    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);
+  }
+  return buf;
+}
+
+}  // namespace detail
+
+/**
+ * @brief The statistics as a table, one row per subscription and a total row.
+ *
+ * @code
+ *   std::cout << evbus::to_string(ex.stats());
+ * @endcode
+ */
+inline std::string to_string(const executor_stats& s) {
+  std::size_t width = 12;
+  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
+  std::ostringstream out;
+  const auto triple = [](const latency_summary& l) {
+    if (l.count == 0) return std::string("-");
+    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
+           detail::format_duration(l.max);
+  };
+  const auto row = [&](const subscription_stats& r) {
+    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
+        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
+        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
+        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
+        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
+        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
+  };
+  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
+  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
+      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
+      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
+      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
+      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
+      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
+  for (const auto& sub : s.subscriptions) row(sub);
+  row(s.total);
+  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
+      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
+      << "\n";
+  for (const auto& sub : s.subscriptions) {
+    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
+  }
+  return out.str();
+}
+
+/// Writes to_string(s).
+inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
+  return os << to_string(s);
+}
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STATS_HPP
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A 64-bit mixer (splitmix64's finaliser): jitter and seeds.
+inline std::uint64_t mix64(std::uint64_t x) noexcept {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/// What the core keeps of each ordered subscription.
+struct subscription_base {
+  subscription_base() = default;
+  subscription_base(const subscription_base&) = delete;
+  subscription_base& operator=(const subscription_base&) = delete;
+  virtual ~subscription_base() = default;
+
+  /// Gives back a place a commit took and did not use. Never throws.
+  virtual void release_place() noexcept = 0;
+  /// Per partition, the events pushed so far: what drain() waits for.
+  virtual std::vector<std::uint64_t> pushed() const = 0;
+  /// True if every partition from `from` on finished the events counted in `target`;
+  /// `from` advances past those that did.
+  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
+  /// Returns once every push that saw the executor open has queued its event.
+  virtual void close_barrier() = 0;
+  /// Wakes emitters blocked for room, so they see the executor closed.
+  virtual void wake_blocked() = 0;
+  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
+                          log_histogram::snapshot& wait) const = 0;
+
+  std::string name;
+  /// One for the handler front (the copies of what ordered() returned) and one per partition
+  /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
+  /// remove the subscription: no handler can push, and no event is left.
+  std::atomic<std::size_t> holds{1};
+  /// The handler front is gone: the subscription leaves once its partitions are let go.
+  std::atomic<bool> retiring{false};
+  /// It has left the registry (drain() waits for a retiring subscription to be gone).
+  std::atomic<bool> removed{false};
+};
+
+class executor_link;
+
+/**
+ * @brief A transaction's commit, as the subscriptions see it (transaction.hpp): the places
+ * it took before emitting anything, and the event it is emitting now. Set on the committing
+ * thread for the time of the commit; push() of a subscription with a place for the current
+ * event uses it instead of taking one.
+ */
+struct commit_context {
+  struct place {
+    std::shared_ptr<subscription_base> sub;  // kept alive until the commit ends
+    const std::string* event_id;             // the transaction's event it is for
+    bool used = false;
+  };
+  std::vector<place> places;
+  std::vector<executor_link*> holds;  // executors that may not close until the commit ends
+  const std::string* current = nullptr;  // the event being emitted, in phase 2
+
+  /// The place taken for the current event in `sub`, if any (and marks it used).
+  bool use(const subscription_base* sub, const std::string& id) noexcept {
+    if (current == nullptr || *current != id) return false;
+    for (auto& p : places) {
+      if (!p.used && p.sub.get() == sub && p.event_id == current) {
+        p.used = true;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool holds_link(const executor_link* link) const noexcept {
+    for (auto* l : holds) {
+      if (l == link) return true;
+    }
+    return false;
+  }
+};
+
+/// The commit running on this thread, or null.
+inline commit_context*& current_commit() noexcept {
+  thread_local commit_context* context = nullptr;
+  return context;
+}
+
+class executor_link {
+ public:
+  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+                std::chrono::nanoseconds idle_spin,
+                std::function<void(std::exception_ptr, std::string_view)> on_error)
+      : sched(std::move(clock), batch, idle_spin,
+              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
+        on_error_(std::move(on_error)) {}
+  executor_link(const executor_link&) = delete;
+  executor_link& operator=(const executor_link&) = delete;
+
+  steady_time now() const noexcept { return sched.now(); }
+
+  /// Reports an error that has no caller to go to. Never throws.
+  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+    errors.fetch_add(1, std::memory_order_relaxed);
+    try {
+      if (on_error_) {
+        on_error_(e, where);
+        return;
+      }
+      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // on_error itself failed; the error stays counted in stats().errors.
+    }
+  }
+
+  /// Drops `s` from the registry (its holds reached zero). Never throws.
+  virtual void remove(subscription_base* s) noexcept = 0;
+
+  /// Gives back one hold of `s`; the last one removes it.
+  void release_hold(subscription_base* s) noexcept {
+    if (s->holds.fetch_sub(1, std::memory_order_acq_rel) == 1) remove(s);
+  }
+
+  scheduler sched;
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
+  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
+  /// all the time.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
+  /// Set once subscriptions stop accepting events.
+  std::atomic<bool> closed{false};
+  std::atomic<std::uint64_t> errors{0};
+  /// Transaction commits that took places here: shutdown waits for them after closing, and
+  /// their pushes still get in.
+  std::atomic<std::size_t> commits{0};
+
+  /// A commit holds this executor open: refused (executor_closed) if it is closed.
+  bool hold_for_commit() noexcept {
+    commits.fetch_add(1, std::memory_order_seq_cst);
+    if (!closed.load(std::memory_order_seq_cst)) return true;
+    commits.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  void release_commit() noexcept { commits.fetch_sub(1, std::memory_order_seq_cst); }
+
+ protected:
+  ~executor_link() = default;
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> on_error_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LINK_HPP
 
 #include <any>
 #include <exception>
@@ -2343,6 +4088,37 @@ using topic_handle = basic_topic_handle<std::any>;
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
+/// returned); defined with the executor (executor.hpp).
+template <class Data>
+struct commit_reserver;
+
+/// The commit running on this thread, for the time of a scope; gives back what it did not
+/// use at the end.
+class commit_scope {
+ public:
+  explicit commit_scope(commit_context& c) noexcept : ctx_(c), outer_(current_commit()) {}
+  commit_scope(const commit_scope&) = delete;
+  commit_scope& operator=(const commit_scope&) = delete;
+  void enter() noexcept { current_commit() = &ctx_; }
+  ~commit_scope() {
+    current_commit() = outer_;
+    for (auto& p : ctx_.places) {
+      if (!p.used) p.sub->release_place();
+    }
+    ctx_.places.clear();
+    for (auto* link : ctx_.holds) link->release_commit();
+    ctx_.holds.clear();
+  }
+
+ private:
+  commit_context& ctx_;
+  commit_context* outer_;
+};
+
+}  // namespace detail
 
 /**
  * @brief Events buffered until commit: the outbox pattern inside one process.
@@ -2404,27 +4180,41 @@ class basic_transaction {
 
 
   /**
-   * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
-   * was deregistered meanwhile) does not stop the others; afterwards the one failure is
-   * rethrown as it is, or evbus::handler_errors lists several, keyed by event id.
+   * @brief Emits every buffered event, in order, all or nothing with respect to what can
+   * refuse an event.
+   *
+   * First, before emitting any, every event takes its place in each ordered subscription
+   * (what evbus::ordered returned, registered as it is) its topic reaches now, and holds
+   * those executors open. If one refuses (evbus::queue_full from a full bounded subscription,
+   * after waiting with overflow::block; evbus::executor_closed), the places are given back,
+   * nothing is emitted, commit() throws that error and the transaction stays open: commit
+   * again, or roll back. Then every event is emitted with its places: none is refused, also
+   * if shutdown() begins meanwhile (it waits for the commit). A drop_oldest / drop_newest
+   * subscription drops by its own rule; an ordered handler wrapped in another callable, or
+   * registered during the commit, takes no place and may refuse as a plain emit does.
+   *
+   * A handler that throws is not a refusal: it does not stop the others, nor does a topic
+   * deregistered since tx.emit (evbus::unknown_topic); afterwards the one failure is rethrown
+   * as it is, or evbus::handler_errors lists several, keyed by event id. The transaction is
+   * finished then.
    */
   void commit() {
     check_open("commit");
-    basic_bus<Data>* target = std::exchange(bus_, nullptr);
-    std::vector<entry> events = std::move(pending_);
-    pending_.clear();
-    std::vector<handler_errors::failure> failures;
-    for (auto& e : events) {
-      try {
-        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
-      } catch (...) {
-        failures.push_back({e.id, std::current_exception()});
+    detail::commit_context ctx;
+    {
+      detail::commit_scope reservations(ctx);
+      for (const auto& e : pending_) {
+        bus_->for_each_handler(*e.slot, [&](const typename basic_bus<Data>::handler_type& fn) {
+          detail::commit_reserver<Data>::reserve(fn, ctx, e.slot->name->value, e.options.key,
+                                                 e.id);
+        });
       }
-    }
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    if (!failures.empty()) {
-      throw handler_errors(std::move(failures),
-                           "events failed in transaction " + detail::quote(tx_id_));
+      // Every place is taken: from here on, nothing is refused.
+      reservations.enter();
+      basic_bus<Data>* target = std::exchange(bus_, nullptr);
+      std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
+      pending_.clear();
+      emit_all(target, events, ctx);
     }
   }
 
@@ -2438,6 +4228,29 @@ class basic_transaction {
   /// True until commit or rollback.
   bool open() const noexcept { return bus_ != nullptr; }
 
+ private:
+  struct entry;
+
+  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+                detail::commit_context& ctx) {
+    std::vector<handler_errors::failure> failures;
+    for (auto& e : events) {
+      ctx.current = &e.id;
+      try {
+        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+      } catch (...) {
+        failures.push_back({e.id, std::current_exception()});
+      }
+    }
+    ctx.current = nullptr;
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    if (!failures.empty()) {
+      throw handler_errors(std::move(failures),
+                           "events failed in transaction " + detail::quote(tx_id_));
+    }
+  }
+
+ public:
   /**
    * @brief Calls `fn(topic, data, options)` for each buffered event, in order, without
    * emitting or finishing anything: what evbus::basic_outbox stores instead of emitting. The
@@ -4989,764 +6802,6 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_PARTITIONER_HPP
-// ---- clock.hpp -------------------------------------------------
-// evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
-//
-// Backoffs, delays and deadlines are read from an evbus::clock: real_clock follows
-// std::chrono::steady_clock, manual_clock moves only when told.
-#ifndef EVBUS_PARTS_CLOCK_HPP
-#define EVBUS_PARTS_CLOCK_HPP
-
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <functional>
-#include <limits>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-
-/// Executor time: a point on a steady clock (the real one, or a manual one in tests).
-using steady_time = std::chrono::steady_clock::time_point;
-
-namespace detail {
-/// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
-/// means "never" / "no deadline" rather than wrapping into the past.
-inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
-  const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
-  const auto at = t.time_since_epoch().count();
-  using rep = decltype(at);
-  // Compared without forming `max() - t`, which overflows for a time far in the past.
-  if (step > 0 && at > std::numeric_limits<rep>::max() - step) return steady_time::max();
-  if (step < 0 && at < std::numeric_limits<rep>::min() - step) return steady_time::min();
-  return t + steady_time::duration(step);
-}
-
-/// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.
-template <class Rep, class Period>
-std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
-  using std::chrono::nanoseconds;
-  const double ns = std::chrono::duration<double, std::nano>(d).count();
-  if (ns >= static_cast<double>(nanoseconds::max().count())) return nanoseconds::max();
-  if (ns <= static_cast<double>(nanoseconds::min().count())) return nanoseconds::min();
-  return std::chrono::duration_cast<nanoseconds>(d);
-}
-
-/// Longest single sleep of a thread of the executor. The standard library adds a wait's
-/// duration to its own clock, which overflows for "until the end of time"; a thread that wakes
-/// after this long looks again and goes back to sleep.
-inline constexpr std::chrono::hours longest_wait{24};
-
-inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
-  return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
-                          : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
-}
-}  // namespace detail
-
-
-/**
- * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
- *
- * evbus::real_clock (the default) follows std::chrono::steady_clock; evbus::manual_clock moves
- * only when a test moves it. A clock keeps a list of listeners that it calls after its time
- * moved by itself in a way a waiting thread cannot foresee (manual_clock does so on every
- * change); executors register there so that advancing a manual clock wakes their workers.
- *
- * A custom clock derives from this class, returns its time from now() (which must not throw
- * and must never go back), returns true from is_manual() if it does not advance in real time,
- * and calls notify_listeners() after each change of a manual time.
- *
- * @code
- *   auto clock = std::make_shared<evbus::manual_clock>();
- *   evbus::keyed_executor ex({.workers = 0, .clock = clock});
- *   clock->advance(std::chrono::seconds(1));  // retries and delays now due become ready
- * @endcode
- */
-class clock {
- public:
-  clock() = default;
-  clock(const clock&) = delete;
-  clock& operator=(const clock&) = delete;
-  virtual ~clock() = default;
-
-  /// The current time. Never decreases.
-  virtual steady_time now() const noexcept = 0;
-
-  /// True if the time moves only when told to: executors then wait for listeners instead of
-  /// sleeping until a due time.
-  virtual bool is_manual() const noexcept { return false; }
-
-  /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
-  /// id for remove_listener().
-  std::uint64_t add_listener(std::function<void()> fn) {
-    std::lock_guard<std::mutex> lock(listeners_mutex_);
-    const std::uint64_t id = next_listener_++;
-    listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
-    return id;
-  }
-
-  /// Unregisters a listener; a call of it already running may still finish.
-  void remove_listener(std::uint64_t id) noexcept {
-    std::lock_guard<std::mutex> lock(listeners_mutex_);
-    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
-                                    [id](const auto& l) { return l.first == id; }),
-                     listeners_.end());
-  }
-
- protected:
-  /// Calls every listener. They are called outside the clock's lock, so a listener may add or
-  /// remove listeners, or be the last owner of an executor and destroy it.
-  void notify_listeners() const {
-    std::vector<std::shared_ptr<const std::function<void()>>> calls;
-    {
-      std::lock_guard<std::mutex> lock(listeners_mutex_);
-      calls.reserve(listeners_.size());
-      for (const auto& l : listeners_) calls.push_back(l.second);
-    }
-    for (const auto& fn : calls) (*fn)();
-  }
-
- private:
-  mutable std::mutex listeners_mutex_;
-  std::vector<std::pair<std::uint64_t, std::shared_ptr<const std::function<void()>>>> listeners_;
-  std::uint64_t next_listener_ = 1;
-};
-
-/**
- * @brief The default executor clock: std::chrono::steady_clock.
- *
- * @code
- *   evbus::keyed_executor ex({.clock = std::make_shared<evbus::real_clock>()});  // = default
- * @endcode
- */
-class real_clock final : public clock {
- public:
-  steady_time now() const noexcept override { return std::chrono::steady_clock::now(); }
-};
-
-/**
- * @brief A clock that moves only when told: advance() and set(). For tests: retries, delays
- * and deadlines become deterministic, and no test sleeps.
- *
- * Every change wakes the workers of the executors using this clock, so threaded tests work
- * too. Thread-safe.
- *
- * @code
- *   auto clock = std::make_shared<evbus::manual_clock>();
- *   evbus::keyed_executor ex({.partitions = 4, .workers = 0, .clock = clock});
- *   ex.emit_after(bus, std::chrono::seconds(5), "reminder", 1);
- *   ex.run_until_idle();                       // nothing: not due yet
- *   clock->advance(std::chrono::seconds(5));
- *   ex.run_until_idle();                       // the reminder enters the bus now
- * @endcode
- */
-class manual_clock final : public clock {
- public:
-  /// A clock reading `start` (by default the steady_clock epoch).
-  explicit manual_clock(steady_time start = steady_time{})
-      : ns_(start.time_since_epoch().count()) {}
-
-  steady_time now() const noexcept override {
-    return steady_time(steady_time::duration(ns_.load(std::memory_order_acquire)));
-  }
-
-  bool is_manual() const noexcept override { return true; }
-
-  /// Moves the time forward by `d` (evbus::invalid_argument if negative), then wakes listeners.
-  void advance(std::chrono::nanoseconds d) {
-    if (d.count() < 0) {
-      throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
-                             std::to_string(d.count()) + "ns)");
-    }
-    const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
-    auto current = ns_.load(std::memory_order_acquire);
-    steady_time::rep next = 0;
-    do {
-      // Stops at the end of time rather than wrap into the past.
-      next = current > std::numeric_limits<steady_time::rep>::max() - step
-                 ? std::numeric_limits<steady_time::rep>::max()
-                 : current + step;
-    } while (!ns_.compare_exchange_weak(current, next, std::memory_order_acq_rel));
-    notify_listeners();
-  }
-
-  /// Sets the time to `t` (evbus::invalid_argument if that is earlier than now()), then wakes
-  /// listeners.
-  void set(steady_time t) {
-    const auto target = t.time_since_epoch().count();
-    auto current = ns_.load(std::memory_order_acquire);
-    do {
-      if (target < current) {
-        throw invalid_argument("evbus: manual_clock::set: time must not go back (now " +
-                               std::to_string(current) + "ns, asked " + std::to_string(target) +
-                               "ns since the epoch)");
-      }
-    } while (!ns_.compare_exchange_weak(current, target, std::memory_order_acq_rel));
-    notify_listeners();
-  }
-
- private:
-  std::atomic<steady_time::rep> ns_;
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_CLOCK_HPP
-// ---- policies.hpp -------------------------------------------------
-// evbus/parts/policies.hpp: how an ordered subscription delivers, and what the executor is built with.
-//
-// The delivery policy (capacity, overflow, retries, backoff, timeout, callbacks) and the executor
-// options, both aggregates; and what the callbacks receive.
-#ifndef EVBUS_PARTS_POLICIES_HPP
-#define EVBUS_PARTS_POLICIES_HPP
-
-
-#include <any>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <functional>
-#include <limits>
-#include <memory>
-#include <optional>
-#include <string>
-#include <typeinfo>
-
-namespace evbus {
-inline namespace v1 {
-
-// -- 6.3 policies, reports and statistics ---------------------------------------
-
-/// What an ordered subscription does with an event when it already holds `capacity` events.
-enum class overflow {
-  block,        ///< the emitter waits for room (optionally until `block_timeout`)
-  reject,       ///< the emitter gets evbus::queue_full; counted as rejected
-  drop_oldest,  ///< the oldest event no worker has taken yet goes to `on_drop`; the new one
-                ///< is queued (if every event held is taken, the new one is dropped)
-  drop_newest,  ///< the new event goes to `on_drop` and is not queued
-};
-
-/**
- * @brief What an ordered handler may learn about the current attempt (its optional second
- * parameter).
- *
- * @code
- *   evbus::ordered(ex, [](const evbus::event& e, const evbus::delivery& d) {
- *     if (d.attempt > 1) log("retry", d.attempt);
- *     call_downstream(e, d.deadline);  // cooperative: stop waiting at the deadline
- *   });
- * @endcode
- */
-struct delivery {
-  unsigned attempt = 1;             ///< 1 for the first attempt, 2 for the first retry...
-  steady_time deadline{};           ///< start of this attempt + the policy's timeout
-  bool shutdown_requested = false;  ///< shutdown() had begun when this attempt started
-  std::size_t partition = 0;        ///< the partition the event is in
-};
-
-/**
- * @brief An event that failed its last attempt: what `on_dead_letter` receives.
- */
-template <class Data>
-struct basic_dead_letter {
-  basic_event<Data> event;    ///< the event, as it was emitted
-  std::exception_ptr error;   ///< what the last attempt threw
-  unsigned attempts = 0;      ///< attempts made: max_retry + 1
-};
-
-/// A dead letter of evbus::bus.
-using dead_letter = basic_dead_letter<std::any>;
-
-/**
- * @brief How an ordered subscription delivers: capacity, retries, timeout and callbacks.
- *
- * An aggregate; with C++20, `evbus::ordered(ex, fn, {.capacity = 1000, .max_retry = 3})`.
- * Every callback runs on the thread that detected the situation (the emitter for drops, a
- * worker or poller for dead letters and timeouts); one that throws is reported to the
- * executor's `on_error`.
- *
- * @code
- *   evbus::delivery_policy p;
- *   p.name = "billing";
- *   p.capacity = 10'000;
- *   p.on_full = evbus::overflow::reject;
- *   p.max_retry = 3;
- *   p.on_dead_letter = [](const evbus::dead_letter& d) { park_for_humans(d.event, d.error); };
- * @endcode
- */
-template <class Data = std::any>
-struct basic_delivery_policy {
-  /// Most events the subscription holds (waiting, being handled, or waiting for a retry).
-  /// Must be at least 1. Default: unbounded.
-  std::size_t capacity = std::numeric_limits<std::size_t>::max();
-  /// What an emit into a full subscription does.
-  overflow on_full = overflow::block;
-  /// With overflow::block: longest wait for room, in real time; empty = no limit.
-  std::optional<std::chrono::nanoseconds> block_timeout{};
-  /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
-  unsigned max_retry = 5;
-  /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
-  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(100);
-  /// Upper bound of the backoff.
-  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(10);
-  /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
-  double jitter = 0.5;
-  /// Seed of the jitter; empty: a different seed per subscription and run.
-  std::optional<std::uint64_t> jitter_seed{};
-  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline.
-  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
-  /// Receives an event whose last attempt failed. Without one it is still counted.
-  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};
-  /// Receives each event dropped by overflow::drop_oldest / drop_newest.
-  std::function<void(const basic_event<Data>&)> on_drop{};
-  /// Receives each attempt that returned after its deadline, with how long it ran.
-  std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
-      on_timeout{};
-  /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
-  std::string name{};
-};
-
-/// The delivery policy of evbus::bus.
-using delivery_policy = basic_delivery_policy<std::any>;
-
-/**
- * @brief A delayed emit that never entered the bus: what `on_undelivered` receives at shutdown.
- *
- * @code
- *   opts.on_undelivered = [](const evbus::undelivered& u) {
- *     save_for_next_start(u.topic, u.key(), u.data_as<reminder>());
- *   };
- * @endcode
- */
-struct undelivered {
-  std::string topic;      ///< the topic it was scheduled for
-  emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
-  steady_time due{};      ///< when it was due, on the executor's clock
-  std::any data;          ///< the payload (for a std::any bus, the payload's own value)
-
-  /// The event's ordering key.
-  const std::string& key() const noexcept { return options.key; }
-
-  /// The payload as a `T`; a wrong type throws evbus::bad_data_type.
-  template <class T>
-  const T& data_as() const {
-    if (const T* p = std::any_cast<T>(&data)) return *p;
-    throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
-                        detail::type_name(data.type()) + ")");
-  }
-};
-
-/// What shutdown does with delayed emits that are not due yet.
-enum class delayed_policy {
-  report,  ///< hand each to `on_undelivered` (the default)
-  emit,    ///< emit them at once, in due order, before the subscriptions close
-};
-
-/**
- * @brief Options of a keyed executor. An aggregate.
- *
- * @code
- *   evbus::executor_options o;
- *   o.partitions = 64;      // fixed for the executor's life
- *   o.workers = 4;          // change later with resize(); 0 = drive it with poll()
- *   o.on_error = [](std::exception_ptr e, std::string_view where) { log(where, e); };
- *   evbus::keyed_executor ex(o);
- * @endcode
- */
-struct executor_options {
-  /// Partitions per ordered subscription (P); at least 1; fixed.
-  std::size_t partitions = 16;
-  /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
-  std::size_t workers = 1;
-  /// Time source; empty = evbus::real_clock.
-  std::shared_ptr<evbus::clock> clock{};
-  /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
-  /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
-  std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
-  /// Receives, at shutdown, each delayed emit that was not due (with delayed_policy::report).
-  /// Empty: each is reported to on_error instead. Either way it is counted.
-  std::function<void(const undelivered&)> on_undelivered{};
-  /// What shutdown does with delayed emits that are not due yet.
-  delayed_policy delayed_at_shutdown = delayed_policy::report;
-  /// Most events a worker handles from one partition before it lets other partitions run.
-  std::size_t batch = 64;
-  /// How long an idle worker keeps looking for new work before it sleeps (one worker at a
-  /// time does). New work usually comes back within microseconds, and a worker that is awake
-  /// takes it without a producer having to wake it through the kernel; the price is up to
-  /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
-  /// Must not be negative.
-  std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_POLICIES_HPP
-// ---- stats.hpp -------------------------------------------------
-// evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
-//
-// stats() returns plain structs; durations are kept in log-bucketed histograms, each percentile
-// within 1/8 of the true value.
-#ifndef EVBUS_PARTS_STATS_HPP
-#define EVBUS_PARTS_STATS_HPP
-
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <iomanip>
-#include <ostream>
-#include <sstream>
-#include <string>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-
-/**
- * @brief Three percentiles of a duration distribution.
- *
- * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
- * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
- * never above `max`, which is exact.
- */
-struct latency_summary {
-  std::uint64_t count = 0;          ///< durations recorded
-  std::chrono::nanoseconds p50{};   ///< median
-  std::chrono::nanoseconds p99{};   ///< 99th percentile
-  std::chrono::nanoseconds max{};   ///< largest
-};
-
-/**
- * @brief Counters of one ordered subscription (or of all of them, in executor_stats::total).
- *
- * When nothing is in flight, accepted == delivered + dead_lettered + dropped + queued, and
- * failed_attempts == retried + dead_lettered. Counters are read one by one, so under load a
- * snapshot may be slightly inconsistent.
- */
-struct subscription_stats {
-  std::string name;                ///< policy name, or "ordered-N"
-  std::uint64_t accepted = 0;      ///< events the subscription took (including later drops)
-  std::uint64_t delivered = 0;     ///< events whose handler returned normally
-  std::uint64_t failed_attempts = 0;  ///< attempts that threw
-  std::uint64_t retried = 0;       ///< failed attempts followed by a retry
-  std::uint64_t dead_lettered = 0; ///< events that failed their last attempt
-  std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
-  std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
-  std::uint64_t expired = 0;       ///< attempts that returned after their deadline
-  /// Events held now (waiting, running or awaiting a retry). With a capacity, an event stops
-  /// counting as soon as it is handled; without one, when the worker's batch it was in ends.
-  std::uint64_t queued = 0;
-  std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
-  std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
-  latency_summary handler_time;    ///< duration of each attempt, on the executor clock
-  latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
-  std::string last_error;          ///< what the most recent failed attempt threw, if any
-};
-
-/**
- * @brief What keyed_executor::stats() returns. `to_string(stats)` or `os << stats` gives a
- * table a person can read.
- *
- * @code
- *   std::cout << ex.stats();
- * @endcode
- */
-struct executor_stats {
-  std::size_t partitions = 0;                     ///< P
-  std::size_t workers = 0;                        ///< W now
-  std::vector<subscription_stats> subscriptions;  ///< in creation order
-  subscription_stats total;                       ///< sums over subscriptions; name "total"
-  std::uint64_t delayed_pending = 0;  ///< delayed emits scheduled and not yet emitted
-  std::uint64_t delayed_emitted = 0;  ///< delayed emits that entered the bus without error
-  std::uint64_t delayed_failed = 0;   ///< delayed emits whose bus.emit threw (see on_error)
-  std::uint64_t undelivered = 0;      ///< delayed emits not due at shutdown and not emitted
-  std::uint64_t errors = 0;           ///< errors reported to on_error (or stderr)
-};
-
-namespace detail {
-
-/// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
-/// power-of-two range in 8 equal buckets, up to 2^45 ns (about ten hours; longer durations
-/// share the last bucket, and `max` keeps the exact longest). Recording is lock-free.
-class log_histogram {
- public:
-  static constexpr std::size_t bucket_count = 8 + 42 * 8;
-
-  struct snapshot {
-    std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
-    std::uint64_t max = 0;
-    std::uint64_t count = 0;
-
-    void merge(const snapshot& o) {
-      for (std::size_t i = 0; i < bucket_count; ++i) counts[i] += o.counts[i];
-      max = std::max(max, o.max);
-      count += o.count;
-    }
-
-    /// The upper bound of the bucket holding the ceil(count * num / den)-th smallest value.
-    std::uint64_t percentile(std::uint64_t num, std::uint64_t den) const {
-      if (count == 0) return 0;
-      const std::uint64_t rank = std::max<std::uint64_t>(1, (count * num + den - 1) / den);
-      std::uint64_t seen = 0;
-      for (std::size_t i = 0; i < bucket_count; ++i) {
-        seen += counts[i];
-        if (seen >= rank) return std::min(upper_bound(i), max);
-      }
-      return max;
-    }
-
-    latency_summary summary() const {
-      latency_summary s;
-      s.count = count;
-      s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
-      s.p99 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(99, 100)));
-      s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(max));
-      return s;
-    }
-  };
-
-  void record(std::chrono::nanoseconds d) noexcept {
-    const std::uint64_t v = d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
-    counts_[index(v)].fetch_add(1, std::memory_order_relaxed);
-    std::uint64_t m = max_.load(std::memory_order_relaxed);
-    while (v > m && !max_.compare_exchange_weak(m, v, std::memory_order_relaxed)) {
-    }
-  }
-
-  snapshot read() const {
-    snapshot s;
-    for (std::size_t i = 0; i < bucket_count; ++i) {
-      s.counts[i] = counts_[i].load(std::memory_order_relaxed);
-      s.count += s.counts[i];
-    }
-    s.max = max_.load(std::memory_order_relaxed);
-    return s;
-  }
-
-  static std::size_t index(std::uint64_t v) noexcept {
-    if (v < 8) return static_cast<unsigned>(v);
-    if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
-    const unsigned e = highest_bit(v);
-    const auto sub = static_cast<unsigned>((v >> (e - 3)) & 7U);
-    return (e - 2) * 8 + sub;
-  }
-
-  static unsigned highest_bit(std::uint64_t v) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    return 63U - static_cast<unsigned>(__builtin_clzll(v));
-#else
-    unsigned e = 0;
-    for (; v > 1; v >>= 1) ++e;
-    return e;
-#endif
-  }
-
-  static std::uint64_t upper_bound(std::size_t i) noexcept {
-    if (i < 8) return i;
-    const std::size_t e = i / 8 + 2;
-    std::uint64_t lower = 8 + i % 8;
-    lower <<= e - 3;
-    const std::uint64_t width = std::uint64_t{1} << (e - 3);
-    return lower + (width - 1);
-  }
-
- private:
-  std::atomic<std::uint64_t> counts_[bucket_count] = {};
-  std::atomic<std::uint64_t> max_{0};
-};
-
-/// "12ns", "3.4us", "5.0ms", "1.2s": short durations for tables and messages.
-inline std::string format_duration(std::chrono::nanoseconds d) {
-  const double ns = static_cast<double>(d.count());
-  char buf[32];
-  if (d.count() < 1000) {
-    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
-  } else if (ns < 1e6) {
-    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
-  } else if (ns < 1e9) {
-    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);
-  }
-  return buf;
-}
-
-}  // namespace detail
-
-/**
- * @brief The statistics as a table, one row per subscription and a total row.
- *
- * @code
- *   std::cout << evbus::to_string(ex.stats());
- * @endcode
- */
-inline std::string to_string(const executor_stats& s) {
-  std::size_t width = 12;
-  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
-  std::ostringstream out;
-  const auto triple = [](const latency_summary& l) {
-    if (l.count == 0) return std::string("-");
-    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
-           detail::format_duration(l.max);
-  };
-  const auto row = [&](const subscription_stats& r) {
-    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
-        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
-        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
-        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
-        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
-        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
-  };
-  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
-  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
-      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
-      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
-      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
-      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
-      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
-  for (const auto& sub : s.subscriptions) row(sub);
-  row(s.total);
-  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
-      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
-      << "\n";
-  for (const auto& sub : s.subscriptions) {
-    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
-  }
-  return out.str();
-}
-
-/// Writes to_string(s).
-inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
-  return os << to_string(s);
-}
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STATS_HPP
-// ---- lock.hpp -------------------------------------------------
-// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
-//
-// Owns: mutual exclusion for critical sections that only move pointers and counters (a
-// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
-// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
-// C++17 (a thread that holds it and is preempted therefore never has others burn their time
-// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
-#ifndef EVBUS_PARTS_LOCK_HPP
-#define EVBUS_PARTS_LOCK_HPP
-
-#include <atomic>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <mutex>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A hint to the processor inside a busy-wait loop.
-inline void cpu_relax() noexcept {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_ia32_pause();
-#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
-  __asm__ __volatile__("yield");
-#endif
-}
-
-#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
-/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
-/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
-struct parking_entry {
-  std::mutex mutex;
-  std::condition_variable cv;
-};
-
-inline parking_entry& parking_for(const void* address) noexcept {
-  static parking_entry table[64];
-  const auto bits = reinterpret_cast<std::uintptr_t>(address);
-  return table[(bits >> 6) % 64];
-}
-#endif
-
-class small_lock {
- public:
-  small_lock() noexcept = default;
-  small_lock(const small_lock&) = delete;
-  small_lock& operator=(const small_lock&) = delete;
-
-  void lock() noexcept {
-    std::uint32_t expected = free_;
-    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-      return;
-    }
-    lock_slow();
-  }
-
-  bool try_lock() noexcept {
-    std::uint32_t expected = free_;
-    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
-  }
-
-  void unlock() noexcept {
-    if (state_.exchange(free_, std::memory_order_release) == contended_) wake();
-  }
-
- private:
-  static constexpr std::uint32_t free_ = 0;
-  static constexpr std::uint32_t locked_ = 1;
-  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
-  static constexpr int spins_ = 64;
-
-  void lock_slow() noexcept {
-    for (int i = 0; i < spins_; ++i) {
-      cpu_relax();
-      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
-    }
-    // From here on the lock is marked contended, so that its unlock wakes sleepers.
-    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
-  }
-
-#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
-  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
-  void wake() noexcept { state_.notify_one(); }
-#else
-  void sleep() noexcept {
-    parking_entry& p = parking_for(this);
-    std::unique_lock<std::mutex> guard(p.mutex);
-    while (state_.load(std::memory_order_relaxed) == contended_) p.cv.wait(guard);
-  }
-  void wake() noexcept {
-    parking_entry& p = parking_for(this);
-    std::lock_guard<std::mutex> guard(p.mutex);
-    p.cv.notify_all();
-  }
-#endif
-
-  std::atomic<std::uint32_t> state_{free_};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LOCK_HPP
 // ---- block_queue.hpp -------------------------------------------------
 // evbus/parts/block_queue.hpp: a partition's queue of events: linked blocks that never move
 // their elements.
@@ -5946,812 +7001,6 @@ class block_queue {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_BLOCK_QUEUE_HPP
-// ---- strand.hpp -------------------------------------------------
-// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
-//
-// Owns: the two facts that make a partition a strand: how many of its events wait, and
-// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
-// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
-// only the holder takes events, in the order they arrived, and lets go only when it finds
-// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
-// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
-#ifndef EVBUS_PARTS_STRAND_HPP
-#define EVBUS_PARTS_STRAND_HPP
-
-
-#include <cstddef>
-#include <cstdint>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
-/// strand hands it to the scheduler through this interface.
-struct runnable {
-  enum class next { idle, again, park };
-  struct result {
-    next what = next::idle;  // idle: the runnable let itself go and must not be touched
-    steady_time due{};       // park: when to run it again
-    std::size_t calls = 0;   // handler calls (or emits) made
-  };
-  virtual ~runnable() = default;
-  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
-  virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the ready list's link, under the scheduler's mutex
-};
-
-/// Every member is called under the lock that also guards the strand's queue.
-class strand {
- public:
-  /// One event was queued. True: the caller has just become the holder and must hand the
-  /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept {
-    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
-  /// waits, and the strand is let go: from then on the caller must not touch what the strand
-  /// guards, since the next arrive() makes another thread the holder.
-  std::size_t take(std::size_t max) noexcept {
-    const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
-    if (n == 0) held_ = false;
-    return n;
-  }
-
-  std::size_t waiting() const noexcept { return waiting_; }
-  bool held() const noexcept { return held_; }
-
- private:
-  std::uint32_t waiting_ = 0;
-  bool held_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STRAND_HPP
-// ---- delayed.hpp -------------------------------------------------
-// evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
-// them once due.
-//
-// Owns: a delayed emit from emit_at() until it enters the bus (or goes to on_undelivered).
-// The scheduler keeps each one in its timer heap; when due it arrives here, in (due time,
-// submission) order, and the strand emits them one at a time on a worker (or in poll()), so
-// equal due times keep submission order. Keeps: "delayed emits enter the bus in due order".
-#ifndef EVBUS_PARTS_DELAYED_HPP
-#define EVBUS_PARTS_DELAYED_HPP
-
-
-#include <any>
-#include <atomic>
-#include <cstddef>
-#include <cstdint>
-#include <deque>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <utility>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A scheduled delayed emit, type-erased over the bus type.
-struct delayed_base {
-  delayed_base(std::string t, emit_options o, steady_time d)
-      : topic(std::move(t)), options(std::move(o)), due(d) {}
-  virtual ~delayed_base() = default;
-  delayed_base(const delayed_base&) = delete;
-  delayed_base& operator=(const delayed_base&) = delete;
-  virtual void emit() = 0;
-  virtual undelivered take() = 0;
-  std::string topic;
-  emit_options options;
-  steady_time due;
-};
-
-template <class Bus>
-struct delayed_emit final : delayed_base {
-  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
-      : delayed_base(std::move(t), std::move(o), at), bus(&b), data(std::move(d)) {}
-  // The options are copied, not moved: a failure report still names the key.
-  void emit() override { bus->emit(topic, std::move(data), options); }
-  undelivered take() override {
-    undelivered u;
-    u.topic = std::move(topic);
-    u.options = std::move(options);
-    u.due = due;
-    u.data = std::any(std::move(data));
-    return u;
-  }
-  Bus* bus;
-  typename Bus::data_type data;
-};
-
-/// The due delayed emits, run one at a time in the order they fell due.
-class delayed_strand final : public runnable {
- public:
-  /// `report(error, where)` receives a failed emit (it must not throw).
-  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
-      : report_(std::move(report)) {}
-
-  /// A delayed emit fell due. True: the strand must be submitted (strand rule).
-  bool arrive(std::unique_ptr<delayed_base> d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back(std::move(d));
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  result run(std::size_t batch) noexcept override {
-    result res;
-    for (;;) {
-      std::unique_ptr<delayed_base> d;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (queue_.empty()) {
-          held_ = false;
-          res.what = next::idle;
-          return res;
-        }
-        if (res.calls >= batch) {
-          res.what = next::again;
-          return res;
-        }
-        d = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      ++res.calls;
-      try {
-        d->emit();
-        emitted.fetch_add(1, std::memory_order_relaxed);
-      } catch (...) {
-        failed.fetch_add(1, std::memory_order_relaxed);
-        std::string where;
-        try {
-          where = "delayed emit on topic " + quote(d->topic) + " with key " +
-                  quote(d->options.key);
-        } catch (...) {
-        }
-        report_(std::current_exception(), where);
-      }
-      d.reset();
-      pending.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
-
-  /// True when no due emit waits or runs.
-  bool idle() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return queue_.empty() && !held_;
-  }
-
-  std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
-  std::atomic<std::uint64_t> emitted{0};
-  std::atomic<std::uint64_t> failed{0};
-
- private:
-  std::function<void(std::exception_ptr, std::string_view)> report_;
-  mutable std::mutex mutex_;
-  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
-  bool held_ = false;                                 // under mutex_
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_DELAYED_HPP
-// ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
-// their wake-ups.
-//
-// Owns: which strand runs next and on which thread. Everything here is under one std::mutex,
-// held only to move a pointer on or off a list, never across user code. A strand that gets
-// work is submitted once (its holder does it, see strand.hpp) and taken by one thread; after
-// its run it is idle (let go: not touched again), ready again (to the back of the list, so
-// every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
-// to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
-// until work comes or the earliest timer is due. Keeps: no thread waits for another by
-// spinning past a short bound; no worker idles while work is ready (a submit wakes a sleeper
-// unless one is spinning); with W = 0, poll() and the waits of drain() run the work on the
-// calling thread.
-#ifndef EVBUS_PARTS_SCHEDULER_HPP
-#define EVBUS_PARTS_SCHEDULER_HPP
-
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <functional>
-#include <list>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-#include <thread>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
-/// drain or shutdown), innermost first: used to refuse what would wait for itself.
-struct drive_frame {
-  const void* owner;
-  drive_frame* prev;
-};
-
-inline drive_frame*& drive_top() noexcept {
-  static thread_local drive_frame* top = nullptr;
-  return top;
-}
-
-inline bool drives(const void* owner) noexcept {
-  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
-    if (f->owner == owner) return true;
-  }
-  return false;
-}
-
-class drive_scope {
- public:
-  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
-    drive_top() = &frame_;
-  }
-  ~drive_scope() { drive_top() = frame_.prev; }
-  drive_scope(const drive_scope&) = delete;
-  drive_scope& operator=(const drive_scope&) = delete;
-
- private:
-  drive_frame frame_;
-};
-
-class scheduler {
- public:
-  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler(std::shared_ptr<evbus::clock> c, std::size_t batch, std::chrono::nanoseconds spin,
-            std::function<void(std::exception_ptr, std::string_view)> report)
-      : delayed_(std::move(report)),
-        clock_(std::move(c)),
-        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
-        manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
-        idle_spin_(spin) {}
-
-  scheduler(const scheduler&) = delete;
-  scheduler& operator=(const scheduler&) = delete;
-  ~scheduler() { stop_workers(); }
-
-  steady_time now() const noexcept {
-    return real_ ? std::chrono::steady_clock::now() : clock_->now();
-  }
-  evbus::clock& clock() const noexcept { return *clock_; }
-
-  /// A strand got its first waiting event: run it soon. Never throws.
-  void submit(runnable* r) noexcept {
-    bool wake = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      push_ready(r);
-      wake = sleepers_ > 0 && spinning_ == 0;
-      if (waiters_ > 0) progress_cv_.notify_all();
-    }
-    if (wake) work_cv_.notify_one();
-  }
-
-  /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
-  void park(runnable* r, steady_time due) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    park_locked(r, due);
-  }
-
-  /// Keeps `d` until it is due, then emits it on the delayed strand. False (and `d` is
-  /// untouched) once cut_timers() ran.
-  bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (cut_) return false;
-    const steady_time due = d->due;
-    add_timer(timer{due, seq_, nullptr, std::move(d)});
-    ++seq_;
-    delayed_.pending.fetch_add(1, std::memory_order_relaxed);
-    return true;
-  }
-
-  /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
-  /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
-  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
-    std::vector<std::unique_ptr<delayed_base>> out;
-    std::lock_guard<std::mutex> lock(mutex_);
-    cut_ = true;
-    std::sort(timers_.begin(), timers_.end(),
-              [](const timer& a, const timer& b) { return later(b, a); });
-    for (auto& t : timers_) {
-      if (t.r != nullptr) {
-        push_ready(t.r);
-      } else {
-        out.push_back(std::move(t.d));
-      }
-    }
-    timers_.clear();
-    work_cv_.notify_all();
-    return out;
-  }
-
-  /// Emits `d` as soon as possible, after the delayed emits already due (shutdown).
-  void emit_delayed_now(std::unique_ptr<delayed_base> d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
-    work_cv_.notify_one();
-  }
-
-  delayed_strand& delayed() noexcept { return delayed_; }
-  const delayed_strand& delayed() const noexcept { return delayed_; }
-
-  /// The clock moved (manual clocks): sleepers look at their timers again.
-  void time_moved() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    work_cv_.notify_all();
-    progress_cv_.notify_all();
-  }
-
-  /// Something a waiter of help_until() may be waiting for happened outside a run.
-  void notify_progress() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (waiters_ > 0) progress_cv_.notify_all();
-  }
-
-  /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
-  void resize(std::size_t n) {
-    std::vector<std::thread> finished;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      std::size_t active = 0;
-      for (auto& w : workers_) active += w.stop ? 0 : 1;
-      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
-        if (!it->stop) {
-          it->stop = true;
-          --active;
-        }
-      }
-      while (active < n) {
-        workers_.emplace_back();
-        worker* w = &workers_.back();
-        try {
-          w->thread = std::thread([this, w] { worker_main(*w); });
-        } catch (...) {
-          workers_.pop_back();
-          throw;
-        }
-        ++active;
-      }
-      target_ = n;
-      work_cv_.notify_all();
-      progress_cv_.notify_all();
-      collect_exited(finished);
-    }
-    for (auto& t : finished) t.join();
-  }
-
-  std::size_t workers() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return target_;
-  }
-
-  /// Stops and joins every worker (shutdown, destruction).
-  void stop_workers() {
-    std::vector<std::thread> threads;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& w : workers_) {
-        w.stop = true;
-        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
-          threads.push_back(std::move(w.thread));
-        }
-      }
-      target_ = 0;
-      work_cv_.notify_all();
-    }
-    for (auto& t : threads) t.join();
-    std::lock_guard<std::mutex> lock(mutex_);
-    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
-  }
-
-  /// One pass on the calling thread: what is due becomes ready, then one run of each strand
-  /// that was ready. Returns the handler calls made; `found` says whether anything ran.
-  std::size_t poll_pass(bool& found) {
-    drive_scope scope(this);
-    std::unique_lock<std::mutex> lock(mutex_);
-    fire_due();
-    std::size_t n = ready_count_;
-    found = n > 0;
-    std::size_t calls = 0;
-    while (n-- > 0 && ready_head_ != nullptr) {
-      runnable* r = pop_ready();
-      ++running_;
-      lock.unlock();
-      const runnable::result res = r->run(batch_);
-      lock.lock();
-      --running_;
-      calls += res.calls;
-      settle(r, res);
-    }
-    return calls;
-  }
-
-  /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
-  /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
-  /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
-  /// left (waiting would never end).
-  template <class Done>
-  void help_until(Done done, const char* what) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    ++waiters_;
-    struct leave {
-      std::size_t& n;
-      ~leave() { --n; }
-    } guard{waiters_};
-    for (;;) {
-      if (done()) return;
-      if (target_ > 0) {
-        progress_cv_.wait(lock);
-        continue;
-      }
-      if (ready_head_ != nullptr || (!timers_.empty() && timers_.front().due <= now())) {
-        lock.unlock();
-        bool found = false;
-        poll_pass(found);
-        lock.lock();
-        continue;
-      }
-      if (running_ > 0 || timers_.empty()) {
-        // Another thread runs the rest, or an emitter is between queueing and submitting.
-        progress_cv_.wait(lock);
-        continue;
-      }
-      if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
-      }
-      progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
-    }
-  }
-
-  std::size_t batch() const noexcept { return batch_; }
-
-  /// The most events one run takes (a larger executor_options::batch is cut to it).
-  static constexpr std::size_t max_batch = std::size_t{1} << 20;
-
- private:
-  struct timer {
-    steady_time due;
-    std::uint64_t seq;
-    runnable* r;                       // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
-  };
-  static bool later(const timer& a, const timer& b) noexcept {
-    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
-  }
-  struct later_first {
-    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
-  };
-  struct worker {
-    std::thread thread;
-    bool stop = false;    // under mutex_
-    bool exited = false;  // under mutex_
-  };
-
-  // -- under mutex_ --------------------------------------------------------------------
-  void push_ready(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (ready_tail_ == nullptr) {
-      ready_head_ = r;
-    } else {
-      ready_tail_->next_ready = r;
-    }
-    ready_tail_ = r;
-    ++ready_count_;
-    ready_gen_.fetch_add(1, std::memory_order_relaxed);
-  }
-
-  runnable* pop_ready() noexcept {
-    runnable* r = ready_head_;
-    ready_head_ = r->next_ready;
-    if (ready_head_ == nullptr) ready_tail_ = nullptr;
-    --ready_count_;
-    return r;
-  }
-
-  void park_locked(runnable* r, steady_time due) {
-    if (cut_) {
-      push_ready(r);
-      return;
-    }
-    add_timer(timer{due, seq_, r, nullptr});
-    ++seq_;
-  }
-
-  void add_timer(timer t) {
-    const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
-    std::push_heap(timers_.begin(), timers_.end(), later_first{});
-    if (earliest) {
-      work_cv_.notify_all();  // sleepers wait until the earliest due time
-      if (waiters_ > 0) progress_cv_.notify_all();
-    }
-  }
-
-  void settle(runnable* r, const runnable::result& res) {
-    if (res.what == runnable::next::again) {
-      push_ready(r);
-    } else if (res.what == runnable::next::park) {
-      try {
-        park_locked(r, res.due);
-      } catch (...) {
-        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
-      }
-    }
-    if (waiters_ > 0) progress_cv_.notify_all();
-  }
-
-  void fire_due() {
-    if (timers_.empty()) return;
-    const steady_time t_now = now();
-    while (!timers_.empty() && timers_.front().due <= t_now) {
-      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer due = std::move(timers_.back());
-      timers_.pop_back();
-      if (due.r != nullptr) {
-        push_ready(due.r);
-      } else if (delayed_.arrive(std::move(due.d))) {
-        push_ready(&delayed_);
-      }
-    }
-  }
-
-  void collect_exited(std::vector<std::thread>& out) {
-    const auto self = std::this_thread::get_id();
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
-        out.push_back(std::move(it->thread));
-        it = workers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
-  // -- workers ---------------------------------------------------------------------------
-  void worker_main(worker& self) {
-    drive_scope scope(this);
-    std::unique_lock<std::mutex> lock(mutex_);
-    bool may_spin = true;
-    while (!self.stop) {
-      fire_due();
-      if (ready_head_ != nullptr) {
-        runnable* r = pop_ready();
-        // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (ready_head_ != nullptr && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
-        ++running_;
-        lock.unlock();
-        const runnable::result res = r->run(batch_);
-        lock.lock();
-        --running_;
-        settle(r, res);
-        may_spin = true;
-        continue;
-      }
-      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
-        may_spin = false;
-        ++spinning_;
-        const std::uint64_t seen = ready_gen_.load(std::memory_order_relaxed);
-        lock.unlock();
-        spin_for_work(seen);
-        lock.lock();
-        --spinning_;
-        continue;
-      }
-      may_spin = true;
-      ++sleepers_;
-      if (!timers_.empty() && !manual_) {
-        const auto wait = timers_.front().due - now();
-        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
-      } else {
-        work_cv_.wait(lock);
-      }
-      --sleepers_;
-    }
-    self.exited = true;
-    // Work this worker would have taken next goes to a sleeping one.
-    if (ready_head_ != nullptr && sleepers_ > 0) work_cv_.notify_one();
-    if (waiters_ > 0) progress_cv_.notify_all();
-  }
-
-  // Busy-waits, for at most idle_spin, until something is made ready. Yields the processor
-  // every few rounds, so that on a busy machine the thread it waits for gets to run.
-  void spin_for_work(std::uint64_t seen) const noexcept {
-    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
-    for (unsigned i = 1;; ++i) {
-      if (ready_gen_.load(std::memory_order_relaxed) != seen) return;
-      if (i % 16 == 0) {
-        std::this_thread::yield();
-        if (std::chrono::steady_clock::now() >= until) return;
-      } else {
-        cpu_relax();
-      }
-    }
-  }
-
-  delayed_strand delayed_;
-  std::shared_ptr<evbus::clock> clock_;
-  const bool real_;
-  const bool manual_;
-  const std::size_t batch_;
-  const std::chrono::nanoseconds idle_spin_;
-
-  mutable std::mutex mutex_;
-  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
-  std::condition_variable progress_cv_;  // help_until() waits here
-  runnable* ready_head_ = nullptr;
-  runnable* ready_tail_ = nullptr;
-  std::size_t ready_count_ = 0;
-  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
-  std::uint64_t seq_ = 0;
-  bool cut_ = false;
-  std::size_t running_ = 0;   // runs in progress
-  std::size_t sleepers_ = 0;  // workers blocked on work_cv_
-  std::size_t spinning_ = 0;  // workers spinning for work (0 or 1)
-  std::size_t waiters_ = 0;   // threads in help_until()
-  std::size_t target_ = 0;
-  std::list<worker> workers_;
-  // Raised by every push_ready(): what a spinning worker watches without the mutex.
-  std::atomic<std::uint64_t> ready_gen_{0};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_SCHEDULER_HPP
-// ---- link.hpp -------------------------------------------------
-// evbus/parts/link.hpp: what a subscription sees of its executor.
-//
-// Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
-// the one place errors without a caller go (on_error, else stderr). The executor's core
-// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
-// base, so the two headers do not include each other. Also: the subscription base the core
-// keeps in its registry, and its lifetime count.
-#ifndef EVBUS_PARTS_LINK_HPP
-#define EVBUS_PARTS_LINK_HPP
-
-
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <exception>
-#include <functional>
-#include <memory>
-#include <string>
-#include <string_view>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A 64-bit mixer (splitmix64's finaliser): jitter and seeds.
-inline std::uint64_t mix64(std::uint64_t x) noexcept {
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-/// What the core keeps of each ordered subscription.
-struct subscription_base {
-  subscription_base() = default;
-  subscription_base(const subscription_base&) = delete;
-  subscription_base& operator=(const subscription_base&) = delete;
-  virtual ~subscription_base() = default;
-
-  /// Per partition, the events pushed so far: what drain() waits for.
-  virtual std::vector<std::uint64_t> pushed() const = 0;
-  /// True if every partition from `from` on finished the events counted in `target`;
-  /// `from` advances past those that did.
-  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
-  /// Returns once every push that saw the executor open has queued its event.
-  virtual void close_barrier() = 0;
-  /// Wakes emitters blocked for room, so they see the executor closed.
-  virtual void wake_blocked() = 0;
-  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                          log_histogram::snapshot& wait) const = 0;
-
-  std::string name;
-  /// One for the handler front (the copies of what ordered() returned) and one per partition
-  /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
-  /// remove the subscription: no handler can push, and no event is left.
-  std::atomic<std::size_t> holds{1};
-  /// The handler front is gone: the subscription leaves once its partitions are let go.
-  std::atomic<bool> retiring{false};
-  /// It has left the registry (drain() waits for a retiring subscription to be gone).
-  std::atomic<bool> removed{false};
-};
-
-class executor_link {
- public:
-  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
-                std::chrono::nanoseconds idle_spin,
-                std::function<void(std::exception_ptr, std::string_view)> on_error)
-      : sched(std::move(clock), batch, idle_spin,
-              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
-        on_error_(std::move(on_error)) {}
-  executor_link(const executor_link&) = delete;
-  executor_link& operator=(const executor_link&) = delete;
-
-  steady_time now() const noexcept { return sched.now(); }
-
-  /// Reports an error that has no caller to go to. Never throws.
-  void report_error(std::exception_ptr e, std::string_view where) noexcept {
-    errors.fetch_add(1, std::memory_order_relaxed);
-    try {
-      if (on_error_) {
-        on_error_(e, where);
-        return;
-      }
-      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
-      std::fputs(line.c_str(), stderr);
-    } catch (...) {
-      // on_error itself failed; the error stays counted in stats().errors.
-    }
-  }
-
-  /// Drops `s` from the registry (its holds reached zero). Never throws.
-  virtual void remove(subscription_base* s) noexcept = 0;
-
-  /// Gives back one hold of `s`; the last one removes it.
-  void release_hold(subscription_base* s) noexcept {
-    if (s->holds.fetch_sub(1, std::memory_order_acq_rel) == 1) remove(s);
-  }
-
-  scheduler sched;
-  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
-  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
-  /// all the time.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
-  /// Set once subscriptions stop accepting events.
-  std::atomic<bool> closed{false};
-  std::atomic<std::uint64_t> errors{0};
-
- protected:
-  ~executor_link() = default;
-
- private:
-  std::function<void(std::exception_ptr, std::string_view)> on_error_;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LINK_HPP
 // ---- admission.hpp -------------------------------------------------
 // evbus/parts/admission.hpp: admission: the capacity of an ordered subscription and the
 // emitters that wait for room.
@@ -6917,6 +7166,7 @@ class admission {
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -6991,7 +7241,8 @@ class attempt_runner {
     }
     failed_.fetch_add(1, std::memory_order_relaxed);
     record_failure(it, number, err);
-    if (number <= policy_.max_retry) {
+    // A call that would wait for itself fails the same way every time: no retry.
+    if (number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
       retried_.fetch_add(1, std::memory_order_relaxed);
       retry_at = add_saturated(end, backoff(rng, number));
       return outcome::retry;
@@ -7004,8 +7255,65 @@ class attempt_runner {
         link_.report_error(std::current_exception(),
                            "on_dead_letter of subscription " + quote(name));
       }
+    } else {
+      note(name, [&] {
+        return "dead letter: event " + quote(it.event.id) + " on topic " +
+               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
+               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
+               describe(err);
+      });
     }
     return outcome::finished;
+  }
+
+  /**
+   * @brief Writes `text()` to stderr as "evbus: subscription NAME: TEXT", for what has no
+   * callback (dead letters, drops): at most one line per subscription per second (real time);
+   * the next line printed, or the subscription's end, says how many were not printed.
+   */
+  template <class Text>
+  void note(const std::string& name, Text&& text) noexcept {
+    try {
+      const auto t = std::chrono::steady_clock::now();
+      std::uint64_t skipped = 0;
+      {
+        std::lock_guard<std::mutex> lock(note_mutex_);
+        if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
+          ++not_printed_;
+          return;
+        }
+        noted_ = true;
+        last_note_ = t;
+        skipped = not_printed_;
+        not_printed_ = 0;
+      }
+      std::string line = "evbus: subscription " + quote(name) + ": " + text();
+      if (skipped > 0) {
+        line += " (" + std::to_string(skipped) + " more not printed in the last second)";
+      }
+      line += '\n';
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // Out of memory for the line: the event is still counted.
+    }
+  }
+
+  /// What note() did not print, at the subscription's end.
+  void flush_notes(const std::string& name) noexcept {
+    std::uint64_t skipped = 0;
+    {
+      std::lock_guard<std::mutex> lock(note_mutex_);
+      skipped = not_printed_;
+      not_printed_ = 0;
+    }
+    if (skipped == 0) return;
+    try {
+      const std::string line = "evbus: subscription " + quote(name) + ": " +
+                               std::to_string(skipped) +
+                               " more dead letters or drops not printed\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+    }
   }
 
   /// `to - from` in nanoseconds, saturated (a manual clock may start at steady_time::min()).
@@ -7079,6 +7387,10 @@ class attempt_runner {
   log_histogram queue_wait_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
+  std::mutex note_mutex_;
+  std::chrono::steady_clock::time_point last_note_{};  // under note_mutex_
+  std::uint64_t not_printed_ = 0;                      // under note_mutex_
+  bool noted_ = false;                                 // under note_mutex_
 };
 
 }  // namespace detail
@@ -7148,13 +7460,23 @@ class subscription final : public subscription_base {
     }
   }
 
+  ~subscription() override { runner_.flush_notes(name); }
+
   /// The bus handler's body: queue a copy of `e` in its key's partition, or apply the
   /// overflow policy.
   void push(const event_type& e) {
-    if (link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
-    const std::size_t number =
-        e.key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
-                      : partition_of(static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU);
+    // A commit's event: with a place taken, it goes in; without (drop policies), it still gets
+    // in while the executor closes, as the commit holds it open.
+    bool held_open = false;
+    if (commit_context* c = current_commit(); c != nullptr) {
+      if (c->use(this, e.id)) {
+        push_reserved(e);
+        return;
+      }
+      held_open = c->current != nullptr && *c->current == e.id && c->holds_link(&link_);
+    }
+    if (!held_open && link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
+    const std::size_t number = partition_for_key(e.key);
     bool evict = false;
     if (!admission_.bounded()) {
       admission_.count_in();
@@ -7182,13 +7504,77 @@ class subscription final : public subscription_base {
       }
     }
     try {
-      enqueue(number, e);
+      enqueue(number, e, held_open);
     } catch (...) {
       give_back_one();
       throw;
     }
     if (evict) evict_oldest();
   }
+
+  /**
+   * @brief A transaction's commit takes a place for one of its events before emitting any
+   * (the caller holds the executor open: link().hold_for_commit()). Refuses as push() would:
+   * queue_full for reject, a block that times out or could never end. With drop_oldest or
+   * drop_newest there is nothing to take (those never refuse): returns false. True: a place
+   * is taken; push() of that event uses it, else release_place() gives it back.
+   */
+  bool reserve_place(std::string_view topic, const std::string& key) {
+    if (!admission_.bounded()) {
+      admission_.count_in();
+      return true;
+    }
+    if (admission_.reserve()) return true;
+    switch (on_full_) {
+      case overflow::reject:
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                         std::to_string(admission_.capacity()) + "): event on topic " +
+                         quote(topic) + " with key " + quote(key) +
+                         " rejected; nothing of the transaction was emitted");
+      case overflow::drop_newest:
+      case overflow::drop_oldest:
+        return false;
+      case overflow::block:
+        break;
+    }
+    if (drives(&link_.sched)) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                       std::to_string(admission_.capacity()) +
+                       ") and the committing thread is running work of the same keyed_executor: "
+                       "blocking would deadlock, so the event on topic " +
+                       quote(topic) + " with key " + quote(key) +
+                       " is refused; nothing of the transaction was emitted");
+    }
+    // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
+    if (admission_.wait(block_timeout_,
+                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
+      return true;
+    }
+    if (link_.closed.load(std::memory_order_seq_cst)) {
+      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
+                            "in subscription " + quote(name) + " (event on topic " +
+                            quote(topic) + " with key " + quote(key) +
+                            "); nothing of the transaction was emitted");
+    }
+    rejected_.fetch_add(1, std::memory_order_relaxed);
+    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
+                     std::to_string(admission_.capacity()) + ") after block_timeout " +
+                     format_duration(*block_timeout_) + ": event on topic " + quote(topic) +
+                     " with key " + quote(key) + " rejected; nothing of the transaction was "
+                     "emitted");
+  }
+
+  void release_place() noexcept override {
+    try {
+      give_back_one();
+    } catch (...) {
+      // Waking a blocked emitter failed: the place is given back; the emitter wakes later.
+    }
+  }
+
+  executor_link& link() const noexcept { return link_; }
 
   std::vector<std::uint64_t> pushed() const override {
     std::vector<std::uint64_t> out(count_);
@@ -7263,8 +7649,25 @@ class subscription final : public subscription_base {
                            quote(e.topic()) + " with key " + quote(e.key));
   }
 
-  /// Copies `e` and appends it to partition `number`; the place is taken.
-  void enqueue(std::size_t number, const event_type& e) {
+  std::size_t partition_for_key(const std::string& key) {
+    return key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+  }
+
+  /// push() of a commit's event whose place is taken: no admission, and it gets in even if
+  /// the executor closed meanwhile (shutdown waits for the commit before it counts events).
+  void push_reserved(const event_type& e) {
+    try {
+      enqueue(partition_for_key(e.key), e, true);
+    } catch (...) {
+      give_back_one();
+      throw;
+    }
+  }
+
+  /// Copies `e` and appends it to partition `number`; the place is taken. `held_open`: a
+  /// commit holds the executor open, so a close does not refuse it.
+  void enqueue(std::size_t number, const event_type& e, bool held_open = false) {
     item it{event_access::copy_borrowing(e)};
     if (!pin_name(event_access::name(e))) event_access::own_topic(it.event);
     it.seq = on_full_ == overflow::drop_oldest ? next_seq_.fetch_add(1, std::memory_order_relaxed)
@@ -7282,7 +7685,7 @@ class subscription final : public subscription_base {
       std::lock_guard<small_lock> lock(p.lock);
       // Checked under the partition's lock: shutdown's barrier then knows that every push
       // past this point has queued its event.
-      if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
       p.queue.push(std::move(it));
       ++p.pushed;
       became_holder = p.rule.arrive();
@@ -7398,7 +7801,13 @@ class subscription final : public subscription_base {
   }
 
   void report_drop(const event_type& e) noexcept {
-    if (!runner_.policy().on_drop) return;
+    if (!runner_.policy().on_drop) {
+      runner_.note(name, [&] {
+        return "dropped event " + quote(e.id) + " on topic " + quote(e.topic()) + " with key " +
+               quote(e.key) + " (the subscription is full)";
+      });
+      return;
+    }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {
@@ -7496,11 +7905,13 @@ class subscription final : public subscription_base {
 
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -7517,7 +7928,16 @@ class executor_core final : public executor_link,
                       std::move(o.on_error)),
         partitions(o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown) {}
+        delayed_at_shutdown_(o.delayed_at_shutdown) {
+    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
+    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
+      try {
+        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
+      } catch (...) {
+        // Out of memory taking the payload: the event is counted as undelivered, not reported.
+      }
+    });
+  }
 
   ~executor_core() {
     if (listener_ != 0) sched.clock().remove_listener(listener_);
@@ -7608,8 +8028,40 @@ class executor_core final : public executor_link,
     wait_finished(subs, "drain()");
   }
 
+  /// Waits until nothing is queued, running, waiting for a retry or due among the delayed
+  /// emits, counting what handlers and delayed emits add meanwhile.
+  void wait_idle() {
+    refuse_inside("wait_idle()");
+    for (;;) {
+      auto subs = live();
+      std::vector<std::vector<std::uint64_t>> targets;
+      targets.reserve(subs.size());
+      for (const auto& s : subs) targets.push_back(s->pushed());
+      const auto delayed_done = [&] {
+        return sched.delayed().emitted.load(std::memory_order_relaxed) +
+               sched.delayed().failed.load(std::memory_order_relaxed);
+      };
+      const std::uint64_t delayed_before = delayed_done();
+      wait_finished(subs, targets, "wait_idle()");
+      sched.help_until([&] { return sched.delayed().idle() && !sched.timer_due_locked(); },
+                       "wait_idle()");
+      // Idle if nothing entered meanwhile: no new subscription, no new event, no delayed emit.
+      if (delayed_done() != delayed_before) continue;
+      auto now_live = live();
+      if (now_live != subs) continue;
+      bool same = true;
+      for (std::size_t i = 0; same && i < subs.size(); ++i) same = subs[i]->pushed() == targets[i];
+      if (same) return;
+    }
+  }
+
   void shutdown() {
     refuse_inside("shutdown()");
+    if (const commit_context* c = current_commit(); c != nullptr && c->holds_link(this)) {
+      throw waits_for_itself(
+          "evbus: shutdown() called from inside a transaction's commit that holds this "
+          "keyed_executor open: it would wait for itself");
+    }
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (state_ == state::closed) return;
@@ -7629,15 +8081,24 @@ class executor_core final : public executor_link,
       if (d->due <= t || delayed_at_shutdown_ == delayed_policy::emit) {
         sched.emit_delayed_now(std::move(d));
       } else {
-        report_undelivered(std::move(d));
+        report_undelivered(std::move(d), undelivered_reason::not_due_at_shutdown);
       }
     }
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
     // (3) The subscriptions close; emitters blocked for room wake with executor_closed.
     closed.store(true, std::memory_order_seq_cst);
     auto subs = live();
-    for (auto& s : subs) s->close_barrier();
     for (auto& s : subs) s->wake_blocked();
+    // A transaction's commit that took its places before the close still gets its events in
+    // (one still waiting for room wakes above and is refused).
+    for (unsigned spins = 0; commits.load(std::memory_order_seq_cst) != 0; ++spins) {
+      if (spins < 64) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    for (auto& s : subs) s->close_barrier();
     // (4) No push can start now: every event accepted is finished.
     wait_finished(subs, "shutdown()");
     subs.clear();
@@ -7693,9 +8154,9 @@ class executor_core final : public executor_link,
 
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
-      throw error(std::string("evbus: ") + what +
-                  " called from inside a handler (or poll) of the same keyed_executor: it "
-                  "would wait for itself");
+      throw waits_for_itself(std::string("evbus: ") + what +
+                             " called from inside a handler (or poll) of the same "
+                             "keyed_executor: it would wait for itself");
     }
   }
 
@@ -7709,6 +8170,11 @@ class executor_core final : public executor_link,
     std::vector<std::vector<std::uint64_t>> targets;
     targets.reserve(subs.size());
     for (const auto& s : subs) targets.push_back(s->pushed());
+    wait_finished(subs, targets, what);
+  }
+
+  void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                     const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
     std::size_t sub = 0;
     std::size_t part = 0;
     sched.help_until(
@@ -7727,16 +8193,20 @@ class executor_core final : public executor_link,
         what);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d) {
+  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
+    u.reason = why;
     try {
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
         throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) + " was not due at shutdown and was not emitted");
+                              quote(u.key()) +
+                              (why == undelivered_reason::bus_destroyed
+                                   ? " was not emitted: its bus was destroyed first"
+                                   : " was not due at shutdown and was not emitted"));
       }
     } catch (...) {
       report_error(std::current_exception(),
@@ -7914,6 +8384,7 @@ class ordered_handler {
 
  private:
   friend class keyed_executor;
+  friend struct detail::commit_reserver<Data>;
   template <class D, class Fn>
   friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
@@ -7953,6 +8424,39 @@ class ordered_handler {
  *   ex.drain();                           // everything emitted so far is handled
  * @endcode
  */
+namespace detail {
+
+/// What a transaction's commit does for each handler of its events before emitting any
+/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
+/// and take a place in its subscription, or throw the refusal push() would throw.
+template <class Data>
+struct commit_reserver {
+  static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
+                      commit_context& ctx, std::string_view topic, const std::string& key,
+                      const std::string& id) {
+    const auto* handler = fn.template target<ordered_handler<Data>>();
+    if (handler == nullptr) return;
+    const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
+    executor_link& link = sub->link();
+    ctx.places.reserve(ctx.places.size() + 1);
+    if (!ctx.holds_link(&link)) {
+      ctx.holds.reserve(ctx.holds.size() + 1);
+      if (!link.hold_for_commit()) {
+        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
+                              quote(sub->name) + " does not accept the event on topic " +
+                              quote(topic) + " with key " + quote(key) +
+                              "; nothing of the transaction was emitted");
+      }
+      ctx.holds.push_back(&link);
+    }
+    if (sub->reserve_place(topic, key)) {
+      ctx.places.push_back(commit_context::place{sub, &id, false});
+    }
+  }
+};
+
+}  // namespace detail
+
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
@@ -8039,6 +8543,26 @@ class keyed_executor {
   void drain() { core_->drain(); }
 
   /**
+   * @brief Returns when the executor is idle: no event queued, running or waiting for a retry
+   * in any subscription, and no delayed emit due (on the executor clock), counting the work
+   * that handlers and delayed emits create while it waits. Use it for pipelines (a handler
+   * that emits into another subscription of this executor) and before reading results in
+   * tests; drain() only waits for what was accepted before the call.
+   *
+   * Delayed emits due later are not waited for. It returns only once the executor is quiet:
+   * while another thread keeps emitting, it keeps waiting. The same rules as drain() apply
+   * (W = 0 runs the work on the calling thread; a retry a manual clock has not reached
+   * throws evbus::error; from inside a handler, poll or run_until_idle of this executor it
+   * throws evbus::error).
+   *
+   * @code
+   *   bus.emit("order.placed", o, {.key = "customer-7"});  // stage 1 emits "order.billed"
+   *   ex.wait_idle();                                        // stage 2 has handled it too
+   * @endcode
+   */
+  void wait_idle() { core_->wait_idle(); }
+
+  /**
    * @brief drain() for one subscription: returns when every event that `subscription` (what
    * evbus::ordered returned, or a copy) accepted before the call has been handled,
    * dead-lettered or dropped, whatever the other subscriptions still hold. The same rules
@@ -8088,8 +8612,9 @@ class keyed_executor {
    * The topic is checked now (evbus::unknown_topic) and again when due; a failure then (or a
    * handler error the bus rethrows) goes to on_error and is counted in stats().delayed_failed.
    * Equal due times keep submission order. The emit runs on a worker, or in poll() with W = 0.
-   * The bus must outlive the executor, or at least its pending delayed emits: shut the executor
-   * down before destroying the bus.
+   * The bus and the executor may be destroyed in either order: a delayed emit never touches a
+   * bus that is gone; one that falls due after (or is emitted at shutdown with
+   * delayed_policy::emit) goes to on_undelivered with undelivered_reason::bus_destroyed.
    *
    * @code
    *   ex.emit_at(bus, ex.now() + std::chrono::minutes(10), "cart.reminder", cart_id,
@@ -8145,6 +8670,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 "a partition moves queued events, and a throwing move could lose one. Give the "
                 "type a noexcept move constructor, or carry it in a std::unique_ptr or "
                 "std::shared_ptr");
+  static_assert(std::is_same_v<typename first_arg<F>::type, void> ||
+                    std::is_same_v<handler_data_t<Fn>, std::any> ||
+                    std::is_same_v<handler_data_t<Fn>, Data>,
+                "evbus::ordered: the handler takes basic_event<D> but the policy is "
+                "basic_delivery_policy<Data> of another payload type. Pass an "
+                "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
+                "basic_delivery_policy<std::any>, for evbus::bus)");
   static_assert(with_delivery || plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
                 "fn(const basic_event<Data>&, const evbus::delivery&)");
@@ -8222,7 +8754,9 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
 
 /**
  * @brief ordered() with the default policy. Data is given explicitly (`ordered<my_data>(ex,
- * fn)`), or read off a handler taking `const basic_event<D>&`, or std::any.
+ * fn)`), or read off a handler taking `const basic_event<D>&` (std::any for `const
+ * evbus::event&`). A generic handler (`[](const auto& e)`) must say it: without Data it does
+ * not compile, with a message naming the fix.
  *
  * @code
  *   auto h = evbus::ordered(ex, [](const evbus::basic_event<order>& e) { ship(e.data); });
@@ -8231,6 +8765,12 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
  */
 template <class Data = detail::deduce_data, class Fn>
 auto ordered(keyed_executor& ex, Fn&& fn) {
+  static_assert(!std::is_same_v<Data, detail::deduce_data> ||
+                    !std::is_same_v<typename detail::first_arg<std::decay_t<Fn>>::type, void>,
+                "evbus::ordered: the payload type cannot be read off this handler (a generic "
+                "lambda, or an overloaded call operator). Say it: evbus::ordered<Data>(ex, fn) "
+                "with the bus's payload type (std::any for evbus::bus), or take const "
+                "evbus::basic_event<Data>& in the handler");
   using D = std::conditional_t<std::is_same_v<Data, detail::deduce_data>,
                                detail::handler_data_t<Fn>, Data>;
   return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -94,7 +95,8 @@ class attempt_runner {
     }
     failed_.fetch_add(1, std::memory_order_relaxed);
     record_failure(it, number, err);
-    if (number <= policy_.max_retry) {
+    // A call that would wait for itself fails the same way every time: no retry.
+    if (number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
       retried_.fetch_add(1, std::memory_order_relaxed);
       retry_at = add_saturated(end, backoff(rng, number));
       return outcome::retry;
@@ -107,8 +109,65 @@ class attempt_runner {
         link_.report_error(std::current_exception(),
                            "on_dead_letter of subscription " + quote(name));
       }
+    } else {
+      note(name, [&] {
+        return "dead letter: event " + quote(it.event.id) + " on topic " +
+               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
+               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
+               describe(err);
+      });
     }
     return outcome::finished;
+  }
+
+  /**
+   * @brief Writes `text()` to stderr as "evbus: subscription NAME: TEXT", for what has no
+   * callback (dead letters, drops): at most one line per subscription per second (real time);
+   * the next line printed, or the subscription's end, says how many were not printed.
+   */
+  template <class Text>
+  void note(const std::string& name, Text&& text) noexcept {
+    try {
+      const auto t = std::chrono::steady_clock::now();
+      std::uint64_t skipped = 0;
+      {
+        std::lock_guard<std::mutex> lock(note_mutex_);
+        if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
+          ++not_printed_;
+          return;
+        }
+        noted_ = true;
+        last_note_ = t;
+        skipped = not_printed_;
+        not_printed_ = 0;
+      }
+      std::string line = "evbus: subscription " + quote(name) + ": " + text();
+      if (skipped > 0) {
+        line += " (" + std::to_string(skipped) + " more not printed in the last second)";
+      }
+      line += '\n';
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // Out of memory for the line: the event is still counted.
+    }
+  }
+
+  /// What note() did not print, at the subscription's end.
+  void flush_notes(const std::string& name) noexcept {
+    std::uint64_t skipped = 0;
+    {
+      std::lock_guard<std::mutex> lock(note_mutex_);
+      skipped = not_printed_;
+      not_printed_ = 0;
+    }
+    if (skipped == 0) return;
+    try {
+      const std::string line = "evbus: subscription " + quote(name) + ": " +
+                               std::to_string(skipped) +
+                               " more dead letters or drops not printed\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+    }
   }
 
   /// `to - from` in nanoseconds, saturated (a manual clock may start at steady_time::min()).
@@ -182,6 +241,10 @@ class attempt_runner {
   log_histogram queue_wait_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
+  std::mutex note_mutex_;
+  std::chrono::steady_clock::time_point last_note_{};  // under note_mutex_
+  std::uint64_t not_printed_ = 0;                      // under note_mutex_
+  bool noted_ = false;                                 // under note_mutex_
 };
 
 }  // namespace detail

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <regex>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -35,6 +36,38 @@
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
+/// ends it first thing in its destructor, which waits for a use that is running to return; a
+/// use that starts later finds it ended and does not touch the bus.
+class bus_life {
+ public:
+  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
+  template <class Fn>
+  bool use(Fn&& fn) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (!alive_) return false;
+    fn();
+    return true;
+  }
+  void end() noexcept {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    alive_ = false;
+  }
+
+ private:
+  std::shared_mutex mutex_;
+  bool alive_ = true;
+};
+
+template <class Bus>
+struct delayed_emit;
+
+}  // namespace detail
+
+template <class Data>
+class ordered_handler;
 
 /**
  * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
@@ -97,8 +130,10 @@ class basic_bus {
   basic_bus& operator=(basic_bus&&) = delete;
 
   /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
-  /// may be used afterwards.
-  ~basic_bus() = default;
+  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
+  /// running on it is waited for; those that fall due later are not emitted but handed to the
+  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
+  ~basic_bus() { life_->end(); }
 
   // -- topics ---------------------------------------------------------------
 
@@ -214,6 +249,22 @@ class basic_bus {
       }
       retire_later(garbage);
     }
+  }
+
+  /**
+   * @brief register_handler() for what evbus::ordered returned. Its payload type must be the
+   * bus's: a mismatch fails to compile with a message naming the fix.
+   */
+  template <class D>
+  void register_handler(std::string key, std::string_view matcher,
+                        const ordered_handler<D>& fn) {
+    static_assert(std::is_same_v<D, Data>,
+                  "evbus: register_handler: this ordered handler was made for another payload "
+                  "type than the bus's. Give evbus::ordered the bus's payload type: "
+                  "evbus::ordered<Data>(ex, fn), a handler taking const "
+                  "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
+                  "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
+    register_handler(std::move(key), matcher, handler_type(fn));
   }
 
   /**
@@ -389,6 +440,8 @@ class basic_bus {
  private:
   friend class basic_topic_handle<Data>;
   friend class basic_transaction<Data>;
+  template <class Bus>
+  friend struct detail::delayed_emit;
   using slot_type = detail::topic_slot<Data>;
 
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -469,6 +522,26 @@ class basic_bus {
     auto it = topics_.find(name);
     if (it == topics_.end()) throw unknown_topic(name);
     return it->second;
+  }
+
+  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// before it emits); none if the topic was deregistered.
+  template <class Fn>
+  void for_each_handler(const slot_type& topic, Fn&& fn) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) return;
+    for (const auto& h : *handlers) {
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
+      fn(h->fn);
+    }
   }
 
   /// Emits on a slot held by the caller (a handle or a transaction).
@@ -714,6 +787,7 @@ class basic_bus {
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
   std::atomic<const error_hook*> hook_{nullptr};
+  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
   id_generator generator_;
   bool default_ids_ = false;
 };

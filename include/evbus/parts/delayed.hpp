@@ -8,6 +8,7 @@
 #ifndef EVBUS_PARTS_DELAYED_HPP
 #define EVBUS_PARTS_DELAYED_HPP
 
+#include "bus.hpp"
 #include "clock.hpp"
 #include "event.hpp"
 #include "policies.hpp"
@@ -35,7 +36,8 @@ struct delayed_base {
   virtual ~delayed_base() = default;
   delayed_base(const delayed_base&) = delete;
   delayed_base& operator=(const delayed_base&) = delete;
-  virtual void emit() = 0;
+  /// Emits into the bus; false (nothing done) if the bus is gone.
+  virtual bool emit() = 0;
   virtual undelivered take() = 0;
   std::string topic;
   emit_options options;
@@ -45,9 +47,14 @@ struct delayed_base {
 template <class Bus>
 struct delayed_emit final : delayed_base {
   delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
-      : delayed_base(std::move(t), std::move(o), at), bus(&b), data(std::move(d)) {}
+      : delayed_base(std::move(t), std::move(o), at),
+        bus(&b),
+        life(b.life_),
+        data(std::move(d)) {}
   // The options are copied, not moved: a failure report still names the key.
-  void emit() override { bus->emit(topic, std::move(data), options); }
+  bool emit() override {
+    return life->use([&] { bus->emit(topic, std::move(data), options); });
+  }
   undelivered take() override {
     undelivered u;
     u.topic = std::move(topic);
@@ -57,6 +64,7 @@ struct delayed_emit final : delayed_base {
     return u;
   }
   Bus* bus;
+  std::shared_ptr<bus_life> life;
   typename Bus::data_type data;
 };
 
@@ -96,7 +104,10 @@ class delayed_strand final : public runnable {
       }
       ++res.calls;
       try {
-        d->emit();
+        if (!d->emit()) {
+          lost_(std::move(d));  // counts it out of pending
+          continue;
+        }
         emitted.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
         failed.fetch_add(1, std::memory_order_relaxed);
@@ -113,6 +124,9 @@ class delayed_strand final : public runnable {
     }
   }
 
+  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
+  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+
   /// True when no due emit waits or runs.
   bool idle() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -125,6 +139,7 @@ class delayed_strand final : public runnable {
 
  private:
   std::function<void(std::exception_ptr, std::string_view)> report_;
+  std::function<void(std::unique_ptr<delayed_base>)> lost_;
   mutable std::mutex mutex_;
   std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
   bool held_ = false;                                 // under mutex_

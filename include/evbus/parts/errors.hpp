@@ -231,7 +231,28 @@ class queue_full : public error {
   using error::error;
 };
 
+/// A call that would wait for itself: drain(), wait_idle() or shutdown() from inside the
+/// executor's own work. A mistake of the program, not of the moment: a handler that throws it
+/// is dead-lettered at once, never retried.
+class waits_for_itself : public error {
+ public:
+  using error::error;
+};
+
 namespace detail {
+
+/// True if `e` is (or derives from) E.
+template <class E>
+bool holds_exception(const std::exception_ptr& e) noexcept {
+  if (!e) return false;
+  try {
+    std::rethrow_exception(e);
+  } catch (const E&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
 
 /// The what() of an exception_ptr, for messages.
 inline std::string describe(const std::exception_ptr& e) {

@@ -142,6 +142,7 @@ class ordered_handler {
 
  private:
   friend class keyed_executor;
+  friend struct detail::commit_reserver<Data>;
   template <class D, class Fn>
   friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
@@ -181,6 +182,39 @@ class ordered_handler {
  *   ex.drain();                           // everything emitted so far is handled
  * @endcode
  */
+namespace detail {
+
+/// What a transaction's commit does for each handler of its events before emitting any
+/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
+/// and take a place in its subscription, or throw the refusal push() would throw.
+template <class Data>
+struct commit_reserver {
+  static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
+                      commit_context& ctx, std::string_view topic, const std::string& key,
+                      const std::string& id) {
+    const auto* handler = fn.template target<ordered_handler<Data>>();
+    if (handler == nullptr) return;
+    const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
+    executor_link& link = sub->link();
+    ctx.places.reserve(ctx.places.size() + 1);
+    if (!ctx.holds_link(&link)) {
+      ctx.holds.reserve(ctx.holds.size() + 1);
+      if (!link.hold_for_commit()) {
+        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
+                              quote(sub->name) + " does not accept the event on topic " +
+                              quote(topic) + " with key " + quote(key) +
+                              "; nothing of the transaction was emitted");
+      }
+      ctx.holds.push_back(&link);
+    }
+    if (sub->reserve_place(topic, key)) {
+      ctx.places.push_back(commit_context::place{sub, &id, false});
+    }
+  }
+};
+
+}  // namespace detail
+
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
@@ -267,6 +301,26 @@ class keyed_executor {
   void drain() { core_->drain(); }
 
   /**
+   * @brief Returns when the executor is idle: no event queued, running or waiting for a retry
+   * in any subscription, and no delayed emit due (on the executor clock), counting the work
+   * that handlers and delayed emits create while it waits. Use it for pipelines (a handler
+   * that emits into another subscription of this executor) and before reading results in
+   * tests; drain() only waits for what was accepted before the call.
+   *
+   * Delayed emits due later are not waited for. It returns only once the executor is quiet:
+   * while another thread keeps emitting, it keeps waiting. The same rules as drain() apply
+   * (W = 0 runs the work on the calling thread; a retry a manual clock has not reached
+   * throws evbus::error; from inside a handler, poll or run_until_idle of this executor it
+   * throws evbus::error).
+   *
+   * @code
+   *   bus.emit("order.placed", o, {.key = "customer-7"});  // stage 1 emits "order.billed"
+   *   ex.wait_idle();                                        // stage 2 has handled it too
+   * @endcode
+   */
+  void wait_idle() { core_->wait_idle(); }
+
+  /**
    * @brief drain() for one subscription: returns when every event that `subscription` (what
    * evbus::ordered returned, or a copy) accepted before the call has been handled,
    * dead-lettered or dropped, whatever the other subscriptions still hold. The same rules
@@ -316,8 +370,9 @@ class keyed_executor {
    * The topic is checked now (evbus::unknown_topic) and again when due; a failure then (or a
    * handler error the bus rethrows) goes to on_error and is counted in stats().delayed_failed.
    * Equal due times keep submission order. The emit runs on a worker, or in poll() with W = 0.
-   * The bus must outlive the executor, or at least its pending delayed emits: shut the executor
-   * down before destroying the bus.
+   * The bus and the executor may be destroyed in either order: a delayed emit never touches a
+   * bus that is gone; one that falls due after (or is emitted at shutdown with
+   * delayed_policy::emit) goes to on_undelivered with undelivered_reason::bus_destroyed.
    *
    * @code
    *   ex.emit_at(bus, ex.now() + std::chrono::minutes(10), "cart.reminder", cart_id,
@@ -373,6 +428,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 "a partition moves queued events, and a throwing move could lose one. Give the "
                 "type a noexcept move constructor, or carry it in a std::unique_ptr or "
                 "std::shared_ptr");
+  static_assert(std::is_same_v<typename first_arg<F>::type, void> ||
+                    std::is_same_v<handler_data_t<Fn>, std::any> ||
+                    std::is_same_v<handler_data_t<Fn>, Data>,
+                "evbus::ordered: the handler takes basic_event<D> but the policy is "
+                "basic_delivery_policy<Data> of another payload type. Pass an "
+                "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
+                "basic_delivery_policy<std::any>, for evbus::bus)");
   static_assert(with_delivery || plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
                 "fn(const basic_event<Data>&, const evbus::delivery&)");
@@ -450,7 +512,9 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
 
 /**
  * @brief ordered() with the default policy. Data is given explicitly (`ordered<my_data>(ex,
- * fn)`), or read off a handler taking `const basic_event<D>&`, or std::any.
+ * fn)`), or read off a handler taking `const basic_event<D>&` (std::any for `const
+ * evbus::event&`). A generic handler (`[](const auto& e)`) must say it: without Data it does
+ * not compile, with a message naming the fix.
  *
  * @code
  *   auto h = evbus::ordered(ex, [](const evbus::basic_event<order>& e) { ship(e.data); });
@@ -459,6 +523,12 @@ ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy
  */
 template <class Data = detail::deduce_data, class Fn>
 auto ordered(keyed_executor& ex, Fn&& fn) {
+  static_assert(!std::is_same_v<Data, detail::deduce_data> ||
+                    !std::is_same_v<typename detail::first_arg<std::decay_t<Fn>>::type, void>,
+                "evbus::ordered: the payload type cannot be read off this handler (a generic "
+                "lambda, or an overloaded call operator). Say it: evbus::ordered<Data>(ex, fn) "
+                "with the bus's payload type (std::any for evbus::bus), or take const "
+                "evbus::basic_event<Data>& in the handler");
   using D = std::conditional_t<std::is_same_v<Data, detail::deduce_data>,
                                detail::handler_data_t<Fn>, Data>;
   return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});

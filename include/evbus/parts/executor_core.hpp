@@ -18,11 +18,13 @@
 #include "stats.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,7 +41,16 @@ class executor_core final : public executor_link,
                       std::move(o.on_error)),
         partitions(o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown) {}
+        delayed_at_shutdown_(o.delayed_at_shutdown) {
+    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
+    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
+      try {
+        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
+      } catch (...) {
+        // Out of memory taking the payload: the event is counted as undelivered, not reported.
+      }
+    });
+  }
 
   ~executor_core() {
     if (listener_ != 0) sched.clock().remove_listener(listener_);
@@ -130,8 +141,40 @@ class executor_core final : public executor_link,
     wait_finished(subs, "drain()");
   }
 
+  /// Waits until nothing is queued, running, waiting for a retry or due among the delayed
+  /// emits, counting what handlers and delayed emits add meanwhile.
+  void wait_idle() {
+    refuse_inside("wait_idle()");
+    for (;;) {
+      auto subs = live();
+      std::vector<std::vector<std::uint64_t>> targets;
+      targets.reserve(subs.size());
+      for (const auto& s : subs) targets.push_back(s->pushed());
+      const auto delayed_done = [&] {
+        return sched.delayed().emitted.load(std::memory_order_relaxed) +
+               sched.delayed().failed.load(std::memory_order_relaxed);
+      };
+      const std::uint64_t delayed_before = delayed_done();
+      wait_finished(subs, targets, "wait_idle()");
+      sched.help_until([&] { return sched.delayed().idle() && !sched.timer_due_locked(); },
+                       "wait_idle()");
+      // Idle if nothing entered meanwhile: no new subscription, no new event, no delayed emit.
+      if (delayed_done() != delayed_before) continue;
+      auto now_live = live();
+      if (now_live != subs) continue;
+      bool same = true;
+      for (std::size_t i = 0; same && i < subs.size(); ++i) same = subs[i]->pushed() == targets[i];
+      if (same) return;
+    }
+  }
+
   void shutdown() {
     refuse_inside("shutdown()");
+    if (const commit_context* c = current_commit(); c != nullptr && c->holds_link(this)) {
+      throw waits_for_itself(
+          "evbus: shutdown() called from inside a transaction's commit that holds this "
+          "keyed_executor open: it would wait for itself");
+    }
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (state_ == state::closed) return;
@@ -151,15 +194,24 @@ class executor_core final : public executor_link,
       if (d->due <= t || delayed_at_shutdown_ == delayed_policy::emit) {
         sched.emit_delayed_now(std::move(d));
       } else {
-        report_undelivered(std::move(d));
+        report_undelivered(std::move(d), undelivered_reason::not_due_at_shutdown);
       }
     }
     sched.help_until([&] { return sched.delayed().idle(); }, "shutdown()");
     // (3) The subscriptions close; emitters blocked for room wake with executor_closed.
     closed.store(true, std::memory_order_seq_cst);
     auto subs = live();
-    for (auto& s : subs) s->close_barrier();
     for (auto& s : subs) s->wake_blocked();
+    // A transaction's commit that took its places before the close still gets its events in
+    // (one still waiting for room wakes above and is refused).
+    for (unsigned spins = 0; commits.load(std::memory_order_seq_cst) != 0; ++spins) {
+      if (spins < 64) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    for (auto& s : subs) s->close_barrier();
     // (4) No push can start now: every event accepted is finished.
     wait_finished(subs, "shutdown()");
     subs.clear();
@@ -215,9 +267,9 @@ class executor_core final : public executor_link,
 
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
-      throw error(std::string("evbus: ") + what +
-                  " called from inside a handler (or poll) of the same keyed_executor: it "
-                  "would wait for itself");
+      throw waits_for_itself(std::string("evbus: ") + what +
+                             " called from inside a handler (or poll) of the same "
+                             "keyed_executor: it would wait for itself");
     }
   }
 
@@ -231,6 +283,11 @@ class executor_core final : public executor_link,
     std::vector<std::vector<std::uint64_t>> targets;
     targets.reserve(subs.size());
     for (const auto& s : subs) targets.push_back(s->pushed());
+    wait_finished(subs, targets, what);
+  }
+
+  void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                     const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
     std::size_t sub = 0;
     std::size_t part = 0;
     sched.help_until(
@@ -249,16 +306,20 @@ class executor_core final : public executor_link,
         what);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d) {
+  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
+    u.reason = why;
     try {
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
         throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) + " was not due at shutdown and was not emitted");
+                              quote(u.key()) +
+                              (why == undelivered_reason::bus_destroyed
+                                   ? " was not emitted: its bus was destroyed first"
+                                   : " was not due at shutdown and was not emitted"));
       }
     } catch (...) {
       report_error(std::current_exception(),

@@ -44,6 +44,8 @@ struct subscription_base {
   subscription_base& operator=(const subscription_base&) = delete;
   virtual ~subscription_base() = default;
 
+  /// Gives back a place a commit took and did not use. Never throws.
+  virtual void release_place() noexcept = 0;
   /// Per partition, the events pushed so far: what drain() waits for.
   virtual std::vector<std::uint64_t> pushed() const = 0;
   /// True if every partition from `from` on finished the events counted in `target`;
@@ -66,6 +68,49 @@ struct subscription_base {
   /// It has left the registry (drain() waits for a retiring subscription to be gone).
   std::atomic<bool> removed{false};
 };
+
+class executor_link;
+
+/**
+ * @brief A transaction's commit, as the subscriptions see it (transaction.hpp): the places
+ * it took before emitting anything, and the event it is emitting now. Set on the committing
+ * thread for the time of the commit; push() of a subscription with a place for the current
+ * event uses it instead of taking one.
+ */
+struct commit_context {
+  struct place {
+    std::shared_ptr<subscription_base> sub;  // kept alive until the commit ends
+    const std::string* event_id;             // the transaction's event it is for
+    bool used = false;
+  };
+  std::vector<place> places;
+  std::vector<executor_link*> holds;  // executors that may not close until the commit ends
+  const std::string* current = nullptr;  // the event being emitted, in phase 2
+
+  /// The place taken for the current event in `sub`, if any (and marks it used).
+  bool use(const subscription_base* sub, const std::string& id) noexcept {
+    if (current == nullptr || *current != id) return false;
+    for (auto& p : places) {
+      if (!p.used && p.sub.get() == sub && p.event_id == current) {
+        p.used = true;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool holds_link(const executor_link* link) const noexcept {
+    for (auto* l : holds) {
+      if (l == link) return true;
+    }
+    return false;
+  }
+};
+
+/// The commit running on this thread, or null.
+inline commit_context*& current_commit() noexcept {
+  thread_local commit_context* context = nullptr;
+  return context;
+}
 
 class executor_link {
  public:
@@ -111,6 +156,18 @@ class executor_link {
   /// Set once subscriptions stop accepting events.
   std::atomic<bool> closed{false};
   std::atomic<std::uint64_t> errors{0};
+  /// Transaction commits that took places here: shutdown waits for them after closing, and
+  /// their pushes still get in.
+  std::atomic<std::size_t> commits{0};
+
+  /// A commit holds this executor open: refused (executor_closed) if it is closed.
+  bool hold_for_commit() noexcept {
+    commits.fetch_add(1, std::memory_order_seq_cst);
+    if (!closed.load(std::memory_order_seq_cst)) return true;
+    commits.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  void release_commit() noexcept { commits.fetch_sub(1, std::memory_order_seq_cst); }
 
  protected:
   ~executor_link() = default;

@@ -118,7 +118,8 @@ struct basic_delivery_policy {
 using delivery_policy = basic_delivery_policy<std::any>;
 
 /**
- * @brief A delayed emit that never entered the bus: what `on_undelivered` receives at shutdown.
+ * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
+ * shutdown, or when it fell due after its bus was destroyed).
  *
  * @code
  *   opts.on_undelivered = [](const evbus::undelivered& u) {
@@ -126,7 +127,14 @@ using delivery_policy = basic_delivery_policy<std::any>;
  *   };
  * @endcode
  */
+/// Why a delayed emit never entered the bus.
+enum class undelivered_reason {
+  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
+  bus_destroyed,        ///< the bus it was meant for was destroyed first
+};
+
 struct undelivered {
+  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
   std::string topic;      ///< the topic it was scheduled for
   emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
   steady_time due{};      ///< when it was due, on the executor's clock
@@ -172,8 +180,9 @@ struct executor_options {
   /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
   /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
   std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
-  /// Receives, at shutdown, each delayed emit that was not due (with delayed_policy::report).
-  /// Empty: each is reported to on_error instead. Either way it is counted.
+  /// Receives each delayed emit that never entered the bus: not due at shutdown (with
+  /// delayed_policy::report), or due after its bus was destroyed; undelivered::reason says
+  /// which. Empty: each is reported to on_error instead. Either way it is counted.
   std::function<void(const undelivered&)> on_undelivered{};
   /// What shutdown does with delayed emits that are not due yet.
   delayed_policy delayed_at_shutdown = delayed_policy::report;

@@ -285,6 +285,12 @@ class scheduler {
     }
   }
 
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return !timers_.empty() && timers_.front().due <= now();
+  }
+
   std::size_t batch() const noexcept { return batch_; }
 
   /// The most events one run takes (a larger executor_options::batch is cut to it).

@@ -69,13 +69,23 @@ class subscription final : public subscription_base {
     }
   }
 
+  ~subscription() override { runner_.flush_notes(name); }
+
   /// The bus handler's body: queue a copy of `e` in its key's partition, or apply the
   /// overflow policy.
   void push(const event_type& e) {
-    if (link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
-    const std::size_t number =
-        e.key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
-                      : partition_of(static_cast<std::uint32_t>(murmur2(e.key)) & 0x7fffffffU);
+    // A commit's event: with a place taken, it goes in; without (drop policies), it still gets
+    // in while the executor closes, as the commit holds it open.
+    bool held_open = false;
+    if (commit_context* c = current_commit(); c != nullptr) {
+      if (c->use(this, e.id)) {
+        push_reserved(e);
+        return;
+      }
+      held_open = c->current != nullptr && *c->current == e.id && c->holds_link(&link_);
+    }
+    if (!held_open && link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
+    const std::size_t number = partition_for_key(e.key);
     bool evict = false;
     if (!admission_.bounded()) {
       admission_.count_in();
@@ -103,13 +113,77 @@ class subscription final : public subscription_base {
       }
     }
     try {
-      enqueue(number, e);
+      enqueue(number, e, held_open);
     } catch (...) {
       give_back_one();
       throw;
     }
     if (evict) evict_oldest();
   }
+
+  /**
+   * @brief A transaction's commit takes a place for one of its events before emitting any
+   * (the caller holds the executor open: link().hold_for_commit()). Refuses as push() would:
+   * queue_full for reject, a block that times out or could never end. With drop_oldest or
+   * drop_newest there is nothing to take (those never refuse): returns false. True: a place
+   * is taken; push() of that event uses it, else release_place() gives it back.
+   */
+  bool reserve_place(std::string_view topic, const std::string& key) {
+    if (!admission_.bounded()) {
+      admission_.count_in();
+      return true;
+    }
+    if (admission_.reserve()) return true;
+    switch (on_full_) {
+      case overflow::reject:
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                         std::to_string(admission_.capacity()) + "): event on topic " +
+                         quote(topic) + " with key " + quote(key) +
+                         " rejected; nothing of the transaction was emitted");
+      case overflow::drop_newest:
+      case overflow::drop_oldest:
+        return false;
+      case overflow::block:
+        break;
+    }
+    if (drives(&link_.sched)) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                       std::to_string(admission_.capacity()) +
+                       ") and the committing thread is running work of the same keyed_executor: "
+                       "blocking would deadlock, so the event on topic " +
+                       quote(topic) + " with key " + quote(key) +
+                       " is refused; nothing of the transaction was emitted");
+    }
+    // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
+    if (admission_.wait(block_timeout_,
+                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
+      return true;
+    }
+    if (link_.closed.load(std::memory_order_seq_cst)) {
+      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
+                            "in subscription " + quote(name) + " (event on topic " +
+                            quote(topic) + " with key " + quote(key) +
+                            "); nothing of the transaction was emitted");
+    }
+    rejected_.fetch_add(1, std::memory_order_relaxed);
+    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
+                     std::to_string(admission_.capacity()) + ") after block_timeout " +
+                     format_duration(*block_timeout_) + ": event on topic " + quote(topic) +
+                     " with key " + quote(key) + " rejected; nothing of the transaction was "
+                     "emitted");
+  }
+
+  void release_place() noexcept override {
+    try {
+      give_back_one();
+    } catch (...) {
+      // Waking a blocked emitter failed: the place is given back; the emitter wakes later.
+    }
+  }
+
+  executor_link& link() const noexcept { return link_; }
 
   std::vector<std::uint64_t> pushed() const override {
     std::vector<std::uint64_t> out(count_);
@@ -184,8 +258,25 @@ class subscription final : public subscription_base {
                            quote(e.topic()) + " with key " + quote(e.key));
   }
 
-  /// Copies `e` and appends it to partition `number`; the place is taken.
-  void enqueue(std::size_t number, const event_type& e) {
+  std::size_t partition_for_key(const std::string& key) {
+    return key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+  }
+
+  /// push() of a commit's event whose place is taken: no admission, and it gets in even if
+  /// the executor closed meanwhile (shutdown waits for the commit before it counts events).
+  void push_reserved(const event_type& e) {
+    try {
+      enqueue(partition_for_key(e.key), e, true);
+    } catch (...) {
+      give_back_one();
+      throw;
+    }
+  }
+
+  /// Copies `e` and appends it to partition `number`; the place is taken. `held_open`: a
+  /// commit holds the executor open, so a close does not refuse it.
+  void enqueue(std::size_t number, const event_type& e, bool held_open = false) {
     item it{event_access::copy_borrowing(e)};
     if (!pin_name(event_access::name(e))) event_access::own_topic(it.event);
     it.seq = on_full_ == overflow::drop_oldest ? next_seq_.fetch_add(1, std::memory_order_relaxed)
@@ -203,7 +294,7 @@ class subscription final : public subscription_base {
       std::lock_guard<small_lock> lock(p.lock);
       // Checked under the partition's lock: shutdown's barrier then knows that every push
       // past this point has queued its event.
-      if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
       p.queue.push(std::move(it));
       ++p.pushed;
       became_holder = p.rule.arrive();
@@ -319,7 +410,13 @@ class subscription final : public subscription_base {
   }
 
   void report_drop(const event_type& e) noexcept {
-    if (!runner_.policy().on_drop) return;
+    if (!runner_.policy().on_drop) {
+      runner_.note(name, [&] {
+        return "dropped event " + quote(e.id) + " on topic " + quote(e.topic()) + " with key " +
+               quote(e.key) + " (the subscription is full)";
+      });
+      return;
+    }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {

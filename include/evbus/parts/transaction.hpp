@@ -6,6 +6,7 @@
 #define EVBUS_PARTS_TRANSACTION_HPP
 
 #include "bus.hpp"
+#include "link.hpp"
 
 #include <any>
 #include <exception>
@@ -18,6 +19,37 @@
 
 namespace evbus {
 inline namespace v1 {
+namespace detail {
+
+/// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
+/// returned); defined with the executor (executor.hpp).
+template <class Data>
+struct commit_reserver;
+
+/// The commit running on this thread, for the time of a scope; gives back what it did not
+/// use at the end.
+class commit_scope {
+ public:
+  explicit commit_scope(commit_context& c) noexcept : ctx_(c), outer_(current_commit()) {}
+  commit_scope(const commit_scope&) = delete;
+  commit_scope& operator=(const commit_scope&) = delete;
+  void enter() noexcept { current_commit() = &ctx_; }
+  ~commit_scope() {
+    current_commit() = outer_;
+    for (auto& p : ctx_.places) {
+      if (!p.used) p.sub->release_place();
+    }
+    ctx_.places.clear();
+    for (auto* link : ctx_.holds) link->release_commit();
+    ctx_.holds.clear();
+  }
+
+ private:
+  commit_context& ctx_;
+  commit_context* outer_;
+};
+
+}  // namespace detail
 
 /**
  * @brief Events buffered until commit: the outbox pattern inside one process.
@@ -79,27 +111,41 @@ class basic_transaction {
 
 
   /**
-   * @brief Emits every buffered event, in order. A failing event (a handler threw, or its topic
-   * was deregistered meanwhile) does not stop the others; afterwards the one failure is
-   * rethrown as it is, or evbus::handler_errors lists several, keyed by event id.
+   * @brief Emits every buffered event, in order, all or nothing with respect to what can
+   * refuse an event.
+   *
+   * First, before emitting any, every event takes its place in each ordered subscription
+   * (what evbus::ordered returned, registered as it is) its topic reaches now, and holds
+   * those executors open. If one refuses (evbus::queue_full from a full bounded subscription,
+   * after waiting with overflow::block; evbus::executor_closed), the places are given back,
+   * nothing is emitted, commit() throws that error and the transaction stays open: commit
+   * again, or roll back. Then every event is emitted with its places: none is refused, also
+   * if shutdown() begins meanwhile (it waits for the commit). A drop_oldest / drop_newest
+   * subscription drops by its own rule; an ordered handler wrapped in another callable, or
+   * registered during the commit, takes no place and may refuse as a plain emit does.
+   *
+   * A handler that throws is not a refusal: it does not stop the others, nor does a topic
+   * deregistered since tx.emit (evbus::unknown_topic); afterwards the one failure is rethrown
+   * as it is, or evbus::handler_errors lists several, keyed by event id. The transaction is
+   * finished then.
    */
   void commit() {
     check_open("commit");
-    basic_bus<Data>* target = std::exchange(bus_, nullptr);
-    std::vector<entry> events = std::move(pending_);
-    pending_.clear();
-    std::vector<handler_errors::failure> failures;
-    for (auto& e : events) {
-      try {
-        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
-      } catch (...) {
-        failures.push_back({e.id, std::current_exception()});
+    detail::commit_context ctx;
+    {
+      detail::commit_scope reservations(ctx);
+      for (const auto& e : pending_) {
+        bus_->for_each_handler(*e.slot, [&](const typename basic_bus<Data>::handler_type& fn) {
+          detail::commit_reserver<Data>::reserve(fn, ctx, e.slot->name->value, e.options.key,
+                                                 e.id);
+        });
       }
-    }
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    if (!failures.empty()) {
-      throw handler_errors(std::move(failures),
-                           "events failed in transaction " + detail::quote(tx_id_));
+      // Every place is taken: from here on, nothing is refused.
+      reservations.enter();
+      basic_bus<Data>* target = std::exchange(bus_, nullptr);
+      std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
+      pending_.clear();
+      emit_all(target, events, ctx);
     }
   }
 
@@ -113,6 +159,29 @@ class basic_transaction {
   /// True until commit or rollback.
   bool open() const noexcept { return bus_ != nullptr; }
 
+ private:
+  struct entry;
+
+  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+                detail::commit_context& ctx) {
+    std::vector<handler_errors::failure> failures;
+    for (auto& e : events) {
+      ctx.current = &e.id;
+      try {
+        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+      } catch (...) {
+        failures.push_back({e.id, std::current_exception()});
+      }
+    }
+    ctx.current = nullptr;
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    if (!failures.empty()) {
+      throw handler_errors(std::move(failures),
+                           "events failed in transaction " + detail::quote(tx_id_));
+    }
+  }
+
+ public:
   /**
    * @brief Calls `fn(topic, data, options)` for each buffered event, in order, without
    * emitting or finishing anything: what evbus::basic_outbox stores instead of emitting. The

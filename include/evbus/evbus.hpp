@@ -3120,6 +3120,7 @@ inline void cpu_relax() noexcept {
 struct parking_entry {
   std::mutex mutex;
   std::condition_variable cv;
+  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
 };
 
 inline parking_entry& parking_for(const void* address) noexcept {
@@ -3151,7 +3152,8 @@ class small_lock {
   }
 
   void unlock() noexcept {
-    if (state_.exchange(free_, std::memory_order_release) == contended_) wake();
+    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
+    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
   }
 
  private:
@@ -3173,13 +3175,19 @@ class small_lock {
   void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
   void wake() noexcept { state_.notify_one(); }
 #else
+  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
+  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
+  // the lock free. So an unlock that finds nobody asleep makes no call at all.
   void sleep() noexcept {
     parking_entry& p = parking_for(this);
     std::unique_lock<std::mutex> guard(p.mutex);
-    while (state_.load(std::memory_order_relaxed) == contended_) p.cv.wait(guard);
+    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
+    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
   }
   void wake() noexcept {
     parking_entry& p = parking_for(this);
+    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
     std::lock_guard<std::mutex> guard(p.mutex);
     p.cv.notify_all();
   }

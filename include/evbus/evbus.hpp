@@ -3724,8 +3724,8 @@ struct subscription_stats {
   std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
   std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
   std::uint64_t expired = 0;       ///< attempts that returned after their deadline
-  /// Events held now (waiting, running or awaiting a retry). With a capacity, an event stops
-  /// counting as soon as it is handled; without one, when the worker's batch it was in ends.
+  /// Events held now (waiting, running or awaiting a retry). An event stops counting as soon
+  /// as it is finished (handled, dead-lettered or dropped), before drain() can see it.
   std::uint64_t queued = 0;
   std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
   std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
@@ -7706,11 +7706,9 @@ class subscription final : public subscription_base {
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
     runnable::result res;
     std::optional<steady_time> clock_now;
-    std::uint64_t done = 0;  // finished and not yet given back (unbounded subscriptions)
     for (;;) {
       if (p.in_hand == 0) {
         if (res.calls >= batch) {
-          give_back(done);
           res.what = runnable::next::again;
           return res;
         }
@@ -7719,7 +7717,6 @@ class subscription final : public subscription_base {
         if (n == 0) {
           p.queue.release_all();  // an idle partition holds no blocks
           lock.unlock();
-          give_back(done);
           link_.sched.notify_progress();
           link_.release_hold(this);  // may remove this subscription: the last use of it
           res.what = runnable::next::idle;
@@ -7738,7 +7735,6 @@ class subscription final : public subscription_base {
         using outcome = typename attempt_runner<Data>::outcome;
         if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
           // The event stays at the head: later events of the partition wait behind it.
-          give_back(done);
           res.what = runnable::next::park;
           res.due = retry_at;
           return res;
@@ -7746,7 +7742,7 @@ class subscription final : public subscription_base {
         if (admission_.bounded()) {
           admission_.release();  // at once: an emitter may be waiting for the room
         } else {
-          ++done;
+          admission_.count_out(1);  // before `finished`: stats() after drain() reads 0 queued
         }
       }
       p.queue.pop();
@@ -7754,12 +7750,6 @@ class subscription final : public subscription_base {
       // After the counters: a drain() that sees this sees them.
       p.finished.store(p.finished.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     }
-  }
-
-  void give_back(std::uint64_t& done) {
-    if (done == 0) return;
-    admission_.count_out(done);
-    done = 0;
   }
 
   void give_back_one() {

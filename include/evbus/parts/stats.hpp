@@ -53,8 +53,8 @@ struct subscription_stats {
   std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
   std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
   std::uint64_t expired = 0;       ///< attempts that returned after their deadline
-  /// Events held now (waiting, running or awaiting a retry). With a capacity, an event stops
-  /// counting as soon as it is handled; without one, when the worker's batch it was in ends.
+  /// Events held now (waiting, running or awaiting a retry). An event stops counting as soon
+  /// as it is finished (handled, dead-lettered or dropped), before drain() can see it.
   std::uint64_t queued = 0;
   std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
   std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)

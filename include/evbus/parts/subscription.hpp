@@ -307,11 +307,9 @@ class subscription final : public subscription_base {
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
     runnable::result res;
     std::optional<steady_time> clock_now;
-    std::uint64_t done = 0;  // finished and not yet given back (unbounded subscriptions)
     for (;;) {
       if (p.in_hand == 0) {
         if (res.calls >= batch) {
-          give_back(done);
           res.what = runnable::next::again;
           return res;
         }
@@ -320,7 +318,6 @@ class subscription final : public subscription_base {
         if (n == 0) {
           p.queue.release_all();  // an idle partition holds no blocks
           lock.unlock();
-          give_back(done);
           link_.sched.notify_progress();
           link_.release_hold(this);  // may remove this subscription: the last use of it
           res.what = runnable::next::idle;
@@ -339,7 +336,6 @@ class subscription final : public subscription_base {
         using outcome = typename attempt_runner<Data>::outcome;
         if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
           // The event stays at the head: later events of the partition wait behind it.
-          give_back(done);
           res.what = runnable::next::park;
           res.due = retry_at;
           return res;
@@ -347,7 +343,7 @@ class subscription final : public subscription_base {
         if (admission_.bounded()) {
           admission_.release();  // at once: an emitter may be waiting for the room
         } else {
-          ++done;
+          admission_.count_out(1);  // before `finished`: stats() after drain() reads 0 queued
         }
       }
       p.queue.pop();
@@ -355,12 +351,6 @@ class subscription final : public subscription_base {
       // After the counters: a drain() that sees this sees them.
       p.finished.store(p.finished.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     }
-  }
-
-  void give_back(std::uint64_t& done) {
-    if (done == 0) return;
-    admission_.count_out(done);
-    done = 0;
   }
 
   void give_back_one() {

@@ -135,7 +135,7 @@ TEST_CASE("scheduler: with workers, many strands run, none on two threads at onc
   std::mutex m;
   std::vector<std::unique_ptr<counting_runnable>> strands;
   for (int i = 0; i < 50; ++i) {
-    strands.push_back(std::make_unique<counting_runnable>("s" + std::to_string(i), 40, &log, &m));
+    strands.push_back(std::make_unique<counting_runnable>(evbus_test::numbered("s", i), 40, &log, &m));
   }
   for (auto& r : strands) s->submit(r.get());
   const bool all = evbus_test::eventually([&] {

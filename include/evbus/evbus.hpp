@@ -8574,60 +8574,6 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// The payload type a handler takes, when it can be read off a non-generic callable:
-/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
-template <class T>
-struct event_data {
-  using type = std::any;
-};
-template <class D>
-struct event_data<basic_event<D>> {
-  using type = D;
-};
-
-template <class M>
-struct member_first_arg {
-  using type = void;
-};
-#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
-  template <class C, class R, class A, class... Rest>                   \
-  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
-    using type = A;                                                     \
-  };
-EVBUS_DETAIL_MEMBER_FIRST_ARG()
-EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
-EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
-EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
-#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
-
-template <class F, class = void>
-struct first_arg {
-  using type = void;
-};
-template <class R, class A, class... Rest>
-struct first_arg<R (*)(A, Rest...), void> {
-  using type = A;
-};
-template <class R, class A, class... Rest>
-struct first_arg<R (*)(A, Rest...) noexcept, void> {
-  using type = A;
-};
-template <class F>
-struct first_arg<F, std::void_t<decltype(&F::operator())>>
-    : member_first_arg<decltype(&F::operator())> {};
-
-template <class Fn>
-using handler_data_t = typename event_data<
-    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
-
-/// Marks "Data not given": ordered() then reads it off the handler.
-struct deduce_data {};
-
-template <class T>
-struct is_std_function : std::false_type {};
-template <class S>
-struct is_std_function<std::function<S>> : std::true_type {};
-
 /// What every copy of an ordered_handler shares: the subscription and its executor. Its
 /// destruction (the last copy gone) gives back the subscription's front hold, so that the
 /// subscription is removed once its last event is finished.
@@ -8654,6 +8600,8 @@ class ordered_handler;
 namespace detail {
 template <class Data, class Fn>
 ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
+template <class Data>
+struct commit_reserver;
 }  // namespace detail
 
 /**
@@ -8946,6 +8894,92 @@ class keyed_executor {
   std::shared_ptr<detail::executor_core> core_;
 };
 
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EXECUTOR_HPP
+// ---- ordered.hpp -------------------------------------------------
+// evbus/parts/ordered.hpp: evbus::ordered, which makes a bus handler of an ordered
+// subscription on a keyed_executor.
+//
+// Owns: reading the payload type off a handler (`const basic_event<D>&` gives D), refusing at
+// compile time what cannot work (a generic handler without Data, a payload that may throw
+// when moved, a policy of another payload type) and at run time what is bad input (an empty
+// handler, a policy out of range: evbus::invalid_argument naming the value), then building the
+// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+#ifndef EVBUS_PARTS_ORDERED_HPP
+#define EVBUS_PARTS_ORDERED_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The payload type a handler takes, when it can be read off a non-generic callable:
+/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
+template <class T>
+struct event_data {
+  using type = std::any;
+};
+template <class D>
+struct event_data<basic_event<D>> {
+  using type = D;
+};
+
+template <class M>
+struct member_first_arg {
+  using type = void;
+};
+#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
+  template <class C, class R, class A, class... Rest>                   \
+  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
+    using type = A;                                                     \
+  };
+EVBUS_DETAIL_MEMBER_FIRST_ARG()
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
+#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
+
+template <class F, class = void>
+struct first_arg {
+  using type = void;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...), void> {
+  using type = A;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...) noexcept, void> {
+  using type = A;
+};
+template <class F>
+struct first_arg<F, std::void_t<decltype(&F::operator())>>
+    : member_first_arg<decltype(&F::operator())> {};
+
+template <class Fn>
+using handler_data_t = typename event_data<
+    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
+
+/// Marks "Data not given": ordered() then reads it off the handler.
+struct deduce_data {};
+
+template <class T>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+}  // namespace detail
+
 namespace detail {
 
 /// Builds an ordered subscription; evbus::ordered is the public entry.
@@ -9069,6 +9103,6 @@ auto ordered(keyed_executor& ex, Fn&& fn) {
 }  // namespace v1
 }  // namespace evbus
 
-#endif  // EVBUS_PARTS_EXECUTOR_HPP
+#endif  // EVBUS_PARTS_ORDERED_HPP
 
 #endif  // EVBUS_EVBUS_HPP

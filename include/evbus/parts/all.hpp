@@ -78,5 +78,6 @@
 #include "subscription.hpp"
 #include "executor_core.hpp"
 #include "executor.hpp"
+#include "ordered.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

@@ -70,6 +70,8 @@
 #include "block_queue.hpp"
 #include "strand.hpp"
 #include "delayed.hpp"
+#include "ready.hpp"
+#include "timers.hpp"
 #include "scheduler.hpp"
 #include "link.hpp"
 #include "admission.hpp"

@@ -608,3 +608,63 @@ TEST_CASE("relay: payloads are decoded with the outbox's codec; one that cannot 
   CHECK(r.run_until_idle() == 0);  // still not: it holds up event 3
   CHECK(sensors == std::vector<int>{7});
 }
+
+TEST_CASE("relay: on its own thread with a manual clock, moving the clock marks what is due") {
+  evbus_test::watchdog dog("relay manual clock thread test", std::chrono::seconds(60));
+  fixture f;
+  auto o = f.options(evbus::ack_mode::on_timer);
+  o.ack_interval = 1h;
+  o.idle_wait = 1h;  // only wake() and the clock wake it
+  relay r(f.store, f.bus, o);
+  f.commit({"a1", "a2"});
+  r.start();
+  r.wake();
+  while (f.payloads().size() < 2) std::this_thread::sleep_for(1ms);
+  CHECK(f.store.marks().empty());
+  f.clock->advance(1h);  // wakes the thread through the clock's listener
+  while (f.store.delivered() < 2) std::this_thread::sleep_for(1ms);
+  r.stop();
+  CHECK(f.store.marks() == std::vector<std::vector<std::uint64_t>>{seqs({1, 2})});
+}
+
+TEST_CASE("relay: after_handled with executor workers and the relay's own thread") {
+  evbus_test::watchdog dog("relay after_handled thread test", std::chrono::seconds(60));
+  fixture f;
+  evbus::executor_options eo;
+  eo.workers = 2;
+  eo.partitions = 4;
+  evbus::keyed_executor ex(eo);
+  std::mutex m;
+  std::map<std::string, std::vector<int>> per_key;
+  std::atomic<int> handled{0};
+  auto worker = evbus::ordered(ex, [&](const evbus::basic_event<std::string>& e) {
+    std::lock_guard<std::mutex> lock(m);
+    per_key[e.key].push_back(std::stoi(e.data.substr(1)));
+    handled.fetch_add(1);
+  });
+  f.bus.register_handler("worker", "a", worker);
+  std::atomic<int> marked_unhandled{0};  // counted on the relay's thread, checked here
+  f.store.before_mark = [&](const std::vector<std::uint64_t>& s) {
+    if (static_cast<std::uint64_t>(handled.load()) < s.back()) marked_unhandled.fetch_add(1);
+  };
+  auto o = f.options(evbus::ack_mode::after_handled);
+  o.clock = nullptr;
+  o.executor = &ex;
+  o.batch_size = 7;
+  o.idle_wait = 1ms;
+  relay r(f.store, f.bus, o);
+  r.start();
+  for (int i = 0; i < 50; ++i) {
+    f.commit({"x" + std::to_string(i), "y" + std::to_string(i)});
+    r.wake();
+  }
+  while (f.store.delivered() < 100) std::this_thread::sleep_for(1ms);
+  r.stop();
+  CHECK(handled.load() == 100);
+  CHECK(marked_unhandled.load() == 0);
+  for (const auto& k : per_key) {
+    REQUIRE(k.second.size() == 50);
+    for (int i = 0; i < 50; ++i) CHECK(k.second[static_cast<std::size_t>(i)] == i);
+  }
+  CHECK(f.failures.empty());
+}

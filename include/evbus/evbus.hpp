@@ -8990,7 +8990,9 @@ class basic_relay {
     wall_origin_ = detail::wall_now();
     next_purge_ = clock_->now();
     if (clock_->is_manual()) {
-      listener_ = clock_->add_listener([this] { wake(); });
+      // The listener holds the sleep state, not the relay: a call of it still running when
+      // the relay is gone touches nothing freed.
+      listener_ = clock_->add_listener([sleep = sleep_] { sleep->wake(); });
     }
   }
 
@@ -8999,12 +9001,12 @@ class basic_relay {
 
   /// stop(); a failure of its last mark goes to on_error.
   ~basic_relay() {
+    if (listener_ != 0) clock_->remove_listener(listener_);
     try {
       stop();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "evbus: relay destructor: %s\n", e.what());
     }
-    if (listener_ != 0) clock_->remove_listener(listener_);
   }
 
   /**
@@ -9016,8 +9018,8 @@ class basic_relay {
     std::lock_guard<std::mutex> lock(thread_mutex_);
     if (thread_.joinable()) return;
     {
-      std::lock_guard<std::mutex> wait_lock(wait_mutex_);
-      stopping_ = false;
+      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+      sleep_->stopping = false;
     }
     thread_ = std::thread([this] { run(); });
   }
@@ -9033,10 +9035,10 @@ class basic_relay {
     std::lock_guard<std::mutex> lock(thread_mutex_);
     if (thread_.joinable()) {
       {
-        std::lock_guard<std::mutex> wait_lock(wait_mutex_);
-        stopping_ = true;
+        std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+        sleep_->stopping = true;
       }
-      wake_.notify_all();
+      sleep_->wake_up.notify_all();
       thread_.join();
     }
     flush();
@@ -9091,13 +9093,7 @@ class basic_relay {
   }
 
   /// Wakes the relay's thread now (e.g. after a commit) instead of after idle_wait.
-  void wake() {
-    {
-      std::lock_guard<std::mutex> lock(wait_mutex_);
-      woken_ = true;
-    }
-    wake_.notify_all();
-  }
+  void wake() { sleep_->wake(); }
 
   /// The five metrics and the counts, read now.
   relay_stats stats() const {
@@ -9390,8 +9386,8 @@ class basic_relay {
         if (!emitted_.empty() && options_.ack == ack_mode::on_timer) due = std::min(due, ack_due_);
         if (options_.retention) due = std::min(due, next_purge_);
       }
-      std::unique_lock<std::mutex> lock(wait_mutex_);
-      if (stopping_) return;
+      std::unique_lock<std::mutex> lock(sleep_->mutex);
+      if (sleep_->stopping) return;
       if (progressed) continue;
       auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.idle_wait);
       if (!clock_->is_manual() && due != steady_time::max()) {
@@ -9399,10 +9395,11 @@ class basic_relay {
         if (until < wait) wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until);
       }
       if (wait.count() > 0) {
-        wake_.wait_for(lock, detail::bounded_wait(wait), [this] { return stopping_ || woken_; });
+        sleep_->wake_up.wait_for(lock, detail::bounded_wait(wait),
+                                 [this] { return sleep_->stopping || sleep_->woken; });
       }
-      woken_ = false;
-      if (stopping_) return;
+      sleep_->woken = false;
+      if (sleep_->stopping) return;
     }
   }
 
@@ -9436,10 +9433,21 @@ class basic_relay {
 
   mutable std::mutex thread_mutex_;  ///< start(), stop(), running()
   std::thread thread_;
-  std::mutex wait_mutex_;            ///< the thread's sleep
-  std::condition_variable wake_;
-  bool stopping_ = false;
-  bool woken_ = false;
+  /// The thread's sleep: what wakes it, and whether it must end.
+  struct sleep_state {
+    std::mutex mutex;
+    std::condition_variable wake_up;
+    bool stopping = false;
+    bool woken = false;
+    void wake() {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        woken = true;
+      }
+      wake_up.notify_all();
+    }
+  };
+  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
 };
 
 }  // namespace v1

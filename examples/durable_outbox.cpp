@@ -32,9 +32,12 @@ void print_delivery(const char* when, const evbus::basic_event<std::string>& e) 
 void commit_order(bus_type& bus, evbus::basic_outbox<std::string>& outbox, int order) {
   auto tx = bus.transaction();
   evbus::emit_options options;
-  options.key = "customer-" + std::to_string(order);
-  tx.emit("order.placed", "order " + std::to_string(order), options);
-  tx.emit("payment.requested", "order " + std::to_string(order), options);
+  options.key = "customer-";
+  options.key += std::to_string(order);
+  std::string payload = "order ";
+  payload += std::to_string(order);
+  tx.emit("order.placed", payload, options);
+  tx.emit("payment.requested", payload, options);
   outbox.commit(tx);  // durable when it returns
   std::cout << "  committed order " << order << std::endl;
 }
@@ -73,9 +76,9 @@ void commit_order(bus_type& bus, evbus::basic_outbox<std::string>& outbox, int o
 }  // namespace
 
 int main() {
-  const std::string dir =
-      (std::filesystem::temp_directory_path() / ("evbus-durable-outbox-" + std::to_string(::getpid())))
-          .string();
+  std::string name = "evbus-durable-outbox-";
+  name += std::to_string(::getpid());
+  const std::string dir = (std::filesystem::temp_directory_path() / name).string();
   std::filesystem::remove_all(dir);
 
   std::cout << "before the crash:" << std::endl;

@@ -9357,10 +9357,19 @@ class basic_relay {
     f.attempt = attempt;
     f.retry_in = wait;
     f.error = error;
-    f.message = std::string("evbus: relay: ") + to_string(s) +
-                (sequence != 0 ? " of event " + std::to_string(sequence) : std::string()) +
-                " failed: " + detail::describe(error) + "; attempt " + std::to_string(attempt) +
-                ", retrying in " + detail::format_duration(wait);
+    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
+    f.message = "evbus: relay: ";
+    f.message += to_string(s);
+    if (sequence != 0) {
+      f.message += " of event ";
+      f.message += std::to_string(sequence);
+    }
+    f.message += " failed: ";
+    f.message += detail::describe(error);
+    f.message += "; attempt ";
+    f.message += std::to_string(attempt);
+    f.message += ", retrying in ";
+    f.message += detail::format_duration(wait);
     if (options_.on_error) {
       try {
         options_.on_error(f);

@@ -676,3 +676,43 @@ TEST_CASE("relay: after_handled with executor workers and the relay's own thread
   }
   CHECK(f.failures.empty());
 }
+
+TEST_CASE("relay: with a zero backoff a failure that persists still ends run_until_idle()") {
+  fixture f;
+  f.bus.register_handler("broken", "a", [](const evbus::basic_event<std::string>&) {
+    throw std::runtime_error("always");
+  });
+  f.commit({"a1"});
+  auto o = f.options(evbus::ack_mode::per_event);
+  o.backoff_base = 0ns;
+  o.backoff_cap = 0ns;
+  relay r(f.store, f.bus, o);
+  CHECK(r.run_until_idle() == 0);
+  CHECK(r.run_until_idle() == 0);
+  REQUIRE(f.failures.size() == 2);
+  CHECK(f.failures[1].attempt == 2);
+  CHECK(f.failures[1].retry_in == 0ns);
+  CHECK(f.store.delivered() == 0);
+}
+
+TEST_CASE("relay: on_timer marks when due even while an emit failure holds up the batch") {
+  fixture f;
+  bool refuse = true;
+  f.bus.register_handler("flaky", "a", [&](const evbus::basic_event<std::string>& e) {
+    if (e.data == "a3" && refuse) throw std::runtime_error("a3 refused");
+  });
+  f.commit({"a1", "a2", "a3"});
+  auto o = f.options(evbus::ack_mode::on_timer);
+  o.ack_interval = 50ms;
+  relay r(f.store, f.bus, o);
+  CHECK(r.run_until_idle() == 2);
+  f.clock->advance(50ms);
+  CHECK(r.run_until_idle() == 0);  // a3 fails again; a1 and a2 are marked
+  CHECK(f.store.marks() == std::vector<std::vector<std::uint64_t>>{seqs({1, 2})});
+  refuse = false;
+  f.clock->advance(1s);
+  CHECK(r.run_until_idle() == 1);
+  CHECK(r.flush());
+  CHECK(f.store.delivered() == 3);
+  CHECK(f.payloads() == strings{"a1", "a2", "a3", "a3", "a3"});
+}

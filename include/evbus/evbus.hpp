@@ -9065,9 +9065,9 @@ class basic_relay {
   }
 
   /**
-   * @brief poll() until a step makes no progress: everything pending is emitted (and marked,
-   * unless on_timer waits for its interval), or a failure waits for its backoff. Returns how
-   * many events it emitted.
+   * @brief poll() until a step makes no progress or fails: everything pending is emitted (and
+   * marked, unless on_timer waits for its interval), or a failure was reported and waits for
+   * its backoff. Returns how many events it emitted.
    */
   std::size_t run_until_idle() {
     not_inside("run_until_idle()");
@@ -9172,31 +9172,26 @@ class basic_relay {
                                                                           steady_origin_);
   }
 
-  /// One step. Returns true if it made progress (read, emitted or marked something), so that
-  /// run_until_idle() goes on.
+  /// One step. Returns true if it made progress (read, emitted or marked something) and did
+  /// not fail, so that run_until_idle() goes on; a failure ends the run (with a zero backoff,
+  /// going on would retry at once, for ever).
   bool step(std::size_t& emitted) {
     const steady_time now = clock_->now();
     purge_if_due(now);
     if (now < retry_at_) return false;
     bool progressed = false;
-    // What a previous step emitted and could not mark yet.
-    if (!emitted_.empty() && next_ >= batch_.size()) {
-      switch (options_.ack) {
-        case ack_mode::on_timer:
-          if (now >= ack_due_) {
-            if (!mark_emitted()) return true;
-            progressed = true;
-          }
-          break;
-        case ack_mode::after_handled:
-          if (!drained() || !mark_emitted()) return true;
+    // What earlier steps emitted and did not mark yet: on the timer's due time (also in the
+    // middle of a batch); in the other modes once their batch was emitted whole.
+    if (!emitted_.empty()) {
+      if (options_.ack == ack_mode::on_timer) {
+        if (now >= ack_due_) {
+          if (!mark_emitted()) return false;
           progressed = true;
-          break;
-        case ack_mode::per_event:
-        case ack_mode::per_batch:
-          if (!mark_emitted()) return true;
-          progressed = true;
-          break;
+        }
+      } else if (next_ >= batch_.size()) {
+        if (options_.ack == ack_mode::after_handled && !drained()) return false;
+        if (!mark_emitted()) return false;
+        progressed = true;
       }
     }
     if (next_ >= batch_.size()) {
@@ -9207,9 +9202,9 @@ class basic_relay {
         batch_ = store_->read_pending(cursor_, options_.batch_size);
       } catch (...) {
         store_errors_.fetch_add(1, std::memory_order_relaxed);
-        fail(relay_step::read, 0, std::current_exception());
         batch_.clear();
-        return progressed;
+        fail(relay_step::read, 0, std::current_exception());
+        return false;
       }
       store_time_.record(real::now() - t0);
       succeeded(relay_step::read, 0);
@@ -9218,29 +9213,27 @@ class basic_relay {
         return progressed;
       }
     }
-    const bool none_waiting = emitted_.empty();
     while (next_ < batch_.size()) {
       const stored_event& e = batch_[next_];
-      if (!emit_one(e)) return true;
+      if (!emit_one(e)) return false;
       ++next_;
       ++emitted;
       cursor_ = e.sequence;
+      if (options_.ack == ack_mode::on_timer && emitted_.empty()) {
+        ack_due_ = detail::add_saturated(clock_->now(), options_.ack_interval);
+      }
       emitted_.push_back(e.sequence);
-      if (options_.ack == ack_mode::per_event && !mark_emitted()) return true;
+      if (options_.ack == ack_mode::per_event && !mark_emitted()) return false;
     }
     switch (options_.ack) {
       case ack_mode::per_event:
+      case ack_mode::on_timer:
         break;
       case ack_mode::per_batch:
-        mark_emitted();
+        if (!mark_emitted()) return false;
         break;
       case ack_mode::after_handled:
-        if (drained()) mark_emitted();
-        break;
-      case ack_mode::on_timer:
-        if (none_waiting && !emitted_.empty()) {
-          ack_due_ = detail::add_saturated(now, options_.ack_interval);
-        }
+        if (!drained() || !mark_emitted()) return false;
         break;
     }
     return true;

@@ -9,7 +9,7 @@
 //           The journal's files go to a fresh directory under TMPDIR (else /tmp), removed at the
 //           end: put TMPDIR on the device to measure, since a tmpfs makes every sync free.
 //
-// Each iteration appends 4096 events (untimed), then delivers them all (timed), 256 per batch,
+// Each iteration appends 4096 events (untimed, 64 per append), then delivers them all (timed), 256 per batch,
 // one mark per batch. Each name ends with the store: /memory (a vector, so the store costs
 // almost nothing and the figures are the relay's own), /journal_never and /journal_every_commit
 // (the file journal, marks synced or not).
@@ -124,9 +124,9 @@ std::unique_ptr<evbus::outbox_store> make_store(store_kind s) {
   return std::make_unique<evbus::file_journal>(dirs->fresh(), o);
 }
 
-/// Appends the events of one iteration, in transactions of 4, untimed.
+/// Appends the events of one iteration, in transactions of 64 (few syncs), untimed.
 void fill(evbus::outbox_store& store) {
-  std::vector<evbus::outbox_event> tx(4);
+  std::vector<evbus::outbox_event> tx(64);
   for (std::size_t i = 0; i < events_per_iteration; i += tx.size()) {
     for (std::size_t k = 0; k < tx.size(); ++k) {
       auto& e = tx[k];

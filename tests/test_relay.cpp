@@ -529,11 +529,12 @@ TEST_CASE("relay: stop(), poll() and flush() from a handler it is running throw 
   relay r(f.store, f.bus, o);
   self = &r;
   f.commit({"a1"});
-  SECTION("poll() on the test's thread") { r.run_until_idle(); }
+  SECTION("poll() on the test's thread") { CHECK(r.run_until_idle() == 1); }
   SECTION("the relay's own thread") {
     r.start();
     while (f.store.delivered() == 0) std::this_thread::sleep_for(1ms);
     r.stop();
+    CHECK_FALSE(r.running());
   }
   REQUIRE(refused.size() == 3);
   CHECK(refused[0].find("stop()") != std::string::npos);

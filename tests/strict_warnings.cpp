@@ -117,6 +117,48 @@ void use_outbox(counter& seen) {
 #endif
 }
 
+void use_relay(counter& seen) {
+  evbus::basic_bus<std::string> bus;
+  bus.register_topics("mail.sent");
+  bus.register_handler("count", "mail.sent",
+                       [&seen](const evbus::basic_event<std::string>& e) {
+                         seen.calls += static_cast<int>(e.data.size());
+                       });
+  evbus::keyed_executor ex(evbus::executor_options{});
+  evbus::relay_options options;
+  options.ack = evbus::ack_mode::after_handled;
+  options.executor = &ex;
+  options.clock = std::make_shared<evbus::manual_clock>();
+  options.on_error = [&seen](const evbus::relay_failure& f) {
+    seen.calls += static_cast<int>(f.attempt % 2U) + (f.step == evbus::relay_step::emit ? 1 : 0);
+  };
+#if EVBUS_HAS_FILE_JOURNAL
+  evbus::file_journal journal("strict-warnings-relay");
+  evbus::basic_outbox<std::string> outbox(journal);
+  evbus::basic_transaction<std::string> tx = bus.transaction();
+  tx.emit("mail.sent", std::string("hello"));
+  outbox.commit(tx);
+  evbus::basic_relay<std::string> relay(journal, bus, options);
+#else
+  struct nothing final : evbus::outbox_store {
+    void append(const std::vector<evbus::outbox_event>&) override {}
+    std::vector<evbus::stored_event> read_pending(std::uint64_t, std::size_t) override { return {}; }
+    void mark_delivered(const std::vector<std::uint64_t>&, evbus::time_point) override {}
+    std::size_t purge_delivered(evbus::time_point) override { return 0; }
+  } journal;
+  evbus::basic_relay<std::string> relay(journal, bus, options);
+#endif
+  seen.calls += static_cast<int>(relay.run_until_idle() + relay.poll());
+  relay.start();
+  relay.wake();
+  relay.stop();
+  seen.calls += relay.flush() && !relay.running() ? 1 : 0;
+  const evbus::relay_stats stats = relay.stats();
+  seen.calls += static_cast<int>((stats.emitted + stats.send_time.count) % 2U);
+  seen.calls += evbus::to_string(evbus::relay_step::mark)[0] == 'm' ? 1 : 0;
+  seen.calls += relay.options().batch_size > 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main() {
@@ -124,5 +166,6 @@ int main() {
   use_bus(seen);
   use_typed_bus_and_executor(seen);
   use_outbox(seen);
+  use_relay(seen);
   return seen.calls > 0 ? 0 : 1;
 }

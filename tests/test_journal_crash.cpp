@@ -14,6 +14,7 @@
 #include "evbus_catch.hpp"
 
 #include "bus_support.hpp"
+#include "crash_support.hpp"
 #include "fork_child.hpp"
 #include "outbox_support.hpp"
 
@@ -42,84 +43,13 @@ using evbus_test::temp_dir;
 
 constexpr std::size_t all = 10000000;
 
-/// A child process running `fn`, and the read end of a pipe it reports on.
-struct child {
-  pid_t pid = -1;
-  int reports = -1;  ///< read end
-};
-
-/// Forks a child that runs `fn(write end of the report pipe)` and exits with its result. The
-/// child never returns into the test framework.
-template <class Fn>
-child spawn(Fn fn) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) std::signal(sig, SIG_DFL);
-    int code = 99;
-    try {
-      code = fn(fds[1]);
-    } catch (...) {
-      code = 98;
-    }
-    ::_exit(code);
-  }
-  ::close(fds[1]);
-  return child{pid, fds[0]};
-}
-
-/// Reads exactly `n` bytes from `fd`, waiting at most 60 s in all: false on end of file.
-bool read_exact(int fd, void* data, std::size_t n) {
-  auto* p = static_cast<char*>(data);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (n > 0) {
-    pollfd pfd{fd, POLLIN, 0};
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) FAIL("the child reported nothing for 60 s");
-    if (::poll(&pfd, 1, static_cast<int>(left.count())) < 0) continue;
-    const ssize_t r = ::read(fd, p, n);
-    if (r == 0) return false;
-    if (r < 0) continue;
-    p += r;
-    n -= static_cast<std::size_t>(r);
-  }
-  return true;
-}
-
-void write_all(int fd, const void* data, std::size_t n) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::write(fd, p, n);
-    if (r > 0) {
-      p += r;
-      n -= static_cast<std::size_t>(r);
-    }
-  }
-}
-
-/// Waits for the child: how it ended, as fork_child describes it.
-fork_child::result reap(const child& c) {
-  int status = 0;
-  ::waitpid(c.pid, &status, 0);
-  ::close(c.reports);
-  fork_child::result r;
-  if (WIFEXITED(status)) {
-    r.how = fork_child::result::exited;
-    r.code = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    r.how = fork_child::result::signalled;
-    r.code = WTERMSIG(status);
-  }
-  return r;
-}
-
-bool killed(const fork_child::result& r) {
-  return r.how == fork_child::result::signalled && r.code == SIGKILL;
-}
+using crash_support::child;
+using crash_support::clear_dir;
+using crash_support::killed;
+using crash_support::read_exact;
+using crash_support::reap;
+using crash_support::spawn;
+using crash_support::write_all;
 
 evbus::journal_options options(evbus::sync_policy sync, evbus::journal_recovery* report = nullptr,
                                std::uint64_t segment_bytes = 4096) {
@@ -132,12 +62,6 @@ evbus::journal_options options(evbus::sync_policy sync, evbus::journal_recovery*
   return o;
 }
 
-/// Removes every file of `dir` (keeping the directory: removing directories is slow on some
-/// file systems).
-void clear_dir(const std::string& dir) {
-  fs::create_directories(dir);
-  for (const auto& entry : fs::directory_iterator(dir)) fs::remove(entry.path());
-}
 
 void copy_files(const std::string& from, const std::string& to) {
   clear_dir(to);

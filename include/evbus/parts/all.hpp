@@ -14,6 +14,7 @@
  *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
  *      built-in file journal
  *   6. the keyed executor (ordered, partitioned delivery on worker threads)
+ *   7. the relay: the durable outbox's events emitted into the bus, marked delivered
  *
  * @code
  *   evbus::bus bus;
@@ -81,5 +82,8 @@
 #include "executor_core.hpp"
 #include "executor.hpp"
 #include "ordered.hpp"
+
+// 7. The relay of the durable outbox (it may wait for the executor)
+#include "relay.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

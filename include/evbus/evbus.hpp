@@ -7370,10 +7370,11 @@ class admission {
   std::atomic<std::uint64_t> held_{0};  // bounded only
   // Unbounded only: events counted in (by emitters) and out (by workers), on lines of their
   // own, and a value `given_` had, which bounds the count from above.
+  // The high-water mark sits with `taken_`: every count_in() reads it.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> taken_{0};
   std::atomic<std::uint64_t> given_seen_{0};
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::uint64_t> high_water_{0};
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::size_t> waiting_{0};
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -7721,8 +7722,8 @@ class lanes : public subscription_base {
  public:
   lanes(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
-      : link_(link),
-        admission_(policy.capacity),
+      : admission_(policy.capacity),
+        link_(link),
         count_(partitions),
         parts_(new partition[partitions]),
         runner_(link, std::move(fn), std::move(policy)) {
@@ -7815,9 +7816,10 @@ class lanes : public subscription_base {
     }
   }
 
-  // What emitters read, on lines that workers do not write.
-  executor_link& link_;
+  // What emitters read, on lines that workers do not write (admission's lines are its own:
+  // it is aligned to a cache line, so nothing of the base's hold count shares them).
   admission admission_;
+  executor_link& link_;
   const bool manual_clock_ = link_.sched.clock().is_manual();
   const std::size_t count_;
   const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2

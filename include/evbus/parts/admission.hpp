@@ -133,10 +133,11 @@ class admission {
   std::atomic<std::uint64_t> held_{0};  // bounded only
   // Unbounded only: events counted in (by emitters) and out (by workers), on lines of their
   // own, and a value `given_` had, which bounds the count from above.
+  // The high-water mark sits with `taken_`: every count_in() reads it.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> taken_{0};
   std::atomic<std::uint64_t> given_seen_{0};
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::uint64_t> high_water_{0};
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::uint64_t> given_{0};
   std::atomic<std::size_t> waiting_{0};
   std::mutex mutex_;
   std::condition_variable cv_;

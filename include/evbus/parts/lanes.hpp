@@ -97,8 +97,8 @@ class lanes : public subscription_base {
  public:
   lanes(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
-      : link_(link),
-        admission_(policy.capacity),
+      : admission_(policy.capacity),
+        link_(link),
         count_(partitions),
         parts_(new partition[partitions]),
         runner_(link, std::move(fn), std::move(policy)) {
@@ -191,9 +191,10 @@ class lanes : public subscription_base {
     }
   }
 
-  // What emitters read, on lines that workers do not write.
-  executor_link& link_;
+  // What emitters read, on lines that workers do not write (admission's lines are its own:
+  // it is aligned to a cache line, so nothing of the base's hold count shares them).
   admission admission_;
+  executor_link& link_;
   const bool manual_clock_ = link_.sched.clock().is_manual();
   const std::size_t count_;
   const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2

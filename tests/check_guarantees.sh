@@ -4,8 +4,9 @@
 #
 # Each row is `| guarantee | code | test |`. In the code cell, a backquoted `<part>.hpp` names
 # a file of include/evbus/parts/, and the backquoted names after it (`strand::arrive`,
-# `matches`) must each occur in that part as whole words (every `::`-separated component);
-# the part must come first. In the test cell, every backquoted name ending in .cpp must be a
+# `matches`) must be declared in that part: each class before a `::` as `class X` or
+# `struct X`, the last name as a class, struct or alias, or followed by `(` (a function or a
+# constructor); the part must come first. In the test cell, every backquoted name ending in .cpp must be a
 # file under tests/. A row without a part or without a test fails too.
 #
 # Usage: tests/check_guarantees.sh   (needs python3)
@@ -59,10 +60,14 @@ for line in rows:
             continue
         if part is None:
             continue
-        for component in name.split("::"):
-            if not re.search(r"(?<![\w])" + re.escape(component) + r"(?!\w)", texts[part]):
-                problems.append("%s...: `%s` is not in %s" % (where, name, part))
-                break
+        *owners, member = name.split("::")
+        text = texts[part]
+        declared = [re.search(r"\b(?:class|struct)\s+" + re.escape(o) + r"\b", text)
+                    for o in owners]
+        declared.append(re.search(r"\b(?:class|struct|using)\s+" + re.escape(member) + r"\b"
+                                  r"|\b" + re.escape(member) + r"\s*\(", text))
+        if not all(declared):
+            problems.append("%s...: `%s` is not declared in %s" % (where, name, part))
         else:
             checked += 1
     files = [t for t in re.findall(r"`([^`]+)`", test) if t.endswith(".cpp")]

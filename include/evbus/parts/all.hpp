@@ -63,6 +63,7 @@
 #include "journal_index.hpp"
 #include "journal_recovery.hpp"
 #include "journal_options.hpp"
+#include "journal_writer.hpp"
 #include "journal.hpp"
 
 // 6. The keyed executor

@@ -1875,7 +1875,6 @@ class bus_registry : public retire_list {
     }
   }
 
-
  protected:
   void init() {
     index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
@@ -2374,7 +2373,6 @@ class basic_bus : private detail::bus_emitter<Data> {
       this->deregister_topic_list(list, sizeof...(Names));
     }
   }
-
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const { return base::topics(); }
@@ -6887,7 +6885,6 @@ class file_journal final : public outbox_store, private detail::journal_writer {
 
   /// Makes everything written so far durable, whatever the policy.
   void sync() { sync_written(); }
-
 
   /// The journal's counts.
   journal_stats stats() const {

@@ -181,7 +181,6 @@ class basic_bus : private detail::bus_emitter<Data> {
     }
   }
 
-
   /// The registered topics, sorted.
   std::vector<std::string> topics() const { return base::topics(); }
 

@@ -311,7 +311,6 @@ class file_journal final : public outbox_store, private detail::journal_writer {
   /// Makes everything written so far durable, whatever the policy.
   void sync() { sync_written(); }
 
-
   /// The journal's counts.
   journal_stats stats() const {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -236,7 +236,6 @@ class bus_registry : public retire_list {
     }
   }
 
-
  protected:
   void init() {
     index_owner_ = std::make_shared<detail::topic_index<Data>>(16);

@@ -65,7 +65,86 @@ struct counting_runnable final : runnable {
   std::atomic<bool> overlapped{false};
 };
 
+// A strand that, as an intake does, makes another strand ready while it runs.
+struct routing_runnable final : runnable {
+  routing_runnable(scheduler& s, runnable& t) : sched(s), target(t) { routes = true; }
+  result run(std::size_t) noexcept override {
+    ++runs;
+    sched.submit(&target);
+    return result{};
+  }
+  scheduler& sched;
+  runnable& target;
+  int runs = 0;
+};
+
+// Runs once per submit; counts its runs.
+struct once_runnable final : runnable {
+  result run(std::size_t) noexcept override {
+    if (running.fetch_add(1) != 0) overlapped = true;
+    runs.fetch_add(1);
+    running.fetch_sub(1);
+    return result{};
+  }
+  std::atomic<int> runs{0};
+  std::atomic<int> running{0};
+  std::atomic<bool> overlapped{false};
+};
+
 }  // namespace
+
+TEST_CASE("scheduler, W = 0: an intake runs first in a pass, and the strands it makes ready run "
+          "in the same pass",
+          "[scheduler]") {
+  auto s = make_scheduler();
+  std::vector<std::string> log;
+  std::mutex m;
+  counting_runnable a("a", 1, &log, &m);
+  counting_runnable b("b", 1, &log, &m);
+  routing_runnable intake(*s, b);
+  s->submit(&a);
+  s->submit(&intake);
+  bool found = false;
+  CHECK(s->poll_pass(found) == 2);
+  CHECK(found);
+  CHECK(intake.runs == 1);
+  CHECK(log == std::vector<std::string>{"a", "b"});
+  CHECK(s->poll_pass(found) == 0);
+  CHECK_FALSE(found);
+}
+
+TEST_CASE("scheduler: submits from many threads to workers that sleep at once are never lost",
+          "[scheduler]") {
+  // No spin: every submit that finds the workers asleep must wake one. A lost wake-up leaves
+  // a strand unrun, and the bounded wait below fails.
+  auto s = make_scheduler(nullptr, std::chrono::nanoseconds(0));
+  s->resize(2);
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 500;
+  std::vector<once_runnable> strands(kThreads);
+  std::atomic<int> stalled{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 1; round <= kRounds; ++round) {
+        s->submit(&strands[static_cast<std::size_t>(t)]);
+        if (!evbus_test::eventually([&] {
+              return strands[static_cast<std::size_t>(t)].runs.load() == round;
+            })) {
+          stalled.fetch_add(1);
+          return;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  s->stop_workers();
+  CHECK(stalled.load() == 0);
+  for (auto& r : strands) {
+    CHECK(r.runs.load() == kRounds);
+    CHECK_FALSE(r.overlapped.load());
+  }
+}
 
 TEST_CASE("scheduler, W = 0: poll_pass runs each ready strand once, in submission order, and "
           "a strand with more work goes to the back",

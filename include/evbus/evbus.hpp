@@ -2611,9 +2611,12 @@ using topic_handle = basic_topic_handle<std::any>;
 // evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
 // their wake-ups.
 //
-// Owns: which strand runs next and on which thread. Everything here is under one std::mutex,
-// held only to move a pointer on or off a list, never across user code. A strand that gets
-// work is submitted once (its holder does it, see strand.hpp) and taken by one thread; after
+// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
+// (its holder does it, see strand.hpp) onto the inbox, a lock-free stack, so that an emitter
+// never takes the scheduler's mutex nor waits for a worker holding it; the rest is under one
+// std::mutex, held only to move a pointer on or off a list, never across user code. Whoever
+// looks for work under the mutex first moves the inbox onto the ready list. A strand is taken
+// by one thread; after
 // its run it is idle (let go: not touched again), ready again (to the back of the list, so
 // every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
 // to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
@@ -3079,7 +3082,8 @@ struct runnable {
   virtual ~runnable() = default;
   /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
   virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the ready list's link, under the scheduler's mutex
+  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
+  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
 };
 
 /// Every member is called under the lock that also guards the strand's queue.
@@ -3446,16 +3450,25 @@ class scheduler {
   }
   evbus::clock& clock() const noexcept { return *clock_; }
 
-  /// A strand got its first waiting event: run it soon. Never throws.
+  /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
+  /// unless a thread sleeps waiting for work (then it wakes one).
   void submit(runnable* r) noexcept {
-    bool wake = false;
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+    // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
+    // this strand before it sleeps, or this sees it counted and wakes it.
+    const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
+                             spinning_.load(std::memory_order_seq_cst) == 0;
+    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0;
+    if (!wake_worker && !wake_waiter) return;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      push_ready(r);
-      wake = sleepers_ > 0 && spinning_ == 0;
-      if (waiters_ > 0) progress_cv_.notify_all();
+      std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
+      if (wake_waiter) progress_cv_.notify_all();
     }
-    if (wake) work_cv_.notify_one();
+    if (wake_worker) work_cv_.notify_one();
   }
 
   /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
@@ -3516,7 +3529,7 @@ class scheduler {
   /// Something a waiter of help_until() may be waiting for happened outside a run.
   void notify_progress() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (waiters_ > 0) progress_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
@@ -3581,8 +3594,38 @@ class scheduler {
     drive_scope scope(this);
     std::unique_lock<std::mutex> lock(mutex_);
     fire_due();
+    take_inbox();
+    // Intakes first: the partitions they make ready are ready in this pass.
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &ready_head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --ready_count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    ready_tail_ = nullptr;
+    for (runnable* r = ready_head_; r != nullptr; r = r->next_ready) ready_tail_ = r;
+    found = intakes != nullptr;
+    while (intakes != nullptr) {
+      runnable* r = intakes;
+      intakes = r->next_ready;
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      settle(r, res);
+    }
+    take_inbox();
     std::size_t n = ready_count_;
-    found = n > 0;
+    found = found || n > 0;
     std::size_t calls = 0;
     while (n-- > 0 && ready_head_ != nullptr) {
       runnable* r = pop_ready();
@@ -3604,13 +3647,14 @@ class scheduler {
   template <class Done>
   void help_until(Done done, const char* what) {
     std::unique_lock<std::mutex> lock(mutex_);
-    ++waiters_;
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
-      std::size_t& n;
-      ~leave() { --n; }
+      std::atomic<std::size_t>& n;
+      ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
     } guard{waiters_};
     for (;;) {
       if (done()) return;
+      take_inbox();
       if (target_ > 0) {
         progress_cv_.wait(lock);
         continue;
@@ -3668,6 +3712,26 @@ class scheduler {
   };
 
   // -- under mutex_ --------------------------------------------------------------------
+  /// Moves what was submitted onto the ready list, in the order it was submitted.
+  void take_inbox() noexcept {
+    // Seq_cst: after a spinner's or a waiter's seq_cst count, this sees what was submitted
+    // before a submit() read that count.
+    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push_ready(reversed);
+      reversed = next;
+    }
+  }
+
   void push_ready(runnable* r) noexcept {
     r->next_ready = nullptr;
     if (ready_tail_ == nullptr) {
@@ -3677,7 +3741,6 @@ class scheduler {
     }
     ready_tail_ = r;
     ++ready_count_;
-    ready_gen_.fetch_add(1, std::memory_order_relaxed);
   }
 
   runnable* pop_ready() noexcept {
@@ -3703,7 +3766,7 @@ class scheduler {
     std::push_heap(timers_.begin(), timers_.end(), later_first{});
     if (earliest) {
       work_cv_.notify_all();  // sleepers wait until the earliest due time
-      if (waiters_ > 0) progress_cv_.notify_all();
+      if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
     }
   }
 
@@ -3717,7 +3780,7 @@ class scheduler {
         push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
       }
     }
-    if (waiters_ > 0) progress_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   void fire_due() {
@@ -3754,10 +3817,14 @@ class scheduler {
     bool may_spin = true;
     while (!self.stop) {
       fire_due();
+      take_inbox();
       if (ready_head_ != nullptr) {
         runnable* r = pop_ready();
         // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (ready_head_ != nullptr && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+        if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0 &&
+            spinning_.load(std::memory_order_relaxed) == 0) {
+          work_cv_.notify_one();
+        }
         ++running_;
         lock.unlock();
         const runnable::result res = r->run(batch_);
@@ -3767,38 +3834,45 @@ class scheduler {
         may_spin = true;
         continue;
       }
-      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+      if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
+          idle_spin_.count() > 0) {
         may_spin = false;
-        ++spinning_;
-        const std::uint64_t seen = ready_gen_.load(std::memory_order_relaxed);
+        spinning_.fetch_add(1, std::memory_order_seq_cst);
         lock.unlock();
-        spin_for_work(seen);
+        spin_for_work();
         lock.lock();
-        --spinning_;
+        spinning_.fetch_sub(1, std::memory_order_seq_cst);
         continue;
       }
       may_spin = true;
-      ++sleepers_;
-      if (!timers_.empty() && !manual_) {
-        const auto wait = timers_.front().due - now();
-        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
-      } else {
-        work_cv_.wait(lock);
+      // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
+      // submitted from now on either is seen here or wakes this worker.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (inbox_.load(std::memory_order_seq_cst) == nullptr) {
+        if (!timers_.empty() && !manual_) {
+          const auto wait = timers_.front().due - now();
+          if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
+        } else {
+          work_cv_.wait(lock);
+        }
       }
-      --sleepers_;
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
-    if (ready_head_ != nullptr && sleepers_ > 0) work_cv_.notify_one();
-    if (waiters_ > 0) progress_cv_.notify_all();
+    take_inbox();
+    if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0) {
+      work_cv_.notify_one();
+    }
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
-  // Busy-waits, for at most idle_spin, until something is made ready. Yields the processor
+  // Busy-waits, for at most idle_spin, until something is submitted. Yields the processor
   // every few rounds, so that on a busy machine the thread it waits for gets to run.
-  void spin_for_work(std::uint64_t seen) const noexcept {
+  void spin_for_work() const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
-      if (ready_gen_.load(std::memory_order_relaxed) != seen) return;
+      if (inbox_.load(std::memory_order_relaxed) != nullptr) return;
       if (i % 16 == 0) {
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() >= until) return;
@@ -3825,13 +3899,15 @@ class scheduler {
   std::uint64_t seq_ = 0;
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
-  std::size_t sleepers_ = 0;  // workers blocked on work_cv_
-  std::size_t spinning_ = 0;  // workers spinning for work (0 or 1)
-  std::size_t waiters_ = 0;   // threads in help_until()
   std::size_t target_ = 0;
   std::list<worker> workers_;
-  // Raised by every push_ready(): what a spinning worker watches without the mutex.
-  std::atomic<std::uint64_t> ready_gen_{0};
+  // Changed under mutex_, read by submit() without it.
+  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
+  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
+  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  // Submitted strands, newest first (linked by next_ready); on a line of its own, as every
+  // emitter that submits writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
 };
 
 }  // namespace detail
@@ -4110,6 +4186,13 @@ inline std::uint64_t mix64(std::uint64_t x) noexcept {
   return x ^ (x >> 31);
 }
 
+/// What drain() waits for in one subscription, and how far it has seen it get.
+struct drain_target {
+  std::uint64_t accepted = 0;        // the events accepted when the wait began
+  std::vector<std::uint64_t> parts;  // then, per partition, the events it must finish
+  std::size_t from = 0;              // the partitions before it have finished theirs
+};
+
 /// What the core keeps of each ordered subscription.
 struct subscription_base {
   subscription_base() = default;
@@ -4119,11 +4202,11 @@ struct subscription_base {
 
   /// Gives back a place a commit took and did not use. Never throws.
   virtual void release_place() noexcept = 0;
-  /// Per partition, the events pushed so far: what drain() waits for.
-  virtual std::vector<std::uint64_t> pushed() const = 0;
-  /// True if every partition from `from` on finished the events counted in `target`;
-  /// `from` advances past those that did.
-  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
+  /// The events accepted so far: what drain() waits for.
+  virtual std::uint64_t accepted_so_far() const = 0;
+  /// True once the events counted in `target.accepted` are finished; keeps its progress in
+  /// `target`, so a call goes on where the last one stopped.
+  virtual bool reached(drain_target& target) const = 0;
   /// Returns once every push that saw the executor open has queued its event.
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
@@ -4132,10 +4215,12 @@ struct subscription_base {
                           log_histogram::snapshot& wait) const = 0;
 
   std::string name;
-  /// One for the handler front (the copies of what ordered() returned) and one per partition
-  /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
+  /// One for the handler front (the copies of what ordered() returned) and one per strand
+  /// (the intake, a partition) held by a thread (scheduled, running, parked). The one who brings it to zero has the core
   /// remove the subscription: no handler can push, and no event is left.
-  std::atomic<std::size_t> holds{1};
+  /// On a cache line of its own: workers change it as strands are held and let go, while
+  /// emitters read the fields around it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::size_t> holds{1};
   /// The handler front is gone: the subscription leaves once its partitions are let go.
   std::atomic<bool> retiring{false};
   /// It has left the registry (drain() waits for a retiring subscription to be gone).
@@ -7047,6 +7132,7 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
 #ifndef EVBUS_PARTS_BLOCK_QUEUE_HPP
 #define EVBUS_PARTS_BLOCK_QUEUE_HPP
 
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -7062,43 +7148,55 @@ namespace detail {
 template <class T>
 inline constexpr std::size_t block_elements = sizeof(T) >= 256 ? 4 : 1024 / sizeof(T);
 
+/// A block of `per_block` elements of T: plain storage, linked to the next one.
+template <class T, std::size_t per_block>
+struct queue_block {
+  queue_block* next = nullptr;
+  alignas(T) unsigned char storage[per_block * sizeof(T)];
+  T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(storage) + i); }
+  void* place(std::size_t i) noexcept { return storage + i * sizeof(T); }
+};
+
+/// One spare block that the queues of a subscription share, so that a queue going idle and
+/// busy again does not free and allocate a block each time.
+template <class T, std::size_t per_block>
+class block_spare {
+  using block = queue_block<T, per_block>;
+
+ public:
+  block_spare() noexcept = default;
+  block_spare(const block_spare&) = delete;
+  block_spare& operator=(const block_spare&) = delete;
+  ~block_spare() { delete slot_.load(std::memory_order_acquire); }
+  block* take() noexcept {
+    if (slot_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    return slot_.exchange(nullptr, std::memory_order_acquire);
+  }
+  void give(block* b) noexcept {
+    block* none = nullptr;
+    if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+                                       std::memory_order_relaxed)) {
+      delete b;
+    }
+  }
+
+ private:
+  std::atomic<block*> slot_{nullptr};
+};
+
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the
 /// consumer has taken and those still waiting. Not synchronised: push(), take(), waiting()
 /// and release_all() are called under the caller's lock; front(), pop() belong to the one
-/// consumer, which touches only elements it took under that lock.
-template <class T, std::size_t per_block = block_elements<T>>
+/// consumer, which touches only elements it took under that lock. `apart`: the consumer's
+/// fields on a cache line of their own (for a queue whose consumer runs while producers push).
+template <class T, std::size_t per_block = block_elements<T>, bool apart = false>
 class block_queue {
   static_assert(per_block >= 2 && per_block < (std::size_t{1} << 31),
                 "block_queue: a block holds at least two elements");
-
-  struct block {
-    block* next = nullptr;
-    alignas(T) unsigned char storage[per_block * sizeof(T)];
-    T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(storage) + i); }
-    void* place(std::size_t i) noexcept { return storage + i * sizeof(T); }
-  };
+  using block = queue_block<T, per_block>;
 
  public:
-  /// One spare block that the queues of a subscription share, so that a partition going idle
-  /// and busy again does not free and allocate a block each time.
-  class spare_block {
-   public:
-    spare_block() noexcept = default;
-    spare_block(const spare_block&) = delete;
-    spare_block& operator=(const spare_block&) = delete;
-    ~spare_block() { delete slot_.load(std::memory_order_acquire); }
-    block* take() noexcept { return slot_.exchange(nullptr, std::memory_order_acquire); }
-    void give(block* b) noexcept {
-      block* none = nullptr;
-      if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
-                                         std::memory_order_relaxed)) {
-        delete b;
-      }
-    }
-
-   private:
-    std::atomic<block*> slot_{nullptr};
-  };
+  using spare_block = block_spare<T, per_block>;
 
   block_queue() noexcept = default;
   void use_spare(spare_block* s) noexcept { spare_ = s; }
@@ -7218,13 +7316,15 @@ class block_queue {
     }
   }
 
-  block* head_ = nullptr;  // consumer's (set by the producer only when the queue was empty)
-  std::uint32_t head_index_ = 0;
   block* tail_ = nullptr;  // producer's
   std::uint32_t tail_index_ = 0;
-  block* mark_ = nullptr;  // the first waiting element; under the lock
   std::uint32_t mark_index_ = 0;
+  block* mark_ = nullptr;  // the first waiting element; under the lock
   spare_block* spare_ = nullptr;
+  // The consumer's (set by the producer only when the queue was empty); with `apart`, on a
+  // cache line of its own, so that consuming does not take the line producers write.
+  alignas(apart ? EVBUS_CACHE_LINE_SIZE : alignof(block*)) block* head_ = nullptr;
+  std::uint32_t head_index_ = 0;
 };
 
 }  // namespace detail
@@ -7629,27 +7729,32 @@ class attempt_runner {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_ATTEMPT_HPP
-// ---- subscription.hpp -------------------------------------------------
-// evbus/parts/subscription.hpp: an ordered subscription: its partitions, how an event gets
-// in, and how a partition's events are run.
+// ---- lanes.hpp -------------------------------------------------
+// evbus/parts/lanes.hpp: where an ordered subscription's events wait, and how they move:
+// its intake and its partitions.
 //
-// Owns: P partitions, each a strand (strand.hpp) over a block_queue of events. push() is the
-// bus handler's body: it takes a place (admission.hpp), copies the event outside any lock,
-// and appends it to its key's partition under that partition's small_lock; the emit that
-// finds the partition idle submits it to the scheduler (the only hand-off). run_partition()
-// is the holder's loop: take up to `batch` events under the lock, run them without it
-// (attempt.hpp), and let go under the lock when none is left. Keeps: per-key order, one
-// event of a partition at a time, drop_oldest never losing an event for one it refused, and
-// the per-partition counts drain() waits for.
-#ifndef EVBUS_PARTS_SUBSCRIPTION_HPP
-#define EVBUS_PARTS_SUBSCRIPTION_HPP
+// Owns: an intake and P partitions, each a strand (strand.hpp) over a block_queue of events.
+// enqueue() copies an event into the intake under the intake's small_lock; the emit that finds
+// the intake idle submits it to the scheduler. route() is the intake holder's loop: it moves
+// events, in order, to their key's partition and submits each partition it makes busy.
+// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
+// them without it (attempt.hpp), and let go under the lock when none is left. evict_oldest()
+// is drop_oldest's eviction. Keeps: per-key order, one event of a partition at a time, and
+// the counts drain() waits for. subscription.hpp builds on it: admission and overflow.
+//
+// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
+// per batch, not once per event (the partitions, which workers write all the time, are never
+// the emitter's), and it submits once per batch, not once per partition made busy. The
+// benchmark that shows it pays is in bench/README.md ("The intake").
+#ifndef EVBUS_PARTS_LANES_HPP
+#define EVBUS_PARTS_LANES_HPP
 
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -7662,18 +7767,58 @@ inline namespace v1 {
 namespace detail {
 
 template <class Data>
-class subscription final : public subscription_base {
+class lanes : public subscription_base {
  public:
   using event_type = basic_event<Data>;
   using item = queued_event<Data>;
   using handler_type = typename attempt_runner<Data>::handler_type;
 
-  subscription(executor_link& link, std::size_t partitions, handler_type fn,
-               basic_delivery_policy<Data> policy)
+ protected:
+  struct partition final : runnable {
+    result run(std::size_t batch) noexcept override { return owner->run_partition(*this, batch); }
+
+    // Under `lock`: the strand, the queue's tail and mark, the counts.
+    mutable small_lock lock;
+    std::uint32_t number = 0;
+    strand rule;
+    std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
+    // The holder's: events taken and not yet popped.
+    std::uint32_t in_hand = 0;
+    block_queue<item> queue;
+    std::atomic<std::uint64_t> pushed{0};  // written under `lock` by the intake's holder
+    // The holder's: the jitter state, and events finished (read by drain() without the lock).
+    std::uint64_t rng = 0;
+    std::atomic<std::uint64_t> finished{0};
+    lanes* owner = nullptr;
+  };
+
+  using intake_queue = block_queue<item, block_elements<item>, true>;
+
+  /// The intake: every event of the subscription, in acceptance order, until route() moves
+  /// it to its partition.
+  struct intake final : runnable {
+    result run(std::size_t) noexcept override { return owner->route(); }
+
+    lanes* owner = nullptr;
+    // The holder's: events taken and not yet routed; the round robin of events without a
+    // key; events routed or skipped (read by drain() without the lock).
+    std::uint32_t in_hand = 0;
+    std::size_t round_robin = 0;
+    std::atomic<std::uint64_t> done{0};
+    // Under `lock`, on the emitters' cache line: the strand, the queue's tail and mark, the
+    // count of events accepted (which is also the next event's `seq`).
+    alignas(EVBUS_CACHE_LINE_SIZE) mutable small_lock lock;
+    strand rule;
+    std::uint32_t evicted_waiting = 0;
+    std::uint64_t pushed = 0;
+    intake_queue queue;  // its head on a line of its own, the holder's
+  };
+
+ public:
+  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+        basic_delivery_policy<Data> policy)
       : link_(link),
         admission_(policy.capacity),
-        on_full_(policy.on_full),
-        block_timeout_(policy.block_timeout),
         count_(partitions),
         parts_(new partition[partitions]),
         runner_(link, std::move(fn), std::move(policy)) {
@@ -7689,12 +7834,308 @@ class subscription final : public subscription_base {
       parts_[i].rng = mix64(seed + i * 0x9e3779b97f4a7c15ULL);
       parts_[i].queue.use_spare(&spare_);
     }
+    intake_.owner = this;
+    intake_.routes = true;
+    intake_.queue.use_spare(&spare_);
   }
 
-  ~subscription() override { runner_.flush_notes(name); }
+  ~lanes() override { runner_.flush_notes(name); }
 
-  /// The bus handler's body: queue a copy of `e` in its key's partition, or apply the
-  /// overflow policy.
+  executor_link& link() const noexcept { return link_; }
+
+  std::uint64_t accepted_so_far() const override {
+    std::lock_guard<small_lock> lock(intake_.lock);
+    return intake_.pushed;
+  }
+
+  /// Two steps: the events accepted before `target.accepted` have left the intake; then, with
+  /// the partitions' counts read at that moment, each partition has finished as many.
+  bool reached(drain_target& target) const override {
+    if (target.parts.empty()) {
+      if (intake_.done.load(std::memory_order_acquire) < target.accepted) return false;
+      target.parts.resize(count_);
+      for (std::size_t i = 0; i < count_; ++i) {
+        target.parts[i] = parts_[i].pushed.load(std::memory_order_acquire);
+      }
+    }
+    for (; target.from < count_; ++target.from) {
+      if (parts_[target.from].finished.load(std::memory_order_acquire) <
+          target.parts[target.from]) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
+
+ protected:
+  executor_closed closed_error(const event_type& e) const {
+    return executor_closed("evbus: the keyed_executor is shut down: subscription " +
+                           quote(name) + " does not accept the event on topic " +
+                           quote(e.topic()) + " with key " + quote(e.key));
+  }
+
+  /// Copies `e` and appends it to the intake; the place is taken. `held_open`: a commit holds
+  /// the executor open, so a close does not refuse it.
+  void enqueue(const event_type& e, bool held_open = false) {
+    item it{event_access::copy_borrowing(e)};
+    if (!pin_name(event_access::name(e))) event_access::own_topic(it.event);
+    // The time of acceptance feeds only the queue-wait histogram: read for one emit in 8 of
+    // each thread (every one with a manual clock, which tests read exactly).
+    thread_local unsigned sample = 0;
+    if (manual_clock_ || (sample++ & 7U) == 0) {
+      it.accepted = link_.now();
+      it.sampled = true;
+    }
+    bool became_holder = false;
+    {
+      std::lock_guard<small_lock> lock(intake_.lock);
+      // Checked under the intake's lock: shutdown's barrier then knows that every push past
+      // this point has queued its event.
+      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      it.seq = intake_.pushed;
+      intake_.queue.push(std::move(it));
+      ++intake_.pushed;
+      became_holder = intake_.rule.arrive();
+      if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (became_holder) link_.sched.submit(&intake_);
+  }
+
+  void give_back_one() {
+    if (admission_.bounded()) {
+      admission_.release();
+    } else {
+      admission_.count_out(1);
+    }
+  }
+
+  // What emitters read, on lines that workers do not write.
+  executor_link& link_;
+  admission admission_;
+  const bool manual_clock_ = link_.sched.clock().is_manual();
+  const std::size_t count_;
+  const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2
+  // The spare block (on its own line) before the queues that use it: destroyed after them.
+  alignas(EVBUS_CACHE_LINE_SIZE) typename block_queue<item>::spare_block spare_;
+  std::unique_ptr<partition[]> parts_;
+  intake intake_;
+  attempt_runner<Data> runner_;
+  std::atomic<std::uint64_t> dropped_{0};
+
+ private:
+  static constexpr std::size_t pinned_max = 8;
+
+  /// Whether the subscription keeps `name` alive for as long as it lives, so that its events
+  /// may refer to it without touching a reference count that emitter and worker would share.
+  /// The first pinned_max names are kept (a subscription usually sees few topics); events on
+  /// others own their name.
+  bool pin_name(const topic_name* topic) {
+    if (topic == nullptr) return true;
+    const std::size_t n = pinned_count_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
+    }
+    if (n == pinned_max) return false;
+    std::lock_guard<std::mutex> lock(pinned_mutex_);
+    const std::size_t now_n = pinned_count_.load(std::memory_order_relaxed);
+    for (std::size_t i = n; i < now_n; ++i) {
+      if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
+    }
+    if (now_n == pinned_max) return false;
+    pinned_owners_.push_back(topic->shared_from_this());
+    pinned_[now_n].store(topic, std::memory_order_relaxed);
+    pinned_count_.store(now_n + 1, std::memory_order_release);
+    return true;
+  }
+
+  std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
+  std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
+  std::atomic<std::size_t> pinned_count_{0};
+  std::mutex pinned_mutex_;
+
+  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
+  std::size_t partition_of(std::uint32_t hash) const noexcept {
+    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
+                                     : static_cast<std::size_t>(hash) % count_;
+  }
+
+  /// The intake holder's: the partition of an event's key.
+  std::size_t partition_for_key(const std::string& key) noexcept {
+    return key.empty() ? intake_.round_robin++ % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+  }
+
+  /// The intake holder's loop: moves the events waiting in the intake to their partitions, in
+  /// order, submitting each partition it makes busy. Takes what waits once per run; returns
+  /// `idle` only after letting go. Memory for a partition's block that cannot be had parks
+  /// the intake for a millisecond (the event stays first in line), reported once per event.
+  runnable::result route() noexcept {
+    runnable::result res;
+    bool took = false;
+    for (;;) {
+      if (intake_.in_hand == 0) {
+        std::unique_lock<small_lock> lock(intake_.lock);
+        const std::size_t n = intake_.rule.take(scheduler::max_batch);
+        if (n == 0) {
+          intake_.queue.release_all();
+          lock.unlock();
+          link_.release_hold(this);  // may remove this subscription: the last use of it
+          res.what = runnable::next::idle;
+          return res;
+        }
+        intake_.queue.take(n);
+        intake_.evicted_waiting = intake_.evicted_waiting > n
+                                      ? static_cast<std::uint32_t>(intake_.evicted_waiting - n)
+                                      : 0;
+        lock.unlock();
+        intake_.in_hand = static_cast<std::uint32_t>(n);
+        if (took) {  // routed one take in this run: the rest waits for the next
+          res.what = runnable::next::again;
+          return res;
+        }
+        took = true;
+      }
+      item& it = intake_.queue.front();
+      if (!it.evicted) {
+        partition& p = parts_[partition_for_key(it.event.key)];
+        bool became_holder = false;
+        try {
+          std::lock_guard<small_lock> lock(p.lock);
+          p.queue.push(std::move(it));
+          p.pushed.store(p.pushed.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_release);
+          became_holder = p.rule.arrive();
+          if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
+        } catch (...) {
+          link_.report_error(std::current_exception(),
+                             "subscription " + quote(name) + " (no memory to queue an event in "
+                             "its partition; it is tried again in 1 ms)");
+          res.what = runnable::next::park;
+          res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
+          return res;
+        }
+        if (became_holder) link_.sched.submit(&p);
+      }
+      intake_.queue.pop();
+      --intake_.in_hand;
+      // After the partition's count: a drain() that sees this sees that.
+      intake_.done.store(intake_.done.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_release);
+    }
+  }
+
+  /// The holder's loop: see the file comment. Returns `idle` only after letting go.
+  runnable::result run_partition(partition& p, std::size_t batch) noexcept {
+    runnable::result res;
+    std::optional<steady_time> clock_now;
+    std::uint64_t unpublished = 0;  // finished here, not yet counted out and in `finished`
+    for (;;) {
+      if (p.in_hand == 0) {
+        publish_finished(p, unpublished);
+        if (res.calls >= batch) {
+          res.what = runnable::next::again;
+          return res;
+        }
+        std::unique_lock<small_lock> lock(p.lock);
+        const std::size_t n = p.rule.take(batch);
+        if (n == 0) {
+          p.queue.release_all();  // an idle partition holds no blocks
+          lock.unlock();
+          // The scheduler wakes drain()'s waiters once this run returns (settle).
+          link_.release_hold(this);  // may remove this subscription: the last use of it
+          res.what = runnable::next::idle;
+          return res;
+        }
+        p.queue.take(n);
+        p.evicted_waiting =
+            p.evicted_waiting > n ? static_cast<std::uint32_t>(p.evicted_waiting - n) : 0;
+        lock.unlock();
+        p.in_hand = static_cast<std::uint32_t>(n);  // n <= batch, checked by the executor
+      }
+      item& it = p.queue.front();
+      if (!it.evicted) {
+        steady_time retry_at{};
+        ++res.calls;
+        using outcome = typename attempt_runner<Data>::outcome;
+        if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
+          // The event stays at the head: later events of the partition wait behind it.
+          publish_finished(p, unpublished);
+          res.what = runnable::next::park;
+          res.due = retry_at;
+          return res;
+        }
+        if (admission_.bounded()) admission_.release();  // at once: an emitter may wait for room
+      }
+      p.queue.pop();
+      --p.in_hand;
+      ++unpublished;
+    }
+  }
+
+  /// The end of a batch: its finished events leave the unbounded count (first: stats() after
+  /// drain() reads 0 queued), then `finished` counts them (a drain() that sees it sees the
+  /// counters). Once per batch, not per event: both are written by every worker.
+  void publish_finished(partition& p, std::uint64_t& n) noexcept {
+    if (n == 0) return;
+    if (!admission_.bounded()) admission_.count_out(n);
+    p.finished.store(p.finished.load(std::memory_order_relaxed) + n, std::memory_order_release);
+    n = 0;
+  }
+
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LANES_HPP
+// ---- subscription.hpp -------------------------------------------------
+// evbus/parts/subscription.hpp: an ordered subscription: how an event gets in.
+//
+// Owns: admission and overflow. push() is the bus handler's body: it takes a place
+// (admission.hpp) or applies the overflow policy (reject, drop the newest, drop the oldest,
+// block), then hands the event to its lanes (lanes.hpp: the intake, the partitions and how
+// events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
+// a bounded subscription never holds more than its capacity (drop_oldest: one more, briefly),
+// drop_oldest never loses an event for one it refused, a refused event leaves nothing behind.
+#ifndef EVBUS_PARTS_SUBSCRIPTION_HPP
+#define EVBUS_PARTS_SUBSCRIPTION_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+template <class Data>
+class subscription final : public lanes<Data> {
+  using base = lanes<Data>;
+
+ public:
+  using event_type = basic_event<Data>;
+  using handler_type = typename base::handler_type;
+  using base::accepted_so_far;
+  using base::name;
+
+  subscription(executor_link& link, std::size_t partitions, handler_type fn,
+               basic_delivery_policy<Data> policy)
+      : base(link, partitions, std::move(fn), std::move(policy)),
+        on_full_(runner_.policy().on_full),
+        block_timeout_(runner_.policy().block_timeout) {}
+
+  /// The bus handler's body: queue a copy of `e`, or apply the overflow policy.
   void push(const event_type& e) {
     // A commit's event: with a place taken, it goes in; without (drop policies), it still gets
     // in while the executor closes, as the commit holds it open.
@@ -7707,7 +8148,6 @@ class subscription final : public subscription_base {
       held_open = c->current != nullptr && *c->current == e.id && c->holds_link(&link_);
     }
     if (!held_open && link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
-    const std::size_t number = partition_for_key(e.key);
     bool evict = false;
     if (!admission_.bounded()) {
       admission_.count_in();
@@ -7735,7 +8175,7 @@ class subscription final : public subscription_base {
       }
     }
     try {
-      enqueue(number, e, held_open);
+      enqueue(e, held_open);
     } catch (...) {
       give_back_one();
       throw;
@@ -7805,40 +8245,12 @@ class subscription final : public subscription_base {
     }
   }
 
-  executor_link& link() const noexcept { return link_; }
-
-  std::vector<std::uint64_t> pushed() const override {
-    std::vector<std::uint64_t> out(count_);
-    for (std::size_t i = 0; i < count_; ++i) {
-      std::lock_guard<small_lock> lock(parts_[i].lock);
-      out[i] = parts_[i].pushed;
-    }
-    return out;
-  }
-
-  bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const override {
-    for (; from < count_; ++from) {
-      if (parts_[from].finished.load(std::memory_order_acquire) < target[from]) return false;
-    }
-    return true;
-  }
-
-  void close_barrier() override {
-    for (std::size_t i = 0; i < count_; ++i) {
-      std::lock_guard<small_lock> lock(parts_[i].lock);
-    }
-  }
-
   void wake_blocked() override { admission_.wake_all(); }
 
   void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
                   log_histogram::snapshot& wait) const override {
     out.name = name;
-    std::uint64_t pushed_total = 0;
-    for (std::size_t i = 0; i < count_; ++i) {
-      std::lock_guard<small_lock> lock(parts_[i].lock);
-      pushed_total += parts_[i].pushed;
-    }
+    const std::uint64_t pushed_total = accepted_so_far();
     runner_.read(out, handler, wait);
     out.accepted = pushed_total + dropped_incoming_.load(std::memory_order_relaxed);
     out.dropped = dropped_.load(std::memory_order_relaxed);
@@ -7849,138 +8261,52 @@ class subscription final : public subscription_base {
   }
 
  private:
-  struct partition final : runnable {
-    result run(std::size_t batch) noexcept override { return owner->run_partition(*this, batch); }
-
-    // Under `lock`: the strand, the queue's tail and mark, the counts.
-    mutable small_lock lock;
-    std::uint32_t number = 0;
-    strand rule;
-    std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
-    // The holder's: events taken and not yet popped.
-    std::uint32_t in_hand = 0;
-    block_queue<item> queue;
-    std::uint64_t pushed = 0;
-    // The holder's: the jitter state, and events finished (read by drain() without the lock).
-
-    std::uint64_t rng = 0;
-    std::atomic<std::uint64_t> finished{0};
-    subscription* owner = nullptr;
-  };
-
-  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
-  std::size_t partition_of(std::uint32_t hash) const noexcept {
-    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
-                                     : static_cast<std::size_t>(hash) % count_;
-  }
-
-  executor_closed closed_error(const event_type& e) const {
-    return executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                           quote(name) + " does not accept the event on topic " +
-                           quote(e.topic()) + " with key " + quote(e.key));
-  }
-
-  std::size_t partition_for_key(const std::string& key) {
-    return key.empty() ? round_robin_.fetch_add(1, std::memory_order_relaxed) % count_
-                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
-  }
+  using base::admission_;
+  using base::closed_error;
+  using base::dropped_;
+  using base::enqueue;
+  using base::count_;
+  using base::intake_;
+  using base::parts_;
+  using item = typename base::item;
+  using partition = typename base::partition;
+  using base::give_back_one;
+  using base::link_;
+  using base::runner_;
 
   /// push() of a commit's event whose place is taken: no admission, and it gets in even if
   /// the executor closed meanwhile (shutdown waits for the commit before it counts events).
   void push_reserved(const event_type& e) {
     try {
-      enqueue(partition_for_key(e.key), e, true);
+      enqueue(e, true);
     } catch (...) {
       give_back_one();
       throw;
     }
   }
 
-  /// Copies `e` and appends it to partition `number`; the place is taken. `held_open`: a
-  /// commit holds the executor open, so a close does not refuse it.
-  void enqueue(std::size_t number, const event_type& e, bool held_open = false) {
-    item it{event_access::copy_borrowing(e)};
-    if (!pin_name(event_access::name(e))) event_access::own_topic(it.event);
-    it.seq = on_full_ == overflow::drop_oldest ? next_seq_.fetch_add(1, std::memory_order_relaxed)
-                                               : 0;
-    // The time of acceptance feeds only the queue-wait histogram: read for one emit in 8 of
-    // each thread (every one with a manual clock, which tests read exactly).
-    thread_local unsigned sample = 0;
-    if (manual_clock_ || (sample++ & 7U) == 0) {
-      it.accepted = link_.now();
-      it.sampled = true;
+  // Blocking emit: waits for room, unless the caller runs this executor's work (then nobody
+  // might ever make room).
+  void wait_for_room(const event_type& e) {
+    if (drives(&link_.sched)) {
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
+                       std::to_string(admission_.capacity()) +
+                       ") and the emitting thread is running work of the same keyed_executor "
+                       "(a worker, or inside poll/run_until_idle/drain): blocking would "
+                       "deadlock, so the event on topic " +
+                       quote(e.topic()) + " with key " + quote(e.key) + " is refused");
     }
-    partition& p = parts_[number];
-    bool became_holder = false;
-    {
-      std::lock_guard<small_lock> lock(p.lock);
-      // Checked under the partition's lock: shutdown's barrier then knows that every push
-      // past this point has queued its event.
-      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
-      p.queue.push(std::move(it));
-      ++p.pushed;
-      became_holder = p.rule.arrive();
-      if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
+    if (admission_.wait(block_timeout_,
+                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
+      return;  // enqueue() sees a close and gives the place back
     }
-    if (became_holder) link_.sched.submit(&p);
-  }
-
-  /// The holder's loop: see the file comment. Returns `idle` only after letting go.
-  runnable::result run_partition(partition& p, std::size_t batch) noexcept {
-    runnable::result res;
-    std::optional<steady_time> clock_now;
-    for (;;) {
-      if (p.in_hand == 0) {
-        if (res.calls >= batch) {
-          res.what = runnable::next::again;
-          return res;
-        }
-        std::unique_lock<small_lock> lock(p.lock);
-        const std::size_t n = p.rule.take(batch);
-        if (n == 0) {
-          p.queue.release_all();  // an idle partition holds no blocks
-          lock.unlock();
-          link_.sched.notify_progress();
-          link_.release_hold(this);  // may remove this subscription: the last use of it
-          res.what = runnable::next::idle;
-          return res;
-        }
-        p.queue.take(n);
-        p.evicted_waiting =
-            p.evicted_waiting > n ? static_cast<std::uint32_t>(p.evicted_waiting - n) : 0;
-        lock.unlock();
-        p.in_hand = static_cast<std::uint32_t>(n);  // n <= batch, checked by the executor
-      }
-      item& it = p.queue.front();
-      if (!it.evicted) {
-        steady_time retry_at{};
-        ++res.calls;
-        using outcome = typename attempt_runner<Data>::outcome;
-        if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
-          // The event stays at the head: later events of the partition wait behind it.
-          res.what = runnable::next::park;
-          res.due = retry_at;
-          return res;
-        }
-        if (admission_.bounded()) {
-          admission_.release();  // at once: an emitter may be waiting for the room
-        } else {
-          admission_.count_out(1);  // before `finished`: stats() after drain() reads 0 queued
-        }
-      }
-      p.queue.pop();
-      --p.in_hand;
-      // After the counters: a drain() that sees this sees them.
-      p.finished.store(p.finished.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-    }
-  }
-
-  void give_back_one() {
-    if (admission_.bounded()) {
-      admission_.release();
-    } else {
-      admission_.count_out(1);
-    }
+    if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+    rejected_.fetch_add(1, std::memory_order_relaxed);
+    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
+                     std::to_string(admission_.capacity()) + ") after block_timeout " +
+                     format_duration(*block_timeout_) + ": event on topic " + quote(e.topic()) +
+                     " with key " + quote(e.key) + " rejected");
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
@@ -8000,9 +8326,25 @@ class subscription final : public subscription_base {
           }
         }
       }
-      // Every event is taken by a runner: none is evicted, and the subscription holds one
-      // more than its capacity until the next one finishes.
-      if (best == count_) return;
+      // None waits in a partition: the oldest is the intake's first waiting one (every event
+      // in a partition arrived before every event in the intake). If every event is taken, none
+      // is evicted, and the subscription holds one more than its capacity until the next one
+      // finishes.
+      if (best == count_) {
+        std::optional<event_type> victim;
+        {
+          std::lock_guard<small_lock> lock(intake_.lock);
+          if (intake_.rule.waiting() <= intake_.evicted_waiting) return;
+          item& v = intake_.queue.waiting_at(intake_.evicted_waiting);
+          v.evicted = true;
+          ++intake_.evicted_waiting;
+          victim.emplace(std::move(v.event));
+        }
+        admission_.release();
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+        report_drop(*victim);
+        return;
+      }
       std::optional<event_type> victim;
       {
         partition& p = parts_[best];
@@ -8036,74 +8378,10 @@ class subscription final : public subscription_base {
     }
   }
 
-  // Blocking emit: waits for room, unless the caller runs this executor's work (then nobody
-  // might ever make room).
-  void wait_for_room(const event_type& e) {
-    if (drives(&link_.sched)) {
-      rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                       std::to_string(admission_.capacity()) +
-                       ") and the emitting thread is running work of the same keyed_executor "
-                       "(a worker, or inside poll/run_until_idle/drain): blocking would "
-                       "deadlock, so the event on topic " +
-                       quote(e.topic()) + " with key " + quote(e.key) + " is refused");
-    }
-    if (admission_.wait(block_timeout_,
-                        [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
-      return;  // enqueue() sees a close and gives the place back
-    }
-    if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
-    rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
-                     std::to_string(admission_.capacity()) + ") after block_timeout " +
-                     format_duration(*block_timeout_) + ": event on topic " + quote(e.topic()) +
-                     " with key " + quote(e.key) + " rejected");
-  }
-
-  /// Whether the subscription keeps `name` alive for as long as it lives, so that its events
-  /// may refer to it without touching a reference count that emitter and worker would share.
-  /// The first pinned_max names are kept (a subscription usually sees few topics); events on
-  /// others own their name.
-  bool pin_name(const topic_name* topic) {
-    if (topic == nullptr) return true;
-    const std::size_t n = pinned_count_.load(std::memory_order_acquire);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
-    }
-    if (n == pinned_max) return false;
-    std::lock_guard<std::mutex> lock(pinned_mutex_);
-    const std::size_t now_n = pinned_count_.load(std::memory_order_relaxed);
-    for (std::size_t i = n; i < now_n; ++i) {
-      if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
-    }
-    if (now_n == pinned_max) return false;
-    pinned_owners_.push_back(topic->shared_from_this());
-    pinned_[now_n].store(topic, std::memory_order_relaxed);
-    pinned_count_.store(now_n + 1, std::memory_order_release);
-    return true;
-  }
-
-  static constexpr std::size_t pinned_max = 8;
-
-  executor_link& link_;
-  admission admission_;
   const overflow on_full_;
   const std::optional<std::chrono::nanoseconds> block_timeout_;
-  const bool manual_clock_ = link_.sched.clock().is_manual();
-  typename block_queue<item>::spare_block spare_;  // before parts_: destroyed after them
-  const std::size_t count_;
-  const std::size_t mask_ = (count_ & (count_ - 1)) == 0 ? count_ - 1 : 0;  // P - 1 if a power of 2
-  std::unique_ptr<partition[]> parts_;
-  attempt_runner<Data> runner_;
-  std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
-  std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
-  std::atomic<std::size_t> pinned_count_{0};
-  std::mutex pinned_mutex_;
-  std::atomic<std::size_t> round_robin_{0};
-  std::atomic<std::uint64_t> next_seq_{0};  // only with overflow::drop_oldest
   std::atomic<std::uint64_t> rejected_{0};
-  std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching a partition
-  std::atomic<std::uint64_t> dropped_{0};
+  std::atomic<std::uint64_t> dropped_incoming_{0};  // dropped before reaching the lanes
 };
 
 }  // namespace detail
@@ -8255,9 +8533,7 @@ class executor_core final : public executor_link,
     refuse_inside("wait_idle()");
     for (;;) {
       auto subs = live();
-      std::vector<std::vector<std::uint64_t>> targets;
-      targets.reserve(subs.size());
-      for (const auto& s : subs) targets.push_back(s->pushed());
+      std::vector<drain_target> targets = targets_of(subs);
       const auto delayed_done = [&] {
         return sched.delayed().emitted.load(std::memory_order_relaxed) +
                sched.delayed().failed.load(std::memory_order_relaxed);
@@ -8271,7 +8547,9 @@ class executor_core final : public executor_link,
       auto now_live = live();
       if (now_live != subs) continue;
       bool same = true;
-      for (std::size_t i = 0; same && i < subs.size(); ++i) same = subs[i]->pushed() == targets[i];
+      for (std::size_t i = 0; same && i < subs.size(); ++i) {
+        same = subs[i]->accepted_so_far() == targets[i].accepted;
+      }
       if (same) return;
     }
   }
@@ -8388,20 +8666,24 @@ class executor_core final : public executor_link,
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
                      const char* what) {
-    std::vector<std::vector<std::uint64_t>> targets;
-    targets.reserve(subs.size());
-    for (const auto& s : subs) targets.push_back(s->pushed());
+    std::vector<drain_target> targets = targets_of(subs);
     wait_finished(subs, targets, what);
   }
 
+  static std::vector<drain_target> targets_of(
+      const std::vector<std::shared_ptr<subscription_base>>& subs) {
+    std::vector<drain_target> targets(subs.size());
+    for (std::size_t i = 0; i < subs.size(); ++i) targets[i].accepted = subs[i]->accepted_so_far();
+    return targets;
+  }
+
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
-                     const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
+                     std::vector<drain_target>& targets, const char* what) {
     std::size_t sub = 0;
-    std::size_t part = 0;
     sched.help_until(
         [&] {
-          for (; sub < subs.size(); ++sub, part = 0) {
-            if (!subs[sub]->reached(targets[sub], part)) return false;
+          for (; sub < subs.size(); ++sub) {
+            if (!subs[sub]->reached(targets[sub])) return false;
             // A subscription whose handler is gone is waited for until it has left, so that
             // stats() after drain() no longer lists it.
             if (subs[sub]->retiring.load(std::memory_order_acquire) &&
@@ -8478,15 +8760,16 @@ class executor_core final : public executor_link,
 // How an event travels (one ordered subscription, W >= 1):
 //  1. bus.emit calls the handler ordered() returned: ordered_handler::operator().
 //  2. subscription::push takes a place (admission::reserve, or the overflow policy).
-//  3. subscription::enqueue copies the event and, under the partition's small_lock, appends
-//     it (block_queue::push) and tells the strand (strand::arrive).
-//  4. If the partition was idle, that emit submits it: scheduler::submit puts it on the ready
-//     list and wakes a sleeping worker unless one is spinning.
-//  5. A worker takes it (scheduler::worker_main) and runs it: subscription::run_partition
-//     takes up to `batch` events under the lock (strand::take), then without the lock calls
-//     attempt_runner::attempt, which calls the user's function.
-//  6. A throw parks the partition until its backoff is over (scheduler::park); an empty
-//     partition is let go (strand::take returns 0) and, if its handler is gone, removed.
+//  3. lanes::enqueue copies the event and appends it to the subscription's intake
+//     under the intake's small_lock (block_queue::push, strand::arrive).
+//  4. If the intake was idle, that emit submits it: scheduler::submit pushes it on the inbox
+//     (one compare-and-swap) and wakes a sleeping worker unless one is spinning.
+//  5. A worker runs it (scheduler::worker_main): lanes::route moves each event to its
+//     key's partition and submits each partition it makes busy.
+//  6. A worker runs a partition: lanes::run_partition takes up to `batch` events under
+//     its lock (strand::take) and, without the lock, calls attempt_runner::attempt, which
+//     calls the user's function. A throw parks the partition until its backoff is over; an
+//     empty one is let go (strand::take returns 0) and, if its handler is gone, removed.
 #ifndef EVBUS_PARTS_EXECUTOR_HPP
 #define EVBUS_PARTS_EXECUTOR_HPP
 

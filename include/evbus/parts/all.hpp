@@ -79,6 +79,7 @@
 #include "link.hpp"
 #include "admission.hpp"
 #include "attempt.hpp"
+#include "lanes.hpp"
 #include "subscription.hpp"
 #include "executor_core.hpp"
 #include "executor.hpp"

@@ -11,6 +11,8 @@
 #ifndef EVBUS_PARTS_BLOCK_QUEUE_HPP
 #define EVBUS_PARTS_BLOCK_QUEUE_HPP
 
+#include "config.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -26,43 +28,55 @@ namespace detail {
 template <class T>
 inline constexpr std::size_t block_elements = sizeof(T) >= 256 ? 4 : 1024 / sizeof(T);
 
+/// A block of `per_block` elements of T: plain storage, linked to the next one.
+template <class T, std::size_t per_block>
+struct queue_block {
+  queue_block* next = nullptr;
+  alignas(T) unsigned char storage[per_block * sizeof(T)];
+  T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(storage) + i); }
+  void* place(std::size_t i) noexcept { return storage + i * sizeof(T); }
+};
+
+/// One spare block that the queues of a subscription share, so that a queue going idle and
+/// busy again does not free and allocate a block each time.
+template <class T, std::size_t per_block>
+class block_spare {
+  using block = queue_block<T, per_block>;
+
+ public:
+  block_spare() noexcept = default;
+  block_spare(const block_spare&) = delete;
+  block_spare& operator=(const block_spare&) = delete;
+  ~block_spare() { delete slot_.load(std::memory_order_acquire); }
+  block* take() noexcept {
+    if (slot_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    return slot_.exchange(nullptr, std::memory_order_acquire);
+  }
+  void give(block* b) noexcept {
+    block* none = nullptr;
+    if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+                                       std::memory_order_relaxed)) {
+      delete b;
+    }
+  }
+
+ private:
+  std::atomic<block*> slot_{nullptr};
+};
+
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the
 /// consumer has taken and those still waiting. Not synchronised: push(), take(), waiting()
 /// and release_all() are called under the caller's lock; front(), pop() belong to the one
-/// consumer, which touches only elements it took under that lock.
-template <class T, std::size_t per_block = block_elements<T>>
+/// consumer, which touches only elements it took under that lock. `apart`: the consumer's
+/// fields on a cache line of their own (for a queue whose consumer runs while producers push).
+template <class T, std::size_t per_block = block_elements<T>, bool apart = false>
 class block_queue {
   static_assert(per_block >= 2 && per_block < (std::size_t{1} << 31),
                 "block_queue: a block holds at least two elements");
-
-  struct block {
-    block* next = nullptr;
-    alignas(T) unsigned char storage[per_block * sizeof(T)];
-    T* at(std::size_t i) noexcept { return std::launder(reinterpret_cast<T*>(storage) + i); }
-    void* place(std::size_t i) noexcept { return storage + i * sizeof(T); }
-  };
+  using block = queue_block<T, per_block>;
 
  public:
-  /// One spare block that the queues of a subscription share, so that a partition going idle
-  /// and busy again does not free and allocate a block each time.
-  class spare_block {
-   public:
-    spare_block() noexcept = default;
-    spare_block(const spare_block&) = delete;
-    spare_block& operator=(const spare_block&) = delete;
-    ~spare_block() { delete slot_.load(std::memory_order_acquire); }
-    block* take() noexcept { return slot_.exchange(nullptr, std::memory_order_acquire); }
-    void give(block* b) noexcept {
-      block* none = nullptr;
-      if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
-                                         std::memory_order_relaxed)) {
-        delete b;
-      }
-    }
-
-   private:
-    std::atomic<block*> slot_{nullptr};
-  };
+  using spare_block = block_spare<T, per_block>;
 
   block_queue() noexcept = default;
   void use_spare(spare_block* s) noexcept { spare_ = s; }
@@ -182,13 +196,15 @@ class block_queue {
     }
   }
 
-  block* head_ = nullptr;  // consumer's (set by the producer only when the queue was empty)
-  std::uint32_t head_index_ = 0;
   block* tail_ = nullptr;  // producer's
   std::uint32_t tail_index_ = 0;
-  block* mark_ = nullptr;  // the first waiting element; under the lock
   std::uint32_t mark_index_ = 0;
+  block* mark_ = nullptr;  // the first waiting element; under the lock
   spare_block* spare_ = nullptr;
+  // The consumer's (set by the producer only when the queue was empty); with `apart`, on a
+  // cache line of its own, so that consuming does not take the line producers write.
+  alignas(apart ? EVBUS_CACHE_LINE_SIZE : alignof(block*)) block* head_ = nullptr;
+  std::uint32_t head_index_ = 0;
 };
 
 }  // namespace detail

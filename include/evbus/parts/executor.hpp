@@ -6,15 +6,16 @@
 // How an event travels (one ordered subscription, W >= 1):
 //  1. bus.emit calls the handler ordered() returned: ordered_handler::operator().
 //  2. subscription::push takes a place (admission::reserve, or the overflow policy).
-//  3. subscription::enqueue copies the event and, under the partition's small_lock, appends
-//     it (block_queue::push) and tells the strand (strand::arrive).
-//  4. If the partition was idle, that emit submits it: scheduler::submit puts it on the ready
-//     list and wakes a sleeping worker unless one is spinning.
-//  5. A worker takes it (scheduler::worker_main) and runs it: subscription::run_partition
-//     takes up to `batch` events under the lock (strand::take), then without the lock calls
-//     attempt_runner::attempt, which calls the user's function.
-//  6. A throw parks the partition until its backoff is over (scheduler::park); an empty
-//     partition is let go (strand::take returns 0) and, if its handler is gone, removed.
+//  3. lanes::enqueue copies the event and appends it to the subscription's intake
+//     under the intake's small_lock (block_queue::push, strand::arrive).
+//  4. If the intake was idle, that emit submits it: scheduler::submit pushes it on the inbox
+//     (one compare-and-swap) and wakes a sleeping worker unless one is spinning.
+//  5. A worker runs it (scheduler::worker_main): lanes::route moves each event to its
+//     key's partition and submits each partition it makes busy.
+//  6. A worker runs a partition: lanes::run_partition takes up to `batch` events under
+//     its lock (strand::take) and, without the lock, calls attempt_runner::attempt, which
+//     calls the user's function. A throw parks the partition until its backoff is over; an
+//     empty one is let go (strand::take returns 0) and, if its handler is gone, removed.
 #ifndef EVBUS_PARTS_EXECUTOR_HPP
 #define EVBUS_PARTS_EXECUTOR_HPP
 

@@ -147,9 +147,7 @@ class executor_core final : public executor_link,
     refuse_inside("wait_idle()");
     for (;;) {
       auto subs = live();
-      std::vector<std::vector<std::uint64_t>> targets;
-      targets.reserve(subs.size());
-      for (const auto& s : subs) targets.push_back(s->pushed());
+      std::vector<drain_target> targets = targets_of(subs);
       const auto delayed_done = [&] {
         return sched.delayed().emitted.load(std::memory_order_relaxed) +
                sched.delayed().failed.load(std::memory_order_relaxed);
@@ -163,7 +161,9 @@ class executor_core final : public executor_link,
       auto now_live = live();
       if (now_live != subs) continue;
       bool same = true;
-      for (std::size_t i = 0; same && i < subs.size(); ++i) same = subs[i]->pushed() == targets[i];
+      for (std::size_t i = 0; same && i < subs.size(); ++i) {
+        same = subs[i]->accepted_so_far() == targets[i].accepted;
+      }
       if (same) return;
     }
   }
@@ -280,20 +280,24 @@ class executor_core final : public executor_link,
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
                      const char* what) {
-    std::vector<std::vector<std::uint64_t>> targets;
-    targets.reserve(subs.size());
-    for (const auto& s : subs) targets.push_back(s->pushed());
+    std::vector<drain_target> targets = targets_of(subs);
     wait_finished(subs, targets, what);
   }
 
+  static std::vector<drain_target> targets_of(
+      const std::vector<std::shared_ptr<subscription_base>>& subs) {
+    std::vector<drain_target> targets(subs.size());
+    for (std::size_t i = 0; i < subs.size(); ++i) targets[i].accepted = subs[i]->accepted_so_far();
+    return targets;
+  }
+
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
-                     const std::vector<std::vector<std::uint64_t>>& targets, const char* what) {
+                     std::vector<drain_target>& targets, const char* what) {
     std::size_t sub = 0;
-    std::size_t part = 0;
     sched.help_until(
         [&] {
-          for (; sub < subs.size(); ++sub, part = 0) {
-            if (!subs[sub]->reached(targets[sub], part)) return false;
+          for (; sub < subs.size(); ++sub) {
+            if (!subs[sub]->reached(targets[sub])) return false;
             // A subscription whose handler is gone is waited for until it has left, so that
             // stats() after drain() no longer lists it.
             if (subs[sub]->retiring.load(std::memory_order_acquire) &&

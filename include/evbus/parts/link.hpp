@@ -37,6 +37,13 @@ inline std::uint64_t mix64(std::uint64_t x) noexcept {
   return x ^ (x >> 31);
 }
 
+/// What drain() waits for in one subscription, and how far it has seen it get.
+struct drain_target {
+  std::uint64_t accepted = 0;        // the events accepted when the wait began
+  std::vector<std::uint64_t> parts;  // then, per partition, the events it must finish
+  std::size_t from = 0;              // the partitions before it have finished theirs
+};
+
 /// What the core keeps of each ordered subscription.
 struct subscription_base {
   subscription_base() = default;
@@ -46,11 +53,11 @@ struct subscription_base {
 
   /// Gives back a place a commit took and did not use. Never throws.
   virtual void release_place() noexcept = 0;
-  /// Per partition, the events pushed so far: what drain() waits for.
-  virtual std::vector<std::uint64_t> pushed() const = 0;
-  /// True if every partition from `from` on finished the events counted in `target`;
-  /// `from` advances past those that did.
-  virtual bool reached(const std::vector<std::uint64_t>& target, std::size_t& from) const = 0;
+  /// The events accepted so far: what drain() waits for.
+  virtual std::uint64_t accepted_so_far() const = 0;
+  /// True once the events counted in `target.accepted` are finished; keeps its progress in
+  /// `target`, so a call goes on where the last one stopped.
+  virtual bool reached(drain_target& target) const = 0;
   /// Returns once every push that saw the executor open has queued its event.
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
@@ -59,10 +66,12 @@ struct subscription_base {
                           log_histogram::snapshot& wait) const = 0;
 
   std::string name;
-  /// One for the handler front (the copies of what ordered() returned) and one per partition
-  /// held by a thread (scheduled, running, parked). The one who brings it to zero has the core
+  /// One for the handler front (the copies of what ordered() returned) and one per strand
+  /// (the intake, a partition) held by a thread (scheduled, running, parked). The one who brings it to zero has the core
   /// remove the subscription: no handler can push, and no event is left.
-  std::atomic<std::size_t> holds{1};
+  /// On a cache line of its own: workers change it as strands are held and let go, while
+  /// emitters read the fields around it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::size_t> holds{1};
   /// The handler front is gone: the subscription leaves once its partitions are let go.
   std::atomic<bool> retiring{false};
   /// It has left the registry (drain() waits for a retiring subscription to be gone).

@@ -1,9 +1,12 @@
 // evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
 // their wake-ups.
 //
-// Owns: which strand runs next and on which thread. Everything here is under one std::mutex,
-// held only to move a pointer on or off a list, never across user code. A strand that gets
-// work is submitted once (its holder does it, see strand.hpp) and taken by one thread; after
+// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
+// (its holder does it, see strand.hpp) onto the inbox, a lock-free stack, so that an emitter
+// never takes the scheduler's mutex nor waits for a worker holding it; the rest is under one
+// std::mutex, held only to move a pointer on or off a list, never across user code. Whoever
+// looks for work under the mutex first moves the inbox onto the ready list. A strand is taken
+// by one thread; after
 // its run it is idle (let go: not touched again), ready again (to the back of the list, so
 // every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
 // to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
@@ -94,16 +97,25 @@ class scheduler {
   }
   evbus::clock& clock() const noexcept { return *clock_; }
 
-  /// A strand got its first waiting event: run it soon. Never throws.
+  /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
+  /// unless a thread sleeps waiting for work (then it wakes one).
   void submit(runnable* r) noexcept {
-    bool wake = false;
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+    // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
+    // this strand before it sleeps, or this sees it counted and wakes it.
+    const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
+                             spinning_.load(std::memory_order_seq_cst) == 0;
+    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0;
+    if (!wake_worker && !wake_waiter) return;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      push_ready(r);
-      wake = sleepers_ > 0 && spinning_ == 0;
-      if (waiters_ > 0) progress_cv_.notify_all();
+      std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
+      if (wake_waiter) progress_cv_.notify_all();
     }
-    if (wake) work_cv_.notify_one();
+    if (wake_worker) work_cv_.notify_one();
   }
 
   /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
@@ -164,7 +176,7 @@ class scheduler {
   /// Something a waiter of help_until() may be waiting for happened outside a run.
   void notify_progress() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (waiters_ > 0) progress_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
@@ -229,8 +241,38 @@ class scheduler {
     drive_scope scope(this);
     std::unique_lock<std::mutex> lock(mutex_);
     fire_due();
+    take_inbox();
+    // Intakes first: the partitions they make ready are ready in this pass.
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &ready_head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --ready_count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    ready_tail_ = nullptr;
+    for (runnable* r = ready_head_; r != nullptr; r = r->next_ready) ready_tail_ = r;
+    found = intakes != nullptr;
+    while (intakes != nullptr) {
+      runnable* r = intakes;
+      intakes = r->next_ready;
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      settle(r, res);
+    }
+    take_inbox();
     std::size_t n = ready_count_;
-    found = n > 0;
+    found = found || n > 0;
     std::size_t calls = 0;
     while (n-- > 0 && ready_head_ != nullptr) {
       runnable* r = pop_ready();
@@ -252,13 +294,14 @@ class scheduler {
   template <class Done>
   void help_until(Done done, const char* what) {
     std::unique_lock<std::mutex> lock(mutex_);
-    ++waiters_;
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
-      std::size_t& n;
-      ~leave() { --n; }
+      std::atomic<std::size_t>& n;
+      ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
     } guard{waiters_};
     for (;;) {
       if (done()) return;
+      take_inbox();
       if (target_ > 0) {
         progress_cv_.wait(lock);
         continue;
@@ -316,6 +359,26 @@ class scheduler {
   };
 
   // -- under mutex_ --------------------------------------------------------------------
+  /// Moves what was submitted onto the ready list, in the order it was submitted.
+  void take_inbox() noexcept {
+    // Seq_cst: after a spinner's or a waiter's seq_cst count, this sees what was submitted
+    // before a submit() read that count.
+    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push_ready(reversed);
+      reversed = next;
+    }
+  }
+
   void push_ready(runnable* r) noexcept {
     r->next_ready = nullptr;
     if (ready_tail_ == nullptr) {
@@ -325,7 +388,6 @@ class scheduler {
     }
     ready_tail_ = r;
     ++ready_count_;
-    ready_gen_.fetch_add(1, std::memory_order_relaxed);
   }
 
   runnable* pop_ready() noexcept {
@@ -351,7 +413,7 @@ class scheduler {
     std::push_heap(timers_.begin(), timers_.end(), later_first{});
     if (earliest) {
       work_cv_.notify_all();  // sleepers wait until the earliest due time
-      if (waiters_ > 0) progress_cv_.notify_all();
+      if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
     }
   }
 
@@ -365,7 +427,7 @@ class scheduler {
         push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
       }
     }
-    if (waiters_ > 0) progress_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   void fire_due() {
@@ -402,10 +464,14 @@ class scheduler {
     bool may_spin = true;
     while (!self.stop) {
       fire_due();
+      take_inbox();
       if (ready_head_ != nullptr) {
         runnable* r = pop_ready();
         // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (ready_head_ != nullptr && sleepers_ > 0 && spinning_ == 0) work_cv_.notify_one();
+        if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0 &&
+            spinning_.load(std::memory_order_relaxed) == 0) {
+          work_cv_.notify_one();
+        }
         ++running_;
         lock.unlock();
         const runnable::result res = r->run(batch_);
@@ -415,38 +481,45 @@ class scheduler {
         may_spin = true;
         continue;
       }
-      if (may_spin && spinning_ == 0 && idle_spin_.count() > 0) {
+      if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
+          idle_spin_.count() > 0) {
         may_spin = false;
-        ++spinning_;
-        const std::uint64_t seen = ready_gen_.load(std::memory_order_relaxed);
+        spinning_.fetch_add(1, std::memory_order_seq_cst);
         lock.unlock();
-        spin_for_work(seen);
+        spin_for_work();
         lock.lock();
-        --spinning_;
+        spinning_.fetch_sub(1, std::memory_order_seq_cst);
         continue;
       }
       may_spin = true;
-      ++sleepers_;
-      if (!timers_.empty() && !manual_) {
-        const auto wait = timers_.front().due - now();
-        if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
-      } else {
-        work_cv_.wait(lock);
+      // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
+      // submitted from now on either is seen here or wakes this worker.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (inbox_.load(std::memory_order_seq_cst) == nullptr) {
+        if (!timers_.empty() && !manual_) {
+          const auto wait = timers_.front().due - now();
+          if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
+        } else {
+          work_cv_.wait(lock);
+        }
       }
-      --sleepers_;
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
     }
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
-    if (ready_head_ != nullptr && sleepers_ > 0) work_cv_.notify_one();
-    if (waiters_ > 0) progress_cv_.notify_all();
+    take_inbox();
+    if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0) {
+      work_cv_.notify_one();
+    }
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
-  // Busy-waits, for at most idle_spin, until something is made ready. Yields the processor
+  // Busy-waits, for at most idle_spin, until something is submitted. Yields the processor
   // every few rounds, so that on a busy machine the thread it waits for gets to run.
-  void spin_for_work(std::uint64_t seen) const noexcept {
+  void spin_for_work() const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
-      if (ready_gen_.load(std::memory_order_relaxed) != seen) return;
+      if (inbox_.load(std::memory_order_relaxed) != nullptr) return;
       if (i % 16 == 0) {
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() >= until) return;
@@ -473,13 +546,15 @@ class scheduler {
   std::uint64_t seq_ = 0;
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
-  std::size_t sleepers_ = 0;  // workers blocked on work_cv_
-  std::size_t spinning_ = 0;  // workers spinning for work (0 or 1)
-  std::size_t waiters_ = 0;   // threads in help_until()
   std::size_t target_ = 0;
   std::list<worker> workers_;
-  // Raised by every push_ready(): what a spinning worker watches without the mutex.
-  std::atomic<std::uint64_t> ready_gen_{0};
+  // Changed under mutex_, read by submit() without it.
+  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
+  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
+  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  // Submitted strands, newest first (linked by next_ready); on a line of its own, as every
+  // emitter that submits writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
 };
 
 }  // namespace detail

@@ -30,7 +30,8 @@ struct runnable {
   virtual ~runnable() = default;
   /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
   virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the ready list's link, under the scheduler's mutex
+  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
+  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
 };
 
 /// Every member is called under the lock that also guards the strand's queue.

@@ -15,8 +15,8 @@
  *   1. configuration and version, errors
  *   2. time, emit tracking and ids
  *   3. the event
- *   4. the bus (synchronous core): matcher, topic table, reclamation, registry, emit path, bus,
- *      topic handle, transaction
+ *   4. the bus (synchronous core): matcher, topic table, reclamation, registrations, emit path,
+ *      bus, topic handle, transaction
  *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
  *      built-in file journal
  *   6. the keyed executor (ordered, partitioned delivery on worker threads)
@@ -1561,7 +1561,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 
 #endif  // EVBUS_PARTS_TOPIC_TABLE_HPP
 // ---- reclamation.hpp -------------------------------------------------
-// evbus/parts/reclamation.hpp: what the bus retires from the read side, freed once no emit can read it.
+// evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
 // Owns deferred reclamation. A registration change publishes new handler lists, topic slots
 // or a new index, and retires the old ones; emits running meanwhile may still read them. A
@@ -1643,8 +1643,8 @@ class retire_list {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_RECLAMATION_HPP
-// ---- registry.hpp -------------------------------------------------
-// evbus/parts/registry.hpp: the bus's registrations: topics, handlers, the error hook.
+// ---- registrations.hpp -------------------------------------------------
+// evbus/parts/registrations.hpp: the bus's registrations: topics, handlers, the error hook.
 //
 // Owns what registration changes and emits read: the sorted topic map, the handlers by key and
 // in registration order, the topic index an emit looks names up in (changed in place, grown by
@@ -1656,8 +1656,8 @@ class retire_list {
 // nothing, and that deregister_handler returns only once no call of the handler runs on
 // another thread (outside an emit) and never waits inside one. basic_bus (bus.hpp) is its
 // public face.
-#ifndef EVBUS_PARTS_REGISTRY_HPP
-#define EVBUS_PARTS_REGISTRY_HPP
+#ifndef EVBUS_PARTS_REGISTRATIONS_HPP
+#define EVBUS_PARTS_REGISTRATIONS_HPP
 
 
 #include <algorithm>
@@ -1687,14 +1687,14 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registry : public retire_list {
+class bus_registrations : public retire_list {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
   using slot_type = detail::topic_slot<Data>;
 
-  bus_registry() { init(); }
+  bus_registrations() { init(); }
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const {
@@ -2006,7 +2006,7 @@ class bus_registry : public retire_list {
 }  // namespace v1
 }  // namespace evbus
 
-#endif  // EVBUS_PARTS_REGISTRY_HPP
+#endif  // EVBUS_PARTS_REGISTRATIONS_HPP
 // ---- emit_path.hpp -------------------------------------------------
 // evbus/parts/emit_path.hpp: an emit, from the topic found to the failures reported.
 //
@@ -2036,8 +2036,8 @@ namespace detail {
 
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
-class bus_emitter : public bus_registry<Data> {
-  using base = bus_registry<Data>;
+class bus_emitter : public bus_registrations<Data> {
+  using base = bus_registrations<Data>;
 
  public:
   using event_type = basic_event<Data>;
@@ -2202,7 +2202,7 @@ class bus_emitter : public bus_registry<Data> {
 // basic_bus is the one public type of the bus. It owns the id generator's set-up and the
 // bus's lifetime token (bus_life), which an executor's delayed emits observe so that they
 // never touch a destroyed bus; everything else it hands to the layers below, each in its own
-// part: the registrations (registry.hpp), the emit path (emit_path.hpp), and the reclamation
+// part: the registrations (registrations.hpp), the emit path (emit_path.hpp), and the reclamation
 // of what registration retires (reclamation.hpp). It keeps the guarantee that a bus and an
 // executor may be destroyed in either order, and states the rest on its members.
 #ifndef EVBUS_PARTS_BUS_HPP

@@ -3,7 +3,7 @@
 // basic_bus is the one public type of the bus. It owns the id generator's set-up and the
 // bus's lifetime token (bus_life), which an executor's delayed emits observe so that they
 // never touch a destroyed bus; everything else it hands to the layers below, each in its own
-// part: the registrations (registry.hpp), the emit path (emit_path.hpp), and the reclamation
+// part: the registrations (registrations.hpp), the emit path (emit_path.hpp), and the reclamation
 // of what registration retires (reclamation.hpp). It keeps the guarantee that a bus and an
 // executor may be destroyed in either order, and states the rest on its members.
 #ifndef EVBUS_PARTS_BUS_HPP

@@ -16,7 +16,7 @@
 #include "errors.hpp"
 #include "event.hpp"
 #include "ids.hpp"
-#include "registry.hpp"
+#include "registrations.hpp"
 #include "time.hpp"
 
 #include <atomic>
@@ -32,8 +32,8 @@ namespace detail {
 
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
-class bus_emitter : public bus_registry<Data> {
-  using base = bus_registry<Data>;
+class bus_emitter : public bus_registrations<Data> {
+  using base = bus_registrations<Data>;
 
  public:
   using event_type = basic_event<Data>;

@@ -1,4 +1,4 @@
-// evbus/parts/reclamation.hpp: what the bus retires from the read side, freed once no emit can read it.
+// evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
 // Owns deferred reclamation. A registration change publishes new handler lists, topic slots
 // or a new index, and retires the old ones; emits running meanwhile may still read them. A

@@ -1,4 +1,4 @@
-// evbus/parts/registry.hpp: the bus's registrations: topics, handlers, the error hook.
+// evbus/parts/registrations.hpp: the bus's registrations: topics, handlers, the error hook.
 //
 // Owns what registration changes and emits read: the sorted topic map, the handlers by key and
 // in registration order, the topic index an emit looks names up in (changed in place, grown by
@@ -10,8 +10,8 @@
 // nothing, and that deregister_handler returns only once no call of the handler runs on
 // another thread (outside an emit) and never waits inside one. basic_bus (bus.hpp) is its
 // public face.
-#ifndef EVBUS_PARTS_REGISTRY_HPP
-#define EVBUS_PARTS_REGISTRY_HPP
+#ifndef EVBUS_PARTS_REGISTRATIONS_HPP
+#define EVBUS_PARTS_REGISTRATIONS_HPP
 
 #include "config.hpp"
 #include "emit_tracking.hpp"
@@ -48,14 +48,14 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registry : public retire_list {
+class bus_registrations : public retire_list {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
   using slot_type = detail::topic_slot<Data>;
 
-  bus_registry() { init(); }
+  bus_registrations() { init(); }
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const {
@@ -367,4 +367,4 @@ class bus_registry : public retire_list {
 }  // namespace v1
 }  // namespace evbus
 
-#endif  // EVBUS_PARTS_REGISTRY_HPP
+#endif  // EVBUS_PARTS_REGISTRATIONS_HPP

@@ -78,12 +78,13 @@ struct routing_runnable final : runnable {
   int runs = 0;
 };
 
-// Runs once per submit; counts its runs.
+// Runs once per submit; counts its runs. Its submitter waits for the count before it submits
+// again, so the count is the run's last act (as letting go is a strand's).
 struct once_runnable final : runnable {
   result run(std::size_t) noexcept override {
     if (running.fetch_add(1) != 0) overlapped = true;
-    runs.fetch_add(1);
     running.fetch_sub(1);
+    runs.fetch_add(1);
     return result{};
   }
   std::atomic<int> runs{0};

@@ -2608,22 +2608,20 @@ using topic_handle = basic_topic_handle<std::any>;
 #define EVBUS_PARTS_LINK_HPP
 
 // ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
-// their wake-ups.
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
+// W = 0.
 //
 // Owns: which strand runs next and on which thread. A strand that gets work is submitted once
-// (its holder does it, see strand.hpp) onto the inbox, a lock-free stack, so that an emitter
-// never takes the scheduler's mutex nor waits for a worker holding it; the rest is under one
-// std::mutex, held only to move a pointer on or off a list, never across user code. Whoever
-// looks for work under the mutex first moves the inbox onto the ready list. A strand is taken
-// by one thread; after
-// its run it is idle (let go: not touched again), ready again (to the back of the list, so
-// every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
-// to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
-// until work comes or the earliest timer is due. Keeps: no thread waits for another by
-// spinning past a short bound; no worker idles while work is ready (a submit wakes a sleeper
-// unless one is spinning); with W = 0, poll() and the waits of drain() run the work on the
-// calling thread.
+// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
+// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
+// under one std::mutex, held only to move a pointer on or off a list, never across user code.
+// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
+// again (to the back of the list, so every strand gets its turn) or parked until a time (a
+// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
+// yielding as they do, then block on a condition variable until work comes or the earliest
+// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
+// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
+// poll() and the waits of drain() run the work on the calling thread.
 #ifndef EVBUS_PARTS_SCHEDULER_HPP
 #define EVBUS_PARTS_SCHEDULER_HPP
 
@@ -3375,23 +3373,21 @@ class small_lock {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_LOCK_HPP
+// ---- ready.hpp -------------------------------------------------
+// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
+//
+// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
+// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
+// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
+// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
+// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
+// and every strand gets its turn (a strand run again goes to the back).
+#ifndef EVBUS_PARTS_READY_HPP
+#define EVBUS_PARTS_READY_HPP
 
-#include <algorithm>
+
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <functional>
-#include <list>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <string_view>
-#include <thread>
-#include <utility>
-#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -3429,6 +3425,221 @@ class drive_scope {
   drive_frame frame_;
 };
 
+class ready_list {
+ public:
+  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
+  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
+  void submit(runnable* r) noexcept {
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+  }
+
+  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
+  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
+
+  // -- under the scheduler's mutex --------------------------------------------------------
+  /// Moves what was submitted onto the list, in the order it was submitted.
+  void take_inbox() noexcept {
+    if (!submitted()) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push(reversed);
+      reversed = next;
+    }
+  }
+
+  void push(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (tail_ == nullptr) {
+      head_ = r;
+    } else {
+      tail_->next_ready = r;
+    }
+    tail_ = r;
+    ++count_;
+  }
+
+  /// The first strand; only when !empty().
+  runnable* pop() noexcept {
+    runnable* r = head_;
+    head_ = r->next_ready;
+    if (head_ == nullptr) tail_ = nullptr;
+    --count_;
+    return r;
+  }
+
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return count_; }
+
+  /// Unlinks the intakes (strands that route), and returns them linked in their order.
+  runnable* take_intakes() noexcept {
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    tail_ = nullptr;
+    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
+    return intakes;
+  }
+
+ private:
+  runnable* head_ = nullptr;
+  runnable* tail_ = nullptr;
+  std::size_t count_ = 0;
+  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
+  // writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_READY_HPP
+// ---- timers.hpp -------------------------------------------------
+// evbus/parts/timers.hpp: the scheduler's timers: strands parked until a time (a retry's
+// backoff) and delayed emits not yet due.
+//
+// Owns: a binary heap of (due, sequence) keys, earliest on top; equal due times come out in
+// the order they went in. Not synchronised: the scheduler calls it under its mutex. Keeps:
+// nothing due is skipped or taken twice, and due order (with submission order among equals),
+// which delayed emits and retries are promised.
+#ifndef EVBUS_PARTS_TIMERS_HPP
+#define EVBUS_PARTS_TIMERS_HPP
+
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class timer_heap {
+ public:
+  /// Parks `r` until `due`. True if it is now the earliest timer. Throws std::bad_alloc.
+  bool add(steady_time due, runnable* r) { return add(timer{due, seq_++, r, nullptr}); }
+
+  /// Keeps `d` until its due time. True if it is now the earliest timer. Throws
+  /// std::bad_alloc (`d` is then untouched).
+  bool add(std::unique_ptr<delayed_base>& d) {
+    const steady_time due = d->due;
+    timers_.reserve(timers_.size() + 1);
+    return add(timer{due, seq_++, nullptr, std::move(d)});
+  }
+
+  bool empty() const noexcept { return timers_.empty(); }
+  /// The earliest due time; only when not empty().
+  steady_time earliest() const noexcept { return timers_.front().due; }
+  bool due(steady_time now) const noexcept { return !empty() && earliest() <= now; }
+
+  /// Takes every timer due at `now`, earliest first: `strand(r)` for a parked strand,
+  /// `delayed(d)` for a delayed emit.
+  template <class Strand, class Delayed>
+  void pop_due(steady_time now, Strand&& strand, Delayed&& delayed) {
+    while (due(now)) {
+      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
+      timer t = std::move(timers_.back());
+      timers_.pop_back();
+      if (t.r != nullptr) {
+        strand(t.r);
+      } else {
+        delayed(std::move(t.d));
+      }
+    }
+  }
+
+  /// Takes every timer, in due order (shutdown).
+  template <class Strand, class Delayed>
+  void take_all(Strand&& strand, Delayed&& delayed) {
+    std::sort(timers_.begin(), timers_.end(),
+              [](const timer& a, const timer& b) { return later(b, a); });
+    for (auto& t : timers_) {
+      if (t.r != nullptr) {
+        strand(t.r);
+      } else {
+        delayed(std::move(t.d));
+      }
+    }
+    timers_.clear();
+  }
+
+ private:
+  struct timer {
+    steady_time due;
+    std::uint64_t seq;
+    runnable* r;                      // a parked strand, or
+    std::unique_ptr<delayed_base> d;  // a delayed emit
+  };
+  static bool later(const timer& a, const timer& b) noexcept {
+    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
+  }
+  struct later_first {
+    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
+  };
+
+  bool add(timer t) {
+    const bool earliest = timers_.empty() || later(timers_.front(), t);
+    timers_.push_back(std::move(t));
+    std::push_heap(timers_.begin(), timers_.end(), later_first{});
+    return earliest;
+  }
+
+  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
+  std::uint64_t seq_ = 0;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TIMERS_HPP
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
 class scheduler {
  public:
   /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
@@ -3453,11 +3664,7 @@ class scheduler {
   /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
   /// unless a thread sleeps waiting for work (then it wakes one).
   void submit(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
-      r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
+    ready_.submit(r);
     // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
     // this strand before it sleeps, or this sees it counted and wakes it.
     const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
@@ -3482,9 +3689,7 @@ class scheduler {
   bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (cut_) return false;
-    const steady_time due = d->due;
-    add_timer(timer{due, seq_, nullptr, std::move(d)});
-    ++seq_;
+    if (timers_.add(d)) earliest_changed();
     delayed_.pending.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -3495,16 +3700,8 @@ class scheduler {
     std::vector<std::unique_ptr<delayed_base>> out;
     std::lock_guard<std::mutex> lock(mutex_);
     cut_ = true;
-    std::sort(timers_.begin(), timers_.end(),
-              [](const timer& a, const timer& b) { return later(b, a); });
-    for (auto& t : timers_) {
-      if (t.r != nullptr) {
-        push_ready(t.r);
-      } else {
-        out.push_back(std::move(t.d));
-      }
-    }
-    timers_.clear();
+    timers_.take_all([&](runnable* r) { push_ready(r); },
+                     [&](std::unique_ptr<delayed_base> d) { out.push_back(std::move(d)); });
     work_cv_.notify_all();
     return out;
   }
@@ -3596,22 +3793,7 @@ class scheduler {
     fire_due();
     take_inbox();
     // Intakes first: the partitions they make ready are ready in this pass.
-    runnable* intakes = nullptr;
-    runnable** intakes_end = &intakes;
-    for (runnable** at = &ready_head_; *at != nullptr;) {
-      runnable* r = *at;
-      if (!r->routes) {
-        at = &r->next_ready;
-        continue;
-      }
-      *at = r->next_ready;
-      --ready_count_;
-      r->next_ready = nullptr;
-      *intakes_end = r;
-      intakes_end = &r->next_ready;
-    }
-    ready_tail_ = nullptr;
-    for (runnable* r = ready_head_; r != nullptr; r = r->next_ready) ready_tail_ = r;
+    runnable* intakes = ready_.take_intakes();
     found = intakes != nullptr;
     while (intakes != nullptr) {
       runnable* r = intakes;
@@ -3624,10 +3806,10 @@ class scheduler {
       settle(r, res);
     }
     take_inbox();
-    std::size_t n = ready_count_;
+    std::size_t n = ready_.size();
     found = found || n > 0;
     std::size_t calls = 0;
-    while (n-- > 0 && ready_head_ != nullptr) {
+    while (n-- > 0 && !ready_.empty()) {
       runnable* r = pop_ready();
       ++running_;
       lock.unlock();
@@ -3659,7 +3841,7 @@ class scheduler {
         progress_cv_.wait(lock);
         continue;
       }
-      if (ready_head_ != nullptr || (!timers_.empty() && timers_.front().due <= now())) {
+      if (!ready_.empty() || timers_.due(now())) {
         lock.unlock();
         bool found = false;
         poll_pass(found);
@@ -3677,14 +3859,14 @@ class scheduler {
                     "retry at a time the clock has not reached; advance the clock and call "
                     "run_until_idle() instead");
       }
-      progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
+      progress_cv_.wait_for(lock, bounded_wait(timers_.earliest() - now()));
     }
   }
 
   /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
   /// which runs under the scheduler's mutex.
   bool timer_due_locked() const noexcept {
-    return !timers_.empty() && timers_.front().due <= now();
+    return timers_.due(now());
   }
 
   std::size_t batch() const noexcept { return batch_; }
@@ -3693,18 +3875,6 @@ class scheduler {
   static constexpr std::size_t max_batch = std::size_t{1} << 20;
 
  private:
-  struct timer {
-    steady_time due;
-    std::uint64_t seq;
-    runnable* r;                       // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
-  };
-  static bool later(const timer& a, const timer& b) noexcept {
-    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
-  }
-  struct later_first {
-    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
-  };
   struct worker {
     std::thread thread;
     bool stop = false;    // under mutex_
@@ -3712,62 +3882,22 @@ class scheduler {
   };
 
   // -- under mutex_ --------------------------------------------------------------------
-  /// Moves what was submitted onto the ready list, in the order it was submitted.
-  void take_inbox() noexcept {
-    // Seq_cst: after a spinner's or a waiter's seq_cst count, this sees what was submitted
-    // before a submit() read that count.
-    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
-    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
-    runnable* reversed = nullptr;
-    while (r != nullptr) {
-      runnable* next = r->next_ready;
-      r->next_ready = reversed;
-      reversed = r;
-      r = next;
-    }
-    while (reversed != nullptr) {
-      runnable* next = reversed->next_ready;
-      push_ready(reversed);
-      reversed = next;
-    }
-  }
-
-  void push_ready(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (ready_tail_ == nullptr) {
-      ready_head_ = r;
-    } else {
-      ready_tail_->next_ready = r;
-    }
-    ready_tail_ = r;
-    ++ready_count_;
-  }
-
-  runnable* pop_ready() noexcept {
-    runnable* r = ready_head_;
-    ready_head_ = r->next_ready;
-    if (ready_head_ == nullptr) ready_tail_ = nullptr;
-    --ready_count_;
-    return r;
-  }
+  void take_inbox() noexcept { ready_.take_inbox(); }
+  void push_ready(runnable* r) noexcept { ready_.push(r); }
+  runnable* pop_ready() noexcept { return ready_.pop(); }
 
   void park_locked(runnable* r, steady_time due) {
     if (cut_) {
       push_ready(r);
       return;
     }
-    add_timer(timer{due, seq_, r, nullptr});
-    ++seq_;
+    if (timers_.add(due, r)) earliest_changed();
   }
 
-  void add_timer(timer t) {
-    const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
-    std::push_heap(timers_.begin(), timers_.end(), later_first{});
-    if (earliest) {
-      work_cv_.notify_all();  // sleepers wait until the earliest due time
-      if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-    }
+  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
+  void earliest_changed() {
+    work_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   void settle(runnable* r, const runnable::result& res) {
@@ -3785,17 +3915,10 @@ class scheduler {
 
   void fire_due() {
     if (timers_.empty()) return;
-    const steady_time t_now = now();
-    while (!timers_.empty() && timers_.front().due <= t_now) {
-      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer due = std::move(timers_.back());
-      timers_.pop_back();
-      if (due.r != nullptr) {
-        push_ready(due.r);
-      } else if (delayed_.arrive(std::move(due.d))) {
-        push_ready(&delayed_);
-      }
-    }
+    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
+                    [&](std::unique_ptr<delayed_base> d) {
+                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+                    });
   }
 
   void collect_exited(std::vector<std::thread>& out) {
@@ -3818,10 +3941,10 @@ class scheduler {
     while (!self.stop) {
       fire_due();
       take_inbox();
-      if (ready_head_ != nullptr) {
+      if (!ready_.empty()) {
         runnable* r = pop_ready();
         // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0 &&
+        if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0 &&
             spinning_.load(std::memory_order_relaxed) == 0) {
           work_cv_.notify_one();
         }
@@ -3848,9 +3971,9 @@ class scheduler {
       // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
       // submitted from now on either is seen here or wakes this worker.
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      if (inbox_.load(std::memory_order_seq_cst) == nullptr) {
+      if (!ready_.submitted()) {
         if (!timers_.empty() && !manual_) {
-          const auto wait = timers_.front().due - now();
+          const auto wait = timers_.earliest() - now();
           if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
         } else {
           work_cv_.wait(lock);
@@ -3861,7 +3984,7 @@ class scheduler {
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
     take_inbox();
-    if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0) {
+    if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) {
       work_cv_.notify_one();
     }
     if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
@@ -3872,7 +3995,7 @@ class scheduler {
   void spin_for_work() const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
-      if (inbox_.load(std::memory_order_relaxed) != nullptr) return;
+      if (ready_.submitted()) return;
       if (i % 16 == 0) {
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() >= until) return;
@@ -3892,11 +4015,8 @@ class scheduler {
   mutable std::mutex mutex_;
   std::condition_variable work_cv_;      // workers wait here for ready work or a due time
   std::condition_variable progress_cv_;  // help_until() waits here
-  runnable* ready_head_ = nullptr;
-  runnable* ready_tail_ = nullptr;
-  std::size_t ready_count_ = 0;
-  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
-  std::uint64_t seq_ = 0;
+  ready_list ready_;
+  timer_heap timers_;
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
   std::size_t target_ = 0;
@@ -3905,9 +4025,6 @@ class scheduler {
   std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
   std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
   std::atomic<std::size_t> waiters_{0};   // threads in help_until()
-  // Submitted strands, newest first (linked by next_ready); on a line of its own, as every
-  // emitter that submits writes it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
 };
 
 }  // namespace detail
@@ -7970,7 +8087,7 @@ class lanes : public subscription_base {
   /// The intake holder's loop: moves the events waiting in the intake to their partitions, in
   /// order, submitting each partition it makes busy. Takes what waits once per run; returns
   /// `idle` only after letting go. Memory for a partition's block that cannot be had parks
-  /// the intake for a millisecond (the event stays first in line), reported once per event.
+  /// the intake for a millisecond (the event stays first in line); each failure is reported.
   runnable::result route() noexcept {
     runnable::result res;
     bool took = false;
@@ -8009,9 +8126,7 @@ class lanes : public subscription_base {
           became_holder = p.rule.arrive();
           if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
         } catch (...) {
-          link_.report_error(std::current_exception(),
-                             "subscription " + quote(name) + " (no memory to queue an event in "
-                             "its partition; it is tried again in 1 ms)");
+          report_no_room(std::current_exception());
           res.what = runnable::next::park;
           res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
           return res;
@@ -8023,6 +8138,17 @@ class lanes : public subscription_base {
       // After the partition's count: a drain() that sees this sees that.
       intake_.done.store(intake_.done.load(std::memory_order_relaxed) + 1,
                          std::memory_order_release);
+    }
+  }
+
+  void report_no_room(std::exception_ptr e) noexcept {
+    try {
+      link_.report_error(e, "subscription " + quote(name) +
+                                " (no memory to queue an event in its partition; it is tried "
+                                "again in 1 ms)");
+    } catch (...) {  // no memory for the message either
+      link_.report_error(e, "an ordered subscription (no memory to queue an event in its "
+                            "partition; it is tried again in 1 ms)");
     }
   }
 
@@ -8788,60 +8914,6 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// The payload type a handler takes, when it can be read off a non-generic callable:
-/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
-template <class T>
-struct event_data {
-  using type = std::any;
-};
-template <class D>
-struct event_data<basic_event<D>> {
-  using type = D;
-};
-
-template <class M>
-struct member_first_arg {
-  using type = void;
-};
-#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
-  template <class C, class R, class A, class... Rest>                   \
-  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
-    using type = A;                                                     \
-  };
-EVBUS_DETAIL_MEMBER_FIRST_ARG()
-EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
-EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
-EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
-#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
-
-template <class F, class = void>
-struct first_arg {
-  using type = void;
-};
-template <class R, class A, class... Rest>
-struct first_arg<R (*)(A, Rest...), void> {
-  using type = A;
-};
-template <class R, class A, class... Rest>
-struct first_arg<R (*)(A, Rest...) noexcept, void> {
-  using type = A;
-};
-template <class F>
-struct first_arg<F, std::void_t<decltype(&F::operator())>>
-    : member_first_arg<decltype(&F::operator())> {};
-
-template <class Fn>
-using handler_data_t = typename event_data<
-    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
-
-/// Marks "Data not given": ordered() then reads it off the handler.
-struct deduce_data {};
-
-template <class T>
-struct is_std_function : std::false_type {};
-template <class S>
-struct is_std_function<std::function<S>> : std::true_type {};
-
 /// What every copy of an ordered_handler shares: the subscription and its executor. Its
 /// destruction (the last copy gone) gives back the subscription's front hold, so that the
 /// subscription is removed once its last event is finished.
@@ -8868,6 +8940,8 @@ class ordered_handler;
 namespace detail {
 template <class Data, class Fn>
 ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
+template <class Data>
+struct commit_reserver;
 }  // namespace detail
 
 /**
@@ -9160,6 +9234,92 @@ class keyed_executor {
   std::shared_ptr<detail::executor_core> core_;
 };
 
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EXECUTOR_HPP
+// ---- ordered.hpp -------------------------------------------------
+// evbus/parts/ordered.hpp: evbus::ordered, which makes a bus handler of an ordered
+// subscription on a keyed_executor.
+//
+// Owns: reading the payload type off a handler (`const basic_event<D>&` gives D), refusing at
+// compile time what cannot work (a generic handler without Data, a payload that may throw
+// when moved, a policy of another payload type) and at run time what is bad input (an empty
+// handler, a policy out of range: evbus::invalid_argument naming the value), then building the
+// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+#ifndef EVBUS_PARTS_ORDERED_HPP
+#define EVBUS_PARTS_ORDERED_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The payload type a handler takes, when it can be read off a non-generic callable:
+/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
+template <class T>
+struct event_data {
+  using type = std::any;
+};
+template <class D>
+struct event_data<basic_event<D>> {
+  using type = D;
+};
+
+template <class M>
+struct member_first_arg {
+  using type = void;
+};
+#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
+  template <class C, class R, class A, class... Rest>                   \
+  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
+    using type = A;                                                     \
+  };
+EVBUS_DETAIL_MEMBER_FIRST_ARG()
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
+#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
+
+template <class F, class = void>
+struct first_arg {
+  using type = void;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...), void> {
+  using type = A;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...) noexcept, void> {
+  using type = A;
+};
+template <class F>
+struct first_arg<F, std::void_t<decltype(&F::operator())>>
+    : member_first_arg<decltype(&F::operator())> {};
+
+template <class Fn>
+using handler_data_t = typename event_data<
+    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
+
+/// Marks "Data not given": ordered() then reads it off the handler.
+struct deduce_data {};
+
+template <class T>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+}  // namespace detail
+
 namespace detail {
 
 /// Builds an ordered subscription; evbus::ordered is the public entry.
@@ -9283,6 +9443,6 @@ auto ordered(keyed_executor& ex, Fn&& fn) {
 }  // namespace v1
 }  // namespace evbus
 
-#endif  // EVBUS_PARTS_EXECUTOR_HPP
+#endif  // EVBUS_PARTS_ORDERED_HPP
 
 #endif  // EVBUS_EVBUS_HPP

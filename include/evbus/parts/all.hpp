@@ -75,6 +75,8 @@
 #include "block_queue.hpp"
 #include "strand.hpp"
 #include "delayed.hpp"
+#include "ready.hpp"
+#include "timers.hpp"
 #include "scheduler.hpp"
 #include "link.hpp"
 #include "admission.hpp"
@@ -83,5 +85,6 @@
 #include "subscription.hpp"
 #include "executor_core.hpp"
 #include "executor.hpp"
+#include "ordered.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

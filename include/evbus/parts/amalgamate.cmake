@@ -71,6 +71,9 @@ if(CHECK)
 elseif(current STREQUAL content)
   message(STATUS "${OUTPUT} is already current")
 else()
-  file(WRITE "${OUTPUT}" "${content}")
+  # Written beside it, then renamed over it: a compiler reading the header meanwhile sees the
+  # old file or the new one, never a half-written one.
+  file(WRITE "${OUTPUT}.tmp" "${content}")
+  file(RENAME "${OUTPUT}.tmp" "${OUTPUT}")
   message(STATUS "wrote ${OUTPUT}")
 endif()

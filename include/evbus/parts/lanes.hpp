@@ -250,7 +250,7 @@ class lanes : public subscription_base {
   /// The intake holder's loop: moves the events waiting in the intake to their partitions, in
   /// order, submitting each partition it makes busy. Takes what waits once per run; returns
   /// `idle` only after letting go. Memory for a partition's block that cannot be had parks
-  /// the intake for a millisecond (the event stays first in line), reported once per event.
+  /// the intake for a millisecond (the event stays first in line); each failure is reported.
   runnable::result route() noexcept {
     runnable::result res;
     bool took = false;
@@ -289,9 +289,7 @@ class lanes : public subscription_base {
           became_holder = p.rule.arrive();
           if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
         } catch (...) {
-          link_.report_error(std::current_exception(),
-                             "subscription " + quote(name) + " (no memory to queue an event in "
-                             "its partition; it is tried again in 1 ms)");
+          report_no_room(std::current_exception());
           res.what = runnable::next::park;
           res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
           return res;
@@ -303,6 +301,17 @@ class lanes : public subscription_base {
       // After the partition's count: a drain() that sees this sees that.
       intake_.done.store(intake_.done.load(std::memory_order_relaxed) + 1,
                          std::memory_order_release);
+    }
+  }
+
+  void report_no_room(std::exception_ptr e) noexcept {
+    try {
+      link_.report_error(e, "subscription " + quote(name) +
+                                " (no memory to queue an event in its partition; it is tried "
+                                "again in 1 ms)");
+    } catch (...) {  // no memory for the message either
+      link_.report_error(e, "an ordered subscription (no memory to queue an event in its "
+                            "partition; it is tried again in 1 ms)");
     }
   }
 

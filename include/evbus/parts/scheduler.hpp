@@ -1,19 +1,17 @@
-// evbus/parts/scheduler.hpp: the scheduler: the ready list, the timers, the worker threads and
-// their wake-ups.
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
+// W = 0.
 //
 // Owns: which strand runs next and on which thread. A strand that gets work is submitted once
-// (its holder does it, see strand.hpp) onto the inbox, a lock-free stack, so that an emitter
-// never takes the scheduler's mutex nor waits for a worker holding it; the rest is under one
-// std::mutex, held only to move a pointer on or off a list, never across user code. Whoever
-// looks for work under the mutex first moves the inbox onto the ready list. A strand is taken
-// by one thread; after
-// its run it is idle (let go: not touched again), ready again (to the back of the list, so
-// every strand gets its turn) or parked until a time (a retry's backoff). Workers with nothing
-// to do spin for at most `idle_spin`, yielding as they do, then block on a condition variable
-// until work comes or the earliest timer is due. Keeps: no thread waits for another by
-// spinning past a short bound; no worker idles while work is ready (a submit wakes a sleeper
-// unless one is spinning); with W = 0, poll() and the waits of drain() run the work on the
-// calling thread.
+// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
+// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
+// under one std::mutex, held only to move a pointer on or off a list, never across user code.
+// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
+// again (to the back of the list, so every strand gets its turn) or parked until a time (a
+// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
+// yielding as they do, then block on a condition variable until work comes or the earliest
+// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
+// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
+// poll() and the waits of drain() run the work on the calling thread.
 #ifndef EVBUS_PARTS_SCHEDULER_HPP
 #define EVBUS_PARTS_SCHEDULER_HPP
 
@@ -21,7 +19,9 @@
 #include "delayed.hpp"
 #include "errors.hpp"
 #include "lock.hpp"
+#include "ready.hpp"
 #include "strand.hpp"
+#include "timers.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -43,38 +43,6 @@
 namespace evbus {
 inline namespace v1 {
 namespace detail {
-
-/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
-/// drain or shutdown), innermost first: used to refuse what would wait for itself.
-struct drive_frame {
-  const void* owner;
-  drive_frame* prev;
-};
-
-inline drive_frame*& drive_top() noexcept {
-  static thread_local drive_frame* top = nullptr;
-  return top;
-}
-
-inline bool drives(const void* owner) noexcept {
-  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
-    if (f->owner == owner) return true;
-  }
-  return false;
-}
-
-class drive_scope {
- public:
-  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
-    drive_top() = &frame_;
-  }
-  ~drive_scope() { drive_top() = frame_.prev; }
-  drive_scope(const drive_scope&) = delete;
-  drive_scope& operator=(const drive_scope&) = delete;
-
- private:
-  drive_frame frame_;
-};
 
 class scheduler {
  public:
@@ -100,11 +68,7 @@ class scheduler {
   /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
   /// unless a thread sleeps waiting for work (then it wakes one).
   void submit(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
-      r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
+    ready_.submit(r);
     // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
     // this strand before it sleeps, or this sees it counted and wakes it.
     const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
@@ -129,9 +93,7 @@ class scheduler {
   bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (cut_) return false;
-    const steady_time due = d->due;
-    add_timer(timer{due, seq_, nullptr, std::move(d)});
-    ++seq_;
+    if (timers_.add(d)) earliest_changed();
     delayed_.pending.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -142,16 +104,8 @@ class scheduler {
     std::vector<std::unique_ptr<delayed_base>> out;
     std::lock_guard<std::mutex> lock(mutex_);
     cut_ = true;
-    std::sort(timers_.begin(), timers_.end(),
-              [](const timer& a, const timer& b) { return later(b, a); });
-    for (auto& t : timers_) {
-      if (t.r != nullptr) {
-        push_ready(t.r);
-      } else {
-        out.push_back(std::move(t.d));
-      }
-    }
-    timers_.clear();
+    timers_.take_all([&](runnable* r) { push_ready(r); },
+                     [&](std::unique_ptr<delayed_base> d) { out.push_back(std::move(d)); });
     work_cv_.notify_all();
     return out;
   }
@@ -243,22 +197,7 @@ class scheduler {
     fire_due();
     take_inbox();
     // Intakes first: the partitions they make ready are ready in this pass.
-    runnable* intakes = nullptr;
-    runnable** intakes_end = &intakes;
-    for (runnable** at = &ready_head_; *at != nullptr;) {
-      runnable* r = *at;
-      if (!r->routes) {
-        at = &r->next_ready;
-        continue;
-      }
-      *at = r->next_ready;
-      --ready_count_;
-      r->next_ready = nullptr;
-      *intakes_end = r;
-      intakes_end = &r->next_ready;
-    }
-    ready_tail_ = nullptr;
-    for (runnable* r = ready_head_; r != nullptr; r = r->next_ready) ready_tail_ = r;
+    runnable* intakes = ready_.take_intakes();
     found = intakes != nullptr;
     while (intakes != nullptr) {
       runnable* r = intakes;
@@ -271,10 +210,10 @@ class scheduler {
       settle(r, res);
     }
     take_inbox();
-    std::size_t n = ready_count_;
+    std::size_t n = ready_.size();
     found = found || n > 0;
     std::size_t calls = 0;
-    while (n-- > 0 && ready_head_ != nullptr) {
+    while (n-- > 0 && !ready_.empty()) {
       runnable* r = pop_ready();
       ++running_;
       lock.unlock();
@@ -306,7 +245,7 @@ class scheduler {
         progress_cv_.wait(lock);
         continue;
       }
-      if (ready_head_ != nullptr || (!timers_.empty() && timers_.front().due <= now())) {
+      if (!ready_.empty() || timers_.due(now())) {
         lock.unlock();
         bool found = false;
         poll_pass(found);
@@ -324,14 +263,14 @@ class scheduler {
                     "retry at a time the clock has not reached; advance the clock and call "
                     "run_until_idle() instead");
       }
-      progress_cv_.wait_for(lock, bounded_wait(timers_.front().due - now()));
+      progress_cv_.wait_for(lock, bounded_wait(timers_.earliest() - now()));
     }
   }
 
   /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
   /// which runs under the scheduler's mutex.
   bool timer_due_locked() const noexcept {
-    return !timers_.empty() && timers_.front().due <= now();
+    return timers_.due(now());
   }
 
   std::size_t batch() const noexcept { return batch_; }
@@ -340,18 +279,6 @@ class scheduler {
   static constexpr std::size_t max_batch = std::size_t{1} << 20;
 
  private:
-  struct timer {
-    steady_time due;
-    std::uint64_t seq;
-    runnable* r;                       // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
-  };
-  static bool later(const timer& a, const timer& b) noexcept {
-    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
-  }
-  struct later_first {
-    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
-  };
   struct worker {
     std::thread thread;
     bool stop = false;    // under mutex_
@@ -359,62 +286,22 @@ class scheduler {
   };
 
   // -- under mutex_ --------------------------------------------------------------------
-  /// Moves what was submitted onto the ready list, in the order it was submitted.
-  void take_inbox() noexcept {
-    // Seq_cst: after a spinner's or a waiter's seq_cst count, this sees what was submitted
-    // before a submit() read that count.
-    if (inbox_.load(std::memory_order_seq_cst) == nullptr) return;
-    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
-    runnable* reversed = nullptr;
-    while (r != nullptr) {
-      runnable* next = r->next_ready;
-      r->next_ready = reversed;
-      reversed = r;
-      r = next;
-    }
-    while (reversed != nullptr) {
-      runnable* next = reversed->next_ready;
-      push_ready(reversed);
-      reversed = next;
-    }
-  }
-
-  void push_ready(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (ready_tail_ == nullptr) {
-      ready_head_ = r;
-    } else {
-      ready_tail_->next_ready = r;
-    }
-    ready_tail_ = r;
-    ++ready_count_;
-  }
-
-  runnable* pop_ready() noexcept {
-    runnable* r = ready_head_;
-    ready_head_ = r->next_ready;
-    if (ready_head_ == nullptr) ready_tail_ = nullptr;
-    --ready_count_;
-    return r;
-  }
+  void take_inbox() noexcept { ready_.take_inbox(); }
+  void push_ready(runnable* r) noexcept { ready_.push(r); }
+  runnable* pop_ready() noexcept { return ready_.pop(); }
 
   void park_locked(runnable* r, steady_time due) {
     if (cut_) {
       push_ready(r);
       return;
     }
-    add_timer(timer{due, seq_, r, nullptr});
-    ++seq_;
+    if (timers_.add(due, r)) earliest_changed();
   }
 
-  void add_timer(timer t) {
-    const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
-    std::push_heap(timers_.begin(), timers_.end(), later_first{});
-    if (earliest) {
-      work_cv_.notify_all();  // sleepers wait until the earliest due time
-      if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-    }
+  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
+  void earliest_changed() {
+    work_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
 
   void settle(runnable* r, const runnable::result& res) {
@@ -432,17 +319,10 @@ class scheduler {
 
   void fire_due() {
     if (timers_.empty()) return;
-    const steady_time t_now = now();
-    while (!timers_.empty() && timers_.front().due <= t_now) {
-      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer due = std::move(timers_.back());
-      timers_.pop_back();
-      if (due.r != nullptr) {
-        push_ready(due.r);
-      } else if (delayed_.arrive(std::move(due.d))) {
-        push_ready(&delayed_);
-      }
-    }
+    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
+                    [&](std::unique_ptr<delayed_base> d) {
+                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+                    });
   }
 
   void collect_exited(std::vector<std::thread>& out) {
@@ -465,10 +345,10 @@ class scheduler {
     while (!self.stop) {
       fire_due();
       take_inbox();
-      if (ready_head_ != nullptr) {
+      if (!ready_.empty()) {
         runnable* r = pop_ready();
         // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0 &&
+        if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0 &&
             spinning_.load(std::memory_order_relaxed) == 0) {
           work_cv_.notify_one();
         }
@@ -495,9 +375,9 @@ class scheduler {
       // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
       // submitted from now on either is seen here or wakes this worker.
       sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      if (inbox_.load(std::memory_order_seq_cst) == nullptr) {
+      if (!ready_.submitted()) {
         if (!timers_.empty() && !manual_) {
-          const auto wait = timers_.front().due - now();
+          const auto wait = timers_.earliest() - now();
           if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
         } else {
           work_cv_.wait(lock);
@@ -508,7 +388,7 @@ class scheduler {
     self.exited = true;
     // Work this worker would have taken next goes to a sleeping one.
     take_inbox();
-    if (ready_head_ != nullptr && sleepers_.load(std::memory_order_relaxed) > 0) {
+    if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) {
       work_cv_.notify_one();
     }
     if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
@@ -519,7 +399,7 @@ class scheduler {
   void spin_for_work() const noexcept {
     const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
     for (unsigned i = 1;; ++i) {
-      if (inbox_.load(std::memory_order_relaxed) != nullptr) return;
+      if (ready_.submitted()) return;
       if (i % 16 == 0) {
         std::this_thread::yield();
         if (std::chrono::steady_clock::now() >= until) return;
@@ -539,11 +419,8 @@ class scheduler {
   mutable std::mutex mutex_;
   std::condition_variable work_cv_;      // workers wait here for ready work or a due time
   std::condition_variable progress_cv_;  // help_until() waits here
-  runnable* ready_head_ = nullptr;
-  runnable* ready_tail_ = nullptr;
-  std::size_t ready_count_ = 0;
-  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
-  std::uint64_t seq_ = 0;
+  ready_list ready_;
+  timer_heap timers_;
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
   std::size_t target_ = 0;
@@ -552,9 +429,6 @@ class scheduler {
   std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
   std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
   std::atomic<std::size_t> waiters_{0};   // threads in help_until()
-  // Submitted strands, newest first (linked by next_ready); on a line of its own, as every
-  // emitter that submits writes it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
 };
 
 }  // namespace detail

@@ -1,0 +1,210 @@
+// evbus/parts/ordered.hpp: evbus::ordered, which makes a bus handler of an ordered
+// subscription on a keyed_executor.
+//
+// Owns: reading the payload type off a handler (`const basic_event<D>&` gives D), refusing at
+// compile time what cannot work (a generic handler without Data, a payload that may throw
+// when moved, a policy of another payload type) and at run time what is bad input (an empty
+// handler, a policy out of range: evbus::invalid_argument naming the value), then building the
+// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+#ifndef EVBUS_PARTS_ORDERED_HPP
+#define EVBUS_PARTS_ORDERED_HPP
+
+#include "errors.hpp"
+#include "event.hpp"
+#include "executor.hpp"
+#include "policies.hpp"
+#include "subscription.hpp"
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The payload type a handler takes, when it can be read off a non-generic callable:
+/// `void(const basic_event<D>&[, const delivery&])` gives D; anything else gives std::any.
+template <class T>
+struct event_data {
+  using type = std::any;
+};
+template <class D>
+struct event_data<basic_event<D>> {
+  using type = D;
+};
+
+template <class M>
+struct member_first_arg {
+  using type = void;
+};
+#define EVBUS_DETAIL_MEMBER_FIRST_ARG(QUALIFIERS)                       \
+  template <class C, class R, class A, class... Rest>                   \
+  struct member_first_arg<R (C::*)(A, Rest...) QUALIFIERS> {            \
+    using type = A;                                                     \
+  };
+EVBUS_DETAIL_MEMBER_FIRST_ARG()
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(noexcept)
+EVBUS_DETAIL_MEMBER_FIRST_ARG(const noexcept)
+#undef EVBUS_DETAIL_MEMBER_FIRST_ARG
+
+template <class F, class = void>
+struct first_arg {
+  using type = void;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...), void> {
+  using type = A;
+};
+template <class R, class A, class... Rest>
+struct first_arg<R (*)(A, Rest...) noexcept, void> {
+  using type = A;
+};
+template <class F>
+struct first_arg<F, std::void_t<decltype(&F::operator())>>
+    : member_first_arg<decltype(&F::operator())> {};
+
+template <class Fn>
+using handler_data_t = typename event_data<
+    std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
+
+/// Marks "Data not given": ordered() then reads it off the handler.
+struct deduce_data {};
+
+template <class T>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
+
+}  // namespace detail
+
+namespace detail {
+
+/// Builds an ordered subscription; evbus::ordered is the public entry.
+template <class Data, class Fn>
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+  using event_type = basic_event<Data>;
+  using F = std::decay_t<Fn>;
+  constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;
+  constexpr bool plain = std::is_invocable_v<F&, const event_type&>;
+  static_assert(std::is_nothrow_move_constructible_v<Data>,
+                "evbus::ordered: the payload type (Data) must be nothrow move constructible: "
+                "a partition moves queued events, and a throwing move could lose one. Give the "
+                "type a noexcept move constructor, or carry it in a std::unique_ptr or "
+                "std::shared_ptr");
+  static_assert(std::is_same_v<typename first_arg<F>::type, void> ||
+                    std::is_same_v<handler_data_t<Fn>, std::any> ||
+                    std::is_same_v<handler_data_t<Fn>, Data>,
+                "evbus::ordered: the handler takes basic_event<D> but the policy is "
+                "basic_delivery_policy<Data> of another payload type. Pass an "
+                "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
+                "basic_delivery_policy<std::any>, for evbus::bus)");
+  static_assert(with_delivery || plain,
+                "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
+                "fn(const basic_event<Data>&, const evbus::delivery&)");
+  // A function passed by name (Fn is a reference to a function) cannot be null.
+  if constexpr (std::is_pointer_v<std::remove_reference_t<Fn>> || std::is_member_pointer_v<F> ||
+                is_std_function<F>::value) {
+    if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
+  }
+  const auto bad = [&](const std::string& what) {
+    throw invalid_argument("evbus: ordered(): " + what);
+  };
+  if (policy.capacity == 0) bad("capacity must be at least 1 (got 0)");
+  if (!(policy.jitter >= 0.0 && policy.jitter <= 1.0)) {
+    bad("jitter must be in [0, 1] (got " + std::to_string(policy.jitter) + ")");
+  }
+  if (policy.backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + std::to_string(policy.backoff_base.count()) +
+        "ns)");
+  }
+  if (policy.backoff_cap.count() < 0) {
+    bad("backoff_cap must not be negative (got " + std::to_string(policy.backoff_cap.count()) +
+        "ns)");
+  }
+  if (policy.timeout.count() <= 0) {
+    bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
+  }
+  if (policy.block_timeout && policy.block_timeout->count() < 0) {
+    bad("block_timeout must not be negative (got " +
+        std::to_string(policy.block_timeout->count()) + "ns)");
+  }
+  typename subscription<Data>::handler_type handler;
+  if constexpr (with_delivery) {
+    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
+      f(e, d);
+    };
+  } else {
+    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
+      f(e);
+    };
+  }
+  std::string name = std::move(policy.name);
+  auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,
+                                                  std::move(handler),
+                                                          std::move(policy));
+  sub->name = std::move(name);
+  ex.core_->add_subscription(sub);
+  return ordered_handler<Data>(ex.core_, std::move(sub));
+}
+
+}  // namespace detail
+
+/**
+ * @brief Wraps `fn` into a bus handler that delivers through `ex`, in order per key: one ordered
+ * subscription with its own P partitions (a slow or failing subscription never stalls another's
+ * queues).
+ *
+ * `fn` is `void(const basic_event<Data>&)` or `void(const basic_event<Data>&, const
+ * evbus::delivery&)`. It is called on a worker thread (or in poll()), for different keys
+ * possibly at the same time on different threads. It fails by throwing: the event is retried in
+ * place per the policy, then dead-lettered. Data comes from the policy (this overload).
+ *
+ * Deregistering the handler from the bus stops new events; the ones already queued are still
+ * handled (drain() waits for them).
+ *
+ * @code
+ *   evbus::delivery_policy p;
+ *   p.max_retry = 3;
+ *   bus.register_handler("mailer", "user\\..*", evbus::ordered(ex, send_mail, p));
+ * @endcode
+ */
+template <class Data = std::any, class Fn>
+ordered_handler<Data> ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+  return detail::make_ordered<Data>(ex, std::forward<Fn>(fn), std::move(policy));
+}
+
+/**
+ * @brief ordered() with the default policy. Data is given explicitly (`ordered<my_data>(ex,
+ * fn)`), or read off a handler taking `const basic_event<D>&` (std::any for `const
+ * evbus::event&`). A generic handler (`[](const auto& e)`) must say it: without Data it does
+ * not compile, with a message naming the fix.
+ *
+ * @code
+ *   auto h = evbus::ordered(ex, [](const evbus::basic_event<order>& e) { ship(e.data); });
+ *   typed_bus.register_handler("ship", "order\\..*", h);   // Data = order
+ * @endcode
+ */
+template <class Data = detail::deduce_data, class Fn>
+auto ordered(keyed_executor& ex, Fn&& fn) {
+  static_assert(!std::is_same_v<Data, detail::deduce_data> ||
+                    !std::is_same_v<typename detail::first_arg<std::decay_t<Fn>>::type, void>,
+                "evbus::ordered: the payload type cannot be read off this handler (a generic "
+                "lambda, or an overloaded call operator). Say it: evbus::ordered<Data>(ex, fn) "
+                "with the bus's payload type (std::any for evbus::bus), or take const "
+                "evbus::basic_event<Data>& in the handler");
+  using D = std::conditional_t<std::is_same_v<Data, detail::deduce_data>,
+                               detail::handler_data_t<Fn>, Data>;
+  return detail::make_ordered<D>(ex, std::forward<Fn>(fn), basic_delivery_policy<D>{});
+}
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ORDERED_HPP

@@ -4,7 +4,8 @@
 #   lists      tests/CMakeLists.txt, tests/meson.build and tests/test_*.cpp agree; the generated
 #              include/evbus/evbus.hpp is the amalgamation of include/evbus/parts/; every
 #              ```cpp block of README.md compiles as C++17 -pedantic-errors (check_readme.sh);
-#              README's API reference names every public name (check_api_reference.sh)
+#              README's API reference names every public name (check_api_reference.sh); every
+#              part, function and test README's Guarantees table names exists (check_guarantees.sh)
 #   gcc        GCC, C++17, -O2 with assertions on, -Wall -Wextra -Wpedantic -Werror, ctest
 #   gcc20      GCC, C++20, Release (-O3), -Werror, the executor's tests (where C++20 changes
 #              the code)
@@ -87,6 +88,7 @@ run_lists() {
   cmake -DCHECK=ON -P include/evbus/parts/amalgamate.cmake
   CXX=g++ tests/check_readme.sh
   tests/check_api_reference.sh
+  tests/check_guarantees.sh
 }
 
 # GCC's flow-based warnings (-Wmaybe-uninitialized, -Warray-bounds, -Wrestrict) only see

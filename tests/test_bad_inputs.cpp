@@ -1,5 +1,5 @@
-// A catalogue of bad inputs, one TEST_CASE per row (the README's table lists the same rows
-// under the same names). Each row asserts the error TYPE, that the message names the bad
+// A catalogue of bad inputs, one TEST_CASE per row (README's "Errors" section lists their
+// categories and points here: this file is the list). Each row asserts the error TYPE, that the message names the bad
 // value, and that the bus is unchanged afterwards: every query answers as before, and a probe
 // emit calls the same handlers in the same order (for the keyed executor: its stats() are as
 // before). Rows whose input is accepted by design (pathological but valid regexes, huge

@@ -15,7 +15,8 @@
  *   1. configuration and version, errors
  *   2. time, emit tracking and ids
  *   3. the event
- *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
+ *   4. the bus (synchronous core): matcher, topic table, reclamation, registrations, emit path,
+ *      bus, topic handle, transaction
  *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
  *      built-in file journal
  *   6. the keyed executor (ordered, partitioned delivery on worker threads)
@@ -966,6 +967,9 @@ inline std::string c_text(const char* text) {
   return std::string(text);
 }
 
+template <class Data>
+class bus_emitter;
+
 }  // namespace detail
 
 /**
@@ -1027,7 +1031,7 @@ class basic_event {
 
  private:
   template <class>
-  friend class basic_bus;
+  friend class detail::bus_emitter;  // builds events on the emit path (emit_path.hpp)
   friend struct detail::event_access;
   /// A copy of `other` with another reference to the same topic.
   basic_event(const basic_event& other, detail::topic_ref topic)
@@ -1557,19 +1561,110 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_TOPIC_TABLE_HPP
-// ---- bus.hpp -------------------------------------------------
-// evbus/parts/bus.hpp: the synchronous bus: topics, handlers, emit.
+// ---- reclamation.hpp -------------------------------------------------
+// evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
-// basic_bus holds registered topics, handlers keyed by name with a regex matcher, and the id
-// generator; emit calls every subscribed handler on the calling thread, in registration order.
-#ifndef EVBUS_PARTS_BUS_HPP
-#define EVBUS_PARTS_BUS_HPP
+// Owns deferred reclamation. A registration change publishes new handler lists, topic slots
+// or a new index, and retires the old ones; emits running meanwhile may still read them. A
+// retire_list keeps them, marked with the emits in progress (emit_tracking.hpp), and hands
+// them back for destruction once those emits are over. It keeps the guarantee that no emit
+// reads freed memory while deregister_handler and registration never wait for an emit to
+// let go of a list (only for the calls of a deregistered handler, bus.hpp). Not thread-safe:
+// the bus calls it under its lock.
+#ifndef EVBUS_PARTS_RECLAMATION_HPP
+#define EVBUS_PARTS_RECLAMATION_HPP
 
 
 #include <algorithm>
-#include <any>
+#include <cstddef>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// Objects retired from the read side, waiting for the emits that may read them to end.
+class retire_list {
+ protected:
+  /// Something retired from the read side, freed once the emits that may read it are over.
+  struct unit {
+    std::shared_ptr<const void> object;
+    detail::emit_marks marks;
+  };
+
+  void retire(std::shared_ptr<const void> object) {
+    if (object) pending_.push_back(std::move(object));
+  }
+
+  /// Retired objects that wait, unmarked, for one look at the emits in progress. With light
+  /// emit marks that look costs a membarrier(2) call, tens of microseconds when other threads
+  /// are running, so changes that need not wait for emits share it.
+  static constexpr std::size_t retire_batch = 32;
+
+  /// Called under the lock after a change was published: marks what the changes so far retired
+  /// with the emits in progress (now, or once retire_batch objects wait), then frees whatever
+  /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
+  /// caller after unlocking (a handler's captures may call back into the bus).
+  void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
+    if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
+      seal(detail::emits_in_progress());
+    }
+    collect(garbage);
+  }
+
+  /// Marks every pending retired object with `marks`, taken after the change that retired the
+  /// last of them was published (any later moment will do: an emit that started after a change
+  /// was published cannot read what the change retired). Requires pending_ not empty.
+  void seal(detail::emit_marks marks) {
+    auto u = std::make_unique<unit>();
+    u->marks = std::move(marks);
+    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
+    pending_.clear();
+    u->object = std::move(holder);
+    retired_.push_back(std::move(u));
+  }
+
+  void collect(std::vector<std::unique_ptr<unit>>& garbage) {
+    auto keep = std::partition(retired_.begin(), retired_.end(),
+                               [](const std::unique_ptr<unit>& u) {
+                                 return !detail::emits_finished(u->marks);
+                               });
+    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
+    retired_.erase(keep, retired_.end());
+  }
+
+  std::vector<std::shared_ptr<const void>> pending_;
+  std::vector<std::unique_ptr<unit>> retired_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RECLAMATION_HPP
+// ---- registrations.hpp -------------------------------------------------
+// evbus/parts/registrations.hpp: the bus's registrations: topics, handlers, the error hook.
+//
+// Owns what registration changes and emits read: the sorted topic map, the handlers by key and
+// in registration order, the topic index an emit looks names up in (changed in place, grown by
+// doubling), each topic's copy-on-write handler list, and the error hook. Every change is made
+// under one lock and published with a store an emit reads; what it replaces is retired
+// (reclamation.hpp), never freed under a running emit. It keeps the guarantees that an emit
+// works on the subscriptions as they were when it started, that subscriptions form whichever
+// of a handler and a topic comes first, that a change with one bad name or matcher changes
+// nothing, and that deregister_handler returns only once no call of the handler runs on
+// another thread (outside an emit) and never waits inside one. basic_bus (bus.hpp) is its
+// public face.
+#ifndef EVBUS_PARTS_REGISTRATIONS_HPP
+#define EVBUS_PARTS_REGISTRATIONS_HPP
+
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -1578,7 +1673,6 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 #include <memory>
 #include <mutex>
 #include <regex>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1592,151 +1686,16 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
-/// ends it first thing in its destructor, which waits for a use that is running to return; a
-/// use that starts later finds it ended and does not touch the bus.
-class bus_life {
- public:
-  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
-  template <class Fn>
-  bool use(Fn&& fn) {
-    std::shared_lock<std::shared_mutex> lock(mutex_);
-    if (!alive_) return false;
-    fn();
-    return true;
-  }
-  void end() noexcept {
-    std::unique_lock<std::shared_mutex> lock(mutex_);
-    alive_ = false;
-  }
-
- private:
-  std::shared_mutex mutex_;
-  bool alive_ = true;
-};
-
-template <class Bus>
-struct delayed_emit;
-
-}  // namespace detail
-
+/// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class ordered_handler;
-
-/**
- * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
- * pluggable id generator. `emit` calls every matching handler on the calling thread, in
- * registration order, before it returns.
- *
- * Every member function may be called from any thread at any time, and from inside a handler.
- * Emits share no lock with each other and, with a payload type that does not allocate, short
- * keys and the default ids, allocate nothing.
- *
- * @tparam Data the payload type: `std::any` (see evbus::bus), a `std::variant`, or any type.
- *
- * @code
- *   struct order { int id; double amount; };
- *   evbus::basic_bus<order> bus;
- *   bus.register_topics("order.received");
- *   bus.register_handler("sum", "order\\..*", [&](const auto& e) { total += e.data.amount; });
- *   bus.emit("order.received", order{1, 9.5});
- * @endcode
- */
-template <class Data = std::any>
-class basic_bus {
+class bus_registrations : public retire_list {
  public:
-  using data_type = Data;
   using event_type = basic_event<Data>;
-  /// A handler: any callable taking the event by const reference.
   using handler_type = std::function<void(const event_type&)>;
-  /// Receives each handler failure of an emit, after all handlers have run.
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
-  /// A callable returning a new id.
-  using id_generator = std::function<std::string()>;
+  using slot_type = detail::topic_slot<Data>;
 
-  /// A bus with the default id generator, evbus::sortable_ids.
-  basic_bus() : generator_(sortable_ids{}), default_ids_(true) { init(); }
-
-  /**
-   * @brief A bus with a custom id generator: any callable returning text. An empty
-   * `std::function` or a null function pointer throws evbus::invalid_argument.
-   */
-  template <class IdGen,
-            std::enable_if_t<!std::is_same_v<std::decay_t<IdGen>, basic_bus> &&
-                                 std::is_invocable_v<IdGen&> &&
-                                 std::is_constructible_v<std::string,
-                                                         std::invoke_result_t<IdGen&>>,
-                             int> = 0>
-  explicit basic_bus(IdGen generator)
-      : default_ids_(std::is_same_v<std::decay_t<IdGen>, sortable_ids>) {
-    if constexpr (std::is_pointer_v<IdGen> || detail::has_bool_member<IdGen>::value) {
-      if (!static_cast<bool>(generator)) {
-        throw invalid_argument("evbus: the id generator is empty");
-      }
-    }
-    generator_ = [g = std::move(generator)]() mutable { return std::string(g()); };
-    init();
-  }
-
-  basic_bus(const basic_bus&) = delete;
-  basic_bus& operator=(const basic_bus&) = delete;
-  basic_bus(basic_bus&&) = delete;
-  basic_bus& operator=(basic_bus&&) = delete;
-
-  /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
-  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
-  /// running on it is waited for; those that fall due later are not emitted but handed to the
-  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
-  ~basic_bus() { life_->end(); }
-
-  // -- topics ---------------------------------------------------------------
-
-  /**
-   * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
-   * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
-   * evbus::invalid_topic_name names it.
-   *
-   * The names are given one per argument, or as one range of string-like values (a
-   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
-   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
-   * the handlers whose matcher's literal prefix it starts with.
-   *
-   * @code
-   *   bus.register_topics("order.created", "order.paid");
-   *   std::vector<std::string> tenants = load_tenants();
-   *   bus.register_topics(tenants);
-   * @endcode
-   */
-  template <class... Names>
-  void register_topics(const Names&... names) {
-    static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
-    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
-      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
-        register_topic_list(list, count);
-      });
-    } else {
-      const std::string_view list[] = {std::string_view(names)...};
-      register_topic_list(list, sizeof...(Names));
-    }
-  }
-
-  /**
-   * @brief Deregisters topics, given as to register_topics. Handlers stay registered; an emit
-   * already running finishes on the subscriptions it started with. Names that are not
-   * registered are ignored; invalid names throw evbus::invalid_topic_name and nothing changes.
-   */
-  template <class... Names>
-  void deregister_topics(const Names&... names) {
-    static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
-    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
-      with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
-        deregister_topic_list(list, count);
-      });
-    } else {
-      const std::string_view list[] = {std::string_view(names)...};
-      deregister_topic_list(list, sizeof...(Names));
-    }
-  }
+  bus_registrations() { init(); }
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const {
@@ -1747,15 +1706,8 @@ class basic_bus {
     return out;
   }
 
-  // -- handlers -------------------------------------------------------------
-
-  /**
-   * @brief Registers `fn` under a unique `key`, subscribed to every topic (now or later) whose
-   * whole name matches the ECMAScript regex `matcher`.
-   *
-   * Throws evbus::duplicate_handler, evbus::invalid_matcher or evbus::invalid_argument (empty
-   * key or callable); then nothing has changed.
-   */
+  /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
+  /// whose whole name matches `matcher`; nothing changes if it throws.
   void register_handler(std::string key, std::string_view matcher, handler_type fn) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) throw invalid_argument("evbus: the handler for key " + detail::quote(key) + " is empty");
@@ -1805,35 +1757,8 @@ class basic_bus {
     }
   }
 
-  /**
-   * @brief register_handler() for what evbus::ordered returned. Its payload type must be the
-   * bus's: a mismatch fails to compile with a message naming the fix.
-   */
-  template <class D>
-  void register_handler(std::string key, std::string_view matcher,
-                        const ordered_handler<D>& fn) {
-    static_assert(std::is_same_v<D, Data>,
-                  "evbus: register_handler: this ordered handler was made for another payload "
-                  "type than the bus's. Give evbus::ordered the bus's payload type: "
-                  "evbus::ordered<Data>(ex, fn), a handler taking const "
-                  "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
-                  "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
-    register_handler(std::move(key), matcher, handler_type(fn));
-  }
-
-  /**
-   * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
-   *
-   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
-   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
-   * running: by this call, before it returns, when none is; otherwise by the thread that ends
-   * the last running call, as that call returns.
-   *
-   * Called outside any emit, it waits for the calls running on other threads to return, so
-   * once it returns the callable is destroyed and the caller may destroy what the handler
-   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
-   * deregister themselves and each other on any number of threads without deadlock.
-   */
+  /// basic_bus::deregister_handler: see there for when the callable is destroyed and when
+  /// this waits.
   void deregister_handler(std::string_view key) {
     std::shared_ptr<detail::handler_entry<Data>> entry;
     std::vector<std::unique_ptr<unit>> garbage;
@@ -1905,16 +1830,8 @@ class basic_bus {
     return out;
   }
 
-  /**
-   * @brief Replaces the error hook. The hook receives, after all handlers of an emit have run,
-   * each failure with the handler's key; if it returns, emit returns normally. An empty hook
-   * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
-   * or more.
-   *
-   * A hook that throws still receives every other failure of the emit; then what it threw
-   * leaves emit by the default rule: one exception as it is, several as
-   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
-   */
+  /// basic_bus::set_error_hook: replaces the hook; the old one's captures are released as
+  /// soon as no emit can still call it.
   void set_error_hook(error_hook hook) {
     std::vector<std::unique_ptr<unit>> garbage;
     {
@@ -1928,149 +1845,6 @@ class basic_bus {
     }
   }
 
-  // -- emit -----------------------------------------------------------------
-
-  /**
-   * @brief Emits an event on `topic`: calls every subscribed handler, in registration order,
-   * on this thread, then returns the event's metadata.
-   *
-   * Throws evbus::unknown_topic (and calls no handler) if the topic is not registered. A
-   * handler that throws does not stop the others; see set_error_hook for what happens next.
-   */
-  emit_result emit(std::string_view topic, Data data, emit_options options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, find_registered(topic), std::move(data), std::move(options));
-  }
-
-  /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
-  /// source (no emit_options is built, moved or destroyed).
-  emit_result emit(std::string_view topic, Data data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, find_registered(topic), std::move(data));
-  }
-
-  /**
-   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
-   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
-   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
-   */
-  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
-  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
-    return emit(topic, Data(detail::c_text(text)), std::move(options));
-  }
-
-  /// The same with no options.
-  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
-  emit_result emit(std::string_view topic, Text&& text) {
-    return emit(topic, Data(detail::c_text(text)));
-  }
-
-  /**
-   * @brief A handle on a registered topic, to emit without looking the name up.
-   * Emitting through it after the topic was deregistered throws evbus::unknown_topic. The
-   * handle must not outlive the bus.
-   */
-  basic_topic_handle<Data> topic(std::string_view name) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = topics_.find(name);
-    if (it == topics_.end()) throw unknown_topic(name);
-    return basic_topic_handle<Data>(this, it->second);
-  }
-
-  /**
-   * @brief Starts a transaction (the outbox pattern, in process): events emitted into it are
-   * buffered and emitted at commit, in order, all with one tx id; a transaction destroyed or
-   * rolled back before commit emits nothing. `tx_id` empty: a new id from the generator.
-   */
-  basic_transaction<Data> transaction(std::string tx_id = {}) {
-    if (tx_id.empty()) tx_id = new_id();
-    return basic_transaction<Data>(this, std::move(tx_id));
-  }
-
- private:
-  friend class basic_topic_handle<Data>;
-  friend class basic_transaction<Data>;
-  template <class Bus>
-  friend struct detail::delayed_emit;
-  using slot_type = detail::topic_slot<Data>;
-
-  /// Something retired from the read side, freed once the emits that may read it are over.
-  struct unit {
-    std::shared_ptr<const void> object;
-    detail::emit_marks marks;
-  };
-
-  void init() {
-    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
-    index_.store(index_owner_.get(), std::memory_order_seq_cst);
-  }
-
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
-                       emit_options&& options) {
-    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
-    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
-    if (default_ids_ && options.id.empty()) {
-      // The common case: a default id, its strings built in place. The result is built from
-      // a copy of the id: an emit inside a handler makes new ids in the same slot.
-      const detail::id_text& made =
-          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
-      const detail::id_text text = made;
-      event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-      const bool own_tx = options.tx_id.empty();
-      if (!own_tx) ev.tx_id = std::move(options.tx_id);
-      if (!options.key.empty()) ev.key = std::move(options.key);
-      if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(slot, *handlers, ev);
-      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
-      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
-    }
-    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
-    ev.occurred_at = at;
-    ev.id = options.id.empty() ? generator_() : std::move(options.id);
-    if (options.tx_id.empty()) {
-      ev.tx_id = ev.id;
-    } else {
-      ev.tx_id = std::move(options.tx_id);
-    }
-    ev.key = std::move(options.key);
-    ev.source = std::move(options.source);
-    call_handlers(slot, *handlers, ev);
-    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
-  }
-
-  /// Calls every active handler in `handlers`, then reports the failures.
-  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
-                     const event_type& ev) {
-    std::vector<typename handler_errors::failure> failures;
-    for (const auto& h : handlers) {
-      if (!h->enter(slot)) continue;  // deregistered
-      struct call_guard {
-        detail::handler_entry<Data>& entry;
-        detail::thread_slot& slot;
-        ~call_guard() { entry.leave(slot); }
-      } guard{*h, slot};
-      try {
-        h->fn(ev);
-      } catch (...) {
-        failures.push_back({h->key, std::current_exception()});
-      }
-    }
-    if (!failures.empty()) report(ev, std::move(failures));
-  }
-
-  std::string new_id() {
-    if (!default_ids_) return generator_();
-    std::string id;
-    const detail::slot_lease lease;
-    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
-    return id;
-  }
-
   std::shared_ptr<slot_type> find_slot(std::string_view name) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = topics_.find(name);
@@ -2078,88 +1852,11 @@ class basic_bus {
     return it->second;
   }
 
-  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
-  /// before it emits); none if the topic was deregistered.
-  template <class Fn>
-  void for_each_handler(const slot_type& topic, Fn&& fn) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
-    if (handlers == deregistered_.get()) return;
-    for (const auto& h : *handlers) {
-      if (!h->enter(slot)) continue;  // deregistered
-      struct call_guard {
-        detail::handler_entry<Data>& entry;
-        detail::thread_slot& slot;
-        ~call_guard() { entry.leave(slot); }
-      } guard{*h, slot};
-      fn(h->fn);
-    }
-  }
-
-  /// Emits on a slot held by the caller (a handle or a transaction).
-  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data), std::move(options));
-  }
-
-  emit_result emit_on(const slot_type& topic, Data&& data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data));
-  }
-
   /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
   const slot_type& find_registered(std::string_view name) const {
     const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
     if (found == nullptr) throw unknown_topic(name);
     return *found;
-  }
-
-  /// dispatch without options.
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
-    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
-    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = detail::wall_now();
-    if (!default_ids_) {
-      // Built here rather than through an empty emit_options: fewer moves, and g++ -O2
-      // cannot then mistake the empty optional's storage for an uninitialised read.
-      event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
-      ev.occurred_at = at;
-      ev.id = generator_();
-      ev.tx_id = ev.id;
-      call_handlers(slot, *handlers, ev);
-      return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
-    }
-    // As above, the result is built from a copy of the id.
-    const detail::id_text& made = detail::make_sortable_id(slot, at);
-    const detail::id_text text = made;
-    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(slot, *handlers, ev);
-    return emit_result{detail::id_string(text), detail::id_string(text), at};
-  }
-
-  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
-  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
-  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
-    if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
-      std::vector<typename handler_errors::failure> hook_failures;
-      for (const auto& f : failures) {
-        try {
-          (*hook)(ev, f.key, f.error);
-        } catch (...) {
-          hook_failures.push_back({f.key, std::current_exception()});
-        }
-      }
-      if (hook_failures.empty()) return;
-      failures = std::move(hook_failures);
-    }
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    throw handler_errors(ev.topic(), std::move(failures));
   }
 
   /// Calls `f(names, count)` with the names of `range` as string_views (copied first when the
@@ -2177,6 +1874,12 @@ class basic_bus {
       views.assign(owned.begin(), owned.end());
       f(views.data(), views.size());
     }
+  }
+
+ protected:
+  void init() {
+    index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
+    index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
   void register_topic_list(const std::string_view* names, std::size_t count) {
@@ -2281,47 +1984,6 @@ class basic_bus {
     retire(std::exchange(index_owner_, std::move(index)));
   }
 
-  void retire(std::shared_ptr<const void> object) {
-    if (object) pending_.push_back(std::move(object));
-  }
-
-  /// Retired objects that wait, unmarked, for one look at the emits in progress. With light
-  /// emit marks that look costs a membarrier(2) call, tens of microseconds when other threads
-  /// are running, so changes that need not wait for emits share it.
-  static constexpr std::size_t retire_batch = 32;
-
-  /// Called under the lock after a change was published: marks what the changes so far retired
-  /// with the emits in progress (now, or once retire_batch objects wait), then frees whatever
-  /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
-  /// caller after unlocking (a handler's captures may call back into the bus).
-  void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
-    if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
-      seal(detail::emits_in_progress());
-    }
-    collect(garbage);
-  }
-
-  /// Marks every pending retired object with `marks`, taken after the change that retired the
-  /// last of them was published (any later moment will do: an emit that started after a change
-  /// was published cannot read what the change retired). Requires pending_ not empty.
-  void seal(detail::emit_marks marks) {
-    auto u = std::make_unique<unit>();
-    u->marks = std::move(marks);
-    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
-    pending_.clear();
-    u->object = std::move(holder);
-    retired_.push_back(std::move(u));
-  }
-
-  void collect(std::vector<std::unique_ptr<unit>>& garbage) {
-    auto keep = std::partition(retired_.begin(), retired_.end(),
-                               [](const std::unique_ptr<unit>& u) {
-                                 return !detail::emits_finished(u->marks);
-                               });
-    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
-    retired_.erase(keep, retired_.end());
-  }
-
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<slot_type>, std::less<>> topics_;
   std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
@@ -2332,8 +1994,6 @@ class basic_bus {
   std::vector<std::shared_ptr<detail::handler_entry<Data>>> by_order_;
   std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
-  std::vector<std::shared_ptr<const void>> pending_;
-  std::vector<std::unique_ptr<unit>> retired_;
   /// The handler list of every deregistered topic (compared by address).
   const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
       std::make_shared<const detail::handler_list<Data>>();
@@ -2341,9 +2001,519 @@ class basic_bus {
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
   std::atomic<const error_hook*> hook_{nullptr};
-  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_REGISTRATIONS_HPP
+// ---- emit_path.hpp -------------------------------------------------
+// evbus/parts/emit_path.hpp: an emit, from the topic found to the failures reported.
+//
+// Owns the emit path of basic_bus: building the event (its id from the bus's generator, or a
+// sortable id made in the thread's slot without allocating), calling each handler of the
+// topic's current list on the calling thread, in registration order, with each call marked
+// (topic_table.hpp) so that a deregistration knows when it is over, and reporting the failures
+// once all have run. It keeps the guarantees that handlers run in registration order, each once
+// per emit; that a handler that throws does not stop the others, one failure is rethrown as it
+// is and several become handler_errors, also through an error hook that throws; that an emit on
+// a deregistered topic throws unknown_topic and calls nobody; and that an emit with default ids
+// and a payload that does not allocate allocates nothing.
+#ifndef EVBUS_PARTS_EMIT_PATH_HPP
+#define EVBUS_PARTS_EMIT_PATH_HPP
+
+
+#include <atomic>
+#include <exception>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The emit path of a basic_bus<Data>, over its registrations.
+template <class Data>
+class bus_emitter : public bus_registrations<Data> {
+  using base = bus_registrations<Data>;
+
+ public:
+  using event_type = basic_event<Data>;
+  using id_generator = std::function<std::string()>;
+  using typename base::slot_type;
+
+  std::string new_id() {
+    if (!default_ids_) return generator_();
+    std::string id;
+    const detail::slot_lease lease;
+    detail::make_sortable_id(lease.slot(), detail::wall_now(), id);
+    return id;
+  }
+
+  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// before it emits); none if the topic was deregistered.
+  template <class Fn>
+  void for_each_handler(const slot_type& topic, Fn&& fn) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) return;
+    for (const auto& h : *handlers) {
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
+      fn(h->fn);
+    }
+  }
+
+  /// Emits on a slot held by the caller (a handle or a transaction).
+  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, topic, std::move(data), std::move(options));
+  }
+
+  emit_result emit_on(const slot_type& topic, Data&& data) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    return dispatch(slot, topic, std::move(data));
+  }
+
+ protected:
+  using base::deregistered_;
+  using base::hook_;
+
+  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
+                       emit_options&& options) {
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
+    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
+    if (default_ids_ && options.id.empty()) {
+      // The common case: a default id, its strings built in place. The result is built from
+      // a copy of the id: an emit inside a handler makes new ids in the same slot.
+      const detail::id_text& made =
+          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
+      const detail::id_text text = made;
+      event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
+      const bool own_tx = options.tx_id.empty();
+      if (!own_tx) ev.tx_id = std::move(options.tx_id);
+      if (!options.key.empty()) ev.key = std::move(options.key);
+      if (!options.source.empty()) ev.source = std::move(options.source);
+      call_handlers(slot, *handlers, ev);
+      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
+      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+    }
+    event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
+    ev.occurred_at = at;
+    ev.id = options.id.empty() ? generator_() : std::move(options.id);
+    if (options.tx_id.empty()) {
+      ev.tx_id = ev.id;
+    } else {
+      ev.tx_id = std::move(options.tx_id);
+    }
+    ev.key = std::move(options.key);
+    ev.source = std::move(options.source);
+    call_handlers(slot, *handlers, ev);
+    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+  }
+
+  /// Calls every active handler in `handlers`, then reports the failures.
+  void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                     const event_type& ev) {
+    std::vector<typename handler_errors::failure> failures;
+    for (const auto& h : handlers) {
+      if (!h->enter(slot)) continue;  // deregistered
+      struct call_guard {
+        detail::handler_entry<Data>& entry;
+        detail::thread_slot& slot;
+        ~call_guard() { entry.leave(slot); }
+      } guard{*h, slot};
+      try {
+        h->fn(ev);
+      } catch (...) {
+        failures.push_back({h->key, std::current_exception()});
+      }
+    }
+    if (!failures.empty()) report(ev, std::move(failures));
+  }
+
+  /// dispatch without options.
+  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
+    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
+    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
+    const time_point at = detail::wall_now();
+    if (!default_ids_) {
+      // Built here rather than through an empty emit_options: fewer moves, and g++ -O2
+      // cannot then mistake the empty optional's storage for an uninitialised read.
+      event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
+      ev.occurred_at = at;
+      ev.id = generator_();
+      ev.tx_id = ev.id;
+      call_handlers(slot, *handlers, ev);
+      return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
+    }
+    // As above, the result is built from a copy of the id.
+    const detail::id_text& made = detail::make_sortable_id(slot, at);
+    const detail::id_text text = made;
+    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
+    call_handlers(slot, *handlers, ev);
+    return emit_result{detail::id_string(text), detail::id_string(text), at};
+  }
+
+  /// Gives every failure to the hook; what the hook throws, or every failure when there is no
+  /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
+  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
+    if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
+      std::vector<typename handler_errors::failure> hook_failures;
+      for (const auto& f : failures) {
+        try {
+          (*hook)(ev, f.key, f.error);
+        } catch (...) {
+          hook_failures.push_back({f.key, std::current_exception()});
+        }
+      }
+      if (hook_failures.empty()) return;
+      failures = std::move(hook_failures);
+    }
+    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+    throw handler_errors(ev.topic(), std::move(failures));
+  }
+
   id_generator generator_;
   bool default_ids_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EMIT_PATH_HPP
+// ---- bus.hpp -------------------------------------------------
+// evbus/parts/bus.hpp: basic_bus, the synchronous bus users hold: its public face.
+//
+// basic_bus is the one public type of the bus. It owns the id generator's set-up and the
+// bus's lifetime token (bus_life), which an executor's delayed emits observe so that they
+// never touch a destroyed bus; everything else it hands to the layers below, each in its own
+// part: the registrations (registrations.hpp), the emit path (emit_path.hpp), and the reclamation
+// of what registration retires (reclamation.hpp). It keeps the guarantee that a bus and an
+// executor may be destroyed in either order, and states the rest on its members.
+#ifndef EVBUS_PARTS_BUS_HPP
+#define EVBUS_PARTS_BUS_HPP
+
+
+#include <any>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A bus's lifetime, as what may outlive it (an executor's delayed emits) sees it: the bus
+/// ends it first thing in its destructor, which waits for a use that is running to return; a
+/// use that starts later finds it ended and does not touch the bus.
+class bus_life {
+ public:
+  /// Calls `fn()` while the bus lives, keeping it alive meanwhile; false if it is gone.
+  template <class Fn>
+  bool use(Fn&& fn) {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    if (!alive_) return false;
+    fn();
+    return true;
+  }
+  void end() noexcept {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    alive_ = false;
+  }
+
+ private:
+  std::shared_mutex mutex_;
+  bool alive_ = true;
+};
+
+template <class Bus>
+struct delayed_emit;
+
+}  // namespace detail
+
+template <class Data>
+class ordered_handler;
+
+/**
+ * @brief The synchronous bus: registered topics, handlers matched to topics by regex, and a
+ * pluggable id generator. `emit` calls every matching handler on the calling thread, in
+ * registration order, before it returns.
+ *
+ * Every member function may be called from any thread at any time, and from inside a handler.
+ * Emits share no lock with each other and, with a payload type that does not allocate, short
+ * keys and the default ids, allocate nothing.
+ *
+ * @tparam Data the payload type: `std::any` (see evbus::bus), a `std::variant`, or any type.
+ *
+ * @code
+ *   struct order { int id; double amount; };
+ *   evbus::basic_bus<order> bus;
+ *   bus.register_topics("order.received");
+ *   bus.register_handler("sum", "order\\..*", [&](const auto& e) { total += e.data.amount; });
+ *   bus.emit("order.received", order{1, 9.5});
+ * @endcode
+ */
+template <class Data = std::any>
+class basic_bus : private detail::bus_emitter<Data> {
+  using base = detail::bus_emitter<Data>;
+
+ public:
+  using data_type = Data;
+  using event_type = basic_event<Data>;
+  /// A handler: any callable taking the event by const reference.
+  using handler_type = std::function<void(const event_type&)>;
+  /// Receives each handler failure of an emit, after all handlers have run.
+  using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
+  /// A callable returning a new id.
+  using id_generator = std::function<std::string()>;
+
+  /// A bus with the default id generator, evbus::sortable_ids.
+  basic_bus() {
+    this->generator_ = sortable_ids{};
+    this->default_ids_ = true;
+  }
+
+  /**
+   * @brief A bus with a custom id generator: any callable returning text. An empty
+   * `std::function` or a null function pointer throws evbus::invalid_argument.
+   */
+  template <class IdGen,
+            std::enable_if_t<!std::is_same_v<std::decay_t<IdGen>, basic_bus> &&
+                                 std::is_invocable_v<IdGen&> &&
+                                 std::is_constructible_v<std::string,
+                                                         std::invoke_result_t<IdGen&>>,
+                             int> = 0>
+  explicit basic_bus(IdGen generator) {
+    this->default_ids_ = std::is_same_v<std::decay_t<IdGen>, sortable_ids>;
+    if constexpr (std::is_pointer_v<IdGen> || detail::has_bool_member<IdGen>::value) {
+      if (!static_cast<bool>(generator)) {
+        throw invalid_argument("evbus: the id generator is empty");
+      }
+    }
+    this->generator_ = [g = std::move(generator)]() mutable { return std::string(g()); };
+  }
+
+  basic_bus(const basic_bus&) = delete;
+  basic_bus& operator=(const basic_bus&) = delete;
+  basic_bus(basic_bus&&) = delete;
+  basic_bus& operator=(basic_bus&&) = delete;
+
+  /// Destroys the bus. No emit may be running on it, and no topic handle or transaction of it
+  /// may be used afterwards. A delayed emit of an executor (keyed_executor::emit_at) that is
+  /// running on it is waited for; those that fall due later are not emitted but handed to the
+  /// executor's on_undelivered (undelivered_reason::bus_destroyed).
+  ~basic_bus() { life_->end(); }
+
+  // -- topics ---------------------------------------------------------------
+
+  /**
+   * @brief Registers one or more topics; an existing one is left as it is. Every handler whose
+   * matcher matches a new topic subscribes to it. If any name is invalid, nothing changes and
+   * evbus::invalid_topic_name names it.
+   *
+   * The names are given one per argument, or as one range of string-like values (a
+   * `std::vector<std::string>`, a `std::set<std::string_view>`, an array of `const char*`...),
+   * for names known at run time. Each new topic costs amortised O(1) index work plus trying
+   * the handlers whose matcher's literal prefix it starts with.
+   *
+   * @code
+   *   bus.register_topics("order.created", "order.paid");
+   *   std::vector<std::string> tenants = load_tenants();
+   *   bus.register_topics(tenants);
+   * @endcode
+   */
+  template <class... Names>
+  void register_topics(const Names&... names) {
+    static_assert(sizeof...(Names) > 0, "evbus: register_topics needs at least one name");
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      base::with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        this->register_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      this->register_topic_list(list, sizeof...(Names));
+    }
+  }
+
+  /**
+   * @brief Deregisters topics, given as to register_topics. Handlers stay registered; an emit
+   * already running finishes on the subscriptions it started with. Names that are not
+   * registered are ignored; invalid names throw evbus::invalid_topic_name and nothing changes.
+   */
+  template <class... Names>
+  void deregister_topics(const Names&... names) {
+    static_assert(sizeof...(Names) > 0, "evbus: deregister_topics needs at least one name");
+    if constexpr (sizeof...(Names) == 1 && (detail::is_name_range<Names>::value && ...)) {
+      base::with_name_list(names..., [this](const std::string_view* list, std::size_t count) {
+        this->deregister_topic_list(list, count);
+      });
+    } else {
+      const std::string_view list[] = {std::string_view(names)...};
+      this->deregister_topic_list(list, sizeof...(Names));
+    }
+  }
+
+  /// The registered topics, sorted.
+  std::vector<std::string> topics() const { return base::topics(); }
+
+  // -- handlers -------------------------------------------------------------
+
+  /**
+   * @brief Registers `fn` under a unique `key`, subscribed to every topic (now or later) whose
+   * whole name matches the ECMAScript regex `matcher`.
+   *
+   * Throws evbus::duplicate_handler, evbus::invalid_matcher or evbus::invalid_argument (empty
+   * key or callable); then nothing has changed.
+   */
+  void register_handler(std::string key, std::string_view matcher, handler_type fn) {
+    base::register_handler(std::move(key), matcher, std::move(fn));
+  }
+
+  /**
+   * @brief register_handler() for what evbus::ordered returned. Its payload type must be the
+   * bus's: a mismatch fails to compile with a message naming the fix.
+   */
+  template <class D>
+  void register_handler(std::string key, std::string_view matcher,
+                        const ordered_handler<D>& fn) {
+    static_assert(std::is_same_v<D, Data>,
+                  "evbus: register_handler: this ordered handler was made for another payload "
+                  "type than the bus's. Give evbus::ordered the bus's payload type: "
+                  "evbus::ordered<Data>(ex, fn), a handler taking const "
+                  "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
+                  "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
+    register_handler(std::move(key), matcher, handler_type(fn));
+  }
+
+  /**
+   * @brief Deregisters the handler `key` (evbus::unknown_handler if there is none).
+   *
+   * At once, no emit that starts later calls the handler, and neither does the rest of an emit
+   * running now. Its callable, and what it captured, is destroyed as soon as no call of it is
+   * running: by this call, before it returns, when none is; otherwise by the thread that ends
+   * the last running call, as that call returns.
+   *
+   * Called outside any emit, it waits for the calls running on other threads to return, so
+   * once it returns the callable is destroyed and the caller may destroy what the handler
+   * used. Called from inside an emit (a handler, the error hook), it never waits: handlers may
+   * deregister themselves and each other on any number of threads without deadlock.
+   */
+  void deregister_handler(std::string_view key) { base::deregister_handler(key); }
+
+  /// Every handler key, in registration order.
+  std::vector<std::string> handler_keys() const { return base::handler_keys(); }
+
+  /// The keys of the handlers subscribed to `topic`, in call order (evbus::unknown_topic).
+  std::vector<std::string> topic_handler_keys(std::string_view topic) const {
+    return base::topic_handler_keys(topic);
+  }
+
+  /// The topics the handler `key` is subscribed to, sorted (evbus::unknown_handler).
+  std::vector<std::string> handler_topics(std::string_view key) const {
+    return base::handler_topics(key);
+  }
+
+  /**
+   * @brief Replaces the error hook. The hook receives, after all handlers of an emit have run,
+   * each failure with the handler's key; if it returns, emit returns normally. An empty hook
+   * restores the default: rethrow the one failure as it is, or evbus::handler_errors for two
+   * or more.
+   *
+   * A hook that throws still receives every other failure of the emit; then what it threw
+   * leaves emit by the default rule: one exception as it is, several as
+   * evbus::handler_errors, each under the key of the handler whose failure it was handling.
+   */
+  void set_error_hook(error_hook hook) { base::set_error_hook(std::move(hook)); }
+
+  // -- emit -----------------------------------------------------------------
+
+  /**
+   * @brief Emits an event on `topic`: calls every subscribed handler, in registration order,
+   * on this thread, then returns the event's metadata.
+   *
+   * Throws evbus::unknown_topic (and calls no handler) if the topic is not registered. A
+   * handler that throws does not stop the others; see set_error_hook for what happens next.
+   */
+  emit_result emit(std::string_view topic, Data data, emit_options options) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    return this->dispatch(slot, this->find_registered(topic), std::move(data), std::move(options));
+  }
+
+  /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
+  /// source (no emit_options is built, moved or destroyed).
+  emit_result emit(std::string_view topic, Data data) {
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    return this->dispatch(slot, this->find_registered(topic), std::move(data));
+  }
+
+  /**
+   * @brief On a std::any bus (evbus::bus), text given as a string literal or a char pointer
+   * is stored as a `std::string` (read it with `data_as<std::string>()`): an event never
+   * carries a pointer into the caller's buffer. A null pointer throws evbus::invalid_argument.
+   */
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text, emit_options options) {
+    return emit(topic, Data(detail::c_text(text)), std::move(options));
+  }
+
+  /// The same with no options.
+  template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
+  emit_result emit(std::string_view topic, Text&& text) {
+    return emit(topic, Data(detail::c_text(text)));
+  }
+
+  /**
+   * @brief A handle on a registered topic, to emit without looking the name up.
+   * Emitting through it after the topic was deregistered throws evbus::unknown_topic. The
+   * handle must not outlive the bus.
+   */
+  basic_topic_handle<Data> topic(std::string_view name) {
+    return basic_topic_handle<Data>(this, this->find_slot(name));
+  }
+
+  /**
+   * @brief Starts a transaction (the outbox pattern, in process): events emitted into it are
+   * buffered and emitted at commit, in order, all with one tx id; a transaction destroyed or
+   * rolled back before commit emits nothing. `tx_id` empty: a new id from the generator.
+   */
+  basic_transaction<Data> transaction(std::string tx_id = {}) {
+    if (tx_id.empty()) tx_id = this->new_id();
+    return basic_transaction<Data>(this, std::move(tx_id));
+  }
+
+ private:
+  friend class basic_topic_handle<Data>;
+  friend class basic_transaction<Data>;
+  template <class Bus>
+  friend struct detail::delayed_emit;
+
+  std::shared_ptr<detail::bus_life> life_ = std::make_shared<detail::bus_life>();
 };
 
 /// The dynamic bus: payloads in a `std::any`, like the Go bus's `interface{}`.
@@ -6444,13 +6614,193 @@ struct journal_compaction {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_JOURNAL_OPTIONS_HPP
+// ---- journal_writer.hpp -------------------------------------------------
+// evbus/parts/journal_writer.hpp: the file journal's state and how records reach the disk.
+//
+// Owns what file_journal (journal.hpp) holds open and writes: the directory lock, the index,
+// the record buffer, writing a record (undone on failure), starting a segment, and syncing by
+// tickets: every record written gets the next ticket, and one sync covers every ticket written
+// before it, so concurrent commits share syncs (group commit); under sync_policy::every(N) a
+// thread of the journal syncs every N ms. It keeps the guarantees that a record is on disk
+// whole or not at all, that with every_commit a call returns only once its record is synced,
+// and that after a failed sync the journal refuses every call rather than hand out data the
+// kernel may have dropped. Not a public type: file_journal derives from it privately.
+#ifndef EVBUS_PARTS_JOURNAL_WRITER_HPP
+#define EVBUS_PARTS_JOURNAL_WRITER_HPP
+
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+#if EVBUS_HAS_FILE_JOURNAL
+
+namespace detail {
+
+/// What a file_journal holds and how it writes and syncs records; see file_journal.
+class journal_writer {
+ protected:
+  journal_writer(std::string directory, journal_options options)
+      : dir_(std::move(directory)), options_(std::move(options)) {}
+
+  /// file_journal::sync: makes everything written so far durable, whatever the policy.
+  /// Makes everything written so far durable, whatever the policy.
+  void sync_written() {
+    std::uint64_t ticket = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      ticket = written_;
+    }
+    sync_through(ticket);
+  }
+
+  bool durable() const noexcept { return options_.sync.kind() != sync_policy::mode::never; }
+
+  void check_usable() const {
+    if (!failure_.empty()) throw journal_error(dir_, failure_);
+  }
+
+  /// Writes buffer_ at `size` of the file and moves `size` past it; on failure undoes the
+  /// partial write (or, if even that fails, refuses every later call).
+  void write_record(const std::string& path, const detail::journal_io::file& f,
+                    std::uint64_t& size) {
+    namespace io = detail::journal_io;
+    try {
+      io::write_at(dir_, path, f, buffer_.data(), buffer_.size(), size);
+    } catch (const journal_error& e) {
+      try {
+        io::truncate_to(dir_, path, f, size);
+      } catch (const journal_error& undo) {
+        failure_ = std::string(e.what()) + ", and the partial record could not be removed: " +
+                   undo.what() + "; reopen the journal";
+      }
+      throw;
+    }
+    size += buffer_.size();
+    io::fault_point("record.written");
+  }
+
+  /// Starts a new segment whose first sequence is the next one.
+  detail::journal_segment& rotate() {
+    namespace io = detail::journal_io;
+    const std::uint64_t first = index_.next_sequence();
+    const std::string path = detail::journal_recover::path_in(
+        dir_, detail::journal_recover::segment_file_name(first));
+    io::file f = io::create_whole(dir_, path,
+                                  detail::journal_format::file_header(
+                                      detail::journal_format::segment_magic),
+                                  durable(), "segment", syncs_);
+    return index_.segments
+        .emplace(first, detail::journal_segment{path, std::make_shared<io::file>(std::move(f)),
+                                                detail::journal_format::file_header_size, 0, 0})
+        .first->second;
+  }
+
+  /// Makes every record with a ticket up to `ticket` durable. Callers that find their record
+  /// already covered return at once; one sync covers everyone written before it.
+  void sync_through(std::uint64_t ticket) {
+    namespace io = detail::journal_io;
+    std::lock_guard<std::mutex> guard(sync_mutex_);
+    if (synced_ >= ticket) return;
+    std::vector<std::pair<std::string, std::shared_ptr<io::file>>> dirty;
+    std::uint64_t target = 0, last_seq = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      check_usable();
+      target = written_;
+      last_seq = index_.next_sequence() - 1;
+      for (const auto& seg : index_.segments) {
+        if (seg.second.ticket > synced_) dirty.emplace_back(seg.second.path, seg.second.file);
+      }
+      if (index_.state_ticket > synced_) dirty.emplace_back(index_.state_path, index_.state_file);
+    }
+    try {
+      for (const auto& d : dirty) io::sync_file(dir_, d.first, *d.second);
+    } catch (const journal_error& e) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (failure_.empty()) {
+        failure_ = std::string(e.what()) +
+                   "; written data may be lost, so the journal refuses every call: reopen it";
+      }
+      throw journal_error(dir_, failure_);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      syncs_ += dirty.size();
+      durable_seq_ = std::max(durable_seq_, last_seq);
+    }
+    synced_ = target;
+  }
+
+  /// The sync thread of sync_policy::every(N).
+  void flush_periodically() {
+    std::unique_lock<std::mutex> lock(flusher_mutex_);
+    while (!stopping_) {
+      if (flusher_wake_.wait_for(lock, options_.sync.interval(), [this] { return stopping_; })) {
+        break;
+      }
+      lock.unlock();
+      try {
+        sync_written();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "evbus: the journal's sync thread stops: %s\n", e.what());
+        return;
+      }
+      lock.lock();
+    }
+  }
+
+  const std::string dir_;
+  const journal_options options_;
+  detail::journal_io::file lock_;
+  journal_recovery recovery_;
+
+  mutable std::mutex mutex_;      ///< guards everything below up to sync_mutex_
+  detail::journal_index index_;
+  std::uint64_t written_ = 0;     ///< records written since open: each record's ticket
+  std::uint64_t durable_seq_ = 0; ///< every event up to this sequence is synced
+  std::uint64_t syncs_ = 0;
+  bool compaction_due_ = false;   ///< a purge's compaction has not completed
+  std::string failure_;           ///< set: every call throws it
+  std::string buffer_;            ///< the record being written
+
+  std::mutex sync_mutex_;         ///< one sync at a time; taken before mutex_, never after
+  std::uint64_t synced_ = 0;      ///< every record up to this ticket is synced
+
+  std::mutex flusher_mutex_;
+  std::condition_variable flusher_wake_;
+  bool stopping_ = false;
+  std::thread flusher_;
+};
+
+}  // namespace detail
+
+#endif  // EVBUS_HAS_FILE_JOURNAL
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_JOURNAL_WRITER_HPP
 // ---- journal.hpp -------------------------------------------------
 // evbus/parts/journal.hpp: evbus::file_journal, the built-in outbox store: an append-only journal
 // of checksummed records in segment files on local disk.
 //
 // The on-disk format and the recovery rules are in journal_format.hpp; recovery itself in
 // journal_recovery.hpp; the in-memory index in journal_index.hpp; the options in
-// journal_options.hpp. Here: appends and marks, syncs by policy, reads, purge and compaction.
+// journal_options.hpp; writing and syncing records in journal_writer.hpp. Here: appends, marks,
+// reads, purge and compaction.
 //
 // Durability, by sync policy (a "process crash" kills the process, the kernel lives on; a
 // "power failure" loses whatever the kernel had not yet written to the device):
@@ -6530,7 +6880,7 @@ inline namespace v1 {
  *   journal.purge_delivered(std::chrono::system_clock::now() - std::chrono::hours(24 * 7));
  * @endcode
  */
-class file_journal final : public outbox_store {
+class file_journal final : public outbox_store, private detail::journal_writer {
  public:
   /**
    * @brief Opens (recovering) or creates the journal in `directory`. Throws
@@ -6538,7 +6888,7 @@ class file_journal final : public outbox_store {
    * created or read, evbus::invalid_argument for an empty path or segment_bytes below 64.
    */
   explicit file_journal(std::string directory, journal_options options = {})
-      : dir_(std::move(directory)), options_(std::move(options)) {
+      : journal_writer(std::move(directory), std::move(options)) {
     if (dir_.empty()) throw invalid_argument("evbus: file_journal needs a directory, not ''");
     if (options_.segment_bytes < 64) {
       throw invalid_argument("evbus: journal_options::segment_bytes must be at least 64, not " +
@@ -6746,15 +7096,7 @@ class file_journal final : public outbox_store {
   }
 
   /// Makes everything written so far durable, whatever the policy.
-  void sync() {
-    std::uint64_t ticket = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      check_usable();
-      ticket = written_;
-    }
-    sync_through(ticket);
-  }
+  void sync() { sync_written(); }
 
   /// The journal's counts.
   journal_stats stats() const {
@@ -6778,125 +7120,6 @@ class file_journal final : public outbox_store {
 
   /// The options it was opened with.
   const journal_options& options() const noexcept { return options_; }
-
- private:
-  bool durable() const noexcept { return options_.sync.kind() != sync_policy::mode::never; }
-
-  void check_usable() const {
-    if (!failure_.empty()) throw journal_error(dir_, failure_);
-  }
-
-  /// Writes buffer_ at `size` of the file and moves `size` past it; on failure undoes the
-  /// partial write (or, if even that fails, refuses every later call).
-  void write_record(const std::string& path, const detail::journal_io::file& f,
-                    std::uint64_t& size) {
-    namespace io = detail::journal_io;
-    try {
-      io::write_at(dir_, path, f, buffer_.data(), buffer_.size(), size);
-    } catch (const journal_error& e) {
-      try {
-        io::truncate_to(dir_, path, f, size);
-      } catch (const journal_error& undo) {
-        failure_ = std::string(e.what()) + ", and the partial record could not be removed: " +
-                   undo.what() + "; reopen the journal";
-      }
-      throw;
-    }
-    size += buffer_.size();
-    io::fault_point("record.written");
-  }
-
-  /// Starts a new segment whose first sequence is the next one.
-  detail::journal_segment& rotate() {
-    namespace io = detail::journal_io;
-    const std::uint64_t first = index_.next_sequence();
-    const std::string path = detail::journal_recover::path_in(
-        dir_, detail::journal_recover::segment_file_name(first));
-    io::file f = io::create_whole(dir_, path,
-                                  detail::journal_format::file_header(
-                                      detail::journal_format::segment_magic),
-                                  durable(), "segment", syncs_);
-    return index_.segments
-        .emplace(first, detail::journal_segment{path, std::make_shared<io::file>(std::move(f)),
-                                                detail::journal_format::file_header_size, 0, 0})
-        .first->second;
-  }
-
-  /// Makes every record with a ticket up to `ticket` durable. Callers that find their record
-  /// already covered return at once; one sync covers everyone written before it.
-  void sync_through(std::uint64_t ticket) {
-    namespace io = detail::journal_io;
-    std::lock_guard<std::mutex> guard(sync_mutex_);
-    if (synced_ >= ticket) return;
-    std::vector<std::pair<std::string, std::shared_ptr<io::file>>> dirty;
-    std::uint64_t target = 0, last_seq = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      check_usable();
-      target = written_;
-      last_seq = index_.next_sequence() - 1;
-      for (const auto& seg : index_.segments) {
-        if (seg.second.ticket > synced_) dirty.emplace_back(seg.second.path, seg.second.file);
-      }
-      if (index_.state_ticket > synced_) dirty.emplace_back(index_.state_path, index_.state_file);
-    }
-    try {
-      for (const auto& d : dirty) io::sync_file(dir_, d.first, *d.second);
-    } catch (const journal_error& e) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (failure_.empty()) {
-        failure_ = std::string(e.what()) +
-                   "; written data may be lost, so the journal refuses every call: reopen it";
-      }
-      throw journal_error(dir_, failure_);
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      syncs_ += dirty.size();
-      durable_seq_ = std::max(durable_seq_, last_seq);
-    }
-    synced_ = target;
-  }
-
-  /// The sync thread of sync_policy::every(N).
-  void flush_periodically() {
-    std::unique_lock<std::mutex> lock(flusher_mutex_);
-    while (!stopping_) {
-      if (flusher_wake_.wait_for(lock, options_.sync.interval(), [this] { return stopping_; })) {
-        break;
-      }
-      lock.unlock();
-      try {
-        sync();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "evbus: the journal's sync thread stops: %s\n", e.what());
-        return;
-      }
-      lock.lock();
-    }
-  }
-
-  const std::string dir_;
-  const journal_options options_;
-  detail::journal_io::file lock_;
-  journal_recovery recovery_;
-
-  mutable std::mutex mutex_;      ///< guards everything below up to sync_mutex_
-  detail::journal_index index_;
-  std::uint64_t written_ = 0;     ///< records written since open: each record's ticket
-  std::uint64_t durable_seq_ = 0; ///< every event up to this sequence is synced
-  std::uint64_t syncs_ = 0;
-  bool compaction_due_ = false;   ///< a purge's compaction has not completed
-  std::string failure_;           ///< set: every call throws it
-  std::string buffer_;            ///< the record being written
-
-  std::mutex sync_mutex_;         ///< one sync at a time; taken before mutex_, never after
-  std::uint64_t synced_ = 0;      ///< every record up to this ticket is synced
-
-  std::mutex flusher_mutex_;
-  std::condition_variable flusher_wake_;
-  bool stopping_ = false;
-  std::thread flusher_;
 };
 
 #else  // EVBUS_HAS_FILE_JOURNAL

@@ -10,7 +10,8 @@
  *   1. configuration and version, errors
  *   2. time, emit tracking and ids
  *   3. the event
- *   4. the bus (synchronous core): matcher, topic table, bus, topic handle, transaction
+ *   4. the bus (synchronous core): matcher, topic table, reclamation, registrations, emit path,
+ *      bus, topic handle, transaction
  *   5. the durable outbox: the store interface, payload codecs, the producer side, and the
  *      built-in file journal
  *   6. the keyed executor (ordered, partitioned delivery on worker threads)
@@ -47,6 +48,9 @@
 // 4. The bus
 #include "matcher.hpp"
 #include "topic_table.hpp"
+#include "reclamation.hpp"
+#include "registrations.hpp"
+#include "emit_path.hpp"
 #include "bus.hpp"
 #include "topic_handle.hpp"
 #include "transaction.hpp"
@@ -60,6 +64,7 @@
 #include "journal_index.hpp"
 #include "journal_recovery.hpp"
 #include "journal_options.hpp"
+#include "journal_writer.hpp"
 #include "journal.hpp"
 
 // 6. The keyed executor

@@ -101,6 +101,9 @@ inline std::string c_text(const char* text) {
   return std::string(text);
 }
 
+template <class Data>
+class bus_emitter;
+
 }  // namespace detail
 
 /**
@@ -162,7 +165,7 @@ class basic_event {
 
  private:
   template <class>
-  friend class basic_bus;
+  friend class detail::bus_emitter;  // builds events on the emit path (emit_path.hpp)
   friend struct detail::event_access;
   /// A copy of `other` with another reference to the same topic.
   basic_event(const basic_event& other, detail::topic_ref topic)

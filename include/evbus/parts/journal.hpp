@@ -3,7 +3,8 @@
 //
 // The on-disk format and the recovery rules are in journal_format.hpp; recovery itself in
 // journal_recovery.hpp; the in-memory index in journal_index.hpp; the options in
-// journal_options.hpp. Here: appends and marks, syncs by policy, reads, purge and compaction.
+// journal_options.hpp; writing and syncing records in journal_writer.hpp. Here: appends, marks,
+// reads, purge and compaction.
 //
 // Durability, by sync policy (a "process crash" kills the process, the kernel lives on; a
 // "power failure" loses whatever the kernel had not yet written to the device):
@@ -39,6 +40,7 @@
 #include "journal_io.hpp"
 #include "journal_options.hpp"
 #include "journal_recovery.hpp"
+#include "journal_writer.hpp"
 #include "outbox_store.hpp"
 #include "time.hpp"
 
@@ -91,7 +93,7 @@ inline namespace v1 {
  *   journal.purge_delivered(std::chrono::system_clock::now() - std::chrono::hours(24 * 7));
  * @endcode
  */
-class file_journal final : public outbox_store {
+class file_journal final : public outbox_store, private detail::journal_writer {
  public:
   /**
    * @brief Opens (recovering) or creates the journal in `directory`. Throws
@@ -99,7 +101,7 @@ class file_journal final : public outbox_store {
    * created or read, evbus::invalid_argument for an empty path or segment_bytes below 64.
    */
   explicit file_journal(std::string directory, journal_options options = {})
-      : dir_(std::move(directory)), options_(std::move(options)) {
+      : journal_writer(std::move(directory), std::move(options)) {
     if (dir_.empty()) throw invalid_argument("evbus: file_journal needs a directory, not ''");
     if (options_.segment_bytes < 64) {
       throw invalid_argument("evbus: journal_options::segment_bytes must be at least 64, not " +
@@ -307,15 +309,7 @@ class file_journal final : public outbox_store {
   }
 
   /// Makes everything written so far durable, whatever the policy.
-  void sync() {
-    std::uint64_t ticket = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      check_usable();
-      ticket = written_;
-    }
-    sync_through(ticket);
-  }
+  void sync() { sync_written(); }
 
   /// The journal's counts.
   journal_stats stats() const {
@@ -339,125 +333,6 @@ class file_journal final : public outbox_store {
 
   /// The options it was opened with.
   const journal_options& options() const noexcept { return options_; }
-
- private:
-  bool durable() const noexcept { return options_.sync.kind() != sync_policy::mode::never; }
-
-  void check_usable() const {
-    if (!failure_.empty()) throw journal_error(dir_, failure_);
-  }
-
-  /// Writes buffer_ at `size` of the file and moves `size` past it; on failure undoes the
-  /// partial write (or, if even that fails, refuses every later call).
-  void write_record(const std::string& path, const detail::journal_io::file& f,
-                    std::uint64_t& size) {
-    namespace io = detail::journal_io;
-    try {
-      io::write_at(dir_, path, f, buffer_.data(), buffer_.size(), size);
-    } catch (const journal_error& e) {
-      try {
-        io::truncate_to(dir_, path, f, size);
-      } catch (const journal_error& undo) {
-        failure_ = std::string(e.what()) + ", and the partial record could not be removed: " +
-                   undo.what() + "; reopen the journal";
-      }
-      throw;
-    }
-    size += buffer_.size();
-    io::fault_point("record.written");
-  }
-
-  /// Starts a new segment whose first sequence is the next one.
-  detail::journal_segment& rotate() {
-    namespace io = detail::journal_io;
-    const std::uint64_t first = index_.next_sequence();
-    const std::string path = detail::journal_recover::path_in(
-        dir_, detail::journal_recover::segment_file_name(first));
-    io::file f = io::create_whole(dir_, path,
-                                  detail::journal_format::file_header(
-                                      detail::journal_format::segment_magic),
-                                  durable(), "segment", syncs_);
-    return index_.segments
-        .emplace(first, detail::journal_segment{path, std::make_shared<io::file>(std::move(f)),
-                                                detail::journal_format::file_header_size, 0, 0})
-        .first->second;
-  }
-
-  /// Makes every record with a ticket up to `ticket` durable. Callers that find their record
-  /// already covered return at once; one sync covers everyone written before it.
-  void sync_through(std::uint64_t ticket) {
-    namespace io = detail::journal_io;
-    std::lock_guard<std::mutex> guard(sync_mutex_);
-    if (synced_ >= ticket) return;
-    std::vector<std::pair<std::string, std::shared_ptr<io::file>>> dirty;
-    std::uint64_t target = 0, last_seq = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      check_usable();
-      target = written_;
-      last_seq = index_.next_sequence() - 1;
-      for (const auto& seg : index_.segments) {
-        if (seg.second.ticket > synced_) dirty.emplace_back(seg.second.path, seg.second.file);
-      }
-      if (index_.state_ticket > synced_) dirty.emplace_back(index_.state_path, index_.state_file);
-    }
-    try {
-      for (const auto& d : dirty) io::sync_file(dir_, d.first, *d.second);
-    } catch (const journal_error& e) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (failure_.empty()) {
-        failure_ = std::string(e.what()) +
-                   "; written data may be lost, so the journal refuses every call: reopen it";
-      }
-      throw journal_error(dir_, failure_);
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      syncs_ += dirty.size();
-      durable_seq_ = std::max(durable_seq_, last_seq);
-    }
-    synced_ = target;
-  }
-
-  /// The sync thread of sync_policy::every(N).
-  void flush_periodically() {
-    std::unique_lock<std::mutex> lock(flusher_mutex_);
-    while (!stopping_) {
-      if (flusher_wake_.wait_for(lock, options_.sync.interval(), [this] { return stopping_; })) {
-        break;
-      }
-      lock.unlock();
-      try {
-        sync();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "evbus: the journal's sync thread stops: %s\n", e.what());
-        return;
-      }
-      lock.lock();
-    }
-  }
-
-  const std::string dir_;
-  const journal_options options_;
-  detail::journal_io::file lock_;
-  journal_recovery recovery_;
-
-  mutable std::mutex mutex_;      ///< guards everything below up to sync_mutex_
-  detail::journal_index index_;
-  std::uint64_t written_ = 0;     ///< records written since open: each record's ticket
-  std::uint64_t durable_seq_ = 0; ///< every event up to this sequence is synced
-  std::uint64_t syncs_ = 0;
-  bool compaction_due_ = false;   ///< a purge's compaction has not completed
-  std::string failure_;           ///< set: every call throws it
-  std::string buffer_;            ///< the record being written
-
-  std::mutex sync_mutex_;         ///< one sync at a time; taken before mutex_, never after
-  std::uint64_t synced_ = 0;      ///< every record up to this ticket is synced
-
-  std::mutex flusher_mutex_;
-  std::condition_variable flusher_wake_;
-  bool stopping_ = false;
-  std::thread flusher_;
 };
 
 #else  // EVBUS_HAS_FILE_JOURNAL

@@ -108,7 +108,7 @@ run_gcc() {
 # C++20, and GCC C++17 (gcc) and Clang C++20 (clang) run all of it.
 executor_areas=(strand scheduler executor_order executor_isolation executor_stats
   executor_stress executor_lifetime manual_mode retry dead_letter deadline delay backpressure
-  drain_shutdown)
+  drain_shutdown async)
 
 # build_areas <build dir> <cmake args...>: configures the tests only (no examples) and builds
 # the test programs of executor_areas. areas_pattern: the ctest -R pattern that selects them.

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace {
@@ -90,6 +92,21 @@ void use_typed_bus_and_executor(counter& seen) {
   ex.wait_idle();
   bus.register_handler("generic", "sensor.read",
       evbus::ordered<reading>(ex, [&seen](const auto& e) { seen.calls += e.data.sensor; }));
+  std::vector<evbus::completion> owed;
+  evbus::basic_delivery_policy<reading> capped;
+  capped.max_in_flight = 2;
+  bus.register_handler("async", "sensor.read",
+      evbus::ordered(ex, [&owed](const evbus::basic_event<reading>&, const evbus::delivery&,
+                                 evbus::completion done) { owed.push_back(std::move(done)); },
+                     capped));
+  bus.register_handler("async_plain", "sensor.read",
+      evbus::ordered(ex, [](const evbus::basic_event<reading>&, evbus::completion done) {
+        done.fail(std::runtime_error("refused"));
+      }));
+  bus.emit("sensor.read", reading{6, 1.0}, keyed);
+  ex.run_until_idle();
+  for (auto& done : owed) seen.calls += done.pending() && done.complete() ? 1 : 0;
+  ex.run_until_idle();
   evbus::executor_stats stats = ex.stats();
   seen.calls += static_cast<int>(evbus::to_string(stats).size() % 2U);
 

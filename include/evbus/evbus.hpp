@@ -321,6 +321,22 @@ class waits_for_itself : public error {
   using error::error;
 };
 
+/// An asynchronous handler's completion (evbus::completion) was not made in time: the
+/// attempt's deadline passed. The attempt fails with it and is retried per the policy.
+class completion_expired : public error {
+ public:
+  using error::error;
+};
+
+/// An asynchronous handler's completion will never be made: every copy of the token was
+/// destroyed without completing it (the attempt fails and is retried per the policy), or the
+/// executor's shutdown gave up waiting for it (executor_options::completion_grace; the event
+/// is dead-lettered without a retry).
+class completion_abandoned : public error {
+ public:
+  using error::error;
+};
+
 namespace detail {
 
 /// True if `e` is (or derives from) E.
@@ -2961,6 +2977,10 @@ struct basic_delivery_policy {
       on_timeout{};
   /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
   std::string name{};
+  /// Most events of the subscription being handled at once, across its partitions: a handler
+  /// running, or an asynchronous handler's completion awaited. Must be at least 1. Default:
+  /// no limit (at most one per partition).
+  std::size_t max_in_flight = std::numeric_limits<std::size_t>::max();
 };
 
 /// The delivery policy of evbus::bus.
@@ -3043,6 +3063,11 @@ struct executor_options {
   /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
   /// Must not be negative.
   std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
+  /// How long shutdown() waits, in real time, for asynchronous handlers' outstanding
+  /// completions once nothing else is left; then each is dead-lettered (no retry) with
+  /// evbus::completion_abandoned, and so is each attempt that starts after. Must not be
+  /// negative.
+  std::chrono::nanoseconds completion_grace = std::chrono::seconds(5);
 };
 
 }  // namespace v1
@@ -3072,9 +3097,11 @@ namespace detail {
 /// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
 /// strand hands it to the scheduler through this interface.
 struct runnable {
-  enum class next { idle, again, park };
+  enum class next { idle, again, park, wait };
   struct result {
-    next what = next::idle;  // idle: the runnable let itself go and must not be touched
+    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
+    // whatever it waits for (a completion, a place under max_in_flight) submits it again
+    next what = next::idle;
     steady_time due{};       // park: when to run it again
     std::size_t calls = 0;   // handler calls (or emits) made
   };
@@ -3083,6 +3110,7 @@ struct runnable {
   virtual result run(std::size_t batch) noexcept = 0;
   runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
   bool routes = false;  // an intake: it runs no handler, it makes partitions ready
+  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
 };
 
 /// Every member is called under the lock that also guards the strand's queue.
@@ -3631,6 +3659,7 @@ class timer_heap {
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -3670,7 +3699,10 @@ class scheduler {
     // this strand before it sleeps, or this sees it counted and wakes it.
     const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
                              spinning_.load(std::memory_order_seq_cst) == 0;
-    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0;
+    // A waiter of help_until() runs the work itself only when there are no workers; with
+    // workers it learns of progress from settle().
+    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0 &&
+                             !has_workers_.load(std::memory_order_relaxed);
     if (!wake_worker && !wake_waiter) return;
     {
       std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
@@ -3755,6 +3787,7 @@ class scheduler {
         ++active;
       }
       target_ = n;
+      has_workers_.store(n > 0, std::memory_order_relaxed);
       work_cv_.notify_all();
       progress_cv_.notify_all();
       collect_exited(finished);
@@ -3779,6 +3812,7 @@ class scheduler {
         }
       }
       target_ = 0;
+      has_workers_.store(false, std::memory_order_relaxed);
       work_cv_.notify_all();
     }
     for (auto& t : threads) t.join();
@@ -3826,20 +3860,32 @@ class scheduler {
   /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
   /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
   /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
-  /// left (waiting would never end).
+  /// left (waiting would never end). With `until` (real time), false once it passes.
   template <class Done>
-  void help_until(Done done, const char* what) {
+  bool help_until(Done done, const char* what,
+                  std::optional<std::chrono::steady_clock::time_point> until = {}) {
     std::unique_lock<std::mutex> lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
       std::atomic<std::size_t>& n;
       ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
     } guard{waiters_};
+    const auto wait = [&](std::optional<steady_time::duration> at_most) {
+      auto limit = std::chrono::steady_clock::time_point::max();
+      if (at_most) limit = add_saturated(std::chrono::steady_clock::now(), bounded_wait(*at_most));
+      if (until && *until < limit) limit = *until;
+      if (limit == std::chrono::steady_clock::time_point::max()) {
+        progress_cv_.wait(lock);
+      } else {
+        progress_cv_.wait_until(lock, limit);
+      }
+    };
     for (;;) {
-      if (done()) return;
+      if (done()) return true;
+      if (until && std::chrono::steady_clock::now() >= *until) return false;
       take_inbox();
       if (target_ > 0) {
-        progress_cv_.wait(lock);
+        wait({});
         continue;
       }
       if (!ready_.empty() || timers_.due(now())) {
@@ -3849,9 +3895,10 @@ class scheduler {
         lock.lock();
         continue;
       }
-      if (running_ > 0 || timers_.empty()) {
-        // Another thread runs the rest, or an emitter is between queueing and submitting.
-        progress_cv_.wait(lock);
+      // Another thread runs the rest, an emitter is between queueing and submitting, or an
+      // asynchronous handler's completion is awaited from another thread.
+      if (running_ > 0 || timers_.empty() || (manual_ && awaiting() > 0)) {
+        wait({});
         continue;
       }
       if (manual_) {
@@ -3860,9 +3907,19 @@ class scheduler {
                     "retry at a time the clock has not reached; advance the clock and call "
                     "run_until_idle() instead");
       }
-      progress_cv_.wait_for(lock, bounded_wait(timers_.earliest() - now()));
+      wait(timers_.earliest() - now());
     }
   }
+
+  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
+  void count_awaiting(int change) noexcept {
+    if (change > 0) {
+      awaiting_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      awaiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
 
   /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
   /// which runs under the scheduler's mutex.
@@ -3888,7 +3945,7 @@ class scheduler {
   runnable* pop_ready() noexcept { return ready_.pop(); }
 
   void park_locked(runnable* r, steady_time due) {
-    if (cut_) {
+    if (cut_ && !r->keeps_time) {
       push_ready(r);
       return;
     }
@@ -3911,7 +3968,18 @@ class scheduler {
         push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
       }
     }
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+    tell_waiters(res.what == runnable::next::idle);
+  }
+
+  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
+  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
+  /// asynchronous handlers make, does not wake them for every event).
+  void tell_waiters(bool now) {
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (now || ++runs_untold_ >= 16) {
+      runs_untold_ = 0;
+      progress_cv_.notify_all();
+    }
   }
 
   void fire_due() {
@@ -3958,6 +4026,7 @@ class scheduler {
         may_spin = true;
         continue;
       }
+      if (runs_untold_ > 0) tell_waiters(true);  // out of work: waiters look now
       if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
           idle_spin_.count() > 0) {
         may_spin = false;
@@ -4021,11 +4090,14 @@ class scheduler {
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
   std::size_t target_ = 0;
+  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
   std::list<worker> workers_;
   // Changed under mutex_, read by submit() without it.
   std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
   std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
   std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
+  std::atomic<bool> has_workers_{false};  // target_ > 0
 };
 
 }  // namespace detail
@@ -4095,6 +4167,15 @@ struct subscription_stats {
   std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
   latency_summary handler_time;    ///< duration of each attempt, on the executor clock
   latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
+  /// Events being handled now: a handler running, or an asynchronous handler's completion
+  /// awaited.
+  std::uint64_t in_flight = 0;
+  /// Asynchronous attempts: from the start of the attempt to its completion (or expiry), on
+  /// the executor clock.
+  latency_summary completion_time;
+  std::uint64_t late_completions = 0;       ///< completions after the deadline (or the grace)
+  std::uint64_t duplicate_completions = 0;  ///< completions of a token already completed
+  std::uint64_t abandoned = 0;  ///< attempts whose token was destroyed without completing
   std::string last_error;          ///< what the most recent failed attempt threw, if any
 };
 
@@ -4329,8 +4410,11 @@ struct subscription_base {
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
   virtual void wake_blocked() = 0;
+  /// Shutdown's completion grace is over: open asynchronous outcomes are shut out.
+  virtual void shut_out_completions() noexcept {}
   virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                          log_histogram::snapshot& wait) const = 0;
+                          log_histogram::snapshot& wait,
+                          log_histogram::snapshot& completed) const = 0;
 
   std::string name;
   /// One for the handler front (the copies of what ordered() returned) and one per strand
@@ -7608,6 +7692,409 @@ class admission {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_ADMISSION_HPP
+// ---- completion.hpp -------------------------------------------------
+// evbus/parts/completion.hpp: evbus::completion, the token an asynchronous ordered handler
+// completes later, and the state it shares with the attempt it belongs to.
+//
+// Owns: the outcome of one asynchronous attempt and who made it. The attempt's partition
+// stays held while the outcome is open; the first of these makes it, once, under the state's
+// lock: a copy of the token (complete, fail), the last copy destroyed (abandoned), the
+// deadline's watch (expired), the shutdown's grace ending (abandoned), the handler throwing.
+// Whoever makes it after the partition's holder has let the partition wait (park()) submits the
+// partition to the scheduler; before that, the holder finds it made and goes on at once.
+// Later attempts to make it are counted (late, or duplicate when a token made it) and ignored.
+// Keeps: an asynchronous event is finished exactly once, and a partition never waits for a
+// completion that can no longer come.
+#ifndef EVBUS_PARTS_COMPLETION_HPP
+#define EVBUS_PARTS_COMPLETION_HPP
+
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+
+class completion;
+
+namespace detail {
+
+template <class Data>
+class attempt_runner;
+
+/// Counts of completions that came too late or twice; shared by the subscription and every
+/// state it made, so that a token completed after the subscription is gone touches nothing
+/// else.
+struct completion_counts {
+  std::atomic<std::uint64_t> late{0};       // after the deadline, the shutdown's grace, a throw
+  std::atomic<std::uint64_t> duplicate{0};  // after a copy of the token had completed it
+  std::atomic<std::uint64_t> abandoned{0};  // every copy destroyed without completing it
+};
+
+class completion_state {
+ public:
+  enum class status : std::uint8_t { pending, succeeded, failed, expired, abandoned, shut_out };
+  enum class maker : std::uint8_t { none, token, executor };
+
+  completion_state(scheduler& s, runnable& partition, std::shared_ptr<completion_counts> c,
+                   steady_time started, steady_time due) noexcept
+      : start(started), deadline(due), sched_(&s), partition_(&partition),
+        counts_(std::move(c)) {}
+
+  /// Makes the outcome if it is still open; true if this call made it. `by_token`: a copy of
+  /// the token (a later one is then counted). Never throws.
+  bool resolve(status s, std::exception_ptr e, maker by) noexcept {
+    runnable* wake = nullptr;
+    {
+      std::lock_guard<small_lock> lock(lock_);
+      if (status_ != status::pending) {
+        if (by == maker::token) {
+          (made_by_ == maker::token ? counts_->duplicate : counts_->late)
+              .fetch_add(1, std::memory_order_relaxed);
+        }
+        return false;
+      }
+      status_ = s;
+      error_ = std::move(e);
+      made_by_ = by;
+      at_ = sched_->now();  // the scheduler lives while an outcome is open (see the file comment)
+      if (s == status::abandoned) counts_->abandoned.fetch_add(1, std::memory_order_relaxed);
+      if (parked_) wake = partition_;
+    }
+    if (wake != nullptr) sched_->submit(wake);
+    return true;
+  }
+
+  /// By the holder, after the handler returned: true if the outcome is still open, and from
+  /// now on its maker submits the partition (the holder must not touch it after this).
+  bool park() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (status_ != status::pending) return false;
+    parked_ = true;
+    return true;
+  }
+
+  /// By the holder, once made: what was made, when, and the error (if any).
+  status outcome() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return status_;
+  }
+  bool pending() const noexcept { return outcome() == status::pending; }
+  steady_time made_at() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return at_;
+  }
+  std::exception_ptr error() const {
+    std::lock_guard<small_lock> lock(lock_);
+    return error_;
+  }
+
+  void add_token() noexcept { tokens_.fetch_add(1, std::memory_order_relaxed); }
+  /// The last copy of the token is gone: an open outcome is abandoned.
+  void drop_token() noexcept {
+    if (tokens_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      resolve(status::abandoned, nullptr, maker::executor);
+    }
+  }
+
+  const steady_time start;
+  const steady_time deadline;
+  // The awaiting list's links (in_flight.hpp), under that list's lock.
+  completion_state* prev = nullptr;
+  completion_state* next = nullptr;
+
+ private:
+  mutable small_lock lock_;
+  status status_ = status::pending;
+  maker made_by_ = maker::none;
+  bool parked_ = false;
+  std::atomic<std::size_t> tokens_{0};
+  steady_time at_{};
+  std::exception_ptr error_;
+  scheduler* const sched_;
+  runnable* const partition_;
+  const std::shared_ptr<completion_counts> counts_;
+};
+
+}  // namespace detail
+
+/**
+ * @brief What an asynchronous ordered handler receives instead of returning its result: it
+ * starts the work, keeps a copy of the token, returns, and later completes it, from any thread.
+ *
+ * The event's partition stays busy (later events of its key wait) until the token is completed:
+ * complete() is success; fail(error) is a failure, retried and dead-lettered as a throw would
+ * be. A token not completed by the attempt's deadline (delivery_policy::timeout) fails the
+ * attempt with evbus::completion_expired; when every copy is destroyed without completing it,
+ * the attempt fails with evbus::completion_abandoned. Only the first completion counts: later
+ * ones (a second call, a call after the deadline) return false and are counted in stats().
+ * Copies share one completion. All members are noexcept and may be called from any thread,
+ * also after the executor is gone.
+ *
+ * @code
+ *   evbus::ordered(ex, [&](const evbus::event& e, evbus::completion done) {
+ *     client.async_send(e.data_as<std::string>(), [done](std::error_code ec) mutable {
+ *       if (ec) done.fail(std::make_exception_ptr(std::system_error(ec)));
+ *       else done.complete();
+ *     });
+ *   });
+ * @endcode
+ */
+class completion {
+ public:
+  /// An empty token (completing it does nothing).
+  completion() noexcept = default;
+  completion(const completion& o) noexcept : state_(o.state_) {
+    if (state_) state_->add_token();
+  }
+  completion(completion&& o) noexcept : state_(std::move(o.state_)) {}
+  completion& operator=(completion o) noexcept {
+    std::swap(state_, o.state_);
+    return *this;
+  }
+  ~completion() {
+    if (state_) state_->drop_token();
+  }
+
+  /// The work succeeded. True if this made the attempt's outcome.
+  bool complete() noexcept {
+    return state_ && state_->resolve(detail::completion_state::status::succeeded, nullptr,
+                                     detail::completion_state::maker::token);
+  }
+
+  /// The work failed with `error` (a null one is read as evbus::error "failed"). True if this
+  /// made the attempt's outcome.
+  bool fail(std::exception_ptr error) noexcept {
+    if (!state_) return false;
+    if (!error) {
+      try {
+        error = std::make_exception_ptr(
+            evbus::error("evbus: an asynchronous handler failed without an exception"));
+      } catch (...) {
+        error = std::current_exception();  // std::bad_alloc: still a failure
+      }
+    }
+    return state_->resolve(detail::completion_state::status::failed, std::move(error),
+                           detail::completion_state::maker::token);
+  }
+
+  /// fail() with an exception object: `done.fail(std::runtime_error("HTTP 503"))`.
+  template <class E, class = std::enable_if_t<!std::is_same_v<std::decay_t<E>, std::exception_ptr>>>
+  bool fail(E&& error) noexcept {
+    std::exception_ptr p;
+    try {
+      p = std::make_exception_ptr(std::forward<E>(error));
+    } catch (...) {
+      p = std::current_exception();
+    }
+    return fail(std::move(p));
+  }
+
+  /// True while the attempt's outcome is open: not completed, expired or abandoned.
+  bool pending() const noexcept { return state_ && state_->pending(); }
+
+ private:
+  template <class Data>
+  friend class detail::attempt_runner;
+
+  explicit completion(std::shared_ptr<detail::completion_state> s) noexcept
+      : state_(std::move(s)) {
+    state_->add_token();
+  }
+
+  std::shared_ptr<detail::completion_state> state_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_COMPLETION_HPP
+// ---- in_flight.hpp -------------------------------------------------
+// evbus/parts/in_flight.hpp: what an ordered subscription has in flight: max_in_flight's
+// gate, and the completions it awaits with the watch over their deadlines.
+//
+// Owns: `flight_gate`, the count of events being handled (a handler running or a completion
+// awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
+// the order they came; a place given back goes to the first of them, which is submitted.
+// `awaiting_list`, the open outcomes of asynchronous attempts (completion.hpp): listed while
+// open, watched by one timer per subscription set to the earliest deadline, made `expired` when
+// it passes, and made `shut_out` all at once when shutdown's grace is over. Keeps:
+// max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
+// past the grace.
+#ifndef EVBUS_PARTS_IN_FLIGHT_HPP
+#define EVBUS_PARTS_IN_FLIGHT_HPP
+
+
+#include <cstddef>
+#include <mutex>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class flight_gate {
+ public:
+  /// `partitions`: the most runnables that can wait at once (each waits at most once).
+  flight_gate(std::size_t max, std::size_t partitions) : max_(max), waiting_(partitions) {}
+
+  /// True: `r` has a place. False: `r` waits; a later leave() hands it a place and returns it
+  /// (the caller must not touch `r` after this returns false).
+  bool enter(runnable* r) noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (in_ < max_) {
+      ++in_;
+      return true;
+    }
+    waiting_[(head_ + count_) % waiting_.size()] = r;
+    ++count_;
+    return false;
+  }
+
+  /// Gives a place back: to the first runnable waiting (returned: submit it), or to the gate.
+  runnable* leave() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (count_ > 0) {
+      runnable* r = waiting_[head_];
+      head_ = (head_ + 1) % waiting_.size();
+      --count_;
+      return r;
+    }
+    --in_;
+    return nullptr;
+  }
+
+  std::size_t in_flight() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return in_;
+  }
+
+ private:
+  mutable small_lock lock_;
+  const std::size_t max_;
+  std::size_t in_ = 0;
+  std::vector<runnable*> waiting_;  // a ring: count_ runnables from head_
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+};
+
+/// The open outcomes of one subscription's asynchronous attempts; as a runnable, the watch
+/// over their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
+class awaiting_list final : public runnable {
+ public:
+  awaiting_list(executor_link& link, subscription_base& owner) noexcept
+      : link_(link), owner_(owner) {
+    keeps_time = true;
+  }
+
+  /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
+  /// After shut_out(), the outcome is made `shut_out` at once instead.
+  void add(completion_state& st) noexcept {
+    bool arm = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      st.prev = nullptr;
+      st.next = head_;
+      if (head_ != nullptr) head_->prev = &st;
+      head_ = &st;
+      ++size_;
+      link_.sched.count_awaiting(1);
+      if (shut_out_) {
+        st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+      } else if (!armed_) {
+        armed_ = true;
+        arm = true;
+      }
+    }
+    if (arm) {
+      owner_.holds.fetch_add(1, std::memory_order_relaxed);  // given back when disarmed
+      try {
+        link_.sched.park(this, st.deadline);
+      } catch (...) {
+        link_.sched.submit(this);  // no memory for the timer: look now, and park from the run
+      }
+    }
+  }
+
+  /// The holder took the outcome: no longer listed.
+  void remove(completion_state& st) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (st.prev != nullptr ? st.prev->next : head_) = st.next;
+    if (st.next != nullptr) st.next->prev = st.prev;
+    st.prev = st.next = nullptr;
+    --size_;
+    link_.sched.count_awaiting(-1);
+  }
+
+  /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
+  /// `shut_out` (dead-lettered without a retry).
+  void shut_out() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    shut_out_ = true;
+    for (completion_state* s = head_; s != nullptr; s = s->next) {
+      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+    }
+  }
+
+  std::size_t size() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return size_;
+  }
+
+  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
+  /// earliest deadline left, or lets itself go when none is open.
+  result run(std::size_t) noexcept override {
+    result res;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const steady_time now = link_.now();
+      bool any = false;
+      steady_time earliest{};
+      for (completion_state* s = head_; s != nullptr; s = s->next) {
+        if (!s->pending()) continue;
+        if (s->deadline <= now) {
+          s->resolve(completion_state::status::expired, nullptr,
+                     completion_state::maker::executor);
+        } else if (!any || s->deadline < earliest) {
+          any = true;
+          earliest = s->deadline;
+        }
+      }
+      if (any) {
+        res.what = next_step::park;
+        res.due = earliest;
+        return res;
+      }
+      armed_ = false;
+    }
+    link_.release_hold(&owner_);  // may remove the subscription: the last use of it
+    res.what = next_step::idle;
+    return res;
+  }
+
+ private:
+  using next_step = runnable::next;
+
+  executor_link& link_;
+  subscription_base& owner_;
+  mutable std::mutex mutex_;
+  completion_state* head_ = nullptr;  // newest first
+  std::size_t size_ = 0;
+  bool armed_ = false;     // the watch is parked, ready or running
+  bool shut_out_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_IN_FLIGHT_HPP
 // ---- attempt.hpp -------------------------------------------------
 // evbus/parts/attempt.hpp: one attempt of an event: the handler call, timeouts, retries with
 // backoff, dead letters, and the counters they feed.
@@ -7629,6 +8116,7 @@ class admission {
 #include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -7649,24 +8137,42 @@ struct queued_event {
   bool evicted = false;     // drop_oldest took it: skipped, never handled
 };
 
+/// An ordered subscription's handler: exactly one of the two is set.
+template <class Data>
+struct ordered_fn {
+  std::function<void(const basic_event<Data>&, const delivery&)> call;  // synchronous
+  std::function<void(const basic_event<Data>&, const delivery&, completion)> start;  // asynchronous
+};
+
 template <class Data>
 class attempt_runner {
  public:
   using event_type = basic_event<Data>;
-  using handler_type = std::function<void(const event_type&, const delivery&)>;
-  enum class outcome { finished, retry };
+  using handler_type = ordered_fn<Data>;
+  using status = completion_state::status;
+  /// pending: an asynchronous handler returned and its outcome is open (finish() takes it).
+  enum class outcome { finished, retry, pending };
 
   attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
-      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {}
+      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {
+    if (fn_.start) {
+      counts_ = std::make_shared<completion_counts>();
+      completion_time_ = std::make_unique<log_histogram>();
+    }
+  }
 
   const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
+  bool asynchronous() const noexcept { return static_cast<bool>(fn_.start); }
 
   /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
   /// end of the previous attempt of the same run), since nothing happened in between; on
-  /// return it holds the end of this attempt. On `retry`, `retry_at` says when.
-  outcome attempt(queued_event<Data>& it, std::size_t partition, std::uint64_t& rng,
-                  std::optional<steady_time>& clock_now, steady_time& retry_at,
-                  const std::string& name) noexcept {
+  /// return it holds the end of this attempt. On `retry`, `retry_at` says when. On `pending`
+  /// (an asynchronous handler), `open` holds the attempt's outcome, and finish() concludes it
+  /// once made; `part` is what its maker submits.
+  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition,
+                  std::uint64_t& rng, std::optional<steady_time>& clock_now,
+                  steady_time& retry_at, const std::string& name,
+                  std::shared_ptr<completion_state>& open) noexcept {
     const unsigned number = ++it.attempts;
     const steady_time start = clock_now ? *clock_now : link_.now();
     if (number == 1 && it.sampled) queue_wait_.record(elapsed(it.accepted, start));
@@ -7677,52 +8183,60 @@ class attempt_runner {
     d.partition = partition;
     std::exception_ptr err;
     try {
-      fn_(it.event, d);
+      if (fn_.start) {
+        open = std::make_shared<completion_state>(link_.sched, part, counts_, start, d.deadline);
+        fn_.start(it.event, d, completion(open));
+      } else {
+        fn_.call(it.event, d);
+      }
     } catch (...) {
       err = std::current_exception();
     }
     const steady_time end = link_.now();
     clock_now = end;
     handler_time_.record(elapsed(start, end));
-    if (end > d.deadline) {
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      if (policy_.on_timeout) {
-        try {
-          policy_.on_timeout(it.event, d, elapsed(start, end));
-        } catch (...) {
-          link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
-        }
-      }
+    if (fn_.start) {
+      if (!err) return outcome::pending;
+      // A throw fails the attempt whatever the token says; a completion after it is late.
+      if (open) open->resolve(status::failed, err, completion_state::maker::executor);
+      open.reset();
+      return conclude(it, number, err, end, rng, retry_at, name, false);
     }
+    if (end > d.deadline) report_timeout(it, d, elapsed(start, end), name);
     if (!err) {
       delivered_.fetch_add(1, std::memory_order_relaxed);
       return outcome::finished;
     }
-    failed_.fetch_add(1, std::memory_order_relaxed);
-    record_failure(it, number, err);
-    // A call that would wait for itself fails the same way every time: no retry.
-    if (number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
-      retried_.fetch_add(1, std::memory_order_relaxed);
-      retry_at = add_saturated(end, backoff(rng, number));
-      return outcome::retry;
+    return conclude(it, number, err, end, rng, retry_at, name, false);
+  }
+
+  /// Concludes an asynchronous attempt whose outcome `st` is made: as a return or a throw of
+  /// a synchronous handler would; an expiry or an abandoned token is a failure, retried per
+  /// the policy; an outcome shut out by shutdown's grace is dead-lettered at once.
+  outcome finish(queued_event<Data>& it, const completion_state& st, std::size_t partition,
+                 std::uint64_t& rng, steady_time& retry_at, const std::string& name) noexcept {
+    const unsigned number = it.attempts;
+    completion_time_->record(elapsed(st.start, st.made_at()));
+    std::exception_ptr err;
+    const status made = st.outcome();
+    if (made == status::succeeded) {
+      delivered_.fetch_add(1, std::memory_order_relaxed);
+      return outcome::finished;
     }
-    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
-    if (policy_.on_dead_letter) {
-      try {
-        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
-      } catch (...) {
-        link_.report_error(std::current_exception(),
-                           "on_dead_letter of subscription " + quote(name));
-      }
+    if (made == status::failed) {
+      err = st.error();
     } else {
-      note(name, [&] {
-        return "dead letter: event " + quote(it.event.id) + " on topic " +
-               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
-               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
-               describe(err);
-      });
+      if (made == status::expired) {
+        delivery d;
+        d.attempt = number;
+        d.deadline = st.deadline;
+        d.shutdown_requested = link_.shutdown_requested.load(std::memory_order_relaxed);
+        d.partition = partition;
+        report_timeout(it, d, elapsed(st.start, st.made_at()), name);
+      }
+      err = completion_error(it, made);
     }
-    return outcome::finished;
+    return conclude(it, number, err, link_.now(), rng, retry_at, name, made == status::shut_out);
   }
 
   /**
@@ -7786,7 +8300,7 @@ class attempt_runner {
   }
 
   void read(subscription_stats& out, log_histogram::snapshot& handler,
-            log_histogram::snapshot& wait) const {
+            log_histogram::snapshot& wait, log_histogram::snapshot& completed) const {
     out.delivered = delivered_.load(std::memory_order_relaxed);
     out.failed_attempts = failed_.load(std::memory_order_relaxed);
     out.retried = retried_.load(std::memory_order_relaxed);
@@ -7796,6 +8310,13 @@ class attempt_runner {
     wait = queue_wait_.read();
     out.handler_time = handler.summary();
     out.queue_wait = wait.summary();
+    if (completion_time_) {
+      completed = completion_time_->read();
+      out.completion_time = completed.summary();
+      out.late_completions = counts_->late.load(std::memory_order_relaxed);
+      out.duplicate_completions = counts_->duplicate.load(std::memory_order_relaxed);
+      out.abandoned = counts_->abandoned.load(std::memory_order_relaxed);
+    }
     std::lock_guard<std::mutex> lock(error_mutex_);
     out.last_error = last_error_;
   }
@@ -7821,6 +8342,69 @@ class attempt_runner {
     return nominal - nanoseconds(cut);
   }
 
+  /// A failed attempt: retried at end + backoff while retries are left (and not `final`),
+  /// else dead-lettered.
+  outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
+                   steady_time end, std::uint64_t& rng, steady_time& retry_at,
+                   const std::string& name, bool final) noexcept {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    record_failure(it, number, err);
+    // A call that would wait for itself fails the same way every time: no retry.
+    if (!final && number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
+      retried_.fetch_add(1, std::memory_order_relaxed);
+      retry_at = add_saturated(end, backoff(rng, number));
+      return outcome::retry;
+    }
+    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+    if (policy_.on_dead_letter) {
+      try {
+        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
+      } catch (...) {
+        link_.report_error(std::current_exception(),
+                           "on_dead_letter of subscription " + quote(name));
+      }
+    } else {
+      note(name, [&] {
+        return "dead letter: event " + quote(it.event.id) + " on topic " +
+               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
+               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
+               describe(err);
+      });
+    }
+    return outcome::finished;
+  }
+
+  void report_timeout(const queued_event<Data>& it, const delivery& d,
+                      std::chrono::nanoseconds took, const std::string& name) noexcept {
+    expired_.fetch_add(1, std::memory_order_relaxed);
+    if (!policy_.on_timeout) return;
+    try {
+      policy_.on_timeout(it.event, d, took);
+    } catch (...) {
+      link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
+    }
+  }
+
+  /// The error of an asynchronous attempt that was not completed.
+  std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
+    try {
+      const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
+                               quote(it.event.id) + " on topic " + quote(it.event.topic()) +
+                               " with key " + quote(it.event.key) + ": ";
+      if (made == status::expired) {
+        throw completion_expired(what + "not completed within its timeout of " +
+                                 format_duration(policy_.timeout));
+      }
+      if (made == status::shut_out) {
+        throw completion_abandoned(what + "not completed within the shutdown's completion grace");
+      }
+      throw completion_abandoned(what + "every copy of its completion token was destroyed "
+                                        "without completing it");
+    } catch (...) {
+      return std::current_exception();
+    }
+  }
+
   void record_failure(const queued_event<Data>& it, unsigned attempt,
                       const std::exception_ptr& err) {
     try {
@@ -7844,6 +8428,9 @@ class attempt_runner {
   std::atomic<std::uint64_t> expired_{0};
   log_histogram handler_time_;
   log_histogram queue_wait_;
+  // Asynchronous handlers only.
+  std::shared_ptr<completion_counts> counts_;
+  std::unique_ptr<log_histogram> completion_time_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
   std::mutex note_mutex_;
@@ -7883,6 +8470,7 @@ class attempt_runner {
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -7910,8 +8498,11 @@ class lanes : public subscription_base {
     std::uint32_t number = 0;
     strand rule;
     std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
-    // The holder's: events taken and not yet popped.
+    // The holder's: events taken and not yet popped; what the partition waits for when it
+    // returned `wait` (a place under max_in_flight, or its front event's completion).
     std::uint32_t in_hand = 0;
+    enum class waiting_for : std::uint8_t { nothing, place, completion } waits = waiting_for::nothing;
+    std::atomic<bool> handling{false};  // an event of it is being handled (stats' in_flight)
     block_queue<item> queue;
     std::atomic<std::uint64_t> pushed{0};  // written under `lock` by the intake's holder
     // The holder's: the jitter state, and events finished (read by drain() without the lock).
@@ -7965,6 +8556,13 @@ class lanes : public subscription_base {
     intake_.owner = this;
     intake_.routes = true;
     intake_.queue.use_spare(&spare_);
+    if (p.max_in_flight != std::numeric_limits<std::size_t>::max()) {
+      gate_ = std::make_unique<flight_gate>(p.max_in_flight, count_);
+    }
+    if (runner_.asynchronous()) {
+      awaiting_ = std::make_unique<awaiting_list>(link_, *this);
+      open_ = std::make_unique<std::shared_ptr<completion_state>[]>(count_);
+    }
   }
 
   ~lanes() override { runner_.flush_notes(name); }
@@ -7996,6 +8594,10 @@ class lanes : public subscription_base {
   }
 
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
+
+  void shut_out_completions() noexcept override {
+    if (awaiting_) awaiting_->shut_out();
+  }
 
  protected:
   executor_closed closed_error(const event_type& e) const {
@@ -8052,6 +8654,18 @@ class lanes : public subscription_base {
   intake intake_;
   attempt_runner<Data> runner_;
   std::atomic<std::uint64_t> dropped_{0};
+  std::unique_ptr<flight_gate> gate_;         // with max_in_flight
+  std::unique_ptr<awaiting_list> awaiting_;   // with an asynchronous handler, and:
+  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;  // each partition's open outcome
+
+  /// Events being handled now (stats' in_flight).
+  std::uint64_t in_flight() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < count_; ++i) {
+      if (parts_[i].handling.load(std::memory_order_relaxed)) ++n;
+    }
+    return n;
+  }
 
  private:
   static constexpr std::size_t pinned_max = 8;
@@ -8194,10 +8808,44 @@ class lanes : public subscription_base {
       }
       item& it = p.queue.front();
       if (!it.evicted) {
+        using waiting_for = typename partition::waiting_for;
         steady_time retry_at{};
-        ++res.calls;
-        using outcome = typename attempt_runner<Data>::outcome;
-        if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
+        outcome o = outcome::finished;
+        if (p.waits == waiting_for::completion) {  // submitted by the outcome's maker
+          p.waits = waiting_for::nothing;
+          o = take_outcome(p, it, retry_at, clock_now);
+        } else {
+          if (gate_ && p.waits != waiting_for::place) {
+            p.waits = waiting_for::place;
+            publish_finished(p, unpublished);
+            if (!gate_->enter(&p)) {  // the place's giver submits it: not touched again here
+              res.what = runnable::next::wait;
+              return res;
+            }
+          }
+          p.waits = waiting_for::nothing;
+          ++res.calls;
+          p.handling.store(true, std::memory_order_relaxed);
+          std::shared_ptr<completion_state> none;
+          std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
+          o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
+          if (o == outcome::pending) {
+            awaiting_->add(*open);
+            p.waits = waiting_for::completion;
+            publish_finished(p, unpublished);
+            if (open->park()) {  // the outcome's maker submits it: not touched again here
+              res.what = runnable::next::wait;
+              return res;
+            }
+            p.waits = waiting_for::nothing;
+            o = take_outcome(p, it, retry_at, clock_now);
+          }
+        }
+        p.handling.store(false, std::memory_order_relaxed);
+        if (gate_) {
+          if (runnable* next = gate_->leave()) link_.sched.submit(next);
+        }
+        if (o == outcome::retry) {
           // The event stays at the head: later events of the partition wait behind it.
           publish_finished(p, unpublished);
           res.what = runnable::next::park;
@@ -8210,6 +8858,19 @@ class lanes : public subscription_base {
       --p.in_hand;
       ++unpublished;
     }
+  }
+
+  using outcome = typename attempt_runner<Data>::outcome;
+
+  /// The front event's asynchronous outcome is made: concluded, and no longer awaited.
+  outcome take_outcome(partition& p, item& it, steady_time& retry_at,
+                       std::optional<steady_time>& clock_now) noexcept {
+    std::shared_ptr<completion_state>& open = open_[p.number];
+    awaiting_->remove(*open);
+    const outcome o = runner_.finish(it, *open, p.number, p.rng, retry_at, name);
+    open.reset();
+    clock_now.reset();  // time passed while it was awaited
+    return o;
   }
 
   /// The end of a batch: its finished events leave the unbounded count (first: stats() after
@@ -8386,10 +9047,12 @@ class subscription final : public lanes<Data> {
   void wake_blocked() override { admission_.wake_all(); }
 
   void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                  log_histogram::snapshot& wait) const override {
+                  log_histogram::snapshot& wait,
+                  log_histogram::snapshot& completed) const override {
     out.name = name;
     const std::uint64_t pushed_total = accepted_so_far();
-    runner_.read(out, handler, wait);
+    runner_.read(out, handler, wait, completed);
+    out.in_flight = this->in_flight();
     out.accepted = pushed_total + dropped_incoming_.load(std::memory_order_relaxed);
     out.dropped = dropped_.load(std::memory_order_relaxed);
     out.rejected = rejected_.load(std::memory_order_relaxed);
@@ -8548,6 +9211,7 @@ class subscription final : public lanes<Data> {
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <string>
 #include <utility>
@@ -8565,7 +9229,8 @@ class executor_core final : public executor_link,
                       std::move(o.on_error)),
         partitions(o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown) {
+        delayed_at_shutdown_(o.delayed_at_shutdown),
+        completion_grace_(o.completion_grace) {
     // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
     sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
       try {
@@ -8616,10 +9281,12 @@ class executor_core final : public executor_link,
         subscription_stats one;
         log_histogram::snapshot handler;
         log_histogram::snapshot wait;
-        gone->read_stats(one, handler, wait);
+        log_histogram::snapshot completed;
+        gone->read_stats(one, handler, wait, completed);
         add_to(retired_, one);
         retired_handler_.merge(handler);
         retired_wait_.merge(wait);
+        retired_completed_.merge(completed);
       } catch (...) {
         // Out of memory for the snapshot: the removed subscription's counts are lost.
       }
@@ -8736,8 +9403,14 @@ class executor_core final : public executor_link,
       }
     }
     for (auto& s : subs) s->close_barrier();
-    // (4) No push can start now: every event accepted is finished.
-    wait_finished(subs, "shutdown()");
+    // (4) No push can start now: every event accepted is finished. Asynchronous handlers get
+    // completion_grace to complete; then what they still owe is dead-lettered.
+    std::vector<drain_target> targets = targets_of(subs);
+    const auto grace_end = add_saturated(std::chrono::steady_clock::now(), completion_grace_);
+    if (!wait_finished(subs, targets, "shutdown()", grace_end)) {
+      for (auto& s : subs) s->shut_out_completions();
+      wait_finished(subs, targets, "shutdown()");
+    }
     subs.clear();
     // (5) The workers stop.
     sched.stop_workers();
@@ -8751,12 +9424,14 @@ class executor_core final : public executor_link,
     std::vector<std::shared_ptr<subscription_base>> subs;
     log_histogram::snapshot handler_all;
     log_histogram::snapshot wait_all;
+    log_histogram::snapshot completed_all;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       subs = subscriptions_;
       out.total = retired_;
       handler_all = retired_handler_;
       wait_all = retired_wait_;
+      completed_all = retired_completed_;
     }
     out.workers = sched.workers();
     out.partitions = partitions;
@@ -8766,14 +9441,17 @@ class executor_core final : public executor_link,
       subscription_stats one;
       log_histogram::snapshot handler;
       log_histogram::snapshot wait;
-      s->read_stats(one, handler, wait);
+      log_histogram::snapshot completed;
+      s->read_stats(one, handler, wait, completed);
       handler_all.merge(handler);
       wait_all.merge(wait);
+      completed_all.merge(completed);
       add_to(out.total, one);
       out.subscriptions.push_back(std::move(one));
     }
     out.total.handler_time = handler_all.summary();
     out.total.queue_wait = wait_all.summary();
+    out.total.completion_time = completed_all.summary();
     out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
     out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
     out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
@@ -8815,10 +9493,11 @@ class executor_core final : public executor_link,
     return targets;
   }
 
-  void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
-                     std::vector<drain_target>& targets, const char* what) {
+  bool wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                     std::vector<drain_target>& targets, const char* what,
+                     std::optional<std::chrono::steady_clock::time_point> until = {}) {
     std::size_t sub = 0;
-    sched.help_until(
+    return sched.help_until(
         [&] {
           for (; sub < subs.size(); ++sub) {
             if (!subs[sub]->reached(targets[sub])) return false;
@@ -8831,7 +9510,7 @@ class executor_core final : public executor_link,
           }
           return true;
         },
-        what);
+        what, until);
   }
 
   void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
@@ -8867,10 +9546,15 @@ class executor_core final : public executor_link,
     t.queued += one.queued;
     t.high_water += one.high_water;
     t.blocked += one.blocked;
+    t.in_flight += one.in_flight;
+    t.late_completions += one.late_completions;
+    t.duplicate_completions += one.duplicate_completions;
+    t.abandoned += one.abandoned;
   }
 
   std::function<void(const undelivered&)> on_undelivered_;
   const delayed_policy delayed_at_shutdown_;
+  const std::chrono::nanoseconds completion_grace_;
   std::uint64_t listener_ = 0;
 
   mutable std::mutex mutex_;
@@ -8881,6 +9565,7 @@ class executor_core final : public executor_link,
   subscription_stats retired_;  // sums over removed subscriptions
   log_histogram::snapshot retired_handler_;
   log_histogram::snapshot retired_wait_;
+  log_histogram::snapshot retired_completed_;
   std::atomic<std::uint64_t> undelivered_{0};
 };
 
@@ -9062,6 +9747,10 @@ class keyed_executor {
     if (options.idle_spin.count() < 0) {
       throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
                              std::to_string(options.idle_spin.count()) + "ns)");
+    }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument("evbus: keyed_executor: completion_grace must not be negative (got " +
+                             std::to_string(options.completion_grace.count()) + "ns)");
     }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));
@@ -9341,6 +10030,9 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   using F = std::decay_t<Fn>;
   constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;
   constexpr bool plain = std::is_invocable_v<F&, const event_type&>;
+  constexpr bool async_with_delivery =
+      std::is_invocable_v<F&, const event_type&, const delivery&, completion>;
+  constexpr bool async_plain = std::is_invocable_v<F&, const event_type&, completion>;
   static_assert(std::is_nothrow_move_constructible_v<Data>,
                 "evbus::ordered: the payload type (Data) must be nothrow move constructible: "
                 "a partition moves queued events, and a throwing move could lose one. Give the "
@@ -9353,9 +10045,11 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 "basic_delivery_policy<Data> of another payload type. Pass an "
                 "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
                 "basic_delivery_policy<std::any>, for evbus::bus)");
-  static_assert(with_delivery || plain,
+  static_assert(with_delivery || plain || async_with_delivery || async_plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
-                "fn(const basic_event<Data>&, const evbus::delivery&)");
+                "fn(const basic_event<Data>&, const evbus::delivery&), or, asynchronous, as "
+                "fn(const basic_event<Data>&, evbus::completion) or fn(const "
+                "basic_event<Data>&, const evbus::delivery&, evbus::completion)");
   // A function passed by name (Fn is a reference to a function) cannot be null.
   if constexpr (std::is_pointer_v<std::remove_reference_t<Fn>> || std::is_member_pointer_v<F> ||
                 is_std_function<F>::value) {
@@ -9379,19 +10073,26 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   if (policy.timeout.count() <= 0) {
     bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
   }
+  if (policy.max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
   if (policy.block_timeout && policy.block_timeout->count() < 0) {
     bad("block_timeout must not be negative (got " +
         std::to_string(policy.block_timeout->count()) + "ns)");
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {
-    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
+    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
       f(e, d);
     };
-  } else {
-    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
+  } else if constexpr (plain) {
+    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
       f(e);
     };
+  } else if constexpr (async_with_delivery) {
+    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
+                                                  completion c) mutable { f(e, d, std::move(c)); };
+  } else {
+    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
+                                                  completion c) mutable { f(e, std::move(c)); };
   }
   std::string name = std::move(policy.name);
   auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,

@@ -81,6 +81,8 @@
 #include "scheduler.hpp"
 #include "link.hpp"
 #include "admission.hpp"
+#include "completion.hpp"
+#include "in_flight.hpp"
 #include "attempt.hpp"
 #include "lanes.hpp"
 #include "subscription.hpp"

@@ -10,6 +10,7 @@
 #define EVBUS_PARTS_ATTEMPT_HPP
 
 #include "clock.hpp"
+#include "completion.hpp"
 #include "errors.hpp"
 #include "event.hpp"
 #include "link.hpp"
@@ -24,6 +25,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -44,24 +46,42 @@ struct queued_event {
   bool evicted = false;     // drop_oldest took it: skipped, never handled
 };
 
+/// An ordered subscription's handler: exactly one of the two is set.
+template <class Data>
+struct ordered_fn {
+  std::function<void(const basic_event<Data>&, const delivery&)> call;  // synchronous
+  std::function<void(const basic_event<Data>&, const delivery&, completion)> start;  // asynchronous
+};
+
 template <class Data>
 class attempt_runner {
  public:
   using event_type = basic_event<Data>;
-  using handler_type = std::function<void(const event_type&, const delivery&)>;
-  enum class outcome { finished, retry };
+  using handler_type = ordered_fn<Data>;
+  using status = completion_state::status;
+  /// pending: an asynchronous handler returned and its outcome is open (finish() takes it).
+  enum class outcome { finished, retry, pending };
 
   attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
-      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {}
+      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {
+    if (fn_.start) {
+      counts_ = std::make_shared<completion_counts>();
+      completion_time_ = std::make_unique<log_histogram>();
+    }
+  }
 
   const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
+  bool asynchronous() const noexcept { return static_cast<bool>(fn_.start); }
 
   /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
   /// end of the previous attempt of the same run), since nothing happened in between; on
-  /// return it holds the end of this attempt. On `retry`, `retry_at` says when.
-  outcome attempt(queued_event<Data>& it, std::size_t partition, std::uint64_t& rng,
-                  std::optional<steady_time>& clock_now, steady_time& retry_at,
-                  const std::string& name) noexcept {
+  /// return it holds the end of this attempt. On `retry`, `retry_at` says when. On `pending`
+  /// (an asynchronous handler), `open` holds the attempt's outcome, and finish() concludes it
+  /// once made; `part` is what its maker submits.
+  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition,
+                  std::uint64_t& rng, std::optional<steady_time>& clock_now,
+                  steady_time& retry_at, const std::string& name,
+                  std::shared_ptr<completion_state>& open) noexcept {
     const unsigned number = ++it.attempts;
     const steady_time start = clock_now ? *clock_now : link_.now();
     if (number == 1 && it.sampled) queue_wait_.record(elapsed(it.accepted, start));
@@ -72,52 +92,60 @@ class attempt_runner {
     d.partition = partition;
     std::exception_ptr err;
     try {
-      fn_(it.event, d);
+      if (fn_.start) {
+        open = std::make_shared<completion_state>(link_.sched, part, counts_, start, d.deadline);
+        fn_.start(it.event, d, completion(open));
+      } else {
+        fn_.call(it.event, d);
+      }
     } catch (...) {
       err = std::current_exception();
     }
     const steady_time end = link_.now();
     clock_now = end;
     handler_time_.record(elapsed(start, end));
-    if (end > d.deadline) {
-      expired_.fetch_add(1, std::memory_order_relaxed);
-      if (policy_.on_timeout) {
-        try {
-          policy_.on_timeout(it.event, d, elapsed(start, end));
-        } catch (...) {
-          link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
-        }
-      }
+    if (fn_.start) {
+      if (!err) return outcome::pending;
+      // A throw fails the attempt whatever the token says; a completion after it is late.
+      if (open) open->resolve(status::failed, err, completion_state::maker::executor);
+      open.reset();
+      return conclude(it, number, err, end, rng, retry_at, name, false);
     }
+    if (end > d.deadline) report_timeout(it, d, elapsed(start, end), name);
     if (!err) {
       delivered_.fetch_add(1, std::memory_order_relaxed);
       return outcome::finished;
     }
-    failed_.fetch_add(1, std::memory_order_relaxed);
-    record_failure(it, number, err);
-    // A call that would wait for itself fails the same way every time: no retry.
-    if (number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
-      retried_.fetch_add(1, std::memory_order_relaxed);
-      retry_at = add_saturated(end, backoff(rng, number));
-      return outcome::retry;
+    return conclude(it, number, err, end, rng, retry_at, name, false);
+  }
+
+  /// Concludes an asynchronous attempt whose outcome `st` is made: as a return or a throw of
+  /// a synchronous handler would; an expiry or an abandoned token is a failure, retried per
+  /// the policy; an outcome shut out by shutdown's grace is dead-lettered at once.
+  outcome finish(queued_event<Data>& it, const completion_state& st, std::size_t partition,
+                 std::uint64_t& rng, steady_time& retry_at, const std::string& name) noexcept {
+    const unsigned number = it.attempts;
+    completion_time_->record(elapsed(st.start, st.made_at()));
+    std::exception_ptr err;
+    const status made = st.outcome();
+    if (made == status::succeeded) {
+      delivered_.fetch_add(1, std::memory_order_relaxed);
+      return outcome::finished;
     }
-    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
-    if (policy_.on_dead_letter) {
-      try {
-        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
-      } catch (...) {
-        link_.report_error(std::current_exception(),
-                           "on_dead_letter of subscription " + quote(name));
-      }
+    if (made == status::failed) {
+      err = st.error();
     } else {
-      note(name, [&] {
-        return "dead letter: event " + quote(it.event.id) + " on topic " +
-               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
-               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
-               describe(err);
-      });
+      if (made == status::expired) {
+        delivery d;
+        d.attempt = number;
+        d.deadline = st.deadline;
+        d.shutdown_requested = link_.shutdown_requested.load(std::memory_order_relaxed);
+        d.partition = partition;
+        report_timeout(it, d, elapsed(st.start, st.made_at()), name);
+      }
+      err = completion_error(it, made);
     }
-    return outcome::finished;
+    return conclude(it, number, err, link_.now(), rng, retry_at, name, made == status::shut_out);
   }
 
   /**
@@ -181,7 +209,7 @@ class attempt_runner {
   }
 
   void read(subscription_stats& out, log_histogram::snapshot& handler,
-            log_histogram::snapshot& wait) const {
+            log_histogram::snapshot& wait, log_histogram::snapshot& completed) const {
     out.delivered = delivered_.load(std::memory_order_relaxed);
     out.failed_attempts = failed_.load(std::memory_order_relaxed);
     out.retried = retried_.load(std::memory_order_relaxed);
@@ -191,6 +219,13 @@ class attempt_runner {
     wait = queue_wait_.read();
     out.handler_time = handler.summary();
     out.queue_wait = wait.summary();
+    if (completion_time_) {
+      completed = completion_time_->read();
+      out.completion_time = completed.summary();
+      out.late_completions = counts_->late.load(std::memory_order_relaxed);
+      out.duplicate_completions = counts_->duplicate.load(std::memory_order_relaxed);
+      out.abandoned = counts_->abandoned.load(std::memory_order_relaxed);
+    }
     std::lock_guard<std::mutex> lock(error_mutex_);
     out.last_error = last_error_;
   }
@@ -216,6 +251,69 @@ class attempt_runner {
     return nominal - nanoseconds(cut);
   }
 
+  /// A failed attempt: retried at end + backoff while retries are left (and not `final`),
+  /// else dead-lettered.
+  outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
+                   steady_time end, std::uint64_t& rng, steady_time& retry_at,
+                   const std::string& name, bool final) noexcept {
+    failed_.fetch_add(1, std::memory_order_relaxed);
+    record_failure(it, number, err);
+    // A call that would wait for itself fails the same way every time: no retry.
+    if (!final && number <= policy_.max_retry && !holds_exception<waits_for_itself>(err)) {
+      retried_.fetch_add(1, std::memory_order_relaxed);
+      retry_at = add_saturated(end, backoff(rng, number));
+      return outcome::retry;
+    }
+    dead_lettered_.fetch_add(1, std::memory_order_relaxed);
+    if (policy_.on_dead_letter) {
+      try {
+        policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
+      } catch (...) {
+        link_.report_error(std::current_exception(),
+                           "on_dead_letter of subscription " + quote(name));
+      }
+    } else {
+      note(name, [&] {
+        return "dead letter: event " + quote(it.event.id) + " on topic " +
+               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
+               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
+               describe(err);
+      });
+    }
+    return outcome::finished;
+  }
+
+  void report_timeout(const queued_event<Data>& it, const delivery& d,
+                      std::chrono::nanoseconds took, const std::string& name) noexcept {
+    expired_.fetch_add(1, std::memory_order_relaxed);
+    if (!policy_.on_timeout) return;
+    try {
+      policy_.on_timeout(it.event, d, took);
+    } catch (...) {
+      link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
+    }
+  }
+
+  /// The error of an asynchronous attempt that was not completed.
+  std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
+    try {
+      const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
+                               quote(it.event.id) + " on topic " + quote(it.event.topic()) +
+                               " with key " + quote(it.event.key) + ": ";
+      if (made == status::expired) {
+        throw completion_expired(what + "not completed within its timeout of " +
+                                 format_duration(policy_.timeout));
+      }
+      if (made == status::shut_out) {
+        throw completion_abandoned(what + "not completed within the shutdown's completion grace");
+      }
+      throw completion_abandoned(what + "every copy of its completion token was destroyed "
+                                        "without completing it");
+    } catch (...) {
+      return std::current_exception();
+    }
+  }
+
   void record_failure(const queued_event<Data>& it, unsigned attempt,
                       const std::exception_ptr& err) {
     try {
@@ -239,6 +337,9 @@ class attempt_runner {
   std::atomic<std::uint64_t> expired_{0};
   log_histogram handler_time_;
   log_histogram queue_wait_;
+  // Asynchronous handlers only.
+  std::shared_ptr<completion_counts> counts_;
+  std::unique_ptr<log_histogram> completion_time_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
   std::mutex note_mutex_;

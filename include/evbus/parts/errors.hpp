@@ -239,6 +239,22 @@ class waits_for_itself : public error {
   using error::error;
 };
 
+/// An asynchronous handler's completion (evbus::completion) was not made in time: the
+/// attempt's deadline passed. The attempt fails with it and is retried per the policy.
+class completion_expired : public error {
+ public:
+  using error::error;
+};
+
+/// An asynchronous handler's completion will never be made: every copy of the token was
+/// destroyed without completing it (the attempt fails and is retried per the policy), or the
+/// executor's shutdown gave up waiting for it (executor_options::completion_grace; the event
+/// is dead-lettered without a retry).
+class completion_abandoned : public error {
+ public:
+  using error::error;
+};
+
 namespace detail {
 
 /// True if `e` is (or derives from) E.

@@ -180,6 +180,10 @@ class keyed_executor {
       throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
                              std::to_string(options.idle_spin.count()) + "ns)");
     }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument("evbus: keyed_executor: completion_grace must not be negative (got " +
+                             std::to_string(options.completion_grace.count()) + "ns)");
+    }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));
     core_->start(workers);

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <string>
 #include <utility>
@@ -41,7 +42,8 @@ class executor_core final : public executor_link,
                       std::move(o.on_error)),
         partitions(o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown) {
+        delayed_at_shutdown_(o.delayed_at_shutdown),
+        completion_grace_(o.completion_grace) {
     // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
     sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
       try {
@@ -92,10 +94,12 @@ class executor_core final : public executor_link,
         subscription_stats one;
         log_histogram::snapshot handler;
         log_histogram::snapshot wait;
-        gone->read_stats(one, handler, wait);
+        log_histogram::snapshot completed;
+        gone->read_stats(one, handler, wait, completed);
         add_to(retired_, one);
         retired_handler_.merge(handler);
         retired_wait_.merge(wait);
+        retired_completed_.merge(completed);
       } catch (...) {
         // Out of memory for the snapshot: the removed subscription's counts are lost.
       }
@@ -212,8 +216,14 @@ class executor_core final : public executor_link,
       }
     }
     for (auto& s : subs) s->close_barrier();
-    // (4) No push can start now: every event accepted is finished.
-    wait_finished(subs, "shutdown()");
+    // (4) No push can start now: every event accepted is finished. Asynchronous handlers get
+    // completion_grace to complete; then what they still owe is dead-lettered.
+    std::vector<drain_target> targets = targets_of(subs);
+    const auto grace_end = add_saturated(std::chrono::steady_clock::now(), completion_grace_);
+    if (!wait_finished(subs, targets, "shutdown()", grace_end)) {
+      for (auto& s : subs) s->shut_out_completions();
+      wait_finished(subs, targets, "shutdown()");
+    }
     subs.clear();
     // (5) The workers stop.
     sched.stop_workers();
@@ -227,12 +237,14 @@ class executor_core final : public executor_link,
     std::vector<std::shared_ptr<subscription_base>> subs;
     log_histogram::snapshot handler_all;
     log_histogram::snapshot wait_all;
+    log_histogram::snapshot completed_all;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       subs = subscriptions_;
       out.total = retired_;
       handler_all = retired_handler_;
       wait_all = retired_wait_;
+      completed_all = retired_completed_;
     }
     out.workers = sched.workers();
     out.partitions = partitions;
@@ -242,14 +254,17 @@ class executor_core final : public executor_link,
       subscription_stats one;
       log_histogram::snapshot handler;
       log_histogram::snapshot wait;
-      s->read_stats(one, handler, wait);
+      log_histogram::snapshot completed;
+      s->read_stats(one, handler, wait, completed);
       handler_all.merge(handler);
       wait_all.merge(wait);
+      completed_all.merge(completed);
       add_to(out.total, one);
       out.subscriptions.push_back(std::move(one));
     }
     out.total.handler_time = handler_all.summary();
     out.total.queue_wait = wait_all.summary();
+    out.total.completion_time = completed_all.summary();
     out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
     out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
     out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
@@ -291,10 +306,11 @@ class executor_core final : public executor_link,
     return targets;
   }
 
-  void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
-                     std::vector<drain_target>& targets, const char* what) {
+  bool wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
+                     std::vector<drain_target>& targets, const char* what,
+                     std::optional<std::chrono::steady_clock::time_point> until = {}) {
     std::size_t sub = 0;
-    sched.help_until(
+    return sched.help_until(
         [&] {
           for (; sub < subs.size(); ++sub) {
             if (!subs[sub]->reached(targets[sub])) return false;
@@ -307,7 +323,7 @@ class executor_core final : public executor_link,
           }
           return true;
         },
-        what);
+        what, until);
   }
 
   void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
@@ -343,10 +359,15 @@ class executor_core final : public executor_link,
     t.queued += one.queued;
     t.high_water += one.high_water;
     t.blocked += one.blocked;
+    t.in_flight += one.in_flight;
+    t.late_completions += one.late_completions;
+    t.duplicate_completions += one.duplicate_completions;
+    t.abandoned += one.abandoned;
   }
 
   std::function<void(const undelivered&)> on_undelivered_;
   const delayed_policy delayed_at_shutdown_;
+  const std::chrono::nanoseconds completion_grace_;
   std::uint64_t listener_ = 0;
 
   mutable std::mutex mutex_;
@@ -357,6 +378,7 @@ class executor_core final : public executor_link,
   subscription_stats retired_;  // sums over removed subscriptions
   log_histogram::snapshot retired_handler_;
   log_histogram::snapshot retired_wait_;
+  log_histogram::snapshot retired_completed_;
   std::atomic<std::uint64_t> undelivered_{0};
 };
 

@@ -23,6 +23,7 @@
 #include "clock.hpp"
 #include "errors.hpp"
 #include "event.hpp"
+#include "in_flight.hpp"
 #include "link.hpp"
 #include "lock.hpp"
 #include "partitioner.hpp"
@@ -35,6 +36,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,8 +64,11 @@ class lanes : public subscription_base {
     std::uint32_t number = 0;
     strand rule;
     std::uint32_t evicted_waiting = 0;  // evicted events at the front of the waiting ones
-    // The holder's: events taken and not yet popped.
+    // The holder's: events taken and not yet popped; what the partition waits for when it
+    // returned `wait` (a place under max_in_flight, or its front event's completion).
     std::uint32_t in_hand = 0;
+    enum class waiting_for : std::uint8_t { nothing, place, completion } waits = waiting_for::nothing;
+    std::atomic<bool> handling{false};  // an event of it is being handled (stats' in_flight)
     block_queue<item> queue;
     std::atomic<std::uint64_t> pushed{0};  // written under `lock` by the intake's holder
     // The holder's: the jitter state, and events finished (read by drain() without the lock).
@@ -117,6 +122,13 @@ class lanes : public subscription_base {
     intake_.owner = this;
     intake_.routes = true;
     intake_.queue.use_spare(&spare_);
+    if (p.max_in_flight != std::numeric_limits<std::size_t>::max()) {
+      gate_ = std::make_unique<flight_gate>(p.max_in_flight, count_);
+    }
+    if (runner_.asynchronous()) {
+      awaiting_ = std::make_unique<awaiting_list>(link_, *this);
+      open_ = std::make_unique<std::shared_ptr<completion_state>[]>(count_);
+    }
   }
 
   ~lanes() override { runner_.flush_notes(name); }
@@ -148,6 +160,10 @@ class lanes : public subscription_base {
   }
 
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
+
+  void shut_out_completions() noexcept override {
+    if (awaiting_) awaiting_->shut_out();
+  }
 
  protected:
   executor_closed closed_error(const event_type& e) const {
@@ -204,6 +220,18 @@ class lanes : public subscription_base {
   intake intake_;
   attempt_runner<Data> runner_;
   std::atomic<std::uint64_t> dropped_{0};
+  std::unique_ptr<flight_gate> gate_;         // with max_in_flight
+  std::unique_ptr<awaiting_list> awaiting_;   // with an asynchronous handler, and:
+  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;  // each partition's open outcome
+
+  /// Events being handled now (stats' in_flight).
+  std::uint64_t in_flight() const noexcept {
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < count_; ++i) {
+      if (parts_[i].handling.load(std::memory_order_relaxed)) ++n;
+    }
+    return n;
+  }
 
  private:
   static constexpr std::size_t pinned_max = 8;
@@ -346,10 +374,44 @@ class lanes : public subscription_base {
       }
       item& it = p.queue.front();
       if (!it.evicted) {
+        using waiting_for = typename partition::waiting_for;
         steady_time retry_at{};
-        ++res.calls;
-        using outcome = typename attempt_runner<Data>::outcome;
-        if (runner_.attempt(it, p.number, p.rng, clock_now, retry_at, name) == outcome::retry) {
+        outcome o = outcome::finished;
+        if (p.waits == waiting_for::completion) {  // submitted by the outcome's maker
+          p.waits = waiting_for::nothing;
+          o = take_outcome(p, it, retry_at, clock_now);
+        } else {
+          if (gate_ && p.waits != waiting_for::place) {
+            p.waits = waiting_for::place;
+            publish_finished(p, unpublished);
+            if (!gate_->enter(&p)) {  // the place's giver submits it: not touched again here
+              res.what = runnable::next::wait;
+              return res;
+            }
+          }
+          p.waits = waiting_for::nothing;
+          ++res.calls;
+          p.handling.store(true, std::memory_order_relaxed);
+          std::shared_ptr<completion_state> none;
+          std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
+          o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
+          if (o == outcome::pending) {
+            awaiting_->add(*open);
+            p.waits = waiting_for::completion;
+            publish_finished(p, unpublished);
+            if (open->park()) {  // the outcome's maker submits it: not touched again here
+              res.what = runnable::next::wait;
+              return res;
+            }
+            p.waits = waiting_for::nothing;
+            o = take_outcome(p, it, retry_at, clock_now);
+          }
+        }
+        p.handling.store(false, std::memory_order_relaxed);
+        if (gate_) {
+          if (runnable* next = gate_->leave()) link_.sched.submit(next);
+        }
+        if (o == outcome::retry) {
           // The event stays at the head: later events of the partition wait behind it.
           publish_finished(p, unpublished);
           res.what = runnable::next::park;
@@ -362,6 +424,19 @@ class lanes : public subscription_base {
       --p.in_hand;
       ++unpublished;
     }
+  }
+
+  using outcome = typename attempt_runner<Data>::outcome;
+
+  /// The front event's asynchronous outcome is made: concluded, and no longer awaited.
+  outcome take_outcome(partition& p, item& it, steady_time& retry_at,
+                       std::optional<steady_time>& clock_now) noexcept {
+    std::shared_ptr<completion_state>& open = open_[p.number];
+    awaiting_->remove(*open);
+    const outcome o = runner_.finish(it, *open, p.number, p.rng, retry_at, name);
+    open.reset();
+    clock_now.reset();  // time passed while it was awaited
+    return o;
   }
 
   /// The end of a batch: its finished events leave the unbounded count (first: stats() after

@@ -62,8 +62,11 @@ struct subscription_base {
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
   virtual void wake_blocked() = 0;
+  /// Shutdown's completion grace is over: open asynchronous outcomes are shut out.
+  virtual void shut_out_completions() noexcept {}
   virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                          log_histogram::snapshot& wait) const = 0;
+                          log_histogram::snapshot& wait,
+                          log_histogram::snapshot& completed) const = 0;
 
   std::string name;
   /// One for the handler front (the copies of what ordered() returned) and one per strand

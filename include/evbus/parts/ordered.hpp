@@ -93,6 +93,9 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   using F = std::decay_t<Fn>;
   constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;
   constexpr bool plain = std::is_invocable_v<F&, const event_type&>;
+  constexpr bool async_with_delivery =
+      std::is_invocable_v<F&, const event_type&, const delivery&, completion>;
+  constexpr bool async_plain = std::is_invocable_v<F&, const event_type&, completion>;
   static_assert(std::is_nothrow_move_constructible_v<Data>,
                 "evbus::ordered: the payload type (Data) must be nothrow move constructible: "
                 "a partition moves queued events, and a throwing move could lose one. Give the "
@@ -105,9 +108,11 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 "basic_delivery_policy<Data> of another payload type. Pass an "
                 "evbus::basic_delivery_policy<D> (evbus::delivery_policy is "
                 "basic_delivery_policy<std::any>, for evbus::bus)");
-  static_assert(with_delivery || plain,
+  static_assert(with_delivery || plain || async_with_delivery || async_plain,
                 "evbus::ordered: the handler must be callable as fn(const basic_event<Data>&) or "
-                "fn(const basic_event<Data>&, const evbus::delivery&)");
+                "fn(const basic_event<Data>&, const evbus::delivery&), or, asynchronous, as "
+                "fn(const basic_event<Data>&, evbus::completion) or fn(const "
+                "basic_event<Data>&, const evbus::delivery&, evbus::completion)");
   // A function passed by name (Fn is a reference to a function) cannot be null.
   if constexpr (std::is_pointer_v<std::remove_reference_t<Fn>> || std::is_member_pointer_v<F> ||
                 is_std_function<F>::value) {
@@ -131,19 +136,26 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   if (policy.timeout.count() <= 0) {
     bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
   }
+  if (policy.max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
   if (policy.block_timeout && policy.block_timeout->count() < 0) {
     bad("block_timeout must not be negative (got " +
         std::to_string(policy.block_timeout->count()) + "ns)");
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {
-    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
+    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
       f(e, d);
     };
-  } else {
-    handler = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
+  } else if constexpr (plain) {
+    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
       f(e);
     };
+  } else if constexpr (async_with_delivery) {
+    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
+                                                  completion c) mutable { f(e, d, std::move(c)); };
+  } else {
+    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
+                                                  completion c) mutable { f(e, std::move(c)); };
   }
   std::string name = std::move(policy.name);
   auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,

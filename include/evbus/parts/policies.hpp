@@ -112,6 +112,10 @@ struct basic_delivery_policy {
       on_timeout{};
   /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
   std::string name{};
+  /// Most events of the subscription being handled at once, across its partitions: a handler
+  /// running, or an asynchronous handler's completion awaited. Must be at least 1. Default:
+  /// no limit (at most one per partition).
+  std::size_t max_in_flight = std::numeric_limits<std::size_t>::max();
 };
 
 /// The delivery policy of evbus::bus.
@@ -194,6 +198,11 @@ struct executor_options {
   /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
   /// Must not be negative.
   std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
+  /// How long shutdown() waits, in real time, for asynchronous handlers' outstanding
+  /// completions once nothing else is left; then each is dead-lettered (no retry) with
+  /// evbus::completion_abandoned, and so is each attempt that starts after. Must not be
+  /// negative.
+  std::chrono::nanoseconds completion_grace = std::chrono::seconds(5);
 };
 
 }  // namespace v1

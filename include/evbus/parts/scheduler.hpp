@@ -34,6 +34,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -73,7 +74,10 @@ class scheduler {
     // this strand before it sleeps, or this sees it counted and wakes it.
     const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
                              spinning_.load(std::memory_order_seq_cst) == 0;
-    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0;
+    // A waiter of help_until() runs the work itself only when there are no workers; with
+    // workers it learns of progress from settle().
+    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0 &&
+                             !has_workers_.load(std::memory_order_relaxed);
     if (!wake_worker && !wake_waiter) return;
     {
       std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
@@ -158,6 +162,7 @@ class scheduler {
         ++active;
       }
       target_ = n;
+      has_workers_.store(n > 0, std::memory_order_relaxed);
       work_cv_.notify_all();
       progress_cv_.notify_all();
       collect_exited(finished);
@@ -182,6 +187,7 @@ class scheduler {
         }
       }
       target_ = 0;
+      has_workers_.store(false, std::memory_order_relaxed);
       work_cv_.notify_all();
     }
     for (auto& t : threads) t.join();
@@ -229,20 +235,32 @@ class scheduler {
   /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
   /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
   /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
-  /// left (waiting would never end).
+  /// left (waiting would never end). With `until` (real time), false once it passes.
   template <class Done>
-  void help_until(Done done, const char* what) {
+  bool help_until(Done done, const char* what,
+                  std::optional<std::chrono::steady_clock::time_point> until = {}) {
     std::unique_lock<std::mutex> lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
       std::atomic<std::size_t>& n;
       ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
     } guard{waiters_};
+    const auto wait = [&](std::optional<steady_time::duration> at_most) {
+      auto limit = std::chrono::steady_clock::time_point::max();
+      if (at_most) limit = add_saturated(std::chrono::steady_clock::now(), bounded_wait(*at_most));
+      if (until && *until < limit) limit = *until;
+      if (limit == std::chrono::steady_clock::time_point::max()) {
+        progress_cv_.wait(lock);
+      } else {
+        progress_cv_.wait_until(lock, limit);
+      }
+    };
     for (;;) {
-      if (done()) return;
+      if (done()) return true;
+      if (until && std::chrono::steady_clock::now() >= *until) return false;
       take_inbox();
       if (target_ > 0) {
-        progress_cv_.wait(lock);
+        wait({});
         continue;
       }
       if (!ready_.empty() || timers_.due(now())) {
@@ -252,9 +270,10 @@ class scheduler {
         lock.lock();
         continue;
       }
-      if (running_ > 0 || timers_.empty()) {
-        // Another thread runs the rest, or an emitter is between queueing and submitting.
-        progress_cv_.wait(lock);
+      // Another thread runs the rest, an emitter is between queueing and submitting, or an
+      // asynchronous handler's completion is awaited from another thread.
+      if (running_ > 0 || timers_.empty() || (manual_ && awaiting() > 0)) {
+        wait({});
         continue;
       }
       if (manual_) {
@@ -263,9 +282,19 @@ class scheduler {
                     "retry at a time the clock has not reached; advance the clock and call "
                     "run_until_idle() instead");
       }
-      progress_cv_.wait_for(lock, bounded_wait(timers_.earliest() - now()));
+      wait(timers_.earliest() - now());
     }
   }
+
+  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
+  void count_awaiting(int change) noexcept {
+    if (change > 0) {
+      awaiting_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      awaiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
 
   /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
   /// which runs under the scheduler's mutex.
@@ -291,7 +320,7 @@ class scheduler {
   runnable* pop_ready() noexcept { return ready_.pop(); }
 
   void park_locked(runnable* r, steady_time due) {
-    if (cut_) {
+    if (cut_ && !r->keeps_time) {
       push_ready(r);
       return;
     }
@@ -314,7 +343,18 @@ class scheduler {
         push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
       }
     }
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+    tell_waiters(res.what == runnable::next::idle);
+  }
+
+  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
+  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
+  /// asynchronous handlers make, does not wake them for every event).
+  void tell_waiters(bool now) {
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (now || ++runs_untold_ >= 16) {
+      runs_untold_ = 0;
+      progress_cv_.notify_all();
+    }
   }
 
   void fire_due() {
@@ -361,6 +401,7 @@ class scheduler {
         may_spin = true;
         continue;
       }
+      if (runs_untold_ > 0) tell_waiters(true);  // out of work: waiters look now
       if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
           idle_spin_.count() > 0) {
         may_spin = false;
@@ -424,11 +465,14 @@ class scheduler {
   bool cut_ = false;
   std::size_t running_ = 0;   // runs in progress
   std::size_t target_ = 0;
+  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
   std::list<worker> workers_;
   // Changed under mutex_, read by submit() without it.
   std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
   std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
   std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
+  std::atomic<bool> has_workers_{false};  // target_ > 0
 };
 
 }  // namespace detail

@@ -60,6 +60,15 @@ struct subscription_stats {
   std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
   latency_summary handler_time;    ///< duration of each attempt, on the executor clock
   latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
+  /// Events being handled now: a handler running, or an asynchronous handler's completion
+  /// awaited.
+  std::uint64_t in_flight = 0;
+  /// Asynchronous attempts: from the start of the attempt to its completion (or expiry), on
+  /// the executor clock.
+  latency_summary completion_time;
+  std::uint64_t late_completions = 0;       ///< completions after the deadline (or the grace)
+  std::uint64_t duplicate_completions = 0;  ///< completions of a token already completed
+  std::uint64_t abandoned = 0;  ///< attempts whose token was destroyed without completing
   std::string last_error;          ///< what the most recent failed attempt threw, if any
 };
 

@@ -21,9 +21,11 @@ namespace detail {
 /// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
 /// strand hands it to the scheduler through this interface.
 struct runnable {
-  enum class next { idle, again, park };
+  enum class next { idle, again, park, wait };
   struct result {
-    next what = next::idle;  // idle: the runnable let itself go and must not be touched
+    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
+    // whatever it waits for (a completion, a place under max_in_flight) submits it again
+    next what = next::idle;
     steady_time due{};       // park: when to run it again
     std::size_t calls = 0;   // handler calls (or emits) made
   };
@@ -32,6 +34,7 @@ struct runnable {
   virtual result run(std::size_t batch) noexcept = 0;
   runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
   bool routes = false;  // an intake: it runs no handler, it makes partitions ready
+  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
 };
 
 /// Every member is called under the lock that also guards the strand's queue.

@@ -161,10 +161,12 @@ class subscription final : public lanes<Data> {
   void wake_blocked() override { admission_.wake_all(); }
 
   void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                  log_histogram::snapshot& wait) const override {
+                  log_histogram::snapshot& wait,
+                  log_histogram::snapshot& completed) const override {
     out.name = name;
     const std::uint64_t pushed_total = accepted_so_far();
-    runner_.read(out, handler, wait);
+    runner_.read(out, handler, wait, completed);
+    out.in_flight = this->in_flight();
     out.accepted = pushed_total + dropped_incoming_.load(std::memory_order_relaxed);
     out.dropped = dropped_.load(std::memory_order_relaxed);
     out.rejected = rejected_.load(std::memory_order_relaxed);

@@ -9458,43 +9458,26 @@ auto ordered(keyed_executor& ex, Fn&& fn) {
 #endif  // EVBUS_PARTS_ORDERED_HPP
 
 // 7. The relay of the durable outbox (it may wait for the executor)
-// ---- relay.hpp -------------------------------------------------
-// evbus/parts/relay.hpp: the consumer side of the durable outbox: a relay that reads the events a
-// store holds, emits them into the bus as they were first made, and marks them delivered.
-//
-// One loop, one thread at a time (its own, or the caller's in poll()):
-//   read a batch of pending events (after the last one emitted) -> emit each, in sequence order
-//   -> mark delivered, per the acknowledgement mode -> now and then, purge old delivered ones.
-// A step that fails (the read, a decode, an emit, the wait for the handlers, a mark) is reported
-// and tried again after a backoff that doubles up to a cap, for ever: the relay never moves past
-// an event it could not emit, so it never skips one and never reorders a key. A mark that fails
-// is not retried by itself: the relay reads again from the oldest pending event, so the events
-// it could not mark are emitted again (at least once, as after a crash).
-//
-// The relay's own clock (evbus::clock, a manual one in tests) times backoffs, timer
-// acknowledgements and purges; with a manual clock the delivery times it records move with it.
-// Durations in the stats are always real (std::chrono::steady_clock); send time is sampled
-// (one event in 8) unless the relay's clock is manual.
-#ifndef EVBUS_PARTS_RELAY_HPP
-#define EVBUS_PARTS_RELAY_HPP
+// ---- relay_options.hpp -------------------------------------------------
+// evbus/parts/relay_options.hpp: what a relay is told and what it tells: the acknowledgement
+// modes (ack_mode), the steps of its loop (relay_step), one failure as its error callback
+// receives it (relay_failure), its options (relay_options) and the check that refuses a bad
+// one (detail::check_relay_options), and its metrics (relay_stats; detail::relay_meter, the
+// counts behind them). The relay itself is in relay.hpp; how it retries and reports a
+// failure, in relay_retry.hpp; its own thread, in relay_thread.hpp.
+#ifndef EVBUS_PARTS_RELAY_OPTIONS_HPP
+#define EVBUS_PARTS_RELAY_OPTIONS_HPP
 
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
-#include <utility>
-#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -9622,6 +9605,357 @@ struct relay_stats {
   std::uint64_t purged = 0;         ///< events purge_delivered removed
 };
 
+namespace detail {
+
+/// The counts and histograms behind a relay's relay_stats: written by the thread running its
+/// step, read by stats() on any thread.
+struct relay_meter {
+  log_histogram store_time, send_time, cleanup_time;
+  std::atomic<std::uint64_t> store_errors{0}, send_errors{0}, cleanup_errors{0};
+  std::atomic<std::uint64_t> emitted{0}, marked{0}, purged{0};
+
+  relay_stats read() const {
+    relay_stats s;
+    s.store_time = store_time.read().summary();
+    s.store_errors = store_errors.load(std::memory_order_relaxed);
+    s.send_time = send_time.read().summary();
+    s.send_errors = send_errors.load(std::memory_order_relaxed);
+    s.cleanup_time = cleanup_time.read().summary();
+    s.cleanup_errors = cleanup_errors.load(std::memory_order_relaxed);
+    s.emitted = emitted.load(std::memory_order_relaxed);
+    s.marked = marked.load(std::memory_order_relaxed);
+    s.purged = purged.load(std::memory_order_relaxed);
+    return s;
+  }
+};
+
+/// Throws evbus::invalid_argument naming the first bad option of `o` (see basic_relay's
+/// constructor).
+inline void check_relay_options(const relay_options& o) {
+  const auto bad = [](const std::string& what) {
+    throw invalid_argument("evbus: relay_options: " + what);
+  };
+  const auto ns = [](std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; };
+  if (o.batch_size == 0) bad("batch_size must be at least 1 (got 0)");
+  if (o.ack == ack_mode::after_handled && o.executor == nullptr) {
+    bad("ack_mode::after_handled needs the executor whose drain() it waits for (executor is "
+        "null)");
+  }
+  if (o.ack_interval.count() <= 0) bad("ack_interval must be positive (got " + ns(o.ack_interval) + ")");
+  if (o.backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + ns(o.backoff_base) + ")");
+  }
+  if (o.backoff_cap < o.backoff_base) {
+    bad("backoff_cap (" + ns(o.backoff_cap) + ") must not be below backoff_base (" +
+        ns(o.backoff_base) + ")");
+  }
+  if (o.retention && o.retention->count() < 0) {
+    bad("retention must not be negative (got " + ns(*o.retention) + ")");
+  }
+  if (o.purge_interval.count() <= 0) {
+    bad("purge_interval must be positive (got " + ns(o.purge_interval) + ")");
+  }
+  if (o.idle_wait.count() <= 0) bad("idle_wait must be positive (got " + ns(o.idle_wait) + ")");
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_OPTIONS_HPP
+// ---- relay_retry.hpp -------------------------------------------------
+// evbus/parts/relay_retry.hpp: how a relay retries a step that failed and tells of it. A failed
+// step (read, decode, emit, handled, mark) waits a backoff that starts at backoff_base and
+// doubles with each consecutive failure of the same step (and, for decode and emit, the same
+// event) up to backoff_cap; a success of that step starts it again from the base. A failed
+// purge counts its own failures and never waits longer than purge_interval. Every failure is
+// given to relay_options::on_error as a relay_failure whose message says what failed, the
+// attempt and when it is retried (a line on stderr without a callback, or if it throws).
+#ifndef EVBUS_PARTS_RELAY_RETRY_HPP
+#define EVBUS_PARTS_RELAY_RETRY_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The backoffs and failure reports of one relay, over its options (kept by reference: the
+/// relay that owns both is neither copied nor moved). Used by the stepping thread only.
+class relay_retry {
+ public:
+  explicit relay_retry(const relay_options& options) noexcept : options_(&options) {}
+
+  /// No step before this (a backoff runs).
+  steady_time retry_at() const noexcept { return retry_at_; }
+
+  /// A failure of `s` at `now`: counts it, sets the backoff, reports.
+  void fail(relay_step s, std::uint64_t sequence, steady_time now, std::exception_ptr error) {
+    if (failing_step_ != s || failing_sequence_ != sequence) failures_ = 0;
+    failing_step_ = s;
+    failing_sequence_ = sequence;
+    const std::uint64_t attempt = ++failures_;
+    const auto wait = backoff(attempt);
+    retry_at_ = add_saturated(now, wait);
+    report(s, sequence, attempt, wait, std::move(error));
+  }
+
+  /// A success of `s`: the backoff of that step starts again from the base.
+  void succeeded(relay_step s, std::uint64_t sequence) noexcept {
+    if (failures_ != 0 && failing_step_ == s && failing_sequence_ == sequence) failures_ = 0;
+  }
+
+  /// A failed purge at `now`: reports it; returns when the next purge is due.
+  steady_time purge_failed(steady_time now, std::exception_ptr error) {
+    const auto wait = std::min(backoff(++purge_failures_), options_->purge_interval);
+    report(relay_step::purge, 0, purge_failures_, wait, std::move(error));
+    return add_saturated(now, wait);
+  }
+
+  /// A purge that returned: the purge's backoff starts again from the base.
+  void purge_succeeded() noexcept { purge_failures_ = 0; }
+
+ private:
+  std::chrono::nanoseconds backoff(std::uint64_t attempt) const {
+    auto d = options_->backoff_base;
+    for (std::uint64_t i = 1; i < attempt && d < options_->backoff_cap; ++i) {
+      d = d > options_->backoff_cap / 2 ? options_->backoff_cap : d * 2;
+    }
+    return std::min(d, options_->backoff_cap);
+  }
+
+  void report(relay_step s, std::uint64_t sequence, std::uint64_t attempt,
+              std::chrono::nanoseconds wait, std::exception_ptr error) const {
+    relay_failure f;
+    f.step = s;
+    f.sequence = sequence;
+    f.attempt = attempt;
+    f.retry_in = wait;
+    f.error = error;
+    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
+    f.message = "evbus: relay: ";
+    f.message += to_string(s);
+    if (sequence != 0) {
+      f.message += " of event ";
+      f.message += std::to_string(sequence);
+    }
+    f.message += " failed: ";
+    f.message += describe(error);
+    f.message += "; attempt ";
+    f.message += std::to_string(attempt);
+    f.message += ", retrying in ";
+    f.message += format_duration(wait);
+    if (options_->on_error) {
+      try {
+        options_->on_error(f);
+        return;
+      } catch (...) {
+        f.message += " (on_error threw: " + describe(std::current_exception()) + ")";
+      }
+    }
+    std::fprintf(stderr, "%s\n", f.message.c_str());
+  }
+
+  const relay_options* options_;
+  steady_time retry_at_{};
+  std::uint64_t failures_ = 0;  ///< consecutive failures of failing_step_
+  relay_step failing_step_ = relay_step::read;
+  std::uint64_t failing_sequence_ = 0;
+  std::uint64_t purge_failures_ = 0;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_RETRY_HPP
+// ---- relay_thread.hpp -------------------------------------------------
+// evbus/parts/relay_thread.hpp: the threads a relay's steps run on. Its own thread
+// (basic_relay::start() and stop()): starting it once, asking it to end and joining it, and its
+// sleep between steps, which wake() (a commit, or a manual clock that moved) and stop() cut
+// short; the sleep's state is shared with whatever may still wake it (a clock listener), so a
+// late wake touches nothing freed. And the thread running a step now (`step_holder`), so that
+// a call from inside a step that would wait for that step is refused.
+#ifndef EVBUS_PARTS_RELAY_THREAD_HPP
+#define EVBUS_PARTS_RELAY_THREAD_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The thread a relay runs on when started, and its sleep.
+class relay_thread {
+ public:
+  /// Runs `loop` on a thread of its own, unless one runs. `loop` returns once stopping() or
+  /// sleep() says so.
+  template <class Loop>
+  void start(Loop&& loop) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+      sleep_->stopping = false;
+    }
+    thread_ = std::thread(std::forward<Loop>(loop));
+  }
+
+  /// Asks the thread to end, wakes it and joins it; nothing if none runs.
+  void stop() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+      sleep_->stopping = true;
+    }
+    sleep_->wake_up.notify_all();
+    thread_.join();
+  }
+
+  /// True while the thread runs.
+  bool running() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return thread_.joinable();
+  }
+
+  /// Ends the current sleep, or the next one at once.
+  void wake() { sleep_->wake(); }
+
+  /// What wakes the thread, for a caller that may outlive it (a clock listener).
+  std::function<void()> waker() const {
+    return [sleep = sleep_] { sleep->wake(); };
+  }
+
+  /// On the thread: true once it must end.
+  bool stopping() const {
+    std::lock_guard<std::mutex> lock(sleep_->mutex);
+    return sleep_->stopping;
+  }
+
+  /// On the thread: sleeps up to `wait` (none if not positive), until woken or stopped.
+  /// Returns false once the thread must end.
+  bool sleep(std::chrono::nanoseconds wait) {
+    std::unique_lock<std::mutex> lock(sleep_->mutex);
+    if (sleep_->stopping) return false;
+    if (wait.count() > 0) {
+      sleep_->wake_up.wait_for(lock, bounded_wait(wait),
+                               [this] { return sleep_->stopping || sleep_->woken; });
+    }
+    sleep_->woken = false;
+    return !sleep_->stopping;
+  }
+
+ private:
+  struct sleep_state {
+    std::mutex mutex;
+    std::condition_variable wake_up;
+    bool stopping = false;
+    bool woken = false;
+    void wake() {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        woken = true;
+      }
+      wake_up.notify_all();
+    }
+  };
+
+  mutable std::mutex mutex_;  ///< start(), stop(), running()
+  std::thread thread_;
+  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
+};
+
+/// The thread running a relay's step (poll(), run_until_idle(), flush(), stop(), or the relay's
+/// own thread), if any.
+class step_holder {
+ public:
+  /// Marks the calling thread as running a step, for the scope's life.
+  class scope {
+   public:
+    explicit scope(step_holder& h) : holder_(h) {
+      holder_.thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    }
+    ~scope() { holder_.thread_.store(std::thread::id{}, std::memory_order_relaxed); }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+
+   private:
+    step_holder& holder_;
+  };
+
+  /// Refuses a call from inside a step (a handler the relay is emitting to): it would wait for
+  /// itself. Throws evbus::waits_for_itself naming `call`.
+  void refuse_inside(const char* call) const {
+    if (thread_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
+      throw waits_for_itself(std::string("evbus: basic_relay::") + call +
+                             " called from inside the relay's own step (a handler it is "
+                             "emitting to): it would wait for itself");
+    }
+  }
+
+ private:
+  std::atomic<std::thread::id> thread_{};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_THREAD_HPP
+// ---- relay.hpp -------------------------------------------------
+// evbus/parts/relay.hpp: the consumer side of the durable outbox: a relay that reads the events a
+// store holds, emits them into the bus as they were first made, and marks them delivered.
+//
+// One loop, one thread at a time (its own, or the caller's in poll()):
+//   read a batch of pending events (after the last one emitted) -> emit each, in sequence order
+//   -> mark delivered, per the acknowledgement mode -> now and then, purge old delivered ones.
+// A step that fails (the read, a decode, an emit, the wait for the handlers, a mark) is reported
+// and tried again after a backoff that doubles up to a cap, for ever: the relay never moves past
+// an event it could not emit, so it never skips one and never reorders a key. A mark that fails
+// is not retried by itself: the relay reads again from the oldest pending event, so the events
+// it could not mark are emitted again (at least once, as after a crash).
+//
+// The relay's own clock (evbus::clock, a manual one in tests) times backoffs, timer
+// acknowledgements and purges; with a manual clock the delivery times it records move with it.
+// Durations in the stats are always real (std::chrono::steady_clock); send time is sampled
+// (one event in 8) unless the relay's clock is manual. What a relay is told and tells (options,
+// failures, stats) is in relay_options.hpp; its backoffs and failure reports, relay_retry.hpp;
+// its own thread and the refusal of calls from inside a step, relay_thread.hpp.
+#ifndef EVBUS_PARTS_RELAY_HPP
+#define EVBUS_PARTS_RELAY_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
 /**
  * @brief Emits the events of an outbox store into a bus, at least once, in sequence order, and
  * marks them delivered (evbus::ack_mode); retries every failure with backoff for ever.
@@ -9662,7 +9996,7 @@ class basic_relay {
               Codec payload_codec = Codec{})
       : store_(&store), bus_(&target), options_(std::move(options)),
         codec_(std::move(payload_codec)) {
-    check_options(options_);
+    detail::check_relay_options(options_);
     if (!options_.clock) options_.clock = std::make_shared<real_clock>();
     clock_ = options_.clock;
     time_every_send_ = clock_->is_manual();
@@ -9672,7 +10006,7 @@ class basic_relay {
     if (clock_->is_manual()) {
       // The listener holds the sleep state, not the relay: a call of it still running when
       // the relay is gone touches nothing freed.
-      listener_ = clock_->add_listener([sleep = sleep_] { sleep->wake(); });
+      listener_ = clock_->add_listener(thread_.waker());
     }
   }
 
@@ -9695,13 +10029,7 @@ class basic_relay {
    * turns).
    */
   void start() {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-      sleep_->stopping = false;
-    }
-    thread_ = std::thread([this] { run(); });
+    thread_.start([this] { run(); });
   }
 
   /**
@@ -9711,24 +10039,13 @@ class basic_relay {
    * stop() called from a handler the relay is emitting to throw evbus::waits_for_itself.
    */
   void stop() {
-    not_inside("stop()");
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) {
-      {
-        std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-        sleep_->stopping = true;
-      }
-      sleep_->wake_up.notify_all();
-      thread_.join();
-    }
+    stepping_.refuse_inside("stop()");
+    thread_.stop();
     flush();
   }
 
   /// True while the relay's own thread runs.
-  bool running() const {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    return thread_.joinable();
-  }
+  bool running() const { return thread_.running(); }
 
   /**
    * @brief One step on the calling thread: marks what is due, reads one batch, emits it, marks
@@ -9736,9 +10053,9 @@ class basic_relay {
    * emitted. Never waits (except, with after_handled, for the executor's drain()).
    */
   std::size_t poll() {
-    not_inside("poll()");
+    stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -9750,9 +10067,9 @@ class basic_relay {
    * its backoff. Returns how many events it emitted.
    */
   std::size_t run_until_idle() {
-    not_inside("run_until_idle()");
+    stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -9764,85 +10081,25 @@ class basic_relay {
    * executor drained them). Returns false if that failed (reported; they are emitted again).
    */
   bool flush() {
-    not_inside("flush()");
+    stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
   }
 
   /// Wakes the relay's thread now (e.g. after a commit) instead of after idle_wait.
-  void wake() { sleep_->wake(); }
+  void wake() { thread_.wake(); }
 
   /// The five metrics and the counts, read now.
-  relay_stats stats() const {
-    relay_stats s;
-    s.store_time = store_time_.read().summary();
-    s.store_errors = store_errors_.load(std::memory_order_relaxed);
-    s.send_time = send_time_.read().summary();
-    s.send_errors = send_errors_.load(std::memory_order_relaxed);
-    s.cleanup_time = cleanup_time_.read().summary();
-    s.cleanup_errors = cleanup_errors_.load(std::memory_order_relaxed);
-    s.emitted = emitted_count_.load(std::memory_order_relaxed);
-    s.marked = marked_count_.load(std::memory_order_relaxed);
-    s.purged = purged_count_.load(std::memory_order_relaxed);
-    return s;
-  }
+  relay_stats stats() const { return meter_.read(); }
 
   /// The options, as given (with the clock filled in).
   const relay_options& options() const noexcept { return options_; }
 
  private:
   using real = std::chrono::steady_clock;
-
-  static void check_options(const relay_options& o) {
-    const auto bad = [](const std::string& what) {
-      throw invalid_argument("evbus: relay_options: " + what);
-    };
-    const auto ns = [](std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; };
-    if (o.batch_size == 0) bad("batch_size must be at least 1 (got 0)");
-    if (o.ack == ack_mode::after_handled && o.executor == nullptr) {
-      bad("ack_mode::after_handled needs the executor whose drain() it waits for (executor is "
-          "null)");
-    }
-    if (o.ack_interval.count() <= 0) bad("ack_interval must be positive (got " + ns(o.ack_interval) + ")");
-    if (o.backoff_base.count() < 0) {
-      bad("backoff_base must not be negative (got " + ns(o.backoff_base) + ")");
-    }
-    if (o.backoff_cap < o.backoff_base) {
-      bad("backoff_cap (" + ns(o.backoff_cap) + ") must not be below backoff_base (" +
-          ns(o.backoff_base) + ")");
-    }
-    if (o.retention && o.retention->count() < 0) {
-      bad("retention must not be negative (got " + ns(*o.retention) + ")");
-    }
-    if (o.purge_interval.count() <= 0) {
-      bad("purge_interval must be positive (got " + ns(o.purge_interval) + ")");
-    }
-    if (o.idle_wait.count() <= 0) bad("idle_wait must be positive (got " + ns(o.idle_wait) + ")");
-  }
-
-  /// Marks the thread running a step for its duration.
-  struct stepping_scope {
-    explicit stepping_scope(std::atomic<std::thread::id>& s) : slot(s) {
-      slot.store(std::this_thread::get_id(), std::memory_order_relaxed);
-    }
-    ~stepping_scope() { slot.store(std::thread::id{}, std::memory_order_relaxed); }
-    stepping_scope(const stepping_scope&) = delete;
-    stepping_scope& operator=(const stepping_scope&) = delete;
-    std::atomic<std::thread::id>& slot;
-  };
-
-  /// Refuses a call from inside a step (a handler the relay is running): it would wait for
-  /// itself.
-  void not_inside(const char* call) const {
-    if (stepping_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
-      throw waits_for_itself(std::string("evbus: basic_relay::") + call +
-                             " called from inside the relay's own step (a handler it is "
-                             "emitting to): it would wait for itself");
-    }
-  }
 
   /// The wall-clock time marks and purges use: the system clock, or with a manual relay clock
   /// the time the relay was made plus how far that clock moved since.
@@ -9858,7 +10115,7 @@ class basic_relay {
   bool step(std::size_t& emitted) {
     const steady_time now = clock_->now();
     purge_if_due(now);
-    if (now < retry_at_) return false;
+    if (now < retry_.retry_at()) return false;
     bool progressed = false;
     // What earlier steps emitted and did not mark yet: on the timer's due time (also in the
     // middle of a batch); in the other modes once their batch was emitted whole.
@@ -9881,13 +10138,13 @@ class basic_relay {
       try {
         batch_ = store_->read_pending(cursor_, options_.batch_size);
       } catch (...) {
-        store_errors_.fetch_add(1, std::memory_order_relaxed);
+        meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
         batch_.clear();
-        fail(relay_step::read, 0, std::current_exception());
+        retry_.fail(relay_step::read, 0, clock_->now(), std::current_exception());
         return false;
       }
-      store_time_.record(real::now() - t0);
-      succeeded(relay_step::read, 0);
+      meter_.store_time.record(real::now() - t0);
+      retry_.succeeded(relay_step::read, 0);
       if (batch_.empty()) {
         if (emitted_.empty()) cursor_ = 0;  // caught up: next time, from the oldest pending
         return progressed;
@@ -9937,15 +10194,15 @@ class basic_relay {
       o.occurred_at = e.occurred_at;
       bus_->emit(e.topic, std::move(data), std::move(o));
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(at, e.sequence, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(at, e.sequence, clock_->now(), std::current_exception());
       return false;
     }
-    if (timed) send_time_.record(real::now() - t0);
+    if (timed) meter_.send_time.record(real::now() - t0);
     // Only the stepping thread writes the counts: a plain store, no locked instruction.
-    emitted_count_.store(emitted_count_.load(std::memory_order_relaxed) + 1,
+    meter_.emitted.store(meter_.emitted.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
-    succeeded(relay_step::emit, e.sequence);
+    retry_.succeeded(relay_step::emit, e.sequence);
     return true;
   }
 
@@ -9954,11 +10211,11 @@ class basic_relay {
     try {
       options_.executor->drain();
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::handled, 0, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::handled, 0, clock_->now(), std::current_exception());
       return false;
     }
-    succeeded(relay_step::handled, 0);
+    retry_.succeeded(relay_step::handled, 0);
     return true;
   }
 
@@ -9970,18 +10227,18 @@ class basic_relay {
     try {
       store_->mark_delivered(emitted_, wall_now());
     } catch (...) {
-      store_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::mark, 0, std::current_exception());
+      meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::mark, 0, clock_->now(), std::current_exception());
       emitted_.clear();
       batch_.clear();
       next_ = 0;
       cursor_ = 0;
       return false;
     }
-    store_time_.record(real::now() - t0);
-    marked_count_.fetch_add(emitted_.size(), std::memory_order_relaxed);
+    meter_.store_time.record(real::now() - t0);
+    meter_.marked.fetch_add(emitted_.size(), std::memory_order_relaxed);
     emitted_.clear();
-    succeeded(relay_step::mark, 0);
+    retry_.succeeded(relay_step::mark, 0);
     return true;
   }
 
@@ -9991,72 +10248,14 @@ class basic_relay {
     try {
       const std::size_t n = store_->purge_delivered(
           wall_now() - std::chrono::duration_cast<time_point::duration>(*options_.retention));
-      cleanup_time_.record(real::now() - t0);
-      purged_count_.fetch_add(n, std::memory_order_relaxed);
-      purge_failures_ = 0;
+      meter_.cleanup_time.record(real::now() - t0);
+      meter_.purged.fetch_add(n, std::memory_order_relaxed);
+      retry_.purge_succeeded();
       next_purge_ = detail::add_saturated(now, options_.purge_interval);
     } catch (...) {
-      cleanup_errors_.fetch_add(1, std::memory_order_relaxed);
-      const auto wait = std::min(backoff(++purge_failures_), options_.purge_interval);
-      next_purge_ = detail::add_saturated(now, wait);
-      report(relay_step::purge, 0, purge_failures_, wait, std::current_exception());
+      meter_.cleanup_errors.fetch_add(1, std::memory_order_relaxed);
+      next_purge_ = retry_.purge_failed(now, std::current_exception());
     }
-  }
-
-  std::chrono::nanoseconds backoff(std::uint64_t attempt) const {
-    auto d = options_.backoff_base;
-    for (std::uint64_t i = 1; i < attempt && d < options_.backoff_cap; ++i) {
-      d = d > options_.backoff_cap / 2 ? options_.backoff_cap : d * 2;
-    }
-    return std::min(d, options_.backoff_cap);
-  }
-
-  /// A failure of `s`: counts it, sets the backoff, reports.
-  void fail(relay_step s, std::uint64_t sequence, std::exception_ptr error) {
-    if (failing_step_ != s || failing_sequence_ != sequence) failures_ = 0;
-    failing_step_ = s;
-    failing_sequence_ = sequence;
-    const std::uint64_t attempt = ++failures_;
-    const auto wait = backoff(attempt);
-    retry_at_ = detail::add_saturated(clock_->now(), wait);
-    report(s, sequence, attempt, wait, std::move(error));
-  }
-
-  /// A success of `s`: the backoff of that step starts again from the base.
-  void succeeded(relay_step s, std::uint64_t sequence) noexcept {
-    if (failures_ != 0 && failing_step_ == s && failing_sequence_ == sequence) failures_ = 0;
-  }
-
-  void report(relay_step s, std::uint64_t sequence, std::uint64_t attempt,
-              std::chrono::nanoseconds wait, std::exception_ptr error) {
-    relay_failure f;
-    f.step = s;
-    f.sequence = sequence;
-    f.attempt = attempt;
-    f.retry_in = wait;
-    f.error = error;
-    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
-    f.message = "evbus: relay: ";
-    f.message += to_string(s);
-    if (sequence != 0) {
-      f.message += " of event ";
-      f.message += std::to_string(sequence);
-    }
-    f.message += " failed: ";
-    f.message += detail::describe(error);
-    f.message += "; attempt ";
-    f.message += std::to_string(attempt);
-    f.message += ", retrying in ";
-    f.message += detail::format_duration(wait);
-    if (options_.on_error) {
-      try {
-        options_.on_error(f);
-        return;
-      } catch (...) {
-        f.message += " (on_error threw: " + detail::describe(std::current_exception()) + ")";
-      }
-    }
-    std::fprintf(stderr, "%s\n", f.message.c_str());
   }
 
   /// The relay's own thread.
@@ -10066,27 +10265,23 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const stepping_scope scope(stepping_);
+        const detail::step_holder::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
-        if (retry_at_ > clock_->now()) due = retry_at_;
+        if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
         if (!emitted_.empty() && options_.ack == ack_mode::on_timer) due = std::min(due, ack_due_);
         if (options_.retention) due = std::min(due, next_purge_);
       }
-      std::unique_lock<std::mutex> lock(sleep_->mutex);
-      if (sleep_->stopping) return;
-      if (progressed) continue;
+      if (progressed) {
+        if (thread_.stopping()) return;
+        continue;
+      }
       auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.idle_wait);
       if (!clock_->is_manual() && due != steady_time::max()) {
         const auto until = due - clock_->now();
         if (until < wait) wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until);
       }
-      if (wait.count() > 0) {
-        sleep_->wake_up.wait_for(lock, detail::bounded_wait(wait),
-                                 [this] { return sleep_->stopping || sleep_->woken; });
-      }
-      sleep_->woken = false;
-      if (sleep_->stopping) return;
+      if (!thread_.sleep(wait)) return;
     }
   }
 
@@ -10107,36 +10302,14 @@ class basic_relay {
   std::uint32_t send_tick_ = 0;      ///< counts emits, for the one-in-8 sample of send time
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
-  steady_time retry_at_{};           ///< no step before this (backoff)
   steady_time next_purge_{};
-  std::uint64_t failures_ = 0;       ///< consecutive failures of failing_step_
-  relay_step failing_step_ = relay_step::read;
-  std::uint64_t failing_sequence_ = 0;
-  std::uint64_t purge_failures_ = 0;
+  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
 
-  detail::log_histogram store_time_, send_time_, cleanup_time_;
-  std::atomic<std::uint64_t> store_errors_{0}, send_errors_{0}, cleanup_errors_{0};
-  std::atomic<std::uint64_t> emitted_count_{0}, marked_count_{0}, purged_count_{0};
+  detail::relay_meter meter_;  ///< behind stats()
 
-  std::atomic<std::thread::id> stepping_{};  ///< the thread running a step, if any
+  detail::step_holder stepping_;  ///< the thread running a step, if any
 
-  mutable std::mutex thread_mutex_;  ///< start(), stop(), running()
-  std::thread thread_;
-  /// The thread's sleep: what wakes it, and whether it must end.
-  struct sleep_state {
-    std::mutex mutex;
-    std::condition_variable wake_up;
-    bool stopping = false;
-    bool woken = false;
-    void wake() {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        woken = true;
-      }
-      wake_up.notify_all();
-    }
-  };
-  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
+  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

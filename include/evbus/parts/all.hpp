@@ -89,6 +89,9 @@
 #include "ordered.hpp"
 
 // 7. The relay of the durable outbox (it may wait for the executor)
+#include "relay_options.hpp"
+#include "relay_retry.hpp"
+#include "relay_thread.hpp"
 #include "relay.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

@@ -59,6 +59,8 @@
 #include "outbox_store.hpp"
 #include "codec.hpp"
 #include "outbox.hpp"
+#include "byte_order.hpp"
+#include "crc32c.hpp"
 #include "journal_format.hpp"
 #include "journal_io.hpp"
 #include "journal_index.hpp"

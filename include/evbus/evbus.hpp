@@ -1432,19 +1432,19 @@ struct handler_entry {
 template <class Data>
 using handler_list = std::vector<std::shared_ptr<handler_entry<Data>>>;
 
-/// A registered topic. The bus swaps `handlers` whole on every change (copy on write); an emit
+/// A registered topic's entry: its name and its handler list. The bus swaps `handlers` whole on every change (copy on write); an emit
 /// reads the list once and works on it, so it sees the subscriptions as they were when it
 /// started.
 template <class Data>
-struct topic_slot {
-  explicit topic_slot(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
+struct topic_entry {
+  explicit topic_entry(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
   const std::shared_ptr<const topic_name> name;
   std::atomic<const handler_list<Data>*> handlers{nullptr};
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
 /// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
-/// names owned by the slots.
+/// names owned by the topic entries.
 /// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
 /// string_view is a general byte hash, two to three times slower on short names).
 inline std::uint64_t hash_topic(std::string_view s) noexcept {
@@ -1479,49 +1479,49 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
 /**
  * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
  * The bus changes it in place, under its lock, while emits read it without one: a topic is
- * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
- * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
- * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * added by filling an empty bucket (hash first, then the topic pointer), removed by replacing
+ * its topic pointer with `tombstone`. An emit that reads a topic pointer sees the hash written
+ * before it. When live topics and tombstones would fill more than half of it, the bus builds
  * a bigger one and retires this one: amortised O(1) per topic.
  */
 template <class Data>
 struct topic_index {
-  struct entry {
+  struct bucket {
     std::atomic<std::uint64_t> hash{0};
-    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
+    std::atomic<topic_entry<Data>*> topic{nullptr};  // nullptr: empty; &tombstone: removed
   };
 
   explicit topic_index(std::size_t capacity)
-      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+      : table(new bucket[capacity]), mask(capacity - 1), size(capacity) {}
 
-  const std::unique_ptr<entry[]> table;
+  const std::unique_ptr<bucket[]> table;
   const std::size_t mask;
   const std::size_t size;
   std::size_t live = 0;        // writer side
   std::size_t tombstones = 0;  // writer side
-  topic_slot<Data> tombstone{nullptr};
+  topic_entry<Data> tombstone{nullptr};
 
   /// True when `more` topics can be added without filling more than half of the table.
   bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
 
   /// Adds a topic not in the table; requires has_room(1).
-  void insert(topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void insert(topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     std::size_t i = h & mask;
-    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    while (table[i].topic.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
     table[i].hash.store(h, std::memory_order_relaxed);
-    table[i].slot.store(slot, std::memory_order_seq_cst);
+    table[i].topic.store(topic, std::memory_order_seq_cst);
     ++live;
   }
 
   /// Removes a topic that is in the table.
-  void erase(const topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void erase(const topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
-      if (s == nullptr) return;
-      if (s == slot) {
-        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+      topic_entry<Data>* t = table[i].topic.load(std::memory_order_relaxed);
+      if (t == nullptr) return;
+      if (t == topic) {
+        table[i].topic.store(&tombstone, std::memory_order_seq_cst);
         --live;
         ++tombstones;
         return;
@@ -1529,15 +1529,15 @@ struct topic_index {
     }
   }
 
-  topic_slot<Data>* find(std::string_view name) const noexcept {
+  topic_entry<Data>* find(std::string_view name) const noexcept {
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      const entry& e = table[i];
-      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
-      if (s == nullptr) return nullptr;
-      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
-          s->name->value == name) {
-        return s;
+      const bucket& b = table[i];
+      topic_entry<Data>* t = b.topic.load(std::memory_order_seq_cst);
+      if (t == nullptr) return nullptr;
+      if (t != &tombstone && b.hash.load(std::memory_order_relaxed) == h &&
+          t->name->value == name) {
+        return t;
       }
     }
   }
@@ -1564,7 +1564,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 // ---- reclamation.hpp -------------------------------------------------
 // evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
-// Owns deferred reclamation. A registration change publishes new handler lists, topic slots
+// Owns deferred reclamation. A registration change publishes new handler lists, topic entries
 // or a new index, and retires the old ones; emits running meanwhile may still read them. A
 // retire_list keeps them, marked with the emits in progress (emit_tracking.hpp), and hands
 // them back for destruction once those emits are over. It keeps the guarantee that no emit
@@ -1693,7 +1693,7 @@ class bus_registrations : public retire_list {
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
-  using slot_type = detail::topic_slot<Data>;
+  using topic_entry = detail::topic_entry<Data>;
 
   bus_registrations() { init(); }
 
@@ -1737,7 +1737,7 @@ class bus_registrations : public retire_list {
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
-      std::vector<detail::topic_slot<Data>*> subscribed;
+      std::vector<topic_entry*> subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
       for (auto it = topics_.lower_bound(entry->prefix);
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
@@ -1748,10 +1748,10 @@ class bus_registrations : public retire_list {
       handlers_.emplace(entry->key, entry);
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
-      for (auto* slot : subscribed) {
-        auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
+      for (auto* topic : subscribed) {
+        auto list = std::make_shared<detail::handler_list<Data>>(*topic->handlers_owner);
         list->push_back(entry);
-        publish(*slot, std::move(list));
+        publish(*topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -1771,15 +1771,15 @@ class bus_registrations : public retire_list {
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
       for (auto t = topics_.lower_bound(entry->prefix);
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
-        auto& slot = *t->second;
-        const auto& old = *slot.handlers_owner;
+        auto& topic = *t->second;
+        const auto& old = *topic.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
         list->reserve(old.size() - 1);
         for (const auto& h : old) {
           if (h != entry) list->push_back(h);
         }
-        publish(slot, std::move(list));
+        publish(topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -1845,7 +1845,9 @@ class bus_registrations : public retire_list {
     }
   }
 
-  std::shared_ptr<slot_type> find_slot(std::string_view name) const {
+  /// The entry of the registered topic `name`, for a holder that outlives an emit (a handle,
+  /// a transaction's buffered event); evbus::unknown_topic.
+  std::shared_ptr<topic_entry> find_entry(std::string_view name) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = topics_.find(name);
     if (it == topics_.end()) throw unknown_topic(name);
@@ -1853,7 +1855,7 @@ class bus_registrations : public retire_list {
   }
 
   /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
-  const slot_type& find_registered(std::string_view name) const {
+  const topic_entry& find_registered(std::string_view name) const {
     const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
     if (found == nullptr) throw unknown_topic(name);
     return *found;
@@ -1901,13 +1903,13 @@ class bus_registrations : public retire_list {
         added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      std::vector<std::shared_ptr<slot_type>> slots;
-      slots.reserve(added.size());
-      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      std::vector<std::shared_ptr<topic_entry>> entries;
+      entries.reserve(added.size());
+      for (auto& [name, list] : added) entries.push_back(revive(std::string(name), std::move(list)));
       make_index_room(added.size());
-      for (auto& slot : slots) {
-        index_owner_->insert(slot.get());
-        topics_.emplace(slot->name->value, std::move(slot));
+      for (auto& topic : entries) {
+        index_owner_->insert(topic.get());
+        topics_.emplace(topic->name->value, std::move(topic));
       }
       retire_later(garbage);
     }
@@ -1922,17 +1924,17 @@ class bus_registrations : public retire_list {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
-        std::shared_ptr<slot_type> slot = std::move(it->second);
+        std::shared_ptr<topic_entry> topic = std::move(it->second);
         topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*slot, deregistered_);
-        index_owner_->erase(slot.get());
-        // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[slot->name->value] = slot;
-        // An emit that found the slot may still read it.
-        retire(std::move(slot));
+        publish(*topic, deregistered_);
+        index_owner_->erase(topic.get());
+        // A handle may still hold the entry; remember it so re-registering the name revives it.
+        dormant_[topic->name->value] = topic;
+        // An emit that found the entry may still read it.
+        retire(std::move(topic));
         changed = true;
       }
       if (!changed) return;
@@ -1947,28 +1949,28 @@ class bus_registrations : public retire_list {
     }
   }
 
-  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// The entry for a topic being registered, with its handler list: the one a live handle
   /// still holds, or a new one.
-  std::shared_ptr<slot_type> revive(std::string name,
+  std::shared_ptr<topic_entry> revive(std::string name,
                                     std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
-      std::shared_ptr<slot_type> slot = it->second.lock();
+      std::shared_ptr<topic_entry> topic = it->second.lock();
       dormant_.erase(it);
-      if (slot) {
-        publish(*slot, std::move(list));
-        return slot;
+      if (topic) {
+        publish(*topic, std::move(list));
+        return topic;
       }
     }
-    auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers.store(list.get(), std::memory_order_seq_cst);
-    slot->handlers_owner = std::move(list);
-    return slot;
+    auto topic = std::make_shared<topic_entry>(std::make_shared<const detail::topic_name>(name));
+    topic->handlers.store(list.get(), std::memory_order_seq_cst);
+    topic->handlers_owner = std::move(list);
+    return topic;
   }
 
-  void publish(slot_type& slot, std::shared_ptr<const detail::handler_list<Data>> list) {
-    slot.handlers.store(list.get(), std::memory_order_seq_cst);
-    retire(std::exchange(slot.handlers_owner, std::move(list)));
+  void publish(topic_entry& topic, std::shared_ptr<const detail::handler_list<Data>> list) {
+    topic.handlers.store(list.get(), std::memory_order_seq_cst);
+    retire(std::exchange(topic.handlers_owner, std::move(list)));
   }
 
   /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
@@ -1985,8 +1987,8 @@ class bus_registrations : public retire_list {
   }
 
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<slot_type>, std::less<>> topics_;
-  std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
+  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
   std::shared_ptr<detail::topic_index<Data>> index_owner_;
@@ -2043,7 +2045,7 @@ class bus_emitter : public bus_registrations<Data> {
  public:
   using event_type = basic_event<Data>;
   using id_generator = std::function<std::string()>;
-  using typename base::slot_type;
+  using typename base::topic_entry;
 
   std::string new_id() {
     if (!default_ids_) return generator_();
@@ -2056,7 +2058,7 @@ class bus_emitter : public bus_registrations<Data> {
   /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
-  void for_each_handler(const slot_type& topic, Fn&& fn) {
+  void for_each_handler(const topic_entry& topic, Fn&& fn) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
@@ -2073,15 +2075,15 @@ class bus_emitter : public bus_registrations<Data> {
     }
   }
 
-  /// Emits on a slot held by the caller (a handle or a transaction).
-  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
+  /// Emits on a topic entry held by the caller (a handle or a transaction).
+  emit_result emit_on(const topic_entry& topic, Data&& data, emit_options&& options) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
-  emit_result emit_on(const slot_type& topic, Data&& data) {
+  emit_result emit_on(const topic_entry& topic, Data&& data) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
@@ -2092,7 +2094,7 @@ class bus_emitter : public bus_registrations<Data> {
   using base::deregistered_;
   using base::hook_;
 
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data,
                        emit_options&& options) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
@@ -2147,7 +2149,7 @@ class bus_emitter : public bus_registrations<Data> {
   }
 
   /// dispatch without options.
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
     const time_point at = detail::wall_now();
@@ -2494,7 +2496,7 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handle must not outlive the bus.
    */
   basic_topic_handle<Data> topic(std::string_view name) {
-    return basic_topic_handle<Data>(this, this->find_slot(name));
+    return basic_topic_handle<Data>(this, this->find_entry(name));
   }
 
   /**
@@ -2526,7 +2528,7 @@ using bus = basic_bus<std::any>;
 // ---- topic_handle.hpp -------------------------------------------------
 // evbus/parts/topic_handle.hpp: a registered topic to emit on without a name lookup.
 //
-// A handle holds the topic's slot; once the topic is deregistered, emitting through it throws
+// A handle holds the topic's entry; once the topic is deregistered, emitting through it throws
 // unknown_topic, and it works again once the name is registered again.
 #ifndef EVBUS_PARTS_TOPIC_HANDLE_HPP
 #define EVBUS_PARTS_TOPIC_HANDLE_HPP
@@ -2552,15 +2554,15 @@ template <class Data>
 class basic_topic_handle {
  public:
   /// The topic's name.
-  const std::string& name() const noexcept { return slot_->name->value; }
+  const std::string& name() const noexcept { return topic_->name->value; }
 
   /// Same as `bus.emit(name(), data, options)`, without the lookup.
   emit_result emit(Data data, emit_options options) const {
-    return bus_->emit_on(*slot_, std::move(data), std::move(options));
+    return bus_->emit_on(*topic_, std::move(data), std::move(options));
   }
 
   /// The same with no options.
-  emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+  emit_result emit(Data data) const { return bus_->emit_on(*topic_, std::move(data)); }
 
   /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
   template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
@@ -2576,10 +2578,10 @@ class basic_topic_handle {
 
  private:
   friend class basic_bus<Data>;
-  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_slot<Data>> slot)
-      : bus_(owner), slot_(std::move(slot)) {}
+  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_entry<Data>> topic)
+      : bus_(owner), topic_(std::move(topic)) {}
   basic_bus<Data>* bus_;
-  std::shared_ptr<detail::topic_slot<Data>> slot_;
+  std::shared_ptr<detail::topic_entry<Data>> topic_;
 };
 
 /// A topic handle of evbus::bus.
@@ -4585,15 +4587,15 @@ class basic_transaction {
     {
       detail::commit_scope reservations(ctx);
       for (const auto& e : pending_) {
-        bus_->for_each_handler(*e.slot, [&](const typename basic_bus<Data>::handler_type& fn) {
-          detail::commit_reserver<Data>::reserve(fn, ctx, e.slot->name->value, e.options.key,
+        bus_->for_each_handler(*e.topic, [&](const typename basic_bus<Data>::handler_type& fn) {
+          detail::commit_reserver<Data>::reserve(fn, ctx, e.topic->name->value, e.options.key,
                                                  e.id);
         });
       }
       // Every place is taken: from here on, nothing is refused.
       reservations.enter();
       basic_bus<Data>* target = std::exchange(bus_, nullptr);
-      std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
+      std::vector<buffered_event> events = std::move(pending_);  // the ids keep their addresses
       pending_.clear();
       emit_all(target, events, ctx);
     }
@@ -4610,15 +4612,15 @@ class basic_transaction {
   bool open() const noexcept { return bus_ != nullptr; }
 
  private:
-  struct entry;
+  struct buffered_event;
 
-  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+  void emit_all(basic_bus<Data>* target, std::vector<buffered_event>& events,
                 detail::commit_context& ctx) {
     std::vector<handler_errors::failure> failures;
     for (auto& e : events) {
       ctx.current = &e.id;
       try {
-        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+        target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
         failures.push_back({e.id, std::current_exception()});
       }
@@ -4645,7 +4647,7 @@ class basic_transaction {
    */
   template <class Fn>
   void for_each_pending(Fn&& fn) const {
-    for (const auto& e : pending_) fn(std::string_view(e.slot->name->value), e.data, e.options);
+    for (const auto& e : pending_) fn(std::string_view(e.topic->name->value), e.data, e.options);
   }
 
  private:
@@ -4656,17 +4658,18 @@ class basic_transaction {
       throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
                              " cannot emit an event with tx_id " + detail::quote(options.tx_id));
     }
-    auto slot = bus_->find_slot(topic);
+    auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
     if (options.id.empty()) options.id = bus_->new_id();
     std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    pending_.push_back(buffered_event{std::move(entry), std::move(data), std::move(options), id});
     return id;
   }
 
   friend class basic_bus<Data>;
-  struct entry {
-    std::shared_ptr<detail::topic_slot<Data>> slot;
+  /// An event emitted into the transaction, waiting for commit.
+  struct buffered_event {
+    std::shared_ptr<detail::topic_entry<Data>> topic;
     Data data;
     emit_options options;
     std::string id;
@@ -4684,7 +4687,7 @@ class basic_transaction {
 
   basic_bus<Data>* bus_;
   std::string tx_id_;
-  std::vector<entry> pending_;
+  std::vector<buffered_event> pending_;
 };
 
 /// A transaction of evbus::bus.

@@ -300,7 +300,7 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handle must not outlive the bus.
    */
   basic_topic_handle<Data> topic(std::string_view name) {
-    return basic_topic_handle<Data>(this, this->find_slot(name));
+    return basic_topic_handle<Data>(this, this->find_entry(name));
   }
 
   /**

@@ -38,7 +38,7 @@ class bus_emitter : public bus_registrations<Data> {
  public:
   using event_type = basic_event<Data>;
   using id_generator = std::function<std::string()>;
-  using typename base::slot_type;
+  using typename base::topic_entry;
 
   std::string new_id() {
     if (!default_ids_) return generator_();
@@ -51,7 +51,7 @@ class bus_emitter : public bus_registrations<Data> {
   /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
-  void for_each_handler(const slot_type& topic, Fn&& fn) {
+  void for_each_handler(const topic_entry& topic, Fn&& fn) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
@@ -68,15 +68,15 @@ class bus_emitter : public bus_registrations<Data> {
     }
   }
 
-  /// Emits on a slot held by the caller (a handle or a transaction).
-  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
+  /// Emits on a topic entry held by the caller (a handle or a transaction).
+  emit_result emit_on(const topic_entry& topic, Data&& data, emit_options&& options) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     return dispatch(slot, topic, std::move(data), std::move(options));
   }
 
-  emit_result emit_on(const slot_type& topic, Data&& data) {
+  emit_result emit_on(const topic_entry& topic, Data&& data) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
@@ -87,7 +87,7 @@ class bus_emitter : public bus_registrations<Data> {
   using base::deregistered_;
   using base::hook_;
 
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data,
                        emit_options&& options) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
@@ -142,7 +142,7 @@ class bus_emitter : public bus_registrations<Data> {
   }
 
   /// dispatch without options.
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data) {
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
     const time_point at = detail::wall_now();

@@ -35,7 +35,9 @@ class basic_topic_handle {
   }
 
   /// The same with no options.
-  emit_result emit(Data data) const { return bus_->emit_on(*topic_, std::move(data)); }
+  emit_result emit(Data data) const {
+    return bus_->emit_on(*topic_, std::move(data), detail::no_options{});
+  }
 
   /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
   template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>

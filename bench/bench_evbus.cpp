@@ -919,10 +919,10 @@ constexpr std::uint64_t kLatencyBatch = 1000;
 constexpr std::chrono::nanoseconds kLatencyPeriod{20000};  // one event every 20 us
 
 /// The payload of the latency benchmark: the steady-clock time just before the emit, and the
-/// event's slot in the batch's sample array.
+/// event's index in the batch's sample array.
 struct stamped_item {
   std::int64_t sent_ns;
-  std::uint64_t slot;
+  std::uint64_t index;
 };
 
 std::int64_t steady_ns() noexcept {
@@ -952,7 +952,7 @@ void executor_latency(benchmark::State& state, load how) {
   bus.register_topics("bench.latency");
   bus.register_handler("ordered", "bench\\.latency",
                        evbus::ordered<stamped_item>(exec, [&batch](const stamped_event& e) {
-                         batch[e.data.slot] = steady_ns() - e.data.sent_ns;
+                         batch[e.data.index] = steady_ns() - e.data.sent_ns;
                        }));
   auto topic = bus.topic("bench.latency");
   const auto& keys = key_names();

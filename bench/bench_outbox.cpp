@@ -23,14 +23,13 @@
 // After the runs, the ratios of the medians (or of the single runs) are printed.
 #include "evbus/evbus.hpp"
 
+#include "bench_support.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <filesystem>
-#include <map>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -38,8 +37,6 @@
 #include <unistd.h>
 
 namespace {
-
-namespace fs = std::filesystem;
 
 enum class policy { every_commit, every_10ms, never };
 const policy all_policies[] = {policy::every_commit, policy::every_10ms, policy::never};
@@ -69,34 +66,7 @@ evbus::sync_policy sync_of(policy p) {
   return evbus::sync_policy::never();
 }
 
-/// The benchmark's directory under TMPDIR, and a fresh subdirectory per benchmark.
-class bench_dir {
- public:
-  bench_dir() {
-    std::random_device rd;
-    root_ = fs::temp_directory_path() / ("evbus-bench-outbox-" + std::to_string(rd()));
-    fs::create_directories(root_);
-  }
-  ~bench_dir() {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  std::string fresh(const std::string& name) {
-    const fs::path p = root_ / (name + "-" + std::to_string(++count_));
-    fs::create_directories(p);
-    return p.string();
-  }
-  void remove(const std::string& dir) {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
- private:
-  fs::path root_;
-  int count_ = 0;
-};
-
-bench_dir* dirs = nullptr;
+bench_support::bench_dir* dirs = nullptr;
 
 /// The one event every commit carries: default-sized ids, a key, a small payload.
 evbus::outbox_event sample_event() {
@@ -181,49 +151,28 @@ void BM_outbox_commit(benchmark::State& state, policy p) {
   state.SetItemsProcessed(state.iterations());
 }
 
-/// Reports as the console does, and keeps each benchmark's commits per second (the median when
-/// there are repetitions) for the ratios printed at the end.
-class ratio_reporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const auto& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type == Run::RT_Aggregate && !median) continue;
-      const auto it = run.counters.find("items_per_second");
-      if (it == run.counters.end()) continue;
-      const std::string name = run.run_name.function_name;
-      if (median || medians_.count(name) == 0) rate_[name] = it->second.value;
-      if (median) medians_.insert({name, true});
+/// The journal's and the outbox's commits per second against the hand-written writes', per
+/// sync policy.
+void print_ratios(const bench_support::rate_reporter& rates) {
+  std::printf("\ncommits per second, ratio to BM_baseline_write of the same policy (goal for "
+              "BM_journal_append: >= 0.90):\n");
+  for (policy p : all_policies) {
+    const std::string suffix = std::string("/") + name_of(p);
+    const double base = rates.rate("BM_baseline_write" + suffix);
+    if (base <= 0) continue;
+    for (const char* what : {"BM_journal_append", "BM_outbox_commit"}) {
+      const double rate = rates.rate(what + suffix);
+      if (rate <= 0) continue;
+      std::printf("  %-32s %12.0f/s  %.3fx  (baseline %.0f/s)\n", (what + suffix).c_str(), rate,
+                  rate / base, base);
     }
   }
-
-  void print_ratios() const {
-    std::printf("\ncommits per second, ratio to BM_baseline_write of the same policy (goal for "
-                "BM_journal_append: >= 0.90):\n");
-    for (policy p : all_policies) {
-      const std::string suffix = std::string("/") + name_of(p);
-      const auto base = rate_.find("BM_baseline_write" + suffix);
-      if (base == rate_.end() || base->second <= 0) continue;
-      for (const char* what : {"BM_journal_append", "BM_outbox_commit"}) {
-        const auto it = rate_.find(what + suffix);
-        if (it == rate_.end()) continue;
-        std::printf("  %-32s %12.0f/s  %.3fx  (baseline %.0f/s)\n", (what + suffix).c_str(),
-                    it->second, it->second / base->second, base->second);
-      }
-    }
-  }
-
- private:
-  std::map<std::string, double> rate_;
-  std::map<std::string, bool> medians_;
-};
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bench_dir root;
+  bench_support::bench_dir root("outbox");
   dirs = &root;
   for (policy p : all_policies) {
     const std::string suffix = std::string("/") + name_of(p);
@@ -234,11 +183,5 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("BM_outbox_commit" + suffix).c_str(), BM_outbox_commit, p)
         ->UseRealTime();
   }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  ratio_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.print_ratios();
-  benchmark::Shutdown();
-  return 0;
+  return bench_support::run(argc, argv, print_ratios);
 }

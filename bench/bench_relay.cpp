@@ -23,21 +23,18 @@
 // what the bus's emit adds too.
 #include "evbus/evbus.hpp"
 
+#include "bench_support.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <filesystem>
-#include <map>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 namespace {
-
-namespace fs = std::filesystem;
 
 constexpr std::size_t events_per_iteration = 4096;
 constexpr std::size_t batch = 256;
@@ -92,28 +89,7 @@ class vector_store final : public evbus::outbox_store {
   std::size_t first_pending_ = 0;
 };
 
-/// The benchmark's directory under TMPDIR.
-class bench_dir {
- public:
-  bench_dir() {
-    std::random_device rd;
-    std::string name = "evbus-bench-relay-";
-    name += std::to_string(rd());
-    root_ = fs::temp_directory_path() / name;
-    fs::create_directories(root_);
-  }
-  ~bench_dir() {
-    std::error_code ec;
-    fs::remove_all(root_, ec);
-  }
-  std::string fresh() { return (root_ / std::to_string(++count_)).string(); }
-
- private:
-  fs::path root_;
-  int count_ = 0;
-};
-
-bench_dir* dirs = nullptr;
+bench_support::bench_dir* dirs = nullptr;
 
 /// A store of the kind asked for (a journal in a fresh directory).
 std::unique_ptr<evbus::outbox_store> make_store(store_kind s) {
@@ -121,7 +97,7 @@ std::unique_ptr<evbus::outbox_store> make_store(store_kind s) {
   evbus::journal_options o;
   o.sync = s == store_kind::journal_never ? evbus::sync_policy::never()
                                           : evbus::sync_policy::every_commit();
-  return std::make_unique<evbus::file_journal>(dirs->fresh(), o);
+  return std::make_unique<evbus::file_journal>(dirs->fresh("journal"), o);
 }
 
 /// Appends the events of one iteration, in transactions of 64 (few syncs), untimed.
@@ -214,50 +190,28 @@ void BM_deliver(benchmark::State& state, variant v, store_kind kind) {
   state.SetItemsProcessed(static_cast<std::int64_t>(target.s.events));
 }
 
-/// Reports as the console does, and keeps each benchmark's events per second (the median when
-/// there are repetitions) for the ratios printed at the end.
-class ratio_reporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const auto& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type == Run::RT_Aggregate && !median) continue;
-      const auto it = run.counters.find("items_per_second");
-      if (it == run.counters.end()) continue;
-      const std::string name = run.run_name.function_name;
-      if (median || medians_.count(name) == 0) rate_[name] = it->second.value;
-      if (median) medians_.insert({name, true});
+/// BM_relay's events per second against the hand-written loops', per store.
+void print_ratios(const bench_support::rate_reporter& rates) {
+  std::printf("\nevents per second from store to handler, BM_relay's ratio to the hand-written "
+              "loops of the same store:\n");
+  for (store_kind s : all_stores) {
+    const std::string suffix = std::string("/") + name_of(s);
+    const double relay = rates.rate("BM_relay" + suffix);
+    if (relay <= 0) continue;
+    std::printf("  %-28s %12.0f/s", ("BM_relay" + suffix).c_str(), relay);
+    for (const char* base : {"BM_hand_emit", "BM_hand_call"}) {
+      const double rate = rates.rate(base + suffix);
+      if (rate <= 0) continue;
+      std::printf("  %.3fx %s (%.0f/s)", relay / rate, base + 3, rate);
     }
+    std::printf("\n");
   }
-
-  void print_ratios() const {
-    std::printf("\nevents per second from store to handler, BM_relay's ratio to the hand-written "
-                "loops of the same store:\n");
-    for (store_kind s : all_stores) {
-      const std::string suffix = std::string("/") + name_of(s);
-      const auto relay = rate_.find("BM_relay" + suffix);
-      if (relay == rate_.end()) continue;
-      std::printf("  %-28s %12.0f/s", ("BM_relay" + suffix).c_str(), relay->second);
-      for (const char* base : {"BM_hand_emit", "BM_hand_call"}) {
-        const auto it = rate_.find(base + suffix);
-        if (it == rate_.end() || it->second <= 0) continue;
-        std::printf("  %.3fx %s (%.0f/s)", relay->second / it->second, base + 3, it->second);
-      }
-      std::printf("\n");
-    }
-  }
-
- private:
-  std::map<std::string, double> rate_;
-  std::map<std::string, bool> medians_;
-};
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bench_dir root;
+  bench_support::bench_dir root("relay");
   dirs = &root;
   for (store_kind s : all_stores) {
     const std::string suffix = std::string("/") + name_of(s);
@@ -268,11 +222,5 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("BM_relay" + suffix).c_str(), BM_deliver, variant::relay, s)
         ->UseRealTime();
   }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  ratio_reporter reporter;
-  benchmark::RunSpecifiedBenchmarks(&reporter);
-  reporter.print_ratios();
-  benchmark::Shutdown();
-  return 0;
+  return bench_support::run(argc, argv, print_ratios);
 }

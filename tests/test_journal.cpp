@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -87,39 +86,7 @@ void flip_bit(const std::string& file, std::uint64_t bit) {
 
 const evbus::time_point t0{std::chrono::hours(480000)};
 
-/// CRC-32C one bit at a time, straight from the definition.
-std::uint32_t crc32c_bitwise(const unsigned char* p, std::size_t n) {
-  std::uint32_t crc = 0xFFFFFFFFU;
-  for (std::size_t i = 0; i < n; ++i) {
-    crc ^= p[i];
-    for (int b = 0; b < 8; ++b) crc = (crc & 1U) != 0 ? (crc >> 1) ^ 0x82F63B78U : crc >> 1;
-  }
-  return ~crc;
-}
-
 }  // namespace
-
-TEST_CASE("crc32c: the check value, the bitwise definition at every length and alignment, chaining") {
-  CHECK(evbus::detail::crc32c("123456789", 9) == 0xE3069283U);
-  CHECK(evbus::detail::crc32c_portable("123456789", 9) == 0xE3069283U);
-  CHECK(evbus::detail::crc32c("", 0) == 0U);
-  std::mt19937 rng(7);
-  std::vector<unsigned char> data(400);
-  for (auto& b : data) b = static_cast<unsigned char>(rng());
-  for (std::size_t offset = 0; offset < 8; ++offset) {
-    for (std::size_t n = 0; n + offset <= 300; ++n) {
-      const unsigned char* p = data.data() + offset;
-      REQUIRE(evbus::detail::crc32c(p, n) == crc32c_bitwise(p, n));  // the instruction, if any
-      REQUIRE(evbus::detail::crc32c_portable(p, n) == crc32c_bitwise(p, n));
-      const std::size_t half = n / 3;
-      REQUIRE(evbus::detail::crc32c(p + half, n - half, evbus::detail::crc32c(p, half)) ==
-              crc32c_bitwise(p, n));
-      REQUIRE(evbus::detail::crc32c_portable(p + half, n - half,
-                                             evbus::detail::crc32c_portable(p, half)) ==
-              crc32c_bitwise(p, n));
-    }
-  }
-}
 
 TEST_CASE("appended batches read back whole and in order, sequences from 1, also after reopening") {
   temp_dir dir;

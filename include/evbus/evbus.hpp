@@ -1448,19 +1448,19 @@ struct handler_entry {
 template <class Data>
 using handler_list = std::vector<std::shared_ptr<handler_entry<Data>>>;
 
-/// A registered topic. The bus swaps `handlers` whole on every change (copy on write); an emit
+/// A registered topic's entry: its name and its handler list. The bus swaps `handlers` whole on every change (copy on write); an emit
 /// reads the list once and works on it, so it sees the subscriptions as they were when it
 /// started.
 template <class Data>
-struct topic_slot {
-  explicit topic_slot(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
+struct topic_entry {
+  explicit topic_entry(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
   const std::shared_ptr<const topic_name> name;
   std::atomic<const handler_list<Data>*> handlers{nullptr};
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
 /// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
-/// names owned by the slots.
+/// names owned by the topic entries.
 /// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
 /// string_view is a general byte hash, two to three times slower on short names).
 inline std::uint64_t hash_topic(std::string_view s) noexcept {
@@ -1495,49 +1495,49 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
 /**
  * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
  * The bus changes it in place, under its lock, while emits read it without one: a topic is
- * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
- * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
- * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * added by filling an empty bucket (hash first, then the topic pointer), removed by replacing
+ * its topic pointer with `tombstone`. An emit that reads a topic pointer sees the hash written
+ * before it. When live topics and tombstones would fill more than half of it, the bus builds
  * a bigger one and retires this one: amortised O(1) per topic.
  */
 template <class Data>
 struct topic_index {
-  struct entry {
+  struct bucket {
     std::atomic<std::uint64_t> hash{0};
-    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
+    std::atomic<topic_entry<Data>*> topic{nullptr};  // nullptr: empty; &tombstone: removed
   };
 
   explicit topic_index(std::size_t capacity)
-      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+      : table(new bucket[capacity]), mask(capacity - 1), size(capacity) {}
 
-  const std::unique_ptr<entry[]> table;
+  const std::unique_ptr<bucket[]> table;
   const std::size_t mask;
   const std::size_t size;
   std::size_t live = 0;        // writer side
   std::size_t tombstones = 0;  // writer side
-  topic_slot<Data> tombstone{nullptr};
+  topic_entry<Data> tombstone{nullptr};
 
   /// True when `more` topics can be added without filling more than half of the table.
   bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
 
   /// Adds a topic not in the table; requires has_room(1).
-  void insert(topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void insert(topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     std::size_t i = h & mask;
-    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    while (table[i].topic.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
     table[i].hash.store(h, std::memory_order_relaxed);
-    table[i].slot.store(slot, std::memory_order_seq_cst);
+    table[i].topic.store(topic, std::memory_order_seq_cst);
     ++live;
   }
 
   /// Removes a topic that is in the table.
-  void erase(const topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void erase(const topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
-      if (s == nullptr) return;
-      if (s == slot) {
-        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+      topic_entry<Data>* t = table[i].topic.load(std::memory_order_relaxed);
+      if (t == nullptr) return;
+      if (t == topic) {
+        table[i].topic.store(&tombstone, std::memory_order_seq_cst);
         --live;
         ++tombstones;
         return;
@@ -1545,15 +1545,15 @@ struct topic_index {
     }
   }
 
-  topic_slot<Data>* find(std::string_view name) const noexcept {
+  topic_entry<Data>* find(std::string_view name) const noexcept {
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      const entry& e = table[i];
-      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
-      if (s == nullptr) return nullptr;
-      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
-          s->name->value == name) {
-        return s;
+      const bucket& b = table[i];
+      topic_entry<Data>* t = b.topic.load(std::memory_order_seq_cst);
+      if (t == nullptr) return nullptr;
+      if (t != &tombstone && b.hash.load(std::memory_order_relaxed) == h &&
+          t->name->value == name) {
+        return t;
       }
     }
   }
@@ -1580,7 +1580,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
 // ---- reclamation.hpp -------------------------------------------------
 // evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
-// Owns deferred reclamation. A registration change publishes new handler lists, topic slots
+// Owns deferred reclamation. A registration change publishes new handler lists, topic entries
 // or a new index, and retires the old ones; emits running meanwhile may still read them. A
 // retire_list keeps them, marked with the emits in progress (emit_tracking.hpp), and hands
 // them back for destruction once those emits are over. It keeps the guarantee that no emit
@@ -1709,7 +1709,7 @@ class bus_registrations : public retire_list {
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
-  using slot_type = detail::topic_slot<Data>;
+  using topic_entry = detail::topic_entry<Data>;
 
   bus_registrations() { init(); }
 
@@ -1753,7 +1753,7 @@ class bus_registrations : public retire_list {
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
-      std::vector<detail::topic_slot<Data>*> subscribed;
+      std::vector<topic_entry*> subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
       for (auto it = topics_.lower_bound(entry->prefix);
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
@@ -1764,10 +1764,10 @@ class bus_registrations : public retire_list {
       handlers_.emplace(entry->key, entry);
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
-      for (auto* slot : subscribed) {
-        auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
+      for (auto* topic : subscribed) {
+        auto list = std::make_shared<detail::handler_list<Data>>(*topic->handlers_owner);
         list->push_back(entry);
-        publish(*slot, std::move(list));
+        publish(*topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -1787,15 +1787,15 @@ class bus_registrations : public retire_list {
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
       for (auto t = topics_.lower_bound(entry->prefix);
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
-        auto& slot = *t->second;
-        const auto& old = *slot.handlers_owner;
+        auto& topic = *t->second;
+        const auto& old = *topic.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
         list->reserve(old.size() - 1);
         for (const auto& h : old) {
           if (h != entry) list->push_back(h);
         }
-        publish(slot, std::move(list));
+        publish(topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -1861,7 +1861,9 @@ class bus_registrations : public retire_list {
     }
   }
 
-  std::shared_ptr<slot_type> find_slot(std::string_view name) const {
+  /// The entry of the registered topic `name`, for a holder that outlives an emit (a handle,
+  /// a transaction's buffered event); evbus::unknown_topic.
+  std::shared_ptr<topic_entry> find_entry(std::string_view name) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = topics_.find(name);
     if (it == topics_.end()) throw unknown_topic(name);
@@ -1869,7 +1871,7 @@ class bus_registrations : public retire_list {
   }
 
   /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
-  const slot_type& find_registered(std::string_view name) const {
+  const topic_entry& find_registered(std::string_view name) const {
     const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
     if (found == nullptr) throw unknown_topic(name);
     return *found;
@@ -1917,13 +1919,13 @@ class bus_registrations : public retire_list {
         added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      std::vector<std::shared_ptr<slot_type>> slots;
-      slots.reserve(added.size());
-      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      std::vector<std::shared_ptr<topic_entry>> entries;
+      entries.reserve(added.size());
+      for (auto& [name, list] : added) entries.push_back(revive(std::string(name), std::move(list)));
       make_index_room(added.size());
-      for (auto& slot : slots) {
-        index_owner_->insert(slot.get());
-        topics_.emplace(slot->name->value, std::move(slot));
+      for (auto& topic : entries) {
+        index_owner_->insert(topic.get());
+        topics_.emplace(topic->name->value, std::move(topic));
       }
       retire_later(garbage);
     }
@@ -1938,17 +1940,17 @@ class bus_registrations : public retire_list {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
-        std::shared_ptr<slot_type> slot = std::move(it->second);
+        std::shared_ptr<topic_entry> topic = std::move(it->second);
         topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*slot, deregistered_);
-        index_owner_->erase(slot.get());
-        // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[slot->name->value] = slot;
-        // An emit that found the slot may still read it.
-        retire(std::move(slot));
+        publish(*topic, deregistered_);
+        index_owner_->erase(topic.get());
+        // A handle may still hold the entry; remember it so re-registering the name revives it.
+        dormant_[topic->name->value] = topic;
+        // An emit that found the entry may still read it.
+        retire(std::move(topic));
         changed = true;
       }
       if (!changed) return;
@@ -1963,28 +1965,28 @@ class bus_registrations : public retire_list {
     }
   }
 
-  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// The entry for a topic being registered, with its handler list: the one a live handle
   /// still holds, or a new one.
-  std::shared_ptr<slot_type> revive(std::string name,
+  std::shared_ptr<topic_entry> revive(std::string name,
                                     std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
-      std::shared_ptr<slot_type> slot = it->second.lock();
+      std::shared_ptr<topic_entry> topic = it->second.lock();
       dormant_.erase(it);
-      if (slot) {
-        publish(*slot, std::move(list));
-        return slot;
+      if (topic) {
+        publish(*topic, std::move(list));
+        return topic;
       }
     }
-    auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers.store(list.get(), std::memory_order_seq_cst);
-    slot->handlers_owner = std::move(list);
-    return slot;
+    auto topic = std::make_shared<topic_entry>(std::make_shared<const detail::topic_name>(name));
+    topic->handlers.store(list.get(), std::memory_order_seq_cst);
+    topic->handlers_owner = std::move(list);
+    return topic;
   }
 
-  void publish(slot_type& slot, std::shared_ptr<const detail::handler_list<Data>> list) {
-    slot.handlers.store(list.get(), std::memory_order_seq_cst);
-    retire(std::exchange(slot.handlers_owner, std::move(list)));
+  void publish(topic_entry& topic, std::shared_ptr<const detail::handler_list<Data>> list) {
+    topic.handlers.store(list.get(), std::memory_order_seq_cst);
+    retire(std::exchange(topic.handlers_owner, std::move(list)));
   }
 
   /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
@@ -2001,8 +2003,8 @@ class bus_registrations : public retire_list {
   }
 
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<slot_type>, std::less<>> topics_;
-  std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
+  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
   std::shared_ptr<detail::topic_index<Data>> index_owner_;
@@ -2044,12 +2046,17 @@ class bus_registrations : public retire_list {
 #include <exception>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
+
+/// What an emit without emit_options passes for them: nothing to read, move or destroy.
+struct no_options {};
 
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
@@ -2059,7 +2066,7 @@ class bus_emitter : public bus_registrations<Data> {
  public:
   using event_type = basic_event<Data>;
   using id_generator = std::function<std::string()>;
-  using typename base::slot_type;
+  using typename base::topic_entry;
 
   std::string new_id() {
     if (!default_ids_) return generator_();
@@ -2072,80 +2079,118 @@ class bus_emitter : public bus_registrations<Data> {
   /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
-  void for_each_handler(const slot_type& topic, Fn&& fn) {
+  void for_each_handler(const topic_entry& topic, Fn&& fn) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) return;
-    for (const auto& h : *handlers) {
-      if (!h->enter(slot)) continue;  // deregistered
-      struct call_guard {
-        detail::handler_entry<Data>& entry;
-        detail::thread_slot& slot;
-        ~call_guard() { entry.leave(slot); }
-      } guard{*h, slot};
-      fn(h->fn);
+    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h.fn); });
+  }
+
+  /// An emit: the thread's slot marked for its duration, the topic found (an entry the caller
+  /// holds, as a handle or a transaction does, or a name looked up in the index inside the
+  /// mark), then dispatch. `options`: an emit_options, or no_options.
+  template <class Topic, class Options>
+  emit_result emit_on(const Topic& topic, Data&& data, Options&& options) {
+    static_assert(std::is_same_v<Topic, topic_entry> || std::is_same_v<Topic, std::string_view>,
+                  "emit_on: a topic entry or a topic name");
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    if constexpr (std::is_same_v<Topic, topic_entry>) {
+      return dispatch(slot, topic, std::move(data), std::forward<Options>(options));
+    } else {
+      return dispatch(slot, this->find_registered(topic), std::move(data),
+                      std::forward<Options>(options));
     }
-  }
-
-  /// Emits on a slot held by the caller (a handle or a transaction).
-  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data), std::move(options));
-  }
-
-  emit_result emit_on(const slot_type& topic, Data&& data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data));
   }
 
  protected:
   using base::deregistered_;
   using base::hook_;
 
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
-                       emit_options&& options) {
+  /// Builds the event and calls the handlers. One function for both kinds of emit: an emit
+  /// without options (`no_options`) compiles to its own fast path, reading no options and
+  /// building, moving and destroying no emit_options (and giving g++ -O2 no empty optional's
+  /// storage to mistake for an uninitialised read).
+  template <class Options>
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data,
+                       Options&& options) {
+    constexpr bool plain = std::is_same_v<Options, no_options>;
+    static_assert(plain || std::is_same_v<Options, emit_options>,
+                  "dispatch: an emit_options to move from, or no_options");
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
-    if (default_ids_ && options.id.empty()) {
+    bool given_time = false;  // the caller gave the event's time
+    bool default_id = default_ids_;
+    time_point at{};
+    if constexpr (plain) {
+      at = detail::wall_now();
+    } else {
+      given_time = options.occurred_at.has_value();
+      default_id = default_id && options.id.empty();
+      at = given_time ? *options.occurred_at : detail::wall_now();
+    }
+    if (default_id) {
       // The common case: a default id, its strings built in place. The result is built from
       // a copy of the id: an emit inside a handler makes new ids in the same slot.
       const detail::id_text& made =
-          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
+          detail::make_sortable_id(slot, given_time ? detail::wall_now() : at);
       const detail::id_text text = made;
       event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-      const bool own_tx = options.tx_id.empty();
-      if (!own_tx) ev.tx_id = std::move(options.tx_id);
-      if (!options.key.empty()) ev.key = std::move(options.key);
-      if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(slot, *handlers, ev);
-      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
-      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+      if constexpr (plain) {
+        call_handlers(slot, *handlers, ev);
+        return emit_result{detail::id_string(text), detail::id_string(text), at};
+      } else {
+        const bool own_tx = options.tx_id.empty();
+        if (!own_tx) ev.tx_id = std::move(options.tx_id);
+        if (!options.key.empty()) ev.key = std::move(options.key);
+        if (!options.source.empty()) ev.source = std::move(options.source);
+        call_handlers(slot, *handlers, ev);
+        if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
+        return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+      }
     }
     event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
     ev.occurred_at = at;
-    ev.id = options.id.empty() ? generator_() : std::move(options.id);
-    if (options.tx_id.empty()) {
+    if constexpr (plain) {
+      ev.id = generator_();
       ev.tx_id = ev.id;
     } else {
-      ev.tx_id = std::move(options.tx_id);
+      ev.id = options.id.empty() ? generator_() : std::move(options.id);
+      if (options.tx_id.empty()) {
+        ev.tx_id = ev.id;
+      } else {
+        ev.tx_id = std::move(options.tx_id);
+      }
+      ev.key = std::move(options.key);
+      ev.source = std::move(options.source);
     }
-    ev.key = std::move(options.key);
-    ev.source = std::move(options.source);
     call_handlers(slot, *handlers, ev);
-    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+    return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
   void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
                      const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
+    for_each_call(slot, handlers, [&](const detail::handler_entry<Data>& h) {
+      try {
+        h.fn(ev);
+      } catch (...) {
+        failures.push_back({h.key, std::current_exception()});
+      }
+    });
+    if (!failures.empty()) report(ev, std::move(failures));
+  }
+
+  /// Runs `call(handler)` for every handler of `handlers` not deregistered, in order, each
+  /// call marked in `slot` from before it starts until it ends, also by an exception
+  /// (handler_entry::enter and leave, topic_table.hpp).
+  template <class Call>
+  static void for_each_call(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                            Call&& call) {
     for (const auto& h : handlers) {
       if (!h->enter(slot)) continue;  // deregistered
       struct call_guard {
@@ -2153,36 +2198,8 @@ class bus_emitter : public bus_registrations<Data> {
         detail::thread_slot& slot;
         ~call_guard() { entry.leave(slot); }
       } guard{*h, slot};
-      try {
-        h->fn(ev);
-      } catch (...) {
-        failures.push_back({h->key, std::current_exception()});
-      }
+      call(std::as_const(*h));
     }
-    if (!failures.empty()) report(ev, std::move(failures));
-  }
-
-  /// dispatch without options.
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
-    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
-    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = detail::wall_now();
-    if (!default_ids_) {
-      // Built here rather than through an empty emit_options: fewer moves, and g++ -O2
-      // cannot then mistake the empty optional's storage for an uninitialised read.
-      event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
-      ev.occurred_at = at;
-      ev.id = generator_();
-      ev.tx_id = ev.id;
-      call_handlers(slot, *handlers, ev);
-      return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
-    }
-    // As above, the result is built from a copy of the id.
-    const detail::id_text& made = detail::make_sortable_id(slot, at);
-    const detail::id_text text = made;
-    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(slot, *handlers, ev);
-    return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
   /// Gives every failure to the hook; what the hook throws, or every failure when there is no
@@ -2473,19 +2490,13 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return this->dispatch(slot, this->find_registered(topic), std::move(data), std::move(options));
+    return this->emit_on(topic, std::move(data), std::move(options));
   }
 
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return this->dispatch(slot, this->find_registered(topic), std::move(data));
+    return this->emit_on(topic, std::move(data), detail::no_options{});
   }
 
   /**
@@ -2510,7 +2521,7 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handle must not outlive the bus.
    */
   basic_topic_handle<Data> topic(std::string_view name) {
-    return basic_topic_handle<Data>(this, this->find_slot(name));
+    return basic_topic_handle<Data>(this, this->find_entry(name));
   }
 
   /**
@@ -2542,7 +2553,7 @@ using bus = basic_bus<std::any>;
 // ---- topic_handle.hpp -------------------------------------------------
 // evbus/parts/topic_handle.hpp: a registered topic to emit on without a name lookup.
 //
-// A handle holds the topic's slot; once the topic is deregistered, emitting through it throws
+// A handle holds the topic's entry; once the topic is deregistered, emitting through it throws
 // unknown_topic, and it works again once the name is registered again.
 #ifndef EVBUS_PARTS_TOPIC_HANDLE_HPP
 #define EVBUS_PARTS_TOPIC_HANDLE_HPP
@@ -2568,15 +2579,17 @@ template <class Data>
 class basic_topic_handle {
  public:
   /// The topic's name.
-  const std::string& name() const noexcept { return slot_->name->value; }
+  const std::string& name() const noexcept { return topic_->name->value; }
 
   /// Same as `bus.emit(name(), data, options)`, without the lookup.
   emit_result emit(Data data, emit_options options) const {
-    return bus_->emit_on(*slot_, std::move(data), std::move(options));
+    return bus_->emit_on(*topic_, std::move(data), std::move(options));
   }
 
   /// The same with no options.
-  emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+  emit_result emit(Data data) const {
+    return bus_->emit_on(*topic_, std::move(data), detail::no_options{});
+  }
 
   /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
   template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
@@ -2592,10 +2605,10 @@ class basic_topic_handle {
 
  private:
   friend class basic_bus<Data>;
-  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_slot<Data>> slot)
-      : bus_(owner), slot_(std::move(slot)) {}
+  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_entry<Data>> topic)
+      : bus_(owner), topic_(std::move(topic)) {}
   basic_bus<Data>* bus_;
-  std::shared_ptr<detail::topic_slot<Data>> slot_;
+  std::shared_ptr<detail::topic_entry<Data>> topic_;
 };
 
 /// A topic handle of evbus::bus.
@@ -4669,15 +4682,15 @@ class basic_transaction {
     {
       detail::commit_scope reservations(ctx);
       for (const auto& e : pending_) {
-        bus_->for_each_handler(*e.slot, [&](const typename basic_bus<Data>::handler_type& fn) {
-          detail::commit_reserver<Data>::reserve(fn, ctx, e.slot->name->value, e.options.key,
+        bus_->for_each_handler(*e.topic, [&](const typename basic_bus<Data>::handler_type& fn) {
+          detail::commit_reserver<Data>::reserve(fn, ctx, e.topic->name->value, e.options.key,
                                                  e.id);
         });
       }
       // Every place is taken: from here on, nothing is refused.
       reservations.enter();
       basic_bus<Data>* target = std::exchange(bus_, nullptr);
-      std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
+      std::vector<buffered_event> events = std::move(pending_);  // the ids keep their addresses
       pending_.clear();
       emit_all(target, events, ctx);
     }
@@ -4694,15 +4707,15 @@ class basic_transaction {
   bool open() const noexcept { return bus_ != nullptr; }
 
  private:
-  struct entry;
+  struct buffered_event;
 
-  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+  void emit_all(basic_bus<Data>* target, std::vector<buffered_event>& events,
                 detail::commit_context& ctx) {
     std::vector<handler_errors::failure> failures;
     for (auto& e : events) {
       ctx.current = &e.id;
       try {
-        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+        target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
         failures.push_back({e.id, std::current_exception()});
       }
@@ -4729,7 +4742,7 @@ class basic_transaction {
    */
   template <class Fn>
   void for_each_pending(Fn&& fn) const {
-    for (const auto& e : pending_) fn(std::string_view(e.slot->name->value), e.data, e.options);
+    for (const auto& e : pending_) fn(std::string_view(e.topic->name->value), e.data, e.options);
   }
 
  private:
@@ -4740,17 +4753,18 @@ class basic_transaction {
       throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
                              " cannot emit an event with tx_id " + detail::quote(options.tx_id));
     }
-    auto slot = bus_->find_slot(topic);
+    auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
     if (options.id.empty()) options.id = bus_->new_id();
     std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    pending_.push_back(buffered_event{std::move(entry), std::move(data), std::move(options), id});
     return id;
   }
 
   friend class basic_bus<Data>;
-  struct entry {
-    std::shared_ptr<detail::topic_slot<Data>> slot;
+  /// An event emitted into the transaction, waiting for commit.
+  struct buffered_event {
+    std::shared_ptr<detail::topic_entry<Data>> topic;
     Data data;
     emit_options options;
     std::string id;
@@ -4768,7 +4782,7 @@ class basic_transaction {
 
   basic_bus<Data>* bus_;
   std::string tx_id_;
-  std::vector<entry> pending_;
+  std::vector<buffered_event> pending_;
 };
 
 /// A transaction of evbus::bus.
@@ -5204,9 +5218,164 @@ class basic_outbox {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_OUTBOX_HPP
+// ---- byte_order.hpp -------------------------------------------------
+// evbus/parts/byte_order.hpp: little-endian integers at any address (load_le32, load_le64,
+// store_le32, store_le64): one move on a little-endian machine, byte by byte elsewhere. The file
+// journal's format (journal_format.hpp) and CRC-32C (crc32c.hpp) read and write them.
+#ifndef EVBUS_PARTS_BYTE_ORDER_HPP
+#define EVBUS_PARTS_BYTE_ORDER_HPP
+
+#include <cstdint>
+#include <cstring>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define EVBUS_LITTLE_ENDIAN 1
+#else
+#define EVBUS_LITTLE_ENDIAN 0
+#endif
+
+inline std::uint32_t load_le32(const unsigned char* p) noexcept {
+#if EVBUS_LITTLE_ENDIAN
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#else
+  return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
+         std::uint32_t{p[3]} << 24;
+#endif
+}
+inline std::uint64_t load_le64(const unsigned char* p) noexcept {
+  return std::uint64_t{load_le32(p)} | std::uint64_t{load_le32(p + 4)} << 32;
+}
+inline void store_le32(unsigned char* p, std::uint32_t v) noexcept {
+#if EVBUS_LITTLE_ENDIAN
+  std::memcpy(p, &v, 4);
+#else
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+#endif
+}
+inline void store_le64(unsigned char* p, std::uint64_t v) noexcept {
+  store_le32(p, static_cast<std::uint32_t>(v));
+  store_le32(p + 4, static_cast<std::uint32_t>(v >> 32));
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_BYTE_ORDER_HPP
+// ---- crc32c.hpp -------------------------------------------------
+// evbus/parts/crc32c.hpp: CRC-32C (Castagnoli: reflected polynomial 0x82F63B78, initial and
+// final XOR 0xFFFFFFFF), the checksum of the file journal's records. `crc32c` uses the
+// processor's instruction where there is one (x86-64 with SSE4.2) and tables elsewhere
+// (`crc32c_portable`, slicing by 8); both give the same value, and a CRC continues from the CRC
+// of what came before.
+#ifndef EVBUS_PARTS_CRC32C_HPP
+#define EVBUS_PARTS_CRC32C_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// CRC-32C lookup tables for slicing by 8: table[0] is the classic byte-at-a-time table;
+/// table[k][b] is the CRC of byte b followed by k zero bytes.
+struct crc32c_tables {
+  std::uint32_t t[8][256];
+};
+
+constexpr crc32c_tables make_crc32c_tables() {
+  crc32c_tables tables{};
+  for (std::uint32_t b = 0; b < 256; ++b) {
+    std::uint32_t c = b;
+    for (int bit = 0; bit < 8; ++bit) c = (c & 1U) != 0 ? (c >> 1) ^ 0x82F63B78U : c >> 1;
+    tables.t[0][b] = c;
+  }
+  for (std::uint32_t b = 0; b < 256; ++b) {
+    for (int k = 1; k < 8; ++k) {
+      const std::uint32_t prev = tables.t[k - 1][b];
+      tables.t[k][b] = (prev >> 8) ^ tables.t[0][prev & 0xFFU];
+    }
+  }
+  return tables;
+}
+
+inline constexpr crc32c_tables crc32c_table = make_crc32c_tables();
+
+/// CRC-32C by the tables, on any machine: what crc32c computes, also where the processor has
+/// an instruction for it.
+inline std::uint32_t crc32c_portable(const void* data, std::size_t n,
+                                     std::uint32_t crc = 0) noexcept {
+  const auto& t = crc32c_table.t;
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    const std::uint32_t lo = crc ^ load_le32(p);
+    const std::uint32_t hi = load_le32(p + 4);
+    crc = t[7][lo & 0xFFU] ^ t[6][(lo >> 8) & 0xFFU] ^ t[5][(lo >> 16) & 0xFFU] ^ t[4][lo >> 24] ^
+          t[3][hi & 0xFFU] ^ t[2][(hi >> 8) & 0xFFU] ^ t[1][(hi >> 16) & 0xFFU] ^ t[0][hi >> 24];
+  }
+  for (; n > 0; --n, ++p) crc = (crc >> 8) ^ t[0][(crc ^ *p) & 0xFFU];
+  return ~crc;
+}
+
+// x86-64 has had an instruction for CRC-32C since SSE4.2 (2008): about three times the speed of
+// the tables on a journal record, and a record is checksummed once per append. Compiled for
+// that instruction set alone, used only where the processor reports it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(EVBUS_CRC32C_PORTABLE_ONLY)
+#define EVBUS_CRC32C_SSE42 1
+__attribute__((target("sse4.2"))) inline std::uint32_t crc32c_sse42(
+    const unsigned char* p, std::size_t n, std::uint32_t crc) noexcept {
+  std::uint64_t c = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    std::uint64_t word;
+    std::memcpy(&word, p, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  auto c32 = static_cast<std::uint32_t>(c);
+  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return ~c32;
+}
+
+inline bool has_sse42() noexcept {
+  static const bool yes = __builtin_cpu_supports("sse4.2");
+  return yes;
+}
+#else
+#define EVBUS_CRC32C_SSE42 0
+#endif
+
+/**
+ * @brief CRC-32C (Castagnoli) of `n` bytes, continuing from `crc` (the CRC of what came
+ * before, 0 for none): crc32c(b, nb, crc32c(a, na)) is the CRC of a followed by b.
+ * Check value: crc32c("123456789", 9) == 0xE3069283. The processor's instruction where there
+ * is one (x86-64 with SSE4.2), else the tables; define EVBUS_CRC32C_PORTABLE_ONLY for the
+ * tables always.
+ */
+inline std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0) noexcept {
+#if EVBUS_CRC32C_SSE42
+  if (has_sse42()) return crc32c_sse42(static_cast<const unsigned char*>(data), n, crc);
+#endif
+  return crc32c_portable(data, n, crc);
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CRC32C_HPP
 // ---- journal_format.hpp -------------------------------------------------
-// evbus/parts/journal_format.hpp: the file journal's on-disk format: CRC-32C, file headers,
-// checksummed records, and the bodies of the three record types.
+// evbus/parts/journal_format.hpp: the file journal's on-disk format: file headers, records
+// checksummed with CRC-32C (crc32c.hpp), and the bodies of the three record types.
 //
 // Pure byte layout, no I/O: evbus::file_journal (journal.hpp) writes and reads these bytes.
 //
@@ -5269,120 +5438,6 @@ class basic_outbox {
 namespace evbus {
 inline namespace v1 {
 namespace detail {
-
-/// CRC-32C lookup tables for slicing by 8: table[0] is the classic byte-at-a-time table;
-/// table[k][b] is the CRC of byte b followed by k zero bytes.
-struct crc32c_tables {
-  std::uint32_t t[8][256];
-};
-
-constexpr crc32c_tables make_crc32c_tables() {
-  crc32c_tables tables{};
-  for (std::uint32_t b = 0; b < 256; ++b) {
-    std::uint32_t c = b;
-    for (int bit = 0; bit < 8; ++bit) c = (c & 1U) != 0 ? (c >> 1) ^ 0x82F63B78U : c >> 1;
-    tables.t[0][b] = c;
-  }
-  for (std::uint32_t b = 0; b < 256; ++b) {
-    for (int k = 1; k < 8; ++k) {
-      const std::uint32_t prev = tables.t[k - 1][b];
-      tables.t[k][b] = (prev >> 8) ^ tables.t[0][prev & 0xFFU];
-    }
-  }
-  return tables;
-}
-
-inline constexpr crc32c_tables crc32c_table = make_crc32c_tables();
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define EVBUS_LITTLE_ENDIAN 1
-#else
-#define EVBUS_LITTLE_ENDIAN 0
-#endif
-
-// Little-endian integers at any address: one move on a little-endian machine, bytes elsewhere.
-inline std::uint32_t load_le32(const unsigned char* p) noexcept {
-#if EVBUS_LITTLE_ENDIAN
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-#else
-  return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
-         std::uint32_t{p[3]} << 24;
-#endif
-}
-inline std::uint64_t load_le64(const unsigned char* p) noexcept {
-  return std::uint64_t{load_le32(p)} | std::uint64_t{load_le32(p + 4)} << 32;
-}
-inline void store_le32(unsigned char* p, std::uint32_t v) noexcept {
-#if EVBUS_LITTLE_ENDIAN
-  std::memcpy(p, &v, 4);
-#else
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-#endif
-}
-inline void store_le64(unsigned char* p, std::uint64_t v) noexcept {
-  store_le32(p, static_cast<std::uint32_t>(v));
-  store_le32(p + 4, static_cast<std::uint32_t>(v >> 32));
-}
-
-/// CRC-32C by the tables, on any machine: what crc32c computes, also where the processor has
-/// an instruction for it.
-inline std::uint32_t crc32c_portable(const void* data, std::size_t n,
-                                     std::uint32_t crc = 0) noexcept {
-  const auto& t = crc32c_table.t;
-  const auto* p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (; n >= 8; n -= 8, p += 8) {
-    const std::uint32_t lo = crc ^ load_le32(p);
-    const std::uint32_t hi = load_le32(p + 4);
-    crc = t[7][lo & 0xFFU] ^ t[6][(lo >> 8) & 0xFFU] ^ t[5][(lo >> 16) & 0xFFU] ^ t[4][lo >> 24] ^
-          t[3][hi & 0xFFU] ^ t[2][(hi >> 8) & 0xFFU] ^ t[1][(hi >> 16) & 0xFFU] ^ t[0][hi >> 24];
-  }
-  for (; n > 0; --n, ++p) crc = (crc >> 8) ^ t[0][(crc ^ *p) & 0xFFU];
-  return ~crc;
-}
-
-// x86-64 has had an instruction for CRC-32C since SSE4.2 (2008): about three times the speed of
-// the tables on a journal record, and a record is checksummed once per append. Compiled for
-// that instruction set alone, used only where the processor reports it.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(EVBUS_CRC32C_PORTABLE_ONLY)
-#define EVBUS_CRC32C_SSE42 1
-__attribute__((target("sse4.2"))) inline std::uint32_t crc32c_sse42(
-    const unsigned char* p, std::size_t n, std::uint32_t crc) noexcept {
-  std::uint64_t c = ~crc;
-  for (; n >= 8; n -= 8, p += 8) {
-    std::uint64_t word;
-    std::memcpy(&word, p, 8);
-    c = __builtin_ia32_crc32di(c, word);
-  }
-  auto c32 = static_cast<std::uint32_t>(c);
-  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
-  return ~c32;
-}
-
-inline bool has_sse42() noexcept {
-  static const bool yes = __builtin_cpu_supports("sse4.2");
-  return yes;
-}
-#else
-#define EVBUS_CRC32C_SSE42 0
-#endif
-
-/**
- * @brief CRC-32C (Castagnoli) of `n` bytes, continuing from `crc` (the CRC of what came
- * before, 0 for none): crc32c(b, nb, crc32c(a, na)) is the CRC of a followed by b.
- * Check value: crc32c("123456789", 9) == 0xE3069283. The processor's instruction where there
- * is one (x86-64 with SSE4.2), else the tables; define EVBUS_CRC32C_PORTABLE_ONLY for the
- * tables always.
- */
-inline std::uint32_t crc32c(const void* data, std::size_t n, std::uint32_t crc = 0) noexcept {
-#if EVBUS_CRC32C_SSE42
-  if (has_sse42()) return crc32c_sse42(static_cast<const unsigned char*>(data), n, crc);
-#endif
-  return crc32c_portable(data, n, crc);
-}
 
 namespace journal_format {
 
@@ -7378,21 +7433,21 @@ class block_spare {
   block_spare() noexcept = default;
   block_spare(const block_spare&) = delete;
   block_spare& operator=(const block_spare&) = delete;
-  ~block_spare() { delete slot_.load(std::memory_order_acquire); }
+  ~block_spare() { delete held_.load(std::memory_order_acquire); }
   block* take() noexcept {
-    if (slot_.load(std::memory_order_relaxed) == nullptr) return nullptr;
-    return slot_.exchange(nullptr, std::memory_order_acquire);
+    if (held_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    return held_.exchange(nullptr, std::memory_order_acquire);
   }
   void give(block* b) noexcept {
     block* none = nullptr;
-    if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+    if (!held_.compare_exchange_strong(none, b, std::memory_order_release,
                                        std::memory_order_relaxed)) {
       delete b;
     }
   }
 
  private:
-  std::atomic<block*> slot_{nullptr};
+  std::atomic<block*> held_{nullptr};
 };
 
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the
@@ -10159,43 +10214,26 @@ auto ordered(keyed_executor& ex, Fn&& fn) {
 #endif  // EVBUS_PARTS_ORDERED_HPP
 
 // 7. The relay of the durable outbox (it may wait for the executor)
-// ---- relay.hpp -------------------------------------------------
-// evbus/parts/relay.hpp: the consumer side of the durable outbox: a relay that reads the events a
-// store holds, emits them into the bus as they were first made, and marks them delivered.
-//
-// One loop, one thread at a time (its own, or the caller's in poll()):
-//   read a batch of pending events (after the last one emitted) -> emit each, in sequence order
-//   -> mark delivered, per the acknowledgement mode -> now and then, purge old delivered ones.
-// A step that fails (the read, a decode, an emit, the wait for the handlers, a mark) is reported
-// and tried again after a backoff that doubles up to a cap, for ever: the relay never moves past
-// an event it could not emit, so it never skips one and never reorders a key. A mark that fails
-// is not retried by itself: the relay reads again from the oldest pending event, so the events
-// it could not mark are emitted again (at least once, as after a crash).
-//
-// The relay's own clock (evbus::clock, a manual one in tests) times backoffs, timer
-// acknowledgements and purges; with a manual clock the delivery times it records move with it.
-// Durations in the stats are always real (std::chrono::steady_clock); send time is sampled
-// (one event in 8) unless the relay's clock is manual.
-#ifndef EVBUS_PARTS_RELAY_HPP
-#define EVBUS_PARTS_RELAY_HPP
+// ---- relay_options.hpp -------------------------------------------------
+// evbus/parts/relay_options.hpp: what a relay is told and what it tells: the acknowledgement
+// modes (ack_mode), the steps of its loop (relay_step), one failure as its error callback
+// receives it (relay_failure), its options (relay_options) and the check that refuses a bad
+// one (detail::check_relay_options), and its metrics (relay_stats; detail::relay_meter, the
+// counts behind them). The relay itself is in relay.hpp; how it retries and reports a
+// failure, in relay_retry.hpp; its own thread, in relay_thread.hpp.
+#ifndef EVBUS_PARTS_RELAY_OPTIONS_HPP
+#define EVBUS_PARTS_RELAY_OPTIONS_HPP
 
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
-#include <utility>
-#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -10323,6 +10361,357 @@ struct relay_stats {
   std::uint64_t purged = 0;         ///< events purge_delivered removed
 };
 
+namespace detail {
+
+/// The counts and histograms behind a relay's relay_stats: written by the thread running its
+/// step, read by stats() on any thread.
+struct relay_meter {
+  log_histogram store_time, send_time, cleanup_time;
+  std::atomic<std::uint64_t> store_errors{0}, send_errors{0}, cleanup_errors{0};
+  std::atomic<std::uint64_t> emitted{0}, marked{0}, purged{0};
+
+  relay_stats read() const {
+    relay_stats s;
+    s.store_time = store_time.read().summary();
+    s.store_errors = store_errors.load(std::memory_order_relaxed);
+    s.send_time = send_time.read().summary();
+    s.send_errors = send_errors.load(std::memory_order_relaxed);
+    s.cleanup_time = cleanup_time.read().summary();
+    s.cleanup_errors = cleanup_errors.load(std::memory_order_relaxed);
+    s.emitted = emitted.load(std::memory_order_relaxed);
+    s.marked = marked.load(std::memory_order_relaxed);
+    s.purged = purged.load(std::memory_order_relaxed);
+    return s;
+  }
+};
+
+/// Throws evbus::invalid_argument naming the first bad option of `o` (see basic_relay's
+/// constructor).
+inline void check_relay_options(const relay_options& o) {
+  const auto bad = [](const std::string& what) {
+    throw invalid_argument("evbus: relay_options: " + what);
+  };
+  const auto ns = [](std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; };
+  if (o.batch_size == 0) bad("batch_size must be at least 1 (got 0)");
+  if (o.ack == ack_mode::after_handled && o.executor == nullptr) {
+    bad("ack_mode::after_handled needs the executor whose drain() it waits for (executor is "
+        "null)");
+  }
+  if (o.ack_interval.count() <= 0) bad("ack_interval must be positive (got " + ns(o.ack_interval) + ")");
+  if (o.backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + ns(o.backoff_base) + ")");
+  }
+  if (o.backoff_cap < o.backoff_base) {
+    bad("backoff_cap (" + ns(o.backoff_cap) + ") must not be below backoff_base (" +
+        ns(o.backoff_base) + ")");
+  }
+  if (o.retention && o.retention->count() < 0) {
+    bad("retention must not be negative (got " + ns(*o.retention) + ")");
+  }
+  if (o.purge_interval.count() <= 0) {
+    bad("purge_interval must be positive (got " + ns(o.purge_interval) + ")");
+  }
+  if (o.idle_wait.count() <= 0) bad("idle_wait must be positive (got " + ns(o.idle_wait) + ")");
+}
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_OPTIONS_HPP
+// ---- relay_retry.hpp -------------------------------------------------
+// evbus/parts/relay_retry.hpp: how a relay retries a step that failed and tells of it. A failed
+// step (read, decode, emit, handled, mark) waits a backoff that starts at backoff_base and
+// doubles with each consecutive failure of the same step (and, for decode and emit, the same
+// event) up to backoff_cap; a success of that step starts it again from the base. A failed
+// purge counts its own failures and never waits longer than purge_interval. Every failure is
+// given to relay_options::on_error as a relay_failure whose message says what failed, the
+// attempt and when it is retried (a line on stderr without a callback, or if it throws).
+#ifndef EVBUS_PARTS_RELAY_RETRY_HPP
+#define EVBUS_PARTS_RELAY_RETRY_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The backoffs and failure reports of one relay, over its options (kept by reference: the
+/// relay that owns both is neither copied nor moved). Used by the stepping thread only.
+class relay_retry {
+ public:
+  explicit relay_retry(const relay_options& options) noexcept : options_(&options) {}
+
+  /// No step before this (a backoff runs).
+  steady_time retry_at() const noexcept { return retry_at_; }
+
+  /// A failure of `s` at `now`: counts it, sets the backoff, reports.
+  void fail(relay_step s, std::uint64_t sequence, steady_time now, std::exception_ptr error) {
+    if (failing_step_ != s || failing_sequence_ != sequence) failures_ = 0;
+    failing_step_ = s;
+    failing_sequence_ = sequence;
+    const std::uint64_t attempt = ++failures_;
+    const auto wait = backoff(attempt);
+    retry_at_ = add_saturated(now, wait);
+    report(s, sequence, attempt, wait, std::move(error));
+  }
+
+  /// A success of `s`: the backoff of that step starts again from the base.
+  void succeeded(relay_step s, std::uint64_t sequence) noexcept {
+    if (failures_ != 0 && failing_step_ == s && failing_sequence_ == sequence) failures_ = 0;
+  }
+
+  /// A failed purge at `now`: reports it; returns when the next purge is due.
+  steady_time purge_failed(steady_time now, std::exception_ptr error) {
+    const auto wait = std::min(backoff(++purge_failures_), options_->purge_interval);
+    report(relay_step::purge, 0, purge_failures_, wait, std::move(error));
+    return add_saturated(now, wait);
+  }
+
+  /// A purge that returned: the purge's backoff starts again from the base.
+  void purge_succeeded() noexcept { purge_failures_ = 0; }
+
+ private:
+  std::chrono::nanoseconds backoff(std::uint64_t attempt) const {
+    auto d = options_->backoff_base;
+    for (std::uint64_t i = 1; i < attempt && d < options_->backoff_cap; ++i) {
+      d = d > options_->backoff_cap / 2 ? options_->backoff_cap : d * 2;
+    }
+    return std::min(d, options_->backoff_cap);
+  }
+
+  void report(relay_step s, std::uint64_t sequence, std::uint64_t attempt,
+              std::chrono::nanoseconds wait, std::exception_ptr error) const {
+    relay_failure f;
+    f.step = s;
+    f.sequence = sequence;
+    f.attempt = attempt;
+    f.retry_in = wait;
+    f.error = error;
+    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
+    f.message = "evbus: relay: ";
+    f.message += to_string(s);
+    if (sequence != 0) {
+      f.message += " of event ";
+      f.message += std::to_string(sequence);
+    }
+    f.message += " failed: ";
+    f.message += describe(error);
+    f.message += "; attempt ";
+    f.message += std::to_string(attempt);
+    f.message += ", retrying in ";
+    f.message += format_duration(wait);
+    if (options_->on_error) {
+      try {
+        options_->on_error(f);
+        return;
+      } catch (...) {
+        f.message += " (on_error threw: " + describe(std::current_exception()) + ")";
+      }
+    }
+    std::fprintf(stderr, "%s\n", f.message.c_str());
+  }
+
+  const relay_options* options_;
+  steady_time retry_at_{};
+  std::uint64_t failures_ = 0;  ///< consecutive failures of failing_step_
+  relay_step failing_step_ = relay_step::read;
+  std::uint64_t failing_sequence_ = 0;
+  std::uint64_t purge_failures_ = 0;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_RETRY_HPP
+// ---- relay_thread.hpp -------------------------------------------------
+// evbus/parts/relay_thread.hpp: the threads a relay's steps run on. Its own thread
+// (basic_relay::start() and stop()): starting it once, asking it to end and joining it, and its
+// sleep between steps, which wake() (a commit, or a manual clock that moved) and stop() cut
+// short; the sleep's state is shared with whatever may still wake it (a clock listener), so a
+// late wake touches nothing freed. And the thread running a step now (`step_holder`), so that
+// a call from inside a step that would wait for that step is refused.
+#ifndef EVBUS_PARTS_RELAY_THREAD_HPP
+#define EVBUS_PARTS_RELAY_THREAD_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The thread a relay runs on when started, and its sleep.
+class relay_thread {
+ public:
+  /// Runs `loop` on a thread of its own, unless one runs. `loop` returns once stopping() or
+  /// sleep() says so.
+  template <class Loop>
+  void start(Loop&& loop) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+      sleep_->stopping = false;
+    }
+    thread_ = std::thread(std::forward<Loop>(loop));
+  }
+
+  /// Asks the thread to end, wakes it and joins it; nothing if none runs.
+  void stop() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
+      sleep_->stopping = true;
+    }
+    sleep_->wake_up.notify_all();
+    thread_.join();
+  }
+
+  /// True while the thread runs.
+  bool running() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return thread_.joinable();
+  }
+
+  /// Ends the current sleep, or the next one at once.
+  void wake() { sleep_->wake(); }
+
+  /// What wakes the thread, for a caller that may outlive it (a clock listener).
+  std::function<void()> waker() const {
+    return [sleep = sleep_] { sleep->wake(); };
+  }
+
+  /// On the thread: true once it must end.
+  bool stopping() const {
+    std::lock_guard<std::mutex> lock(sleep_->mutex);
+    return sleep_->stopping;
+  }
+
+  /// On the thread: sleeps up to `wait` (none if not positive), until woken or stopped.
+  /// Returns false once the thread must end.
+  bool sleep(std::chrono::nanoseconds wait) {
+    std::unique_lock<std::mutex> lock(sleep_->mutex);
+    if (sleep_->stopping) return false;
+    if (wait.count() > 0) {
+      sleep_->wake_up.wait_for(lock, bounded_wait(wait),
+                               [this] { return sleep_->stopping || sleep_->woken; });
+    }
+    sleep_->woken = false;
+    return !sleep_->stopping;
+  }
+
+ private:
+  struct sleep_state {
+    std::mutex mutex;
+    std::condition_variable wake_up;
+    bool stopping = false;
+    bool woken = false;
+    void wake() {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        woken = true;
+      }
+      wake_up.notify_all();
+    }
+  };
+
+  mutable std::mutex mutex_;  ///< start(), stop(), running()
+  std::thread thread_;
+  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
+};
+
+/// The thread running a relay's step (poll(), run_until_idle(), flush(), stop(), or the relay's
+/// own thread), if any.
+class step_holder {
+ public:
+  /// Marks the calling thread as running a step, for the scope's life.
+  class scope {
+   public:
+    explicit scope(step_holder& h) : holder_(h) {
+      holder_.thread_.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    }
+    ~scope() { holder_.thread_.store(std::thread::id{}, std::memory_order_relaxed); }
+    scope(const scope&) = delete;
+    scope& operator=(const scope&) = delete;
+
+   private:
+    step_holder& holder_;
+  };
+
+  /// Refuses a call from inside a step (a handler the relay is emitting to): it would wait for
+  /// itself. Throws evbus::waits_for_itself naming `call`.
+  void refuse_inside(const char* call) const {
+    if (thread_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
+      throw waits_for_itself(std::string("evbus: basic_relay::") + call +
+                             " called from inside the relay's own step (a handler it is "
+                             "emitting to): it would wait for itself");
+    }
+  }
+
+ private:
+  std::atomic<std::thread::id> thread_{};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_RELAY_THREAD_HPP
+// ---- relay.hpp -------------------------------------------------
+// evbus/parts/relay.hpp: the consumer side of the durable outbox: a relay that reads the events a
+// store holds, emits them into the bus as they were first made, and marks them delivered.
+//
+// One loop, one thread at a time (its own, or the caller's in poll()):
+//   read a batch of pending events (after the last one emitted) -> emit each, in sequence order
+//   -> mark delivered, per the acknowledgement mode -> now and then, purge old delivered ones.
+// A step that fails (the read, a decode, an emit, the wait for the handlers, a mark) is reported
+// and tried again after a backoff that doubles up to a cap, for ever: the relay never moves past
+// an event it could not emit, so it never skips one and never reorders a key. A mark that fails
+// is not retried by itself: the relay reads again from the oldest pending event, so the events
+// it could not mark are emitted again (at least once, as after a crash).
+//
+// The relay's own clock (evbus::clock, a manual one in tests) times backoffs, timer
+// acknowledgements and purges; with a manual clock the delivery times it records move with it.
+// Durations in the stats are always real (std::chrono::steady_clock); send time is sampled
+// (one event in 8) unless the relay's clock is manual. What a relay is told and tells (options,
+// failures, stats) is in relay_options.hpp; its backoffs and failure reports, relay_retry.hpp;
+// its own thread and the refusal of calls from inside a step, relay_thread.hpp.
+#ifndef EVBUS_PARTS_RELAY_HPP
+#define EVBUS_PARTS_RELAY_HPP
+
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
 /**
  * @brief Emits the events of an outbox store into a bus, at least once, in sequence order, and
  * marks them delivered (evbus::ack_mode); retries every failure with backoff for ever.
@@ -10363,7 +10752,7 @@ class basic_relay {
               Codec payload_codec = Codec{})
       : store_(&store), bus_(&target), options_(std::move(options)),
         codec_(std::move(payload_codec)) {
-    check_options(options_);
+    detail::check_relay_options(options_);
     if (!options_.clock) options_.clock = std::make_shared<real_clock>();
     clock_ = options_.clock;
     time_every_send_ = clock_->is_manual();
@@ -10373,7 +10762,7 @@ class basic_relay {
     if (clock_->is_manual()) {
       // The listener holds the sleep state, not the relay: a call of it still running when
       // the relay is gone touches nothing freed.
-      listener_ = clock_->add_listener([sleep = sleep_] { sleep->wake(); });
+      listener_ = clock_->add_listener(thread_.waker());
     }
   }
 
@@ -10396,13 +10785,7 @@ class basic_relay {
    * turns).
    */
   void start() {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-      sleep_->stopping = false;
-    }
-    thread_ = std::thread([this] { run(); });
+    thread_.start([this] { run(); });
   }
 
   /**
@@ -10412,24 +10795,13 @@ class basic_relay {
    * stop() called from a handler the relay is emitting to throw evbus::waits_for_itself.
    */
   void stop() {
-    not_inside("stop()");
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) {
-      {
-        std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-        sleep_->stopping = true;
-      }
-      sleep_->wake_up.notify_all();
-      thread_.join();
-    }
+    stepping_.refuse_inside("stop()");
+    thread_.stop();
     flush();
   }
 
   /// True while the relay's own thread runs.
-  bool running() const {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    return thread_.joinable();
-  }
+  bool running() const { return thread_.running(); }
 
   /**
    * @brief One step on the calling thread: marks what is due, reads one batch, emits it, marks
@@ -10437,9 +10809,9 @@ class basic_relay {
    * emitted. Never waits (except, with after_handled, for the executor's drain()).
    */
   std::size_t poll() {
-    not_inside("poll()");
+    stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -10451,9 +10823,9 @@ class basic_relay {
    * its backoff. Returns how many events it emitted.
    */
   std::size_t run_until_idle() {
-    not_inside("run_until_idle()");
+    stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -10465,85 +10837,25 @@ class basic_relay {
    * executor drained them). Returns false if that failed (reported; they are emitted again).
    */
   bool flush() {
-    not_inside("flush()");
+    stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
   }
 
   /// Wakes the relay's thread now (e.g. after a commit) instead of after idle_wait.
-  void wake() { sleep_->wake(); }
+  void wake() { thread_.wake(); }
 
   /// The five metrics and the counts, read now.
-  relay_stats stats() const {
-    relay_stats s;
-    s.store_time = store_time_.read().summary();
-    s.store_errors = store_errors_.load(std::memory_order_relaxed);
-    s.send_time = send_time_.read().summary();
-    s.send_errors = send_errors_.load(std::memory_order_relaxed);
-    s.cleanup_time = cleanup_time_.read().summary();
-    s.cleanup_errors = cleanup_errors_.load(std::memory_order_relaxed);
-    s.emitted = emitted_count_.load(std::memory_order_relaxed);
-    s.marked = marked_count_.load(std::memory_order_relaxed);
-    s.purged = purged_count_.load(std::memory_order_relaxed);
-    return s;
-  }
+  relay_stats stats() const { return meter_.read(); }
 
   /// The options, as given (with the clock filled in).
   const relay_options& options() const noexcept { return options_; }
 
  private:
   using real = std::chrono::steady_clock;
-
-  static void check_options(const relay_options& o) {
-    const auto bad = [](const std::string& what) {
-      throw invalid_argument("evbus: relay_options: " + what);
-    };
-    const auto ns = [](std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; };
-    if (o.batch_size == 0) bad("batch_size must be at least 1 (got 0)");
-    if (o.ack == ack_mode::after_handled && o.executor == nullptr) {
-      bad("ack_mode::after_handled needs the executor whose drain() it waits for (executor is "
-          "null)");
-    }
-    if (o.ack_interval.count() <= 0) bad("ack_interval must be positive (got " + ns(o.ack_interval) + ")");
-    if (o.backoff_base.count() < 0) {
-      bad("backoff_base must not be negative (got " + ns(o.backoff_base) + ")");
-    }
-    if (o.backoff_cap < o.backoff_base) {
-      bad("backoff_cap (" + ns(o.backoff_cap) + ") must not be below backoff_base (" +
-          ns(o.backoff_base) + ")");
-    }
-    if (o.retention && o.retention->count() < 0) {
-      bad("retention must not be negative (got " + ns(*o.retention) + ")");
-    }
-    if (o.purge_interval.count() <= 0) {
-      bad("purge_interval must be positive (got " + ns(o.purge_interval) + ")");
-    }
-    if (o.idle_wait.count() <= 0) bad("idle_wait must be positive (got " + ns(o.idle_wait) + ")");
-  }
-
-  /// Marks the thread running a step for its duration.
-  struct stepping_scope {
-    explicit stepping_scope(std::atomic<std::thread::id>& s) : slot(s) {
-      slot.store(std::this_thread::get_id(), std::memory_order_relaxed);
-    }
-    ~stepping_scope() { slot.store(std::thread::id{}, std::memory_order_relaxed); }
-    stepping_scope(const stepping_scope&) = delete;
-    stepping_scope& operator=(const stepping_scope&) = delete;
-    std::atomic<std::thread::id>& slot;
-  };
-
-  /// Refuses a call from inside a step (a handler the relay is running): it would wait for
-  /// itself.
-  void not_inside(const char* call) const {
-    if (stepping_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
-      throw waits_for_itself(std::string("evbus: basic_relay::") + call +
-                             " called from inside the relay's own step (a handler it is "
-                             "emitting to): it would wait for itself");
-    }
-  }
 
   /// The wall-clock time marks and purges use: the system clock, or with a manual relay clock
   /// the time the relay was made plus how far that clock moved since.
@@ -10559,7 +10871,7 @@ class basic_relay {
   bool step(std::size_t& emitted) {
     const steady_time now = clock_->now();
     purge_if_due(now);
-    if (now < retry_at_) return false;
+    if (now < retry_.retry_at()) return false;
     bool progressed = false;
     // What earlier steps emitted and did not mark yet: on the timer's due time (also in the
     // middle of a batch); in the other modes once their batch was emitted whole.
@@ -10582,13 +10894,13 @@ class basic_relay {
       try {
         batch_ = store_->read_pending(cursor_, options_.batch_size);
       } catch (...) {
-        store_errors_.fetch_add(1, std::memory_order_relaxed);
+        meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
         batch_.clear();
-        fail(relay_step::read, 0, std::current_exception());
+        retry_.fail(relay_step::read, 0, clock_->now(), std::current_exception());
         return false;
       }
-      store_time_.record(real::now() - t0);
-      succeeded(relay_step::read, 0);
+      meter_.store_time.record(real::now() - t0);
+      retry_.succeeded(relay_step::read, 0);
       if (batch_.empty()) {
         if (emitted_.empty()) cursor_ = 0;  // caught up: next time, from the oldest pending
         return progressed;
@@ -10638,15 +10950,15 @@ class basic_relay {
       o.occurred_at = e.occurred_at;
       bus_->emit(e.topic, std::move(data), std::move(o));
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(at, e.sequence, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(at, e.sequence, clock_->now(), std::current_exception());
       return false;
     }
-    if (timed) send_time_.record(real::now() - t0);
+    if (timed) meter_.send_time.record(real::now() - t0);
     // Only the stepping thread writes the counts: a plain store, no locked instruction.
-    emitted_count_.store(emitted_count_.load(std::memory_order_relaxed) + 1,
+    meter_.emitted.store(meter_.emitted.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
-    succeeded(relay_step::emit, e.sequence);
+    retry_.succeeded(relay_step::emit, e.sequence);
     return true;
   }
 
@@ -10655,11 +10967,11 @@ class basic_relay {
     try {
       options_.executor->drain();
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::handled, 0, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::handled, 0, clock_->now(), std::current_exception());
       return false;
     }
-    succeeded(relay_step::handled, 0);
+    retry_.succeeded(relay_step::handled, 0);
     return true;
   }
 
@@ -10671,18 +10983,18 @@ class basic_relay {
     try {
       store_->mark_delivered(emitted_, wall_now());
     } catch (...) {
-      store_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::mark, 0, std::current_exception());
+      meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::mark, 0, clock_->now(), std::current_exception());
       emitted_.clear();
       batch_.clear();
       next_ = 0;
       cursor_ = 0;
       return false;
     }
-    store_time_.record(real::now() - t0);
-    marked_count_.fetch_add(emitted_.size(), std::memory_order_relaxed);
+    meter_.store_time.record(real::now() - t0);
+    meter_.marked.fetch_add(emitted_.size(), std::memory_order_relaxed);
     emitted_.clear();
-    succeeded(relay_step::mark, 0);
+    retry_.succeeded(relay_step::mark, 0);
     return true;
   }
 
@@ -10692,72 +11004,14 @@ class basic_relay {
     try {
       const std::size_t n = store_->purge_delivered(
           wall_now() - std::chrono::duration_cast<time_point::duration>(*options_.retention));
-      cleanup_time_.record(real::now() - t0);
-      purged_count_.fetch_add(n, std::memory_order_relaxed);
-      purge_failures_ = 0;
+      meter_.cleanup_time.record(real::now() - t0);
+      meter_.purged.fetch_add(n, std::memory_order_relaxed);
+      retry_.purge_succeeded();
       next_purge_ = detail::add_saturated(now, options_.purge_interval);
     } catch (...) {
-      cleanup_errors_.fetch_add(1, std::memory_order_relaxed);
-      const auto wait = std::min(backoff(++purge_failures_), options_.purge_interval);
-      next_purge_ = detail::add_saturated(now, wait);
-      report(relay_step::purge, 0, purge_failures_, wait, std::current_exception());
+      meter_.cleanup_errors.fetch_add(1, std::memory_order_relaxed);
+      next_purge_ = retry_.purge_failed(now, std::current_exception());
     }
-  }
-
-  std::chrono::nanoseconds backoff(std::uint64_t attempt) const {
-    auto d = options_.backoff_base;
-    for (std::uint64_t i = 1; i < attempt && d < options_.backoff_cap; ++i) {
-      d = d > options_.backoff_cap / 2 ? options_.backoff_cap : d * 2;
-    }
-    return std::min(d, options_.backoff_cap);
-  }
-
-  /// A failure of `s`: counts it, sets the backoff, reports.
-  void fail(relay_step s, std::uint64_t sequence, std::exception_ptr error) {
-    if (failing_step_ != s || failing_sequence_ != sequence) failures_ = 0;
-    failing_step_ = s;
-    failing_sequence_ = sequence;
-    const std::uint64_t attempt = ++failures_;
-    const auto wait = backoff(attempt);
-    retry_at_ = detail::add_saturated(clock_->now(), wait);
-    report(s, sequence, attempt, wait, std::move(error));
-  }
-
-  /// A success of `s`: the backoff of that step starts again from the base.
-  void succeeded(relay_step s, std::uint64_t sequence) noexcept {
-    if (failures_ != 0 && failing_step_ == s && failing_sequence_ == sequence) failures_ = 0;
-  }
-
-  void report(relay_step s, std::uint64_t sequence, std::uint64_t attempt,
-              std::chrono::nanoseconds wait, std::exception_ptr error) {
-    relay_failure f;
-    f.step = s;
-    f.sequence = sequence;
-    f.attempt = attempt;
-    f.retry_in = wait;
-    f.error = error;
-    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
-    f.message = "evbus: relay: ";
-    f.message += to_string(s);
-    if (sequence != 0) {
-      f.message += " of event ";
-      f.message += std::to_string(sequence);
-    }
-    f.message += " failed: ";
-    f.message += detail::describe(error);
-    f.message += "; attempt ";
-    f.message += std::to_string(attempt);
-    f.message += ", retrying in ";
-    f.message += detail::format_duration(wait);
-    if (options_.on_error) {
-      try {
-        options_.on_error(f);
-        return;
-      } catch (...) {
-        f.message += " (on_error threw: " + detail::describe(std::current_exception()) + ")";
-      }
-    }
-    std::fprintf(stderr, "%s\n", f.message.c_str());
   }
 
   /// The relay's own thread.
@@ -10767,27 +11021,23 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const stepping_scope scope(stepping_);
+        const detail::step_holder::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
-        if (retry_at_ > clock_->now()) due = retry_at_;
+        if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
         if (!emitted_.empty() && options_.ack == ack_mode::on_timer) due = std::min(due, ack_due_);
         if (options_.retention) due = std::min(due, next_purge_);
       }
-      std::unique_lock<std::mutex> lock(sleep_->mutex);
-      if (sleep_->stopping) return;
-      if (progressed) continue;
+      if (progressed) {
+        if (thread_.stopping()) return;
+        continue;
+      }
       auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.idle_wait);
       if (!clock_->is_manual() && due != steady_time::max()) {
         const auto until = due - clock_->now();
         if (until < wait) wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until);
       }
-      if (wait.count() > 0) {
-        sleep_->wake_up.wait_for(lock, detail::bounded_wait(wait),
-                                 [this] { return sleep_->stopping || sleep_->woken; });
-      }
-      sleep_->woken = false;
-      if (sleep_->stopping) return;
+      if (!thread_.sleep(wait)) return;
     }
   }
 
@@ -10808,36 +11058,14 @@ class basic_relay {
   std::uint32_t send_tick_ = 0;      ///< counts emits, for the one-in-8 sample of send time
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
-  steady_time retry_at_{};           ///< no step before this (backoff)
   steady_time next_purge_{};
-  std::uint64_t failures_ = 0;       ///< consecutive failures of failing_step_
-  relay_step failing_step_ = relay_step::read;
-  std::uint64_t failing_sequence_ = 0;
-  std::uint64_t purge_failures_ = 0;
+  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
 
-  detail::log_histogram store_time_, send_time_, cleanup_time_;
-  std::atomic<std::uint64_t> store_errors_{0}, send_errors_{0}, cleanup_errors_{0};
-  std::atomic<std::uint64_t> emitted_count_{0}, marked_count_{0}, purged_count_{0};
+  detail::relay_meter meter_;  ///< behind stats()
 
-  std::atomic<std::thread::id> stepping_{};  ///< the thread running a step, if any
+  detail::step_holder stepping_;  ///< the thread running a step, if any
 
-  mutable std::mutex thread_mutex_;  ///< start(), stop(), running()
-  std::thread thread_;
-  /// The thread's sleep: what wakes it, and whether it must end.
-  struct sleep_state {
-    std::mutex mutex;
-    std::condition_variable wake_up;
-    bool stopping = false;
-    bool woken = false;
-    void wake() {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        woken = true;
-      }
-      wake_up.notify_all();
-    }
-  };
-  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
+  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

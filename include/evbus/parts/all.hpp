@@ -59,6 +59,8 @@
 #include "outbox_store.hpp"
 #include "codec.hpp"
 #include "outbox.hpp"
+#include "byte_order.hpp"
+#include "crc32c.hpp"
 #include "journal_format.hpp"
 #include "journal_io.hpp"
 #include "journal_index.hpp"
@@ -91,6 +93,9 @@
 #include "ordered.hpp"
 
 // 7. The relay of the durable outbox (it may wait for the executor)
+#include "relay_options.hpp"
+#include "relay_retry.hpp"
+#include "relay_thread.hpp"
 #include "relay.hpp"
 
 #endif  // EVBUS_EVBUS_HPP

@@ -47,21 +47,21 @@ class block_spare {
   block_spare() noexcept = default;
   block_spare(const block_spare&) = delete;
   block_spare& operator=(const block_spare&) = delete;
-  ~block_spare() { delete slot_.load(std::memory_order_acquire); }
+  ~block_spare() { delete held_.load(std::memory_order_acquire); }
   block* take() noexcept {
-    if (slot_.load(std::memory_order_relaxed) == nullptr) return nullptr;
-    return slot_.exchange(nullptr, std::memory_order_acquire);
+    if (held_.load(std::memory_order_relaxed) == nullptr) return nullptr;
+    return held_.exchange(nullptr, std::memory_order_acquire);
   }
   void give(block* b) noexcept {
     block* none = nullptr;
-    if (!slot_.compare_exchange_strong(none, b, std::memory_order_release,
+    if (!held_.compare_exchange_strong(none, b, std::memory_order_release,
                                        std::memory_order_relaxed)) {
       delete b;
     }
   }
 
  private:
-  std::atomic<block*> slot_{nullptr};
+  std::atomic<block*> held_{nullptr};
 };
 
 /// A FIFO of T in blocks of `per_block` elements, with a mark between the elements the

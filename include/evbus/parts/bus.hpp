@@ -263,19 +263,13 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handler that throws does not stop the others; see set_error_hook for what happens next.
    */
   emit_result emit(std::string_view topic, Data data, emit_options options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return this->dispatch(slot, this->find_registered(topic), std::move(data), std::move(options));
+    return this->emit_on(topic, std::move(data), std::move(options));
   }
 
   /// The same with no options: a new id, the tx id equal to it, the time now, no key, no
   /// source (no emit_options is built, moved or destroyed).
   emit_result emit(std::string_view topic, Data data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return this->dispatch(slot, this->find_registered(topic), std::move(data));
+    return this->emit_on(topic, std::move(data), detail::no_options{});
   }
 
   /**
@@ -300,7 +294,7 @@ class basic_bus : private detail::bus_emitter<Data> {
    * handle must not outlive the bus.
    */
   basic_topic_handle<Data> topic(std::string_view name) {
-    return basic_topic_handle<Data>(this, this->find_slot(name));
+    return basic_topic_handle<Data>(this, this->find_entry(name));
   }
 
   /**

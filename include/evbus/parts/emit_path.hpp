@@ -23,12 +23,17 @@
 #include <exception>
 #include <functional>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
+
+/// What an emit without emit_options passes for them: nothing to read, move or destroy.
+struct no_options {};
 
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
@@ -38,7 +43,7 @@ class bus_emitter : public bus_registrations<Data> {
  public:
   using event_type = basic_event<Data>;
   using id_generator = std::function<std::string()>;
-  using typename base::slot_type;
+  using typename base::topic_entry;
 
   std::string new_id() {
     if (!default_ids_) return generator_();
@@ -51,80 +56,118 @@ class bus_emitter : public bus_registrations<Data> {
   /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
-  void for_each_handler(const slot_type& topic, Fn&& fn) {
+  void for_each_handler(const topic_entry& topic, Fn&& fn) {
     const detail::slot_lease lease;
     detail::thread_slot& slot = lease.slot();
     detail::emit_scope scope(slot);
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) return;
-    for (const auto& h : *handlers) {
-      if (!h->enter(slot)) continue;  // deregistered
-      struct call_guard {
-        detail::handler_entry<Data>& entry;
-        detail::thread_slot& slot;
-        ~call_guard() { entry.leave(slot); }
-      } guard{*h, slot};
-      fn(h->fn);
+    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h.fn); });
+  }
+
+  /// An emit: the thread's slot marked for its duration, the topic found (an entry the caller
+  /// holds, as a handle or a transaction does, or a name looked up in the index inside the
+  /// mark), then dispatch. `options`: an emit_options, or no_options.
+  template <class Topic, class Options>
+  emit_result emit_on(const Topic& topic, Data&& data, Options&& options) {
+    static_assert(std::is_same_v<Topic, topic_entry> || std::is_same_v<Topic, std::string_view>,
+                  "emit_on: a topic entry or a topic name");
+    const detail::slot_lease lease;
+    detail::thread_slot& slot = lease.slot();
+    detail::emit_scope scope(slot);
+    if constexpr (std::is_same_v<Topic, topic_entry>) {
+      return dispatch(slot, topic, std::move(data), std::forward<Options>(options));
+    } else {
+      return dispatch(slot, this->find_registered(topic), std::move(data),
+                      std::forward<Options>(options));
     }
-  }
-
-  /// Emits on a slot held by the caller (a handle or a transaction).
-  emit_result emit_on(const slot_type& topic, Data&& data, emit_options&& options) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data), std::move(options));
-  }
-
-  emit_result emit_on(const slot_type& topic, Data&& data) {
-    const detail::slot_lease lease;
-    detail::thread_slot& slot = lease.slot();
-    detail::emit_scope scope(slot);
-    return dispatch(slot, topic, std::move(data));
   }
 
  protected:
   using base::deregistered_;
   using base::hook_;
 
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data,
-                       emit_options&& options) {
+  /// Builds the event and calls the handlers. One function for both kinds of emit: an emit
+  /// without options (`no_options`) compiles to its own fast path, reading no options and
+  /// building, moving and destroying no emit_options (and giving g++ -O2 no empty optional's
+  /// storage to mistake for an uninitialised read).
+  template <class Options>
+  emit_result dispatch(detail::thread_slot& slot, const topic_entry& topic, Data&& data,
+                       Options&& options) {
+    constexpr bool plain = std::is_same_v<Options, no_options>;
+    static_assert(plain || std::is_same_v<Options, emit_options>,
+                  "dispatch: an emit_options to move from, or no_options");
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = options.occurred_at ? *options.occurred_at : detail::wall_now();
-    if (default_ids_ && options.id.empty()) {
+    bool given_time = false;  // the caller gave the event's time
+    bool default_id = default_ids_;
+    time_point at{};
+    if constexpr (plain) {
+      at = detail::wall_now();
+    } else {
+      given_time = options.occurred_at.has_value();
+      default_id = default_id && options.id.empty();
+      at = given_time ? *options.occurred_at : detail::wall_now();
+    }
+    if (default_id) {
       // The common case: a default id, its strings built in place. The result is built from
       // a copy of the id: an emit inside a handler makes new ids in the same slot.
       const detail::id_text& made =
-          detail::make_sortable_id(slot, options.occurred_at ? detail::wall_now() : at);
+          detail::make_sortable_id(slot, given_time ? detail::wall_now() : at);
       const detail::id_text text = made;
       event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-      const bool own_tx = options.tx_id.empty();
-      if (!own_tx) ev.tx_id = std::move(options.tx_id);
-      if (!options.key.empty()) ev.key = std::move(options.key);
-      if (!options.source.empty()) ev.source = std::move(options.source);
-      call_handlers(slot, *handlers, ev);
-      if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
-      return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+      if constexpr (plain) {
+        call_handlers(slot, *handlers, ev);
+        return emit_result{detail::id_string(text), detail::id_string(text), at};
+      } else {
+        const bool own_tx = options.tx_id.empty();
+        if (!own_tx) ev.tx_id = std::move(options.tx_id);
+        if (!options.key.empty()) ev.key = std::move(options.key);
+        if (!options.source.empty()) ev.source = std::move(options.source);
+        call_handlers(slot, *handlers, ev);
+        if (own_tx) return emit_result{detail::id_string(text), detail::id_string(text), at};
+        return emit_result{detail::id_string(text), std::move(ev.tx_id), at};
+      }
     }
     event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
     ev.occurred_at = at;
-    ev.id = options.id.empty() ? generator_() : std::move(options.id);
-    if (options.tx_id.empty()) {
+    if constexpr (plain) {
+      ev.id = generator_();
       ev.tx_id = ev.id;
     } else {
-      ev.tx_id = std::move(options.tx_id);
+      ev.id = options.id.empty() ? generator_() : std::move(options.id);
+      if (options.tx_id.empty()) {
+        ev.tx_id = ev.id;
+      } else {
+        ev.tx_id = std::move(options.tx_id);
+      }
+      ev.key = std::move(options.key);
+      ev.source = std::move(options.source);
     }
-    ev.key = std::move(options.key);
-    ev.source = std::move(options.source);
     call_handlers(slot, *handlers, ev);
-    return emit_result{std::move(ev.id), std::move(ev.tx_id), ev.occurred_at};
+    return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
   }
 
   /// Calls every active handler in `handlers`, then reports the failures.
   void call_handlers(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
                      const event_type& ev) {
     std::vector<typename handler_errors::failure> failures;
+    for_each_call(slot, handlers, [&](const detail::handler_entry<Data>& h) {
+      try {
+        h.fn(ev);
+      } catch (...) {
+        failures.push_back({h.key, std::current_exception()});
+      }
+    });
+    if (!failures.empty()) report(ev, std::move(failures));
+  }
+
+  /// Runs `call(handler)` for every handler of `handlers` not deregistered, in order, each
+  /// call marked in `slot` from before it starts until it ends, also by an exception
+  /// (handler_entry::enter and leave, topic_table.hpp).
+  template <class Call>
+  static void for_each_call(detail::thread_slot& slot, const detail::handler_list<Data>& handlers,
+                            Call&& call) {
     for (const auto& h : handlers) {
       if (!h->enter(slot)) continue;  // deregistered
       struct call_guard {
@@ -132,36 +175,8 @@ class bus_emitter : public bus_registrations<Data> {
         detail::thread_slot& slot;
         ~call_guard() { entry.leave(slot); }
       } guard{*h, slot};
-      try {
-        h->fn(ev);
-      } catch (...) {
-        failures.push_back({h->key, std::current_exception()});
-      }
+      call(std::as_const(*h));
     }
-    if (!failures.empty()) report(ev, std::move(failures));
-  }
-
-  /// dispatch without options.
-  emit_result dispatch(detail::thread_slot& slot, const slot_type& topic, Data&& data) {
-    const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
-    if (handlers == deregistered_.get()) throw unknown_topic(topic.name->value);
-    const time_point at = detail::wall_now();
-    if (!default_ids_) {
-      // Built here rather than through an empty emit_options: fewer moves, and g++ -O2
-      // cannot then mistake the empty optional's storage for an uninitialised read.
-      event_type ev(detail::topic_ref(topic.name.get()), std::move(data));
-      ev.occurred_at = at;
-      ev.id = generator_();
-      ev.tx_id = ev.id;
-      call_handlers(slot, *handlers, ev);
-      return emit_result{std::move(ev.id), std::move(ev.tx_id), at};
-    }
-    // As above, the result is built from a copy of the id.
-    const detail::id_text& made = detail::make_sortable_id(slot, at);
-    const detail::id_text text = made;
-    const event_type ev(detail::topic_ref(topic.name.get()), made, at, std::move(data));
-    call_handlers(slot, *handlers, ev);
-    return emit_result{detail::id_string(text), detail::id_string(text), at};
   }
 
   /// Gives every failure to the hook; what the hook throws, or every failure when there is no

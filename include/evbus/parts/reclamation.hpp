@@ -1,6 +1,6 @@
 // evbus/parts/reclamation.hpp: what the bus retires from the read side, freed when no emit reads it
 //
-// Owns deferred reclamation. A registration change publishes new handler lists, topic slots
+// Owns deferred reclamation. A registration change publishes new handler lists, topic entries
 // or a new index, and retires the old ones; emits running meanwhile may still read them. A
 // retire_list keeps them, marked with the emits in progress (emit_tracking.hpp), and hands
 // them back for destruction once those emits are over. It keeps the guarantee that no emit

@@ -53,7 +53,7 @@ class bus_registrations : public retire_list {
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
-  using slot_type = detail::topic_slot<Data>;
+  using topic_entry = detail::topic_entry<Data>;
 
   bus_registrations() { init(); }
 
@@ -97,7 +97,7 @@ class bus_registrations : public retire_list {
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_);
-      std::vector<detail::topic_slot<Data>*> subscribed;
+      std::vector<topic_entry*> subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
       for (auto it = topics_.lower_bound(entry->prefix);
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
@@ -108,10 +108,10 @@ class bus_registrations : public retire_list {
       handlers_.emplace(entry->key, entry);
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
-      for (auto* slot : subscribed) {
-        auto list = std::make_shared<detail::handler_list<Data>>(*slot->handlers_owner);
+      for (auto* topic : subscribed) {
+        auto list = std::make_shared<detail::handler_list<Data>>(*topic->handlers_owner);
         list->push_back(entry);
-        publish(*slot, std::move(list));
+        publish(*topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -131,15 +131,15 @@ class bus_registrations : public retire_list {
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
       for (auto t = topics_.lower_bound(entry->prefix);
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
-        auto& slot = *t->second;
-        const auto& old = *slot.handlers_owner;
+        auto& topic = *t->second;
+        const auto& old = *topic.handlers_owner;
         if (std::find(old.begin(), old.end(), entry) == old.end()) continue;
         auto list = std::make_shared<detail::handler_list<Data>>();
         list->reserve(old.size() - 1);
         for (const auto& h : old) {
           if (h != entry) list->push_back(h);
         }
-        publish(slot, std::move(list));
+        publish(topic, std::move(list));
       }
       retire_later(garbage);
     }
@@ -205,7 +205,9 @@ class bus_registrations : public retire_list {
     }
   }
 
-  std::shared_ptr<slot_type> find_slot(std::string_view name) const {
+  /// The entry of the registered topic `name`, for a holder that outlives an emit (a handle,
+  /// a transaction's buffered event); evbus::unknown_topic.
+  std::shared_ptr<topic_entry> find_entry(std::string_view name) const {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = topics_.find(name);
     if (it == topics_.end()) throw unknown_topic(name);
@@ -213,7 +215,7 @@ class bus_registrations : public retire_list {
   }
 
   /// The registered topic `name` (evbus::unknown_topic); called inside an emit scope.
-  const slot_type& find_registered(std::string_view name) const {
+  const topic_entry& find_registered(std::string_view name) const {
     const auto* found = index_.load(std::memory_order_seq_cst)->find(name);
     if (found == nullptr) throw unknown_topic(name);
     return *found;
@@ -261,13 +263,13 @@ class bus_registrations : public retire_list {
         added.emplace_back(name, std::move(list));
       }
       if (added.empty()) return;
-      std::vector<std::shared_ptr<slot_type>> slots;
-      slots.reserve(added.size());
-      for (auto& [name, list] : added) slots.push_back(revive(std::string(name), std::move(list)));
+      std::vector<std::shared_ptr<topic_entry>> entries;
+      entries.reserve(added.size());
+      for (auto& [name, list] : added) entries.push_back(revive(std::string(name), std::move(list)));
       make_index_room(added.size());
-      for (auto& slot : slots) {
-        index_owner_->insert(slot.get());
-        topics_.emplace(slot->name->value, std::move(slot));
+      for (auto& topic : entries) {
+        index_owner_->insert(topic.get());
+        topics_.emplace(topic->name->value, std::move(topic));
       }
       retire_later(garbage);
     }
@@ -282,17 +284,17 @@ class bus_registrations : public retire_list {
       for (std::size_t i = 0; i < count; ++i) {
         auto it = topics_.find(names[i]);
         if (it == topics_.end()) continue;
-        std::shared_ptr<slot_type> slot = std::move(it->second);
+        std::shared_ptr<topic_entry> topic = std::move(it->second);
         topics_.erase(it);
         // The sentinel both drops the subscriptions (a dormant topic keeps no handler alive)
         // and tells an emit that looked the topic up just before that it is gone: it throws
         // unknown_topic rather than return having called nobody.
-        publish(*slot, deregistered_);
-        index_owner_->erase(slot.get());
-        // A handle may still hold the slot; remember it so re-registering the name revives it.
-        dormant_[slot->name->value] = slot;
-        // An emit that found the slot may still read it.
-        retire(std::move(slot));
+        publish(*topic, deregistered_);
+        index_owner_->erase(topic.get());
+        // A handle may still hold the entry; remember it so re-registering the name revives it.
+        dormant_[topic->name->value] = topic;
+        // An emit that found the entry may still read it.
+        retire(std::move(topic));
         changed = true;
       }
       if (!changed) return;
@@ -307,28 +309,28 @@ class bus_registrations : public retire_list {
     }
   }
 
-  /// The slot for a topic being registered, with its handler list: the one a live handle
+  /// The entry for a topic being registered, with its handler list: the one a live handle
   /// still holds, or a new one.
-  std::shared_ptr<slot_type> revive(std::string name,
+  std::shared_ptr<topic_entry> revive(std::string name,
                                     std::shared_ptr<const detail::handler_list<Data>> list) {
     auto it = dormant_.find(name);
     if (it != dormant_.end()) {
-      std::shared_ptr<slot_type> slot = it->second.lock();
+      std::shared_ptr<topic_entry> topic = it->second.lock();
       dormant_.erase(it);
-      if (slot) {
-        publish(*slot, std::move(list));
-        return slot;
+      if (topic) {
+        publish(*topic, std::move(list));
+        return topic;
       }
     }
-    auto slot = std::make_shared<slot_type>(std::make_shared<const detail::topic_name>(name));
-    slot->handlers.store(list.get(), std::memory_order_seq_cst);
-    slot->handlers_owner = std::move(list);
-    return slot;
+    auto topic = std::make_shared<topic_entry>(std::make_shared<const detail::topic_name>(name));
+    topic->handlers.store(list.get(), std::memory_order_seq_cst);
+    topic->handlers_owner = std::move(list);
+    return topic;
   }
 
-  void publish(slot_type& slot, std::shared_ptr<const detail::handler_list<Data>> list) {
-    slot.handlers.store(list.get(), std::memory_order_seq_cst);
-    retire(std::exchange(slot.handlers_owner, std::move(list)));
+  void publish(topic_entry& topic, std::shared_ptr<const detail::handler_list<Data>> list) {
+    topic.handlers.store(list.get(), std::memory_order_seq_cst);
+    retire(std::exchange(topic.handlers_owner, std::move(list)));
   }
 
   /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
@@ -345,8 +347,8 @@ class bus_registrations : public retire_list {
   }
 
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<slot_type>, std::less<>> topics_;
-  std::map<std::string, std::weak_ptr<slot_type>, std::less<>> dormant_;
+  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
   std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
   std::uint64_t next_order_ = 0;
   std::shared_ptr<detail::topic_index<Data>> index_owner_;

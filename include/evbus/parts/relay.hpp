@@ -13,7 +13,9 @@
 // The relay's own clock (evbus::clock, a manual one in tests) times backoffs, timer
 // acknowledgements and purges; with a manual clock the delivery times it records move with it.
 // Durations in the stats are always real (std::chrono::steady_clock); send time is sampled
-// (one event in 8) unless the relay's clock is manual.
+// (one event in 8) unless the relay's clock is manual. What a relay is told and tells (options,
+// failures, stats) is in relay_options.hpp; its backoffs and failure reports, relay_retry.hpp;
+// its own thread and the refusal of calls from inside a step, relay_thread.hpp.
 #ifndef EVBUS_PARTS_RELAY_HPP
 #define EVBUS_PARTS_RELAY_HPP
 
@@ -21,153 +23,28 @@
 #include "clock.hpp"
 #include "codec.hpp"
 #include "errors.hpp"
+#include "event.hpp"
 #include "executor.hpp"
 #include "outbox_store.hpp"
+#include "relay_options.hpp"
+#include "relay_retry.hpp"
+#include "relay_thread.hpp"
 #include "stats.hpp"
 #include "time.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
-#include <thread>
-#include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
-
-/**
- * @brief When a relay marks the events it emitted as delivered.
- *
- *  - per_event: after each emit returns. At most one event is emitted again after a crash.
- *  - per_batch: once every event of a batch (relay_options::batch_size) was emitted: one store
- *    call per batch.
- *  - on_timer: every relay_options::ack_interval on the relay's clock, all that was emitted
- *    since (and at flush() and stop()).
- *  - after_handled: once the handlers have finished the events: after a batch is emitted the
- *    relay calls drain() on relay_options::executor (its public call: every event a subscription
- *    accepted before it is handled, dead-lettered or dropped), then marks the batch. A crash
- *    while an event waits in the executor's queues emits it again.
- *
- * In the first three modes "delivered" means "the bus's emit returned": synchronous handlers
- * have run, ordered subscriptions have queued the event (in memory).
- *
- * @code
- *   evbus::relay_options options;
- *   options.ack = evbus::ack_mode::after_handled;
- *   options.executor = &ex;
- * @endcode
- */
-enum class ack_mode { per_event, per_batch, on_timer, after_handled };
-
-/// The step of the relay's loop that failed.
-enum class relay_step {
-  read,     ///< the store's read_pending
-  decode,   ///< the codec's decode of a payload
-  emit,     ///< the bus's emit (a handler threw, a queue was full, the topic is unknown...)
-  handled,  ///< after_handled: the executor's drain()
-  mark,     ///< the store's mark_delivered
-  purge     ///< the store's purge_delivered
-};
-
-/// The name of a step, as messages print it ("read", "emit", ...).
-inline const char* to_string(relay_step s) noexcept {
-  switch (s) {
-    case relay_step::read: return "read";
-    case relay_step::decode: return "decode";
-    case relay_step::emit: return "emit";
-    case relay_step::handled: return "handled";
-    case relay_step::mark: return "mark";
-    case relay_step::purge: return "purge";
-  }
-  return "?";
-}
-
-/**
- * @brief One failure of a relay, as its error callback receives it. The relay tries the step
- * again after `retry_in` (on its clock).
- *
- * @code
- *   options.on_error = [](const evbus::relay_failure& f) {
- *     log.warn("{} (attempt {})", f.message, f.attempt);
- *   };
- * @endcode
- */
-struct relay_failure {
-  relay_step step = relay_step::read;  ///< what failed
-  std::uint64_t sequence = 0;          ///< the event's sequence (decode, emit); else 0
-  std::uint64_t attempt = 1;           ///< consecutive failures of this step, this one included
-  std::chrono::nanoseconds retry_in{}; ///< when the step runs again
-  std::exception_ptr error{};          ///< what was thrown
-  std::string message;                 ///< all of the above, readable
-};
-
-/**
- * @brief How a relay runs. Defaults: per-batch acknowledgements of up to 256 events, backoff
- * from 10 ms doubling to 5 s, delivered events purged after 7 days (checked every minute).
- *
- * @code
- *   evbus::relay_options options;
- *   options.ack = evbus::ack_mode::on_timer;
- *   options.ack_interval = std::chrono::milliseconds(50);
- *   options.retention = std::chrono::hours(24);
- *   options.on_error = [](const evbus::relay_failure& f) { log(f.message); };
- * @endcode
- */
-struct relay_options {
-  ack_mode ack = ack_mode::per_batch;  ///< when emitted events are marked delivered
-  std::size_t batch_size = 256;        ///< events read at once; at least 1
-  /// on_timer: how often emitted events are marked; positive.
-  std::chrono::nanoseconds ack_interval = std::chrono::milliseconds(100);
-  /// after_handled: the executor whose drain() says the events were handled. Required there,
-  /// ignored otherwise. It must outlive the relay, and the relay must not run (poll()) inside
-  /// one of its handlers.
-  keyed_executor* executor = nullptr;
-  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(10);  ///< first retry; >= 0
-  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(5);  ///< longest; >= backoff_base
-  /// Delivered events older than this are purged; empty: never purged. Not negative.
-  std::optional<std::chrono::nanoseconds> retention = std::chrono::hours(24 * 7);
-  std::chrono::nanoseconds purge_interval = std::chrono::minutes(1);  ///< purge checks; positive
-  /// Own thread (start()): how long it sleeps when nothing is pending before it reads again
-  /// (wake() cuts it short); positive.
-  std::chrono::nanoseconds idle_wait = std::chrono::milliseconds(20);
-  /// Backoffs, timer acknowledgements and purges follow it; empty: evbus::real_clock.
-  std::shared_ptr<evbus::clock> clock{};
-  /// Called (on the relay's thread) for every failure; empty: a line on stderr.
-  std::function<void(const relay_failure&)> on_error{};
-};
-
-/**
- * @brief A relay's five metrics and its counts. Durations are counts with percentiles
- * (evbus::latency_summary), measured in real time.
- *
- * @code
- *   const evbus::relay_stats s = relay.stats();
- *   std::cout << s.emitted << " emitted, send p99 " << s.send_time.p99.count() << "ns\n";
- * @endcode
- */
-struct relay_stats {
-  latency_summary store_time;       ///< each read_pending and mark_delivered that returned
-  std::uint64_t store_errors = 0;   ///< read_pending and mark_delivered that threw
-  /// decode and emit of the events emitted, one in 8 sampled (each with a manual relay clock)
-  latency_summary send_time;
-  std::uint64_t send_errors = 0;    ///< decodes, emits and (after_handled) drains that threw
-  latency_summary cleanup_time;     ///< each purge_delivered that returned
-  std::uint64_t cleanup_errors = 0; ///< purge_delivered that threw
-  std::uint64_t emitted = 0;        ///< emits that returned (a redelivery counts again)
-  std::uint64_t marked = 0;         ///< events named in mark_delivered calls that returned
-  std::uint64_t purged = 0;         ///< events purge_delivered removed
-};
 
 /**
  * @brief Emits the events of an outbox store into a bus, at least once, in sequence order, and
@@ -209,7 +86,7 @@ class basic_relay {
               Codec payload_codec = Codec{})
       : store_(&store), bus_(&target), options_(std::move(options)),
         codec_(std::move(payload_codec)) {
-    check_options(options_);
+    detail::check_relay_options(options_);
     if (!options_.clock) options_.clock = std::make_shared<real_clock>();
     clock_ = options_.clock;
     time_every_send_ = clock_->is_manual();
@@ -219,7 +96,7 @@ class basic_relay {
     if (clock_->is_manual()) {
       // The listener holds the sleep state, not the relay: a call of it still running when
       // the relay is gone touches nothing freed.
-      listener_ = clock_->add_listener([sleep = sleep_] { sleep->wake(); });
+      listener_ = clock_->add_listener(thread_.waker());
     }
   }
 
@@ -242,13 +119,7 @@ class basic_relay {
    * turns).
    */
   void start() {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-      sleep_->stopping = false;
-    }
-    thread_ = std::thread([this] { run(); });
+    thread_.start([this] { run(); });
   }
 
   /**
@@ -258,24 +129,13 @@ class basic_relay {
    * stop() called from a handler the relay is emitting to throw evbus::waits_for_itself.
    */
   void stop() {
-    not_inside("stop()");
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    if (thread_.joinable()) {
-      {
-        std::lock_guard<std::mutex> wait_lock(sleep_->mutex);
-        sleep_->stopping = true;
-      }
-      sleep_->wake_up.notify_all();
-      thread_.join();
-    }
+    stepping_.refuse_inside("stop()");
+    thread_.stop();
     flush();
   }
 
   /// True while the relay's own thread runs.
-  bool running() const {
-    std::lock_guard<std::mutex> lock(thread_mutex_);
-    return thread_.joinable();
-  }
+  bool running() const { return thread_.running(); }
 
   /**
    * @brief One step on the calling thread: marks what is due, reads one batch, emits it, marks
@@ -283,9 +143,9 @@ class basic_relay {
    * emitted. Never waits (except, with after_handled, for the executor's drain()).
    */
   std::size_t poll() {
-    not_inside("poll()");
+    stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -297,9 +157,9 @@ class basic_relay {
    * its backoff. Returns how many events it emitted.
    */
   std::size_t run_until_idle() {
-    not_inside("run_until_idle()");
+    stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -311,85 +171,25 @@ class basic_relay {
    * executor drained them). Returns false if that failed (reported; they are emitted again).
    */
   bool flush() {
-    not_inside("flush()");
+    stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const stepping_scope scope(stepping_);
+    const detail::step_holder::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
   }
 
   /// Wakes the relay's thread now (e.g. after a commit) instead of after idle_wait.
-  void wake() { sleep_->wake(); }
+  void wake() { thread_.wake(); }
 
   /// The five metrics and the counts, read now.
-  relay_stats stats() const {
-    relay_stats s;
-    s.store_time = store_time_.read().summary();
-    s.store_errors = store_errors_.load(std::memory_order_relaxed);
-    s.send_time = send_time_.read().summary();
-    s.send_errors = send_errors_.load(std::memory_order_relaxed);
-    s.cleanup_time = cleanup_time_.read().summary();
-    s.cleanup_errors = cleanup_errors_.load(std::memory_order_relaxed);
-    s.emitted = emitted_count_.load(std::memory_order_relaxed);
-    s.marked = marked_count_.load(std::memory_order_relaxed);
-    s.purged = purged_count_.load(std::memory_order_relaxed);
-    return s;
-  }
+  relay_stats stats() const { return meter_.read(); }
 
   /// The options, as given (with the clock filled in).
   const relay_options& options() const noexcept { return options_; }
 
  private:
   using real = std::chrono::steady_clock;
-
-  static void check_options(const relay_options& o) {
-    const auto bad = [](const std::string& what) {
-      throw invalid_argument("evbus: relay_options: " + what);
-    };
-    const auto ns = [](std::chrono::nanoseconds d) { return std::to_string(d.count()) + "ns"; };
-    if (o.batch_size == 0) bad("batch_size must be at least 1 (got 0)");
-    if (o.ack == ack_mode::after_handled && o.executor == nullptr) {
-      bad("ack_mode::after_handled needs the executor whose drain() it waits for (executor is "
-          "null)");
-    }
-    if (o.ack_interval.count() <= 0) bad("ack_interval must be positive (got " + ns(o.ack_interval) + ")");
-    if (o.backoff_base.count() < 0) {
-      bad("backoff_base must not be negative (got " + ns(o.backoff_base) + ")");
-    }
-    if (o.backoff_cap < o.backoff_base) {
-      bad("backoff_cap (" + ns(o.backoff_cap) + ") must not be below backoff_base (" +
-          ns(o.backoff_base) + ")");
-    }
-    if (o.retention && o.retention->count() < 0) {
-      bad("retention must not be negative (got " + ns(*o.retention) + ")");
-    }
-    if (o.purge_interval.count() <= 0) {
-      bad("purge_interval must be positive (got " + ns(o.purge_interval) + ")");
-    }
-    if (o.idle_wait.count() <= 0) bad("idle_wait must be positive (got " + ns(o.idle_wait) + ")");
-  }
-
-  /// Marks the thread running a step for its duration.
-  struct stepping_scope {
-    explicit stepping_scope(std::atomic<std::thread::id>& s) : slot(s) {
-      slot.store(std::this_thread::get_id(), std::memory_order_relaxed);
-    }
-    ~stepping_scope() { slot.store(std::thread::id{}, std::memory_order_relaxed); }
-    stepping_scope(const stepping_scope&) = delete;
-    stepping_scope& operator=(const stepping_scope&) = delete;
-    std::atomic<std::thread::id>& slot;
-  };
-
-  /// Refuses a call from inside a step (a handler the relay is running): it would wait for
-  /// itself.
-  void not_inside(const char* call) const {
-    if (stepping_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
-      throw waits_for_itself(std::string("evbus: basic_relay::") + call +
-                             " called from inside the relay's own step (a handler it is "
-                             "emitting to): it would wait for itself");
-    }
-  }
 
   /// The wall-clock time marks and purges use: the system clock, or with a manual relay clock
   /// the time the relay was made plus how far that clock moved since.
@@ -405,7 +205,7 @@ class basic_relay {
   bool step(std::size_t& emitted) {
     const steady_time now = clock_->now();
     purge_if_due(now);
-    if (now < retry_at_) return false;
+    if (now < retry_.retry_at()) return false;
     bool progressed = false;
     // What earlier steps emitted and did not mark yet: on the timer's due time (also in the
     // middle of a batch); in the other modes once their batch was emitted whole.
@@ -428,13 +228,13 @@ class basic_relay {
       try {
         batch_ = store_->read_pending(cursor_, options_.batch_size);
       } catch (...) {
-        store_errors_.fetch_add(1, std::memory_order_relaxed);
+        meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
         batch_.clear();
-        fail(relay_step::read, 0, std::current_exception());
+        retry_.fail(relay_step::read, 0, clock_->now(), std::current_exception());
         return false;
       }
-      store_time_.record(real::now() - t0);
-      succeeded(relay_step::read, 0);
+      meter_.store_time.record(real::now() - t0);
+      retry_.succeeded(relay_step::read, 0);
       if (batch_.empty()) {
         if (emitted_.empty()) cursor_ = 0;  // caught up: next time, from the oldest pending
         return progressed;
@@ -484,15 +284,15 @@ class basic_relay {
       o.occurred_at = e.occurred_at;
       bus_->emit(e.topic, std::move(data), std::move(o));
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(at, e.sequence, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(at, e.sequence, clock_->now(), std::current_exception());
       return false;
     }
-    if (timed) send_time_.record(real::now() - t0);
+    if (timed) meter_.send_time.record(real::now() - t0);
     // Only the stepping thread writes the counts: a plain store, no locked instruction.
-    emitted_count_.store(emitted_count_.load(std::memory_order_relaxed) + 1,
+    meter_.emitted.store(meter_.emitted.load(std::memory_order_relaxed) + 1,
                          std::memory_order_relaxed);
-    succeeded(relay_step::emit, e.sequence);
+    retry_.succeeded(relay_step::emit, e.sequence);
     return true;
   }
 
@@ -501,11 +301,11 @@ class basic_relay {
     try {
       options_.executor->drain();
     } catch (...) {
-      send_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::handled, 0, std::current_exception());
+      meter_.send_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::handled, 0, clock_->now(), std::current_exception());
       return false;
     }
-    succeeded(relay_step::handled, 0);
+    retry_.succeeded(relay_step::handled, 0);
     return true;
   }
 
@@ -517,18 +317,18 @@ class basic_relay {
     try {
       store_->mark_delivered(emitted_, wall_now());
     } catch (...) {
-      store_errors_.fetch_add(1, std::memory_order_relaxed);
-      fail(relay_step::mark, 0, std::current_exception());
+      meter_.store_errors.fetch_add(1, std::memory_order_relaxed);
+      retry_.fail(relay_step::mark, 0, clock_->now(), std::current_exception());
       emitted_.clear();
       batch_.clear();
       next_ = 0;
       cursor_ = 0;
       return false;
     }
-    store_time_.record(real::now() - t0);
-    marked_count_.fetch_add(emitted_.size(), std::memory_order_relaxed);
+    meter_.store_time.record(real::now() - t0);
+    meter_.marked.fetch_add(emitted_.size(), std::memory_order_relaxed);
     emitted_.clear();
-    succeeded(relay_step::mark, 0);
+    retry_.succeeded(relay_step::mark, 0);
     return true;
   }
 
@@ -538,72 +338,14 @@ class basic_relay {
     try {
       const std::size_t n = store_->purge_delivered(
           wall_now() - std::chrono::duration_cast<time_point::duration>(*options_.retention));
-      cleanup_time_.record(real::now() - t0);
-      purged_count_.fetch_add(n, std::memory_order_relaxed);
-      purge_failures_ = 0;
+      meter_.cleanup_time.record(real::now() - t0);
+      meter_.purged.fetch_add(n, std::memory_order_relaxed);
+      retry_.purge_succeeded();
       next_purge_ = detail::add_saturated(now, options_.purge_interval);
     } catch (...) {
-      cleanup_errors_.fetch_add(1, std::memory_order_relaxed);
-      const auto wait = std::min(backoff(++purge_failures_), options_.purge_interval);
-      next_purge_ = detail::add_saturated(now, wait);
-      report(relay_step::purge, 0, purge_failures_, wait, std::current_exception());
+      meter_.cleanup_errors.fetch_add(1, std::memory_order_relaxed);
+      next_purge_ = retry_.purge_failed(now, std::current_exception());
     }
-  }
-
-  std::chrono::nanoseconds backoff(std::uint64_t attempt) const {
-    auto d = options_.backoff_base;
-    for (std::uint64_t i = 1; i < attempt && d < options_.backoff_cap; ++i) {
-      d = d > options_.backoff_cap / 2 ? options_.backoff_cap : d * 2;
-    }
-    return std::min(d, options_.backoff_cap);
-  }
-
-  /// A failure of `s`: counts it, sets the backoff, reports.
-  void fail(relay_step s, std::uint64_t sequence, std::exception_ptr error) {
-    if (failing_step_ != s || failing_sequence_ != sequence) failures_ = 0;
-    failing_step_ = s;
-    failing_sequence_ = sequence;
-    const std::uint64_t attempt = ++failures_;
-    const auto wait = backoff(attempt);
-    retry_at_ = detail::add_saturated(clock_->now(), wait);
-    report(s, sequence, attempt, wait, std::move(error));
-  }
-
-  /// A success of `s`: the backoff of that step starts again from the base.
-  void succeeded(relay_step s, std::uint64_t sequence) noexcept {
-    if (failures_ != 0 && failing_step_ == s && failing_sequence_ == sequence) failures_ = 0;
-  }
-
-  void report(relay_step s, std::uint64_t sequence, std::uint64_t attempt,
-              std::chrono::nanoseconds wait, std::exception_ptr error) {
-    relay_failure f;
-    f.step = s;
-    f.sequence = sequence;
-    f.attempt = attempt;
-    f.retry_in = wait;
-    f.error = error;
-    // Built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a literal plus a string.
-    f.message = "evbus: relay: ";
-    f.message += to_string(s);
-    if (sequence != 0) {
-      f.message += " of event ";
-      f.message += std::to_string(sequence);
-    }
-    f.message += " failed: ";
-    f.message += detail::describe(error);
-    f.message += "; attempt ";
-    f.message += std::to_string(attempt);
-    f.message += ", retrying in ";
-    f.message += detail::format_duration(wait);
-    if (options_.on_error) {
-      try {
-        options_.on_error(f);
-        return;
-      } catch (...) {
-        f.message += " (on_error threw: " + detail::describe(std::current_exception()) + ")";
-      }
-    }
-    std::fprintf(stderr, "%s\n", f.message.c_str());
   }
 
   /// The relay's own thread.
@@ -613,27 +355,23 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const stepping_scope scope(stepping_);
+        const detail::step_holder::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
-        if (retry_at_ > clock_->now()) due = retry_at_;
+        if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
         if (!emitted_.empty() && options_.ack == ack_mode::on_timer) due = std::min(due, ack_due_);
         if (options_.retention) due = std::min(due, next_purge_);
       }
-      std::unique_lock<std::mutex> lock(sleep_->mutex);
-      if (sleep_->stopping) return;
-      if (progressed) continue;
+      if (progressed) {
+        if (thread_.stopping()) return;
+        continue;
+      }
       auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.idle_wait);
       if (!clock_->is_manual() && due != steady_time::max()) {
         const auto until = due - clock_->now();
         if (until < wait) wait = std::chrono::duration_cast<std::chrono::nanoseconds>(until);
       }
-      if (wait.count() > 0) {
-        sleep_->wake_up.wait_for(lock, detail::bounded_wait(wait),
-                                 [this] { return sleep_->stopping || sleep_->woken; });
-      }
-      sleep_->woken = false;
-      if (sleep_->stopping) return;
+      if (!thread_.sleep(wait)) return;
     }
   }
 
@@ -654,36 +392,14 @@ class basic_relay {
   std::uint32_t send_tick_ = 0;      ///< counts emits, for the one-in-8 sample of send time
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
-  steady_time retry_at_{};           ///< no step before this (backoff)
   steady_time next_purge_{};
-  std::uint64_t failures_ = 0;       ///< consecutive failures of failing_step_
-  relay_step failing_step_ = relay_step::read;
-  std::uint64_t failing_sequence_ = 0;
-  std::uint64_t purge_failures_ = 0;
+  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
 
-  detail::log_histogram store_time_, send_time_, cleanup_time_;
-  std::atomic<std::uint64_t> store_errors_{0}, send_errors_{0}, cleanup_errors_{0};
-  std::atomic<std::uint64_t> emitted_count_{0}, marked_count_{0}, purged_count_{0};
+  detail::relay_meter meter_;  ///< behind stats()
 
-  std::atomic<std::thread::id> stepping_{};  ///< the thread running a step, if any
+  detail::step_holder stepping_;  ///< the thread running a step, if any
 
-  mutable std::mutex thread_mutex_;  ///< start(), stop(), running()
-  std::thread thread_;
-  /// The thread's sleep: what wakes it, and whether it must end.
-  struct sleep_state {
-    std::mutex mutex;
-    std::condition_variable wake_up;
-    bool stopping = false;
-    bool woken = false;
-    void wake() {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        woken = true;
-      }
-      wake_up.notify_all();
-    }
-  };
-  std::shared_ptr<sleep_state> sleep_ = std::make_shared<sleep_state>();
+  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

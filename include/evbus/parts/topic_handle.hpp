@@ -1,6 +1,6 @@
 // evbus/parts/topic_handle.hpp: a registered topic to emit on without a name lookup.
 //
-// A handle holds the topic's slot; once the topic is deregistered, emitting through it throws
+// A handle holds the topic's entry; once the topic is deregistered, emitting through it throws
 // unknown_topic, and it works again once the name is registered again.
 #ifndef EVBUS_PARTS_TOPIC_HANDLE_HPP
 #define EVBUS_PARTS_TOPIC_HANDLE_HPP
@@ -27,15 +27,17 @@ template <class Data>
 class basic_topic_handle {
  public:
   /// The topic's name.
-  const std::string& name() const noexcept { return slot_->name->value; }
+  const std::string& name() const noexcept { return topic_->name->value; }
 
   /// Same as `bus.emit(name(), data, options)`, without the lookup.
   emit_result emit(Data data, emit_options options) const {
-    return bus_->emit_on(*slot_, std::move(data), std::move(options));
+    return bus_->emit_on(*topic_, std::move(data), std::move(options));
   }
 
   /// The same with no options.
-  emit_result emit(Data data) const { return bus_->emit_on(*slot_, std::move(data)); }
+  emit_result emit(Data data) const {
+    return bus_->emit_on(*topic_, std::move(data), detail::no_options{});
+  }
 
   /// Text as a string literal or char pointer, stored as a std::string (see basic_bus::emit).
   template <class Text, std::enable_if_t<detail::is_c_text<Data, Text>, int> = 0>
@@ -51,10 +53,10 @@ class basic_topic_handle {
 
  private:
   friend class basic_bus<Data>;
-  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_slot<Data>> slot)
-      : bus_(owner), slot_(std::move(slot)) {}
+  basic_topic_handle(basic_bus<Data>* owner, std::shared_ptr<detail::topic_entry<Data>> topic)
+      : bus_(owner), topic_(std::move(topic)) {}
   basic_bus<Data>* bus_;
-  std::shared_ptr<detail::topic_slot<Data>> slot_;
+  std::shared_ptr<detail::topic_entry<Data>> topic_;
 };
 
 /// A topic handle of evbus::bus.

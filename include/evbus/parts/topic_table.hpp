@@ -153,19 +153,19 @@ struct handler_entry {
 template <class Data>
 using handler_list = std::vector<std::shared_ptr<handler_entry<Data>>>;
 
-/// A registered topic. The bus swaps `handlers` whole on every change (copy on write); an emit
+/// A registered topic's entry: its name and its handler list. The bus swaps `handlers` whole on every change (copy on write); an emit
 /// reads the list once and works on it, so it sees the subscriptions as they were when it
 /// started.
 template <class Data>
-struct topic_slot {
-  explicit topic_slot(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
+struct topic_entry {
+  explicit topic_entry(std::shared_ptr<const topic_name> n) : name(std::move(n)) {}
   const std::shared_ptr<const topic_name> name;
   std::atomic<const handler_list<Data>*> handlers{nullptr};
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
 /// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
-/// names owned by the slots.
+/// names owned by the topic entries.
 /// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
 /// string_view is a general byte hash, two to three times slower on short names).
 inline std::uint64_t hash_topic(std::string_view s) noexcept {
@@ -200,49 +200,49 @@ inline std::uint64_t hash_topic(std::string_view s) noexcept {
 /**
  * The name -> topic table read by emit: open addressing, linear probing, a power-of-two size.
  * The bus changes it in place, under its lock, while emits read it without one: a topic is
- * added by filling an empty entry (hash first, then the slot pointer), removed by replacing
- * its slot pointer with `tombstone`. An emit that reads a slot pointer sees the hash written
- * before it. When live entries and tombstones would fill more than half of it, the bus builds
+ * added by filling an empty bucket (hash first, then the topic pointer), removed by replacing
+ * its topic pointer with `tombstone`. An emit that reads a topic pointer sees the hash written
+ * before it. When live topics and tombstones would fill more than half of it, the bus builds
  * a bigger one and retires this one: amortised O(1) per topic.
  */
 template <class Data>
 struct topic_index {
-  struct entry {
+  struct bucket {
     std::atomic<std::uint64_t> hash{0};
-    std::atomic<topic_slot<Data>*> slot{nullptr};  // nullptr: empty; &tombstone: removed
+    std::atomic<topic_entry<Data>*> topic{nullptr};  // nullptr: empty; &tombstone: removed
   };
 
   explicit topic_index(std::size_t capacity)
-      : table(new entry[capacity]), mask(capacity - 1), size(capacity) {}
+      : table(new bucket[capacity]), mask(capacity - 1), size(capacity) {}
 
-  const std::unique_ptr<entry[]> table;
+  const std::unique_ptr<bucket[]> table;
   const std::size_t mask;
   const std::size_t size;
   std::size_t live = 0;        // writer side
   std::size_t tombstones = 0;  // writer side
-  topic_slot<Data> tombstone{nullptr};
+  topic_entry<Data> tombstone{nullptr};
 
   /// True when `more` topics can be added without filling more than half of the table.
   bool has_room(std::size_t more) const noexcept { return 2 * (live + tombstones + more) <= size; }
 
   /// Adds a topic not in the table; requires has_room(1).
-  void insert(topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void insert(topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     std::size_t i = h & mask;
-    while (table[i].slot.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
+    while (table[i].topic.load(std::memory_order_relaxed) != nullptr) i = (i + 1) & mask;
     table[i].hash.store(h, std::memory_order_relaxed);
-    table[i].slot.store(slot, std::memory_order_seq_cst);
+    table[i].topic.store(topic, std::memory_order_seq_cst);
     ++live;
   }
 
   /// Removes a topic that is in the table.
-  void erase(const topic_slot<Data>* slot) noexcept {
-    const std::uint64_t h = hash_topic(slot->name->value);
+  void erase(const topic_entry<Data>* topic) noexcept {
+    const std::uint64_t h = hash_topic(topic->name->value);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      topic_slot<Data>* s = table[i].slot.load(std::memory_order_relaxed);
-      if (s == nullptr) return;
-      if (s == slot) {
-        table[i].slot.store(&tombstone, std::memory_order_seq_cst);
+      topic_entry<Data>* t = table[i].topic.load(std::memory_order_relaxed);
+      if (t == nullptr) return;
+      if (t == topic) {
+        table[i].topic.store(&tombstone, std::memory_order_seq_cst);
         --live;
         ++tombstones;
         return;
@@ -250,15 +250,15 @@ struct topic_index {
     }
   }
 
-  topic_slot<Data>* find(std::string_view name) const noexcept {
+  topic_entry<Data>* find(std::string_view name) const noexcept {
     const std::uint64_t h = hash_topic(name);
     for (std::size_t i = h & mask;; i = (i + 1) & mask) {
-      const entry& e = table[i];
-      topic_slot<Data>* s = e.slot.load(std::memory_order_seq_cst);
-      if (s == nullptr) return nullptr;
-      if (s != &tombstone && e.hash.load(std::memory_order_relaxed) == h &&
-          s->name->value == name) {
-        return s;
+      const bucket& b = table[i];
+      topic_entry<Data>* t = b.topic.load(std::memory_order_seq_cst);
+      if (t == nullptr) return nullptr;
+      if (t != &tombstone && b.hash.load(std::memory_order_relaxed) == h &&
+          t->name->value == name) {
+        return t;
       }
     }
   }

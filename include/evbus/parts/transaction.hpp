@@ -135,15 +135,15 @@ class basic_transaction {
     {
       detail::commit_scope reservations(ctx);
       for (const auto& e : pending_) {
-        bus_->for_each_handler(*e.slot, [&](const typename basic_bus<Data>::handler_type& fn) {
-          detail::commit_reserver<Data>::reserve(fn, ctx, e.slot->name->value, e.options.key,
+        bus_->for_each_handler(*e.topic, [&](const typename basic_bus<Data>::handler_type& fn) {
+          detail::commit_reserver<Data>::reserve(fn, ctx, e.topic->name->value, e.options.key,
                                                  e.id);
         });
       }
       // Every place is taken: from here on, nothing is refused.
       reservations.enter();
       basic_bus<Data>* target = std::exchange(bus_, nullptr);
-      std::vector<entry> events = std::move(pending_);  // the ids keep their addresses
+      std::vector<buffered_event> events = std::move(pending_);  // the ids keep their addresses
       pending_.clear();
       emit_all(target, events, ctx);
     }
@@ -160,15 +160,15 @@ class basic_transaction {
   bool open() const noexcept { return bus_ != nullptr; }
 
  private:
-  struct entry;
+  struct buffered_event;
 
-  void emit_all(basic_bus<Data>* target, std::vector<entry>& events,
+  void emit_all(basic_bus<Data>* target, std::vector<buffered_event>& events,
                 detail::commit_context& ctx) {
     std::vector<handler_errors::failure> failures;
     for (auto& e : events) {
       ctx.current = &e.id;
       try {
-        target->emit_on(*e.slot, std::move(e.data), std::move(e.options));
+        target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
         failures.push_back({e.id, std::current_exception()});
       }
@@ -195,7 +195,7 @@ class basic_transaction {
    */
   template <class Fn>
   void for_each_pending(Fn&& fn) const {
-    for (const auto& e : pending_) fn(std::string_view(e.slot->name->value), e.data, e.options);
+    for (const auto& e : pending_) fn(std::string_view(e.topic->name->value), e.data, e.options);
   }
 
  private:
@@ -206,17 +206,18 @@ class basic_transaction {
       throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
                              " cannot emit an event with tx_id " + detail::quote(options.tx_id));
     }
-    auto slot = bus_->find_slot(topic);
+    auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
     if (options.id.empty()) options.id = bus_->new_id();
     std::string id = options.id;
-    pending_.push_back(entry{std::move(slot), std::move(data), std::move(options), id});
+    pending_.push_back(buffered_event{std::move(entry), std::move(data), std::move(options), id});
     return id;
   }
 
   friend class basic_bus<Data>;
-  struct entry {
-    std::shared_ptr<detail::topic_slot<Data>> slot;
+  /// An event emitted into the transaction, waiting for commit.
+  struct buffered_event {
+    std::shared_ptr<detail::topic_entry<Data>> topic;
     Data data;
     emit_options options;
     std::string id;
@@ -234,7 +235,7 @@ class basic_transaction {
 
   basic_bus<Data>* bus_;
   std::string tx_id_;
-  std::vector<entry> pending_;
+  std::vector<buffered_event> pending_;
 };
 
 /// A transaction of evbus::bus.

@@ -244,6 +244,7 @@ run_bench() {
   build/bench/bench/evbus_bench --benchmark_min_time=0.01
   build/bench/bench/evbus_bench_outbox --benchmark_min_time=0.01
   build/bench/bench/evbus_bench_relay --benchmark_min_time=0.01
+  build/bench/bench/evbus_bench_async --benchmark_min_time=0.01
 }
 
 run_consumers() {

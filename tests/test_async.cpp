@@ -118,6 +118,9 @@ TEST_CASE("an asynchronous handler holds its key's partition, not the thread, un
   CHECK(s.in_flight == 0);
   CHECK(s.completion_time.count == 3);
   CHECK(s.failed_attempts == 0);
+  const std::string table = evbus::to_string(ex.stats());
+  CHECK(table.find("ordered-1: 0 in flight; completions p50/p99/max ") != std::string::npos);
+  CHECK(table.find(", 0 late, 0 duplicate, 0 abandoned\n") != std::string::npos);
 }
 
 TEST_CASE("a completion made inside the handler goes on at once; the delivery is available",

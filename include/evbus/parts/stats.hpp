@@ -239,6 +239,11 @@ inline std::string to_string(const executor_stats& s) {
       << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
       << "\n";
   for (const auto& sub : s.subscriptions) {
+    if (sub.completion_time.count > 0 || sub.in_flight > 0) {
+      out << sub.name << ": " << sub.in_flight << " in flight; completions p50/p99/max "
+          << triple(sub.completion_time) << ", " << sub.late_completions << " late, "
+          << sub.duplicate_completions << " duplicate, " << sub.abandoned << " abandoned\n";
+    }
     if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
   }
   return out.str();

@@ -661,3 +661,28 @@ TEST_CASE("10,000 keys, completions from a pool after random delays: per-key ord
   CHECK(s.expired >= static_cast<std::uint64_t>(events / 100));
   CHECK(s.late_completions >= static_cast<std::uint64_t>(events / 100));
 }
+
+TEST_CASE("a deregistered asynchronous subscription leaves as soon as its last event is done",
+          "[async][threads]") {
+  // The deadline watch must not keep it: the timeout is far away.
+  token_box box;
+  evbus::bus bus;
+  bus.register_topics("t");
+  evbus::keyed_executor ex(evbus_test::threaded(4, 1));
+  evbus::delivery_policy p;
+  p.timeout = std::chrono::hours(1);
+  bus.register_handler("h", "t", evbus::ordered(ex, box.handler(), p));
+  bus.emit("t", 1, with_key("a"));
+  REQUIRE(evbus_test::eventually([&] { return box.calls_so_far().size() == 1; }));
+  bus.deregister_handler("h");
+  auto tokens = box.take();
+  REQUIRE(tokens.size() == 1);
+  std::thread completer([&] {
+    std::this_thread::sleep_for(10ms);
+    tokens[0].second.complete();
+  });
+  ex.drain();  // waits for the subscription to leave: not an hour
+  completer.join();
+  CHECK(ex.stats().subscriptions.empty());
+  CHECK(ex.stats().total.delivered == 1);
+}

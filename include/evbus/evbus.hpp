@@ -2637,23 +2637,21 @@ using topic_handle = basic_topic_handle<std::any>;
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 
-// ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
-// W = 0.
+// ---- in_flight.hpp -------------------------------------------------
+// evbus/parts/in_flight.hpp: what an ordered subscription has in flight: max_in_flight's
+// gate, and the completions it awaits with the watch over their deadlines.
 //
-// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
-// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
-// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
-// under one std::mutex, held only to move a pointer on or off a list, never across user code.
-// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
-// again (to the back of the list, so every strand gets its turn) or parked until a time (a
-// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
-// yielding as they do, then block on a condition variable until work comes or the earliest
-// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
-// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
-// poll() and the waits of drain() run the work on the calling thread.
-#ifndef EVBUS_PARTS_SCHEDULER_HPP
-#define EVBUS_PARTS_SCHEDULER_HPP
+// Owns: `flight_gate`, the count of events being handled (a handler running or a completion
+// awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
+// the order they came; a place given back goes to the first of them, which is submitted.
+// `awaiting_list`, the open outcomes of the executor's asynchronous attempts (completion.hpp):
+// listed while open, watched by one timer set to the earliest deadline, made `expired` when it
+// passes, and made `shut_out` all at once when shutdown's grace is over. One per executor, so
+// that the watch never keeps a subscription alive. Keeps:
+// max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
+// past the grace.
+#ifndef EVBUS_PARTS_IN_FLIGHT_HPP
+#define EVBUS_PARTS_IN_FLIGHT_HPP
 
 // ---- clock.hpp -------------------------------------------------
 // evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
@@ -2866,6 +2864,157 @@ class manual_clock final : public clock {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_CLOCK_HPP
+// ---- completion.hpp -------------------------------------------------
+// evbus/parts/completion.hpp: evbus::completion, the token an asynchronous ordered handler
+// completes later, and the state it shares with the attempt it belongs to.
+//
+// Owns: the outcome of one asynchronous attempt and who made it. The attempt's partition
+// stays held while the outcome is open; the first of these makes it, once, under the state's
+// lock: a copy of the token (complete, fail), the last copy destroyed (abandoned), the
+// deadline's watch (expired), the shutdown's grace ending (abandoned), the handler throwing.
+// Whoever makes it after the partition's holder has let the partition wait (park()) submits the
+// partition to the scheduler; before that, the holder finds it made and goes on at once.
+// Later attempts to make it are counted (late, or duplicate when a token made it) and ignored.
+// Keeps: an asynchronous event is finished exactly once, and a partition never waits for a
+// completion that can no longer come.
+#ifndef EVBUS_PARTS_COMPLETION_HPP
+#define EVBUS_PARTS_COMPLETION_HPP
+
+// ---- lock.hpp -------------------------------------------------
+// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
+//
+// Owns: mutual exclusion for critical sections that only move pointers and counters (a
+// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
+// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
+// C++17 (a thread that holds it and is preempted therefore never has others burn their time
+// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+#ifndef EVBUS_PARTS_LOCK_HPP
+#define EVBUS_PARTS_LOCK_HPP
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
+/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
+/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
+struct parking_entry {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
+};
+
+inline parking_entry& parking_for(const void* address) noexcept {
+  static parking_entry table[64];
+  const auto bits = reinterpret_cast<std::uintptr_t>(address);
+  return table[(bits >> 6) % 64];
+}
+#endif
+
+class small_lock {
+ public:
+  small_lock() noexcept = default;
+  small_lock(const small_lock&) = delete;
+  small_lock& operator=(const small_lock&) = delete;
+
+  void lock() noexcept {
+    std::uint32_t expected = free_;
+    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+      return;
+    }
+    lock_slow();
+  }
+
+  bool try_lock() noexcept {
+    std::uint32_t expected = free_;
+    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void unlock() noexcept {
+    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
+    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
+  }
+
+ private:
+  static constexpr std::uint32_t free_ = 0;
+  static constexpr std::uint32_t locked_ = 1;
+  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
+  static constexpr int spins_ = 64;
+
+  void lock_slow() noexcept {
+    for (int i = 0; i < spins_; ++i) {
+      cpu_relax();
+      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
+    }
+    // From here on the lock is marked contended, so that its unlock wakes sleepers.
+    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
+  }
+
+#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
+  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
+  void wake() noexcept { state_.notify_one(); }
+#else
+  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
+  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
+  // the lock free. So an unlock that finds nobody asleep makes no call at all.
+  void sleep() noexcept {
+    parking_entry& p = parking_for(this);
+    std::unique_lock<std::mutex> guard(p.mutex);
+    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
+    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  }
+  void wake() noexcept {
+    parking_entry& p = parking_for(this);
+    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
+    std::lock_guard<std::mutex> guard(p.mutex);
+    p.cv.notify_all();
+  }
+#endif
+
+  std::atomic<std::uint32_t> state_{free_};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LOCK_HPP
+// ---- scheduler.hpp -------------------------------------------------
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
+// W = 0.
+//
+// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
+// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
+// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
+// under one std::mutex, held only to move a pointer on or off a list, never across user code.
+// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
+// again (to the back of the list, so every strand gets its turn) or parked until a time (a
+// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
+// yielding as they do, then block on a condition variable until work comes or the earliest
+// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
+// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
+// poll() and the waits of drain() run the work on the calling thread.
+#ifndef EVBUS_PARTS_SCHEDULER_HPP
+#define EVBUS_PARTS_SCHEDULER_HPP
+
 // ---- delayed.hpp -------------------------------------------------
 // evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
 // them once due.
@@ -3298,123 +3447,6 @@ class delayed_strand final : public runnable {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_DELAYED_HPP
-// ---- lock.hpp -------------------------------------------------
-// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
-//
-// Owns: mutual exclusion for critical sections that only move pointers and counters (a
-// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
-// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
-// C++17 (a thread that holds it and is preempted therefore never has others burn their time
-// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
-#ifndef EVBUS_PARTS_LOCK_HPP
-#define EVBUS_PARTS_LOCK_HPP
-
-#include <atomic>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <mutex>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A hint to the processor inside a busy-wait loop.
-inline void cpu_relax() noexcept {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_ia32_pause();
-#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
-  __asm__ __volatile__("yield");
-#endif
-}
-
-#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
-/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
-/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
-struct parking_entry {
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
-};
-
-inline parking_entry& parking_for(const void* address) noexcept {
-  static parking_entry table[64];
-  const auto bits = reinterpret_cast<std::uintptr_t>(address);
-  return table[(bits >> 6) % 64];
-}
-#endif
-
-class small_lock {
- public:
-  small_lock() noexcept = default;
-  small_lock(const small_lock&) = delete;
-  small_lock& operator=(const small_lock&) = delete;
-
-  void lock() noexcept {
-    std::uint32_t expected = free_;
-    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-      return;
-    }
-    lock_slow();
-  }
-
-  bool try_lock() noexcept {
-    std::uint32_t expected = free_;
-    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
-  }
-
-  void unlock() noexcept {
-    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
-    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
-  }
-
- private:
-  static constexpr std::uint32_t free_ = 0;
-  static constexpr std::uint32_t locked_ = 1;
-  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
-  static constexpr int spins_ = 64;
-
-  void lock_slow() noexcept {
-    for (int i = 0; i < spins_; ++i) {
-      cpu_relax();
-      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
-    }
-    // From here on the lock is marked contended, so that its unlock wakes sleepers.
-    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
-  }
-
-#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
-  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
-  void wake() noexcept { state_.notify_one(); }
-#else
-  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
-  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
-  // the lock free. So an unlock that finds nobody asleep makes no call at all.
-  void sleep() noexcept {
-    parking_entry& p = parking_for(this);
-    std::unique_lock<std::mutex> guard(p.mutex);
-    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
-    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
-  }
-  void wake() noexcept {
-    parking_entry& p = parking_for(this);
-    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
-    std::lock_guard<std::mutex> guard(p.mutex);
-    p.cv.notify_all();
-  }
-#endif
-
-  std::atomic<std::uint32_t> state_{free_};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LOCK_HPP
 // ---- ready.hpp -------------------------------------------------
 // evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
 //
@@ -4118,6 +4150,372 @@ class scheduler {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_SCHEDULER_HPP
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+
+class completion;
+
+namespace detail {
+
+template <class Data>
+class attempt_runner;
+
+/// Counts of completions that came too late or twice; shared by the subscription and every
+/// state it made, so that a token completed after the subscription is gone touches nothing
+/// else.
+struct completion_counts {
+  std::atomic<std::uint64_t> late{0};       // after the deadline, the shutdown's grace, a throw
+  std::atomic<std::uint64_t> duplicate{0};  // after a copy of the token had completed it
+  std::atomic<std::uint64_t> abandoned{0};  // every copy destroyed without completing it
+};
+
+class completion_state {
+ public:
+  enum class status : std::uint8_t { pending, succeeded, failed, expired, abandoned, shut_out };
+  enum class maker : std::uint8_t { none, token, executor };
+
+  completion_state(scheduler& s, runnable& partition, std::shared_ptr<completion_counts> c,
+                   steady_time started, steady_time due) noexcept
+      : start(started), deadline(due), sched_(&s), partition_(&partition),
+        counts_(std::move(c)) {}
+
+  /// Makes the outcome if it is still open; true if this call made it. `by_token`: a copy of
+  /// the token (a later one is then counted). Never throws.
+  bool resolve(status s, std::exception_ptr e, maker by) noexcept {
+    runnable* wake = nullptr;
+    {
+      std::lock_guard<small_lock> lock(lock_);
+      if (status_ != status::pending) {
+        if (by == maker::token) {
+          (made_by_ == maker::token ? counts_->duplicate : counts_->late)
+              .fetch_add(1, std::memory_order_relaxed);
+        }
+        return false;
+      }
+      status_ = s;
+      error_ = std::move(e);
+      made_by_ = by;
+      at_ = sched_->now();  // the scheduler lives while an outcome is open (see the file comment)
+      if (s == status::abandoned) counts_->abandoned.fetch_add(1, std::memory_order_relaxed);
+      if (parked_) wake = partition_;
+    }
+    if (wake != nullptr) sched_->submit(wake);
+    return true;
+  }
+
+  /// By the holder, after the handler returned: true if the outcome is still open, and from
+  /// now on its maker submits the partition (the holder must not touch it after this).
+  bool park() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (status_ != status::pending) return false;
+    parked_ = true;
+    return true;
+  }
+
+  /// By the holder, once made: what was made, when, and the error (if any).
+  status outcome() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return status_;
+  }
+  bool pending() const noexcept { return outcome() == status::pending; }
+  steady_time made_at() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return at_;
+  }
+  std::exception_ptr error() const {
+    std::lock_guard<small_lock> lock(lock_);
+    return error_;
+  }
+
+  void add_token() noexcept { tokens_.fetch_add(1, std::memory_order_relaxed); }
+  /// The last copy of the token is gone: an open outcome is abandoned.
+  void drop_token() noexcept {
+    if (tokens_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      resolve(status::abandoned, nullptr, maker::executor);
+    }
+  }
+
+  const steady_time start;
+  const steady_time deadline;
+  // The awaiting list's links (in_flight.hpp), under that list's lock.
+  completion_state* prev = nullptr;
+  completion_state* next = nullptr;
+
+ private:
+  mutable small_lock lock_;
+  status status_ = status::pending;
+  maker made_by_ = maker::none;
+  bool parked_ = false;
+  std::atomic<std::size_t> tokens_{0};
+  steady_time at_{};
+  std::exception_ptr error_;
+  scheduler* const sched_;
+  runnable* const partition_;
+  const std::shared_ptr<completion_counts> counts_;
+};
+
+}  // namespace detail
+
+/**
+ * @brief What an asynchronous ordered handler receives instead of returning its result: it
+ * starts the work, keeps a copy of the token, returns, and later completes it, from any thread.
+ *
+ * The event's partition stays busy (later events of its key wait) until the token is completed:
+ * complete() is success; fail(error) is a failure, retried and dead-lettered as a throw would
+ * be. A token not completed by the attempt's deadline (delivery_policy::timeout) fails the
+ * attempt with evbus::completion_expired; when every copy is destroyed without completing it,
+ * the attempt fails with evbus::completion_abandoned. Only the first completion counts: later
+ * ones (a second call, a call after the deadline) return false and are counted in stats().
+ * Copies share one completion. All members are noexcept and may be called from any thread,
+ * also after the executor is gone.
+ *
+ * @code
+ *   evbus::ordered(ex, [&](const evbus::event& e, evbus::completion done) {
+ *     client.async_send(e.data_as<std::string>(), [done](std::error_code ec) mutable {
+ *       if (ec) done.fail(std::make_exception_ptr(std::system_error(ec)));
+ *       else done.complete();
+ *     });
+ *   });
+ * @endcode
+ */
+class completion {
+ public:
+  /// An empty token (completing it does nothing).
+  completion() noexcept = default;
+  completion(const completion& o) noexcept : state_(o.state_) {
+    if (state_) state_->add_token();
+  }
+  completion(completion&& o) noexcept : state_(std::move(o.state_)) {}
+  completion& operator=(completion o) noexcept {
+    std::swap(state_, o.state_);
+    return *this;
+  }
+  ~completion() {
+    if (state_) state_->drop_token();
+  }
+
+  /// The work succeeded. True if this made the attempt's outcome.
+  bool complete() noexcept {
+    return state_ && state_->resolve(detail::completion_state::status::succeeded, nullptr,
+                                     detail::completion_state::maker::token);
+  }
+
+  /// The work failed with `error` (a null one is read as evbus::error "failed"). True if this
+  /// made the attempt's outcome.
+  bool fail(std::exception_ptr error) noexcept {
+    if (!state_) return false;
+    if (!error) {
+      try {
+        error = std::make_exception_ptr(
+            evbus::error("evbus: an asynchronous handler failed without an exception"));
+      } catch (...) {
+        error = std::current_exception();  // std::bad_alloc: still a failure
+      }
+    }
+    return state_->resolve(detail::completion_state::status::failed, std::move(error),
+                           detail::completion_state::maker::token);
+  }
+
+  /// fail() with an exception object: `done.fail(std::runtime_error("HTTP 503"))`.
+  template <class E, class = std::enable_if_t<!std::is_same_v<std::decay_t<E>, std::exception_ptr>>>
+  bool fail(E&& error) noexcept {
+    std::exception_ptr p;
+    try {
+      p = std::make_exception_ptr(std::forward<E>(error));
+    } catch (...) {
+      p = std::current_exception();
+    }
+    return fail(std::move(p));
+  }
+
+  /// True while the attempt's outcome is open: not completed, expired or abandoned.
+  bool pending() const noexcept { return state_ && state_->pending(); }
+
+ private:
+  template <class Data>
+  friend class detail::attempt_runner;
+
+  explicit completion(std::shared_ptr<detail::completion_state> s) noexcept
+      : state_(std::move(s)) {
+    state_->add_token();
+  }
+
+  std::shared_ptr<detail::completion_state> state_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_COMPLETION_HPP
+
+#include <cstddef>
+#include <mutex>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class flight_gate {
+ public:
+  /// `partitions`: the most runnables that can wait at once (each waits at most once).
+  flight_gate(std::size_t max, std::size_t partitions) : max_(max), waiting_(partitions) {}
+
+  /// True: `r` has a place. False: `r` waits; a later leave() hands it a place and returns it
+  /// (the caller must not touch `r` after this returns false).
+  bool enter(runnable* r) noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (in_ < max_) {
+      ++in_;
+      return true;
+    }
+    waiting_[(head_ + count_) % waiting_.size()] = r;
+    ++count_;
+    return false;
+  }
+
+  /// Gives a place back: to the first runnable waiting (returned: submit it), or to the gate.
+  runnable* leave() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (count_ > 0) {
+      runnable* r = waiting_[head_];
+      head_ = (head_ + 1) % waiting_.size();
+      --count_;
+      return r;
+    }
+    --in_;
+    return nullptr;
+  }
+
+  std::size_t in_flight() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return in_;
+  }
+
+ private:
+  mutable small_lock lock_;
+  const std::size_t max_;
+  std::size_t in_ = 0;
+  std::vector<runnable*> waiting_;  // a ring: count_ runnables from head_
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+};
+
+/// The open outcomes of an executor's asynchronous attempts; as a runnable, the watch over
+/// their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
+class awaiting_list final : public runnable {
+ public:
+  explicit awaiting_list(scheduler& s) noexcept : sched_(s) { keeps_time = true; }
+
+  /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
+  /// After shut_out(), the outcome is made `shut_out` at once instead.
+  void add(completion_state& st) noexcept {
+    bool arm = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      st.prev = nullptr;
+      st.next = head_;
+      if (head_ != nullptr) head_->prev = &st;
+      head_ = &st;
+      ++size_;
+      sched_.count_awaiting(1);
+      if (shut_out_) {
+        st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+      } else if (!armed_) {
+        armed_ = true;
+        arm = true;
+      }
+    }
+    if (arm) {
+      try {
+        sched_.park(this, st.deadline);
+      } catch (...) {
+        sched_.submit(this);  // no memory for the timer: look now, and park from the run
+      }
+    }
+  }
+
+  /// The holder took the outcome: no longer listed.
+  void remove(completion_state& st) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (st.prev != nullptr ? st.prev->next : head_) = st.next;
+    if (st.next != nullptr) st.next->prev = st.prev;
+    st.prev = st.next = nullptr;
+    --size_;
+    sched_.count_awaiting(-1);
+  }
+
+  /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
+  /// `shut_out` (dead-lettered without a retry).
+  void shut_out() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    shut_out_ = true;
+    for (completion_state* s = head_; s != nullptr; s = s->next) {
+      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+    }
+  }
+
+  std::size_t size() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return size_;
+  }
+
+  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
+  /// earliest deadline left, or lets itself go when none is open.
+  result run(std::size_t) noexcept override {
+    result res;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const steady_time now = sched_.now();
+      bool any = false;
+      steady_time earliest{};
+      for (completion_state* s = head_; s != nullptr; s = s->next) {
+        if (!s->pending()) continue;
+        if (s->deadline <= now) {
+          s->resolve(completion_state::status::expired, nullptr,
+                     completion_state::maker::executor);
+        } else if (!any || s->deadline < earliest) {
+          any = true;
+          earliest = s->deadline;
+        }
+      }
+      if (any) {
+        res.what = next_step::park;
+        res.due = earliest;
+        return res;
+      }
+      armed_ = false;
+    }
+    res.what = next_step::idle;
+    return res;
+  }
+
+ private:
+  using next_step = runnable::next;
+
+  scheduler& sched_;
+  mutable std::mutex mutex_;
+  completion_state* head_ = nullptr;  // newest first
+  std::size_t size_ = 0;
+  bool armed_ = false;     // the watch is parked, ready or running
+  bool shut_out_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_IN_FLIGHT_HPP
 // ---- stats.hpp -------------------------------------------------
 // evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
 //
@@ -4428,8 +4826,6 @@ struct subscription_base {
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
   virtual void wake_blocked() = 0;
-  /// Shutdown's completion grace is over: open asynchronous outcomes are shut out.
-  virtual void shut_out_completions() noexcept {}
   virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
                           log_histogram::snapshot& wait,
                           log_histogram::snapshot& completed) const = 0;
@@ -4527,6 +4923,8 @@ class executor_link {
   }
 
   scheduler sched;
+  /// The open outcomes of asynchronous attempts, and the watch over their deadlines.
+  awaiting_list awaiting{sched};
   /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
   /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
   /// all the time.
@@ -7752,409 +8150,6 @@ class admission {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_ADMISSION_HPP
-// ---- completion.hpp -------------------------------------------------
-// evbus/parts/completion.hpp: evbus::completion, the token an asynchronous ordered handler
-// completes later, and the state it shares with the attempt it belongs to.
-//
-// Owns: the outcome of one asynchronous attempt and who made it. The attempt's partition
-// stays held while the outcome is open; the first of these makes it, once, under the state's
-// lock: a copy of the token (complete, fail), the last copy destroyed (abandoned), the
-// deadline's watch (expired), the shutdown's grace ending (abandoned), the handler throwing.
-// Whoever makes it after the partition's holder has let the partition wait (park()) submits the
-// partition to the scheduler; before that, the holder finds it made and goes on at once.
-// Later attempts to make it are counted (late, or duplicate when a token made it) and ignored.
-// Keeps: an asynchronous event is finished exactly once, and a partition never waits for a
-// completion that can no longer come.
-#ifndef EVBUS_PARTS_COMPLETION_HPP
-#define EVBUS_PARTS_COMPLETION_HPP
-
-
-#include <atomic>
-#include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <memory>
-#include <mutex>
-#include <type_traits>
-#include <utility>
-
-namespace evbus {
-inline namespace v1 {
-
-class completion;
-
-namespace detail {
-
-template <class Data>
-class attempt_runner;
-
-/// Counts of completions that came too late or twice; shared by the subscription and every
-/// state it made, so that a token completed after the subscription is gone touches nothing
-/// else.
-struct completion_counts {
-  std::atomic<std::uint64_t> late{0};       // after the deadline, the shutdown's grace, a throw
-  std::atomic<std::uint64_t> duplicate{0};  // after a copy of the token had completed it
-  std::atomic<std::uint64_t> abandoned{0};  // every copy destroyed without completing it
-};
-
-class completion_state {
- public:
-  enum class status : std::uint8_t { pending, succeeded, failed, expired, abandoned, shut_out };
-  enum class maker : std::uint8_t { none, token, executor };
-
-  completion_state(scheduler& s, runnable& partition, std::shared_ptr<completion_counts> c,
-                   steady_time started, steady_time due) noexcept
-      : start(started), deadline(due), sched_(&s), partition_(&partition),
-        counts_(std::move(c)) {}
-
-  /// Makes the outcome if it is still open; true if this call made it. `by_token`: a copy of
-  /// the token (a later one is then counted). Never throws.
-  bool resolve(status s, std::exception_ptr e, maker by) noexcept {
-    runnable* wake = nullptr;
-    {
-      std::lock_guard<small_lock> lock(lock_);
-      if (status_ != status::pending) {
-        if (by == maker::token) {
-          (made_by_ == maker::token ? counts_->duplicate : counts_->late)
-              .fetch_add(1, std::memory_order_relaxed);
-        }
-        return false;
-      }
-      status_ = s;
-      error_ = std::move(e);
-      made_by_ = by;
-      at_ = sched_->now();  // the scheduler lives while an outcome is open (see the file comment)
-      if (s == status::abandoned) counts_->abandoned.fetch_add(1, std::memory_order_relaxed);
-      if (parked_) wake = partition_;
-    }
-    if (wake != nullptr) sched_->submit(wake);
-    return true;
-  }
-
-  /// By the holder, after the handler returned: true if the outcome is still open, and from
-  /// now on its maker submits the partition (the holder must not touch it after this).
-  bool park() noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (status_ != status::pending) return false;
-    parked_ = true;
-    return true;
-  }
-
-  /// By the holder, once made: what was made, when, and the error (if any).
-  status outcome() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return status_;
-  }
-  bool pending() const noexcept { return outcome() == status::pending; }
-  steady_time made_at() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return at_;
-  }
-  std::exception_ptr error() const {
-    std::lock_guard<small_lock> lock(lock_);
-    return error_;
-  }
-
-  void add_token() noexcept { tokens_.fetch_add(1, std::memory_order_relaxed); }
-  /// The last copy of the token is gone: an open outcome is abandoned.
-  void drop_token() noexcept {
-    if (tokens_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      resolve(status::abandoned, nullptr, maker::executor);
-    }
-  }
-
-  const steady_time start;
-  const steady_time deadline;
-  // The awaiting list's links (in_flight.hpp), under that list's lock.
-  completion_state* prev = nullptr;
-  completion_state* next = nullptr;
-
- private:
-  mutable small_lock lock_;
-  status status_ = status::pending;
-  maker made_by_ = maker::none;
-  bool parked_ = false;
-  std::atomic<std::size_t> tokens_{0};
-  steady_time at_{};
-  std::exception_ptr error_;
-  scheduler* const sched_;
-  runnable* const partition_;
-  const std::shared_ptr<completion_counts> counts_;
-};
-
-}  // namespace detail
-
-/**
- * @brief What an asynchronous ordered handler receives instead of returning its result: it
- * starts the work, keeps a copy of the token, returns, and later completes it, from any thread.
- *
- * The event's partition stays busy (later events of its key wait) until the token is completed:
- * complete() is success; fail(error) is a failure, retried and dead-lettered as a throw would
- * be. A token not completed by the attempt's deadline (delivery_policy::timeout) fails the
- * attempt with evbus::completion_expired; when every copy is destroyed without completing it,
- * the attempt fails with evbus::completion_abandoned. Only the first completion counts: later
- * ones (a second call, a call after the deadline) return false and are counted in stats().
- * Copies share one completion. All members are noexcept and may be called from any thread,
- * also after the executor is gone.
- *
- * @code
- *   evbus::ordered(ex, [&](const evbus::event& e, evbus::completion done) {
- *     client.async_send(e.data_as<std::string>(), [done](std::error_code ec) mutable {
- *       if (ec) done.fail(std::make_exception_ptr(std::system_error(ec)));
- *       else done.complete();
- *     });
- *   });
- * @endcode
- */
-class completion {
- public:
-  /// An empty token (completing it does nothing).
-  completion() noexcept = default;
-  completion(const completion& o) noexcept : state_(o.state_) {
-    if (state_) state_->add_token();
-  }
-  completion(completion&& o) noexcept : state_(std::move(o.state_)) {}
-  completion& operator=(completion o) noexcept {
-    std::swap(state_, o.state_);
-    return *this;
-  }
-  ~completion() {
-    if (state_) state_->drop_token();
-  }
-
-  /// The work succeeded. True if this made the attempt's outcome.
-  bool complete() noexcept {
-    return state_ && state_->resolve(detail::completion_state::status::succeeded, nullptr,
-                                     detail::completion_state::maker::token);
-  }
-
-  /// The work failed with `error` (a null one is read as evbus::error "failed"). True if this
-  /// made the attempt's outcome.
-  bool fail(std::exception_ptr error) noexcept {
-    if (!state_) return false;
-    if (!error) {
-      try {
-        error = std::make_exception_ptr(
-            evbus::error("evbus: an asynchronous handler failed without an exception"));
-      } catch (...) {
-        error = std::current_exception();  // std::bad_alloc: still a failure
-      }
-    }
-    return state_->resolve(detail::completion_state::status::failed, std::move(error),
-                           detail::completion_state::maker::token);
-  }
-
-  /// fail() with an exception object: `done.fail(std::runtime_error("HTTP 503"))`.
-  template <class E, class = std::enable_if_t<!std::is_same_v<std::decay_t<E>, std::exception_ptr>>>
-  bool fail(E&& error) noexcept {
-    std::exception_ptr p;
-    try {
-      p = std::make_exception_ptr(std::forward<E>(error));
-    } catch (...) {
-      p = std::current_exception();
-    }
-    return fail(std::move(p));
-  }
-
-  /// True while the attempt's outcome is open: not completed, expired or abandoned.
-  bool pending() const noexcept { return state_ && state_->pending(); }
-
- private:
-  template <class Data>
-  friend class detail::attempt_runner;
-
-  explicit completion(std::shared_ptr<detail::completion_state> s) noexcept
-      : state_(std::move(s)) {
-    state_->add_token();
-  }
-
-  std::shared_ptr<detail::completion_state> state_;
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_COMPLETION_HPP
-// ---- in_flight.hpp -------------------------------------------------
-// evbus/parts/in_flight.hpp: what an ordered subscription has in flight: max_in_flight's
-// gate, and the completions it awaits with the watch over their deadlines.
-//
-// Owns: `flight_gate`, the count of events being handled (a handler running or a completion
-// awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
-// the order they came; a place given back goes to the first of them, which is submitted.
-// `awaiting_list`, the open outcomes of asynchronous attempts (completion.hpp): listed while
-// open, watched by one timer per subscription set to the earliest deadline, made `expired` when
-// it passes, and made `shut_out` all at once when shutdown's grace is over. Keeps:
-// max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
-// past the grace.
-#ifndef EVBUS_PARTS_IN_FLIGHT_HPP
-#define EVBUS_PARTS_IN_FLIGHT_HPP
-
-
-#include <cstddef>
-#include <mutex>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-class flight_gate {
- public:
-  /// `partitions`: the most runnables that can wait at once (each waits at most once).
-  flight_gate(std::size_t max, std::size_t partitions) : max_(max), waiting_(partitions) {}
-
-  /// True: `r` has a place. False: `r` waits; a later leave() hands it a place and returns it
-  /// (the caller must not touch `r` after this returns false).
-  bool enter(runnable* r) noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (in_ < max_) {
-      ++in_;
-      return true;
-    }
-    waiting_[(head_ + count_) % waiting_.size()] = r;
-    ++count_;
-    return false;
-  }
-
-  /// Gives a place back: to the first runnable waiting (returned: submit it), or to the gate.
-  runnable* leave() noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (count_ > 0) {
-      runnable* r = waiting_[head_];
-      head_ = (head_ + 1) % waiting_.size();
-      --count_;
-      return r;
-    }
-    --in_;
-    return nullptr;
-  }
-
-  std::size_t in_flight() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return in_;
-  }
-
- private:
-  mutable small_lock lock_;
-  const std::size_t max_;
-  std::size_t in_ = 0;
-  std::vector<runnable*> waiting_;  // a ring: count_ runnables from head_
-  std::size_t head_ = 0;
-  std::size_t count_ = 0;
-};
-
-/// The open outcomes of one subscription's asynchronous attempts; as a runnable, the watch
-/// over their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
-class awaiting_list final : public runnable {
- public:
-  awaiting_list(executor_link& link, subscription_base& owner) noexcept
-      : link_(link), owner_(owner) {
-    keeps_time = true;
-  }
-
-  /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
-  /// After shut_out(), the outcome is made `shut_out` at once instead.
-  void add(completion_state& st) noexcept {
-    bool arm = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      st.prev = nullptr;
-      st.next = head_;
-      if (head_ != nullptr) head_->prev = &st;
-      head_ = &st;
-      ++size_;
-      link_.sched.count_awaiting(1);
-      if (shut_out_) {
-        st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-      } else if (!armed_) {
-        armed_ = true;
-        arm = true;
-      }
-    }
-    if (arm) {
-      owner_.holds.fetch_add(1, std::memory_order_relaxed);  // given back when disarmed
-      try {
-        link_.sched.park(this, st.deadline);
-      } catch (...) {
-        link_.sched.submit(this);  // no memory for the timer: look now, and park from the run
-      }
-    }
-  }
-
-  /// The holder took the outcome: no longer listed.
-  void remove(completion_state& st) noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    (st.prev != nullptr ? st.prev->next : head_) = st.next;
-    if (st.next != nullptr) st.next->prev = st.prev;
-    st.prev = st.next = nullptr;
-    --size_;
-    link_.sched.count_awaiting(-1);
-  }
-
-  /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
-  /// `shut_out` (dead-lettered without a retry).
-  void shut_out() noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    shut_out_ = true;
-    for (completion_state* s = head_; s != nullptr; s = s->next) {
-      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-    }
-  }
-
-  std::size_t size() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return size_;
-  }
-
-  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
-  /// earliest deadline left, or lets itself go when none is open.
-  result run(std::size_t) noexcept override {
-    result res;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const steady_time now = link_.now();
-      bool any = false;
-      steady_time earliest{};
-      for (completion_state* s = head_; s != nullptr; s = s->next) {
-        if (!s->pending()) continue;
-        if (s->deadline <= now) {
-          s->resolve(completion_state::status::expired, nullptr,
-                     completion_state::maker::executor);
-        } else if (!any || s->deadline < earliest) {
-          any = true;
-          earliest = s->deadline;
-        }
-      }
-      if (any) {
-        res.what = next_step::park;
-        res.due = earliest;
-        return res;
-      }
-      armed_ = false;
-    }
-    link_.release_hold(&owner_);  // may remove the subscription: the last use of it
-    res.what = next_step::idle;
-    return res;
-  }
-
- private:
-  using next_step = runnable::next;
-
-  executor_link& link_;
-  subscription_base& owner_;
-  mutable std::mutex mutex_;
-  completion_state* head_ = nullptr;  // newest first
-  std::size_t size_ = 0;
-  bool armed_ = false;     // the watch is parked, ready or running
-  bool shut_out_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_IN_FLIGHT_HPP
 // ---- attempt.hpp -------------------------------------------------
 // evbus/parts/attempt.hpp: one attempt of an event: the handler call, timeouts, retries with
 // backoff, dead letters, and the counters they feed.
@@ -8620,7 +8615,6 @@ class lanes : public subscription_base {
       gate_ = std::make_unique<flight_gate>(p.max_in_flight, count_);
     }
     if (runner_.asynchronous()) {
-      awaiting_ = std::make_unique<awaiting_list>(link_, *this);
       open_ = std::make_unique<std::shared_ptr<completion_state>[]>(count_);
     }
   }
@@ -8654,10 +8648,6 @@ class lanes : public subscription_base {
   }
 
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
-
-  void shut_out_completions() noexcept override {
-    if (awaiting_) awaiting_->shut_out();
-  }
 
  protected:
   executor_closed closed_error(const event_type& e) const {
@@ -8715,8 +8705,8 @@ class lanes : public subscription_base {
   attempt_runner<Data> runner_;
   std::atomic<std::uint64_t> dropped_{0};
   std::unique_ptr<flight_gate> gate_;         // with max_in_flight
-  std::unique_ptr<awaiting_list> awaiting_;   // with an asynchronous handler, and:
-  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;  // each partition's open outcome
+  // With an asynchronous handler: each partition's open outcome (listed in link_.awaiting).
+  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;
 
   /// Events being handled now (stats' in_flight).
   std::uint64_t in_flight() const noexcept {
@@ -8890,7 +8880,7 @@ class lanes : public subscription_base {
           std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
           o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
           if (o == outcome::pending) {
-            awaiting_->add(*open);
+            link_.awaiting.add(*open);
             p.waits = waiting_for::completion;
             publish_finished(p, unpublished);
             if (open->park()) {  // the outcome's maker submits it: not touched again here
@@ -8926,7 +8916,7 @@ class lanes : public subscription_base {
   outcome take_outcome(partition& p, item& it, steady_time& retry_at,
                        std::optional<steady_time>& clock_now) noexcept {
     std::shared_ptr<completion_state>& open = open_[p.number];
-    awaiting_->remove(*open);
+    link_.awaiting.remove(*open);
     const outcome o = runner_.finish(it, *open, p.number, p.rng, retry_at, name);
     open.reset();
     clock_now.reset();  // time passed while it was awaited
@@ -9468,7 +9458,7 @@ class executor_core final : public executor_link,
     std::vector<drain_target> targets = targets_of(subs);
     const auto grace_end = add_saturated(std::chrono::steady_clock::now(), completion_grace_);
     if (!wait_finished(subs, targets, "shutdown()", grace_end)) {
-      for (auto& s : subs) s->shut_out_completions();
+      awaiting.shut_out();
       wait_finished(subs, targets, "shutdown()");
     }
     subs.clear();

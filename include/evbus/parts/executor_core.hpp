@@ -221,7 +221,7 @@ class executor_core final : public executor_link,
     std::vector<drain_target> targets = targets_of(subs);
     const auto grace_end = add_saturated(std::chrono::steady_clock::now(), completion_grace_);
     if (!wait_finished(subs, targets, "shutdown()", grace_end)) {
-      for (auto& s : subs) s->shut_out_completions();
+      awaiting.shut_out();
       wait_finished(subs, targets, "shutdown()");
     }
     subs.clear();

@@ -4,9 +4,10 @@
 // Owns: `flight_gate`, the count of events being handled (a handler running or a completion
 // awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
 // the order they came; a place given back goes to the first of them, which is submitted.
-// `awaiting_list`, the open outcomes of asynchronous attempts (completion.hpp): listed while
-// open, watched by one timer per subscription set to the earliest deadline, made `expired` when
-// it passes, and made `shut_out` all at once when shutdown's grace is over. Keeps:
+// `awaiting_list`, the open outcomes of the executor's asynchronous attempts (completion.hpp):
+// listed while open, watched by one timer set to the earliest deadline, made `expired` when it
+// passes, and made `shut_out` all at once when shutdown's grace is over. One per executor, so
+// that the watch never keeps a subscription alive. Keeps:
 // max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
 // past the grace.
 #ifndef EVBUS_PARTS_IN_FLIGHT_HPP
@@ -14,7 +15,6 @@
 
 #include "clock.hpp"
 #include "completion.hpp"
-#include "link.hpp"
 #include "lock.hpp"
 #include "scheduler.hpp"
 #include "strand.hpp"
@@ -72,14 +72,11 @@ class flight_gate {
   std::size_t count_ = 0;
 };
 
-/// The open outcomes of one subscription's asynchronous attempts; as a runnable, the watch
-/// over their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
+/// The open outcomes of an executor's asynchronous attempts; as a runnable, the watch over
+/// their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
 class awaiting_list final : public runnable {
  public:
-  awaiting_list(executor_link& link, subscription_base& owner) noexcept
-      : link_(link), owner_(owner) {
-    keeps_time = true;
-  }
+  explicit awaiting_list(scheduler& s) noexcept : sched_(s) { keeps_time = true; }
 
   /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
   /// After shut_out(), the outcome is made `shut_out` at once instead.
@@ -92,7 +89,7 @@ class awaiting_list final : public runnable {
       if (head_ != nullptr) head_->prev = &st;
       head_ = &st;
       ++size_;
-      link_.sched.count_awaiting(1);
+      sched_.count_awaiting(1);
       if (shut_out_) {
         st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
       } else if (!armed_) {
@@ -101,11 +98,10 @@ class awaiting_list final : public runnable {
       }
     }
     if (arm) {
-      owner_.holds.fetch_add(1, std::memory_order_relaxed);  // given back when disarmed
       try {
-        link_.sched.park(this, st.deadline);
+        sched_.park(this, st.deadline);
       } catch (...) {
-        link_.sched.submit(this);  // no memory for the timer: look now, and park from the run
+        sched_.submit(this);  // no memory for the timer: look now, and park from the run
       }
     }
   }
@@ -117,7 +113,7 @@ class awaiting_list final : public runnable {
     if (st.next != nullptr) st.next->prev = st.prev;
     st.prev = st.next = nullptr;
     --size_;
-    link_.sched.count_awaiting(-1);
+    sched_.count_awaiting(-1);
   }
 
   /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
@@ -141,7 +137,7 @@ class awaiting_list final : public runnable {
     result res;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const steady_time now = link_.now();
+      const steady_time now = sched_.now();
       bool any = false;
       steady_time earliest{};
       for (completion_state* s = head_; s != nullptr; s = s->next) {
@@ -161,7 +157,6 @@ class awaiting_list final : public runnable {
       }
       armed_ = false;
     }
-    link_.release_hold(&owner_);  // may remove the subscription: the last use of it
     res.what = next_step::idle;
     return res;
   }
@@ -169,8 +164,7 @@ class awaiting_list final : public runnable {
  private:
   using next_step = runnable::next;
 
-  executor_link& link_;
-  subscription_base& owner_;
+  scheduler& sched_;
   mutable std::mutex mutex_;
   completion_state* head_ = nullptr;  // newest first
   std::size_t size_ = 0;

@@ -126,7 +126,6 @@ class lanes : public subscription_base {
       gate_ = std::make_unique<flight_gate>(p.max_in_flight, count_);
     }
     if (runner_.asynchronous()) {
-      awaiting_ = std::make_unique<awaiting_list>(link_, *this);
       open_ = std::make_unique<std::shared_ptr<completion_state>[]>(count_);
     }
   }
@@ -160,10 +159,6 @@ class lanes : public subscription_base {
   }
 
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
-
-  void shut_out_completions() noexcept override {
-    if (awaiting_) awaiting_->shut_out();
-  }
 
  protected:
   executor_closed closed_error(const event_type& e) const {
@@ -221,8 +216,8 @@ class lanes : public subscription_base {
   attempt_runner<Data> runner_;
   std::atomic<std::uint64_t> dropped_{0};
   std::unique_ptr<flight_gate> gate_;         // with max_in_flight
-  std::unique_ptr<awaiting_list> awaiting_;   // with an asynchronous handler, and:
-  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;  // each partition's open outcome
+  // With an asynchronous handler: each partition's open outcome (listed in link_.awaiting).
+  std::unique_ptr<std::shared_ptr<completion_state>[]> open_;
 
   /// Events being handled now (stats' in_flight).
   std::uint64_t in_flight() const noexcept {
@@ -396,7 +391,7 @@ class lanes : public subscription_base {
           std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
           o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
           if (o == outcome::pending) {
-            awaiting_->add(*open);
+            link_.awaiting.add(*open);
             p.waits = waiting_for::completion;
             publish_finished(p, unpublished);
             if (open->park()) {  // the outcome's maker submits it: not touched again here
@@ -432,7 +427,7 @@ class lanes : public subscription_base {
   outcome take_outcome(partition& p, item& it, steady_time& retry_at,
                        std::optional<steady_time>& clock_now) noexcept {
     std::shared_ptr<completion_state>& open = open_[p.number];
-    awaiting_->remove(*open);
+    link_.awaiting.remove(*open);
     const outcome o = runner_.finish(it, *open, p.number, p.rng, retry_at, name);
     open.reset();
     clock_now.reset();  // time passed while it was awaited

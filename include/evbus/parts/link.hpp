@@ -10,6 +10,7 @@
 
 #include "config.hpp"
 #include "errors.hpp"
+#include "in_flight.hpp"
 #include "scheduler.hpp"
 #include "stats.hpp"
 
@@ -62,8 +63,6 @@ struct subscription_base {
   virtual void close_barrier() = 0;
   /// Wakes emitters blocked for room, so they see the executor closed.
   virtual void wake_blocked() = 0;
-  /// Shutdown's completion grace is over: open asynchronous outcomes are shut out.
-  virtual void shut_out_completions() noexcept {}
   virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
                           log_histogram::snapshot& wait,
                           log_histogram::snapshot& completed) const = 0;
@@ -161,6 +160,8 @@ class executor_link {
   }
 
   scheduler sched;
+  /// The open outcomes of asynchronous attempts, and the watch over their deadlines.
+  awaiting_list awaiting{sched};
   /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
   /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
   /// all the time.

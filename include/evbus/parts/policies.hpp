@@ -101,7 +101,8 @@ struct basic_delivery_policy {
   double jitter = 0.5;
   /// Seed of the jitter; empty: a different seed per subscription and run.
   std::optional<std::uint64_t> jitter_seed{};
-  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline.
+  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline. An
+  /// asynchronous handler's completion not made by then fails the attempt (completion_expired).
   std::chrono::nanoseconds timeout = std::chrono::seconds(30);
   /// Receives an event whose last attempt failed. Without one it is still counted.
   std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};

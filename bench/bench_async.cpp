@@ -141,74 +141,71 @@ void report(benchmark::State& state, std::int64_t events, clock_type::time_point
   state.counters["of_ideal"] = static_cast<double>(events) / seconds / ideal;
 }
 
-void BM_executor_async_inflight(benchmark::State& state) {
+/// A destination, a keyed executor (P = 64, W = 1) and a bus with the topic "call".
+struct rig {
   destination dest;
-  evbus::executor_options o;
-  o.partitions = 64;
-  o.workers = 1;
-  evbus::keyed_executor ex(o);
+  evbus::keyed_executor ex{options()};
   evbus::basic_bus<int> bus;
-  bus.register_topics("call");
+
+  rig() { bus.register_topics("call"); }
+  static evbus::executor_options options() {
+    evbus::executor_options o;
+    o.partitions = 64;
+    o.workers = 1;
+    return o;
+  }
+
+  /// Each iteration emits `per_iteration` events and drains; reports the rate.
+  void run(benchmark::State& state, int per_iteration) {
+    const auto names = make_keys(per_iteration);
+    std::int64_t events = 0;
+    const auto start = clock_type::now();
+    for (auto _ : state) {
+      for (int i = 0; i < per_iteration; ++i) {
+        evbus::emit_options e;
+        e.key = names[static_cast<std::size_t>(i)];
+        bus.emit("call", i, std::move(e));
+      }
+      ex.drain();
+      events += per_iteration;
+    }
+    report(state, events, start);
+    if (ex.stats().total.delivered != static_cast<std::uint64_t>(events)) {
+      state.SkipWithError("events lost");
+    }
+  }
+};
+
+void BM_executor_async_inflight(benchmark::State& state) {
+  rig r;
   evbus::basic_delivery_policy<int> p;
   p.max_in_flight = in_flight;
-  bus.register_handler("dest", "call",
-                       evbus::ordered(ex, [&](const evbus::basic_event<int>&, evbus::completion c) {
-                         dest.call([c]() mutable { c.complete(); });
-                       }, p));
-  const auto names = make_keys(events_per_iteration);
-  std::int64_t events = 0;
-  const auto start = clock_type::now();
-  for (auto _ : state) {
-    for (int i = 0; i < events_per_iteration; ++i) {
-      evbus::emit_options e;
-      e.key = names[static_cast<std::size_t>(i)];
-      bus.emit("call", i, std::move(e));
-    }
-    ex.drain();
-    events += events_per_iteration;
-  }
-  report(state, events, start);
-  const auto s = ex.stats().total;
+  r.bus.register_handler(
+      "dest", "call",
+      evbus::ordered(r.ex, [&r](const evbus::basic_event<int>&, evbus::completion c) {
+        r.dest.call([c]() mutable { c.complete(); });
+      }, p));
+  r.run(state, events_per_iteration);
   state.counters["completion_p50_us"] =
-      static_cast<double>(s.completion_time.p50.count()) / 1e3;
-  if (s.delivered != static_cast<std::uint64_t>(events)) state.SkipWithError("events lost");
+      static_cast<double>(r.ex.stats().total.completion_time.p50.count()) / 1e3;
 }
 BENCHMARK(BM_executor_async_inflight)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_executor_sync_wait(benchmark::State& state) {
-  destination dest;
-  evbus::executor_options o;
-  o.partitions = 64;
-  o.workers = 1;
-  evbus::keyed_executor ex(o);
-  evbus::basic_bus<int> bus;
-  bus.register_topics("call");
-  bus.register_handler("dest", "call", evbus::ordered(ex, [&](const evbus::basic_event<int>&) {
-                         std::mutex m;
-                         std::condition_variable cv;
-                         bool answered = false;
-                         dest.call([&] {
-                           std::lock_guard<std::mutex> lock(m);
-                           answered = true;
-                           cv.notify_one();
-                         });
-                         std::unique_lock<std::mutex> lock(m);
-                         cv.wait(lock, [&] { return answered; });
-                       }));
-  const int per_iteration = 640;  // a hundredth: the synchronous handler is that much slower
-  const auto names = make_keys(per_iteration);
-  std::int64_t events = 0;
-  const auto start = clock_type::now();
-  for (auto _ : state) {
-    for (int i = 0; i < per_iteration; ++i) {
-      evbus::emit_options e;
-      e.key = names[static_cast<std::size_t>(i)];
-      bus.emit("call", i, std::move(e));
-    }
-    ex.drain();
-    events += per_iteration;
-  }
-  report(state, events, start);
+  rig r;
+  r.bus.register_handler("dest", "call", evbus::ordered(r.ex, [&r](const evbus::basic_event<int>&) {
+                           std::mutex m;
+                           std::condition_variable cv;
+                           bool answered = false;
+                           r.dest.call([&] {
+                             std::lock_guard<std::mutex> lock(m);
+                             answered = true;
+                             cv.notify_one();
+                           });
+                           std::unique_lock<std::mutex> lock(m);
+                           cv.wait(lock, [&] { return answered; });
+                         }));
+  r.run(state, 640);  // a twentieth: the synchronous handler is that much slower
 }
 BENCHMARK(BM_executor_sync_wait)->UseRealTime()->Unit(benchmark::kMillisecond);
 

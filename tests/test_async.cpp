@@ -31,13 +31,7 @@ namespace {
 
 template <class E>
 bool holds(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const E&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
+  return evbus::detail::holds_exception<E>(e);
 }
 
 /// Tokens handed to the test, with the event each belongs to, in call order.

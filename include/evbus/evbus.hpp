@@ -2638,20 +2638,18 @@ using topic_handle = basic_topic_handle<std::any>;
 #define EVBUS_PARTS_LINK_HPP
 
 // ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
-// W = 0.
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll and
+// the waits of drain() for W = 0.
 //
-// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
-// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
-// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
-// under one std::mutex, held only to move a pointer on or off a list, never across user code.
-// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
-// again (to the back of the list, so every strand gets its turn) or parked until a time (a
-// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
-// yielding as they do, then block on a condition variable until work comes or the earliest
-// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
-// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
-// poll() and the waits of drain() run the work on the calling thread.
+// Owns: the threads that run what scheduler_state (scheduler_state.hpp) holds ready, and on
+// which thread a strand runs: a strand is taken by one thread at a time (a worker, or a thread
+// in poll_pass() or help_until()) and settled after its run. Workers with nothing to do spin
+// for at most `idle_spin`, yielding as they do, then block on a condition variable until work
+// comes or the earliest timer is due; resize() starts and stops them. Keeps: no thread waits
+// for another by spinning past a short bound; a stopping worker finishes its current run and
+// hands what it would have taken next to a sleeping one; with W = 0, poll() and the waits of
+// drain() run the work on the calling thread, and a wait that could never end (a retry at a
+// time a manual clock has not reached) throws instead.
 #ifndef EVBUS_PARTS_SCHEDULER_HPP
 #define EVBUS_PARTS_SCHEDULER_HPP
 
@@ -2866,6 +2864,358 @@ class manual_clock final : public clock {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_CLOCK_HPP
+// ---- lock.hpp -------------------------------------------------
+// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
+//
+// Owns: mutual exclusion for critical sections that only move pointers and counters (a
+// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
+// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
+// C++17 (a thread that holds it and is preempted therefore never has others burn their time
+// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+#ifndef EVBUS_PARTS_LOCK_HPP
+#define EVBUS_PARTS_LOCK_HPP
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
+/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
+/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
+struct parking_entry {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
+};
+
+inline parking_entry& parking_for(const void* address) noexcept {
+  static parking_entry table[64];
+  const auto bits = reinterpret_cast<std::uintptr_t>(address);
+  return table[(bits >> 6) % 64];
+}
+#endif
+
+class small_lock {
+ public:
+  small_lock() noexcept = default;
+  small_lock(const small_lock&) = delete;
+  small_lock& operator=(const small_lock&) = delete;
+
+  void lock() noexcept {
+    std::uint32_t expected = free_;
+    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+      return;
+    }
+    lock_slow();
+  }
+
+  bool try_lock() noexcept {
+    std::uint32_t expected = free_;
+    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void unlock() noexcept {
+    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
+    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
+  }
+
+ private:
+  static constexpr std::uint32_t free_ = 0;
+  static constexpr std::uint32_t locked_ = 1;
+  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
+  static constexpr int spins_ = 64;
+
+  void lock_slow() noexcept {
+    for (int i = 0; i < spins_; ++i) {
+      cpu_relax();
+      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
+    }
+    // From here on the lock is marked contended, so that its unlock wakes sleepers.
+    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
+  }
+
+#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
+  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
+  void wake() noexcept { state_.notify_one(); }
+#else
+  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
+  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
+  // the lock free. So an unlock that finds nobody asleep makes no call at all.
+  void sleep() noexcept {
+    parking_entry& p = parking_for(this);
+    std::unique_lock<std::mutex> guard(p.mutex);
+    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
+    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  }
+  void wake() noexcept {
+    parking_entry& p = parking_for(this);
+    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
+    std::lock_guard<std::mutex> guard(p.mutex);
+    p.cv.notify_all();
+  }
+#endif
+
+  std::atomic<std::uint32_t> state_{free_};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LOCK_HPP
+// ---- ready.hpp -------------------------------------------------
+// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
+//
+// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
+// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
+// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
+// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
+// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
+// and every strand gets its turn (a strand run again goes to the back).
+#ifndef EVBUS_PARTS_READY_HPP
+#define EVBUS_PARTS_READY_HPP
+
+// ---- strand.hpp -------------------------------------------------
+// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
+//
+// Owns: the two facts that make a partition a strand: how many of its events wait, and
+// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
+// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
+// only the holder takes events, in the order they arrived, and lets go only when it finds
+// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
+// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
+#ifndef EVBUS_PARTS_STRAND_HPP
+#define EVBUS_PARTS_STRAND_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
+/// strand hands it to the scheduler through this interface.
+struct runnable {
+  enum class next { idle, again, park, wait };
+  struct result {
+    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
+    // whatever it waits for (a completion, a place under max_in_flight) submits it again
+    next what = next::idle;
+    steady_time due{};       // park: when to run it again
+    std::size_t calls = 0;   // handler calls (or emits) made
+  };
+  virtual ~runnable() = default;
+  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
+  virtual result run(std::size_t batch) noexcept = 0;
+  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
+  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
+  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
+};
+
+/// Every member is called under the lock that also guards the strand's queue.
+class strand {
+ public:
+  /// One event was queued. True: the caller has just become the holder and must hand the
+  /// strand to something that runs it (the scheduler); false: the holder will take it.
+  bool arrive() noexcept {
+    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
+  /// waits, and the strand is let go: from then on the caller must not touch what the strand
+  /// guards, since the next arrive() makes another thread the holder.
+  std::size_t take(std::size_t max) noexcept {
+    const std::size_t n = waiting_ < max ? waiting_ : max;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
+    if (n == 0) held_ = false;
+    return n;
+  }
+
+  std::size_t waiting() const noexcept { return waiting_; }
+  bool held() const noexcept { return held_; }
+
+ private:
+  std::uint32_t waiting_ = 0;
+  bool held_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STRAND_HPP
+
+#include <atomic>
+#include <cstddef>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
+/// drain or shutdown), innermost first: used to refuse what would wait for itself.
+struct drive_frame {
+  const void* owner;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const void* owner) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->owner == owner) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+class ready_list {
+ public:
+  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
+  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
+  void submit(runnable* r) noexcept {
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+  }
+
+  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
+  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
+
+  // -- under the scheduler's mutex --------------------------------------------------------
+  /// Moves what was submitted onto the list, in the order it was submitted.
+  void take_inbox() noexcept {
+    if (!submitted()) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push(reversed);
+      reversed = next;
+    }
+  }
+
+  void push(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (tail_ == nullptr) {
+      head_ = r;
+    } else {
+      tail_->next_ready = r;
+    }
+    tail_ = r;
+    ++count_;
+  }
+
+  /// The first strand; only when !empty().
+  runnable* pop() noexcept {
+    runnable* r = head_;
+    head_ = r->next_ready;
+    if (head_ == nullptr) tail_ = nullptr;
+    --count_;
+    return r;
+  }
+
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return count_; }
+
+  /// Unlinks the intakes (strands that route), and returns them linked in their order.
+  runnable* take_intakes() noexcept {
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    tail_ = nullptr;
+    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
+    return intakes;
+  }
+
+ private:
+  runnable* head_ = nullptr;
+  runnable* tail_ = nullptr;
+  std::size_t count_ = 0;
+  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
+  // writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_READY_HPP
+// ---- scheduler_state.hpp -------------------------------------------------
+// evbus/parts/scheduler_state.hpp: what the scheduler runs and when: its lists, its timers,
+// and submitting, parking and settling a run.
+//
+// Owns: `scheduler_state`, the scheduler's state under its one std::mutex (the ready list,
+// the timers, the delayed strand, the counts of sleeping and spinning workers and of waiters)
+// and what changes it outside a worker: a strand that gets work is submitted once (its holder
+// does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an emitter never
+// takes the mutex nor waits for a worker holding it; the mutex is held only to move a pointer
+// on or off a list, never across user code. After its run a strand is idle (let go: not
+// touched again), ready again (to the back of the list, so every strand gets its turn) or
+// parked until a time (a retry's backoff, timers.hpp): `settle`. Keeps: no worker idles while
+// work is ready (a submit wakes a sleeper unless one is spinning), and waiters of help_until()
+// learn of progress (`tell_waiters`). The threads that run the work: scheduler.hpp.
+#ifndef EVBUS_PARTS_SCHEDULER_STATE_HPP
+#define EVBUS_PARTS_SCHEDULER_STATE_HPP
+
 // ---- delayed.hpp -------------------------------------------------
 // evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
 // them once due.
@@ -3087,80 +3437,6 @@ struct executor_options {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_POLICIES_HPP
-// ---- strand.hpp -------------------------------------------------
-// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
-//
-// Owns: the two facts that make a partition a strand: how many of its events wait, and
-// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
-// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
-// only the holder takes events, in the order they arrived, and lets go only when it finds
-// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
-// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
-#ifndef EVBUS_PARTS_STRAND_HPP
-#define EVBUS_PARTS_STRAND_HPP
-
-
-#include <cstddef>
-#include <cstdint>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
-/// strand hands it to the scheduler through this interface.
-struct runnable {
-  enum class next { idle, again, park, wait };
-  struct result {
-    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
-    // whatever it waits for (a completion, a place under max_in_flight) submits it again
-    next what = next::idle;
-    steady_time due{};       // park: when to run it again
-    std::size_t calls = 0;   // handler calls (or emits) made
-  };
-  virtual ~runnable() = default;
-  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
-  virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
-  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
-  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
-};
-
-/// Every member is called under the lock that also guards the strand's queue.
-class strand {
- public:
-  /// One event was queued. True: the caller has just become the holder and must hand the
-  /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept {
-    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
-  /// waits, and the strand is let go: from then on the caller must not touch what the strand
-  /// guards, since the next arrive() makes another thread the holder.
-  std::size_t take(std::size_t max) noexcept {
-    const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
-    if (n == 0) held_ = false;
-    return n;
-  }
-
-  std::size_t waiting() const noexcept { return waiting_; }
-  bool held() const noexcept { return held_; }
-
- private:
-  std::uint32_t waiting_ = 0;
-  bool held_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STRAND_HPP
 
 #include <any>
 #include <atomic>
@@ -3298,267 +3574,6 @@ class delayed_strand final : public runnable {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_DELAYED_HPP
-// ---- lock.hpp -------------------------------------------------
-// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
-//
-// Owns: mutual exclusion for critical sections that only move pointers and counters (a
-// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
-// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
-// C++17 (a thread that holds it and is preempted therefore never has others burn their time
-// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
-#ifndef EVBUS_PARTS_LOCK_HPP
-#define EVBUS_PARTS_LOCK_HPP
-
-#include <atomic>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <mutex>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A hint to the processor inside a busy-wait loop.
-inline void cpu_relax() noexcept {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_ia32_pause();
-#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
-  __asm__ __volatile__("yield");
-#endif
-}
-
-#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
-/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
-/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
-struct parking_entry {
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
-};
-
-inline parking_entry& parking_for(const void* address) noexcept {
-  static parking_entry table[64];
-  const auto bits = reinterpret_cast<std::uintptr_t>(address);
-  return table[(bits >> 6) % 64];
-}
-#endif
-
-class small_lock {
- public:
-  small_lock() noexcept = default;
-  small_lock(const small_lock&) = delete;
-  small_lock& operator=(const small_lock&) = delete;
-
-  void lock() noexcept {
-    std::uint32_t expected = free_;
-    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-      return;
-    }
-    lock_slow();
-  }
-
-  bool try_lock() noexcept {
-    std::uint32_t expected = free_;
-    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
-  }
-
-  void unlock() noexcept {
-    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
-    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
-  }
-
- private:
-  static constexpr std::uint32_t free_ = 0;
-  static constexpr std::uint32_t locked_ = 1;
-  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
-  static constexpr int spins_ = 64;
-
-  void lock_slow() noexcept {
-    for (int i = 0; i < spins_; ++i) {
-      cpu_relax();
-      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
-    }
-    // From here on the lock is marked contended, so that its unlock wakes sleepers.
-    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
-  }
-
-#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
-  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
-  void wake() noexcept { state_.notify_one(); }
-#else
-  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
-  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
-  // the lock free. So an unlock that finds nobody asleep makes no call at all.
-  void sleep() noexcept {
-    parking_entry& p = parking_for(this);
-    std::unique_lock<std::mutex> guard(p.mutex);
-    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
-    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
-  }
-  void wake() noexcept {
-    parking_entry& p = parking_for(this);
-    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
-    std::lock_guard<std::mutex> guard(p.mutex);
-    p.cv.notify_all();
-  }
-#endif
-
-  std::atomic<std::uint32_t> state_{free_};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LOCK_HPP
-// ---- ready.hpp -------------------------------------------------
-// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
-//
-// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
-// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
-// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
-// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
-// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
-// and every strand gets its turn (a strand run again goes to the back).
-#ifndef EVBUS_PARTS_READY_HPP
-#define EVBUS_PARTS_READY_HPP
-
-
-#include <atomic>
-#include <cstddef>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
-/// drain or shutdown), innermost first: used to refuse what would wait for itself.
-struct drive_frame {
-  const void* owner;
-  drive_frame* prev;
-};
-
-inline drive_frame*& drive_top() noexcept {
-  static thread_local drive_frame* top = nullptr;
-  return top;
-}
-
-inline bool drives(const void* owner) noexcept {
-  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
-    if (f->owner == owner) return true;
-  }
-  return false;
-}
-
-class drive_scope {
- public:
-  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
-    drive_top() = &frame_;
-  }
-  ~drive_scope() { drive_top() = frame_.prev; }
-  drive_scope(const drive_scope&) = delete;
-  drive_scope& operator=(const drive_scope&) = delete;
-
- private:
-  drive_frame frame_;
-};
-
-class ready_list {
- public:
-  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
-  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
-  void submit(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
-      r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
-  }
-
-  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
-  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
-
-  // -- under the scheduler's mutex --------------------------------------------------------
-  /// Moves what was submitted onto the list, in the order it was submitted.
-  void take_inbox() noexcept {
-    if (!submitted()) return;
-    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
-    runnable* reversed = nullptr;
-    while (r != nullptr) {
-      runnable* next = r->next_ready;
-      r->next_ready = reversed;
-      reversed = r;
-      r = next;
-    }
-    while (reversed != nullptr) {
-      runnable* next = reversed->next_ready;
-      push(reversed);
-      reversed = next;
-    }
-  }
-
-  void push(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (tail_ == nullptr) {
-      head_ = r;
-    } else {
-      tail_->next_ready = r;
-    }
-    tail_ = r;
-    ++count_;
-  }
-
-  /// The first strand; only when !empty().
-  runnable* pop() noexcept {
-    runnable* r = head_;
-    head_ = r->next_ready;
-    if (head_ == nullptr) tail_ = nullptr;
-    --count_;
-    return r;
-  }
-
-  bool empty() const noexcept { return head_ == nullptr; }
-  std::size_t size() const noexcept { return count_; }
-
-  /// Unlinks the intakes (strands that route), and returns them linked in their order.
-  runnable* take_intakes() noexcept {
-    runnable* intakes = nullptr;
-    runnable** intakes_end = &intakes;
-    for (runnable** at = &head_; *at != nullptr;) {
-      runnable* r = *at;
-      if (!r->routes) {
-        at = &r->next_ready;
-        continue;
-      }
-      *at = r->next_ready;
-      --count_;
-      r->next_ready = nullptr;
-      *intakes_end = r;
-      intakes_end = &r->next_ready;
-    }
-    tail_ = nullptr;
-    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
-    return intakes;
-  }
-
- private:
-  runnable* head_ = nullptr;
-  runnable* tail_ = nullptr;
-  std::size_t count_ = 0;
-  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
-  // writes it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_READY_HPP
 // ---- timers.hpp -------------------------------------------------
 // evbus/parts/timers.hpp: the scheduler's timers: strands parked until a time (a retry's
 // backoff) and delayed emits not yet due.
@@ -3661,21 +3676,15 @@ class timer_heap {
 
 #endif  // EVBUS_PARTS_TIMERS_HPP
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <cstdint>
 #include <exception>
 #include <functional>
-#include <list>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -3683,11 +3692,12 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-class scheduler {
+class scheduler_state {
  public:
   /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler(std::shared_ptr<evbus::clock> c, std::size_t batch, std::chrono::nanoseconds spin,
-            std::function<void(std::exception_ptr, std::string_view)> report)
+  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
+                  std::chrono::nanoseconds spin,
+                  std::function<void(std::exception_ptr, std::string_view)> report)
       : delayed_(std::move(report)),
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
@@ -3695,9 +3705,8 @@ class scheduler {
         batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
         idle_spin_(spin) {}
 
-  scheduler(const scheduler&) = delete;
-  scheduler& operator=(const scheduler&) = delete;
-  ~scheduler() { stop_workers(); }
+  scheduler_state(const scheduler_state&) = delete;
+  scheduler_state& operator=(const scheduler_state&) = delete;
 
   steady_time now() const noexcept {
     return real_ ? std::chrono::steady_clock::now() : clock_->now();
@@ -3774,6 +3783,129 @@ class scheduler {
     std::lock_guard<std::mutex> lock(mutex_);
     if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
+
+  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
+  void count_awaiting(int change) noexcept {
+    if (change > 0) {
+      awaiting_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      awaiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
+
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return timers_.due(now());
+  }
+
+  std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
+
+ protected:
+  // -- under mutex_ --------------------------------------------------------------------
+  void take_inbox() noexcept { ready_.take_inbox(); }
+  void push_ready(runnable* r) noexcept { ready_.push(r); }
+  runnable* pop_ready() noexcept { return ready_.pop(); }
+
+  void park_locked(runnable* r, steady_time due) {
+    if (cut_ && !r->keeps_time) {
+      push_ready(r);
+      return;
+    }
+    if (timers_.add(due, r)) earliest_changed();
+  }
+
+  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
+  void earliest_changed() {
+    work_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+  }
+
+  void settle(runnable* r, const runnable::result& res) {
+    if (res.what == runnable::next::again) {
+      push_ready(r);
+    } else if (res.what == runnable::next::park) {
+      try {
+        park_locked(r, res.due);
+      } catch (...) {
+        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
+      }
+    }
+    tell_waiters(res.what == runnable::next::idle);
+  }
+
+  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
+  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
+  /// asynchronous handlers make, does not wake them for every event).
+  void tell_waiters(bool now) {
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (now || ++runs_untold_ >= 16) {
+      runs_untold_ = 0;
+      progress_cv_.notify_all();
+    }
+  }
+
+  void fire_due() {
+    if (timers_.empty()) return;
+    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
+                    [&](std::unique_ptr<delayed_base> d) {
+                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+                    });
+  }
+
+  delayed_strand delayed_;
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  const std::size_t batch_;
+  const std::chrono::nanoseconds idle_spin_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
+  std::condition_variable progress_cv_;  // help_until() waits here
+  ready_list ready_;
+  timer_heap timers_;
+  bool cut_ = false;
+  std::size_t running_ = 0;   // runs in progress
+  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
+  // Changed under mutex_, read by submit() without it.
+  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
+  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
+  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
+  std::atomic<bool> has_workers_{false};  // workers are asked for (scheduler::target_ > 0)
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_STATE_HPP
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class scheduler : public scheduler_state {
+ public:
+  using scheduler_state::scheduler_state;
+
+  ~scheduler() { stop_workers(); }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
   void resize(std::size_t n) {
@@ -3924,84 +4056,12 @@ class scheduler {
     }
   }
 
-  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
-  void count_awaiting(int change) noexcept {
-    if (change > 0) {
-      awaiting_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      awaiting_.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
-  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
-
-  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
-  /// which runs under the scheduler's mutex.
-  bool timer_due_locked() const noexcept {
-    return timers_.due(now());
-  }
-
-  std::size_t batch() const noexcept { return batch_; }
-
-  /// The most events one run takes (a larger executor_options::batch is cut to it).
-  static constexpr std::size_t max_batch = std::size_t{1} << 20;
-
  private:
   struct worker {
     std::thread thread;
     bool stop = false;    // under mutex_
     bool exited = false;  // under mutex_
   };
-
-  // -- under mutex_ --------------------------------------------------------------------
-  void take_inbox() noexcept { ready_.take_inbox(); }
-  void push_ready(runnable* r) noexcept { ready_.push(r); }
-  runnable* pop_ready() noexcept { return ready_.pop(); }
-
-  void park_locked(runnable* r, steady_time due) {
-    if (cut_ && !r->keeps_time) {
-      push_ready(r);
-      return;
-    }
-    if (timers_.add(due, r)) earliest_changed();
-  }
-
-  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
-  void earliest_changed() {
-    work_cv_.notify_all();
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-  }
-
-  void settle(runnable* r, const runnable::result& res) {
-    if (res.what == runnable::next::again) {
-      push_ready(r);
-    } else if (res.what == runnable::next::park) {
-      try {
-        park_locked(r, res.due);
-      } catch (...) {
-        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
-      }
-    }
-    tell_waiters(res.what == runnable::next::idle);
-  }
-
-  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
-  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
-  /// asynchronous handlers make, does not wake them for every event).
-  void tell_waiters(bool now) {
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
-    if (now || ++runs_untold_ >= 16) {
-      runs_untold_ = 0;
-      progress_cv_.notify_all();
-    }
-  }
-
-  void fire_due() {
-    if (timers_.empty()) return;
-    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
-                    [&](std::unique_ptr<delayed_base> d) {
-                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
-                    });
-  }
 
   void collect_exited(std::vector<std::thread>& out) {
     const auto self = std::this_thread::get_id();
@@ -4088,29 +4148,8 @@ class scheduler {
     }
   }
 
-  delayed_strand delayed_;
-  std::shared_ptr<evbus::clock> clock_;
-  const bool real_;
-  const bool manual_;
-  const std::size_t batch_;
-  const std::chrono::nanoseconds idle_spin_;
-
-  mutable std::mutex mutex_;
-  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
-  std::condition_variable progress_cv_;  // help_until() waits here
-  ready_list ready_;
-  timer_heap timers_;
-  bool cut_ = false;
-  std::size_t running_ = 0;   // runs in progress
-  std::size_t target_ = 0;
-  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
-  std::list<worker> workers_;
-  // Changed under mutex_, read by submit() without it.
-  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
-  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
-  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
-  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
-  std::atomic<bool> has_workers_{false};  // target_ > 0
+  std::size_t target_ = 0;  // under mutex_
+  std::list<worker> workers_;  // under mutex_
 };
 
 }  // namespace detail

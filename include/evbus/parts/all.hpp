@@ -80,6 +80,7 @@
 #include "delayed.hpp"
 #include "ready.hpp"
 #include "timers.hpp"
+#include "scheduler_state.hpp"
 #include "scheduler.hpp"
 #include "link.hpp"
 #include "admission.hpp"

@@ -8538,25 +8538,21 @@ class attempt_runner {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_ATTEMPT_HPP
-// ---- lanes.hpp -------------------------------------------------
-// evbus/parts/lanes.hpp: where an ordered subscription's events wait, and how they move:
-// its intake and its partitions.
+// ---- lane_state.hpp -------------------------------------------------
+// evbus/parts/lane_state.hpp: where an ordered subscription's events wait, and how they get
+// in: its intake and its partitions.
 //
-// Owns: an intake and P partitions, each a strand (strand.hpp) over a block_queue of events.
-// enqueue() copies an event into the intake under the intake's small_lock; the emit that finds
-// the intake idle submits it to the scheduler. route() is the intake holder's loop: it moves
-// events, in order, to their key's partition and submits each partition it makes busy.
-// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
-// them without it (attempt.hpp), and let go under the lock when none is left. evict_oldest()
-// is drop_oldest's eviction. Keeps: per-key order, one event of a partition at a time, and
-// the counts drain() waits for. subscription.hpp builds on it: admission and overflow.
-//
-// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
-// per batch, not once per event (the partitions, which workers write all the time, are never
-// the emitter's), and it submits once per batch, not once per partition made busy. The
-// benchmark that shows it pays is in bench/README.md ("The intake").
-#ifndef EVBUS_PARTS_LANES_HPP
-#define EVBUS_PARTS_LANES_HPP
+// Owns: `lane_state`, the data of a subscription's lanes: an intake and P partitions, each a
+// strand (strand.hpp) over a block_queue of events; the admission, the attempt runner, the
+// gate of max_in_flight and the outcomes awaited from asynchronous handlers; the topic names
+// the subscription keeps (pin_name()). enqueue() copies an event into the intake under the
+// intake's small_lock, and the emit that finds the intake idle submits it to the scheduler.
+// Keeps: events enter the intake in acceptance order (`seq`), and none after shutdown's
+// barrier (close_barrier) unless a commit holds the executor open; the counts drain() reads
+// (reached()) are published after the events they count. The loops that move the events on,
+// route() and run_partition(), are the derived class's (`Lanes`: lanes.hpp).
+#ifndef EVBUS_PARTS_LANE_STATE_HPP
+#define EVBUS_PARTS_LANE_STATE_HPP
 
 
 #include <array>
@@ -8567,7 +8563,6 @@ class attempt_runner {
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -8576,8 +8571,10 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-template <class Data>
-class lanes : public subscription_base {
+/// `Lanes` derives from it and runs the strands: `Lanes::route()` for the intake,
+/// `Lanes::run_partition()` for a partition.
+template <class Data, class Lanes>
+class lane_state : public subscription_base {
  public:
   using event_type = basic_event<Data>;
   using item = queued_event<Data>;
@@ -8585,7 +8582,9 @@ class lanes : public subscription_base {
 
  protected:
   struct partition final : runnable {
-    result run(std::size_t batch) noexcept override { return owner->run_partition(*this, batch); }
+    result run(std::size_t batch) noexcept override {
+      return static_cast<Lanes*>(owner)->run_partition(*this, batch);
+    }
 
     // Under `lock`: the strand, the queue's tail and mark, the counts.
     mutable small_lock lock;
@@ -8602,7 +8601,7 @@ class lanes : public subscription_base {
     // The holder's: the jitter state, and events finished (read by drain() without the lock).
     std::uint64_t rng = 0;
     std::atomic<std::uint64_t> finished{0};
-    lanes* owner = nullptr;
+    lane_state* owner = nullptr;
   };
 
   using intake_queue = block_queue<item, block_elements<item>, true>;
@@ -8610,9 +8609,9 @@ class lanes : public subscription_base {
   /// The intake: every event of the subscription, in acceptance order, until route() moves
   /// it to its partition.
   struct intake final : runnable {
-    result run(std::size_t) noexcept override { return owner->route(); }
+    result run(std::size_t) noexcept override { return static_cast<Lanes*>(owner)->route(); }
 
-    lanes* owner = nullptr;
+    lane_state* owner = nullptr;
     // The holder's: events taken and not yet routed; the round robin of events without a
     // key; events routed or skipped (read by drain() without the lock).
     std::uint32_t in_hand = 0;
@@ -8628,7 +8627,7 @@ class lanes : public subscription_base {
   };
 
  public:
-  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+  lane_state(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
       : admission_(policy.capacity),
         link_(link),
@@ -8659,7 +8658,7 @@ class lanes : public subscription_base {
     }
   }
 
-  ~lanes() override { runner_.flush_notes(name); }
+  ~lane_state() override { runner_.flush_notes(name); }
 
   executor_link& link() const noexcept { return link_; }
 
@@ -8791,7 +8790,77 @@ class lanes : public subscription_base {
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
+};
 
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LANE_STATE_HPP
+// ---- lanes.hpp -------------------------------------------------
+// evbus/parts/lanes.hpp: how an ordered subscription's events move: from its intake to their
+// partitions, and from a partition to the handler.
+//
+// Owns: `lanes`, the loops of the strands whose data lane_state.hpp holds (an intake and P
+// partitions, and enqueue(), how an event gets in). route() is the intake holder's loop: it
+// moves events, in order, to their key's partition and submits each partition it makes busy.
+// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
+// them without it (attempt.hpp), and let go under the lock when none is left. Keeps: per-key
+// order, one event of a partition at a time, and the counts drain() waits for, each raised
+// after the events it counts have moved on. subscription.hpp builds on it: admission and
+// overflow.
+//
+// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
+// per batch, not once per event (the partitions, which workers write all the time, are never
+// the emitter's), and it submits once per batch, not once per partition made busy. The
+// benchmark that shows it pays is in bench/README.md ("The intake").
+#ifndef EVBUS_PARTS_LANES_HPP
+#define EVBUS_PARTS_LANES_HPP
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+template <class Data>
+class lanes : public lane_state<Data, lanes<Data>> {
+  using base = lane_state<Data, lanes<Data>>;
+  friend base;  // its intake and partitions run route() and run_partition()
+
+ public:
+  using typename base::handler_type;
+  using base::holds;
+  using base::name;
+
+  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+        basic_delivery_policy<Data> policy)
+      : base(link, partitions, std::move(fn), std::move(policy)) {}
+
+ protected:
+  using typename base::item;
+  using typename base::partition;
+  using base::admission_;
+  using base::awaiting_;
+  using base::count_;
+  using base::gate_;
+  using base::intake_;
+  using base::link_;
+  using base::mask_;
+  using base::open_;
+  using base::parts_;
+  using base::runner_;
+
+ private:
   /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
   std::size_t partition_of(std::uint32_t hash) const noexcept {
     return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
@@ -8989,8 +9058,8 @@ class lanes : public subscription_base {
 //
 // Owns: admission and overflow. push() is the bus handler's body: it takes a place
 // (admission.hpp) or applies the overflow policy (reject, drop the newest, drop the oldest,
-// block), then hands the event to its lanes (lanes.hpp: the intake, the partitions and how
-// events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
+// block), then hands the event to its lanes (lane_state.hpp: the intake and the partitions;
+// lanes.hpp: how events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
 // a bounded subscription never holds more than its capacity (drop_oldest: one more, briefly),
 // drop_oldest never loses an event for one it refused, a refused event leaves nothing behind.
 #ifndef EVBUS_PARTS_SUBSCRIPTION_HPP

@@ -87,6 +87,7 @@
 #include "completion.hpp"
 #include "in_flight.hpp"
 #include "attempt.hpp"
+#include "lane_state.hpp"
 #include "lanes.hpp"
 #include "subscription.hpp"
 #include "executor_core.hpp"

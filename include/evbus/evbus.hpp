@@ -9353,30 +9353,31 @@ class subscription final : public lanes<Data> {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_SUBSCRIPTION_HPP
-// ---- executor_core.hpp -------------------------------------------------
-// evbus/parts/executor_core.hpp: the executor's core: its subscriptions, drain, shutdown and
-// stats.
+// ---- executor_registry.hpp -------------------------------------------------
+// evbus/parts/executor_registry.hpp: the executor's subscriptions and their stats.
 //
-// Owns: the registry of live subscriptions (a subscription leaves it when the last copy of
-// its handler is gone and its last event is finished: holds in link.hpp), the totals of the
-// ones that left, and the executor's lifecycle: open, stopping, closed. Keeps: drain()
-// returns when every event accepted before it is finished; shutdown() runs its five steps in
-// order (see keyed_executor::shutdown) and every accepted event is handled or dead-lettered;
-// stats().total counts removed subscriptions too.
-#ifndef EVBUS_PARTS_EXECUTOR_CORE_HPP
-#define EVBUS_PARTS_EXECUTOR_CORE_HPP
+// Owns: `executor_registry`, the registry of live subscriptions (a subscription leaves it when
+// the last copy of its handler is gone and its last event is finished: holds in link.hpp), the
+// totals of the ones that left, and, under the same mutex, the executor's lifecycle state
+// (open, stopping, closed: executor_core.hpp moves it on); stats(). Keeps: no subscription is
+// added once the executor is shut down; a removed subscription's counts and histograms are
+// added to the totals before it is destroyed, so stats().total counts removed subscriptions
+// too.
+#ifndef EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
+#define EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
 
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <thread>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -9384,38 +9385,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-class executor_core final : public executor_link,
-                            public std::enable_shared_from_this<executor_core> {
+class executor_registry : public executor_link {
  public:
-  explicit executor_core(executor_options o)
-      : executor_link(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch, o.idle_spin,
-                      std::move(o.on_error)),
-        partitions(o.partitions),
-        on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown),
-        completion_grace_(o.completion_grace) {
-    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
-    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
-      try {
-        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
-      } catch (...) {
-        // Out of memory taking the payload: the event is counted as undelivered, not reported.
-      }
-    });
-  }
-
-  ~executor_core() {
-    if (listener_ != 0) sched.clock().remove_listener(listener_);
-  }
-
-  /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
-  void start(std::size_t workers) {
-    std::weak_ptr<executor_core> weak = weak_from_this();
-    listener_ = sched.clock().add_listener([weak] {
-      if (auto self = weak.lock()) self->sched.time_moved();
-    });
-    sched.resize(workers);
-  }
+  executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+                    std::chrono::nanoseconds idle_spin,
+                    std::function<void(std::exception_ptr, std::string_view)> on_error,
+                    std::size_t partitions)
+      : executor_link(std::move(clock), batch, idle_spin, std::move(on_error)),
+        partitions(partitions) {}
 
   /// Names the subscription ("ordered-N" when it has no name) and registers it.
   void add_subscription(std::shared_ptr<subscription_base> s) {
@@ -9455,6 +9432,158 @@ class executor_core final : public executor_link,
       }
     }
     // The handler and its captures are destroyed here, on the thread that let go last.
+  }
+
+  executor_stats stats() const {
+    executor_stats out;
+    std::vector<std::shared_ptr<subscription_base>> subs;
+    log_histogram::snapshot handler_all;
+    log_histogram::snapshot wait_all;
+    log_histogram::snapshot completed_all;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      subs = subscriptions_;
+      out.total = retired_;
+      handler_all = retired_handler_;
+      wait_all = retired_wait_;
+      completed_all = retired_completed_;
+    }
+    out.workers = sched.workers();
+    out.partitions = partitions;
+    out.total.name = "total";
+    out.total.blocked = 0;
+    for (const auto& s : subs) {
+      subscription_stats one;
+      log_histogram::snapshot handler;
+      log_histogram::snapshot wait;
+      log_histogram::snapshot completed;
+      s->read_stats(one, handler, wait, completed);
+      handler_all.merge(handler);
+      wait_all.merge(wait);
+      completed_all.merge(completed);
+      add_to(out.total, one);
+      out.subscriptions.push_back(std::move(one));
+    }
+    out.total.handler_time = handler_all.summary();
+    out.total.queue_wait = wait_all.summary();
+    out.total.completion_time = completed_all.summary();
+    out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
+    out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
+    out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
+    out.undelivered = undelivered_.load(std::memory_order_relaxed);
+    out.errors = errors.load(std::memory_order_relaxed);
+    return out;
+  }
+
+  const std::size_t partitions;
+
+ protected:
+  ~executor_registry() = default;
+
+  enum class state { open, stopping, closed };
+
+  std::vector<std::shared_ptr<subscription_base>> live() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return subscriptions_;
+  }
+
+  static void add_to(subscription_stats& t, const subscription_stats& one) {
+    t.accepted += one.accepted;
+    t.delivered += one.delivered;
+    t.failed_attempts += one.failed_attempts;
+    t.retried += one.retried;
+    t.dead_lettered += one.dead_lettered;
+    t.dropped += one.dropped;
+    t.rejected += one.rejected;
+    t.expired += one.expired;
+    t.queued += one.queued;
+    t.high_water += one.high_water;
+    t.blocked += one.blocked;
+    t.in_flight += one.in_flight;
+    t.late_completions += one.late_completions;
+    t.duplicate_completions += one.duplicate_completions;
+    t.abandoned += one.abandoned;
+  }
+
+  mutable std::mutex mutex_;
+  state state_ = state::open;  // moved on by executor_core
+  std::vector<std::shared_ptr<subscription_base>> subscriptions_;  // live, in creation order
+  std::uint64_t created_ = 0;
+  subscription_stats retired_;  // sums over removed subscriptions
+  log_histogram::snapshot retired_handler_;
+  log_histogram::snapshot retired_wait_;
+  log_histogram::snapshot retired_completed_;
+  std::atomic<std::uint64_t> undelivered_{0};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
+// ---- executor_core.hpp -------------------------------------------------
+// evbus/parts/executor_core.hpp: the executor's core: its lifecycle, drain and shutdown.
+//
+// Owns: `executor_core`, the executor that keyed_executor and the ordered handlers share:
+// starting its workers, resize, the delayed emits it schedules and those it cannot deliver
+// (on_undelivered), run_until_idle, and the lifecycle over the registry (executor_registry.hpp):
+// open, stopping, closed. Keeps: drain() returns when every event accepted before it is
+// finished; wait_idle() when nothing is queued, running or due; shutdown() runs its five steps
+// in order (see keyed_executor::shutdown) and every accepted event is handled or
+// dead-lettered; none of these waits starts from inside the executor's own handlers (it would
+// wait for itself: waits_for_itself).
+#ifndef EVBUS_PARTS_EXECUTOR_CORE_HPP
+#define EVBUS_PARTS_EXECUTOR_CORE_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class executor_core final : public executor_registry,
+                            public std::enable_shared_from_this<executor_core> {
+ public:
+  explicit executor_core(executor_options o)
+      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
+                          o.idle_spin, std::move(o.on_error), o.partitions),
+        on_undelivered_(std::move(o.on_undelivered)),
+        delayed_at_shutdown_(o.delayed_at_shutdown),
+        completion_grace_(o.completion_grace) {
+    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
+    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
+      try {
+        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
+      } catch (...) {
+        // Out of memory taking the payload: the event is counted as undelivered, not reported.
+      }
+    });
+  }
+
+  ~executor_core() {
+    if (listener_ != 0) sched.clock().remove_listener(listener_);
+  }
+
+  /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
+  void start(std::size_t workers) {
+    std::weak_ptr<executor_core> weak = weak_from_this();
+    listener_ = sched.clock().add_listener([weak] {
+      if (auto self = weak.lock()) self->sched.time_moved();
+    });
+    sched.resize(workers);
   }
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
@@ -9582,65 +9711,15 @@ class executor_core final : public executor_link,
     done_cv_.notify_all();
   }
 
-  executor_stats stats() const {
-    executor_stats out;
-    std::vector<std::shared_ptr<subscription_base>> subs;
-    log_histogram::snapshot handler_all;
-    log_histogram::snapshot wait_all;
-    log_histogram::snapshot completed_all;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      subs = subscriptions_;
-      out.total = retired_;
-      handler_all = retired_handler_;
-      wait_all = retired_wait_;
-      completed_all = retired_completed_;
-    }
-    out.workers = sched.workers();
-    out.partitions = partitions;
-    out.total.name = "total";
-    out.total.blocked = 0;
-    for (const auto& s : subs) {
-      subscription_stats one;
-      log_histogram::snapshot handler;
-      log_histogram::snapshot wait;
-      log_histogram::snapshot completed;
-      s->read_stats(one, handler, wait, completed);
-      handler_all.merge(handler);
-      wait_all.merge(wait);
-      completed_all.merge(completed);
-      add_to(out.total, one);
-      out.subscriptions.push_back(std::move(one));
-    }
-    out.total.handler_time = handler_all.summary();
-    out.total.queue_wait = wait_all.summary();
-    out.total.completion_time = completed_all.summary();
-    out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
-    out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
-    out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
-    out.undelivered = undelivered_.load(std::memory_order_relaxed);
-    out.errors = errors.load(std::memory_order_relaxed);
-    return out;
-  }
-
   bool is_closed() const noexcept { return closed.load(std::memory_order_acquire); }
 
-  const std::size_t partitions;
-
  private:
-  enum class state { open, stopping, closed };
-
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
       throw waits_for_itself(std::string("evbus: ") + what +
                              " called from inside a handler (or poll) of the same "
                              "keyed_executor: it would wait for itself");
     }
-  }
-
-  std::vector<std::shared_ptr<subscription_base>> live() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return subscriptions_;
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -9697,39 +9776,12 @@ class executor_core final : public executor_link,
     }
   }
 
-  static void add_to(subscription_stats& t, const subscription_stats& one) {
-    t.accepted += one.accepted;
-    t.delivered += one.delivered;
-    t.failed_attempts += one.failed_attempts;
-    t.retried += one.retried;
-    t.dead_lettered += one.dead_lettered;
-    t.dropped += one.dropped;
-    t.rejected += one.rejected;
-    t.expired += one.expired;
-    t.queued += one.queued;
-    t.high_water += one.high_water;
-    t.blocked += one.blocked;
-    t.in_flight += one.in_flight;
-    t.late_completions += one.late_completions;
-    t.duplicate_completions += one.duplicate_completions;
-    t.abandoned += one.abandoned;
-  }
-
   std::function<void(const undelivered&)> on_undelivered_;
   const delayed_policy delayed_at_shutdown_;
   const std::chrono::nanoseconds completion_grace_;
   std::uint64_t listener_ = 0;
 
-  mutable std::mutex mutex_;
   std::condition_variable done_cv_;  // concurrent shutdown() calls wait here
-  state state_ = state::open;
-  std::vector<std::shared_ptr<subscription_base>> subscriptions_;  // live, in creation order
-  std::uint64_t created_ = 0;
-  subscription_stats retired_;  // sums over removed subscriptions
-  log_histogram::snapshot retired_handler_;
-  log_histogram::snapshot retired_wait_;
-  log_histogram::snapshot retired_completed_;
-  std::atomic<std::uint64_t> undelivered_{0};
 };
 
 }  // namespace detail

@@ -90,6 +90,7 @@
 #include "lane_state.hpp"
 #include "lanes.hpp"
 #include "subscription.hpp"
+#include "executor_registry.hpp"
 #include "executor_core.hpp"
 #include "executor.hpp"
 #include "ordered.hpp"

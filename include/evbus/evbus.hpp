@@ -4608,7 +4608,7 @@ inline namespace v1 {
 namespace detail {
 
 /// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
-/// returned); defined with the executor (executor.hpp).
+/// returned); defined with the executor (ordered_handler.hpp).
 template <class Data>
 struct commit_reserver;
 
@@ -9789,37 +9789,26 @@ class executor_core final : public executor_registry,
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_EXECUTOR_CORE_HPP
-// ---- executor.hpp -------------------------------------------------
-// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor, ordered() and the
-// handler it returns.
+// ---- ordered_handler.hpp -------------------------------------------------
+// evbus/parts/ordered_handler.hpp: what evbus::ordered returns, and a commit's place in its
+// subscription.
 //
-// Owns: the public face of the executor; the work is done by the parts it includes.
-//
-// How an event travels (one ordered subscription, W >= 1):
-//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator().
-//  2. subscription::push takes a place (admission::reserve, or the overflow policy).
-//  3. lanes::enqueue copies the event and appends it to the subscription's intake
-//     under the intake's small_lock (block_queue::push, strand::arrive).
-//  4. If the intake was idle, that emit submits it: scheduler::submit pushes it on the inbox
-//     (one compare-and-swap) and wakes a sleeping worker unless one is spinning.
-//  5. A worker runs it (scheduler::worker_main): lanes::route moves each event to its
-//     key's partition and submits each partition it makes busy.
-//  6. A worker runs a partition: lanes::run_partition takes up to `batch` events under
-//     its lock (strand::take) and, without the lock, calls attempt_runner::attempt, which
-//     calls the user's function. A throw parks the partition until its backoff is over; an
-//     empty one is let go (strand::take returns 0) and, if its handler is gone, removed.
-#ifndef EVBUS_PARTS_EXECUTOR_HPP
-#define EVBUS_PARTS_EXECUTOR_HPP
+// Owns: `ordered_handler`, the copyable bus handler that feeds an ordered subscription (its
+// call is subscription::push); `subscription_front`, what every copy of it shares; and
+// `commit_reserver`, what a transaction's commit does for such a handler before emitting
+// anything (hold the executor open, take a place). Keeps: the subscription stays registered
+// while a copy of its handler lives, and once the last copy is gone it is removed when its last
+// event is finished; a commit refused by a shut-down executor or a full subscription throws
+// before any of its events is emitted.
+#ifndef EVBUS_PARTS_ORDERED_HANDLER_HPP
+#define EVBUS_PARTS_ORDERED_HANDLER_HPP
 
 
-#include <any>
-#include <chrono>
-#include <cstddef>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <utility>
 
 namespace evbus {
@@ -9886,34 +9875,6 @@ class ordered_handler {
   std::shared_ptr<detail::subscription_front<Data>> front_;
 };
 
-/**
- * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
- * place, backpressure, delays, drain and shutdown.
- *
- * An executor has P partitions per subscription (fixed) and W workers (resize() changes W at
- * any time; W = 0 means no threads: poll() and run_until_idle() run the work on the calling
- * thread, deterministically). Wrap handlers with evbus::ordered and register them on a bus.
- *
- * Order: within one subscription, events with the same key are handled one at a time, in the
- * order their emits entered the executor, whatever W is and while it changes. Events without
- * a key are spread round-robin over the partitions and have no order.
- *
- * The handle is not copyable or movable; the state it shares with its ordered handlers lives
- * until the last of them is gone. Destroying the executor shuts it down. Every member function
- * may be called from any thread; drain() and shutdown() not from inside the executor's own
- * handlers (they would wait for themselves: evbus::error).
- *
- * @code
- *   evbus::bus bus;
- *   evbus::keyed_executor ex({.partitions = 64, .workers = 4});
- *   bus.register_topics("order.placed");
- *   bus.register_handler("ship", "order\\..*", evbus::ordered(ex, [](const evbus::event& e) {
- *     ship(e.key, e.data_as<order>());   // one customer's orders, one at a time, in order
- *   }));
- *   bus.emit("order.placed", order{1}, {.key = "customer-7"});
- *   ex.drain();                           // everything emitted so far is handled
- * @endcode
- */
 namespace detail {
 
 /// What a transaction's commit does for each handler of its events before emitting any
@@ -9946,7 +9907,82 @@ struct commit_reserver {
 };
 
 }  // namespace detail
+}  // namespace v1
+}  // namespace evbus
 
+#endif  // EVBUS_PARTS_ORDERED_HANDLER_HPP
+// ---- executor.hpp -------------------------------------------------
+// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor.
+//
+// Owns: the public face of the executor (the options checked, the calls handed to the core);
+// the work is done by the parts it includes. Keeps: a bad option throws
+// evbus::invalid_argument before anything starts; drain(subscription) refuses a subscription
+// of another executor; destroying the executor shuts it down (shutdown()).
+//
+// How an event travels (one ordered subscription, W >= 1; each function's part in brackets):
+//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator()
+//     [ordered_handler.hpp].
+//  2. subscription::push [subscription.hpp] takes a place (admission::reserve
+//     [admission.hpp], or the overflow policy).
+//  3. lane_state::enqueue [lane_state.hpp] copies the event and appends it to the
+//     subscription's intake under the intake's small_lock (block_queue::push
+//     [block_queue.hpp], strand::arrive [strand.hpp]).
+//  4. If the intake was idle, that emit submits it: scheduler_state::submit
+//     [scheduler_state.hpp] pushes it on the inbox (one compare-and-swap) and wakes a
+//     sleeping worker unless one is spinning.
+//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): lanes::route [lanes.hpp]
+//     moves each event to its key's partition and submits each partition it makes busy.
+//  6. A worker runs a partition: lanes::run_partition [lanes.hpp] takes up to `batch` events
+//     under its lock (strand::take) and, without the lock, calls attempt_runner::attempt
+//     [attempt.hpp], which calls the user's function. A throw parks the partition until its
+//     backoff is over (scheduler_state::park); an empty one is let go (strand::take returns 0)
+//     and, if its handler is gone, removed (executor_registry::remove
+//     [executor_registry.hpp]).
+#ifndef EVBUS_PARTS_EXECUTOR_HPP
+#define EVBUS_PARTS_EXECUTOR_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
+ * place, backpressure, delays, drain and shutdown.
+ *
+ * An executor has P partitions per subscription (fixed) and W workers (resize() changes W at
+ * any time; W = 0 means no threads: poll() and run_until_idle() run the work on the calling
+ * thread, deterministically). Wrap handlers with evbus::ordered and register them on a bus.
+ *
+ * Order: within one subscription, events with the same key are handled one at a time, in the
+ * order their emits entered the executor, whatever W is and while it changes. Events without
+ * a key are spread round-robin over the partitions and have no order.
+ *
+ * The handle is not copyable or movable; the state it shares with its ordered handlers lives
+ * until the last of them is gone. Destroying the executor shuts it down. Every member function
+ * may be called from any thread; drain() and shutdown() not from inside the executor's own
+ * handlers (they would wait for themselves: evbus::error).
+ *
+ * @code
+ *   evbus::bus bus;
+ *   evbus::keyed_executor ex({.partitions = 64, .workers = 4});
+ *   bus.register_topics("order.placed");
+ *   bus.register_handler("ship", "order\\..*", evbus::ordered(ex, [](const evbus::event& e) {
+ *     ship(e.key, e.data_as<order>());   // one customer's orders, one at a time, in order
+ *   }));
+ *   bus.emit("order.placed", order{1}, {.key = "customer-7"});
+ *   ex.drain();                           // everything emitted so far is handled
+ * @endcode
+ */
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
@@ -10162,7 +10198,7 @@ class keyed_executor {
 // compile time what cannot work (a generic handler without Data, a payload that may throw
 // when moved, a policy of another payload type) and at run time what is bad input (an empty
 // handler, a policy out of range: evbus::invalid_argument naming the value), then building the
-// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+// subscription (subscription.hpp) and the handler that feeds it (ordered_handler.hpp).
 #ifndef EVBUS_PARTS_ORDERED_HPP
 #define EVBUS_PARTS_ORDERED_HPP
 

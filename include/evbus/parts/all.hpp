@@ -92,6 +92,7 @@
 #include "subscription.hpp"
 #include "executor_registry.hpp"
 #include "executor_core.hpp"
+#include "ordered_handler.hpp"
 #include "executor.hpp"
 #include "ordered.hpp"
 

@@ -2631,9 +2631,10 @@ using topic_handle = basic_topic_handle<std::any>;
 //
 // Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
 // the one place errors without a caller go (on_error, else stderr). The executor's core
-// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
-// base, so the two headers do not include each other. Also: the subscription base the core
-// keeps in its registry, and its lifetime count.
+// (executor_registry.hpp, executor_core.hpp) is the only implementation; subscriptions hold a
+// reference to this base, so the headers do not include each other. Also: the subscription
+// base the core keeps in its registry, and its lifetime count. Keeps: a subscription is
+// removed once, by whoever gives back its last hold (release_hold).
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 
@@ -2872,6 +2873,7 @@ class manual_clock final : public clock {
 // std::atomic::wait under C++20, or on one of a fixed table of condition variables under
 // C++17 (a thread that holds it and is preempted therefore never has others burn their time
 // slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+// Keeps: one holder at a time; a waiter spins at most 64 turns before it blocks.
 #ifndef EVBUS_PARTS_LOCK_HPP
 #define EVBUS_PARTS_LOCK_HPP
 

@@ -39,9 +39,9 @@ class executor_registry : public executor_link {
   executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
                     std::chrono::nanoseconds idle_spin,
                     std::function<void(std::exception_ptr, std::string_view)> on_error,
-                    std::size_t partitions)
+                    std::size_t partition_count)
       : executor_link(std::move(clock), batch, idle_spin, std::move(on_error)),
-        partitions(partitions) {}
+        partitions(partition_count) {}
 
   /// Names the subscription ("ordered-N" when it has no name) and registers it.
   void add_subscription(std::shared_ptr<subscription_base> s) {

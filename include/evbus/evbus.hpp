@@ -2631,9 +2631,10 @@ using topic_handle = basic_topic_handle<std::any>;
 //
 // Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
 // the one place errors without a caller go (on_error, else stderr). The executor's core
-// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
-// base, so the two headers do not include each other. Also: the subscription base the core
-// keeps in its registry, and its lifetime count.
+// (executor_registry.hpp, executor_core.hpp) is the only implementation; subscriptions hold a
+// reference to this base, so the headers do not include each other. Also: the subscription
+// base the core keeps in its registry, and its lifetime count. Keeps: a subscription is
+// removed once, by whoever gives back its last hold (release_hold).
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 
@@ -2888,6 +2889,7 @@ class manual_clock final : public clock {
 // std::atomic::wait under C++20, or on one of a fixed table of condition variables under
 // C++17 (a thread that holds it and is preempted therefore never has others burn their time
 // slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+// Keeps: one holder at a time; a waiter spins at most 64 turns before it blocks.
 #ifndef EVBUS_PARTS_LOCK_HPP
 #define EVBUS_PARTS_LOCK_HPP
 
@@ -2998,22 +3000,255 @@ class small_lock {
 
 #endif  // EVBUS_PARTS_LOCK_HPP
 // ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll for
-// W = 0.
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll and
+// the waits of drain() for W = 0.
 //
-// Owns: which strand runs next and on which thread. A strand that gets work is submitted once
-// (its holder does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an
-// emitter never takes the scheduler's mutex nor waits for a worker holding it; the rest is
-// under one std::mutex, held only to move a pointer on or off a list, never across user code.
-// A strand is taken by one thread; after its run it is idle (let go: not touched again), ready
-// again (to the back of the list, so every strand gets its turn) or parked until a time (a
-// retry's backoff, timers.hpp). Workers with nothing to do spin for at most `idle_spin`,
-// yielding as they do, then block on a condition variable until work comes or the earliest
-// timer is due. Keeps: no thread waits for another by spinning past a short bound; no worker
-// idles while work is ready (a submit wakes a sleeper unless one is spinning); with W = 0,
-// poll() and the waits of drain() run the work on the calling thread.
+// Owns: the threads that run what scheduler_state (scheduler_state.hpp) holds ready, and on
+// which thread a strand runs: a strand is taken by one thread at a time (a worker, or a thread
+// in poll_pass() or help_until()) and settled after its run. Workers with nothing to do spin
+// for at most `idle_spin`, yielding as they do, then block on a condition variable until work
+// comes or the earliest timer is due; resize() starts and stops them. Keeps: no thread waits
+// for another by spinning past a short bound; a stopping worker finishes its current run and
+// hands what it would have taken next to a sleeping one; with W = 0, poll() and the waits of
+// drain() run the work on the calling thread, and a wait that could never end (a retry at a
+// time a manual clock has not reached) throws instead.
 #ifndef EVBUS_PARTS_SCHEDULER_HPP
 #define EVBUS_PARTS_SCHEDULER_HPP
+
+// ---- ready.hpp -------------------------------------------------
+// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
+//
+// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
+// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
+// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
+// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
+// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
+// and every strand gets its turn (a strand run again goes to the back).
+#ifndef EVBUS_PARTS_READY_HPP
+#define EVBUS_PARTS_READY_HPP
+
+// ---- strand.hpp -------------------------------------------------
+// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
+//
+// Owns: the two facts that make a partition a strand: how many of its events wait, and
+// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
+// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
+// only the holder takes events, in the order they arrived, and lets go only when it finds
+// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
+// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
+#ifndef EVBUS_PARTS_STRAND_HPP
+#define EVBUS_PARTS_STRAND_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
+/// strand hands it to the scheduler through this interface.
+struct runnable {
+  enum class next { idle, again, park, wait };
+  struct result {
+    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
+    // whatever it waits for (a completion, a place under max_in_flight) submits it again
+    next what = next::idle;
+    steady_time due{};       // park: when to run it again
+    std::size_t calls = 0;   // handler calls (or emits) made
+  };
+  virtual ~runnable() = default;
+  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
+  virtual result run(std::size_t batch) noexcept = 0;
+  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
+  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
+  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
+};
+
+/// Every member is called under the lock that also guards the strand's queue.
+class strand {
+ public:
+  /// One event was queued. True: the caller has just become the holder and must hand the
+  /// strand to something that runs it (the scheduler); false: the holder will take it.
+  bool arrive() noexcept {
+    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
+  /// waits, and the strand is let go: from then on the caller must not touch what the strand
+  /// guards, since the next arrive() makes another thread the holder.
+  std::size_t take(std::size_t max) noexcept {
+    const std::size_t n = waiting_ < max ? waiting_ : max;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
+    if (n == 0) held_ = false;
+    return n;
+  }
+
+  std::size_t waiting() const noexcept { return waiting_; }
+  bool held() const noexcept { return held_; }
+
+ private:
+  std::uint32_t waiting_ = 0;
+  bool held_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STRAND_HPP
+
+#include <atomic>
+#include <cstddef>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
+/// drain or shutdown), innermost first: used to refuse what would wait for itself.
+struct drive_frame {
+  const void* owner;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const void* owner) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->owner == owner) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+class ready_list {
+ public:
+  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
+  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
+  void submit(runnable* r) noexcept {
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+  }
+
+  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
+  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
+
+  // -- under the scheduler's mutex --------------------------------------------------------
+  /// Moves what was submitted onto the list, in the order it was submitted.
+  void take_inbox() noexcept {
+    if (!submitted()) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push(reversed);
+      reversed = next;
+    }
+  }
+
+  void push(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (tail_ == nullptr) {
+      head_ = r;
+    } else {
+      tail_->next_ready = r;
+    }
+    tail_ = r;
+    ++count_;
+  }
+
+  /// The first strand; only when !empty().
+  runnable* pop() noexcept {
+    runnable* r = head_;
+    head_ = r->next_ready;
+    if (head_ == nullptr) tail_ = nullptr;
+    --count_;
+    return r;
+  }
+
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return count_; }
+
+  /// Unlinks the intakes (strands that route), and returns them linked in their order.
+  runnable* take_intakes() noexcept {
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    tail_ = nullptr;
+    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
+    return intakes;
+  }
+
+ private:
+  runnable* head_ = nullptr;
+  runnable* tail_ = nullptr;
+  std::size_t count_ = 0;
+  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
+  // writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_READY_HPP
+// ---- scheduler_state.hpp -------------------------------------------------
+// evbus/parts/scheduler_state.hpp: what the scheduler runs and when: its lists, its timers,
+// and submitting, parking and settling a run.
+//
+// Owns: `scheduler_state`, the scheduler's state under its one std::mutex (the ready list,
+// the timers, the delayed strand, the counts of sleeping and spinning workers and of waiters)
+// and what changes it outside a worker: a strand that gets work is submitted once (its holder
+// does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an emitter never
+// takes the mutex nor waits for a worker holding it; the mutex is held only to move a pointer
+// on or off a list, never across user code. After its run a strand is idle (let go: not
+// touched again), ready again (to the back of the list, so every strand gets its turn) or
+// parked until a time (a retry's backoff, timers.hpp): `settle`. Keeps: no worker idles while
+// work is ready (a submit wakes a sleeper unless one is spinning), and waiters of help_until()
+// learn of progress (`tell_waiters`). The threads that run the work: scheduler.hpp.
+#ifndef EVBUS_PARTS_SCHEDULER_STATE_HPP
+#define EVBUS_PARTS_SCHEDULER_STATE_HPP
 
 // ---- delayed.hpp -------------------------------------------------
 // evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
@@ -3237,80 +3472,6 @@ struct executor_options {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_POLICIES_HPP
-// ---- strand.hpp -------------------------------------------------
-// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
-//
-// Owns: the two facts that make a partition a strand: how many of its events wait, and
-// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
-// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
-// only the holder takes events, in the order they arrived, and lets go only when it finds
-// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
-// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
-#ifndef EVBUS_PARTS_STRAND_HPP
-#define EVBUS_PARTS_STRAND_HPP
-
-
-#include <cstddef>
-#include <cstdint>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
-/// strand hands it to the scheduler through this interface.
-struct runnable {
-  enum class next { idle, again, park, wait };
-  struct result {
-    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
-    // whatever it waits for (a completion, a place under max_in_flight) submits it again
-    next what = next::idle;
-    steady_time due{};       // park: when to run it again
-    std::size_t calls = 0;   // handler calls (or emits) made
-  };
-  virtual ~runnable() = default;
-  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
-  virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
-  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
-  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
-};
-
-/// Every member is called under the lock that also guards the strand's queue.
-class strand {
- public:
-  /// One event was queued. True: the caller has just become the holder and must hand the
-  /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept {
-    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
-  /// waits, and the strand is let go: from then on the caller must not touch what the strand
-  /// guards, since the next arrive() makes another thread the holder.
-  std::size_t take(std::size_t max) noexcept {
-    const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
-    if (n == 0) held_ = false;
-    return n;
-  }
-
-  std::size_t waiting() const noexcept { return waiting_; }
-  bool held() const noexcept { return held_; }
-
- private:
-  std::uint32_t waiting_ = 0;
-  bool held_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STRAND_HPP
 
 #include <any>
 #include <atomic>
@@ -3448,150 +3609,6 @@ class delayed_strand final : public runnable {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_DELAYED_HPP
-// ---- ready.hpp -------------------------------------------------
-// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
-//
-// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
-// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
-// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
-// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
-// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
-// and every strand gets its turn (a strand run again goes to the back).
-#ifndef EVBUS_PARTS_READY_HPP
-#define EVBUS_PARTS_READY_HPP
-
-
-#include <atomic>
-#include <cstddef>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
-/// drain or shutdown), innermost first: used to refuse what would wait for itself.
-struct drive_frame {
-  const void* owner;
-  drive_frame* prev;
-};
-
-inline drive_frame*& drive_top() noexcept {
-  static thread_local drive_frame* top = nullptr;
-  return top;
-}
-
-inline bool drives(const void* owner) noexcept {
-  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
-    if (f->owner == owner) return true;
-  }
-  return false;
-}
-
-class drive_scope {
- public:
-  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
-    drive_top() = &frame_;
-  }
-  ~drive_scope() { drive_top() = frame_.prev; }
-  drive_scope(const drive_scope&) = delete;
-  drive_scope& operator=(const drive_scope&) = delete;
-
- private:
-  drive_frame frame_;
-};
-
-class ready_list {
- public:
-  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
-  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
-  void submit(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
-      r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
-  }
-
-  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
-  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
-
-  // -- under the scheduler's mutex --------------------------------------------------------
-  /// Moves what was submitted onto the list, in the order it was submitted.
-  void take_inbox() noexcept {
-    if (!submitted()) return;
-    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
-    runnable* reversed = nullptr;
-    while (r != nullptr) {
-      runnable* next = r->next_ready;
-      r->next_ready = reversed;
-      reversed = r;
-      r = next;
-    }
-    while (reversed != nullptr) {
-      runnable* next = reversed->next_ready;
-      push(reversed);
-      reversed = next;
-    }
-  }
-
-  void push(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (tail_ == nullptr) {
-      head_ = r;
-    } else {
-      tail_->next_ready = r;
-    }
-    tail_ = r;
-    ++count_;
-  }
-
-  /// The first strand; only when !empty().
-  runnable* pop() noexcept {
-    runnable* r = head_;
-    head_ = r->next_ready;
-    if (head_ == nullptr) tail_ = nullptr;
-    --count_;
-    return r;
-  }
-
-  bool empty() const noexcept { return head_ == nullptr; }
-  std::size_t size() const noexcept { return count_; }
-
-  /// Unlinks the intakes (strands that route), and returns them linked in their order.
-  runnable* take_intakes() noexcept {
-    runnable* intakes = nullptr;
-    runnable** intakes_end = &intakes;
-    for (runnable** at = &head_; *at != nullptr;) {
-      runnable* r = *at;
-      if (!r->routes) {
-        at = &r->next_ready;
-        continue;
-      }
-      *at = r->next_ready;
-      --count_;
-      r->next_ready = nullptr;
-      *intakes_end = r;
-      intakes_end = &r->next_ready;
-    }
-    tail_ = nullptr;
-    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
-    return intakes;
-  }
-
- private:
-  runnable* head_ = nullptr;
-  runnable* tail_ = nullptr;
-  std::size_t count_ = 0;
-  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
-  // writes it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_READY_HPP
 // ---- timers.hpp -------------------------------------------------
 // evbus/parts/timers.hpp: the scheduler's timers: strands parked until a time (a retry's
 // backoff) and delayed emits not yet due.
@@ -3694,21 +3711,15 @@ class timer_heap {
 
 #endif  // EVBUS_PARTS_TIMERS_HPP
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <cstdint>
 #include <exception>
 #include <functional>
-#include <list>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -3716,11 +3727,12 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-class scheduler {
+class scheduler_state {
  public:
   /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler(std::shared_ptr<evbus::clock> c, std::size_t batch, std::chrono::nanoseconds spin,
-            std::function<void(std::exception_ptr, std::string_view)> report)
+  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
+                  std::chrono::nanoseconds spin,
+                  std::function<void(std::exception_ptr, std::string_view)> report)
       : delayed_(std::move(report)),
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
@@ -3728,9 +3740,8 @@ class scheduler {
         batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
         idle_spin_(spin) {}
 
-  scheduler(const scheduler&) = delete;
-  scheduler& operator=(const scheduler&) = delete;
-  ~scheduler() { stop_workers(); }
+  scheduler_state(const scheduler_state&) = delete;
+  scheduler_state& operator=(const scheduler_state&) = delete;
 
   steady_time now() const noexcept {
     return real_ ? std::chrono::steady_clock::now() : clock_->now();
@@ -3807,6 +3818,129 @@ class scheduler {
     std::lock_guard<std::mutex> lock(mutex_);
     if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
   }
+
+  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
+  void count_awaiting(int change) noexcept {
+    if (change > 0) {
+      awaiting_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      awaiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
+
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return timers_.due(now());
+  }
+
+  std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
+
+ protected:
+  // -- under mutex_ --------------------------------------------------------------------
+  void take_inbox() noexcept { ready_.take_inbox(); }
+  void push_ready(runnable* r) noexcept { ready_.push(r); }
+  runnable* pop_ready() noexcept { return ready_.pop(); }
+
+  void park_locked(runnable* r, steady_time due) {
+    if (cut_ && !r->keeps_time) {
+      push_ready(r);
+      return;
+    }
+    if (timers_.add(due, r)) earliest_changed();
+  }
+
+  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
+  void earliest_changed() {
+    work_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+  }
+
+  void settle(runnable* r, const runnable::result& res) {
+    if (res.what == runnable::next::again) {
+      push_ready(r);
+    } else if (res.what == runnable::next::park) {
+      try {
+        park_locked(r, res.due);
+      } catch (...) {
+        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
+      }
+    }
+    tell_waiters(res.what == runnable::next::idle);
+  }
+
+  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
+  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
+  /// asynchronous handlers make, does not wake them for every event).
+  void tell_waiters(bool now) {
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (now || ++runs_untold_ >= 16) {
+      runs_untold_ = 0;
+      progress_cv_.notify_all();
+    }
+  }
+
+  void fire_due() {
+    if (timers_.empty()) return;
+    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
+                    [&](std::unique_ptr<delayed_base> d) {
+                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+                    });
+  }
+
+  delayed_strand delayed_;
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  const std::size_t batch_;
+  const std::chrono::nanoseconds idle_spin_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
+  std::condition_variable progress_cv_;  // help_until() waits here
+  ready_list ready_;
+  timer_heap timers_;
+  bool cut_ = false;
+  std::size_t running_ = 0;   // runs in progress
+  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
+  // Changed under mutex_, read by submit() without it.
+  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
+  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
+  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
+  std::atomic<bool> has_workers_{false};  // workers are asked for (scheduler::target_ > 0)
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_STATE_HPP
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class scheduler : public scheduler_state {
+ public:
+  using scheduler_state::scheduler_state;
+
+  ~scheduler() { stop_workers(); }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
   void resize(std::size_t n) {
@@ -3957,84 +4091,12 @@ class scheduler {
     }
   }
 
-  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
-  void count_awaiting(int change) noexcept {
-    if (change > 0) {
-      awaiting_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      awaiting_.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
-  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
-
-  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
-  /// which runs under the scheduler's mutex.
-  bool timer_due_locked() const noexcept {
-    return timers_.due(now());
-  }
-
-  std::size_t batch() const noexcept { return batch_; }
-
-  /// The most events one run takes (a larger executor_options::batch is cut to it).
-  static constexpr std::size_t max_batch = std::size_t{1} << 20;
-
  private:
   struct worker {
     std::thread thread;
     bool stop = false;    // under mutex_
     bool exited = false;  // under mutex_
   };
-
-  // -- under mutex_ --------------------------------------------------------------------
-  void take_inbox() noexcept { ready_.take_inbox(); }
-  void push_ready(runnable* r) noexcept { ready_.push(r); }
-  runnable* pop_ready() noexcept { return ready_.pop(); }
-
-  void park_locked(runnable* r, steady_time due) {
-    if (cut_ && !r->keeps_time) {
-      push_ready(r);
-      return;
-    }
-    if (timers_.add(due, r)) earliest_changed();
-  }
-
-  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
-  void earliest_changed() {
-    work_cv_.notify_all();
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-  }
-
-  void settle(runnable* r, const runnable::result& res) {
-    if (res.what == runnable::next::again) {
-      push_ready(r);
-    } else if (res.what == runnable::next::park) {
-      try {
-        park_locked(r, res.due);
-      } catch (...) {
-        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
-      }
-    }
-    tell_waiters(res.what == runnable::next::idle);
-  }
-
-  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
-  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
-  /// asynchronous handlers make, does not wake them for every event).
-  void tell_waiters(bool now) {
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
-    if (now || ++runs_untold_ >= 16) {
-      runs_untold_ = 0;
-      progress_cv_.notify_all();
-    }
-  }
-
-  void fire_due() {
-    if (timers_.empty()) return;
-    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
-                    [&](std::unique_ptr<delayed_base> d) {
-                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
-                    });
-  }
 
   void collect_exited(std::vector<std::thread>& out) {
     const auto self = std::this_thread::get_id();
@@ -4121,29 +4183,8 @@ class scheduler {
     }
   }
 
-  delayed_strand delayed_;
-  std::shared_ptr<evbus::clock> clock_;
-  const bool real_;
-  const bool manual_;
-  const std::size_t batch_;
-  const std::chrono::nanoseconds idle_spin_;
-
-  mutable std::mutex mutex_;
-  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
-  std::condition_variable progress_cv_;  // help_until() waits here
-  ready_list ready_;
-  timer_heap timers_;
-  bool cut_ = false;
-  std::size_t running_ = 0;   // runs in progress
-  std::size_t target_ = 0;
-  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
-  std::list<worker> workers_;
-  // Changed under mutex_, read by submit() without it.
-  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
-  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
-  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
-  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
-  std::atomic<bool> has_workers_{false};  // target_ > 0
+  std::size_t target_ = 0;  // under mutex_
+  std::list<worker> workers_;  // under mutex_
 };
 
 }  // namespace detail
@@ -4973,7 +5014,7 @@ inline namespace v1 {
 namespace detail {
 
 /// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
-/// returned); defined with the executor (executor.hpp).
+/// returned); defined with the executor (ordered_handler.hpp).
 template <class Data>
 struct commit_reserver;
 
@@ -8500,25 +8541,21 @@ class attempt_runner {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_ATTEMPT_HPP
-// ---- lanes.hpp -------------------------------------------------
-// evbus/parts/lanes.hpp: where an ordered subscription's events wait, and how they move:
-// its intake and its partitions.
+// ---- lane_state.hpp -------------------------------------------------
+// evbus/parts/lane_state.hpp: where an ordered subscription's events wait, and how they get
+// in: its intake and its partitions.
 //
-// Owns: an intake and P partitions, each a strand (strand.hpp) over a block_queue of events.
-// enqueue() copies an event into the intake under the intake's small_lock; the emit that finds
-// the intake idle submits it to the scheduler. route() is the intake holder's loop: it moves
-// events, in order, to their key's partition and submits each partition it makes busy.
-// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
-// them without it (attempt.hpp), and let go under the lock when none is left. evict_oldest()
-// is drop_oldest's eviction. Keeps: per-key order, one event of a partition at a time, and
-// the counts drain() waits for. subscription.hpp builds on it: admission and overflow.
-//
-// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
-// per batch, not once per event (the partitions, which workers write all the time, are never
-// the emitter's), and it submits once per batch, not once per partition made busy. The
-// benchmark that shows it pays is in bench/README.md ("The intake").
-#ifndef EVBUS_PARTS_LANES_HPP
-#define EVBUS_PARTS_LANES_HPP
+// Owns: `lane_state`, the data of a subscription's lanes: an intake and P partitions, each a
+// strand (strand.hpp) over a block_queue of events; the admission, the attempt runner, the
+// gate of max_in_flight and the outcomes awaited from asynchronous handlers; the topic names
+// the subscription keeps (pin_name()). enqueue() copies an event into the intake under the
+// intake's small_lock, and the emit that finds the intake idle submits it to the scheduler.
+// Keeps: events enter the intake in acceptance order (`seq`), and none after shutdown's
+// barrier (close_barrier) unless a commit holds the executor open; the counts drain() reads
+// (reached()) are published after the events they count. The loops that move the events on,
+// route() and run_partition(), are the derived class's (`Lanes`: lanes.hpp).
+#ifndef EVBUS_PARTS_LANE_STATE_HPP
+#define EVBUS_PARTS_LANE_STATE_HPP
 
 
 #include <array>
@@ -8529,7 +8566,6 @@ class attempt_runner {
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -8538,8 +8574,10 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-template <class Data>
-class lanes : public subscription_base {
+/// `Lanes` derives from it and runs the strands: `Lanes::route()` for the intake,
+/// `Lanes::run_partition()` for a partition.
+template <class Data, class Lanes>
+class lane_state : public subscription_base {
  public:
   using event_type = basic_event<Data>;
   using item = queued_event<Data>;
@@ -8547,7 +8585,9 @@ class lanes : public subscription_base {
 
  protected:
   struct partition final : runnable {
-    result run(std::size_t batch) noexcept override { return owner->run_partition(*this, batch); }
+    result run(std::size_t batch) noexcept override {
+      return static_cast<Lanes*>(owner)->run_partition(*this, batch);
+    }
 
     // Under `lock`: the strand, the queue's tail and mark, the counts.
     mutable small_lock lock;
@@ -8564,7 +8604,7 @@ class lanes : public subscription_base {
     // The holder's: the jitter state, and events finished (read by drain() without the lock).
     std::uint64_t rng = 0;
     std::atomic<std::uint64_t> finished{0};
-    lanes* owner = nullptr;
+    lane_state* owner = nullptr;
   };
 
   using intake_queue = block_queue<item, block_elements<item>, true>;
@@ -8572,9 +8612,9 @@ class lanes : public subscription_base {
   /// The intake: every event of the subscription, in acceptance order, until route() moves
   /// it to its partition.
   struct intake final : runnable {
-    result run(std::size_t) noexcept override { return owner->route(); }
+    result run(std::size_t) noexcept override { return static_cast<Lanes*>(owner)->route(); }
 
-    lanes* owner = nullptr;
+    lane_state* owner = nullptr;
     // The holder's: events taken and not yet routed; the round robin of events without a
     // key; events routed or skipped (read by drain() without the lock).
     std::uint32_t in_hand = 0;
@@ -8590,7 +8630,7 @@ class lanes : public subscription_base {
   };
 
  public:
-  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+  lane_state(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
       : admission_(policy.capacity),
         link_(link),
@@ -8620,7 +8660,7 @@ class lanes : public subscription_base {
     }
   }
 
-  ~lanes() override { runner_.flush_notes(name); }
+  ~lane_state() override { runner_.flush_notes(name); }
 
   executor_link& link() const noexcept { return link_; }
 
@@ -8748,7 +8788,76 @@ class lanes : public subscription_base {
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
+};
 
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LANE_STATE_HPP
+// ---- lanes.hpp -------------------------------------------------
+// evbus/parts/lanes.hpp: how an ordered subscription's events move: from its intake to their
+// partitions, and from a partition to the handler.
+//
+// Owns: `lanes`, the loops of the strands whose data lane_state.hpp holds (an intake and P
+// partitions, and enqueue(), how an event gets in). route() is the intake holder's loop: it
+// moves events, in order, to their key's partition and submits each partition it makes busy.
+// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
+// them without it (attempt.hpp), and let go under the lock when none is left. Keeps: per-key
+// order, one event of a partition at a time, and the counts drain() waits for, each raised
+// after the events it counts have moved on. subscription.hpp builds on it: admission and
+// overflow.
+//
+// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
+// per batch, not once per event (the partitions, which workers write all the time, are never
+// the emitter's), and it submits once per batch, not once per partition made busy. The
+// benchmark that shows it pays is in bench/README.md ("The intake").
+#ifndef EVBUS_PARTS_LANES_HPP
+#define EVBUS_PARTS_LANES_HPP
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+template <class Data>
+class lanes : public lane_state<Data, lanes<Data>> {
+  using base = lane_state<Data, lanes<Data>>;
+  friend base;  // its intake and partitions run route() and run_partition()
+
+ public:
+  using typename base::handler_type;
+  using base::holds;
+  using base::name;
+
+  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+        basic_delivery_policy<Data> policy)
+      : base(link, partitions, std::move(fn), std::move(policy)) {}
+
+ protected:
+  using typename base::item;
+  using typename base::partition;
+  using base::admission_;
+  using base::count_;
+  using base::gate_;
+  using base::intake_;
+  using base::link_;
+  using base::mask_;
+  using base::open_;
+  using base::parts_;
+  using base::runner_;
+
+ private:
   /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
   std::size_t partition_of(std::uint32_t hash) const noexcept {
     return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
@@ -8946,8 +9055,8 @@ class lanes : public subscription_base {
 //
 // Owns: admission and overflow. push() is the bus handler's body: it takes a place
 // (admission.hpp) or applies the overflow policy (reject, drop the newest, drop the oldest,
-// block), then hands the event to its lanes (lanes.hpp: the intake, the partitions and how
-// events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
+// block), then hands the event to its lanes (lane_state.hpp: the intake and the partitions;
+// lanes.hpp: how events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
 // a bounded subscription never holds more than its capacity (drop_oldest: one more, briefly),
 // drop_oldest never loses an event for one it refused, a refused event leaves nothing behind.
 #ifndef EVBUS_PARTS_SUBSCRIPTION_HPP
@@ -9241,30 +9350,31 @@ class subscription final : public lanes<Data> {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_SUBSCRIPTION_HPP
-// ---- executor_core.hpp -------------------------------------------------
-// evbus/parts/executor_core.hpp: the executor's core: its subscriptions, drain, shutdown and
-// stats.
+// ---- executor_registry.hpp -------------------------------------------------
+// evbus/parts/executor_registry.hpp: the executor's subscriptions and their stats.
 //
-// Owns: the registry of live subscriptions (a subscription leaves it when the last copy of
-// its handler is gone and its last event is finished: holds in link.hpp), the totals of the
-// ones that left, and the executor's lifecycle: open, stopping, closed. Keeps: drain()
-// returns when every event accepted before it is finished; shutdown() runs its five steps in
-// order (see keyed_executor::shutdown) and every accepted event is handled or dead-lettered;
-// stats().total counts removed subscriptions too.
-#ifndef EVBUS_PARTS_EXECUTOR_CORE_HPP
-#define EVBUS_PARTS_EXECUTOR_CORE_HPP
+// Owns: `executor_registry`, the registry of live subscriptions (a subscription leaves it when
+// the last copy of its handler is gone and its last event is finished: holds in link.hpp), the
+// totals of the ones that left, and, under the same mutex, the executor's lifecycle state
+// (open, stopping, closed: executor_core.hpp moves it on); stats(). Keeps: no subscription is
+// added once the executor is shut down; a removed subscription's counts and histograms are
+// added to the totals before it is destroyed, so stats().total counts removed subscriptions
+// too.
+#ifndef EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
+#define EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
 
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
-#include <thread>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -9272,38 +9382,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-class executor_core final : public executor_link,
-                            public std::enable_shared_from_this<executor_core> {
+class executor_registry : public executor_link {
  public:
-  explicit executor_core(executor_options o)
-      : executor_link(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch, o.idle_spin,
-                      std::move(o.on_error)),
-        partitions(o.partitions),
-        on_undelivered_(std::move(o.on_undelivered)),
-        delayed_at_shutdown_(o.delayed_at_shutdown),
-        completion_grace_(o.completion_grace) {
-    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
-    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
-      try {
-        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
-      } catch (...) {
-        // Out of memory taking the payload: the event is counted as undelivered, not reported.
-      }
-    });
-  }
-
-  ~executor_core() {
-    if (listener_ != 0) sched.clock().remove_listener(listener_);
-  }
-
-  /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
-  void start(std::size_t workers) {
-    std::weak_ptr<executor_core> weak = weak_from_this();
-    listener_ = sched.clock().add_listener([weak] {
-      if (auto self = weak.lock()) self->sched.time_moved();
-    });
-    sched.resize(workers);
-  }
+  executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+                    std::chrono::nanoseconds idle_spin,
+                    std::function<void(std::exception_ptr, std::string_view)> on_error,
+                    std::size_t partition_count)
+      : executor_link(std::move(clock), batch, idle_spin, std::move(on_error)),
+        partitions(partition_count) {}
 
   /// Names the subscription ("ordered-N" when it has no name) and registers it.
   void add_subscription(std::shared_ptr<subscription_base> s) {
@@ -9343,6 +9429,158 @@ class executor_core final : public executor_link,
       }
     }
     // The handler and its captures are destroyed here, on the thread that let go last.
+  }
+
+  executor_stats stats() const {
+    executor_stats out;
+    std::vector<std::shared_ptr<subscription_base>> subs;
+    log_histogram::snapshot handler_all;
+    log_histogram::snapshot wait_all;
+    log_histogram::snapshot completed_all;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      subs = subscriptions_;
+      out.total = retired_;
+      handler_all = retired_handler_;
+      wait_all = retired_wait_;
+      completed_all = retired_completed_;
+    }
+    out.workers = sched.workers();
+    out.partitions = partitions;
+    out.total.name = "total";
+    out.total.blocked = 0;
+    for (const auto& s : subs) {
+      subscription_stats one;
+      log_histogram::snapshot handler;
+      log_histogram::snapshot wait;
+      log_histogram::snapshot completed;
+      s->read_stats(one, handler, wait, completed);
+      handler_all.merge(handler);
+      wait_all.merge(wait);
+      completed_all.merge(completed);
+      add_to(out.total, one);
+      out.subscriptions.push_back(std::move(one));
+    }
+    out.total.handler_time = handler_all.summary();
+    out.total.queue_wait = wait_all.summary();
+    out.total.completion_time = completed_all.summary();
+    out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
+    out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
+    out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
+    out.undelivered = undelivered_.load(std::memory_order_relaxed);
+    out.errors = errors.load(std::memory_order_relaxed);
+    return out;
+  }
+
+  const std::size_t partitions;
+
+ protected:
+  ~executor_registry() = default;
+
+  enum class state { open, stopping, closed };
+
+  std::vector<std::shared_ptr<subscription_base>> live() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return subscriptions_;
+  }
+
+  static void add_to(subscription_stats& t, const subscription_stats& one) {
+    t.accepted += one.accepted;
+    t.delivered += one.delivered;
+    t.failed_attempts += one.failed_attempts;
+    t.retried += one.retried;
+    t.dead_lettered += one.dead_lettered;
+    t.dropped += one.dropped;
+    t.rejected += one.rejected;
+    t.expired += one.expired;
+    t.queued += one.queued;
+    t.high_water += one.high_water;
+    t.blocked += one.blocked;
+    t.in_flight += one.in_flight;
+    t.late_completions += one.late_completions;
+    t.duplicate_completions += one.duplicate_completions;
+    t.abandoned += one.abandoned;
+  }
+
+  mutable std::mutex mutex_;
+  state state_ = state::open;  // moved on by executor_core
+  std::vector<std::shared_ptr<subscription_base>> subscriptions_;  // live, in creation order
+  std::uint64_t created_ = 0;
+  subscription_stats retired_;  // sums over removed subscriptions
+  log_histogram::snapshot retired_handler_;
+  log_histogram::snapshot retired_wait_;
+  log_histogram::snapshot retired_completed_;
+  std::atomic<std::uint64_t> undelivered_{0};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_EXECUTOR_REGISTRY_HPP
+// ---- executor_core.hpp -------------------------------------------------
+// evbus/parts/executor_core.hpp: the executor's core: its lifecycle, drain and shutdown.
+//
+// Owns: `executor_core`, the executor that keyed_executor and the ordered handlers share:
+// starting its workers, resize, the delayed emits it schedules and those it cannot deliver
+// (on_undelivered), run_until_idle, and the lifecycle over the registry (executor_registry.hpp):
+// open, stopping, closed. Keeps: drain() returns when every event accepted before it is
+// finished; wait_idle() when nothing is queued, running or due; shutdown() runs its five steps
+// in order (see keyed_executor::shutdown) and every accepted event is handled or
+// dead-lettered; none of these waits starts from inside the executor's own handlers (it would
+// wait for itself: waits_for_itself).
+#ifndef EVBUS_PARTS_EXECUTOR_CORE_HPP
+#define EVBUS_PARTS_EXECUTOR_CORE_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class executor_core final : public executor_registry,
+                            public std::enable_shared_from_this<executor_core> {
+ public:
+  explicit executor_core(executor_options o)
+      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
+                          o.idle_spin, std::move(o.on_error), o.partitions),
+        on_undelivered_(std::move(o.on_undelivered)),
+        delayed_at_shutdown_(o.delayed_at_shutdown),
+        completion_grace_(o.completion_grace) {
+    // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
+    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
+      try {
+        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
+      } catch (...) {
+        // Out of memory taking the payload: the event is counted as undelivered, not reported.
+      }
+    });
+  }
+
+  ~executor_core() {
+    if (listener_ != 0) sched.clock().remove_listener(listener_);
+  }
+
+  /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
+  void start(std::size_t workers) {
+    std::weak_ptr<executor_core> weak = weak_from_this();
+    listener_ = sched.clock().add_listener([weak] {
+      if (auto self = weak.lock()) self->sched.time_moved();
+    });
+    sched.resize(workers);
   }
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
@@ -9470,65 +9708,15 @@ class executor_core final : public executor_link,
     done_cv_.notify_all();
   }
 
-  executor_stats stats() const {
-    executor_stats out;
-    std::vector<std::shared_ptr<subscription_base>> subs;
-    log_histogram::snapshot handler_all;
-    log_histogram::snapshot wait_all;
-    log_histogram::snapshot completed_all;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      subs = subscriptions_;
-      out.total = retired_;
-      handler_all = retired_handler_;
-      wait_all = retired_wait_;
-      completed_all = retired_completed_;
-    }
-    out.workers = sched.workers();
-    out.partitions = partitions;
-    out.total.name = "total";
-    out.total.blocked = 0;
-    for (const auto& s : subs) {
-      subscription_stats one;
-      log_histogram::snapshot handler;
-      log_histogram::snapshot wait;
-      log_histogram::snapshot completed;
-      s->read_stats(one, handler, wait, completed);
-      handler_all.merge(handler);
-      wait_all.merge(wait);
-      completed_all.merge(completed);
-      add_to(out.total, one);
-      out.subscriptions.push_back(std::move(one));
-    }
-    out.total.handler_time = handler_all.summary();
-    out.total.queue_wait = wait_all.summary();
-    out.total.completion_time = completed_all.summary();
-    out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
-    out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
-    out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
-    out.undelivered = undelivered_.load(std::memory_order_relaxed);
-    out.errors = errors.load(std::memory_order_relaxed);
-    return out;
-  }
-
   bool is_closed() const noexcept { return closed.load(std::memory_order_acquire); }
 
-  const std::size_t partitions;
-
  private:
-  enum class state { open, stopping, closed };
-
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
       throw waits_for_itself(std::string("evbus: ") + what +
                              " called from inside a handler (or poll) of the same "
                              "keyed_executor: it would wait for itself");
     }
-  }
-
-  std::vector<std::shared_ptr<subscription_base>> live() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return subscriptions_;
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -9585,39 +9773,12 @@ class executor_core final : public executor_link,
     }
   }
 
-  static void add_to(subscription_stats& t, const subscription_stats& one) {
-    t.accepted += one.accepted;
-    t.delivered += one.delivered;
-    t.failed_attempts += one.failed_attempts;
-    t.retried += one.retried;
-    t.dead_lettered += one.dead_lettered;
-    t.dropped += one.dropped;
-    t.rejected += one.rejected;
-    t.expired += one.expired;
-    t.queued += one.queued;
-    t.high_water += one.high_water;
-    t.blocked += one.blocked;
-    t.in_flight += one.in_flight;
-    t.late_completions += one.late_completions;
-    t.duplicate_completions += one.duplicate_completions;
-    t.abandoned += one.abandoned;
-  }
-
   std::function<void(const undelivered&)> on_undelivered_;
   const delayed_policy delayed_at_shutdown_;
   const std::chrono::nanoseconds completion_grace_;
   std::uint64_t listener_ = 0;
 
-  mutable std::mutex mutex_;
   std::condition_variable done_cv_;  // concurrent shutdown() calls wait here
-  state state_ = state::open;
-  std::vector<std::shared_ptr<subscription_base>> subscriptions_;  // live, in creation order
-  std::uint64_t created_ = 0;
-  subscription_stats retired_;  // sums over removed subscriptions
-  log_histogram::snapshot retired_handler_;
-  log_histogram::snapshot retired_wait_;
-  log_histogram::snapshot retired_completed_;
-  std::atomic<std::uint64_t> undelivered_{0};
 };
 
 }  // namespace detail
@@ -9625,37 +9786,26 @@ class executor_core final : public executor_link,
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_EXECUTOR_CORE_HPP
-// ---- executor.hpp -------------------------------------------------
-// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor, ordered() and the
-// handler it returns.
+// ---- ordered_handler.hpp -------------------------------------------------
+// evbus/parts/ordered_handler.hpp: what evbus::ordered returns, and a commit's place in its
+// subscription.
 //
-// Owns: the public face of the executor; the work is done by the parts it includes.
-//
-// How an event travels (one ordered subscription, W >= 1):
-//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator().
-//  2. subscription::push takes a place (admission::reserve, or the overflow policy).
-//  3. lanes::enqueue copies the event and appends it to the subscription's intake
-//     under the intake's small_lock (block_queue::push, strand::arrive).
-//  4. If the intake was idle, that emit submits it: scheduler::submit pushes it on the inbox
-//     (one compare-and-swap) and wakes a sleeping worker unless one is spinning.
-//  5. A worker runs it (scheduler::worker_main): lanes::route moves each event to its
-//     key's partition and submits each partition it makes busy.
-//  6. A worker runs a partition: lanes::run_partition takes up to `batch` events under
-//     its lock (strand::take) and, without the lock, calls attempt_runner::attempt, which
-//     calls the user's function. A throw parks the partition until its backoff is over; an
-//     empty one is let go (strand::take returns 0) and, if its handler is gone, removed.
-#ifndef EVBUS_PARTS_EXECUTOR_HPP
-#define EVBUS_PARTS_EXECUTOR_HPP
+// Owns: `ordered_handler`, the copyable bus handler that feeds an ordered subscription (its
+// call is subscription::push); `subscription_front`, what every copy of it shares; and
+// `commit_reserver`, what a transaction's commit does for such a handler before emitting
+// anything (hold the executor open, take a place). Keeps: the subscription stays registered
+// while a copy of its handler lives, and once the last copy is gone it is removed when its last
+// event is finished; a commit refused by a shut-down executor or a full subscription throws
+// before any of its events is emitted.
+#ifndef EVBUS_PARTS_ORDERED_HANDLER_HPP
+#define EVBUS_PARTS_ORDERED_HANDLER_HPP
 
 
-#include <any>
-#include <chrono>
-#include <cstddef>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <utility>
 
 namespace evbus {
@@ -9722,34 +9872,6 @@ class ordered_handler {
   std::shared_ptr<detail::subscription_front<Data>> front_;
 };
 
-/**
- * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
- * place, backpressure, delays, drain and shutdown.
- *
- * An executor has P partitions per subscription (fixed) and W workers (resize() changes W at
- * any time; W = 0 means no threads: poll() and run_until_idle() run the work on the calling
- * thread, deterministically). Wrap handlers with evbus::ordered and register them on a bus.
- *
- * Order: within one subscription, events with the same key are handled one at a time, in the
- * order their emits entered the executor, whatever W is and while it changes. Events without
- * a key are spread round-robin over the partitions and have no order.
- *
- * The handle is not copyable or movable; the state it shares with its ordered handlers lives
- * until the last of them is gone. Destroying the executor shuts it down. Every member function
- * may be called from any thread; drain() and shutdown() not from inside the executor's own
- * handlers (they would wait for themselves: evbus::error).
- *
- * @code
- *   evbus::bus bus;
- *   evbus::keyed_executor ex({.partitions = 64, .workers = 4});
- *   bus.register_topics("order.placed");
- *   bus.register_handler("ship", "order\\..*", evbus::ordered(ex, [](const evbus::event& e) {
- *     ship(e.key, e.data_as<order>());   // one customer's orders, one at a time, in order
- *   }));
- *   bus.emit("order.placed", order{1}, {.key = "customer-7"});
- *   ex.drain();                           // everything emitted so far is handled
- * @endcode
- */
 namespace detail {
 
 /// What a transaction's commit does for each handler of its events before emitting any
@@ -9782,7 +9904,82 @@ struct commit_reserver {
 };
 
 }  // namespace detail
+}  // namespace v1
+}  // namespace evbus
 
+#endif  // EVBUS_PARTS_ORDERED_HANDLER_HPP
+// ---- executor.hpp -------------------------------------------------
+// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor.
+//
+// Owns: the public face of the executor (the options checked, the calls handed to the core);
+// the work is done by the parts it includes. Keeps: a bad option throws
+// evbus::invalid_argument before anything starts; drain(subscription) refuses a subscription
+// of another executor; destroying the executor shuts it down (shutdown()).
+//
+// How an event travels (one ordered subscription, W >= 1; each function's part in brackets):
+//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator()
+//     [ordered_handler.hpp].
+//  2. subscription::push [subscription.hpp] takes a place (admission::reserve
+//     [admission.hpp], or the overflow policy).
+//  3. lane_state::enqueue [lane_state.hpp] copies the event and appends it to the
+//     subscription's intake under the intake's small_lock (block_queue::push
+//     [block_queue.hpp], strand::arrive [strand.hpp]).
+//  4. If the intake was idle, that emit submits it: scheduler_state::submit
+//     [scheduler_state.hpp] pushes it on the inbox (one compare-and-swap) and wakes a
+//     sleeping worker unless one is spinning.
+//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): lanes::route [lanes.hpp]
+//     moves each event to its key's partition and submits each partition it makes busy.
+//  6. A worker runs a partition: lanes::run_partition [lanes.hpp] takes up to `batch` events
+//     under its lock (strand::take) and, without the lock, calls attempt_runner::attempt
+//     [attempt.hpp], which calls the user's function. A throw parks the partition until its
+//     backoff is over (scheduler_state::park); an empty one is let go (strand::take returns 0)
+//     and, if its handler is gone, removed (executor_registry::remove
+//     [executor_registry.hpp]).
+#ifndef EVBUS_PARTS_EXECUTOR_HPP
+#define EVBUS_PARTS_EXECUTOR_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
+ * place, backpressure, delays, drain and shutdown.
+ *
+ * An executor has P partitions per subscription (fixed) and W workers (resize() changes W at
+ * any time; W = 0 means no threads: poll() and run_until_idle() run the work on the calling
+ * thread, deterministically). Wrap handlers with evbus::ordered and register them on a bus.
+ *
+ * Order: within one subscription, events with the same key are handled one at a time, in the
+ * order their emits entered the executor, whatever W is and while it changes. Events without
+ * a key are spread round-robin over the partitions and have no order.
+ *
+ * The handle is not copyable or movable; the state it shares with its ordered handlers lives
+ * until the last of them is gone. Destroying the executor shuts it down. Every member function
+ * may be called from any thread; drain() and shutdown() not from inside the executor's own
+ * handlers (they would wait for themselves: evbus::error).
+ *
+ * @code
+ *   evbus::bus bus;
+ *   evbus::keyed_executor ex({.partitions = 64, .workers = 4});
+ *   bus.register_topics("order.placed");
+ *   bus.register_handler("ship", "order\\..*", evbus::ordered(ex, [](const evbus::event& e) {
+ *     ship(e.key, e.data_as<order>());   // one customer's orders, one at a time, in order
+ *   }));
+ *   bus.emit("order.placed", order{1}, {.key = "customer-7"});
+ *   ex.drain();                           // everything emitted so far is handled
+ * @endcode
+ */
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
@@ -9998,7 +10195,7 @@ class keyed_executor {
 // compile time what cannot work (a generic handler without Data, a payload that may throw
 // when moved, a policy of another payload type) and at run time what is bad input (an empty
 // handler, a policy out of range: evbus::invalid_argument naming the value), then building the
-// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+// subscription (subscription.hpp) and the handler that feeds it (ordered_handler.hpp).
 #ifndef EVBUS_PARTS_ORDERED_HPP
 #define EVBUS_PARTS_ORDERED_HPP
 

@@ -1,21 +1,29 @@
-// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor, ordered() and the
-// handler it returns.
+// evbus/parts/executor.hpp: the keyed executor's front: keyed_executor.
 //
-// Owns: the public face of the executor; the work is done by the parts it includes.
+// Owns: the public face of the executor (the options checked, the calls handed to the core);
+// the work is done by the parts it includes. Keeps: a bad option throws
+// evbus::invalid_argument before anything starts; drain(subscription) refuses a subscription
+// of another executor; destroying the executor shuts it down (shutdown()).
 //
-// How an event travels (one ordered subscription, W >= 1):
-//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator().
-//  2. subscription::push takes a place (admission::reserve, or the overflow policy).
-//  3. lanes::enqueue copies the event and appends it to the subscription's intake
-//     under the intake's small_lock (block_queue::push, strand::arrive).
-//  4. If the intake was idle, that emit submits it: scheduler::submit pushes it on the inbox
-//     (one compare-and-swap) and wakes a sleeping worker unless one is spinning.
-//  5. A worker runs it (scheduler::worker_main): lanes::route moves each event to its
-//     key's partition and submits each partition it makes busy.
-//  6. A worker runs a partition: lanes::run_partition takes up to `batch` events under
-//     its lock (strand::take) and, without the lock, calls attempt_runner::attempt, which
-//     calls the user's function. A throw parks the partition until its backoff is over; an
-//     empty one is let go (strand::take returns 0) and, if its handler is gone, removed.
+// How an event travels (one ordered subscription, W >= 1; each function's part in brackets):
+//  1. bus.emit calls the handler ordered() returned: ordered_handler::operator()
+//     [ordered_handler.hpp].
+//  2. subscription::push [subscription.hpp] takes a place (admission::reserve
+//     [admission.hpp], or the overflow policy).
+//  3. lane_state::enqueue [lane_state.hpp] copies the event and appends it to the
+//     subscription's intake under the intake's small_lock (block_queue::push
+//     [block_queue.hpp], strand::arrive [strand.hpp]).
+//  4. If the intake was idle, that emit submits it: scheduler_state::submit
+//     [scheduler_state.hpp] pushes it on the inbox (one compare-and-swap) and wakes a
+//     sleeping worker unless one is spinning.
+//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): lanes::route [lanes.hpp]
+//     moves each event to its key's partition and submits each partition it makes busy.
+//  6. A worker runs a partition: lanes::run_partition [lanes.hpp] takes up to `batch` events
+//     under its lock (strand::take) and, without the lock, calls attempt_runner::attempt
+//     [attempt.hpp], which calls the user's function. A throw parks the partition until its
+//     backoff is over (scheduler_state::park); an empty one is let go (strand::take returns 0)
+//     and, if its handler is gone, removed (executor_registry::remove
+//     [executor_registry.hpp]).
 #ifndef EVBUS_PARTS_EXECUTOR_HPP
 #define EVBUS_PARTS_EXECUTOR_HPP
 
@@ -25,6 +33,7 @@
 #include "errors.hpp"
 #include "event.hpp"
 #include "executor_core.hpp"
+#include "ordered_handler.hpp"
 #include "policies.hpp"
 #include "stats.hpp"
 #include "subscription.hpp"
@@ -41,67 +50,6 @@
 
 namespace evbus {
 inline namespace v1 {
-namespace detail {
-
-/// What every copy of an ordered_handler shares: the subscription and its executor. Its
-/// destruction (the last copy gone) gives back the subscription's front hold, so that the
-/// subscription is removed once its last event is finished.
-template <class Data>
-struct subscription_front {
-  subscription_front(std::shared_ptr<executor_core> c, std::shared_ptr<subscription<Data>> s)
-      : core(std::move(c)), sub(std::move(s)) {}
-  subscription_front(const subscription_front&) = delete;
-  subscription_front& operator=(const subscription_front&) = delete;
-  ~subscription_front() {
-    sub->retiring.store(true, std::memory_order_release);
-    core->release_hold(sub.get());
-  }
-  std::shared_ptr<executor_core> core;
-  std::shared_ptr<subscription<Data>> sub;
-};
-
-}  // namespace detail
-
-class keyed_executor;
-template <class Data>
-class ordered_handler;
-
-namespace detail {
-template <class Data, class Fn>
-ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
-template <class Data>
-struct commit_reserver;
-}  // namespace detail
-
-/**
- * @brief What evbus::ordered returns: a copyable bus handler that queues each event into its
- * subscription's partition for the event's key.
- *
- * Calling it (which the bus does during emit) copies the event, or applies the subscription's
- * overflow policy; it throws evbus::queue_full or evbus::executor_closed to the emitter.
- */
-template <class Data>
-class ordered_handler {
- public:
-  /// Queues a copy of `e` (the bus's event lives only during the emit).
-  void operator()(const basic_event<Data>& e) const { front_->sub->push(e); }
-
-  /// The subscription's name in stats().
-  const std::string& name() const noexcept { return front_->sub->name; }
-
- private:
-  friend class keyed_executor;
-  friend struct detail::commit_reserver<Data>;
-  template <class D, class Fn>
-  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
-  ordered_handler(std::shared_ptr<detail::executor_core> core,
-                  std::shared_ptr<detail::subscription<Data>> sub)
-      : front_(std::make_shared<detail::subscription_front<Data>>(std::move(core),
-                                                                  std::move(sub))) {}
-
-  // Shared by every copy; the last copy to go gives the subscription's front hold back.
-  std::shared_ptr<detail::subscription_front<Data>> front_;
-};
 
 /**
  * @brief Runs ordered subscriptions on a pool of worker threads: per-key order, retries in
@@ -131,39 +79,6 @@ class ordered_handler {
  *   ex.drain();                           // everything emitted so far is handled
  * @endcode
  */
-namespace detail {
-
-/// What a transaction's commit does for each handler of its events before emitting any
-/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
-/// and take a place in its subscription, or throw the refusal push() would throw.
-template <class Data>
-struct commit_reserver {
-  static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
-                      commit_context& ctx, std::string_view topic, const std::string& key,
-                      const std::string& id) {
-    const auto* handler = fn.template target<ordered_handler<Data>>();
-    if (handler == nullptr) return;
-    const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
-    executor_link& link = sub->link();
-    ctx.places.reserve(ctx.places.size() + 1);
-    if (!ctx.holds_link(&link)) {
-      ctx.holds.reserve(ctx.holds.size() + 1);
-      if (!link.hold_for_commit()) {
-        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                              quote(sub->name) + " does not accept the event on topic " +
-                              quote(topic) + " with key " + quote(key) +
-                              "; nothing of the transaction was emitted");
-      }
-      ctx.holds.push_back(&link);
-    }
-    if (sub->reserve_place(topic, key)) {
-      ctx.places.push_back(commit_context::place{sub, &id, false});
-    }
-  }
-};
-
-}  // namespace detail
-
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.

@@ -1,27 +1,31 @@
-// evbus/parts/executor_core.hpp: the executor's core: its subscriptions, drain, shutdown and
-// stats.
+// evbus/parts/executor_core.hpp: the executor's core: its lifecycle, drain and shutdown.
 //
-// Owns: the registry of live subscriptions (a subscription leaves it when the last copy of
-// its handler is gone and its last event is finished: holds in link.hpp), the totals of the
-// ones that left, and the executor's lifecycle: open, stopping, closed. Keeps: drain()
-// returns when every event accepted before it is finished; shutdown() runs its five steps in
-// order (see keyed_executor::shutdown) and every accepted event is handled or dead-lettered;
-// stats().total counts removed subscriptions too.
+// Owns: `executor_core`, the executor that keyed_executor and the ordered handlers share:
+// starting its workers, resize, the delayed emits it schedules and those it cannot deliver
+// (on_undelivered), run_until_idle, and the lifecycle over the registry (executor_registry.hpp):
+// open, stopping, closed. Keeps: drain() returns when every event accepted before it is
+// finished; wait_idle() when nothing is queued, running or due; shutdown() runs its five steps
+// in order (see keyed_executor::shutdown) and every accepted event is handled or
+// dead-lettered; none of these waits starts from inside the executor's own handlers (it would
+// wait for itself: waits_for_itself).
 #ifndef EVBUS_PARTS_EXECUTOR_CORE_HPP
 #define EVBUS_PARTS_EXECUTOR_CORE_HPP
 
+#include "clock.hpp"
 #include "delayed.hpp"
 #include "errors.hpp"
+#include "executor_registry.hpp"
 #include "link.hpp"
 #include "policies.hpp"
+#include "ready.hpp"
 #include "scheduler.hpp"
-#include "stats.hpp"
 
-#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -34,13 +38,12 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-class executor_core final : public executor_link,
+class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
  public:
   explicit executor_core(executor_options o)
-      : executor_link(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch, o.idle_spin,
-                      std::move(o.on_error)),
-        partitions(o.partitions),
+      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
+                          o.idle_spin, std::move(o.on_error), o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
         delayed_at_shutdown_(o.delayed_at_shutdown),
         completion_grace_(o.completion_grace) {
@@ -65,46 +68,6 @@ class executor_core final : public executor_link,
       if (auto self = weak.lock()) self->sched.time_moved();
     });
     sched.resize(workers);
-  }
-
-  /// Names the subscription ("ordered-N" when it has no name) and registers it.
-  void add_subscription(std::shared_ptr<subscription_base> s) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (state_ != state::open) {
-      throw executor_closed("evbus: ordered(): the keyed_executor is shut down");
-    }
-    ++created_;
-    if (s->name.empty()) s->name = "ordered-" + std::to_string(created_);
-    subscriptions_.push_back(std::move(s));
-  }
-
-  void remove(subscription_base* s) noexcept override {
-    std::shared_ptr<subscription_base> gone;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = std::find_if(subscriptions_.begin(), subscriptions_.end(),
-                             [s](const std::shared_ptr<subscription_base>& p) {
-                               return p.get() == s;
-                             });
-      if (it == subscriptions_.end()) return;
-      gone = std::move(*it);
-      subscriptions_.erase(it);
-      gone->removed.store(true, std::memory_order_release);
-      try {
-        subscription_stats one;
-        log_histogram::snapshot handler;
-        log_histogram::snapshot wait;
-        log_histogram::snapshot completed;
-        gone->read_stats(one, handler, wait, completed);
-        add_to(retired_, one);
-        retired_handler_.merge(handler);
-        retired_wait_.merge(wait);
-        retired_completed_.merge(completed);
-      } catch (...) {
-        // Out of memory for the snapshot: the removed subscription's counts are lost.
-      }
-    }
-    // The handler and its captures are destroyed here, on the thread that let go last.
   }
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
@@ -232,65 +195,15 @@ class executor_core final : public executor_link,
     done_cv_.notify_all();
   }
 
-  executor_stats stats() const {
-    executor_stats out;
-    std::vector<std::shared_ptr<subscription_base>> subs;
-    log_histogram::snapshot handler_all;
-    log_histogram::snapshot wait_all;
-    log_histogram::snapshot completed_all;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      subs = subscriptions_;
-      out.total = retired_;
-      handler_all = retired_handler_;
-      wait_all = retired_wait_;
-      completed_all = retired_completed_;
-    }
-    out.workers = sched.workers();
-    out.partitions = partitions;
-    out.total.name = "total";
-    out.total.blocked = 0;
-    for (const auto& s : subs) {
-      subscription_stats one;
-      log_histogram::snapshot handler;
-      log_histogram::snapshot wait;
-      log_histogram::snapshot completed;
-      s->read_stats(one, handler, wait, completed);
-      handler_all.merge(handler);
-      wait_all.merge(wait);
-      completed_all.merge(completed);
-      add_to(out.total, one);
-      out.subscriptions.push_back(std::move(one));
-    }
-    out.total.handler_time = handler_all.summary();
-    out.total.queue_wait = wait_all.summary();
-    out.total.completion_time = completed_all.summary();
-    out.delayed_pending = sched.delayed().pending.load(std::memory_order_relaxed);
-    out.delayed_emitted = sched.delayed().emitted.load(std::memory_order_relaxed);
-    out.delayed_failed = sched.delayed().failed.load(std::memory_order_relaxed);
-    out.undelivered = undelivered_.load(std::memory_order_relaxed);
-    out.errors = errors.load(std::memory_order_relaxed);
-    return out;
-  }
-
   bool is_closed() const noexcept { return closed.load(std::memory_order_acquire); }
 
-  const std::size_t partitions;
-
  private:
-  enum class state { open, stopping, closed };
-
   void refuse_inside(const char* what) const {
     if (drives(&sched)) {
       throw waits_for_itself(std::string("evbus: ") + what +
                              " called from inside a handler (or poll) of the same "
                              "keyed_executor: it would wait for itself");
     }
-  }
-
-  std::vector<std::shared_ptr<subscription_base>> live() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return subscriptions_;
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -347,39 +260,12 @@ class executor_core final : public executor_link,
     }
   }
 
-  static void add_to(subscription_stats& t, const subscription_stats& one) {
-    t.accepted += one.accepted;
-    t.delivered += one.delivered;
-    t.failed_attempts += one.failed_attempts;
-    t.retried += one.retried;
-    t.dead_lettered += one.dead_lettered;
-    t.dropped += one.dropped;
-    t.rejected += one.rejected;
-    t.expired += one.expired;
-    t.queued += one.queued;
-    t.high_water += one.high_water;
-    t.blocked += one.blocked;
-    t.in_flight += one.in_flight;
-    t.late_completions += one.late_completions;
-    t.duplicate_completions += one.duplicate_completions;
-    t.abandoned += one.abandoned;
-  }
-
   std::function<void(const undelivered&)> on_undelivered_;
   const delayed_policy delayed_at_shutdown_;
   const std::chrono::nanoseconds completion_grace_;
   std::uint64_t listener_ = 0;
 
-  mutable std::mutex mutex_;
   std::condition_variable done_cv_;  // concurrent shutdown() calls wait here
-  state state_ = state::open;
-  std::vector<std::shared_ptr<subscription_base>> subscriptions_;  // live, in creation order
-  std::uint64_t created_ = 0;
-  subscription_stats retired_;  // sums over removed subscriptions
-  log_histogram::snapshot retired_handler_;
-  log_histogram::snapshot retired_wait_;
-  log_histogram::snapshot retired_completed_;
-  std::atomic<std::uint64_t> undelivered_{0};
 };
 
 }  // namespace detail

@@ -2,9 +2,10 @@
 //
 // Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
 // the one place errors without a caller go (on_error, else stderr). The executor's core
-// (executor_core.hpp) is the only implementation; subscriptions hold a reference to this
-// base, so the two headers do not include each other. Also: the subscription base the core
-// keeps in its registry, and its lifetime count.
+// (executor_registry.hpp, executor_core.hpp) is the only implementation; subscriptions hold a
+// reference to this base, so the headers do not include each other. Also: the subscription
+// base the core keeps in its registry, and its lifetime count. Keeps: a subscription is
+// removed once, by whoever gives back its last hold (release_hold).
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 

@@ -5,6 +5,7 @@
 // std::atomic::wait under C++20, or on one of a fixed table of condition variables under
 // C++17 (a thread that holds it and is preempted therefore never has others burn their time
 // slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+// Keeps: one holder at a time; a waiter spins at most 64 turns before it blocks.
 #ifndef EVBUS_PARTS_LOCK_HPP
 #define EVBUS_PARTS_LOCK_HPP
 

@@ -5,13 +5,14 @@
 // compile time what cannot work (a generic handler without Data, a payload that may throw
 // when moved, a policy of another payload type) and at run time what is bad input (an empty
 // handler, a policy out of range: evbus::invalid_argument naming the value), then building the
-// subscription (subscription.hpp) and the handler that feeds it (executor.hpp).
+// subscription (subscription.hpp) and the handler that feeds it (ordered_handler.hpp).
 #ifndef EVBUS_PARTS_ORDERED_HPP
 #define EVBUS_PARTS_ORDERED_HPP
 
 #include "errors.hpp"
 #include "event.hpp"
 #include "executor.hpp"
+#include "ordered_handler.hpp"
 #include "policies.hpp"
 #include "subscription.hpp"
 

@@ -2,8 +2,8 @@
 //
 // Owns: admission and overflow. push() is the bus handler's body: it takes a place
 // (admission.hpp) or applies the overflow policy (reject, drop the newest, drop the oldest,
-// block), then hands the event to its lanes (lanes.hpp: the intake, the partitions and how
-// events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
+// block), then hands the event to its lanes (lane_state.hpp: the intake and the partitions;
+// lanes.hpp: how events move). reserve_place() is a commit's place taken before anything is emitted. Keeps:
 // a bounded subscription never holds more than its capacity (drop_oldest: one more, briefly),
 // drop_oldest never loses an event for one it refused, a refused event leaves nothing behind.
 #ifndef EVBUS_PARTS_SUBSCRIPTION_HPP

@@ -22,7 +22,7 @@ inline namespace v1 {
 namespace detail {
 
 /// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
-/// returned); defined with the executor (executor.hpp).
+/// returned); defined with the executor (ordered_handler.hpp).
 template <class Data>
 struct commit_reserver;
 

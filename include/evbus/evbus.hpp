@@ -9934,7 +9934,9 @@ struct commit_reserver {
 //     [attempt.hpp], which calls the user's function. A throw parks the partition until its
 //     backoff is over (scheduler_state::park); an empty one is let go (strand::take returns 0)
 //     and, if its handler is gone, removed (executor_registry::remove
-//     [executor_registry.hpp]).
+//     [executor_registry.hpp]). An asynchronous handler returns with its outcome open: the
+//     partition stays held without a worker (runnable::next::wait) until the outcome is made
+//     (completion_state::resolve [completion.hpp]), which submits it again.
 #ifndef EVBUS_PARTS_EXECUTOR_HPP
 #define EVBUS_PARTS_EXECUTOR_HPP
 

@@ -1,11 +1,11 @@
-// competing_consumers: the Redis event broker's story, in one process.
+// competing_consumers: subscriber groups whose members compete for events, in one process.
 //
 // Two subscriber groups, billing and shipping, are two ordered subscriptions on one executor:
-// each group gets every event (the broker's per-subscriber list). Inside a group the executor's
-// workers are the competing members: each event is handled by one of them, once. When a member
-// fails on an event, the event is put back at the front of its partition and retried (the
-// broker's re-enqueue at the front of the published list): it is handled, and later events of
-// the same key wait for it, so each key's order holds.
+// each group gets every event (as a broker keeps a list per subscriber). Inside a group the
+// executor's workers are the competing members: each event is handled by one of them, once.
+// When a member fails on an event, the event is put back at the front of its partition and
+// retried (as a broker puts a failed message back at the front of its list): it is handled, and
+// later events of the same key wait for it, so each key's order holds.
 #include "evbus/evbus.hpp"
 
 #include <chrono>

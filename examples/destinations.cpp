@@ -1,4 +1,4 @@
-// destinations: event-server's story, in one process.
+// destinations: fan-out from one source to three destinations, in one process.
 //
 // One source topic, user.event, keyed by user id. Three destinations subscribe to it, each an
 // ordered subscription with its own transform and delivery: analytics, crm and a webhook. The
@@ -33,7 +33,7 @@ struct user_event {
   std::string action;
 };
 
-/// event-server's Destination: an id, a transform of the source event, a delivery.
+/// A destination: an id, a transform of the source event, a delivery.
 struct destination {
   std::string id;
   std::function<std::string(const user_event&)> transform;

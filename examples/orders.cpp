@@ -1,4 +1,4 @@
-// orders: gotitinc/eventbus's story, in one process.
+// orders: an order service with a flaky downstream, in one process.
 //
 // Orders are keyed by customer, so each customer's orders land in one partition and are
 // handled one at a time, in order, while other customers' partitions move on. The downstream

@@ -73,10 +73,12 @@ TEST_CASE("histogram: buckets are contiguous, in order, and the last one ends at
 TEST_CASE("histogram: each bucket's upper bound is within 1/8 above every value in it: powers "
           "of two and their neighbours up to 2^45, and random values",
           "[histogram]") {
+  std::size_t checked = 0;
   for (unsigned e = 0; e < 45; ++e) {
     const std::uint64_t p = std::uint64_t{1} << e;
     for (std::uint64_t v : {p - 1, p, p + 1, p + p / 8, p + p / 8 - 1, p + p / 2, 2 * p - 1}) {
       if (!within_an_eighth(v)) FAIL("value " << v << ": bucket bound " << bound_of(v));
+      ++checked;
     }
   }
   std::mt19937_64 rng(45);
@@ -84,11 +86,14 @@ TEST_CASE("histogram: each bucket's upper bound is within 1/8 above every value 
     const unsigned bits = 1 + static_cast<unsigned>(rng() % 45);  // spread over every range
     const std::uint64_t v = rng() & ((std::uint64_t{1} << bits) - 1);
     if (!within_an_eighth(v)) FAIL("value " << v << ": bucket bound " << bound_of(v));
+    ++checked;
   }
   // Exhaustively over the first ranges, where a bucket is a few values wide.
   for (std::uint64_t v = 0; v < 70000; ++v) {
     if (!within_an_eighth(v)) FAIL("value " << v << ": bucket bound " << bound_of(v));
+    ++checked;
   }
+  CHECK(checked == 45 * 7 + 200000 + 70000);
 }
 
 TEST_CASE("histogram: percentile ranks of known sets", "[histogram]") {

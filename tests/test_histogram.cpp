@@ -286,11 +286,11 @@ TEST_CASE("format_duration: ns below 1000, then us, ms and s with one decimal", 
   CHECK(format_duration(std::chrono::hours(1)) == "3600.0s");
 }
 
-// Hidden (run with `evbus_test_histogram "[.format_rounding]"`): a duration that rounds up to
+// Hidden (run with `evbus_test_histogram "[histogram]"`): a duration that rounds up to
 // the next unit's 1000 prints as "1000.0us" / "1000.0ms" instead of "1.0ms" / "1.0s".
 TEST_CASE("format_duration: a duration that rounds up to 1000 of a unit prints in the next "
           "unit",
-          "[.format_rounding]") {
+          "[histogram]") {
   CHECK(format_duration(ns(999950)) == "1.0ms");
   CHECK(format_duration(ns(999999)) == "1.0ms");
   CHECK(format_duration(ns(999950000)) == "1.0s");

@@ -1300,7 +1300,8 @@ inline void warm_regex_locale() {
 // evbus/parts/topic_table.hpp: registered topics, their handler lists, and the name -> topic index.
 //
 // A topic's handler list is immutable and swapped whole on every change; the index read by emit
-// is an open-addressing table built whole when topics come or go.
+// is an open-addressing table changed in place when topics come or go, and replaced by one twice
+// its size when it fills (the old one retired until no emit can read it).
 #ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
 #define EVBUS_PARTS_TOPIC_TABLE_HPP
 
@@ -1459,8 +1460,6 @@ struct topic_entry {
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
-/// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
-/// names owned by the topic entries.
 /// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
 /// string_view is a general byte hash, two to three times slower on short names).
 inline std::uint64_t hash_topic(std::string_view s) noexcept {
@@ -1731,14 +1730,16 @@ class bus_registrations : public retire_list {
       throw invalid_matcher(matcher, key,
                             "it is " + std::to_string(matcher.size()) +
                                 " bytes long; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_LENGTH));
+                                std::to_string(EVBUS_MAX_MATCHER_LENGTH) +
+                                " (EVBUS_MAX_MATCHER_LENGTH)");
     }
     if (const std::size_t states = detail::matcher_expansion(matcher);
         states > EVBUS_MAX_MATCHER_STATES) {
       throw invalid_matcher(matcher, key,
                             "its counted repeats expand it to about " + std::to_string(states) +
                                 " states; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_STATES));
+                                std::to_string(EVBUS_MAX_MATCHER_STATES) +
+                                " (EVBUS_MAX_MATCHER_STATES)");
     }
     std::regex re;
     try {
@@ -4587,7 +4588,8 @@ inline namespace v1 {
  *
  * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
  * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
- * never above `max`, which is exact.
+ * never above `max`, which is exact. Durations of 2^45 ns (about ten hours) and more share the
+ * last bucket: their percentiles read as 2^45 - 1 ns.
  */
 struct latency_summary {
   std::uint64_t count = 0;          ///< durations recorded
@@ -4750,9 +4752,9 @@ inline std::string format_duration(std::chrono::nanoseconds d) {
   char buf[32];
   if (d.count() < 1000) {
     std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
-  } else if (ns < 1e6) {
+  } else if (ns < 999950.0) {  // what would print as 1000.0us prints as 1.0ms
     std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
-  } else if (ns < 1e9) {
+  } else if (ns < 999950000.0) {
     std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
   } else {
     std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);

@@ -75,14 +75,16 @@ class bus_registrations : public retire_list {
       throw invalid_matcher(matcher, key,
                             "it is " + std::to_string(matcher.size()) +
                                 " bytes long; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_LENGTH));
+                                std::to_string(EVBUS_MAX_MATCHER_LENGTH) +
+                                " (EVBUS_MAX_MATCHER_LENGTH)");
     }
     if (const std::size_t states = detail::matcher_expansion(matcher);
         states > EVBUS_MAX_MATCHER_STATES) {
       throw invalid_matcher(matcher, key,
                             "its counted repeats expand it to about " + std::to_string(states) +
                                 " states; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_STATES));
+                                std::to_string(EVBUS_MAX_MATCHER_STATES) +
+                                " (EVBUS_MAX_MATCHER_STATES)");
     }
     std::regex re;
     try {

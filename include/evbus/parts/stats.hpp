@@ -27,7 +27,8 @@ inline namespace v1 {
  *
  * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
  * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
- * never above `max`, which is exact.
+ * never above `max`, which is exact. Durations of 2^45 ns (about ten hours) and more share the
+ * last bucket: their percentiles read as 2^45 - 1 ns.
  */
 struct latency_summary {
   std::uint64_t count = 0;          ///< durations recorded
@@ -190,9 +191,9 @@ inline std::string format_duration(std::chrono::nanoseconds d) {
   char buf[32];
   if (d.count() < 1000) {
     std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
-  } else if (ns < 1e6) {
+  } else if (ns < 999950.0) {  // what would print as 1000.0us prints as 1.0ms
     std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
-  } else if (ns < 1e9) {
+  } else if (ns < 999950000.0) {
     std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
   } else {
     std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);

@@ -1,7 +1,8 @@
 // evbus/parts/topic_table.hpp: registered topics, their handler lists, and the name -> topic index.
 //
 // A topic's handler list is immutable and swapped whole on every change; the index read by emit
-// is an open-addressing table built whole when topics come or go.
+// is an open-addressing table changed in place when topics come or go, and replaced by one twice
+// its size when it fills (the old one retired until no emit can read it).
 #ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
 #define EVBUS_PARTS_TOPIC_TABLE_HPP
 
@@ -164,8 +165,6 @@ struct topic_entry {
   std::shared_ptr<const handler_list<Data>> handlers_owner;  // writer side, under the bus lock
 };
 
-/// The name -> topic map read by emit, rebuilt whole when topics come or go. Keys view the
-/// names owned by the topic entries.
 /// The hash of the topic index: 8 bytes at a time, multiply and mix (std::hash of a
 /// string_view is a general byte hash, two to three times slower on short names).
 inline std::uint64_t hash_topic(std::string_view s) noexcept {

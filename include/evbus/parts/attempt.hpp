@@ -46,11 +46,12 @@ struct queued_event {
   bool evicted = false;     // drop_oldest took it: skipped, never handled
 };
 
-/// An ordered subscription's handler: exactly one of the two is set.
+/// An ordered subscription's handler: one function either way (a subscription stays small).
+/// Synchronous, it gets a null completion; asynchronous, it takes the token `*c` points to.
 template <class Data>
 struct ordered_fn {
-  std::function<void(const basic_event<Data>&, const delivery&)> call;  // synchronous
-  std::function<void(const basic_event<Data>&, const delivery&, completion)> start;  // asynchronous
+  std::function<void(const basic_event<Data>&, const delivery&, completion*)> fn;
+  bool asynchronous = false;
 };
 
 template <class Data>
@@ -63,15 +64,12 @@ class attempt_runner {
   enum class outcome { finished, retry, pending };
 
   attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
-      : link_(link), fn_(std::move(fn)), policy_(std::move(policy)) {
-    if (fn_.start) {
-      counts_ = std::make_shared<completion_counts>();
-      completion_time_ = std::make_unique<log_histogram>();
-    }
+      : link_(link), fn_(std::move(fn.fn)), policy_(std::move(policy)) {
+    if (fn.asynchronous) async_ = std::make_unique<async_parts>();
   }
 
   const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
-  bool asynchronous() const noexcept { return static_cast<bool>(fn_.start); }
+  bool asynchronous() const noexcept { return async_ != nullptr; }
 
   /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
   /// end of the previous attempt of the same run), since nothing happened in between; on
@@ -92,11 +90,13 @@ class attempt_runner {
     d.partition = partition;
     std::exception_ptr err;
     try {
-      if (fn_.start) {
-        open = std::make_shared<completion_state>(link_.sched, part, counts_, start, d.deadline);
-        fn_.start(it.event, d, completion(open));
+      if (async_) {
+        open = std::make_shared<completion_state>(link_.sched, part, async_->counts, start,
+                                                  d.deadline);
+        completion token(open);
+        fn_(it.event, d, &token);
       } else {
-        fn_.call(it.event, d);
+        fn_(it.event, d, nullptr);
       }
     } catch (...) {
       err = std::current_exception();
@@ -104,7 +104,7 @@ class attempt_runner {
     const steady_time end = link_.now();
     clock_now = end;
     handler_time_.record(elapsed(start, end));
-    if (fn_.start) {
+    if (async_) {
       if (!err) return outcome::pending;
       // A throw fails the attempt whatever the token says; a completion after it is late.
       if (open) open->resolve(status::failed, err, completion_state::maker::executor);
@@ -125,7 +125,7 @@ class attempt_runner {
   outcome finish(queued_event<Data>& it, const completion_state& st, std::size_t partition,
                  std::uint64_t& rng, steady_time& retry_at, const std::string& name) noexcept {
     const unsigned number = it.attempts;
-    completion_time_->record(elapsed(st.start, st.made_at()));
+    async_->completion_time.record(elapsed(st.start, st.made_at()));
     std::exception_ptr err;
     const status made = st.outcome();
     if (made == status::succeeded) {
@@ -219,12 +219,12 @@ class attempt_runner {
     wait = queue_wait_.read();
     out.handler_time = handler.summary();
     out.queue_wait = wait.summary();
-    if (completion_time_) {
-      completed = completion_time_->read();
+    if (async_) {
+      completed = async_->completion_time.read();
       out.completion_time = completed.summary();
-      out.late_completions = counts_->late.load(std::memory_order_relaxed);
-      out.duplicate_completions = counts_->duplicate.load(std::memory_order_relaxed);
-      out.abandoned = counts_->abandoned.load(std::memory_order_relaxed);
+      out.late_completions = async_->counts->late.load(std::memory_order_relaxed);
+      out.duplicate_completions = async_->counts->duplicate.load(std::memory_order_relaxed);
+      out.abandoned = async_->counts->abandoned.load(std::memory_order_relaxed);
     }
     std::lock_guard<std::mutex> lock(error_mutex_);
     out.last_error = last_error_;
@@ -328,7 +328,7 @@ class attempt_runner {
   }
 
   executor_link& link_;
-  const handler_type fn_;
+  const std::function<void(const event_type&, const delivery&, completion*)> fn_;
   const basic_delivery_policy<Data> policy_;
   std::atomic<std::uint64_t> delivered_{0};
   std::atomic<std::uint64_t> failed_{0};
@@ -337,9 +337,12 @@ class attempt_runner {
   std::atomic<std::uint64_t> expired_{0};
   log_histogram handler_time_;
   log_histogram queue_wait_;
-  // Asynchronous handlers only.
-  std::shared_ptr<completion_counts> counts_;
-  std::unique_ptr<log_histogram> completion_time_;
+  // Asynchronous handlers only (one pointer, so that a synchronous subscription stays small).
+  struct async_parts {
+    std::shared_ptr<completion_counts> counts = std::make_shared<completion_counts>();
+    log_histogram completion_time;
+  };
+  std::unique_ptr<async_parts> async_;
   mutable std::mutex error_mutex_;
   std::string last_error_;
   std::mutex note_mutex_;

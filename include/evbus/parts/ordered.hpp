@@ -144,19 +144,19 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {
-    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d) mutable {
-      f(e, d);
-    };
+    handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
+                                                completion*) mutable { f(e, d); };
   } else if constexpr (plain) {
-    handler.call = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&) mutable {
-      f(e);
-    };
+    handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
+                                                completion*) mutable { f(e); };
   } else if constexpr (async_with_delivery) {
-    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
-                                                  completion c) mutable { f(e, d, std::move(c)); };
+    handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
+                                                completion* c) mutable { f(e, d, std::move(*c)); };
+    handler.asynchronous = true;
   } else {
-    handler.start = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
-                                                  completion c) mutable { f(e, std::move(c)); };
+    handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
+                                                completion* c) mutable { f(e, std::move(*c)); };
+    handler.asynchronous = true;
   }
   std::string name = std::move(policy.name);
   auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,

@@ -28,6 +28,8 @@
 #
 # Usage: tests/run_all.sh [section...]   (no argument: all CI sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
+# CMake compiles the test areas in groups (EVBUS_TEST_GROUPS in tests/CMakeLists.txt): the target
+# evbus_test_<area> builds the area's group, and the test evbus.<area> runs that area's cases.
 # The long stress tests (label / suite "stress") run in the gcc, asan, tsan and meson (libc++)
 # sections only.
 set -euo pipefail

@@ -22,6 +22,9 @@
 #include <utility>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_async {
+
 using evbus_test::manual_mode;
 using evbus_test::message_of;
 using evbus_test::with_key;
@@ -680,3 +683,5 @@ TEST_CASE("a deregistered asynchronous subscription leaves as soon as its last e
   CHECK(ex.stats().subscriptions.empty());
   CHECK(ex.stats().total.delivered == 1);
 }
+
+}  // namespace area_async

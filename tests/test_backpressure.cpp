@@ -16,6 +16,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_backpressure {
+
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::row;
 using evbus_test::what_of;
@@ -444,3 +447,5 @@ TEST_CASE("drop_oldest: when the new event cannot be copied, no event is evicted
   CHECK(s.dropped == 0);
   CHECK(s.queued == 0);
 }
+
+}  // namespace area_backpressure

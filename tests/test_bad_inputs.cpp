@@ -20,6 +20,9 @@
 #include <typeinfo>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_bad_inputs {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -748,3 +751,5 @@ TEST_CASE("bad input: destroying the bus while events are queued (documented: al
   ex.run_until_idle();
   CHECK(seen == strings{"t=1", "t=2"});
 }
+
+}  // namespace area_bad_inputs

@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_dead_letter {
+
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::with_key;
 
@@ -308,3 +311,5 @@ TEST_CASE("a handler that calls drain() or shutdown() of its own executor is dea
     CHECK(ex.stats().total.retried == 0);
   }
 }
+
+}  // namespace area_dead_letter

@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_deadline {
+
 using evbus_test::with_key;
 using std::chrono::seconds;
 
@@ -126,3 +129,5 @@ TEST_CASE("a handler can use the deadline to give up cooperatively", "[deadline]
   CHECK(s.expired == 0);
   CHECK(s.dead_lettered == 1);
 }
+
+}  // namespace area_deadline

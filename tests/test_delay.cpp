@@ -14,6 +14,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_delay {
+
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::what_of;
 using evbus_test::with_key;
@@ -317,3 +320,5 @@ TEST_CASE("delays too long to add to the clock are never due and are reported at
   CHECK(due == std::vector<evbus::steady_time>(3, evbus::steady_time::max()));
   CHECK(ex.stats().delayed_emitted == 0);
 }
+
+}  // namespace area_delay

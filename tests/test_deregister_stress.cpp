@@ -28,6 +28,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_deregister_stress {
+
 #if defined(__SANITIZE_THREAD__)
 #define EVBUS_STRESS_SANITIZED 1
 #elif defined(__has_feature)
@@ -243,3 +246,5 @@ TEST_CASE("an emit in progress sees a writer's change or the writer sees the emi
                               << writer_only << ", light marks: "
                               << evbus::detail::light_emit_marks());
 }
+
+}  // namespace area_deregister_stress

@@ -13,6 +13,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_drain_shutdown {
+
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::row;
 using evbus_test::what_of;
@@ -470,3 +473,5 @@ TEST_CASE("emits racing shutdown: each one either is handled or throws executor_
   CHECK(s.total.delivered == static_cast<std::uint64_t>(returned.load()));
   CHECK(s.total.queued == 0);
 }
+
+}  // namespace area_drain_shutdown

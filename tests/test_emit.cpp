@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_emit {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -343,3 +346,5 @@ TEST_CASE("copies of a handle emit on the same topic", "[emit][handle]") {
   CHECK_THROWS_AS(h2.emit(100), evbus::unknown_topic);
   CHECK(sum == 11);
 }
+
+}  // namespace area_emit

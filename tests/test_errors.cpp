@@ -13,6 +13,9 @@
 #include <type_traits>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_errors {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -230,3 +233,5 @@ TEST_CASE("a handler failure through a topic handle is reported the same way", "
   CHECK(e.errors()[1].key == "third");
   CHECK(f.calls == strings{"first", "second", "third"});
 }
+
+}  // namespace area_errors

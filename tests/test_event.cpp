@@ -14,6 +14,9 @@
 #include <variant>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_event {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -321,3 +324,5 @@ TEST_CASE("other payloads of a std::any bus are stored as given, nullptr include
   bus.emit("t", nullptr);
   CHECK(held_nullptr);
 }
+
+}  // namespace area_event

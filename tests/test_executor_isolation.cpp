@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_isolation {
+
 using evbus_test::with_key;
 
 TEST_CASE("a subscription blocked in its handler does not stall another subscription",
@@ -96,3 +99,5 @@ TEST_CASE("a subscription waiting for retries does not hold up another one", "[e
   CHECK(evbus_test::row(s, "failing").queued == 3);
   CHECK(evbus_test::row(s, "ordered-2").delivered == 3);
 }
+
+}  // namespace area_executor_isolation

@@ -13,6 +13,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_lifetime {
+
 using evbus_test::numbered;
 using evbus_test::row;
 using evbus_test::with_key;
@@ -209,3 +212,5 @@ TEST_CASE("an executor and its bus destroyed in either order: a delayed emit nev
     }
   }
 }
+
+}  // namespace area_executor_lifetime

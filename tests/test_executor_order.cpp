@@ -13,6 +13,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_order {
+
 namespace {
 
 constexpr int producers = 4;
@@ -270,3 +273,5 @@ TEST_CASE("each event reaches its handler without drain(), also after the worker
     }
   }
 }
+
+}  // namespace area_executor_order

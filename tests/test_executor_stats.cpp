@@ -16,6 +16,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_stats {
+
 using Catch::Matchers::ContainsSubstring;
 using evbus_test::row;
 using evbus_test::with_key;
@@ -301,3 +304,5 @@ TEST_CASE("queue-wait and handler-time statistics stay in range with a manual cl
   CHECK(s.queue_wait.max == std::chrono::hours(24 * 365));
   CHECK(s.handler_time.max == std::chrono::milliseconds(3));
 }
+
+}  // namespace area_executor_stats

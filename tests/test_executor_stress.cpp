@@ -14,6 +14,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_stress {
+
 namespace {
 
 constexpr int producers = 2;
@@ -138,3 +141,5 @@ TEST_CASE("100,000 events over 100 keys with 10 % failing attempts: order, exact
   CHECK(t.attempts.load() == expected_attempts);
   CHECK(s.accepted == s.delivered + s.dead_lettered + s.dropped + s.queued);
 }
+
+}  // namespace area_executor_stress

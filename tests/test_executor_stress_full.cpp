@@ -28,6 +28,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_executor_stress_full {
+
 #if defined(__SANITIZE_THREAD__)
 #define EVBUS_STRESS_TSAN 1
 #elif defined(__has_feature)
@@ -253,3 +256,5 @@ TEST_CASE("executor stress: 8 producers, 10,000 keys, failures, resize churn, sh
                            << " retries), " << resizes.load() << " resizes, high water "
                            << s.high_water);
 }
+
+}  // namespace area_executor_stress_full

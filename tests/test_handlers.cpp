@@ -13,6 +13,9 @@
 #include <string_view>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_handlers {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -316,3 +319,5 @@ TEST_CASE("destroying the bus releases the handlers' captures", "[handlers]") {
   }
   CHECK(watch.expired());
 }
+
+}  // namespace area_handlers

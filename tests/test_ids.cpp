@@ -16,6 +16,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_ids {
+
 namespace {
 
 using strings = std::vector<std::string>;
@@ -296,3 +299,5 @@ TEST_CASE("an empty id generator is rejected at construction with invalid_argume
     CHECK_THROWS_AS(make(), evbus::invalid_argument);
   }
 }
+
+}  // namespace area_ids

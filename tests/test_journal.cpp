@@ -21,6 +21,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_journal {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -606,3 +609,5 @@ TEST_CASE("concurrent appends, reads and marks: every event once, each producer'
     CHECK(j.stats().pending == 0);
   }
 }
+
+}  // namespace area_journal

@@ -34,6 +34,9 @@
 #include <sys/resource.h>
 #endif
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_journal_crash {
+
 #if EVBUS_TESTS_HAVE_FORK && EVBUS_HAS_FILE_JOURNAL
 namespace {
 
@@ -393,3 +396,5 @@ TEST_CASE("a write that fails half-way is undone: nothing of the batch stays, th
 #else
 TEST_CASE("crash tests need fork and the file journal") { WARN("no fork or no file journal: skipped"); }
 #endif
+
+}  // namespace area_journal_crash

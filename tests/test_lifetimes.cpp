@@ -18,6 +18,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_lifetimes {
+
 namespace {
 
 // "t" followed by n, built by appending: GCC 12 at -O3 warns falsely (-Wrestrict) on a
@@ -335,3 +338,5 @@ TEST_CASE("a handler nested 19 deep that deregisters itself at the deepest call:
   CHECK(alive_at_outermost_end);
   CHECK(d.done.load());
 }
+
+}  // namespace area_lifetimes

@@ -10,6 +10,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_manual_mode {
+
 using evbus_test::with_key;
 
 namespace {
@@ -169,3 +172,5 @@ TEST_CASE("a manual clock moves only when told, and never back", "[manual][clock
   clock.advance(std::chrono::nanoseconds::max());
   CHECK(clock.now() == evbus::steady_time::max());
 }
+
+}  // namespace area_manual_mode

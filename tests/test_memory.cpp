@@ -28,6 +28,9 @@
 #define EVBUS_TEST_MEASURES 0
 #endif
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_memory {
+
 using evbus_test::with_key;
 
 namespace {
@@ -153,3 +156,5 @@ TEST_CASE("a partition gives back the memory of its backlog once it drains", "[m
   WARN("no allocator statistics here: the memory is not measured");
 #endif
 }
+
+}  // namespace area_memory

@@ -35,6 +35,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_model {
+
 // The model compiles patterns as the bus does.
 #ifdef EVBUS_MATCHER_SYNTAX
 #define EVBUS_MODEL_SYNTAX EVBUS_MATCHER_SYNTAX
@@ -866,3 +869,5 @@ TEST_CASE("the bus agrees with a plain reference model over random call sequence
   WARN("model: " << sequences << " sequences of " << steps << " steps, " << emits
                  << " emits checked, base seed " << base);
 }
+
+}  // namespace area_model

@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_partitioner {
+
 using evbus_test::with_key;
 
 TEST_CASE("murmur2 gives Kafka's published values", "[partitioner]") {
@@ -100,3 +103,5 @@ TEST_CASE("keyless events go round-robin over the partitions", "[partitioner]") 
   for (auto p : partitions) ++per[p];
   CHECK(per == std::vector<int>{2, 2, 2, 2});
 }
+
+}  // namespace area_partitioner

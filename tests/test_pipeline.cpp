@@ -13,6 +13,9 @@
 #include <string>
 #include <thread>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_pipeline {
+
 using evbus_test::numbered;
 using evbus_test::with_key;
 
@@ -202,3 +205,5 @@ TEST_CASE("a typed bus takes ordered handlers whose payload type is read off the
   ex.wait_idle();
   CHECK(sum == 111);
 }
+
+}  // namespace area_pipeline

@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_reentrancy {
+
 namespace {
 
 using strings = std::vector<std::string>;
@@ -270,3 +273,5 @@ TEST_CASE("a handler that deregisters a later handler through a topic handle emi
   handle.emit(0);
   CHECK(calls == strings{"first", "third"});
 }
+
+}  // namespace area_reentrancy

@@ -31,6 +31,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_regex_limits {
+
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define EVBUS_REGEX_SANITIZED 1
 #elif defined(__has_feature)
@@ -224,3 +227,5 @@ TEST_CASE("the length limits themselves: a 255-byte topic and a pattern at the l
                   evbus::invalid_matcher);
   CHECK(bus.handler_keys() == std::vector<std::string>{"at-limit", "all"});
 }
+
+}  // namespace area_regex_limits

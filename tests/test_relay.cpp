@@ -22,6 +22,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_relay {
+
 namespace {
 
 using evbus_test::memory_store;
@@ -717,3 +720,5 @@ TEST_CASE("relay: on_timer marks when due even while an emit failure holds up th
   CHECK(f.store.delivered() == 3);
   CHECK(f.payloads() == strings{"a1", "a2", "a3", "a3", "a3"});
 }
+
+}  // namespace area_relay

@@ -29,6 +29,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_relay_crash {
+
 #if EVBUS_TESTS_HAVE_FORK && EVBUS_HAS_FILE_JOURNAL
 namespace {
 
@@ -327,3 +330,5 @@ TEST_CASE("relay crash: skipped (needs fork and the file journal)") {
 }
 
 #endif
+
+}  // namespace area_relay_crash

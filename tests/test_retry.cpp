@@ -15,6 +15,9 @@
 #include <string>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_retry {
+
 using evbus_test::with_key;
 using std::chrono::milliseconds;
 using std::chrono::nanoseconds;
@@ -243,3 +246,5 @@ TEST_CASE("a backoff past the end of time waits for shutdown instead of wrapping
   CHECK(attempts == expected);
   CHECK(ex.stats().total.dead_lettered == 1);
 }
+
+}  // namespace area_retry

@@ -18,6 +18,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_scheduler {
+
 using evbus::detail::runnable;
 using evbus::detail::scheduler;
 
@@ -282,3 +285,5 @@ TEST_CASE("scheduler, W = 0: help_until runs the work on the calling thread, and
   s->help_until([&] { return b.done == 1; }, "test");
   CHECK(b.done == 1);
 }
+
+}  // namespace area_scheduler

@@ -21,6 +21,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_strand {
+
 using evbus::detail::block_queue;
 using evbus::detail::small_lock;
 using evbus::detail::strand;
@@ -243,3 +246,5 @@ TEST_CASE("strand rule under threads: never two runners, per-producer order, not
     CHECK(p.rule.waiting() == 0);
   }
 }
+
+}  // namespace area_strand

@@ -16,6 +16,9 @@
 #include <thread>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_threads {
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -331,3 +334,5 @@ TEST_CASE("emits racing with deregistering and re-registering their topic either
   CHECK(calls.load() == delivered.load());
   CHECK(bus.topic_handler_keys("flip") == std::vector<std::string>{"h"});
 }
+
+}  // namespace area_threads

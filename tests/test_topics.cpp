@@ -13,6 +13,9 @@
 #include <string_view>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_topics {
+
 namespace {
 
 using Catch::Matchers::ContainsSubstring;
@@ -364,3 +367,5 @@ TEST_CASE("the literal prefix of a matcher: the topics it is tried on", "[topics
   CHECK(bus.handler_topics("dot") == strings{"order.", "order.a", "order.b"});
   CHECK(bus.handler_topics("opt") == strings{"abc", "ac"});
 }
+
+}  // namespace area_topics

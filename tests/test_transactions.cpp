@@ -25,6 +25,9 @@
 #include <variant>
 #include <vector>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_transactions {
+
 namespace {
 
 using evbus_test::seen_event;
@@ -864,3 +867,5 @@ TEST_CASE("a commit waiting for room when shutdown() begins is refused and emits
   CHECK(tx.open());
   CHECK(handled.load() == 1);
 }
+
+}  // namespace area_transactions

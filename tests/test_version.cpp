@@ -10,6 +10,9 @@
 #include <string>
 #include <type_traits>
 
+// In a namespace of its own: the test build may compile several test files in one unit.
+namespace area_version {
+
 // Both builds pass these: the path of meson.build, and the version the build configured
 // (CMake reads it from the header; Meson from meson.build).
 #ifndef EVBUS_MESON_BUILD_FILE
@@ -74,3 +77,5 @@ TEST_CASE("the names live in a versioned inline namespace", "[version]") {
   STATIC_REQUIRE(std::is_same_v<evbus::basic_bus<int>, evbus::v1::basic_bus<int>>);
   STATIC_REQUIRE(std::is_same_v<evbus::error, evbus::v1::error>);
 }
+
+}  // namespace area_version

@@ -4859,6 +4859,9 @@ struct subscription_base {
   subscription_base& operator=(const subscription_base&) = delete;
   virtual ~subscription_base() = default;
 
+  /// A commit's place for one event (subscription::reserve_place); virtual so that a
+  /// transaction's commit compiles without the subscription's code when no executor is used.
+  virtual bool reserve_place(std::string_view topic, const std::string& key) = 0;
   /// Gives back a place a commit took and did not use. Never throws.
   virtual void release_place() noexcept = 0;
   /// The events accepted so far: what drain() waits for.
@@ -9154,7 +9157,7 @@ class subscription final : public lanes<Data> {
    * drop_newest there is nothing to take (those never refuse): returns false. True: a place
    * is taken; push() of that event uses it, else release_place() gives it back.
    */
-  bool reserve_place(std::string_view topic, const std::string& key) {
+  bool reserve_place(std::string_view topic, const std::string& key) override {
     if (!admission_.bounded()) {
       admission_.count_in();
       return true;
@@ -9902,7 +9905,10 @@ struct commit_reserver {
       }
       ctx.holds.push_back(&link);
     }
-    if (sub->reserve_place(topic, key)) {
+    // Through the base: subscription<Data>::reserve_place is compiled only where a
+    // subscription is made, not in every commit.
+    subscription_base& target = *sub;
+    if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
   }

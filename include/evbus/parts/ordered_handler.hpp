@@ -114,7 +114,10 @@ struct commit_reserver {
       }
       ctx.holds.push_back(&link);
     }
-    if (sub->reserve_place(topic, key)) {
+    // Through the base: subscription<Data>::reserve_place is compiled only where a
+    // subscription is made, not in every commit.
+    subscription_base& target = *sub;
+    if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
   }

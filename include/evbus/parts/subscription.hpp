@@ -103,7 +103,7 @@ class subscription final : public lanes<Data> {
    * drop_newest there is nothing to take (those never refuse): returns false. True: a place
    * is taken; push() of that event uses it, else release_place() gives it back.
    */
-  bool reserve_place(std::string_view topic, const std::string& key) {
+  bool reserve_place(std::string_view topic, const std::string& key) override {
     if (!admission_.bounded()) {
       admission_.count_in();
       return true;

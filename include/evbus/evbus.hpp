@@ -1629,8 +1629,11 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// Objects retired from the read side, waiting for the emits that may read them to end.
-class retire_list {
+/// Objects retired from the read side, waiting for the emits that may read them to end. A
+/// template only so that its functions are compiled where a bus is used, not wherever the
+/// header is included (retire_list is the one used).
+template <class = void>
+class basic_retire_list {
  protected:
   /// Something retired from the read side, freed once the emits that may read it are over.
   struct unit {
@@ -1682,6 +1685,8 @@ class retire_list {
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;
 };
+
+using retire_list = basic_retire_list<>;
 
 }  // namespace detail
 }  // namespace v1

@@ -1631,9 +1631,9 @@ namespace detail {
 
 /// Objects retired from the read side, waiting for the emits that may read them to end. A
 /// template only so that its functions are compiled where a bus is used, not wherever the
-/// header is included (retire_list is the one used).
+/// header is included (retire_list<> is the one used).
 template <class = void>
-class basic_retire_list {
+class retire_list {
  protected:
   /// Something retired from the read side, freed once the emits that may read it are over.
   struct unit {
@@ -1686,8 +1686,6 @@ class basic_retire_list {
   std::vector<std::unique_ptr<unit>> retired_;
 };
 
-using retire_list = basic_retire_list<>;
-
 }  // namespace detail
 }  // namespace v1
 }  // namespace evbus
@@ -1737,7 +1735,7 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registrations : public retire_list {
+class bus_registrations : public retire_list<> {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;

@@ -24,9 +24,9 @@ namespace detail {
 
 /// Objects retired from the read side, waiting for the emits that may read them to end. A
 /// template only so that its functions are compiled where a bus is used, not wherever the
-/// header is included (retire_list is the one used).
+/// header is included (retire_list<> is the one used).
 template <class = void>
-class basic_retire_list {
+class retire_list {
  protected:
   /// Something retired from the read side, freed once the emits that may read it are over.
   struct unit {
@@ -78,8 +78,6 @@ class basic_retire_list {
   std::vector<std::shared_ptr<const void>> pending_;
   std::vector<std::unique_ptr<unit>> retired_;
 };
-
-using retire_list = basic_retire_list<>;
 
 }  // namespace detail
 }  // namespace v1

@@ -48,7 +48,7 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registrations : public retire_list {
+class bus_registrations : public retire_list<> {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;

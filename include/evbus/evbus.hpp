@@ -10642,8 +10642,9 @@ struct relay_meter {
 };
 
 /// Throws evbus::invalid_argument naming the first bad option of `o` (see basic_relay's
-/// constructor).
-inline void check_relay_options(const relay_options& o) {
+/// constructor). A template only so that it is compiled where a relay is used.
+template <class = void>
+void check_relay_options(const relay_options& o) {
   const auto bad = [](const std::string& what) {
     throw invalid_argument("evbus: relay_options: " + what);
   };
@@ -10700,7 +10701,10 @@ inline namespace v1 {
 namespace detail {
 
 /// The backoffs and failure reports of one relay, over its options (kept by reference: the
-/// relay that owns both is neither copied nor moved). Used by the stepping thread only.
+/// relay that owns both is neither copied nor moved). Used by the stepping thread only. A
+/// template only so that it is compiled where a relay is used, not wherever the header is
+/// included (relay_retry<>).
+template <class = void>
 class relay_retry {
  public:
   explicit relay_retry(const relay_options& options) noexcept : options_(&options) {}
@@ -10813,7 +10817,9 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// The thread a relay runs on when started, and its sleep.
+/// The thread a relay runs on when started, and its sleep. A template only so that it is
+/// compiled where a relay is used, not wherever the header is included (relay_thread<>).
+template <class = void>
 class relay_thread {
  public:
   /// Runs `loop` on a thread of its own, unless one runs. `loop` returns once stopping() or
@@ -10895,7 +10901,8 @@ class relay_thread {
 };
 
 /// The thread running a relay's step (poll(), run_until_idle(), flush(), stop(), or the relay's
-/// own thread), if any.
+/// own thread), if any. A template for the same reason (step_holder<>).
+template <class = void>
 class step_holder {
  public:
   /// Marks the calling thread as running a step, for the scope's life.
@@ -11067,7 +11074,7 @@ class basic_relay {
   std::size_t poll() {
     stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -11081,7 +11088,7 @@ class basic_relay {
   std::size_t run_until_idle() {
     stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -11095,7 +11102,7 @@ class basic_relay {
   bool flush() {
     stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
@@ -11277,7 +11284,7 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const detail::step_holder::scope scope(stepping_);
+        const detail::step_holder<>::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
         if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
@@ -11315,13 +11322,13 @@ class basic_relay {
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
   steady_time next_purge_{};
-  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
+  detail::relay_retry<> retry_{options_};  ///< backoffs, failure reports
 
   detail::relay_meter meter_;  ///< behind stats()
 
-  detail::step_holder stepping_;  ///< the thread running a step, if any
+  detail::step_holder<> stepping_;  ///< the thread running a step, if any
 
-  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
+  detail::relay_thread<> thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

@@ -91,6 +91,7 @@ inline constexpr const char* version_string = "0.1.0";
 
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -161,8 +162,21 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   }
   out += '\'';
   if (s.size() > max_shown) {
-    out += "... (" + std::to_string(s.size()) + " bytes)";
+    out += "... (";
+    out += std::to_string(s.size());
+    out += " bytes)";
   }
+  return out;
+}
+
+/// A message made of `pieces`, in one call: what a throw site builds its message with, so that
+/// it compiles to one call rather than a chain of `+`, each with a temporary string to clean up.
+inline std::string join(std::initializer_list<std::string_view> pieces) {
+  std::size_t size = 0;
+  for (std::string_view piece : pieces) size += piece.size();
+  std::string out;
+  out.reserve(size);
+  for (std::string_view piece : pieces) out.append(piece.data(), piece.size());
   return out;
 }
 
@@ -172,8 +186,8 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
 class unknown_topic : public error {
  public:
   explicit unknown_topic(std::string_view topic)
-      : error("evbus: unknown topic " + detail::quote(topic) +
-              " (register it with register_topics first)"),
+      : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
+                            " (register it with register_topics first)"})),
         topic_(topic) {}
   /// The topic named by the caller.
   const std::string& topic() const noexcept { return topic_; }
@@ -186,7 +200,7 @@ class unknown_topic : public error {
 class invalid_topic_name : public error {
  public:
   invalid_topic_name(std::string_view topic, const std::string& reason)
-      : error("evbus: invalid topic name " + detail::quote(topic) + ": " + reason),
+      : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
   const std::string& topic() const noexcept { return topic_; }
@@ -199,8 +213,8 @@ class invalid_topic_name : public error {
 class invalid_matcher : public error {
  public:
   invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
-      : error("evbus: invalid matcher " + detail::quote(pattern) + " for handler " +
-              detail::quote(key) + ": " + reason),
+      : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
+                            detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
   /// The rejected pattern.
   const std::string& pattern() const noexcept { return pattern_; }
@@ -213,7 +227,8 @@ class invalid_matcher : public error {
 class duplicate_handler : public error {
  public:
   explicit duplicate_handler(std::string_view key)
-      : error("evbus: a handler with key " + detail::quote(key) + " is already registered"),
+      : error(detail::join({"evbus: a handler with key ", detail::quote(key),
+                            " is already registered"})),
         key_(key) {}
   /// The duplicate key.
   const std::string& key() const noexcept { return key_; }
@@ -226,7 +241,8 @@ class duplicate_handler : public error {
 class unknown_handler : public error {
  public:
   explicit unknown_handler(std::string_view key)
-      : error("evbus: no handler with key " + detail::quote(key) + " is registered"), key_(key) {}
+      : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
+        key_(key) {}
   /// The unknown key.
   const std::string& key() const noexcept { return key_; }
 
@@ -262,7 +278,8 @@ class handler_errors : public error {
   };
 
   handler_errors(std::string_view topic, std::vector<failure> failures)
-      : error(describe("handlers failed on topic " + detail::quote(topic), failures)),
+      : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
+                       failures)),
         failures_(std::move(failures)) {}
 
   /// Failures collected elsewhere, for example across the events of a transaction;
@@ -275,9 +292,11 @@ class handler_errors : public error {
 
  private:
   static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = "evbus: " + std::to_string(failures.size()) + " " + what + ":";
+    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
-      text += " " + detail::quote(f.key) + ": ";
+      text += ' ';
+      text += detail::quote(f.key);
+      text += ": ";
       try {
         std::rethrow_exception(f.error);
       } catch (const std::exception& e) {
@@ -713,8 +732,10 @@ inline bool call_marked(const void* handler) noexcept {
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;
 
 /// Records which threads are inside an emit now. Call it after publishing a change with a
-/// seq_cst store; an emit not recorded here started late enough to see the change.
-inline emit_marks emits_in_progress() {
+/// seq_cst store; an emit not recorded here started late enough to see the change. A template
+/// only so that it is compiled where a bus is used, not wherever the header is included.
+template <class = void>
+emit_marks emits_in_progress() {
   fence_emitting_threads();
   emit_marks marks;
   for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;
@@ -892,9 +913,11 @@ class sequential_ids {
 
 
 #include <any>
+#include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -983,6 +1006,18 @@ inline std::string c_text(const char* text) {
   return std::string(text);
 }
 
+/// data_as<T>'s refusal, out of the template, so that each type asked for adds only the test:
+/// the payload holds `held` (std::any), or the alternative `index` (std::variant) when `held`
+/// is null.
+[[noreturn]] inline void refuse_data_type(std::string_view id, std::string_view topic,
+                                          const std::type_info& wanted,
+                                          const std::type_info* held, std::size_t index) {
+  throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
+                            ": payload is not a ", type_name(wanted),
+                            held != nullptr ? " (it holds " : " (variant index ",
+                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+}
+
 template <class Data>
 class bus_emitter;
 
@@ -1030,14 +1065,10 @@ class basic_event {
   const T& data_as() const {
     if constexpr (std::is_same_v<Data, std::any>) {
       if (const T* p = std::any_cast<T>(&data)) return *p;
-      throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " +
-                          detail::type_name(typeid(T)) + " (it holds " + detail::type_name(data.type()) + ")");
+      detail::refuse_data_type(id, topic(), typeid(T), &data.type(), 0);
     } else if constexpr (detail::is_variant<Data>::value) {
       if (const T* p = std::get_if<T>(&data)) return *p;
-      throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " +
-                          detail::type_name(typeid(T)) + " (variant index " + std::to_string(data.index()) + ")");
+      detail::refuse_data_type(id, topic(), typeid(T), nullptr, data.index());
     } else {
       static_assert(std::is_same_v<T, Data>,
                     "evbus: data_as<T> needs T == Data unless Data is std::any or std::variant");
@@ -1334,14 +1365,14 @@ namespace detail {
 inline void check_topic_name(std::string_view name) {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
-    throw invalid_topic_name(name, "it is " + std::to_string(name.size()) +
-                                       " bytes long; the limit is 255");
+    throw invalid_topic_name(
+        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
   }
   for (std::size_t i = 0; i < name.size(); ++i) {
     const auto c = static_cast<unsigned char>(name[i]);
     if (c < 0x20 || c > 0x7e) {
-      throw invalid_topic_name(name, "byte " + std::to_string(i) +
-                                         " is not printable ASCII (0x20 to 0x7e)");
+      throw invalid_topic_name(
+          name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
     }
   }
 }
@@ -1566,7 +1597,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
     return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
-                          std::string("matching topic ") + quote(topic) + " failed: " + e.what());
+                          join({"matching topic ", quote(topic), " failed: ", e.what()}));
   }
 }
 
@@ -1600,7 +1631,10 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// Objects retired from the read side, waiting for the emits that may read them to end.
+/// Objects retired from the read side, waiting for the emits that may read them to end. A
+/// template only so that its functions are compiled where a bus is used, not wherever the
+/// header is included (retire_list<> is the one used).
+template <class = void>
 class retire_list {
  protected:
   /// Something retired from the read side, freed once the emits that may read it are over.
@@ -1703,7 +1737,7 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registrations : public retire_list {
+class bus_registrations : public retire_list<> {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
@@ -1725,21 +1759,24 @@ class bus_registrations : public retire_list {
   /// whose whole name matches `matcher`; nothing changes if it throws.
   void register_handler(std::string key, std::string_view matcher, handler_type fn) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) throw invalid_argument("evbus: the handler for key " + detail::quote(key) + " is empty");
+    if (!fn) {
+      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
+                                           " is empty"}));
+    }
     if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
       throw invalid_matcher(matcher, key,
-                            "it is " + std::to_string(matcher.size()) +
-                                " bytes long; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_LENGTH) +
-                                " (EVBUS_MAX_MATCHER_LENGTH)");
+                            detail::join({"it is ", std::to_string(matcher.size()),
+                                          " bytes long; the limit is ",
+                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
+                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
     }
     if (const std::size_t states = detail::matcher_expansion(matcher);
         states > EVBUS_MAX_MATCHER_STATES) {
       throw invalid_matcher(matcher, key,
-                            "its counted repeats expand it to about " + std::to_string(states) +
-                                " states; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_STATES) +
-                                " (EVBUS_MAX_MATCHER_STATES)");
+                            detail::join({"its counted repeats expand it to about ",
+                                          std::to_string(states), " states; the limit is ",
+                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
+                                          " (EVBUS_MAX_MATCHER_STATES)"}));
     }
     std::regex re;
     try {
@@ -3281,6 +3318,7 @@ class ready_list {
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <typeinfo>
 
 namespace evbus {
@@ -3385,6 +3423,19 @@ struct basic_delivery_policy {
 /// The delivery policy of evbus::bus.
 using delivery_policy = basic_delivery_policy<std::any>;
 
+namespace detail {
+
+/// undelivered::data_as<T>'s refusal, out of the template.
+[[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
+                                                 const std::type_info& wanted,
+                                                 const std::type_info& held) {
+  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
+                            ": payload is not a ", type_name(wanted), " (it holds ",
+                            type_name(held), ")"}));
+}
+
+}  // namespace detail
+
 /**
  * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
  * shutdown, or when it fell due after its bus was destroyed).
@@ -3415,9 +3466,7 @@ struct undelivered {
   template <class T>
   const T& data_as() const {
     if (const T* p = std::any_cast<T>(&data)) return *p;
-    throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
-                        detail::type_name(data.type()) + ")");
+    detail::refuse_undelivered_type(topic, typeid(T), data.type());
   }
 };
 
@@ -4859,6 +4908,9 @@ struct subscription_base {
   subscription_base& operator=(const subscription_base&) = delete;
   virtual ~subscription_base() = default;
 
+  /// A commit's place for one event (subscription::reserve_place); virtual so that a
+  /// transaction's commit compiles without the subscription's code when no executor is used.
+  virtual bool reserve_place(std::string_view topic, const std::string& key) = 0;
   /// Gives back a place a commit took and did not use. Never throws.
   virtual void release_place() noexcept = 0;
   /// The events accepted so far: what drain() waits for.
@@ -5171,7 +5223,7 @@ class basic_transaction {
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     if (!failures.empty()) {
       throw handler_errors(std::move(failures),
-                           "events failed in transaction " + detail::quote(tx_id_));
+                           detail::join({"events failed in transaction ", detail::quote(tx_id_)}));
     }
   }
 
@@ -5197,8 +5249,9 @@ class basic_transaction {
   std::string buffer(std::string_view topic, Data data, emit_options options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
-                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+      throw invalid_argument(detail::join({"evbus: transaction ", detail::quote(tx_id_),
+                                           " cannot emit an event with tx_id ",
+                                           detail::quote(options.tx_id)}));
     }
     auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
@@ -5222,8 +5275,8 @@ class basic_transaction {
 
   void check_open(const char* what) const {
     if (bus_ == nullptr) {
-      throw transaction_closed(std::string("evbus: cannot ") + what + " transaction " +
-                               detail::quote(tx_id_) + ": it is already finished");
+      throw transaction_closed(detail::join({"evbus: cannot ", what, " transaction ",
+                                             detail::quote(tx_id_), ": it is already finished"}));
     }
   }
 
@@ -7281,7 +7334,9 @@ class journal_writer {
   /// Starts a new segment whose first sequence is the next one.
   detail::journal_segment& rotate() {
     namespace io = detail::journal_io;
-    const std::uint64_t first = index_.next_sequence();
+    // Not const: segments.emplace then takes the same argument types as recovery's calls, and
+    // is compiled once.
+    std::uint64_t first = index_.next_sequence();
     const std::string path = detail::journal_recover::path_in(
         dir_, detail::journal_recover::segment_file_name(first));
     io::file f = io::create_whole(dir_, path,
@@ -9119,9 +9174,9 @@ class subscription final : public lanes<Data> {
       switch (on_full_) {
         case overflow::reject:
           rejected_.fetch_add(1, std::memory_order_relaxed);
-          throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                           std::to_string(admission_.capacity()) + "): event on topic " +
-                           quote(e.topic()) + " with key " + quote(e.key) + " rejected");
+          throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                                 std::to_string(admission_.capacity()), "): event on topic ",
+                                 quote(e.topic()), " with key ", quote(e.key), " rejected"}));
         case overflow::drop_newest:
           dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
           dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -9154,7 +9209,7 @@ class subscription final : public lanes<Data> {
    * drop_newest there is nothing to take (those never refuse): returns false. True: a place
    * is taken; push() of that event uses it, else release_place() gives it back.
    */
-  bool reserve_place(std::string_view topic, const std::string& key) {
+  bool reserve_place(std::string_view topic, const std::string& key) override {
     if (!admission_.bounded()) {
       admission_.count_in();
       return true;
@@ -9163,10 +9218,10 @@ class subscription final : public lanes<Data> {
     switch (on_full_) {
       case overflow::reject:
         rejected_.fetch_add(1, std::memory_order_relaxed);
-        throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                         std::to_string(admission_.capacity()) + "): event on topic " +
-                         quote(topic) + " with key " + quote(key) +
-                         " rejected; nothing of the transaction was emitted");
+        throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                               std::to_string(admission_.capacity()), "): event on topic ",
+                               quote(topic), " with key ", quote(key),
+                               " rejected; nothing of the transaction was emitted"}));
       case overflow::drop_newest:
       case overflow::drop_oldest:
         return false;
@@ -9175,12 +9230,12 @@ class subscription final : public lanes<Data> {
     }
     if (drives(&link_.sched)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                       std::to_string(admission_.capacity()) +
-                       ") and the committing thread is running work of the same keyed_executor: "
-                       "blocking would deadlock, so the event on topic " +
-                       quote(topic) + " with key " + quote(key) +
-                       " is refused; nothing of the transaction was emitted");
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                             std::to_string(admission_.capacity()),
+                             ") and the committing thread is running work of the same "
+                             "keyed_executor: blocking would deadlock, so the event on topic ",
+                             quote(topic), " with key ", quote(key),
+                             " is refused; nothing of the transaction was emitted"}));
     }
     // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
     if (admission_.wait(block_timeout_,
@@ -9188,17 +9243,17 @@ class subscription final : public lanes<Data> {
       return true;
     }
     if (link_.closed.load(std::memory_order_seq_cst)) {
-      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
-                            "in subscription " + quote(name) + " (event on topic " +
-                            quote(topic) + " with key " + quote(key) +
-                            "); nothing of the transaction was emitted");
+      throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
+                                  "for room in subscription ", quote(name), " (event on topic ",
+                                  quote(topic), " with key ", quote(key),
+                                  "); nothing of the transaction was emitted"}));
     }
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
-                     std::to_string(admission_.capacity()) + ") after block_timeout " +
-                     format_duration(*block_timeout_) + ": event on topic " + quote(topic) +
-                     " with key " + quote(key) + " rejected; nothing of the transaction was "
-                     "emitted");
+    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
+                           std::to_string(admission_.capacity()), ") after block_timeout ",
+                           format_duration(*block_timeout_), ": event on topic ", quote(topic),
+                           " with key ", quote(key),
+                           " rejected; nothing of the transaction was emitted"}));
   }
 
   void release_place() noexcept override {
@@ -9256,12 +9311,12 @@ class subscription final : public lanes<Data> {
   void wait_for_room(const event_type& e) {
     if (drives(&link_.sched)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                       std::to_string(admission_.capacity()) +
-                       ") and the emitting thread is running work of the same keyed_executor "
-                       "(a worker, or inside poll/run_until_idle/drain): blocking would "
-                       "deadlock, so the event on topic " +
-                       quote(e.topic()) + " with key " + quote(e.key) + " is refused");
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                             std::to_string(admission_.capacity()),
+                             ") and the emitting thread is running work of the same "
+                             "keyed_executor (a worker, or inside poll/run_until_idle/drain): "
+                             "blocking would deadlock, so the event on topic ",
+                             quote(e.topic()), " with key ", quote(e.key), " is refused"}));
     }
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
@@ -9269,10 +9324,10 @@ class subscription final : public lanes<Data> {
     }
     if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
-                     std::to_string(admission_.capacity()) + ") after block_timeout " +
-                     format_duration(*block_timeout_) + ": event on topic " + quote(e.topic()) +
-                     " with key " + quote(e.key) + " rejected");
+    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
+                           std::to_string(admission_.capacity()), ") after block_timeout ",
+                           format_duration(*block_timeout_), ": event on topic ",
+                           quote(e.topic()), " with key ", quote(e.key), " rejected"}));
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
@@ -9332,15 +9387,15 @@ class subscription final : public lanes<Data> {
   void report_drop(const event_type& e) noexcept {
     if (!runner_.policy().on_drop) {
       runner_.note(name, [&] {
-        return "dropped event " + quote(e.id) + " on topic " + quote(e.topic()) + " with key " +
-               quote(e.key) + " (the subscription is full)";
+        return join({"dropped event ", quote(e.id), " on topic ", quote(e.topic()), " with key ",
+                     quote(e.key), " (the subscription is full)"});
       });
       return;
     }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {
-      link_.report_error(std::current_exception(), "on_drop of subscription " + quote(name));
+      link_.report_error(std::current_exception(), join({"on_drop of subscription ", quote(name)}));
     }
   }
 
@@ -9895,14 +9950,17 @@ struct commit_reserver {
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
       if (!link.hold_for_commit()) {
-        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                              quote(sub->name) + " does not accept the event on topic " +
-                              quote(topic) + " with key " + quote(key) +
-                              "; nothing of the transaction was emitted");
+        throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                                    quote(sub->name), " does not accept the event on topic ",
+                                    quote(topic), " with key ", quote(key),
+                                    "; nothing of the transaction was emitted"}));
       }
       ctx.holds.push_back(&link);
     }
-    if (sub->reserve_place(topic, key)) {
+    // Through the base: subscription<Data>::reserve_place is compiled only where a
+    // subscription is made, not in every commit.
+    subscription_base& target = *sub;
+    if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
   }
@@ -10586,8 +10644,9 @@ struct relay_meter {
 };
 
 /// Throws evbus::invalid_argument naming the first bad option of `o` (see basic_relay's
-/// constructor).
-inline void check_relay_options(const relay_options& o) {
+/// constructor). A template only so that it is compiled where a relay is used.
+template <class = void>
+void check_relay_options(const relay_options& o) {
   const auto bad = [](const std::string& what) {
     throw invalid_argument("evbus: relay_options: " + what);
   };
@@ -10644,7 +10703,10 @@ inline namespace v1 {
 namespace detail {
 
 /// The backoffs and failure reports of one relay, over its options (kept by reference: the
-/// relay that owns both is neither copied nor moved). Used by the stepping thread only.
+/// relay that owns both is neither copied nor moved). Used by the stepping thread only. A
+/// template only so that it is compiled where a relay is used, not wherever the header is
+/// included (relay_retry<>).
+template <class = void>
 class relay_retry {
  public:
   explicit relay_retry(const relay_options& options) noexcept : options_(&options) {}
@@ -10757,7 +10819,9 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// The thread a relay runs on when started, and its sleep.
+/// The thread a relay runs on when started, and its sleep. A template only so that it is
+/// compiled where a relay is used, not wherever the header is included (relay_thread<>).
+template <class = void>
 class relay_thread {
  public:
   /// Runs `loop` on a thread of its own, unless one runs. `loop` returns once stopping() or
@@ -10839,7 +10903,8 @@ class relay_thread {
 };
 
 /// The thread running a relay's step (poll(), run_until_idle(), flush(), stop(), or the relay's
-/// own thread), if any.
+/// own thread), if any. A template for the same reason (step_holder<>).
+template <class = void>
 class step_holder {
  public:
   /// Marks the calling thread as running a step, for the scope's life.
@@ -11011,7 +11076,7 @@ class basic_relay {
   std::size_t poll() {
     stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -11025,7 +11090,7 @@ class basic_relay {
   std::size_t run_until_idle() {
     stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -11039,7 +11104,7 @@ class basic_relay {
   bool flush() {
     stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
@@ -11221,7 +11286,7 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const detail::step_holder::scope scope(stepping_);
+        const detail::step_holder<>::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
         if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
@@ -11259,13 +11324,13 @@ class basic_relay {
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
   steady_time next_purge_{};
-  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
+  detail::relay_retry<> retry_{options_};  ///< backoffs, failure reports
 
   detail::relay_meter meter_;  ///< behind stats()
 
-  detail::step_holder stepping_;  ///< the thread running a step, if any
+  detail::step_holder<> stepping_;  ///< the thread running a step, if any
 
-  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
+  detail::relay_thread<> thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

@@ -309,8 +309,10 @@ inline bool call_marked(const void* handler) noexcept {
 using emit_marks = std::vector<std::pair<const thread_slot*, std::uint64_t>>;
 
 /// Records which threads are inside an emit now. Call it after publishing a change with a
-/// seq_cst store; an emit not recorded here started late enough to see the change.
-inline emit_marks emits_in_progress() {
+/// seq_cst store; an emit not recorded here started late enough to see the change. A template
+/// only so that it is compiled where a bus is used, not wherever the header is included.
+template <class = void>
+emit_marks emits_in_progress() {
   fence_emitting_threads();
   emit_marks marks;
   for (const thread_slot* s = registry().head.load(std::memory_order_acquire); s != nullptr;

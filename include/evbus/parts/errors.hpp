@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -79,8 +80,21 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   }
   out += '\'';
   if (s.size() > max_shown) {
-    out += "... (" + std::to_string(s.size()) + " bytes)";
+    out += "... (";
+    out += std::to_string(s.size());
+    out += " bytes)";
   }
+  return out;
+}
+
+/// A message made of `pieces`, in one call: what a throw site builds its message with, so that
+/// it compiles to one call rather than a chain of `+`, each with a temporary string to clean up.
+inline std::string join(std::initializer_list<std::string_view> pieces) {
+  std::size_t size = 0;
+  for (std::string_view piece : pieces) size += piece.size();
+  std::string out;
+  out.reserve(size);
+  for (std::string_view piece : pieces) out.append(piece.data(), piece.size());
   return out;
 }
 
@@ -90,8 +104,8 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
 class unknown_topic : public error {
  public:
   explicit unknown_topic(std::string_view topic)
-      : error("evbus: unknown topic " + detail::quote(topic) +
-              " (register it with register_topics first)"),
+      : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
+                            " (register it with register_topics first)"})),
         topic_(topic) {}
   /// The topic named by the caller.
   const std::string& topic() const noexcept { return topic_; }
@@ -104,7 +118,7 @@ class unknown_topic : public error {
 class invalid_topic_name : public error {
  public:
   invalid_topic_name(std::string_view topic, const std::string& reason)
-      : error("evbus: invalid topic name " + detail::quote(topic) + ": " + reason),
+      : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
   const std::string& topic() const noexcept { return topic_; }
@@ -117,8 +131,8 @@ class invalid_topic_name : public error {
 class invalid_matcher : public error {
  public:
   invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
-      : error("evbus: invalid matcher " + detail::quote(pattern) + " for handler " +
-              detail::quote(key) + ": " + reason),
+      : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
+                            detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
   /// The rejected pattern.
   const std::string& pattern() const noexcept { return pattern_; }
@@ -131,7 +145,8 @@ class invalid_matcher : public error {
 class duplicate_handler : public error {
  public:
   explicit duplicate_handler(std::string_view key)
-      : error("evbus: a handler with key " + detail::quote(key) + " is already registered"),
+      : error(detail::join({"evbus: a handler with key ", detail::quote(key),
+                            " is already registered"})),
         key_(key) {}
   /// The duplicate key.
   const std::string& key() const noexcept { return key_; }
@@ -144,7 +159,8 @@ class duplicate_handler : public error {
 class unknown_handler : public error {
  public:
   explicit unknown_handler(std::string_view key)
-      : error("evbus: no handler with key " + detail::quote(key) + " is registered"), key_(key) {}
+      : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
+        key_(key) {}
   /// The unknown key.
   const std::string& key() const noexcept { return key_; }
 
@@ -180,7 +196,8 @@ class handler_errors : public error {
   };
 
   handler_errors(std::string_view topic, std::vector<failure> failures)
-      : error(describe("handlers failed on topic " + detail::quote(topic), failures)),
+      : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
+                       failures)),
         failures_(std::move(failures)) {}
 
   /// Failures collected elsewhere, for example across the events of a transaction;
@@ -193,9 +210,11 @@ class handler_errors : public error {
 
  private:
   static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = "evbus: " + std::to_string(failures.size()) + " " + what + ":";
+    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
-      text += " " + detail::quote(f.key) + ": ";
+      text += ' ';
+      text += detail::quote(f.key);
+      text += ": ";
       try {
         std::rethrow_exception(f.error);
       } catch (const std::exception& e) {

@@ -10,9 +10,11 @@
 #include "time.hpp"
 
 #include <any>
+#include <cstddef>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -101,6 +103,18 @@ inline std::string c_text(const char* text) {
   return std::string(text);
 }
 
+/// data_as<T>'s refusal, out of the template, so that each type asked for adds only the test:
+/// the payload holds `held` (std::any), or the alternative `index` (std::variant) when `held`
+/// is null.
+[[noreturn]] inline void refuse_data_type(std::string_view id, std::string_view topic,
+                                          const std::type_info& wanted,
+                                          const std::type_info* held, std::size_t index) {
+  throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
+                            ": payload is not a ", type_name(wanted),
+                            held != nullptr ? " (it holds " : " (variant index ",
+                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+}
+
 template <class Data>
 class bus_emitter;
 
@@ -148,14 +162,10 @@ class basic_event {
   const T& data_as() const {
     if constexpr (std::is_same_v<Data, std::any>) {
       if (const T* p = std::any_cast<T>(&data)) return *p;
-      throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " +
-                          detail::type_name(typeid(T)) + " (it holds " + detail::type_name(data.type()) + ")");
+      detail::refuse_data_type(id, topic(), typeid(T), &data.type(), 0);
     } else if constexpr (detail::is_variant<Data>::value) {
       if (const T* p = std::get_if<T>(&data)) return *p;
-      throw bad_data_type("evbus: event " + detail::quote(id) + " on topic " +
-                          detail::quote(topic()) + ": payload is not a " +
-                          detail::type_name(typeid(T)) + " (variant index " + std::to_string(data.index()) + ")");
+      detail::refuse_data_type(id, topic(), typeid(T), nullptr, data.index());
     } else {
       static_assert(std::is_same_v<T, Data>,
                     "evbus: data_as<T> needs T == Data unless Data is std::any or std::variant");

@@ -84,7 +84,9 @@ class journal_writer {
   /// Starts a new segment whose first sequence is the next one.
   detail::journal_segment& rotate() {
     namespace io = detail::journal_io;
-    const std::uint64_t first = index_.next_sequence();
+    // Not const: segments.emplace then takes the same argument types as recovery's calls, and
+    // is compiled once.
+    std::uint64_t first = index_.next_sequence();
     const std::string path = detail::journal_recover::path_in(
         dir_, detail::journal_recover::segment_file_name(first));
     io::file f = io::create_whole(dir_, path,

@@ -53,6 +53,9 @@ struct subscription_base {
   subscription_base& operator=(const subscription_base&) = delete;
   virtual ~subscription_base() = default;
 
+  /// A commit's place for one event (subscription::reserve_place); virtual so that a
+  /// transaction's commit compiles without the subscription's code when no executor is used.
+  virtual bool reserve_place(std::string_view topic, const std::string& key) = 0;
   /// Gives back a place a commit took and did not use. Never throws.
   virtual void release_place() noexcept = 0;
   /// The events accepted so far: what drain() waits for.

@@ -107,14 +107,17 @@ struct commit_reserver {
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
       if (!link.hold_for_commit()) {
-        throw executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                              quote(sub->name) + " does not accept the event on topic " +
-                              quote(topic) + " with key " + quote(key) +
-                              "; nothing of the transaction was emitted");
+        throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                                    quote(sub->name), " does not accept the event on topic ",
+                                    quote(topic), " with key ", quote(key),
+                                    "; nothing of the transaction was emitted"}));
       }
       ctx.holds.push_back(&link);
     }
-    if (sub->reserve_place(topic, key)) {
+    // Through the base: subscription<Data>::reserve_place is compiled only where a
+    // subscription is made, not in every commit.
+    subscription_base& target = *sub;
+    if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
   }

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <typeinfo>
 
 namespace evbus {
@@ -122,6 +123,19 @@ struct basic_delivery_policy {
 /// The delivery policy of evbus::bus.
 using delivery_policy = basic_delivery_policy<std::any>;
 
+namespace detail {
+
+/// undelivered::data_as<T>'s refusal, out of the template.
+[[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
+                                                 const std::type_info& wanted,
+                                                 const std::type_info& held) {
+  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
+                            ": payload is not a ", type_name(wanted), " (it holds ",
+                            type_name(held), ")"}));
+}
+
+}  // namespace detail
+
 /**
  * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
  * shutdown, or when it fell due after its bus was destroyed).
@@ -152,9 +166,7 @@ struct undelivered {
   template <class T>
   const T& data_as() const {
     if (const T* p = std::any_cast<T>(&data)) return *p;
-    throw bad_data_type("evbus: undelivered event on topic " + detail::quote(topic) +
-                        ": payload is not a " + detail::type_name(typeid(T)) + " (it holds " +
-                        detail::type_name(data.type()) + ")");
+    detail::refuse_undelivered_type(topic, typeid(T), data.type());
   }
 };
 

@@ -22,7 +22,10 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// Objects retired from the read side, waiting for the emits that may read them to end.
+/// Objects retired from the read side, waiting for the emits that may read them to end. A
+/// template only so that its functions are compiled where a bus is used, not wherever the
+/// header is included (retire_list<> is the one used).
+template <class = void>
 class retire_list {
  protected:
   /// Something retired from the read side, freed once the emits that may read it are over.

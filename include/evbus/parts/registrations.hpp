@@ -48,7 +48,7 @@ namespace detail {
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
-class bus_registrations : public retire_list {
+class bus_registrations : public retire_list<> {
  public:
   using event_type = basic_event<Data>;
   using handler_type = std::function<void(const event_type&)>;
@@ -70,21 +70,24 @@ class bus_registrations : public retire_list {
   /// whose whole name matches `matcher`; nothing changes if it throws.
   void register_handler(std::string key, std::string_view matcher, handler_type fn) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) throw invalid_argument("evbus: the handler for key " + detail::quote(key) + " is empty");
+    if (!fn) {
+      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
+                                           " is empty"}));
+    }
     if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
       throw invalid_matcher(matcher, key,
-                            "it is " + std::to_string(matcher.size()) +
-                                " bytes long; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_LENGTH) +
-                                " (EVBUS_MAX_MATCHER_LENGTH)");
+                            detail::join({"it is ", std::to_string(matcher.size()),
+                                          " bytes long; the limit is ",
+                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
+                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
     }
     if (const std::size_t states = detail::matcher_expansion(matcher);
         states > EVBUS_MAX_MATCHER_STATES) {
       throw invalid_matcher(matcher, key,
-                            "its counted repeats expand it to about " + std::to_string(states) +
-                                " states; the limit is " +
-                                std::to_string(EVBUS_MAX_MATCHER_STATES) +
-                                " (EVBUS_MAX_MATCHER_STATES)");
+                            detail::join({"its counted repeats expand it to about ",
+                                          std::to_string(states), " states; the limit is ",
+                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
+                                          " (EVBUS_MAX_MATCHER_STATES)"}));
     }
     std::regex re;
     try {

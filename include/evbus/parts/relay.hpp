@@ -145,7 +145,7 @@ class basic_relay {
   std::size_t poll() {
     stepping_.refuse_inside("poll()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     step(emitted);
     return emitted;
@@ -159,7 +159,7 @@ class basic_relay {
   std::size_t run_until_idle() {
     stepping_.refuse_inside("run_until_idle()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     std::size_t emitted = 0;
     while (step(emitted)) {
     }
@@ -173,7 +173,7 @@ class basic_relay {
   bool flush() {
     stepping_.refuse_inside("flush()");
     std::lock_guard<std::mutex> lock(step_mutex_);
-    const detail::step_holder::scope scope(stepping_);
+    const detail::step_holder<>::scope scope(stepping_);
     if (emitted_.empty()) return true;
     if (options_.ack == ack_mode::after_handled && !drained()) return false;
     return mark_emitted();
@@ -355,7 +355,7 @@ class basic_relay {
       steady_time due = steady_time::max();
       {
         std::lock_guard<std::mutex> lock(step_mutex_);
-        const detail::step_holder::scope scope(stepping_);
+        const detail::step_holder<>::scope scope(stepping_);
         std::size_t emitted = 0;
         progressed = step(emitted);
         if (retry_.retry_at() > clock_->now()) due = retry_.retry_at();
@@ -393,13 +393,13 @@ class basic_relay {
   bool time_every_send_ = false;     ///< a manual relay clock: every emit is timed
   steady_time ack_due_{};            ///< on_timer: when emitted_ is marked
   steady_time next_purge_{};
-  detail::relay_retry retry_{options_};  ///< backoffs, failure reports
+  detail::relay_retry<> retry_{options_};  ///< backoffs, failure reports
 
   detail::relay_meter meter_;  ///< behind stats()
 
-  detail::step_holder stepping_;  ///< the thread running a step, if any
+  detail::step_holder<> stepping_;  ///< the thread running a step, if any
 
-  detail::relay_thread thread_;  ///< start(), stop(): the relay's own thread
+  detail::relay_thread<> thread_;  ///< start(), stop(): the relay's own thread
 };
 
 }  // namespace v1

@@ -173,8 +173,9 @@ struct relay_meter {
 };
 
 /// Throws evbus::invalid_argument naming the first bad option of `o` (see basic_relay's
-/// constructor).
-inline void check_relay_options(const relay_options& o) {
+/// constructor). A template only so that it is compiled where a relay is used.
+template <class = void>
+void check_relay_options(const relay_options& o) {
   const auto bad = [](const std::string& what) {
     throw invalid_argument("evbus: relay_options: " + what);
   };

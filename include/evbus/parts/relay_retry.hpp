@@ -26,7 +26,10 @@ inline namespace v1 {
 namespace detail {
 
 /// The backoffs and failure reports of one relay, over its options (kept by reference: the
-/// relay that owns both is neither copied nor moved). Used by the stepping thread only.
+/// relay that owns both is neither copied nor moved). Used by the stepping thread only. A
+/// template only so that it is compiled where a relay is used, not wherever the header is
+/// included (relay_retry<>).
+template <class = void>
 class relay_retry {
  public:
   explicit relay_retry(const relay_options& options) noexcept : options_(&options) {}

@@ -24,7 +24,9 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// The thread a relay runs on when started, and its sleep.
+/// The thread a relay runs on when started, and its sleep. A template only so that it is
+/// compiled where a relay is used, not wherever the header is included (relay_thread<>).
+template <class = void>
 class relay_thread {
  public:
   /// Runs `loop` on a thread of its own, unless one runs. `loop` returns once stopping() or
@@ -106,7 +108,8 @@ class relay_thread {
 };
 
 /// The thread running a relay's step (poll(), run_until_idle(), flush(), stop(), or the relay's
-/// own thread), if any.
+/// own thread), if any. A template for the same reason (step_holder<>).
+template <class = void>
 class step_holder {
  public:
   /// Marks the calling thread as running a step, for the scope's life.

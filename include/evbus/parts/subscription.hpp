@@ -68,9 +68,9 @@ class subscription final : public lanes<Data> {
       switch (on_full_) {
         case overflow::reject:
           rejected_.fetch_add(1, std::memory_order_relaxed);
-          throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                           std::to_string(admission_.capacity()) + "): event on topic " +
-                           quote(e.topic()) + " with key " + quote(e.key) + " rejected");
+          throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                                 std::to_string(admission_.capacity()), "): event on topic ",
+                                 quote(e.topic()), " with key ", quote(e.key), " rejected"}));
         case overflow::drop_newest:
           dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
           dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -103,7 +103,7 @@ class subscription final : public lanes<Data> {
    * drop_newest there is nothing to take (those never refuse): returns false. True: a place
    * is taken; push() of that event uses it, else release_place() gives it back.
    */
-  bool reserve_place(std::string_view topic, const std::string& key) {
+  bool reserve_place(std::string_view topic, const std::string& key) override {
     if (!admission_.bounded()) {
       admission_.count_in();
       return true;
@@ -112,10 +112,10 @@ class subscription final : public lanes<Data> {
     switch (on_full_) {
       case overflow::reject:
         rejected_.fetch_add(1, std::memory_order_relaxed);
-        throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                         std::to_string(admission_.capacity()) + "): event on topic " +
-                         quote(topic) + " with key " + quote(key) +
-                         " rejected; nothing of the transaction was emitted");
+        throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                               std::to_string(admission_.capacity()), "): event on topic ",
+                               quote(topic), " with key ", quote(key),
+                               " rejected; nothing of the transaction was emitted"}));
       case overflow::drop_newest:
       case overflow::drop_oldest:
         return false;
@@ -124,12 +124,12 @@ class subscription final : public lanes<Data> {
     }
     if (drives(&link_.sched)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                       std::to_string(admission_.capacity()) +
-                       ") and the committing thread is running work of the same keyed_executor: "
-                       "blocking would deadlock, so the event on topic " +
-                       quote(topic) + " with key " + quote(key) +
-                       " is refused; nothing of the transaction was emitted");
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                             std::to_string(admission_.capacity()),
+                             ") and the committing thread is running work of the same "
+                             "keyed_executor: blocking would deadlock, so the event on topic ",
+                             quote(topic), " with key ", quote(key),
+                             " is refused; nothing of the transaction was emitted"}));
     }
     // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
     if (admission_.wait(block_timeout_,
@@ -137,17 +137,17 @@ class subscription final : public lanes<Data> {
       return true;
     }
     if (link_.closed.load(std::memory_order_seq_cst)) {
-      throw executor_closed("evbus: the keyed_executor shut down while a commit waited for room "
-                            "in subscription " + quote(name) + " (event on topic " +
-                            quote(topic) + " with key " + quote(key) +
-                            "); nothing of the transaction was emitted");
+      throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
+                                  "for room in subscription ", quote(name), " (event on topic ",
+                                  quote(topic), " with key ", quote(key),
+                                  "); nothing of the transaction was emitted"}));
     }
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
-                     std::to_string(admission_.capacity()) + ") after block_timeout " +
-                     format_duration(*block_timeout_) + ": event on topic " + quote(topic) +
-                     " with key " + quote(key) + " rejected; nothing of the transaction was "
-                     "emitted");
+    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
+                           std::to_string(admission_.capacity()), ") after block_timeout ",
+                           format_duration(*block_timeout_), ": event on topic ", quote(topic),
+                           " with key ", quote(key),
+                           " rejected; nothing of the transaction was emitted"}));
   }
 
   void release_place() noexcept override {
@@ -205,12 +205,12 @@ class subscription final : public lanes<Data> {
   void wait_for_room(const event_type& e) {
     if (drives(&link_.sched)) {
       rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full("evbus: subscription " + quote(name) + " is full (capacity " +
-                       std::to_string(admission_.capacity()) +
-                       ") and the emitting thread is running work of the same keyed_executor "
-                       "(a worker, or inside poll/run_until_idle/drain): blocking would "
-                       "deadlock, so the event on topic " +
-                       quote(e.topic()) + " with key " + quote(e.key) + " is refused");
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
+                             std::to_string(admission_.capacity()),
+                             ") and the emitting thread is running work of the same "
+                             "keyed_executor (a worker, or inside poll/run_until_idle/drain): "
+                             "blocking would deadlock, so the event on topic ",
+                             quote(e.topic()), " with key ", quote(e.key), " is refused"}));
     }
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
@@ -218,10 +218,10 @@ class subscription final : public lanes<Data> {
     }
     if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full("evbus: subscription " + quote(name) + " is still full (capacity " +
-                     std::to_string(admission_.capacity()) + ") after block_timeout " +
-                     format_duration(*block_timeout_) + ": event on topic " + quote(e.topic()) +
-                     " with key " + quote(e.key) + " rejected");
+    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
+                           std::to_string(admission_.capacity()), ") after block_timeout ",
+                           format_duration(*block_timeout_), ": event on topic ",
+                           quote(e.topic()), " with key ", quote(e.key), " rejected"}));
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
@@ -281,15 +281,15 @@ class subscription final : public lanes<Data> {
   void report_drop(const event_type& e) noexcept {
     if (!runner_.policy().on_drop) {
       runner_.note(name, [&] {
-        return "dropped event " + quote(e.id) + " on topic " + quote(e.topic()) + " with key " +
-               quote(e.key) + " (the subscription is full)";
+        return join({"dropped event ", quote(e.id), " on topic ", quote(e.topic()), " with key ",
+                     quote(e.key), " (the subscription is full)"});
       });
       return;
     }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {
-      link_.report_error(std::current_exception(), "on_drop of subscription " + quote(name));
+      link_.report_error(std::current_exception(), join({"on_drop of subscription ", quote(name)}));
     }
   }
 

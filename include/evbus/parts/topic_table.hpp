@@ -39,14 +39,14 @@ namespace detail {
 inline void check_topic_name(std::string_view name) {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
-    throw invalid_topic_name(name, "it is " + std::to_string(name.size()) +
-                                       " bytes long; the limit is 255");
+    throw invalid_topic_name(
+        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
   }
   for (std::size_t i = 0; i < name.size(); ++i) {
     const auto c = static_cast<unsigned char>(name[i]);
     if (c < 0x20 || c > 0x7e) {
-      throw invalid_topic_name(name, "byte " + std::to_string(i) +
-                                         " is not printable ASCII (0x20 to 0x7e)");
+      throw invalid_topic_name(
+          name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
     }
   }
 }
@@ -271,7 +271,7 @@ bool matches(const handler_entry<Data>& h, std::string_view topic) {
     return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
     throw invalid_matcher(h.pattern, h.key,
-                          std::string("matching topic ") + quote(topic) + " failed: " + e.what());
+                          join({"matching topic ", quote(topic), " failed: ", e.what()}));
   }
 }
 

@@ -177,7 +177,7 @@ class basic_transaction {
     if (failures.size() == 1) std::rethrow_exception(failures.front().error);
     if (!failures.empty()) {
       throw handler_errors(std::move(failures),
-                           "events failed in transaction " + detail::quote(tx_id_));
+                           detail::join({"events failed in transaction ", detail::quote(tx_id_)}));
     }
   }
 
@@ -203,8 +203,9 @@ class basic_transaction {
   std::string buffer(std::string_view topic, Data data, emit_options options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument("evbus: transaction " + detail::quote(tx_id_) +
-                             " cannot emit an event with tx_id " + detail::quote(options.tx_id));
+      throw invalid_argument(detail::join({"evbus: transaction ", detail::quote(tx_id_),
+                                           " cannot emit an event with tx_id ",
+                                           detail::quote(options.tx_id)}));
     }
     auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
@@ -228,8 +229,8 @@ class basic_transaction {
 
   void check_open(const char* what) const {
     if (bus_ == nullptr) {
-      throw transaction_closed(std::string("evbus: cannot ") + what + " transaction " +
-                               detail::quote(tx_id_) + ": it is already finished");
+      throw transaction_closed(detail::join({"evbus: cannot ", what, " transaction ",
+                                             detail::quote(tx_id_), ": it is already finished"}));
     }
   }
 

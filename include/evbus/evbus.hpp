@@ -9173,10 +9173,7 @@ class subscription final : public lanes<Data> {
     } else if (!admission_.reserve()) {
       switch (on_full_) {
         case overflow::reject:
-          rejected_.fetch_add(1, std::memory_order_relaxed);
-          throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
-                                 std::to_string(admission_.capacity()), "): event on topic ",
-                                 quote(e.topic()), " with key ", quote(e.key), " rejected"}));
+          refuse_full(full_refusal::rejected, e.topic(), e.key, false);
         case overflow::drop_newest:
           dropped_incoming_.fetch_add(1, std::memory_order_relaxed);
           dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -9217,26 +9214,14 @@ class subscription final : public lanes<Data> {
     if (admission_.reserve()) return true;
     switch (on_full_) {
       case overflow::reject:
-        rejected_.fetch_add(1, std::memory_order_relaxed);
-        throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
-                               std::to_string(admission_.capacity()), "): event on topic ",
-                               quote(topic), " with key ", quote(key),
-                               " rejected; nothing of the transaction was emitted"}));
+        refuse_full(full_refusal::rejected, topic, key, true);
       case overflow::drop_newest:
       case overflow::drop_oldest:
         return false;
       case overflow::block:
         break;
     }
-    if (drives(&link_.sched)) {
-      rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
-                             std::to_string(admission_.capacity()),
-                             ") and the committing thread is running work of the same "
-                             "keyed_executor: blocking would deadlock, so the event on topic ",
-                             quote(topic), " with key ", quote(key),
-                             " is refused; nothing of the transaction was emitted"}));
-    }
+    if (drives(&link_.sched)) refuse_full(full_refusal::would_deadlock, topic, key, true);
     // A shutdown that begins meanwhile ends the wait (it waits for this commit): refused.
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
@@ -9248,12 +9233,7 @@ class subscription final : public lanes<Data> {
                                   quote(topic), " with key ", quote(key),
                                   "); nothing of the transaction was emitted"}));
     }
-    rejected_.fetch_add(1, std::memory_order_relaxed);
-    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
-                           std::to_string(admission_.capacity()), ") after block_timeout ",
-                           format_duration(*block_timeout_), ": event on topic ", quote(topic),
-                           " with key ", quote(key),
-                           " rejected; nothing of the transaction was emitted"}));
+    refuse_full(full_refusal::timed_out, topic, key, true);
   }
 
   void release_place() noexcept override {
@@ -9309,25 +9289,43 @@ class subscription final : public lanes<Data> {
   // Blocking emit: waits for room, unless the caller runs this executor's work (then nobody
   // might ever make room).
   void wait_for_room(const event_type& e) {
-    if (drives(&link_.sched)) {
-      rejected_.fetch_add(1, std::memory_order_relaxed);
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ",
-                             std::to_string(admission_.capacity()),
-                             ") and the emitting thread is running work of the same "
-                             "keyed_executor (a worker, or inside poll/run_until_idle/drain): "
-                             "blocking would deadlock, so the event on topic ",
-                             quote(e.topic()), " with key ", quote(e.key), " is refused"}));
-    }
+    if (drives(&link_.sched)) refuse_full(full_refusal::would_deadlock, e.topic(), e.key, false);
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return;  // enqueue() sees a close and gives the place back
     }
     if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+    refuse_full(full_refusal::timed_out, e.topic(), e.key, false);
+  }
+
+  enum class full_refusal { rejected, would_deadlock, timed_out };
+
+  /// Counts an event refused for want of room and throws queue_full saying why: the
+  /// subscription is full and the policy rejects, or blocking would deadlock, or
+  /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
+  /// transaction was emitted.
+  [[noreturn]] void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
+                                bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
+    const std::string capacity = std::to_string(admission_.capacity());
+    const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
+    const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
+    if (why == full_refusal::rejected) {
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
+                             "): ", the_event, " rejected", tail}));
+    }
+    if (why == full_refusal::would_deadlock) {
+      const std::string_view who =
+          in_commit ? "committing thread is running work of the same keyed_executor"
+                    : "emitting thread is running work of the same keyed_executor (a worker, or "
+                      "inside poll/run_until_idle/drain)";
+      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
+                             ") and the ", who, ": blocking would deadlock, so the ", the_event,
+                             " is refused", tail}));
+    }
     throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
-                           std::to_string(admission_.capacity()), ") after block_timeout ",
-                           format_duration(*block_timeout_), ": event on topic ",
-                           quote(e.topic()), " with key ", quote(e.key), " rejected"}));
+                           capacity, ") after block_timeout ", format_duration(*block_timeout_),
+                           ": ", the_event, " rejected", tail}));
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves

@@ -1,4 +1,4 @@
-// W = 0 (issue 3, guarantee 7): poll() and run_until_idle() run ready work on the calling
+// W = 0 (guarantee 7 of the executor): poll() and run_until_idle() run ready work on the calling
 // thread, deterministically; tests of users' handlers need no threads and no sleeps.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"
@@ -171,6 +171,51 @@ TEST_CASE("a manual clock moves only when told, and never back", "[manual][clock
   clock.advance(std::chrono::nanoseconds::max());
   clock.advance(std::chrono::nanoseconds::max());
   CHECK(clock.now() == evbus::steady_time::max());
+}
+
+TEST_CASE("a handler that runs another executor's work on its worker thread: both keep order",
+          "[manual][threads]") {
+  // The worker of `outer` runs events in place while it routes them; each handler emits on a
+  // bus served by `inner` (no threads) and runs inner's work there and then, which routes too,
+  // nested inside the outer routing on the same thread.
+  evbus::keyed_executor inner(evbus_test::manual_mode(8));
+  evbus::keyed_executor outer(evbus_test::threaded(16, 1));
+  evbus::bus inner_bus;
+  evbus::bus outer_bus;
+  inner_bus.register_topics("in");
+  outer_bus.register_topics("out");
+  constexpr int kKeys = 50;
+  constexpr int kPerKey = 40;
+  std::vector<int> inner_last(kKeys, -1);
+  std::vector<int> outer_last(kKeys, -1);
+  int inner_bad = 0;
+  int outer_bad = 0;
+  int inner_seen = 0;
+  const auto key_of = [](const evbus::event& e) { return std::stoi(e.key); };
+  inner_bus.register_handler("h", "in", evbus::ordered(inner, [&](const evbus::event& e) {
+    const int k = key_of(e);
+    if (e.data_as<int>() != inner_last[static_cast<std::size_t>(k)] + 1) ++inner_bad;
+    inner_last[static_cast<std::size_t>(k)] = e.data_as<int>();
+    ++inner_seen;
+  }));
+  outer_bus.register_handler("h", "out", evbus::ordered(outer, [&](const evbus::event& e) {
+    const int k = key_of(e);
+    if (e.data_as<int>() != outer_last[static_cast<std::size_t>(k)] + 1) ++outer_bad;
+    outer_last[static_cast<std::size_t>(k)] = e.data_as<int>();
+    inner_bus.emit("in", e.data_as<int>(), evbus_test::with_key(e.key));
+    inner.run_until_idle();
+  }));
+  for (int i = 0; i < kPerKey; ++i) {
+    for (int k = 0; k < kKeys; ++k) outer_bus.emit("out", i, evbus_test::with_key(std::to_string(k)));
+  }
+  outer.drain();  // the handlers' writes are visible after drain()
+  CHECK(outer_bad == 0);
+  CHECK(inner_bad == 0);
+  CHECK(inner_seen == kKeys * kPerKey);
+  for (int k = 0; k < kKeys; ++k) {
+    CHECK(outer_last[static_cast<std::size_t>(k)] == kPerKey - 1);
+    CHECK(inner_last[static_cast<std::size_t>(k)] == kPerKey - 1);
+  }
 }
 
 }  // namespace area_manual_mode

@@ -28,6 +28,41 @@ using evbus::detail::block_queue;
 using evbus::detail::small_lock;
 using evbus::detail::strand;
 
+TEST_CASE("strand: arrive(n) counts n events, and only an idle strand makes a holder",
+          "[strand]") {
+  strand s;
+  CHECK(s.arrive(3));
+  CHECK(s.waiting() == 3);
+  CHECK_FALSE(s.arrive(2));  // held: the holder takes these too
+  CHECK(s.waiting() == 5);
+  CHECK(s.take(10) == 5);
+  CHECK(s.take(10) == 0);  // let go
+  CHECK_FALSE(s.held());
+}
+
+TEST_CASE("strand: claim() holds an idle strand without an event; let_go() only when none "
+          "waits",
+          "[strand]") {
+  strand s;
+  CHECK(s.claim());
+  CHECK(s.held());
+  CHECK(s.waiting() == 0);
+  CHECK_FALSE(s.claim());    // one holder
+  CHECK_FALSE(s.arrive());   // an arrival meanwhile is the holder's to take
+  CHECK_FALSE(s.let_go());   // so the holder may not let go
+  CHECK(s.held());
+  CHECK(s.take(4) == 1);
+  CHECK(s.let_go());
+  CHECK_FALSE(s.held());
+  CHECK(s.arrive());         // idle again: the next arrival makes a holder
+  CHECK_FALSE(s.claim());    // and a strand with a holder cannot be claimed
+  CHECK(s.take(4) == 1);
+  CHECK(s.take(4) == 0);
+  s.arrive(2);               // held by that arrival, two waiting: not claimable either
+  CHECK(s.take(1) == 1);
+  CHECK_FALSE(s.claim());
+}
+
 TEST_CASE("strand: the first arrival makes its caller the holder, later ones do not",
           "[strand]") {
   strand s;

@@ -3109,8 +3109,12 @@ class strand {
  public:
   /// One event was queued. True: the caller has just become the holder and must hand the
   /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept {
-    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
+  bool arrive() noexcept { return arrive(1); }
+
+  /// `n` (> 0) events were queued at once: as n calls of arrive(), of which only the first can
+  /// make the caller the holder.
+  bool arrive(std::uint32_t n) noexcept {
+    waiting_ += n;  // 2^32 events waiting in one partition would need terabytes
     if (held_) return false;
     held_ = true;
     return true;
@@ -3124,6 +3128,22 @@ class strand {
     waiting_ = static_cast<std::uint32_t>(waiting_ - n);
     if (n == 0) held_ = false;
     return n;
+  }
+
+  /// Becomes the holder of a strand nobody holds and none waits in, without an event: the
+  /// caller then runs events it has in hand (events that have not arrived) as the holder
+  /// would. False if it is held or has waiting events.
+  bool claim() noexcept {
+    if (held_ || waiting_ != 0) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: lets go if none waits (true); otherwise it stays the holder (false).
+  bool let_go() noexcept {
+    if (waiting_ != 0) return false;
+    held_ = false;
+    return true;
   }
 
   std::size_t waiting() const noexcept { return waiting_; }
@@ -3818,6 +3838,14 @@ class scheduler_state {
     if (wake_worker) work_cv_.notify_one();
   }
 
+  /// True when workers are asked for and none of them waits for work: a strand handed to
+  /// them now would wait until one is free, so the caller may as well run it.
+  bool workers_all_busy() const noexcept {
+    return has_workers_.load(std::memory_order_relaxed) &&
+           sleepers_.load(std::memory_order_relaxed) == 0 &&
+           spinning_.load(std::memory_order_relaxed) == 0;
+  }
+
   /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
   void park(runnable* r, steady_time due) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -4060,6 +4088,7 @@ class scheduler : public scheduler_state {
     // Intakes first: the partitions they make ready are ready in this pass.
     runnable* intakes = ready_.take_intakes();
     found = intakes != nullptr;
+    std::size_t calls = 0;
     while (intakes != nullptr) {
       runnable* r = intakes;
       intakes = r->next_ready;
@@ -4068,12 +4097,12 @@ class scheduler : public scheduler_state {
       const runnable::result res = r->run(batch_);
       lock.lock();
       --running_;
+      calls += res.calls;
       settle(r, res);
     }
     take_inbox();
     std::size_t n = ready_.size();
     found = found || n > 0;
-    std::size_t calls = 0;
     while (n-- > 0 && !ready_.empty()) {
       runnable* r = pop_ready();
       ++running_;
@@ -8030,6 +8059,21 @@ class block_queue {
     return *b->at(i);
   }
 
+  /// Consumer: calls `fn(element)` for the `n` oldest elements not popped, oldest first. Only
+  /// for elements counted as taken.
+  template <class Fn>
+  void visit_front(std::size_t n, Fn&& fn) {
+    block* b = head_;
+    std::size_t i = head_index_;
+    for (; n > 0; --n, ++i) {
+      if (i == per_block) {
+        b = b->next;
+        i = 0;
+      }
+      fn(*b->at(i));
+    }
+  }
+
   /// Consumer: the oldest element not popped. Only for elements counted as taken.
   T& front() noexcept {
     if (head_index_ == per_block) step();
@@ -8613,7 +8657,7 @@ class attempt_runner {
 // Keeps: events enter the intake in acceptance order (`seq`), and none after shutdown's
 // barrier (close_barrier) unless a commit holds the executor open; the counts drain() reads
 // (reached()) are published after the events they count. The loops that move the events on,
-// route() and run_partition(), are the derived class's (`Lanes`: lanes.hpp).
+// route() and run_partition(), are the derived classes' (router.hpp, lanes.hpp).
 #ifndef EVBUS_PARTS_LANE_STATE_HPP
 #define EVBUS_PARTS_LANE_STATE_HPP
 
@@ -8634,7 +8678,7 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// `Lanes` derives from it and runs the strands: `Lanes::route()` for the intake,
+/// `Lanes` derives from it (through router) and runs the strands: `route()` for the intake,
 /// `Lanes::run_partition()` for a partition.
 template <class Data, class Lanes>
 class lane_state : public subscription_base {
@@ -8672,7 +8716,9 @@ class lane_state : public subscription_base {
   /// The intake: every event of the subscription, in acceptance order, until route() moves
   /// it to its partition.
   struct intake final : runnable {
-    result run(std::size_t) noexcept override { return static_cast<Lanes*>(owner)->route(); }
+    result run(std::size_t batch) noexcept override {
+      return static_cast<Lanes*>(owner)->route(batch);
+    }
 
     lane_state* owner = nullptr;
     // The holder's: events taken and not yet routed; the round robin of events without a
@@ -8855,25 +8901,28 @@ class lane_state : public subscription_base {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_LANE_STATE_HPP
-// ---- lanes.hpp -------------------------------------------------
-// evbus/parts/lanes.hpp: how an ordered subscription's events move: from its intake to their
-// partitions, and from a partition to the handler.
+// ---- router.hpp -------------------------------------------------
+// evbus/parts/router.hpp: how an ordered subscription's events leave its intake: to their
+// partitions, or run at once by the worker that takes them.
 //
-// Owns: `lanes`, the loops of the strands whose data lane_state.hpp holds (an intake and P
-// partitions, and enqueue(), how an event gets in). route() is the intake holder's loop: it
-// moves events, in order, to their key's partition and submits each partition it makes busy.
-// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
-// them without it (attempt.hpp), and let go under the lock when none is left. Keeps: per-key
-// order, one event of a partition at a time, and the counts drain() waits for, each raised
-// after the events it counts have moved on. subscription.hpp builds on it: admission and
-// overflow.
+// Owns: `router`, the intake holder's loop route(). It takes the events waiting in the intake
+// and handles them a window at a time (up to 512), sorted by partition: each partition's events
+// go in under one hold of its lock, in intake order, and a partition made busy is submitted.
+// When no worker waits for work, a partition nobody holds is claimed and its events are run
+// right there (run_in_place(): up to `batch` of them, as run_partition() would), which saves
+// moving, queueing and scheduling them; what remains (a retry, more than `batch`) is handed
+// over as run_partition() would leave it. Keeps: per-key order (a partition's events leave the
+// intake in order, and only the intake's holder adds to partitions), one event of a partition
+// at a time (claim() under the partition's lock), and the count drain() waits for (`done`),
+// raised after the partitions' counts. Memory that cannot be had parks the intake for 1 ms,
+// the events not yet moved first in line.
 //
-// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
+// Why the intake: the emitter writes one lock and one queue, which a worker takes from once
 // per batch, not once per event (the partitions, which workers write all the time, are never
 // the emitter's), and it submits once per batch, not once per partition made busy. The
-// benchmark that shows it pays is in bench/README.md ("The intake").
-#ifndef EVBUS_PARTS_LANES_HPP
-#define EVBUS_PARTS_LANES_HPP
+// benchmarks that show it pays are in bench/README.md ("The intake", "Run in place").
+#ifndef EVBUS_PARTS_ROUTER_HPP
+#define EVBUS_PARTS_ROUTER_HPP
 
 
 #include <chrono>
@@ -8885,23 +8934,24 @@ class lane_state : public subscription_base {
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-template <class Data>
-class lanes : public lane_state<Data, lanes<Data>> {
-  using base = lane_state<Data, lanes<Data>>;
-  friend base;  // its intake and partitions run route() and run_partition()
+/// `Lanes` (lanes.hpp) derives from it and runs the partitions.
+template <class Data, class Lanes>
+class router : public lane_state<Data, Lanes> {
+  using base = lane_state<Data, Lanes>;
 
  public:
   using typename base::handler_type;
   using base::holds;
   using base::name;
 
-  lanes(executor_link& link, std::size_t partitions, handler_type fn,
-        basic_delivery_policy<Data> policy)
+  router(executor_link& link, std::size_t partitions, handler_type fn,
+         basic_delivery_policy<Data> policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
  protected:
@@ -8913,28 +8963,19 @@ class lanes : public lane_state<Data, lanes<Data>> {
   using base::intake_;
   using base::link_;
   using base::mask_;
-  using base::open_;
   using base::parts_;
   using base::runner_;
+  using outcome = typename attempt_runner<Data>::outcome;
 
- private:
-  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
-  std::size_t partition_of(std::uint32_t hash) const noexcept {
-    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
-                                     : static_cast<std::size_t>(hash) % count_;
-  }
-
-  /// The intake holder's: the partition of an event's key.
-  std::size_t partition_for_key(const std::string& key) noexcept {
-    return key.empty() ? intake_.round_robin++ % count_
-                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
-  }
-
+ public:
   /// The intake holder's loop: moves the events waiting in the intake to their partitions, in
   /// order, submitting each partition it makes busy. Takes what waits once per run; returns
-  /// `idle` only after letting go. Memory for a partition's block that cannot be had parks
-  /// the intake for a millisecond (the event stays first in line); each failure is reported.
-  runnable::result route() noexcept {
+  /// `idle` only after letting go. The events are moved a window at a time, sorted by
+  /// partition, so that each partition's lock is taken once per window, not once per event
+  /// (a busy worker finds hundreds waiting: bench/README.md, "Routing by window"). Memory that
+  /// cannot be had (a partition's block, the scratch) parks the intake for a millisecond, the
+  /// events not moved staying first in line; each failure is reported.
+  runnable::result route(std::size_t batch) noexcept {
     runnable::result res;
     bool took = false;
     for (;;) {
@@ -8960,31 +9001,249 @@ class lanes : public lane_state<Data, lanes<Data>> {
         }
         took = true;
       }
-      item& it = intake_.queue.front();
-      if (!it.evicted) {
-        partition& p = parts_[partition_for_key(it.event.key)];
-        bool became_holder = false;
-        try {
-          std::lock_guard<small_lock> lock(p.lock);
-          p.queue.push(std::move(it));
-          p.pushed.store(p.pushed.load(std::memory_order_relaxed) + 1,
-                         std::memory_order_release);
-          became_holder = p.rule.arrive();
-          if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
-        } catch (...) {
-          report_no_room(std::current_exception());
-          res.what = runnable::next::park;
-          res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
-          return res;
-        }
-        if (became_holder) link_.sched.submit(&p);
+      if (!route_window_of_events(batch, res.calls)) {
+        res.what = runnable::next::park;
+        res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
+        return res;
       }
-      intake_.queue.pop();
-      --intake_.in_hand;
-      // After the partition's count: a drain() that sees this sees that.
-      intake_.done.store(intake_.done.load(std::memory_order_relaxed) + 1,
-                         std::memory_order_release);
     }
+  }
+
+ private:
+  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
+  std::size_t partition_of(std::uint32_t hash) const noexcept {
+    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
+                                     : static_cast<std::size_t>(hash) % count_;
+  }
+
+  /// The intake holder's: the partition of an event's key.
+  std::size_t partition_for_key(const std::string& key) noexcept {
+    return key.empty() ? intake_.round_robin++ % count_
+                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
+  }
+
+  /// What route() uses to sort a window of the intake by partition: the window's events in
+  /// intake order, each one's successor in its partition, and the first and last event of each
+  /// partition, `none` for the partitions the window has no event for.
+  struct route_scratch {
+    static constexpr std::uint32_t none = ~std::uint32_t{0};
+    std::vector<item*> items;
+    std::vector<std::uint32_t> next;
+    std::vector<std::uint32_t> first;
+    std::vector<std::uint32_t> last;
+    std::vector<std::uint32_t> touched;  // the partitions the window has events for
+  };
+
+  /// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
+  static constexpr std::size_t route_window = 512;
+
+  /// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
+  /// may poll an executor, which routes), so there is one per depth; the lease is the depth.
+  class scratch_lease {
+   public:
+    /// Throws std::bad_alloc (the first time at a depth, or for more partitions than before).
+    explicit scratch_lease(std::size_t partitions) : frames_(frames()) {
+      auto& f = frames_.stack;
+      if (f.size() <= frames_.depth) f.resize(frames_.depth + 1);
+      if (!f[frames_.depth]) f[frames_.depth] = std::make_unique<route_scratch>();
+      route_scratch& sc = *f[frames_.depth];
+      sc.items.reserve(route_window);
+      sc.next.reserve(route_window);
+      sc.touched.reserve(route_window);
+      if (sc.first.size() < partitions) {
+        sc.first.resize(partitions, route_scratch::none);
+        sc.last.resize(partitions, route_scratch::none);
+      }
+      sc.items.clear();
+      sc.next.clear();
+      sc.touched.clear();
+      s_ = &sc;
+      ++frames_.depth;
+    }
+    ~scratch_lease() { --frames_.depth; }
+    scratch_lease(const scratch_lease&) = delete;
+    scratch_lease& operator=(const scratch_lease&) = delete;
+    route_scratch& get() const noexcept { return *s_; }
+
+   private:
+    struct stack_of_frames {
+      std::vector<std::unique_ptr<route_scratch>> stack;
+      std::size_t depth = 0;
+    };
+    static stack_of_frames& frames() {
+      thread_local stack_of_frames f;
+      return f;
+    }
+    stack_of_frames& frames_;
+    route_scratch* s_ = nullptr;
+  };
+
+  /// Moves up to route_window events in hand to their partitions; false if memory ran out
+  /// (reported; what was moved is not moved again, what was not stays first in line).
+  bool route_window_of_events(std::size_t batch, std::size_t& calls) noexcept {
+    constexpr std::uint32_t none = route_scratch::none;
+    const std::size_t m = intake_.in_hand < route_window ? intake_.in_hand : route_window;
+    std::optional<scratch_lease> lease;
+    try {
+      lease.emplace(count_);
+    } catch (...) {
+      report_no_room(std::current_exception());
+      return false;
+    }
+    route_scratch& s = lease->get();
+    // 1. The window's events, chained by partition in intake order (moved and evicted ones
+    // are skipped). Capacity for m was reserved: push_back does not allocate.
+    intake_.queue.visit_front(m, [&](item& it) {
+      const auto i = static_cast<std::uint32_t>(s.items.size());
+      s.items.push_back(&it);
+      s.next.push_back(none);
+      if (it.evicted) return;
+      const std::size_t p = partition_for_key(it.event.key);
+      if (s.first[p] == none) {
+        s.first[p] = i;
+        s.touched.push_back(static_cast<std::uint32_t>(p));
+      } else {
+        s.next[s.last[p]] = i;
+      }
+      s.last[p] = i;
+    });
+    // 2. Each partition's events under one hold of its lock. A moved event's husk is marked
+    // evicted: skipped if the window is routed again after a failure, popped below.
+    std::exception_ptr failure;
+    std::size_t popped = 0;
+    const bool in_place = !gate_ && !runner_.asynchronous() && link_.sched.workers_all_busy();
+    for (const std::uint32_t pi : s.touched) {
+      std::uint32_t j = s.first[pi];
+      s.first[pi] = none;
+      if (failure) continue;
+      partition& p = parts_[pi];
+      if (in_place && run_in_place(p, s, j, batch, calls, failure)) {
+        while (popped < m && intake_.queue.front().evicted) {
+          intake_.queue.pop();
+          ++popped;
+        }
+        continue;
+      }
+      std::uint32_t moved = 0;
+      bool became_holder = false;
+      {
+        std::lock_guard<small_lock> lock(p.lock);
+        try {
+          for (; j != none; j = s.next[j]) {
+            p.queue.push(std::move(*s.items[j]));
+            s.items[j]->evicted = true;
+            ++moved;
+          }
+        } catch (...) {
+          failure = std::current_exception();
+        }
+        if (moved > 0) {
+          p.pushed.store(p.pushed.load(std::memory_order_relaxed) + moved,
+                         std::memory_order_release);
+          became_holder = p.rule.arrive(moved);
+          if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+      if (became_holder) link_.sched.submit(&p);
+      // The moved and evicted events at the front leave the intake as soon as they can, so
+      // that a partition's next block is the one the intake just gave back (still cached).
+      while (popped < m && intake_.queue.front().evicted) {
+        intake_.queue.pop();
+        ++popped;
+      }
+    }
+    // 3. The rest of them; `done` after the partitions' counts: a drain() that sees `done`
+    // sees those.
+    while (popped < m && intake_.queue.front().evicted) {
+      intake_.queue.pop();
+      ++popped;
+    }
+    intake_.in_hand = static_cast<std::uint32_t>(intake_.in_hand - popped);
+    intake_.done.store(intake_.done.load(std::memory_order_relaxed) + popped,
+                       std::memory_order_release);
+    if (failure) report_no_room(failure);
+    return !failure;
+  }
+
+  /// The router runs the events of `p` it has in hand (chained from `j`) itself, when no
+  /// worker waits for work (one fewer hand-off: they are not moved, queued and scheduled). If
+  /// `p` is idle, it claims it (strand::claim) and runs up to `batch` of them in intake order,
+  /// as run_partition() would; a retry, or more than `batch`, hands `p` over as run_partition()
+  /// leaves it: the events left in hand and `p` parked, or waiting and `p` submitted. False if
+  /// `p` was busy (the caller queues the events). A handled event is marked evicted, as a
+  /// moved one is, and popped by the caller.
+  bool run_in_place(partition& p, route_scratch& s, std::uint32_t& j, std::size_t batch,
+                    std::size_t& calls, std::exception_ptr& failure) noexcept {
+    constexpr std::uint32_t none = route_scratch::none;
+    {
+      std::lock_guard<small_lock> lock(p.lock);
+      if (!p.rule.claim()) return false;
+    }
+    std::optional<steady_time> clock_now;
+    std::uint64_t finished = 0;
+    steady_time retry_at{};
+    bool retry = false;
+    for (std::size_t k = 0; j != none && k < batch; ++k) {
+      item& it = *s.items[j];
+      std::shared_ptr<completion_state> no_completion;  // synchronous handlers only here
+      ++calls;
+      p.handling.store(true, std::memory_order_relaxed);
+      const outcome o =
+          runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, no_completion);
+      p.handling.store(false, std::memory_order_relaxed);
+      if (o == outcome::retry) {
+        retry = true;  // it stays first: handed over with the rest below
+        break;
+      }
+      if (admission_.bounded()) {
+        admission_.release();  // at once: an emitter may wait for room
+      } else {
+        ++finished;
+      }
+      it.evicted = true;
+      j = s.next[j];
+    }
+    if (finished > 0) admission_.count_out(finished);
+    // The rest (the event to retry first, if any) goes into p: in hand for a retry, as
+    // run_partition() keeps it; waiting otherwise. What cannot get a block stays in the intake
+    // (`failure`); an event to retry is then tried again once the intake runs again.
+    std::uint32_t moved = 0;
+    bool let_go = false;
+    {
+      std::lock_guard<small_lock> lock(p.lock);
+      try {
+        for (; j != none; j = s.next[j]) {
+          p.queue.push(std::move(*s.items[j]));
+          s.items[j]->evicted = true;
+          ++moved;
+        }
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      if (moved > 0) {
+        p.pushed.store(p.pushed.load(std::memory_order_relaxed) + moved,
+                       std::memory_order_release);
+        if (retry) {
+          p.queue.take(moved);
+          p.in_hand = moved;
+        } else {
+          p.rule.arrive(moved);  // p is held: it stays held
+        }
+      } else {
+        let_go = p.rule.let_go();  // none waits: only the router adds to p
+      }
+    }
+    if (let_go) return true;
+    holds.fetch_add(1, std::memory_order_relaxed);  // p stays held past this run
+    if (retry) {
+      try {
+        link_.sched.park(&p, retry_at);
+        return true;
+      } catch (...) {  // no memory for the timer: run it again at once rather than lose it
+      }
+    }
+    link_.sched.submit(&p);
+    return true;
   }
 
   void report_no_room(std::exception_ptr e) noexcept {
@@ -8997,7 +9256,64 @@ class lanes : public lane_state<Data, lanes<Data>> {
                             "partition; it is tried again in 1 ms)");
     }
   }
+};
 
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ROUTER_HPP
+// ---- lanes.hpp -------------------------------------------------
+// evbus/parts/lanes.hpp: how an ordered subscription's events reach the handler from their
+// partition.
+//
+// Owns: `lanes`, the loop of a partition's holder, run_partition(): take up to `batch` events
+// under the partition's lock, run them without it (attempt.hpp), and let go under the lock when
+// none is left; a retry parks the partition with the event first in hand, an asynchronous
+// handler or max_in_flight makes it wait. The data is lane_state.hpp's, the intake's loop
+// router.hpp's. Keeps: per-key order, one event of a partition at a time, and the count
+// drain() waits for (`finished`), raised after the events it counts have finished.
+// subscription.hpp builds on it: admission and overflow.
+#ifndef EVBUS_PARTS_LANES_HPP
+#define EVBUS_PARTS_LANES_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+template <class Data>
+class lanes : public router<Data, lanes<Data>> {
+  using base = router<Data, lanes<Data>>;
+  friend lane_state<Data, lanes<Data>>;  // its partitions run run_partition()
+
+ public:
+  using typename base::handler_type;
+  using base::holds;
+  using base::name;
+
+  lanes(executor_link& link, std::size_t partitions, handler_type fn,
+        basic_delivery_policy<Data> policy)
+      : base(link, partitions, std::move(fn), std::move(policy)) {}
+
+ protected:
+  using typename base::item;
+  using typename base::partition;
+  using typename base::outcome;
+  using base::admission_;
+  using base::gate_;
+  using base::link_;
+  using base::open_;
+  using base::runner_;
+
+ private:
   /// The holder's loop: see the file comment. Returns `idle` only after letting go.
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
     runnable::result res;
@@ -9079,8 +9395,6 @@ class lanes : public lane_state<Data, lanes<Data>> {
       ++unpublished;
     }
   }
-
-  using outcome = typename attempt_runner<Data>::outcome;
 
   /// The front event's asynchronous outcome is made: concluded, and no longer awaited.
   outcome take_outcome(partition& p, item& it, steady_time& retry_at,
@@ -9988,8 +10302,9 @@ struct commit_reserver {
 //  4. If the intake was idle, that emit submits it: scheduler_state::submit
 //     [scheduler_state.hpp] pushes it on the inbox (one compare-and-swap) and wakes a
 //     sleeping worker unless one is spinning.
-//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): lanes::route [lanes.hpp]
-//     moves each event to its key's partition and submits each partition it makes busy.
+//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): router::route [router.hpp]
+//     moves each event to its key's partition and submits each partition it makes busy, or,
+//     if no worker waits for work, runs an idle partition's events (router::run_in_place).
 //  6. A worker runs a partition: lanes::run_partition [lanes.hpp] takes up to `batch` events
 //     under its lock (strand::take) and, without the lock, calls attempt_runner::attempt
 //     [attempt.hpp], which calls the user's function. A throw parks the partition until its

@@ -88,6 +88,7 @@
 #include "admission.hpp"
 #include "attempt.hpp"
 #include "lane_state.hpp"
+#include "router.hpp"
 #include "lanes.hpp"
 #include "subscription.hpp"
 #include "executor_registry.hpp"

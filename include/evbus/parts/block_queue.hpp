@@ -142,6 +142,21 @@ class block_queue {
     return *b->at(i);
   }
 
+  /// Consumer: calls `fn(element)` for the `n` oldest elements not popped, oldest first. Only
+  /// for elements counted as taken.
+  template <class Fn>
+  void visit_front(std::size_t n, Fn&& fn) {
+    block* b = head_;
+    std::size_t i = head_index_;
+    for (; n > 0; --n, ++i) {
+      if (i == per_block) {
+        b = b->next;
+        i = 0;
+      }
+      fn(*b->at(i));
+    }
+  }
+
   /// Consumer: the oldest element not popped. Only for elements counted as taken.
   T& front() noexcept {
     if (head_index_ == per_block) step();

@@ -16,8 +16,9 @@
 //  4. If the intake was idle, that emit submits it: scheduler_state::submit
 //     [scheduler_state.hpp] pushes it on the inbox (one compare-and-swap) and wakes a
 //     sleeping worker unless one is spinning.
-//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): lanes::route [lanes.hpp]
-//     moves each event to its key's partition and submits each partition it makes busy.
+//  5. A worker runs it (scheduler::worker_main [scheduler.hpp]): router::route [router.hpp]
+//     moves each event to its key's partition and submits each partition it makes busy, or,
+//     if no worker waits for work, runs an idle partition's events (router::run_in_place).
 //  6. A worker runs a partition: lanes::run_partition [lanes.hpp] takes up to `batch` events
 //     under its lock (strand::take) and, without the lock, calls attempt_runner::attempt
 //     [attempt.hpp], which calls the user's function. A throw parks the partition until its

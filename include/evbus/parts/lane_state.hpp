@@ -9,7 +9,7 @@
 // Keeps: events enter the intake in acceptance order (`seq`), and none after shutdown's
 // barrier (close_barrier) unless a commit holds the executor open; the counts drain() reads
 // (reached()) are published after the events they count. The loops that move the events on,
-// route() and run_partition(), are the derived class's (`Lanes`: lanes.hpp).
+// route() and run_partition(), are the derived classes' (router.hpp, lanes.hpp).
 #ifndef EVBUS_PARTS_LANE_STATE_HPP
 #define EVBUS_PARTS_LANE_STATE_HPP
 
@@ -41,7 +41,7 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// `Lanes` derives from it and runs the strands: `Lanes::route()` for the intake,
+/// `Lanes` derives from it (through router) and runs the strands: `route()` for the intake,
 /// `Lanes::run_partition()` for a partition.
 template <class Data, class Lanes>
 class lane_state : public subscription_base {
@@ -79,7 +79,9 @@ class lane_state : public subscription_base {
   /// The intake: every event of the subscription, in acceptance order, until route() moves
   /// it to its partition.
   struct intake final : runnable {
-    result run(std::size_t) noexcept override { return static_cast<Lanes*>(owner)->route(); }
+    result run(std::size_t batch) noexcept override {
+      return static_cast<Lanes*>(owner)->route(batch);
+    }
 
     lane_state* owner = nullptr;
     // The holder's: events taken and not yet routed; the round robin of events without a

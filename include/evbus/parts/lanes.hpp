@@ -1,42 +1,29 @@
-// evbus/parts/lanes.hpp: how an ordered subscription's events move: from its intake to their
-// partitions, and from a partition to the handler.
+// evbus/parts/lanes.hpp: how an ordered subscription's events reach the handler from their
+// partition.
 //
-// Owns: `lanes`, the loops of the strands whose data lane_state.hpp holds (an intake and P
-// partitions, and enqueue(), how an event gets in). route() is the intake holder's loop: it
-// moves events, in order, to their key's partition and submits each partition it makes busy.
-// run_partition() is a partition holder's loop: take up to `batch` events under the lock, run
-// them without it (attempt.hpp), and let go under the lock when none is left. Keeps: per-key
-// order, one event of a partition at a time, and the counts drain() waits for, each raised
-// after the events it counts have moved on. subscription.hpp builds on it: admission and
-// overflow.
-//
-// Why two stages: the emitter writes one lock and one queue, which a worker takes from once
-// per batch, not once per event (the partitions, which workers write all the time, are never
-// the emitter's), and it submits once per batch, not once per partition made busy. The
-// benchmark that shows it pays is in bench/README.md ("The intake").
+// Owns: `lanes`, the loop of a partition's holder, run_partition(): take up to `batch` events
+// under the partition's lock, run them without it (attempt.hpp), and let go under the lock when
+// none is left; a retry parks the partition with the event first in hand, an asynchronous
+// handler or max_in_flight makes it wait. The data is lane_state.hpp's, the intake's loop
+// router.hpp's. Keeps: per-key order, one event of a partition at a time, and the count
+// drain() waits for (`finished`), raised after the events it counts have finished.
+// subscription.hpp builds on it: admission and overflow.
 #ifndef EVBUS_PARTS_LANES_HPP
 #define EVBUS_PARTS_LANES_HPP
 
 #include "attempt.hpp"
-#include "block_queue.hpp"
 #include "clock.hpp"
-#include "errors.hpp"
+#include "completion.hpp"
 #include "lane_state.hpp"
-#include "link.hpp"
 #include "lock.hpp"
-#include "partitioner.hpp"
-#include "policies.hpp"
-#include "scheduler.hpp"
+#include "router.hpp"
 #include "strand.hpp"
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <string>
 #include <utility>
 
 namespace evbus {
@@ -44,9 +31,9 @@ inline namespace v1 {
 namespace detail {
 
 template <class Data>
-class lanes : public lane_state<Data, lanes<Data>> {
-  using base = lane_state<Data, lanes<Data>>;
-  friend base;  // its intake and partitions run route() and run_partition()
+class lanes : public router<Data, lanes<Data>> {
+  using base = router<Data, lanes<Data>>;
+  friend lane_state<Data, lanes<Data>>;  // its partitions run run_partition()
 
  public:
   using typename base::handler_type;
@@ -60,97 +47,14 @@ class lanes : public lane_state<Data, lanes<Data>> {
  protected:
   using typename base::item;
   using typename base::partition;
+  using typename base::outcome;
   using base::admission_;
-  using base::count_;
   using base::gate_;
-  using base::intake_;
   using base::link_;
-  using base::mask_;
   using base::open_;
-  using base::parts_;
   using base::runner_;
 
  private:
-  /// Kafka's rule, hash % P, with a mask when P is a power of two (no division).
-  std::size_t partition_of(std::uint32_t hash) const noexcept {
-    return mask_ != 0 || count_ == 1 ? static_cast<std::size_t>(hash) & mask_
-                                     : static_cast<std::size_t>(hash) % count_;
-  }
-
-  /// The intake holder's: the partition of an event's key.
-  std::size_t partition_for_key(const std::string& key) noexcept {
-    return key.empty() ? intake_.round_robin++ % count_
-                       : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
-  }
-
-  /// The intake holder's loop: moves the events waiting in the intake to their partitions, in
-  /// order, submitting each partition it makes busy. Takes what waits once per run; returns
-  /// `idle` only after letting go. Memory for a partition's block that cannot be had parks
-  /// the intake for a millisecond (the event stays first in line); each failure is reported.
-  runnable::result route() noexcept {
-    runnable::result res;
-    bool took = false;
-    for (;;) {
-      if (intake_.in_hand == 0) {
-        std::unique_lock<small_lock> lock(intake_.lock);
-        const std::size_t n = intake_.rule.take(scheduler::max_batch);
-        if (n == 0) {
-          intake_.queue.release_all();
-          lock.unlock();
-          link_.release_hold(this);  // may remove this subscription: the last use of it
-          res.what = runnable::next::idle;
-          return res;
-        }
-        intake_.queue.take(n);
-        intake_.evicted_waiting = intake_.evicted_waiting > n
-                                      ? static_cast<std::uint32_t>(intake_.evicted_waiting - n)
-                                      : 0;
-        lock.unlock();
-        intake_.in_hand = static_cast<std::uint32_t>(n);
-        if (took) {  // routed one take in this run: the rest waits for the next
-          res.what = runnable::next::again;
-          return res;
-        }
-        took = true;
-      }
-      item& it = intake_.queue.front();
-      if (!it.evicted) {
-        partition& p = parts_[partition_for_key(it.event.key)];
-        bool became_holder = false;
-        try {
-          std::lock_guard<small_lock> lock(p.lock);
-          p.queue.push(std::move(it));
-          p.pushed.store(p.pushed.load(std::memory_order_relaxed) + 1,
-                         std::memory_order_release);
-          became_holder = p.rule.arrive();
-          if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
-        } catch (...) {
-          report_no_room(std::current_exception());
-          res.what = runnable::next::park;
-          res.due = add_saturated(link_.now(), std::chrono::milliseconds(1));
-          return res;
-        }
-        if (became_holder) link_.sched.submit(&p);
-      }
-      intake_.queue.pop();
-      --intake_.in_hand;
-      // After the partition's count: a drain() that sees this sees that.
-      intake_.done.store(intake_.done.load(std::memory_order_relaxed) + 1,
-                         std::memory_order_release);
-    }
-  }
-
-  void report_no_room(std::exception_ptr e) noexcept {
-    try {
-      link_.report_error(e, "subscription " + quote(name) +
-                                " (no memory to queue an event in its partition; it is tried "
-                                "again in 1 ms)");
-    } catch (...) {  // no memory for the message either
-      link_.report_error(e, "an ordered subscription (no memory to queue an event in its "
-                            "partition; it is tried again in 1 ms)");
-    }
-  }
-
   /// The holder's loop: see the file comment. Returns `idle` only after letting go.
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
     runnable::result res;
@@ -232,8 +136,6 @@ class lanes : public lane_state<Data, lanes<Data>> {
       ++unpublished;
     }
   }
-
-  using outcome = typename attempt_runner<Data>::outcome;
 
   /// The front event's asynchronous outcome is made: concluded, and no longer awaited.
   outcome take_outcome(partition& p, item& it, steady_time& retry_at,

@@ -110,6 +110,7 @@ class scheduler : public scheduler_state {
     // Intakes first: the partitions they make ready are ready in this pass.
     runnable* intakes = ready_.take_intakes();
     found = intakes != nullptr;
+    std::size_t calls = 0;
     while (intakes != nullptr) {
       runnable* r = intakes;
       intakes = r->next_ready;
@@ -118,12 +119,12 @@ class scheduler : public scheduler_state {
       const runnable::result res = r->run(batch_);
       lock.lock();
       --running_;
+      calls += res.calls;
       settle(r, res);
     }
     take_inbox();
     std::size_t n = ready_.size();
     found = found || n > 0;
-    std::size_t calls = 0;
     while (n-- > 0 && !ready_.empty()) {
       runnable* r = pop_ready();
       ++running_;

@@ -77,6 +77,14 @@ class scheduler_state {
     if (wake_worker) work_cv_.notify_one();
   }
 
+  /// True when workers are asked for and none of them waits for work: a strand handed to
+  /// them now would wait until one is free, so the caller may as well run it.
+  bool workers_all_busy() const noexcept {
+    return has_workers_.load(std::memory_order_relaxed) &&
+           sleepers_.load(std::memory_order_relaxed) == 0 &&
+           spinning_.load(std::memory_order_relaxed) == 0;
+  }
+
   /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
   void park(runnable* r, steady_time due) {
     std::lock_guard<std::mutex> lock(mutex_);

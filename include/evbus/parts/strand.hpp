@@ -42,8 +42,12 @@ class strand {
  public:
   /// One event was queued. True: the caller has just become the holder and must hand the
   /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept {
-    ++waiting_;  // 2^32 events waiting in one partition would need terabytes
+  bool arrive() noexcept { return arrive(1); }
+
+  /// `n` (> 0) events were queued at once: as n calls of arrive(), of which only the first can
+  /// make the caller the holder.
+  bool arrive(std::uint32_t n) noexcept {
+    waiting_ += n;  // 2^32 events waiting in one partition would need terabytes
     if (held_) return false;
     held_ = true;
     return true;
@@ -57,6 +61,22 @@ class strand {
     waiting_ = static_cast<std::uint32_t>(waiting_ - n);
     if (n == 0) held_ = false;
     return n;
+  }
+
+  /// Becomes the holder of a strand nobody holds and none waits in, without an event: the
+  /// caller then runs events it has in hand (events that have not arrived) as the holder
+  /// would. False if it is held or has waiting events.
+  bool claim() noexcept {
+    if (held_ || waiting_ != 0) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: lets go if none waits (true); otherwise it stays the holder (false).
+  bool let_go() noexcept {
+    if (waiting_ != 0) return false;
+    held_ = false;
+    return true;
   }
 
   std::size_t waiting() const noexcept { return waiting_; }

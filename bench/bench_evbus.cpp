@@ -41,6 +41,8 @@
 //   BM_baseline_mutex_queue_loaded, BM_baseline_keyed_queue_loaded,
 //   BM_executor_throughput_loaded, BM_executor_latency_loaded
 //                                 the same four with two CPU-burning threads running
+//   The queue and throughput benchmarks also report producer_cpu_ns and consumer_cpu_ns: the
+//   CPU time per item of the producing thread and of the rest of the process (cpu_split).
 //
 // Goals (ratios of medians in one run):
 //   BM_emit/1 <= 1.3x BM_baseline_hand_rolled_emit;  BM_emit_handle/1 <= 1.0x it;
@@ -78,6 +80,7 @@
 #if defined(__linux__)
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #endif
 
 // The keyed executor benchmarks (BM_executor_throughput, BM_executor_latency): on, now that
@@ -455,6 +458,22 @@ class alignas(EVBUS_CACHE_LINE_SIZE) cpu_burners {
   cpu_burners(const cpu_burners&) = delete;
   cpu_burners& operator=(const cpu_burners&) = delete;
 
+  /// The CPU seconds the burners have used so far (0 when idle, or not on Linux).
+  double cpu_seconds() const {
+    double total = 0;
+#if defined(__linux__)
+    for (const auto& t : threads_) {
+      clockid_t id;
+      timespec ts{};
+      if (pthread_getcpuclockid(const_cast<std::thread&>(t).native_handle(), &id) == 0 &&
+          clock_gettime(id, &ts) == 0) {
+        total += static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+      }
+    }
+#endif
+    return total;
+  }
+
  private:
   void burn() {
     running_.fetch_add(1, std::memory_order_release);
@@ -469,6 +488,57 @@ class alignas(EVBUS_CACHE_LINE_SIZE) cpu_burners {
   std::atomic<bool> stop_{false};
   std::atomic<int> running_{0};
   std::vector<std::thread> threads_;
+};
+
+/// CPU seconds of a clock (CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID); 0 where there is
+/// none.
+double cpu_clock_seconds([[maybe_unused]] int which) {
+#if defined(__linux__)
+  timespec ts{};
+  if (clock_gettime(which, &ts) == 0) {
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+#endif
+  return 0;
+}
+
+/**
+ * Where the CPU time of a hand-off benchmark goes, per item: the producer's thread, and the
+ * rest of the process (the consumer or the executor's workers, spinning included) less the
+ * burners. Started after the set-up and stopped after the last iteration; reported as the
+ * counters producer_cpu_ns and consumer_cpu_ns (per item). A side that takes most of a CPU per
+ * item needs a CPU of its own: with burners running, it gets half of one.
+ */
+class cpu_split {
+ public:
+  explicit cpu_split(const cpu_burners& burners) : burners_(burners) { restart(); }
+  void restart() {
+#if defined(__linux__)
+    process_ = cpu_clock_seconds(CLOCK_PROCESS_CPUTIME_ID);
+    thread_ = cpu_clock_seconds(CLOCK_THREAD_CPUTIME_ID);
+#endif
+    burned_ = burners_.cpu_seconds();
+  }
+  void report(benchmark::State& state, std::uint64_t items) const {
+#if defined(__linux__)
+    if (items == 0) return;
+    const double producer = cpu_clock_seconds(CLOCK_THREAD_CPUTIME_ID) - thread_;
+    const double process = cpu_clock_seconds(CLOCK_PROCESS_CPUTIME_ID) - process_;
+    const double burned = burners_.cpu_seconds() - burned_;
+    const double n = static_cast<double>(items);
+    state.counters["producer_cpu_ns"] = producer * 1e9 / n;
+    state.counters["consumer_cpu_ns"] = (process - producer - burned) * 1e9 / n;
+#else
+    (void)state;
+    (void)items;
+#endif
+  }
+
+ private:
+  const cpu_burners& burners_;
+  double process_ = 0;
+  double thread_ = 0;
+  double burned_ = 0;
 };
 
 /// Items handed from the producer to the consumer, one batch per benchmark iteration; the
@@ -622,11 +692,13 @@ void run_mutex_queue(benchmark::State& state, load how, MakeItem make_item) {
   mutex_queue<Item> queue;
   cpus.producer_side();
   std::uint64_t pushed = 0;
+  cpu_split cpu(burners);
   for (auto _ : state) {
     for (std::uint64_t i = 0; i < kBatch; ++i) queue.push(make_item(source.next()));
     pushed += kBatch;
     queue.wait_handled(pushed);
   }
+  cpu.report(state, pushed);
   if (queue.checker().violations() != 0 || queue.checker().handled() != pushed) {
     state.SkipWithError("the consumer lost or reordered items");
   }
@@ -820,6 +892,7 @@ void executor_throughput(benchmark::State& state, load how) {
   const auto& keys = key_names();
   keyed_source source;
   std::uint64_t emitted = 0;
+  cpu_split cpu(burners);
   try {
     for (auto _ : state) {
       for (std::uint64_t i = 0; i < kBatch; ++i) {
@@ -835,6 +908,7 @@ void executor_throughput(benchmark::State& state, load how) {
     state.SkipWithError(e.what());
     return;
   }
+  cpu.report(state, emitted);
   if (const char* fault = pipeline.fault(emitted)) state.SkipWithError(fault);
   state.counters["violations"] = static_cast<double>(pipeline.checker.violations());
   state.SetItemsProcessed(static_cast<std::int64_t>(emitted));

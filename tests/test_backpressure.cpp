@@ -1,4 +1,4 @@
-// Backpressure per subscription (issue 3, guarantee 4): block (with and without a deadline),
+// Backpressure per subscription (guarantee 4 of the executor): block (with and without a deadline),
 // reject, drop_oldest and drop_newest; never silent, and a block that could never end fails
 // at once instead of deadlocking.
 #include "evbus/evbus.hpp"

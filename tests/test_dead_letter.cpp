@@ -1,4 +1,4 @@
-// Dead letters (issue 4, guarantee 2): an event that always fails reaches the dead-letter
+// Dead letters (guarantee 2 of the executor): an event that always fails reaches the dead-letter
 // callback exactly once, with attempts = max_retry + 1 and the original exception; the key
 // then moves on. Without a callback it is still counted and visible in stats().
 #include "evbus/evbus.hpp"

@@ -1,4 +1,4 @@
-// Per-attempt deadlines (issue 4, guarantee 4): a handler sees start + timeout; an attempt that
+// Per-attempt deadlines (guarantee 4 of the executor): a handler sees start + timeout; an attempt that
 // returns after its deadline is counted and reported. Cooperative: nothing is interrupted.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"

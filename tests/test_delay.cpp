@@ -1,4 +1,4 @@
-// Delayed emits (issue 4, guarantee 5): never before they are due, emitted when due, equal due
+// Delayed emits (guarantee 5 of the executor): never before they are due, emitted when due, equal due
 // times in submission order, visible in stats(), and at shutdown reported to on_undelivered or
 // emitted at once. No test sleeps: time is a manual clock.
 #include "evbus/evbus.hpp"

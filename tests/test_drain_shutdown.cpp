@@ -1,4 +1,4 @@
-// drain() and shutdown() (issue 3, guarantees 5 and 6): drain waits for exactly what was
+// drain() and shutdown() (guarantees 5 and 6 of the executor): drain waits for exactly what was
 // accepted before it; shutdown finishes what is queued, joins, and refuses what comes later.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"

@@ -49,7 +49,7 @@ struct tracked {
 
 }  // namespace
 
-TEST_CASE("the public names have the types the issue fixes", "[event]") {
+TEST_CASE("the public names have the types the design fixes", "[event]") {
   STATIC_REQUIRE(std::is_same_v<evbus::bus, evbus::basic_bus<std::any>>);
   STATIC_REQUIRE(std::is_same_v<evbus::event, evbus::basic_event<std::any>>);
   STATIC_REQUIRE(std::is_same_v<evbus::basic_bus<order>::event_type, evbus::basic_event<order>>);

@@ -1,4 +1,4 @@
-// Delivery isolation (issue 3, guarantee 3): each ordered() call is a subscription with its own
+// Delivery isolation (guarantee 3 of the executor): each ordered() call is a subscription with its own
 // partitions, so a stuck or failing subscription does not hold up another on the same executor.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"

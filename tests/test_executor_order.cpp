@@ -1,4 +1,4 @@
-// Per-key order on worker threads (issue 3, guarantees 1 and 2): many producers, many keys, a
+// Per-key order on worker threads (guarantees 1 and 2 of the executor): many producers, many keys, a
 // partition is a strand, and order and exactly-once hold while the worker count changes.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"

@@ -1,4 +1,4 @@
-// stats() (issue 3, guarantee 8): exact counts after a known workload, percentiles of handler
+// stats() (guarantee 8 of the executor): exact counts after a known workload, percentiles of handler
 // time and queue wait, per subscription and in total, and a text form a person can read.
 #include "evbus/evbus.hpp"
 #include "evbus_catch.hpp"

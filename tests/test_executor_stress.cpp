@@ -1,4 +1,4 @@
-// Failures under threads (issue 4, guarantee 6): 100,000 events over 100 keys, 10 % of the
+// Failures under threads (guarantee 6 of the executor): 100,000 events over 100 keys, 10 % of the
 // attempts fail (seeded, so the totals are known in advance): per-key order holds, each event
 // is delivered or dead-lettered exactly once, and the counts in stats() add up.
 #include "evbus/evbus.hpp"

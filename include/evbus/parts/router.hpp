@@ -224,47 +224,24 @@ class router : public lane_state<Data, Lanes> {
       s.first[pi] = none;
       if (failure) continue;
       partition& p = parts_[pi];
-      if (in_place && run_in_place(p, s, j, batch, calls, failure)) {
-        while (popped < m && intake_.queue.front().evicted) {
-          intake_.queue.pop();
-          ++popped;
-        }
-        continue;
-      }
-      std::uint32_t moved = 0;
-      bool became_holder = false;
-      {
-        std::lock_guard<small_lock> lock(p.lock);
-        try {
-          for (; j != none; j = s.next[j]) {
-            p.queue.push(std::move(*s.items[j]));
-            s.items[j]->evicted = true;
-            ++moved;
+      if (!(in_place && run_in_place(p, s, j, batch, calls, failure))) {
+        bool became_holder = false;
+        {
+          std::lock_guard<small_lock> lock(p.lock);
+          const std::uint32_t moved = move_chain(p, s, j, failure);
+          if (moved > 0) {
+            became_holder = p.rule.arrive(moved);
+            if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
           }
-        } catch (...) {
-          failure = std::current_exception();
         }
-        if (moved > 0) {
-          p.pushed.store(p.pushed.load(std::memory_order_relaxed) + moved,
-                         std::memory_order_release);
-          became_holder = p.rule.arrive(moved);
-          if (became_holder) holds.fetch_add(1, std::memory_order_relaxed);
-        }
+        if (became_holder) link_.sched.submit(&p);
       }
-      if (became_holder) link_.sched.submit(&p);
       // The moved and evicted events at the front leave the intake as soon as they can, so
       // that a partition's next block is the one the intake just gave back (still cached).
-      while (popped < m && intake_.queue.front().evicted) {
-        intake_.queue.pop();
-        ++popped;
-      }
+      pop_done_front(m, popped);
     }
-    // 3. The rest of them; `done` after the partitions' counts: a drain() that sees `done`
-    // sees those.
-    while (popped < m && intake_.queue.front().evicted) {
-      intake_.queue.pop();
-      ++popped;
-    }
+    // 3. `done` after the partitions' counts: a drain() that sees `done` sees those.
+    pop_done_front(m, popped);
     intake_.in_hand = static_cast<std::uint32_t>(intake_.in_hand - popped);
     intake_.done.store(intake_.done.load(std::memory_order_relaxed) + popped,
                        std::memory_order_release);
@@ -314,22 +291,11 @@ class router : public lane_state<Data, Lanes> {
     // The rest (the event to retry first, if any) goes into p: in hand for a retry, as
     // run_partition() keeps it; waiting otherwise. What cannot get a block stays in the intake
     // (`failure`); an event to retry is then tried again once the intake runs again.
-    std::uint32_t moved = 0;
     bool let_go = false;
     {
       std::lock_guard<small_lock> lock(p.lock);
-      try {
-        for (; j != none; j = s.next[j]) {
-          p.queue.push(std::move(*s.items[j]));
-          s.items[j]->evicted = true;
-          ++moved;
-        }
-      } catch (...) {
-        failure = std::current_exception();
-      }
+      const std::uint32_t moved = move_chain(p, s, j, failure);
       if (moved > 0) {
-        p.pushed.store(p.pushed.load(std::memory_order_relaxed) + moved,
-                       std::memory_order_release);
         if (retry) {
           p.queue.take(moved);
           p.in_hand = moved;
@@ -351,6 +317,36 @@ class router : public lane_state<Data, Lanes> {
     }
     link_.sched.submit(&p);
     return true;
+  }
+
+  /// Under `p`'s lock: moves the chain from `j` into `p`'s queue, in order, marking each husk
+  /// evicted, and counts them in `pushed`; returns how many. A block that cannot be had stops
+  /// it there (`failure`): the rest stays in the intake, `j` at the first of them.
+  std::uint32_t move_chain(partition& p, route_scratch& s, std::uint32_t& j,
+                           std::exception_ptr& failure) noexcept {
+    std::uint32_t moved = 0;
+    try {
+      for (; j != route_scratch::none; j = s.next[j]) {
+        p.queue.push(std::move(*s.items[j]));
+        s.items[j]->evicted = true;
+        ++moved;
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    if (moved > 0) {
+      p.pushed.store(p.pushed.load(std::memory_order_relaxed) + moved, std::memory_order_release);
+    }
+    return moved;
+  }
+
+  /// Pops the moved, handled and evicted events at the front of the window of `m` (`popped`
+  /// of them so far).
+  void pop_done_front(std::size_t m, std::size_t& popped) noexcept {
+    while (popped < m && intake_.queue.front().evicted) {
+      intake_.queue.pop();
+      ++popped;
+    }
   }
 
   void report_no_room(std::exception_ptr e) noexcept {

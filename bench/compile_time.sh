@@ -92,7 +92,7 @@ report="$out/report.txt"
 {
   echo "compile time, median CPU seconds of $runs runs: $cxx ${flags[*]} -c"
   echo "$("$cxx" --version | head -n 1)"
-  printf '%-10s %-15s %8s %8s %7s %6s\n' shape header evbus std-only ratio goal
+  printf '%-10s %-18s %8s %8s %7s %6s\n' shape header evbus std-only ratio goal
 } > "$report"
 cat "$report"
 
@@ -104,7 +104,7 @@ for row in "header evbus 1.3" "bus evbus 1.5" "executor evbus 2.0" \
   twin=$(median_cpu "$twin_file")
   ratio=$(awk -v a="$with" -v b="$twin" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   met=$(awk -v r="$ratio" -v g="$goal" 'BEGIN { print (r <= g ? "met" : "over") }')
-  line=$(printf '%-10s %-15s %7ss %7ss %6sx %5sx %s' "$shape" "evbus/$name.hpp" "$with" "$twin" \
+  line=$(printf '%-10s %-18s %7ss %7ss %6sx %5sx %s' "$shape" "evbus/$name.hpp" "$with" "$twin" \
     "$ratio" "$goal" "$met")
   echo "$line" | tee -a "$report"
 done

@@ -56,7 +56,7 @@ compare "tests/CMakeLists.txt" "$tests_cmake" "tests/meson.build" "$tests_meson"
 compare "tests/CMakeLists.txt" "$tests_cmake" "tests/test_*.cpp on disk" "$tests_disk"
 compare "examples/CMakeLists.txt" "$examples_cmake" "examples/meson.build" "$examples_meson"
 compare "examples/CMakeLists.txt" "$examples_cmake" "examples/*.cpp on disk" "$examples_disk"
-for f in tests/odr_a.cpp tests/odr_b.cpp tests/alloc.cpp; do
+for f in tests/odr_a.cpp tests/odr_b.cpp tests/odr_c.cpp tests/odr_d.cpp tests/alloc.cpp; do
   if [ ! -e "$f" ]; then
     echo "check_lists: $f is missing" >&2
     status=1

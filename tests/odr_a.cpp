@@ -1,7 +1,9 @@
-// A two-translation-unit test: odr_a.cpp and odr_b.cpp both include evbus.hpp and instantiate
-// the same templates, and each calls functions defined in the other. A non-inline function or
-// variable in the header fails to link; one duplicated per translation unit (`static`) shows
-// up as ids or emit bookkeeping that do not agree across the two.
+// A test of several translation units: odr_a.cpp and odr_b.cpp both include evbus.hpp and
+// instantiate the same templates, and each calls functions defined in the other. A non-inline
+// function or variable in the header fails to link; one duplicated per translation unit
+// (`static`) shows up as ids or emit bookkeeping that do not agree across the two. odr_c.cpp
+// includes evbus/bus.hpp alone and odr_d.cpp mixes the public headers with evbus.hpp: the
+// same holds between them and the others.
 #include "evbus/evbus.hpp"
 
 #include "evbus_catch.hpp"

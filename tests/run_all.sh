@@ -24,7 +24,8 @@
 #   gcc-tsan   GCC, ThreadSanitizer (-O1, asserts on), -Werror, the executor's tests
 #   strict     tests/strict_warnings.cpp, every public template instantiated, with the header
 #              included as an ordinary one: g++ with the strict warning list below and clang
-#              -Weverything (less a short list), C++17 and C++20, -Werror
+#              -Weverything (less a short list), C++17 and C++20, -Werror; then once per
+#              public header (evbus/bus.hpp, executor.hpp, outbox.hpp), what it offers, C++17
 #
 # Usage: tests/run_all.sh [section...]   (no argument: all CI sections, in this order)
 # Build directories: build/<section>. EVBUS_JOBS sets the parallelism (default 2).
@@ -290,11 +291,21 @@ run_strict() {
     clang++ -std=c++$std -O2 "${strict_clang_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
       -o "$dir/clang$std.o" || failed=$((failed + 1))
   done
+  # The public headers that include part of the library: each one first and alone in its
+  # translation unit, with what it offers instantiated (EVBUS_STRICT_HEADER).
+  for header in 1:bus 2:executor 3:outbox; do
+    echo "strict: evbus/${header#*:}.hpp, g++ and clang++ -std=c++17 -O2"
+    g++ -std=c++17 -O2 "${strict_gcc_flags[@]}" -DEVBUS_STRICT_HEADER="${header%%:*}" -Iinclude \
+      -c tests/strict_warnings.cpp -o "$dir/gcc-${header#*:}.o" || failed=$((failed + 1))
+    clang++ -std=c++17 -O2 "${strict_clang_flags[@]}" -DEVBUS_STRICT_HEADER="${header%%:*}" \
+      -Iinclude -c tests/strict_warnings.cpp -o "$dir/clang-${header#*:}.o" \
+      || failed=$((failed + 1))
+  done
   if [ "$failed" -ne 0 ]; then
-    echo "strict: $failed of 4 compilations of tests/strict_warnings.cpp gave warnings" >&2
+    echo "strict: $failed of 10 compilations of tests/strict_warnings.cpp gave warnings" >&2
     return 1
   fi
-  note="g++ and clang, C++17 and C++20: no warning"
+  note="g++ and clang, C++17 and C++20, and each public header: no warning"
 }
 
 # --- fuzz: self-contained section; keep edits to it inside this block -----------------------

@@ -1327,6 +1327,97 @@ inline void warm_regex_locale() {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_MATCHER_HPP
+// ---- commit.hpp -------------------------------------------------
+// evbus/parts/commit.hpp: a transaction's commit, as the handlers that take places in it see it.
+//
+// Owns: `commit_context` (the places a commit took before emitting anything, the executors it
+// holds open, and the event it is emitting now), the thread's current commit, and the type of
+// a handler's reservation (`commit_reserve_fn`), which registration records per handler. The
+// bus's side (transaction.hpp) only moves these around; the executor's side
+// (ordered_handler.hpp: `commit_reserver`) fills them and gives them back, so a commit
+// compiles without the executor and calls its code only through the pointers a handler
+// brought.
+#ifndef EVBUS_PARTS_COMMIT_HPP
+#define EVBUS_PARTS_COMMIT_HPP
+
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+// The executor's sides of a commit (link.hpp); a commit holds them only by pointer.
+struct subscription_base;
+class executor_link;
+
+/**
+ * @brief A transaction's commit, as the subscriptions see it (transaction.hpp): the places
+ * it took before emitting anything, and the event it is emitting now. Set on the committing
+ * thread for the time of the commit; push() of a subscription with a place for the current
+ * event uses it instead of taking one.
+ */
+struct commit_context {
+  struct place {
+    std::shared_ptr<subscription_base> sub;  // kept alive until the commit ends
+    const std::string* event_id;             // the transaction's event it is for
+    bool used = false;
+  };
+  std::vector<place> places;
+  std::vector<executor_link*> holds;  // executors that may not close until the commit ends
+  const std::string* current = nullptr;  // the event being emitted, in phase 2
+  /// Gives back the places not used and the holds, at the commit's end (commit_scope); set by
+  /// the first reservation (commit_reserver::give_back), null while none was made.
+  void (*give_back)(commit_context&) noexcept = nullptr;
+
+  /// The place taken for the current event in `sub`, if any (and marks it used).
+  bool use(const subscription_base* sub, const std::string& id) noexcept {
+    if (current == nullptr || *current != id) return false;
+    for (auto& p : places) {
+      if (!p.used && p.sub.get() == sub && p.event_id == current) {
+        p.used = true;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool holds_link(const executor_link* link) const noexcept {
+    for (auto* l : holds) {
+      if (l == link) return true;
+    }
+    return false;
+  }
+};
+
+/// The commit running on this thread, or null.
+inline commit_context*& current_commit() noexcept {
+  thread_local commit_context* context = nullptr;
+  return context;
+}
+
+/// What a commit does for one handler of one of its events before emitting any: take the
+/// event's place, or throw the refusal. Recorded with the handler at registration, from its
+/// type (basic_bus::register_handler): what evbus::ordered returned has one
+/// (commit_reserver<Data>::reserve, ordered_handler.hpp); any other handler none (null).
+template <class Data>
+using commit_reserve_fn = void (*)(const std::function<void(const basic_event<Data>&)>& fn,
+                                   commit_context& ctx, std::string_view topic,
+                                   const std::string& key, const std::string& id);
+
+/// The reservation for what evbus::ordered returned; defined with the executor
+/// (ordered_handler.hpp).
+template <class Data>
+struct commit_reserver;
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_COMMIT_HPP
 // ---- topic_table.hpp -------------------------------------------------
 // evbus/parts/topic_table.hpp: registered topics, their handler lists, and the name -> topic index.
 //
@@ -1404,14 +1495,16 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
-                std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
+                std::function<void(const basic_event<Data>&)> f, std::uint64_t o,
+                commit_reserve_fn<Data> c = nullptr)
       : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
-        matcher(std::move(r)), fn(std::move(f)), order(o) {}
+        matcher(std::move(r)), fn(std::move(f)), reserve(c), order(o) {}
   const std::string key;
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
   std::function<void(const basic_event<Data>&)> fn;  // emptied once released
+  const commit_reserve_fn<Data> reserve;  // a commit's place in it (commit.hpp), or null
   const std::uint64_t order;
   std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
   std::atomic<bool> released{false};    // set once fn is destroyed
@@ -1756,8 +1849,10 @@ class bus_registrations : public retire_list<> {
   }
 
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
-  /// whose whole name matches `matcher`; nothing changes if it throws.
-  void register_handler(std::string key, std::string_view matcher, handler_type fn) {
+  /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
+  /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
+  void register_handler(std::string key, std::string_view matcher, handler_type fn,
+                        detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) {
       throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
@@ -1790,7 +1885,7 @@ class bus_registrations : public retire_list<> {
       std::lock_guard<std::mutex> lock(mutex_);
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
-          key, std::string(matcher), std::move(re), std::move(fn), next_order_);
+          key, std::string(matcher), std::move(re), std::move(fn), next_order_, reserve);
       std::vector<topic_entry*> subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
       for (auto it = topics_.lower_bound(entry->prefix);
@@ -2114,7 +2209,7 @@ class bus_emitter : public bus_registrations<Data> {
     return id;
   }
 
-  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// Calls `fn(entry)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
   void for_each_handler(const topic_entry& topic, Fn&& fn) {
@@ -2123,7 +2218,7 @@ class bus_emitter : public bus_registrations<Data> {
     detail::emit_scope scope(slot);
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) return;
-    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h.fn); });
+    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h); });
   }
 
   /// An emit: the thread's slot marked for its duration, the topic found (an entry the caller
@@ -2475,7 +2570,8 @@ class basic_bus : private detail::bus_emitter<Data> {
                   "evbus::ordered<Data>(ex, fn), a handler taking const "
                   "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
                   "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
-    register_handler(std::move(key), matcher, handler_type(fn));
+    base::register_handler(std::move(key), matcher, handler_type(fn),
+                           &detail::commit_reserver<Data>::reserve);
   }
 
   /**
@@ -2664,2424 +2760,6 @@ using topic_handle = basic_topic_handle<std::any>;
 #ifndef EVBUS_PARTS_TRANSACTION_HPP
 #define EVBUS_PARTS_TRANSACTION_HPP
 
-// ---- link.hpp -------------------------------------------------
-// evbus/parts/link.hpp: what a subscription sees of its executor.
-//
-// Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
-// the one place errors without a caller go (on_error, else stderr). The executor's core
-// (executor_registry.hpp, executor_core.hpp) is the only implementation; subscriptions hold a
-// reference to this base, so the headers do not include each other. Also: the subscription
-// base the core keeps in its registry, and its lifetime count. Keeps: a subscription is
-// removed once, by whoever gives back its last hold (release_hold).
-#ifndef EVBUS_PARTS_LINK_HPP
-#define EVBUS_PARTS_LINK_HPP
-
-// ---- in_flight.hpp -------------------------------------------------
-// evbus/parts/in_flight.hpp: what an ordered subscription has in flight: max_in_flight's
-// gate, and the completions it awaits with the watch over their deadlines.
-//
-// Owns: `flight_gate`, the count of events being handled (a handler running or a completion
-// awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
-// the order they came; a place given back goes to the first of them, which is submitted.
-// `awaiting_list`, the open outcomes of the executor's asynchronous attempts (completion.hpp):
-// listed while open, watched by one timer set to the earliest deadline, made `expired` when it
-// passes, and made `shut_out` all at once when shutdown's grace is over. One per executor, so
-// that the watch never keeps a subscription alive. Keeps:
-// max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
-// past the grace.
-#ifndef EVBUS_PARTS_IN_FLIGHT_HPP
-#define EVBUS_PARTS_IN_FLIGHT_HPP
-
-// ---- clock.hpp -------------------------------------------------
-// evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
-//
-// Backoffs, delays and deadlines are read from an evbus::clock: real_clock follows
-// std::chrono::steady_clock, manual_clock moves only when told.
-#ifndef EVBUS_PARTS_CLOCK_HPP
-#define EVBUS_PARTS_CLOCK_HPP
-
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <functional>
-#include <limits>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-
-/// Executor time: a point on a steady clock (the real one, or a manual one in tests).
-using steady_time = std::chrono::steady_clock::time_point;
-
-namespace detail {
-/// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
-/// means "never" / "no deadline" rather than wrapping into the past.
-inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
-  const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
-  const auto at = t.time_since_epoch().count();
-  using rep = decltype(at);
-  // Compared without forming `max() - t`, which overflows for a time far in the past.
-  if (step > 0 && at > std::numeric_limits<rep>::max() - step) return steady_time::max();
-  if (step < 0 && at < std::numeric_limits<rep>::min() - step) return steady_time::min();
-  return t + steady_time::duration(step);
-}
-
-/// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.
-template <class Rep, class Period>
-std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
-  using std::chrono::nanoseconds;
-  const double ns = std::chrono::duration<double, std::nano>(d).count();
-  if (ns >= static_cast<double>(nanoseconds::max().count())) return nanoseconds::max();
-  if (ns <= static_cast<double>(nanoseconds::min().count())) return nanoseconds::min();
-  return std::chrono::duration_cast<nanoseconds>(d);
-}
-
-/// Longest single sleep of a thread of the executor. The standard library adds a wait's
-/// duration to its own clock, which overflows for "until the end of time"; a thread that wakes
-/// after this long looks again and goes back to sleep.
-inline constexpr std::chrono::hours longest_wait{24};
-
-inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
-  return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
-                          : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
-}
-}  // namespace detail
-
-
-/**
- * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
- *
- * evbus::real_clock (the default) follows std::chrono::steady_clock; evbus::manual_clock moves
- * only when a test moves it. A clock keeps a list of listeners that it calls after its time
- * moved by itself in a way a waiting thread cannot foresee (manual_clock does so on every
- * change); executors register there so that advancing a manual clock wakes their workers.
- *
- * A custom clock derives from this class, returns its time from now() (which must not throw
- * and must never go back), returns true from is_manual() if it does not advance in real time,
- * and calls notify_listeners() after each change of a manual time.
- *
- * @code
- *   auto clock = std::make_shared<evbus::manual_clock>();
- *   evbus::keyed_executor ex({.workers = 0, .clock = clock});
- *   clock->advance(std::chrono::seconds(1));  // retries and delays now due become ready
- * @endcode
- */
-class clock {
- public:
-  clock() = default;
-  clock(const clock&) = delete;
-  clock& operator=(const clock&) = delete;
-  virtual ~clock() = default;
-
-  /// The current time. Never decreases.
-  virtual steady_time now() const noexcept = 0;
-
-  /// True if the time moves only when told to: executors then wait for listeners instead of
-  /// sleeping until a due time.
-  virtual bool is_manual() const noexcept { return false; }
-
-  /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
-  /// id for remove_listener().
-  std::uint64_t add_listener(std::function<void()> fn) {
-    std::lock_guard<std::mutex> lock(listeners_mutex_);
-    const std::uint64_t id = next_listener_++;
-    listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
-    return id;
-  }
-
-  /// Unregisters a listener; a call of it already running may still finish.
-  void remove_listener(std::uint64_t id) noexcept {
-    std::lock_guard<std::mutex> lock(listeners_mutex_);
-    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
-                                    [id](const auto& l) { return l.first == id; }),
-                     listeners_.end());
-  }
-
- protected:
-  /// Calls every listener. They are called outside the clock's lock, so a listener may add or
-  /// remove listeners, or be the last owner of an executor and destroy it.
-  void notify_listeners() const {
-    std::vector<std::shared_ptr<const std::function<void()>>> calls;
-    {
-      std::lock_guard<std::mutex> lock(listeners_mutex_);
-      calls.reserve(listeners_.size());
-      for (const auto& l : listeners_) calls.push_back(l.second);
-    }
-    for (const auto& fn : calls) (*fn)();
-  }
-
- private:
-  mutable std::mutex listeners_mutex_;
-  std::vector<std::pair<std::uint64_t, std::shared_ptr<const std::function<void()>>>> listeners_;
-  std::uint64_t next_listener_ = 1;
-};
-
-/**
- * @brief The default executor clock: std::chrono::steady_clock.
- *
- * @code
- *   evbus::keyed_executor ex({.clock = std::make_shared<evbus::real_clock>()});  // = default
- * @endcode
- */
-class real_clock final : public clock {
- public:
-  steady_time now() const noexcept override { return std::chrono::steady_clock::now(); }
-};
-
-/**
- * @brief A clock that moves only when told: advance() and set(). For tests: retries, delays
- * and deadlines become deterministic, and no test sleeps.
- *
- * Every change wakes the workers of the executors using this clock, so threaded tests work
- * too. Thread-safe.
- *
- * @code
- *   auto clock = std::make_shared<evbus::manual_clock>();
- *   evbus::keyed_executor ex({.partitions = 4, .workers = 0, .clock = clock});
- *   ex.emit_after(bus, std::chrono::seconds(5), "reminder", 1);
- *   ex.run_until_idle();                       // nothing: not due yet
- *   clock->advance(std::chrono::seconds(5));
- *   ex.run_until_idle();                       // the reminder enters the bus now
- * @endcode
- */
-class manual_clock final : public clock {
- public:
-  /// A clock reading `start` (by default the steady_clock epoch).
-  explicit manual_clock(steady_time start = steady_time{})
-      : ns_(start.time_since_epoch().count()) {}
-
-  steady_time now() const noexcept override {
-    return steady_time(steady_time::duration(ns_.load(std::memory_order_acquire)));
-  }
-
-  bool is_manual() const noexcept override { return true; }
-
-  /// Moves the time forward by `d` (evbus::invalid_argument if negative), then wakes listeners.
-  void advance(std::chrono::nanoseconds d) {
-    if (d.count() < 0) {
-      throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
-                             std::to_string(d.count()) + "ns)");
-    }
-    const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
-    auto current = ns_.load(std::memory_order_acquire);
-    steady_time::rep next = 0;
-    do {
-      // Stops at the end of time rather than wrap into the past.
-      next = current > std::numeric_limits<steady_time::rep>::max() - step
-                 ? std::numeric_limits<steady_time::rep>::max()
-                 : current + step;
-    } while (!ns_.compare_exchange_weak(current, next, std::memory_order_acq_rel));
-    notify_listeners();
-  }
-
-  /// Sets the time to `t` (evbus::invalid_argument if that is earlier than now()), then wakes
-  /// listeners.
-  void set(steady_time t) {
-    const auto target = t.time_since_epoch().count();
-    auto current = ns_.load(std::memory_order_acquire);
-    do {
-      if (target < current) {
-        throw invalid_argument("evbus: manual_clock::set: time must not go back (now " +
-                               std::to_string(current) + "ns, asked " + std::to_string(target) +
-                               "ns since the epoch)");
-      }
-    } while (!ns_.compare_exchange_weak(current, target, std::memory_order_acq_rel));
-    notify_listeners();
-  }
-
- private:
-  std::atomic<steady_time::rep> ns_;
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_CLOCK_HPP
-// ---- completion.hpp -------------------------------------------------
-// evbus/parts/completion.hpp: evbus::completion, the token an asynchronous ordered handler
-// completes later, and the state it shares with the attempt it belongs to.
-//
-// Owns: the outcome of one asynchronous attempt and who made it. The attempt's partition
-// stays held while the outcome is open; the first of these makes it, once, under the state's
-// lock: a copy of the token (complete, fail), the last copy destroyed (abandoned), the
-// deadline's watch (expired), the shutdown's grace ending (abandoned), the handler throwing.
-// Whoever makes it after the partition's holder has let the partition wait (park()) submits the
-// partition to the scheduler; before that, the holder finds it made and goes on at once.
-// Later attempts to make it are counted (late, or duplicate when a token made it) and ignored.
-// Keeps: an asynchronous event is finished exactly once, and a partition never waits for a
-// completion that can no longer come.
-#ifndef EVBUS_PARTS_COMPLETION_HPP
-#define EVBUS_PARTS_COMPLETION_HPP
-
-// ---- lock.hpp -------------------------------------------------
-// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
-//
-// Owns: mutual exclusion for critical sections that only move pointers and counters (a
-// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
-// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
-// C++17 (a thread that holds it and is preempted therefore never has others burn their time
-// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
-// Keeps: one holder at a time; a waiter spins at most 64 turns before it blocks.
-#ifndef EVBUS_PARTS_LOCK_HPP
-#define EVBUS_PARTS_LOCK_HPP
-
-#include <atomic>
-#include <condition_variable>
-#include <cstddef>
-#include <cstdint>
-#include <mutex>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A hint to the processor inside a busy-wait loop.
-inline void cpu_relax() noexcept {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_ia32_pause();
-#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
-  __asm__ __volatile__("yield");
-#endif
-}
-
-#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
-/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
-/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
-struct parking_entry {
-  std::mutex mutex;
-  std::condition_variable cv;
-  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
-};
-
-inline parking_entry& parking_for(const void* address) noexcept {
-  static parking_entry table[64];
-  const auto bits = reinterpret_cast<std::uintptr_t>(address);
-  return table[(bits >> 6) % 64];
-}
-#endif
-
-class small_lock {
- public:
-  small_lock() noexcept = default;
-  small_lock(const small_lock&) = delete;
-  small_lock& operator=(const small_lock&) = delete;
-
-  void lock() noexcept {
-    std::uint32_t expected = free_;
-    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-      return;
-    }
-    lock_slow();
-  }
-
-  bool try_lock() noexcept {
-    std::uint32_t expected = free_;
-    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
-                                          std::memory_order_relaxed);
-  }
-
-  void unlock() noexcept {
-    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
-    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
-  }
-
- private:
-  static constexpr std::uint32_t free_ = 0;
-  static constexpr std::uint32_t locked_ = 1;
-  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
-  static constexpr int spins_ = 64;
-
-  void lock_slow() noexcept {
-    for (int i = 0; i < spins_; ++i) {
-      cpu_relax();
-      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
-    }
-    // From here on the lock is marked contended, so that its unlock wakes sleepers.
-    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
-  }
-
-#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
-  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
-  void wake() noexcept { state_.notify_one(); }
-#else
-  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
-  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
-  // the lock free. So an unlock that finds nobody asleep makes no call at all.
-  void sleep() noexcept {
-    parking_entry& p = parking_for(this);
-    std::unique_lock<std::mutex> guard(p.mutex);
-    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
-    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
-    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
-  }
-  void wake() noexcept {
-    parking_entry& p = parking_for(this);
-    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
-    std::lock_guard<std::mutex> guard(p.mutex);
-    p.cv.notify_all();
-  }
-#endif
-
-  std::atomic<std::uint32_t> state_{free_};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LOCK_HPP
-// ---- scheduler.hpp -------------------------------------------------
-// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll and
-// the waits of drain() for W = 0.
-//
-// Owns: the threads that run what scheduler_state (scheduler_state.hpp) holds ready, and on
-// which thread a strand runs: a strand is taken by one thread at a time (a worker, or a thread
-// in poll_pass() or help_until()) and settled after its run. Workers with nothing to do spin
-// for at most `idle_spin`, yielding as they do, then block on a condition variable until work
-// comes or the earliest timer is due; resize() starts and stops them. Keeps: no thread waits
-// for another by spinning past a short bound; a stopping worker finishes its current run and
-// hands what it would have taken next to a sleeping one; with W = 0, poll() and the waits of
-// drain() run the work on the calling thread, and a wait that could never end (a retry at a
-// time a manual clock has not reached) throws instead.
-#ifndef EVBUS_PARTS_SCHEDULER_HPP
-#define EVBUS_PARTS_SCHEDULER_HPP
-
-// ---- ready.hpp -------------------------------------------------
-// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
-//
-// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
-// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
-// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
-// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
-// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
-// and every strand gets its turn (a strand run again goes to the back).
-#ifndef EVBUS_PARTS_READY_HPP
-#define EVBUS_PARTS_READY_HPP
-
-// ---- strand.hpp -------------------------------------------------
-// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
-//
-// Owns: the two facts that make a partition a strand: how many of its events wait, and
-// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
-// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
-// only the holder takes events, in the order they arrived, and lets go only when it finds
-// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
-// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
-#ifndef EVBUS_PARTS_STRAND_HPP
-#define EVBUS_PARTS_STRAND_HPP
-
-
-#include <cstddef>
-#include <cstdint>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
-/// strand hands it to the scheduler through this interface.
-struct runnable {
-  enum class next { idle, again, park, wait };
-  struct result {
-    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
-    // whatever it waits for (a completion, a place under max_in_flight) submits it again
-    next what = next::idle;
-    steady_time due{};       // park: when to run it again
-    std::size_t calls = 0;   // handler calls (or emits) made
-  };
-  virtual ~runnable() = default;
-  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
-  virtual result run(std::size_t batch) noexcept = 0;
-  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
-  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
-  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
-};
-
-/// Every member is called under the lock that also guards the strand's queue.
-class strand {
- public:
-  /// One event was queued. True: the caller has just become the holder and must hand the
-  /// strand to something that runs it (the scheduler); false: the holder will take it.
-  bool arrive() noexcept { return arrive(1); }
-
-  /// `n` (> 0) events were queued at once: as n calls of arrive(), of which only the first can
-  /// make the caller the holder.
-  bool arrive(std::uint32_t n) noexcept {
-    waiting_ += n;  // 2^32 events waiting in one partition would need terabytes
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
-  /// waits, and the strand is let go: from then on the caller must not touch what the strand
-  /// guards, since the next arrive() makes another thread the holder.
-  std::size_t take(std::size_t max) noexcept {
-    const std::size_t n = waiting_ < max ? waiting_ : max;
-    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
-    if (n == 0) held_ = false;
-    return n;
-  }
-
-  /// Becomes the holder of a strand nobody holds and none waits in, without an event: the
-  /// caller then runs events it has in hand (events that have not arrived) as the holder
-  /// would. False if it is held or has waiting events.
-  bool claim() noexcept {
-    if (held_ || waiting_ != 0) return false;
-    held_ = true;
-    return true;
-  }
-
-  /// By the holder: lets go if none waits (true); otherwise it stays the holder (false).
-  bool let_go() noexcept {
-    if (waiting_ != 0) return false;
-    held_ = false;
-    return true;
-  }
-
-  std::size_t waiting() const noexcept { return waiting_; }
-  bool held() const noexcept { return held_; }
-
- private:
-  std::uint32_t waiting_ = 0;
-  bool held_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STRAND_HPP
-
-#include <atomic>
-#include <cstddef>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
-/// drain or shutdown), innermost first: used to refuse what would wait for itself.
-struct drive_frame {
-  const void* owner;
-  drive_frame* prev;
-};
-
-inline drive_frame*& drive_top() noexcept {
-  static thread_local drive_frame* top = nullptr;
-  return top;
-}
-
-inline bool drives(const void* owner) noexcept {
-  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
-    if (f->owner == owner) return true;
-  }
-  return false;
-}
-
-class drive_scope {
- public:
-  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
-    drive_top() = &frame_;
-  }
-  ~drive_scope() { drive_top() = frame_.prev; }
-  drive_scope(const drive_scope&) = delete;
-  drive_scope& operator=(const drive_scope&) = delete;
-
- private:
-  drive_frame frame_;
-};
-
-class ready_list {
- public:
-  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
-  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
-  void submit(runnable* r) noexcept {
-    runnable* head = inbox_.load(std::memory_order_relaxed);
-    do {
-      r->next_ready = head;
-    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
-                                           std::memory_order_relaxed));
-  }
-
-  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
-  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
-
-  // -- under the scheduler's mutex --------------------------------------------------------
-  /// Moves what was submitted onto the list, in the order it was submitted.
-  void take_inbox() noexcept {
-    if (!submitted()) return;
-    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
-    runnable* reversed = nullptr;
-    while (r != nullptr) {
-      runnable* next = r->next_ready;
-      r->next_ready = reversed;
-      reversed = r;
-      r = next;
-    }
-    while (reversed != nullptr) {
-      runnable* next = reversed->next_ready;
-      push(reversed);
-      reversed = next;
-    }
-  }
-
-  void push(runnable* r) noexcept {
-    r->next_ready = nullptr;
-    if (tail_ == nullptr) {
-      head_ = r;
-    } else {
-      tail_->next_ready = r;
-    }
-    tail_ = r;
-    ++count_;
-  }
-
-  /// The first strand; only when !empty().
-  runnable* pop() noexcept {
-    runnable* r = head_;
-    head_ = r->next_ready;
-    if (head_ == nullptr) tail_ = nullptr;
-    --count_;
-    return r;
-  }
-
-  bool empty() const noexcept { return head_ == nullptr; }
-  std::size_t size() const noexcept { return count_; }
-
-  /// Unlinks the intakes (strands that route), and returns them linked in their order.
-  runnable* take_intakes() noexcept {
-    runnable* intakes = nullptr;
-    runnable** intakes_end = &intakes;
-    for (runnable** at = &head_; *at != nullptr;) {
-      runnable* r = *at;
-      if (!r->routes) {
-        at = &r->next_ready;
-        continue;
-      }
-      *at = r->next_ready;
-      --count_;
-      r->next_ready = nullptr;
-      *intakes_end = r;
-      intakes_end = &r->next_ready;
-    }
-    tail_ = nullptr;
-    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
-    return intakes;
-  }
-
- private:
-  runnable* head_ = nullptr;
-  runnable* tail_ = nullptr;
-  std::size_t count_ = 0;
-  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
-  // writes it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_READY_HPP
-// ---- scheduler_state.hpp -------------------------------------------------
-// evbus/parts/scheduler_state.hpp: what the scheduler runs and when: its lists, its timers,
-// and submitting, parking and settling a run.
-//
-// Owns: `scheduler_state`, the scheduler's state under its one std::mutex (the ready list,
-// the timers, the delayed strand, the counts of sleeping and spinning workers and of waiters)
-// and what changes it outside a worker: a strand that gets work is submitted once (its holder
-// does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an emitter never
-// takes the mutex nor waits for a worker holding it; the mutex is held only to move a pointer
-// on or off a list, never across user code. After its run a strand is idle (let go: not
-// touched again), ready again (to the back of the list, so every strand gets its turn) or
-// parked until a time (a retry's backoff, timers.hpp): `settle`. Keeps: no worker idles while
-// work is ready (a submit wakes a sleeper unless one is spinning), and waiters of help_until()
-// learn of progress (`tell_waiters`). The threads that run the work: scheduler.hpp.
-#ifndef EVBUS_PARTS_SCHEDULER_STATE_HPP
-#define EVBUS_PARTS_SCHEDULER_STATE_HPP
-
-// ---- delayed.hpp -------------------------------------------------
-// evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
-// them once due.
-//
-// Owns: a delayed emit from emit_at() until it enters the bus (or goes to on_undelivered).
-// The scheduler keeps each one in its timer heap; when due it arrives here, in (due time,
-// submission) order, and the strand emits them one at a time on a worker (or in poll()), so
-// equal due times keep submission order. Keeps: "delayed emits enter the bus in due order".
-#ifndef EVBUS_PARTS_DELAYED_HPP
-#define EVBUS_PARTS_DELAYED_HPP
-
-// ---- policies.hpp -------------------------------------------------
-// evbus/parts/policies.hpp: how an ordered subscription delivers, and what the executor is built with.
-//
-// The delivery policy (capacity, overflow, retries, backoff, timeout, callbacks) and the executor
-// options, both aggregates; and what the callbacks receive.
-#ifndef EVBUS_PARTS_POLICIES_HPP
-#define EVBUS_PARTS_POLICIES_HPP
-
-
-#include <any>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <functional>
-#include <limits>
-#include <memory>
-#include <optional>
-#include <string>
-#include <string_view>
-#include <typeinfo>
-
-namespace evbus {
-inline namespace v1 {
-
-// -- 6.3 policies, reports and statistics ---------------------------------------
-
-/// What an ordered subscription does with an event when it already holds `capacity` events.
-enum class overflow {
-  block,        ///< the emitter waits for room (optionally until `block_timeout`)
-  reject,       ///< the emitter gets evbus::queue_full; counted as rejected
-  drop_oldest,  ///< the oldest event no worker has taken yet goes to `on_drop`; the new one
-                ///< is queued (if every event held is taken, the new one is dropped)
-  drop_newest,  ///< the new event goes to `on_drop` and is not queued
-};
-
-/**
- * @brief What an ordered handler may learn about the current attempt (its optional second
- * parameter).
- *
- * @code
- *   evbus::ordered(ex, [](const evbus::event& e, const evbus::delivery& d) {
- *     if (d.attempt > 1) log("retry", d.attempt);
- *     call_downstream(e, d.deadline);  // cooperative: stop waiting at the deadline
- *   });
- * @endcode
- */
-struct delivery {
-  unsigned attempt = 1;             ///< 1 for the first attempt, 2 for the first retry...
-  steady_time deadline{};           ///< start of this attempt + the policy's timeout
-  bool shutdown_requested = false;  ///< shutdown() had begun when this attempt started
-  std::size_t partition = 0;        ///< the partition the event is in
-};
-
-/**
- * @brief An event that failed its last attempt: what `on_dead_letter` receives.
- */
-template <class Data>
-struct basic_dead_letter {
-  basic_event<Data> event;    ///< the event, as it was emitted
-  std::exception_ptr error;   ///< what the last attempt threw
-  unsigned attempts = 0;      ///< attempts made: max_retry + 1
-};
-
-/// A dead letter of evbus::bus.
-using dead_letter = basic_dead_letter<std::any>;
-
-/**
- * @brief How an ordered subscription delivers: capacity, retries, timeout and callbacks.
- *
- * An aggregate; with C++20, `evbus::ordered(ex, fn, {.capacity = 1000, .max_retry = 3})`.
- * Every callback runs on the thread that detected the situation (the emitter for drops, a
- * worker or poller for dead letters and timeouts); one that throws is reported to the
- * executor's `on_error`.
- *
- * @code
- *   evbus::delivery_policy p;
- *   p.name = "billing";
- *   p.capacity = 10'000;
- *   p.on_full = evbus::overflow::reject;
- *   p.max_retry = 3;
- *   p.on_dead_letter = [](const evbus::dead_letter& d) { park_for_humans(d.event, d.error); };
- * @endcode
- */
-template <class Data = std::any>
-struct basic_delivery_policy {
-  /// Most events the subscription holds (waiting, being handled, or waiting for a retry).
-  /// Must be at least 1. Default: unbounded.
-  std::size_t capacity = std::numeric_limits<std::size_t>::max();
-  /// What an emit into a full subscription does.
-  overflow on_full = overflow::block;
-  /// With overflow::block: longest wait for room, in real time; empty = no limit.
-  std::optional<std::chrono::nanoseconds> block_timeout{};
-  /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
-  unsigned max_retry = 5;
-  /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
-  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(100);
-  /// Upper bound of the backoff.
-  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(10);
-  /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
-  double jitter = 0.5;
-  /// Seed of the jitter; empty: a different seed per subscription and run.
-  std::optional<std::uint64_t> jitter_seed{};
-  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline. An
-  /// asynchronous handler's completion not made by then fails the attempt (completion_expired).
-  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
-  /// Receives an event whose last attempt failed. Without one it is still counted.
-  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};
-  /// Receives each event dropped by overflow::drop_oldest / drop_newest.
-  std::function<void(const basic_event<Data>&)> on_drop{};
-  /// Receives each attempt that returned after its deadline, with how long it ran.
-  std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
-      on_timeout{};
-  /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
-  std::string name{};
-  /// Most events of the subscription being handled at once, across its partitions: a handler
-  /// running, or an asynchronous handler's completion awaited. Must be at least 1. Default:
-  /// no limit (at most one per partition).
-  std::size_t max_in_flight = std::numeric_limits<std::size_t>::max();
-};
-
-/// The delivery policy of evbus::bus.
-using delivery_policy = basic_delivery_policy<std::any>;
-
-namespace detail {
-
-/// undelivered::data_as<T>'s refusal, out of the template.
-[[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
-                                                 const std::type_info& wanted,
-                                                 const std::type_info& held) {
-  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
-                            ": payload is not a ", type_name(wanted), " (it holds ",
-                            type_name(held), ")"}));
-}
-
-}  // namespace detail
-
-/**
- * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
- * shutdown, or when it fell due after its bus was destroyed).
- *
- * @code
- *   opts.on_undelivered = [](const evbus::undelivered& u) {
- *     save_for_next_start(u.topic, u.key(), u.data_as<reminder>());
- *   };
- * @endcode
- */
-/// Why a delayed emit never entered the bus.
-enum class undelivered_reason {
-  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
-  bus_destroyed,        ///< the bus it was meant for was destroyed first
-};
-
-struct undelivered {
-  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
-  std::string topic;      ///< the topic it was scheduled for
-  emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
-  steady_time due{};      ///< when it was due, on the executor's clock
-  std::any data;          ///< the payload (for a std::any bus, the payload's own value)
-
-  /// The event's ordering key.
-  const std::string& key() const noexcept { return options.key; }
-
-  /// The payload as a `T`; a wrong type throws evbus::bad_data_type.
-  template <class T>
-  const T& data_as() const {
-    if (const T* p = std::any_cast<T>(&data)) return *p;
-    detail::refuse_undelivered_type(topic, typeid(T), data.type());
-  }
-};
-
-/// What shutdown does with delayed emits that are not due yet.
-enum class delayed_policy {
-  report,  ///< hand each to `on_undelivered` (the default)
-  emit,    ///< emit them at once, in due order, before the subscriptions close
-};
-
-/**
- * @brief Options of a keyed executor. An aggregate.
- *
- * @code
- *   evbus::executor_options o;
- *   o.partitions = 64;      // fixed for the executor's life
- *   o.workers = 4;          // change later with resize(); 0 = drive it with poll()
- *   o.on_error = [](std::exception_ptr e, std::string_view where) { log(where, e); };
- *   evbus::keyed_executor ex(o);
- * @endcode
- */
-struct executor_options {
-  /// Partitions per ordered subscription (P); at least 1; fixed.
-  std::size_t partitions = 16;
-  /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
-  std::size_t workers = 1;
-  /// Time source; empty = evbus::real_clock.
-  std::shared_ptr<evbus::clock> clock{};
-  /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
-  /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
-  std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
-  /// Receives each delayed emit that never entered the bus: not due at shutdown (with
-  /// delayed_policy::report), or due after its bus was destroyed; undelivered::reason says
-  /// which. Empty: each is reported to on_error instead. Either way it is counted.
-  std::function<void(const undelivered&)> on_undelivered{};
-  /// What shutdown does with delayed emits that are not due yet.
-  delayed_policy delayed_at_shutdown = delayed_policy::report;
-  /// Most events a worker handles from one partition before it lets other partitions run.
-  std::size_t batch = 64;
-  /// How long an idle worker keeps looking for new work before it sleeps (one worker at a
-  /// time does). New work usually comes back within microseconds, and a worker that is awake
-  /// takes it without a producer having to wake it through the kernel; the price is up to
-  /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
-  /// Must not be negative.
-  std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
-  /// How long shutdown() waits, in real time, for asynchronous handlers' outstanding
-  /// completions once nothing else is left; then each is dead-lettered (no retry) with
-  /// evbus::completion_abandoned, and so is each attempt that starts after. Must not be
-  /// negative.
-  std::chrono::nanoseconds completion_grace = std::chrono::seconds(5);
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_POLICIES_HPP
-
-#include <any>
-#include <atomic>
-#include <cstddef>
-#include <cstdint>
-#include <deque>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <utility>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A scheduled delayed emit, type-erased over the bus type.
-struct delayed_base {
-  delayed_base(std::string t, emit_options o, steady_time d)
-      : topic(std::move(t)), options(std::move(o)), due(d) {}
-  virtual ~delayed_base() = default;
-  delayed_base(const delayed_base&) = delete;
-  delayed_base& operator=(const delayed_base&) = delete;
-  /// Emits into the bus; false (nothing done) if the bus is gone.
-  virtual bool emit() = 0;
-  virtual undelivered take() = 0;
-  std::string topic;
-  emit_options options;
-  steady_time due;
-};
-
-template <class Bus>
-struct delayed_emit final : delayed_base {
-  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
-      : delayed_base(std::move(t), std::move(o), at),
-        bus(&b),
-        life(b.life_),
-        data(std::move(d)) {}
-  // The options are copied, not moved: a failure report still names the key.
-  bool emit() override {
-    return life->use([&] { bus->emit(topic, std::move(data), options); });
-  }
-  undelivered take() override {
-    undelivered u;
-    u.topic = std::move(topic);
-    u.options = std::move(options);
-    u.due = due;
-    u.data = std::any(std::move(data));
-    return u;
-  }
-  Bus* bus;
-  std::shared_ptr<bus_life> life;
-  typename Bus::data_type data;
-};
-
-/// The due delayed emits, run one at a time in the order they fell due.
-class delayed_strand final : public runnable {
- public:
-  /// `report(error, where)` receives a failed emit (it must not throw).
-  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
-      : report_(std::move(report)) {}
-
-  /// A delayed emit fell due. True: the strand must be submitted (strand rule).
-  bool arrive(std::unique_ptr<delayed_base> d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back(std::move(d));
-    if (held_) return false;
-    held_ = true;
-    return true;
-  }
-
-  result run(std::size_t batch) noexcept override {
-    result res;
-    for (;;) {
-      std::unique_ptr<delayed_base> d;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (queue_.empty()) {
-          held_ = false;
-          res.what = next::idle;
-          return res;
-        }
-        if (res.calls >= batch) {
-          res.what = next::again;
-          return res;
-        }
-        d = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      ++res.calls;
-      try {
-        if (!d->emit()) {
-          lost_(std::move(d));  // counts it out of pending
-          continue;
-        }
-        emitted.fetch_add(1, std::memory_order_relaxed);
-      } catch (...) {
-        failed.fetch_add(1, std::memory_order_relaxed);
-        std::string where;
-        try {
-          where = "delayed emit on topic " + quote(d->topic) + " with key " +
-                  quote(d->options.key);
-        } catch (...) {
-        }
-        report_(std::current_exception(), where);
-      }
-      d.reset();
-      pending.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
-
-  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
-  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
-
-  /// True when no due emit waits or runs.
-  bool idle() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return queue_.empty() && !held_;
-  }
-
-  std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
-  std::atomic<std::uint64_t> emitted{0};
-  std::atomic<std::uint64_t> failed{0};
-
- private:
-  std::function<void(std::exception_ptr, std::string_view)> report_;
-  std::function<void(std::unique_ptr<delayed_base>)> lost_;
-  mutable std::mutex mutex_;
-  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
-  bool held_ = false;                                 // under mutex_
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_DELAYED_HPP
-// ---- timers.hpp -------------------------------------------------
-// evbus/parts/timers.hpp: the scheduler's timers: strands parked until a time (a retry's
-// backoff) and delayed emits not yet due.
-//
-// Owns: a binary heap of (due, sequence) keys, earliest on top; equal due times come out in
-// the order they went in. Not synchronised: the scheduler calls it under its mutex. Keeps:
-// nothing due is skipped or taken twice, and due order (with submission order among equals),
-// which delayed emits and retries are promised.
-#ifndef EVBUS_PARTS_TIMERS_HPP
-#define EVBUS_PARTS_TIMERS_HPP
-
-
-#include <algorithm>
-#include <cstdint>
-#include <memory>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-class timer_heap {
- public:
-  /// Parks `r` until `due`. True if it is now the earliest timer. Throws std::bad_alloc.
-  bool add(steady_time due, runnable* r) { return add(timer{due, seq_++, r, nullptr}); }
-
-  /// Keeps `d` until its due time. True if it is now the earliest timer. Throws
-  /// std::bad_alloc (`d` is then untouched).
-  bool add(std::unique_ptr<delayed_base>& d) {
-    const steady_time due = d->due;
-    timers_.reserve(timers_.size() + 1);
-    return add(timer{due, seq_++, nullptr, std::move(d)});
-  }
-
-  bool empty() const noexcept { return timers_.empty(); }
-  /// The earliest due time; only when not empty().
-  steady_time earliest() const noexcept { return timers_.front().due; }
-  bool due(steady_time now) const noexcept { return !empty() && earliest() <= now; }
-
-  /// Takes every timer due at `now`, earliest first: `strand(r)` for a parked strand,
-  /// `delayed(d)` for a delayed emit.
-  template <class Strand, class Delayed>
-  void pop_due(steady_time now, Strand&& strand, Delayed&& delayed) {
-    while (due(now)) {
-      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer t = std::move(timers_.back());
-      timers_.pop_back();
-      if (t.r != nullptr) {
-        strand(t.r);
-      } else {
-        delayed(std::move(t.d));
-      }
-    }
-  }
-
-  /// Takes every timer, in due order (shutdown).
-  template <class Strand, class Delayed>
-  void take_all(Strand&& strand, Delayed&& delayed) {
-    std::sort(timers_.begin(), timers_.end(),
-              [](const timer& a, const timer& b) { return later(b, a); });
-    for (auto& t : timers_) {
-      if (t.r != nullptr) {
-        strand(t.r);
-      } else {
-        delayed(std::move(t.d));
-      }
-    }
-    timers_.clear();
-  }
-
- private:
-  struct timer {
-    steady_time due;
-    std::uint64_t seq;
-    runnable* r;                      // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
-  };
-  static bool later(const timer& a, const timer& b) noexcept {
-    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
-  }
-  struct later_first {
-    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
-  };
-
-  bool add(timer t) {
-    const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
-    std::push_heap(timers_.begin(), timers_.end(), later_first{});
-    return earliest;
-  }
-
-  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
-  std::uint64_t seq_ = 0;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_TIMERS_HPP
-
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstddef>
-#include <exception>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <string_view>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-class scheduler_state {
- public:
-  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
-                  std::chrono::nanoseconds spin,
-                  std::function<void(std::exception_ptr, std::string_view)> report)
-      : delayed_(std::move(report)),
-        clock_(std::move(c)),
-        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
-        manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
-        idle_spin_(spin) {}
-
-  scheduler_state(const scheduler_state&) = delete;
-  scheduler_state& operator=(const scheduler_state&) = delete;
-
-  steady_time now() const noexcept {
-    return real_ ? std::chrono::steady_clock::now() : clock_->now();
-  }
-  evbus::clock& clock() const noexcept { return *clock_; }
-
-  /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
-  /// unless a thread sleeps waiting for work (then it wakes one).
-  void submit(runnable* r) noexcept {
-    ready_.submit(r);
-    // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
-    // this strand before it sleeps, or this sees it counted and wakes it.
-    const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
-                             spinning_.load(std::memory_order_seq_cst) == 0;
-    // A waiter of help_until() runs the work itself only when there are no workers; with
-    // workers it learns of progress from settle().
-    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0 &&
-                             !has_workers_.load(std::memory_order_relaxed);
-    if (!wake_worker && !wake_waiter) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
-      if (wake_waiter) progress_cv_.notify_all();
-    }
-    if (wake_worker) work_cv_.notify_one();
-  }
-
-  /// True when workers are asked for and none of them waits for work: a strand handed to
-  /// them now would wait until one is free, so the caller may as well run it.
-  bool workers_all_busy() const noexcept {
-    return has_workers_.load(std::memory_order_relaxed) &&
-           sleepers_.load(std::memory_order_relaxed) == 0 &&
-           spinning_.load(std::memory_order_relaxed) == 0;
-  }
-
-  /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
-  void park(runnable* r, steady_time due) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    park_locked(r, due);
-  }
-
-  /// Keeps `d` until it is due, then emits it on the delayed strand. False (and `d` is
-  /// untouched) once cut_timers() ran.
-  bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (cut_) return false;
-    if (timers_.add(d)) earliest_changed();
-    delayed_.pending.fetch_add(1, std::memory_order_relaxed);
-    return true;
-  }
-
-  /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
-  /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
-  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
-    std::vector<std::unique_ptr<delayed_base>> out;
-    std::lock_guard<std::mutex> lock(mutex_);
-    cut_ = true;
-    timers_.take_all([&](runnable* r) { push_ready(r); },
-                     [&](std::unique_ptr<delayed_base> d) { out.push_back(std::move(d)); });
-    work_cv_.notify_all();
-    return out;
-  }
-
-  /// Emits `d` as soon as possible, after the delayed emits already due (shutdown).
-  void emit_delayed_now(std::unique_ptr<delayed_base> d) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
-    work_cv_.notify_one();
-  }
-
-  delayed_strand& delayed() noexcept { return delayed_; }
-  const delayed_strand& delayed() const noexcept { return delayed_; }
-
-  /// The clock moved (manual clocks): sleepers look at their timers again.
-  void time_moved() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    work_cv_.notify_all();
-    progress_cv_.notify_all();
-  }
-
-  /// Something a waiter of help_until() may be waiting for happened outside a run.
-  void notify_progress() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-  }
-
-  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
-  void count_awaiting(int change) noexcept {
-    if (change > 0) {
-      awaiting_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      awaiting_.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
-  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
-
-  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
-  /// which runs under the scheduler's mutex.
-  bool timer_due_locked() const noexcept {
-    return timers_.due(now());
-  }
-
-  std::size_t batch() const noexcept { return batch_; }
-
-  /// The most events one run takes (a larger executor_options::batch is cut to it).
-  static constexpr std::size_t max_batch = std::size_t{1} << 20;
-
- protected:
-  // -- under mutex_ --------------------------------------------------------------------
-  void take_inbox() noexcept { ready_.take_inbox(); }
-  void push_ready(runnable* r) noexcept { ready_.push(r); }
-  runnable* pop_ready() noexcept { return ready_.pop(); }
-
-  void park_locked(runnable* r, steady_time due) {
-    if (cut_ && !r->keeps_time) {
-      push_ready(r);
-      return;
-    }
-    if (timers_.add(due, r)) earliest_changed();
-  }
-
-  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
-  void earliest_changed() {
-    work_cv_.notify_all();
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-  }
-
-  void settle(runnable* r, const runnable::result& res) {
-    if (res.what == runnable::next::again) {
-      push_ready(r);
-    } else if (res.what == runnable::next::park) {
-      try {
-        park_locked(r, res.due);
-      } catch (...) {
-        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
-      }
-    }
-    tell_waiters(res.what == runnable::next::idle);
-  }
-
-  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
-  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
-  /// asynchronous handlers make, does not wake them for every event).
-  void tell_waiters(bool now) {
-    if (waiters_.load(std::memory_order_relaxed) == 0) return;
-    if (now || ++runs_untold_ >= 16) {
-      runs_untold_ = 0;
-      progress_cv_.notify_all();
-    }
-  }
-
-  void fire_due() {
-    if (timers_.empty()) return;
-    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
-                    [&](std::unique_ptr<delayed_base> d) {
-                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
-                    });
-  }
-
-  delayed_strand delayed_;
-  std::shared_ptr<evbus::clock> clock_;
-  const bool real_;
-  const bool manual_;
-  const std::size_t batch_;
-  const std::chrono::nanoseconds idle_spin_;
-
-  mutable std::mutex mutex_;
-  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
-  std::condition_variable progress_cv_;  // help_until() waits here
-  ready_list ready_;
-  timer_heap timers_;
-  bool cut_ = false;
-  std::size_t running_ = 0;   // runs in progress
-  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
-  // Changed under mutex_, read by submit() without it.
-  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
-  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
-  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
-  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
-  std::atomic<bool> has_workers_{false};  // workers are asked for (scheduler::target_ > 0)
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_SCHEDULER_STATE_HPP
-
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <list>
-#include <mutex>
-#include <optional>
-#include <string>
-#include <thread>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-class scheduler : public scheduler_state {
- public:
-  using scheduler_state::scheduler_state;
-
-  ~scheduler() { stop_workers(); }
-
-  /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
-  void resize(std::size_t n) {
-    std::vector<std::thread> finished;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      std::size_t active = 0;
-      for (auto& w : workers_) active += w.stop ? 0 : 1;
-      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
-        if (!it->stop) {
-          it->stop = true;
-          --active;
-        }
-      }
-      while (active < n) {
-        workers_.emplace_back();
-        worker* w = &workers_.back();
-        try {
-          w->thread = std::thread([this, w] { worker_main(*w); });
-        } catch (...) {
-          workers_.pop_back();
-          throw;
-        }
-        ++active;
-      }
-      target_ = n;
-      has_workers_.store(n > 0, std::memory_order_relaxed);
-      work_cv_.notify_all();
-      progress_cv_.notify_all();
-      collect_exited(finished);
-    }
-    for (auto& t : finished) t.join();
-  }
-
-  std::size_t workers() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return target_;
-  }
-
-  /// Stops and joins every worker (shutdown, destruction).
-  void stop_workers() {
-    std::vector<std::thread> threads;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& w : workers_) {
-        w.stop = true;
-        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
-          threads.push_back(std::move(w.thread));
-        }
-      }
-      target_ = 0;
-      has_workers_.store(false, std::memory_order_relaxed);
-      work_cv_.notify_all();
-    }
-    for (auto& t : threads) t.join();
-    std::lock_guard<std::mutex> lock(mutex_);
-    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
-  }
-
-  /// One pass on the calling thread: what is due becomes ready, then one run of each strand
-  /// that was ready. Returns the handler calls made; `found` says whether anything ran.
-  std::size_t poll_pass(bool& found) {
-    drive_scope scope(this);
-    std::unique_lock<std::mutex> lock(mutex_);
-    fire_due();
-    take_inbox();
-    // Intakes first: the partitions they make ready are ready in this pass.
-    runnable* intakes = ready_.take_intakes();
-    found = intakes != nullptr;
-    std::size_t calls = 0;
-    while (intakes != nullptr) {
-      runnable* r = intakes;
-      intakes = r->next_ready;
-      ++running_;
-      lock.unlock();
-      const runnable::result res = r->run(batch_);
-      lock.lock();
-      --running_;
-      calls += res.calls;
-      settle(r, res);
-    }
-    take_inbox();
-    std::size_t n = ready_.size();
-    found = found || n > 0;
-    while (n-- > 0 && !ready_.empty()) {
-      runnable* r = pop_ready();
-      ++running_;
-      lock.unlock();
-      const runnable::result res = r->run(batch_);
-      lock.lock();
-      --running_;
-      calls += res.calls;
-      settle(r, res);
-    }
-    return calls;
-  }
-
-  /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
-  /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
-  /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
-  /// left (waiting would never end). With `until` (real time), false once it passes.
-  template <class Done>
-  bool help_until(Done done, const char* what,
-                  std::optional<std::chrono::steady_clock::time_point> until = {}) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    waiters_.fetch_add(1, std::memory_order_seq_cst);
-    struct leave {
-      std::atomic<std::size_t>& n;
-      ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
-    } guard{waiters_};
-    const auto wait = [&](std::optional<steady_time::duration> at_most) {
-      auto limit = std::chrono::steady_clock::time_point::max();
-      if (at_most) limit = add_saturated(std::chrono::steady_clock::now(), bounded_wait(*at_most));
-      if (until && *until < limit) limit = *until;
-      if (limit == std::chrono::steady_clock::time_point::max()) {
-        progress_cv_.wait(lock);
-      } else {
-        progress_cv_.wait_until(lock, limit);
-      }
-    };
-    for (;;) {
-      if (done()) return true;
-      if (until && std::chrono::steady_clock::now() >= *until) return false;
-      take_inbox();
-      if (target_ > 0) {
-        wait({});
-        continue;
-      }
-      if (!ready_.empty() || timers_.due(now())) {
-        lock.unlock();
-        bool found = false;
-        poll_pass(found);
-        lock.lock();
-        continue;
-      }
-      // Another thread runs the rest, an emitter is between queueing and submitting, or an
-      // asynchronous handler's completion is awaited from another thread.
-      if (running_ > 0 || timers_.empty() || (manual_ && awaiting() > 0)) {
-        wait({});
-        continue;
-      }
-      if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
-      }
-      wait(timers_.earliest() - now());
-    }
-  }
-
- private:
-  struct worker {
-    std::thread thread;
-    bool stop = false;    // under mutex_
-    bool exited = false;  // under mutex_
-  };
-
-  void collect_exited(std::vector<std::thread>& out) {
-    const auto self = std::this_thread::get_id();
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
-        out.push_back(std::move(it->thread));
-        it = workers_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
-  // -- workers ---------------------------------------------------------------------------
-  void worker_main(worker& self) {
-    drive_scope scope(this);
-    std::unique_lock<std::mutex> lock(mutex_);
-    bool may_spin = true;
-    while (!self.stop) {
-      fire_due();
-      take_inbox();
-      if (!ready_.empty()) {
-        runnable* r = pop_ready();
-        // More ready than this worker takes: a sleeper takes the next (and so on).
-        if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0 &&
-            spinning_.load(std::memory_order_relaxed) == 0) {
-          work_cv_.notify_one();
-        }
-        ++running_;
-        lock.unlock();
-        const runnable::result res = r->run(batch_);
-        lock.lock();
-        --running_;
-        settle(r, res);
-        may_spin = true;
-        continue;
-      }
-      if (runs_untold_ > 0) tell_waiters(true);  // out of work: waiters look now
-      if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
-          idle_spin_.count() > 0) {
-        may_spin = false;
-        spinning_.fetch_add(1, std::memory_order_seq_cst);
-        lock.unlock();
-        spin_for_work();
-        lock.lock();
-        spinning_.fetch_sub(1, std::memory_order_seq_cst);
-        continue;
-      }
-      may_spin = true;
-      // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
-      // submitted from now on either is seen here or wakes this worker.
-      sleepers_.fetch_add(1, std::memory_order_seq_cst);
-      if (!ready_.submitted()) {
-        if (!timers_.empty() && !manual_) {
-          const auto wait = timers_.earliest() - now();
-          if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
-        } else {
-          work_cv_.wait(lock);
-        }
-      }
-      sleepers_.fetch_sub(1, std::memory_order_relaxed);
-    }
-    self.exited = true;
-    // Work this worker would have taken next goes to a sleeping one.
-    take_inbox();
-    if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) {
-      work_cv_.notify_one();
-    }
-    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
-  }
-
-  // Busy-waits, for at most idle_spin, until something is submitted. Yields the processor
-  // every few rounds, so that on a busy machine the thread it waits for gets to run.
-  void spin_for_work() const noexcept {
-    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
-    for (unsigned i = 1;; ++i) {
-      if (ready_.submitted()) return;
-      if (i % 16 == 0) {
-        std::this_thread::yield();
-        if (std::chrono::steady_clock::now() >= until) return;
-      } else {
-        cpu_relax();
-      }
-    }
-  }
-
-  std::size_t target_ = 0;  // under mutex_
-  std::list<worker> workers_;  // under mutex_
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_SCHEDULER_HPP
-
-#include <atomic>
-#include <cstddef>
-#include <cstdint>
-#include <exception>
-#include <memory>
-#include <mutex>
-#include <type_traits>
-#include <utility>
-
-namespace evbus {
-inline namespace v1 {
-
-class completion;
-
-namespace detail {
-
-template <class Data>
-class attempt_runner;
-
-/// Counts of completions that came too late or twice; shared by the subscription and every
-/// state it made, so that a token completed after the subscription is gone touches nothing
-/// else.
-struct completion_counts {
-  std::atomic<std::uint64_t> late{0};       // after the deadline, the shutdown's grace, a throw
-  std::atomic<std::uint64_t> duplicate{0};  // after a copy of the token had completed it
-  std::atomic<std::uint64_t> abandoned{0};  // every copy destroyed without completing it
-};
-
-class completion_state {
- public:
-  enum class status : std::uint8_t { pending, succeeded, failed, expired, abandoned, shut_out };
-  enum class maker : std::uint8_t { none, token, executor };
-
-  completion_state(scheduler& s, runnable& partition, std::shared_ptr<completion_counts> c,
-                   steady_time started, steady_time due) noexcept
-      : start(started), deadline(due), sched_(&s), partition_(&partition),
-        counts_(std::move(c)) {}
-
-  /// Makes the outcome if it is still open; true if this call made it. `by_token`: a copy of
-  /// the token (a later one is then counted). Never throws.
-  bool resolve(status s, std::exception_ptr e, maker by) noexcept {
-    runnable* wake = nullptr;
-    {
-      std::lock_guard<small_lock> lock(lock_);
-      if (status_ != status::pending) {
-        if (by == maker::token) {
-          (made_by_ == maker::token ? counts_->duplicate : counts_->late)
-              .fetch_add(1, std::memory_order_relaxed);
-        }
-        return false;
-      }
-      status_ = s;
-      error_ = std::move(e);
-      made_by_ = by;
-      at_ = sched_->now();  // the scheduler lives while an outcome is open (see the file comment)
-      if (s == status::abandoned) counts_->abandoned.fetch_add(1, std::memory_order_relaxed);
-      if (parked_) wake = partition_;
-    }
-    if (wake != nullptr) sched_->submit(wake);
-    return true;
-  }
-
-  /// By the holder, after the handler returned: true if the outcome is still open, and from
-  /// now on its maker submits the partition (the holder must not touch it after this).
-  bool park() noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (status_ != status::pending) return false;
-    parked_ = true;
-    return true;
-  }
-
-  /// By the holder, once made: what was made, when, and the error (if any).
-  status outcome() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return status_;
-  }
-  bool pending() const noexcept { return outcome() == status::pending; }
-  steady_time made_at() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return at_;
-  }
-  std::exception_ptr error() const {
-    std::lock_guard<small_lock> lock(lock_);
-    return error_;
-  }
-
-  void add_token() noexcept { tokens_.fetch_add(1, std::memory_order_relaxed); }
-  /// The last copy of the token is gone: an open outcome is abandoned.
-  void drop_token() noexcept {
-    if (tokens_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      resolve(status::abandoned, nullptr, maker::executor);
-    }
-  }
-
-  const steady_time start;
-  const steady_time deadline;
-  // The awaiting list's links (in_flight.hpp), under that list's lock.
-  completion_state* prev = nullptr;
-  completion_state* next = nullptr;
-
- private:
-  mutable small_lock lock_;
-  status status_ = status::pending;
-  maker made_by_ = maker::none;
-  bool parked_ = false;
-  std::atomic<std::size_t> tokens_{0};
-  steady_time at_{};
-  std::exception_ptr error_;
-  scheduler* const sched_;
-  runnable* const partition_;
-  const std::shared_ptr<completion_counts> counts_;
-};
-
-}  // namespace detail
-
-/**
- * @brief What an asynchronous ordered handler receives instead of returning its result: it
- * starts the work, keeps a copy of the token, returns, and later completes it, from any thread.
- *
- * The event's partition stays busy (later events of its key wait) until the token is completed:
- * complete() is success; fail(error) is a failure, retried and dead-lettered as a throw would
- * be. A token not completed by the attempt's deadline (delivery_policy::timeout) fails the
- * attempt with evbus::completion_expired; when every copy is destroyed without completing it,
- * the attempt fails with evbus::completion_abandoned. Only the first completion counts: later
- * ones (a second call, a call after the deadline) return false and are counted in stats().
- * Copies share one completion. All members are noexcept and may be called from any thread,
- * also after the executor is gone.
- *
- * @code
- *   evbus::ordered(ex, [&](const evbus::event& e, evbus::completion done) {
- *     client.async_send(e.data_as<std::string>(), [done](std::error_code ec) mutable {
- *       if (ec) done.fail(std::make_exception_ptr(std::system_error(ec)));
- *       else done.complete();
- *     });
- *   });
- * @endcode
- */
-class completion {
- public:
-  /// An empty token (completing it does nothing).
-  completion() noexcept = default;
-  completion(const completion& o) noexcept : state_(o.state_) {
-    if (state_) state_->add_token();
-  }
-  completion(completion&& o) noexcept : state_(std::move(o.state_)) {}
-  completion& operator=(completion o) noexcept {
-    std::swap(state_, o.state_);
-    return *this;
-  }
-  ~completion() {
-    if (state_) state_->drop_token();
-  }
-
-  /// The work succeeded. True if this made the attempt's outcome.
-  bool complete() noexcept {
-    return state_ && state_->resolve(detail::completion_state::status::succeeded, nullptr,
-                                     detail::completion_state::maker::token);
-  }
-
-  /// The work failed with `error` (a null one is read as evbus::error "failed"). True if this
-  /// made the attempt's outcome.
-  bool fail(std::exception_ptr error) noexcept {
-    if (!state_) return false;
-    if (!error) {
-      try {
-        error = std::make_exception_ptr(
-            evbus::error("evbus: an asynchronous handler failed without an exception"));
-      } catch (...) {
-        error = std::current_exception();  // std::bad_alloc: still a failure
-      }
-    }
-    return state_->resolve(detail::completion_state::status::failed, std::move(error),
-                           detail::completion_state::maker::token);
-  }
-
-  /// fail() with an exception object: `done.fail(std::runtime_error("HTTP 503"))`.
-  template <class E, class = std::enable_if_t<!std::is_same_v<std::decay_t<E>, std::exception_ptr>>>
-  bool fail(E&& error) noexcept {
-    std::exception_ptr p;
-    try {
-      p = std::make_exception_ptr(std::forward<E>(error));
-    } catch (...) {
-      p = std::current_exception();
-    }
-    return fail(std::move(p));
-  }
-
-  /// True while the attempt's outcome is open: not completed, expired or abandoned.
-  bool pending() const noexcept { return state_ && state_->pending(); }
-
- private:
-  template <class Data>
-  friend class detail::attempt_runner;
-
-  explicit completion(std::shared_ptr<detail::completion_state> s) noexcept
-      : state_(std::move(s)) {
-    state_->add_token();
-  }
-
-  std::shared_ptr<detail::completion_state> state_;
-};
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_COMPLETION_HPP
-
-#include <cstddef>
-#include <mutex>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-class flight_gate {
- public:
-  /// `partitions`: the most runnables that can wait at once (each waits at most once).
-  flight_gate(std::size_t max, std::size_t partitions) : max_(max), waiting_(partitions) {}
-
-  /// True: `r` has a place. False: `r` waits; a later leave() hands it a place and returns it
-  /// (the caller must not touch `r` after this returns false).
-  bool enter(runnable* r) noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (in_ < max_) {
-      ++in_;
-      return true;
-    }
-    waiting_[(head_ + count_) % waiting_.size()] = r;
-    ++count_;
-    return false;
-  }
-
-  /// Gives a place back: to the first runnable waiting (returned: submit it), or to the gate.
-  runnable* leave() noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    if (count_ > 0) {
-      runnable* r = waiting_[head_];
-      head_ = (head_ + 1) % waiting_.size();
-      --count_;
-      return r;
-    }
-    --in_;
-    return nullptr;
-  }
-
-  std::size_t in_flight() const noexcept {
-    std::lock_guard<small_lock> lock(lock_);
-    return in_;
-  }
-
- private:
-  mutable small_lock lock_;
-  const std::size_t max_;
-  std::size_t in_ = 0;
-  std::vector<runnable*> waiting_;  // a ring: count_ runnables from head_
-  std::size_t head_ = 0;
-  std::size_t count_ = 0;
-};
-
-/// The open outcomes of an executor's asynchronous attempts; as a runnable, the watch over
-/// their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
-class awaiting_list final : public runnable {
- public:
-  explicit awaiting_list(scheduler& s) noexcept : sched_(s) { keeps_time = true; }
-
-  /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
-  /// After shut_out(), the outcome is made `shut_out` at once instead.
-  void add(completion_state& st) noexcept {
-    bool arm = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      st.prev = nullptr;
-      st.next = head_;
-      if (head_ != nullptr) head_->prev = &st;
-      head_ = &st;
-      ++size_;
-      sched_.count_awaiting(1);
-      if (shut_out_) {
-        st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-      } else if (!armed_) {
-        armed_ = true;
-        arm = true;
-      }
-    }
-    if (arm) {
-      try {
-        sched_.park(this, st.deadline);
-      } catch (...) {
-        sched_.submit(this);  // no memory for the timer: look now, and park from the run
-      }
-    }
-  }
-
-  /// The holder took the outcome: no longer listed.
-  void remove(completion_state& st) noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    (st.prev != nullptr ? st.prev->next : head_) = st.next;
-    if (st.next != nullptr) st.next->prev = st.prev;
-    st.prev = st.next = nullptr;
-    --size_;
-    sched_.count_awaiting(-1);
-  }
-
-  /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
-  /// `shut_out` (dead-lettered without a retry).
-  void shut_out() noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    shut_out_ = true;
-    for (completion_state* s = head_; s != nullptr; s = s->next) {
-      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-    }
-  }
-
-  std::size_t size() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return size_;
-  }
-
-  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
-  /// earliest deadline left, or lets itself go when none is open.
-  result run(std::size_t) noexcept override {
-    result res;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const steady_time now = sched_.now();
-      bool any = false;
-      steady_time earliest{};
-      for (completion_state* s = head_; s != nullptr; s = s->next) {
-        if (!s->pending()) continue;
-        if (s->deadline <= now) {
-          s->resolve(completion_state::status::expired, nullptr,
-                     completion_state::maker::executor);
-        } else if (!any || s->deadline < earliest) {
-          any = true;
-          earliest = s->deadline;
-        }
-      }
-      if (any) {
-        res.what = next_step::park;
-        res.due = earliest;
-        return res;
-      }
-      armed_ = false;
-    }
-    res.what = next_step::idle;
-    return res;
-  }
-
- private:
-  using next_step = runnable::next;
-
-  scheduler& sched_;
-  mutable std::mutex mutex_;
-  completion_state* head_ = nullptr;  // newest first
-  std::size_t size_ = 0;
-  bool armed_ = false;     // the watch is parked, ready or running
-  bool shut_out_ = false;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_IN_FLIGHT_HPP
-// ---- stats.hpp -------------------------------------------------
-// evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
-//
-// stats() returns plain structs; durations are kept in log-bucketed histograms, each percentile
-// within 1/8 of the true value.
-#ifndef EVBUS_PARTS_STATS_HPP
-#define EVBUS_PARTS_STATS_HPP
-
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <iomanip>
-#include <ostream>
-#include <sstream>
-#include <string>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-
-/**
- * @brief Three percentiles of a duration distribution.
- *
- * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
- * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
- * never above `max`, which is exact. Durations of 2^45 ns (about ten hours) and more share the
- * last bucket: their percentiles read as 2^45 - 1 ns.
- */
-struct latency_summary {
-  std::uint64_t count = 0;          ///< durations recorded
-  std::chrono::nanoseconds p50{};   ///< median
-  std::chrono::nanoseconds p99{};   ///< 99th percentile
-  std::chrono::nanoseconds max{};   ///< largest
-};
-
-/**
- * @brief Counters of one ordered subscription (or of all of them, in executor_stats::total).
- *
- * When nothing is in flight, accepted == delivered + dead_lettered + dropped + queued, and
- * failed_attempts == retried + dead_lettered. Counters are read one by one, so under load a
- * snapshot may be slightly inconsistent.
- */
-struct subscription_stats {
-  std::string name;                ///< policy name, or "ordered-N"
-  std::uint64_t accepted = 0;      ///< events the subscription took (including later drops)
-  std::uint64_t delivered = 0;     ///< events whose handler returned normally
-  std::uint64_t failed_attempts = 0;  ///< attempts that threw
-  std::uint64_t retried = 0;       ///< failed attempts followed by a retry
-  std::uint64_t dead_lettered = 0; ///< events that failed their last attempt
-  std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
-  std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
-  std::uint64_t expired = 0;       ///< attempts that returned after their deadline
-  /// Events held now (waiting, running or awaiting a retry). An event stops counting as soon
-  /// as it is finished (handled, dead-lettered or dropped), before drain() can see it.
-  std::uint64_t queued = 0;
-  std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
-  std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
-  latency_summary handler_time;    ///< duration of each attempt, on the executor clock
-  latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
-  /// Events being handled now: a handler running, or an asynchronous handler's completion
-  /// awaited.
-  std::uint64_t in_flight = 0;
-  /// Asynchronous attempts: from the start of the attempt to its completion (or expiry), on
-  /// the executor clock.
-  latency_summary completion_time;
-  std::uint64_t late_completions = 0;       ///< completions after the deadline (or the grace)
-  std::uint64_t duplicate_completions = 0;  ///< completions of a token already completed
-  std::uint64_t abandoned = 0;  ///< attempts whose token was destroyed without completing
-  std::string last_error;          ///< what the most recent failed attempt threw, if any
-};
-
-/**
- * @brief What keyed_executor::stats() returns. `to_string(stats)` or `os << stats` gives a
- * table a person can read.
- *
- * @code
- *   std::cout << ex.stats();
- * @endcode
- */
-struct executor_stats {
-  std::size_t partitions = 0;                     ///< P
-  std::size_t workers = 0;                        ///< W now
-  std::vector<subscription_stats> subscriptions;  ///< in creation order
-  subscription_stats total;                       ///< sums over subscriptions; name "total"
-  std::uint64_t delayed_pending = 0;  ///< delayed emits scheduled and not yet emitted
-  std::uint64_t delayed_emitted = 0;  ///< delayed emits that entered the bus without error
-  std::uint64_t delayed_failed = 0;   ///< delayed emits whose bus.emit threw (see on_error)
-  std::uint64_t undelivered = 0;      ///< delayed emits not due at shutdown and not emitted
-  std::uint64_t errors = 0;           ///< errors reported to on_error (or stderr)
-};
-
-namespace detail {
-
-/// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
-/// power-of-two range in 8 equal buckets, up to 2^45 ns (about ten hours; longer durations
-/// share the last bucket, and `max` keeps the exact longest). Recording is lock-free.
-class log_histogram {
- public:
-  static constexpr std::size_t bucket_count = 8 + 42 * 8;
-
-  struct snapshot {
-    std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
-    std::uint64_t max = 0;
-    std::uint64_t count = 0;
-
-    void merge(const snapshot& o) {
-      for (std::size_t i = 0; i < bucket_count; ++i) counts[i] += o.counts[i];
-      max = std::max(max, o.max);
-      count += o.count;
-    }
-
-    /// The upper bound of the bucket holding the ceil(count * num / den)-th smallest value.
-    std::uint64_t percentile(std::uint64_t num, std::uint64_t den) const {
-      if (count == 0) return 0;
-      const std::uint64_t rank = std::max<std::uint64_t>(1, (count * num + den - 1) / den);
-      std::uint64_t seen = 0;
-      for (std::size_t i = 0; i < bucket_count; ++i) {
-        seen += counts[i];
-        if (seen >= rank) return std::min(upper_bound(i), max);
-      }
-      return max;
-    }
-
-    latency_summary summary() const {
-      latency_summary s;
-      s.count = count;
-      s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
-      s.p99 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(99, 100)));
-      s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(max));
-      return s;
-    }
-  };
-
-  void record(std::chrono::nanoseconds d) noexcept {
-    const std::uint64_t v = d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
-    counts_[index(v)].fetch_add(1, std::memory_order_relaxed);
-    std::uint64_t m = max_.load(std::memory_order_relaxed);
-    while (v > m && !max_.compare_exchange_weak(m, v, std::memory_order_relaxed)) {
-    }
-  }
-
-  snapshot read() const {
-    snapshot s;
-    for (std::size_t i = 0; i < bucket_count; ++i) {
-      s.counts[i] = counts_[i].load(std::memory_order_relaxed);
-      s.count += s.counts[i];
-    }
-    s.max = max_.load(std::memory_order_relaxed);
-    return s;
-  }
-
-  static std::size_t index(std::uint64_t v) noexcept {
-    if (v < 8) return static_cast<unsigned>(v);
-    if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
-    const unsigned e = highest_bit(v);
-    const auto sub = static_cast<unsigned>((v >> (e - 3)) & 7U);
-    return (e - 2) * 8 + sub;
-  }
-
-  static unsigned highest_bit(std::uint64_t v) noexcept {
-#if defined(__GNUC__) || defined(__clang__)
-    return 63U - static_cast<unsigned>(__builtin_clzll(v));
-#else
-    unsigned e = 0;
-    for (; v > 1; v >>= 1) ++e;
-    return e;
-#endif
-  }
-
-  static std::uint64_t upper_bound(std::size_t i) noexcept {
-    if (i < 8) return i;
-    const std::size_t e = i / 8 + 2;
-    std::uint64_t lower = 8 + i % 8;
-    lower <<= e - 3;
-    const std::uint64_t width = std::uint64_t{1} << (e - 3);
-    return lower + (width - 1);
-  }
-
- private:
-  std::atomic<std::uint64_t> counts_[bucket_count] = {};
-  std::atomic<std::uint64_t> max_{0};
-};
-
-/// "12ns", "3.4us", "5.0ms", "1.2s": short durations for tables and messages.
-inline std::string format_duration(std::chrono::nanoseconds d) {
-  const double ns = static_cast<double>(d.count());
-  char buf[32];
-  if (d.count() < 1000) {
-    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
-  } else if (ns < 999950.0) {  // what would print as 1000.0us prints as 1.0ms
-    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
-  } else if (ns < 999950000.0) {
-    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);
-  }
-  return buf;
-}
-
-}  // namespace detail
-
-/**
- * @brief The statistics as a table, one row per subscription and a total row.
- *
- * @code
- *   std::cout << evbus::to_string(ex.stats());
- * @endcode
- */
-inline std::string to_string(const executor_stats& s) {
-  std::size_t width = 12;
-  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
-  std::ostringstream out;
-  const auto triple = [](const latency_summary& l) {
-    if (l.count == 0) return std::string("-");
-    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
-           detail::format_duration(l.max);
-  };
-  const auto row = [&](const subscription_stats& r) {
-    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
-        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
-        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
-        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
-        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
-        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
-  };
-  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
-  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
-      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
-      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
-      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
-      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
-      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
-  for (const auto& sub : s.subscriptions) row(sub);
-  row(s.total);
-  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
-      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
-      << "\n";
-  for (const auto& sub : s.subscriptions) {
-    if (sub.completion_time.count > 0 || sub.in_flight > 0) {
-      out << sub.name << ": " << sub.in_flight << " in flight; completions p50/p99/max "
-          << triple(sub.completion_time) << ", " << sub.late_completions << " late, "
-          << sub.duplicate_completions << " duplicate, " << sub.abandoned << " abandoned\n";
-    }
-    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
-  }
-  return out.str();
-}
-
-/// Writes to_string(s).
-inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
-  return os << to_string(s);
-}
-
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_STATS_HPP
-
-#include <atomic>
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <exception>
-#include <functional>
-#include <memory>
-#include <string>
-#include <string_view>
-#include <utility>
-#include <vector>
-
-namespace evbus {
-inline namespace v1 {
-namespace detail {
-
-/// A 64-bit mixer (splitmix64's finaliser): jitter and seeds.
-inline std::uint64_t mix64(std::uint64_t x) noexcept {
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-/// What drain() waits for in one subscription, and how far it has seen it get.
-struct drain_target {
-  std::uint64_t accepted = 0;        // the events accepted when the wait began
-  std::vector<std::uint64_t> parts;  // then, per partition, the events it must finish
-  std::size_t from = 0;              // the partitions before it have finished theirs
-};
-
-/// What the core keeps of each ordered subscription.
-struct subscription_base {
-  subscription_base() = default;
-  subscription_base(const subscription_base&) = delete;
-  subscription_base& operator=(const subscription_base&) = delete;
-  virtual ~subscription_base() = default;
-
-  /// A commit's place for one event (subscription::reserve_place); virtual so that a
-  /// transaction's commit compiles without the subscription's code when no executor is used.
-  virtual bool reserve_place(std::string_view topic, const std::string& key) = 0;
-  /// Gives back a place a commit took and did not use. Never throws.
-  virtual void release_place() noexcept = 0;
-  /// The events accepted so far: what drain() waits for.
-  virtual std::uint64_t accepted_so_far() const = 0;
-  /// True once the events counted in `target.accepted` are finished; keeps its progress in
-  /// `target`, so a call goes on where the last one stopped.
-  virtual bool reached(drain_target& target) const = 0;
-  /// Returns once every push that saw the executor open has queued its event.
-  virtual void close_barrier() = 0;
-  /// Wakes emitters blocked for room, so they see the executor closed.
-  virtual void wake_blocked() = 0;
-  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
-                          log_histogram::snapshot& wait,
-                          log_histogram::snapshot& completed) const = 0;
-
-  std::string name;
-  /// One for the handler front (the copies of what ordered() returned) and one per strand
-  /// (the intake, a partition) held by a thread (scheduled, running, parked). The one who brings it to zero has the core
-  /// remove the subscription: no handler can push, and no event is left.
-  /// On a cache line of its own: workers change it as strands are held and let go, while
-  /// emitters read the fields around it.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::size_t> holds{1};
-  /// The handler front is gone: the subscription leaves once its partitions are let go.
-  std::atomic<bool> retiring{false};
-  /// It has left the registry (drain() waits for a retiring subscription to be gone).
-  std::atomic<bool> removed{false};
-};
-
-class executor_link;
-
-/**
- * @brief A transaction's commit, as the subscriptions see it (transaction.hpp): the places
- * it took before emitting anything, and the event it is emitting now. Set on the committing
- * thread for the time of the commit; push() of a subscription with a place for the current
- * event uses it instead of taking one.
- */
-struct commit_context {
-  struct place {
-    std::shared_ptr<subscription_base> sub;  // kept alive until the commit ends
-    const std::string* event_id;             // the transaction's event it is for
-    bool used = false;
-  };
-  std::vector<place> places;
-  std::vector<executor_link*> holds;  // executors that may not close until the commit ends
-  const std::string* current = nullptr;  // the event being emitted, in phase 2
-
-  /// The place taken for the current event in `sub`, if any (and marks it used).
-  bool use(const subscription_base* sub, const std::string& id) noexcept {
-    if (current == nullptr || *current != id) return false;
-    for (auto& p : places) {
-      if (!p.used && p.sub.get() == sub && p.event_id == current) {
-        p.used = true;
-        return true;
-      }
-    }
-    return false;
-  }
-  bool holds_link(const executor_link* link) const noexcept {
-    for (auto* l : holds) {
-      if (l == link) return true;
-    }
-    return false;
-  }
-};
-
-/// The commit running on this thread, or null.
-inline commit_context*& current_commit() noexcept {
-  thread_local commit_context* context = nullptr;
-  return context;
-}
-
-class executor_link {
- public:
-  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
-                std::chrono::nanoseconds idle_spin,
-                std::function<void(std::exception_ptr, std::string_view)> on_error)
-      : sched(std::move(clock), batch, idle_spin,
-              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
-        on_error_(std::move(on_error)) {}
-  executor_link(const executor_link&) = delete;
-  executor_link& operator=(const executor_link&) = delete;
-
-  steady_time now() const noexcept { return sched.now(); }
-
-  /// Reports an error that has no caller to go to. Never throws.
-  void report_error(std::exception_ptr e, std::string_view where) noexcept {
-    errors.fetch_add(1, std::memory_order_relaxed);
-    try {
-      if (on_error_) {
-        on_error_(e, where);
-        return;
-      }
-      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
-      std::fputs(line.c_str(), stderr);
-    } catch (...) {
-      // on_error itself failed; the error stays counted in stats().errors.
-    }
-  }
-
-  /// Drops `s` from the registry (its holds reached zero). Never throws.
-  virtual void remove(subscription_base* s) noexcept = 0;
-
-  /// Gives back one hold of `s`; the last one removes it.
-  void release_hold(subscription_base* s) noexcept {
-    if (s->holds.fetch_sub(1, std::memory_order_acq_rel) == 1) remove(s);
-  }
-
-  scheduler sched;
-  /// The open outcomes of asynchronous attempts, and the watch over their deadlines.
-  awaiting_list awaiting{sched};
-  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
-  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
-  /// all the time.
-  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
-  /// Set once subscriptions stop accepting events.
-  std::atomic<bool> closed{false};
-  std::atomic<std::uint64_t> errors{0};
-  /// Transaction commits that took places here: shutdown waits for them after closing, and
-  /// their pushes still get in.
-  std::atomic<std::size_t> commits{0};
-
-  /// A commit holds this executor open: refused (executor_closed) if it is closed.
-  bool hold_for_commit() noexcept {
-    commits.fetch_add(1, std::memory_order_seq_cst);
-    if (!closed.load(std::memory_order_seq_cst)) return true;
-    commits.fetch_sub(1, std::memory_order_seq_cst);
-    return false;
-  }
-  void release_commit() noexcept { commits.fetch_sub(1, std::memory_order_seq_cst); }
-
- protected:
-  ~executor_link() = default;
-
- private:
-  std::function<void(std::exception_ptr, std::string_view)> on_error_;
-};
-
-}  // namespace detail
-}  // namespace v1
-}  // namespace evbus
-
-#endif  // EVBUS_PARTS_LINK_HPP
 
 #include <any>
 #include <exception>
@@ -5095,11 +2773,6 @@ class executor_link {
 namespace evbus {
 inline namespace v1 {
 namespace detail {
-
-/// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
-/// returned); defined with the executor (ordered_handler.hpp).
-template <class Data>
-struct commit_reserver;
 
 /// The commit running on this thread, for the time of a scope; gives back what it did not
 /// use at the end.
@@ -5111,12 +2784,7 @@ class commit_scope {
   void enter() noexcept { current_commit() = &ctx_; }
   ~commit_scope() {
     current_commit() = outer_;
-    for (auto& p : ctx_.places) {
-      if (!p.used) p.sub->release_place();
-    }
-    ctx_.places.clear();
-    for (auto* link : ctx_.holds) link->release_commit();
-    ctx_.holds.clear();
+    if (ctx_.give_back != nullptr) ctx_.give_back(ctx_);
   }
 
  private:
@@ -5196,8 +2864,9 @@ class basic_transaction {
    * nothing is emitted, commit() throws that error and the transaction stays open: commit
    * again, or roll back. Then every event is emitted with its places: none is refused, also
    * if shutdown() begins meanwhile (it waits for the commit). A drop_oldest / drop_newest
-   * subscription drops by its own rule; an ordered handler wrapped in another callable, or
-   * registered during the commit, takes no place and may refuse as a plain emit does.
+   * subscription drops by its own rule; an ordered handler wrapped in another callable (a
+   * `std::function` too), or registered during the commit, takes no place and may refuse as
+   * a plain emit does.
    *
    * A handler that throws is not a refusal: it does not stop the others, nor does a topic
    * deregistered since tx.emit (evbus::unknown_topic); afterwards the one failure is rethrown
@@ -5210,9 +2879,11 @@ class basic_transaction {
     {
       detail::commit_scope reservations(ctx);
       for (const auto& e : pending_) {
-        bus_->for_each_handler(*e.topic, [&](const typename basic_bus<Data>::handler_type& fn) {
-          detail::commit_reserver<Data>::reserve(fn, ctx, e.topic->name->value, e.options.key,
-                                                 e.id);
+        bus_->for_each_handler(*e.topic, [&](const detail::handler_entry<Data>& h) {
+          // Only what evbus::ordered returned takes a place (commit_reserver, ordered_handler.hpp).
+          if (h.reserve != nullptr) {
+            h.reserve(h.fn, ctx, e.topic->name->value, e.options.key, e.id);
+          }
         });
       }
       // Every place is taken: from here on, nothing is refused.
@@ -7915,6 +5586,819 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_PARTITIONER_HPP
+// ---- clock.hpp -------------------------------------------------
+// evbus/parts/clock.hpp: the executor's time: steady time points and a clock tests can move.
+//
+// Backoffs, delays and deadlines are read from an evbus::clock: real_clock follows
+// std::chrono::steady_clock, manual_clock moves only when told.
+#ifndef EVBUS_PARTS_CLOCK_HPP
+#define EVBUS_PARTS_CLOCK_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/// Executor time: a point on a steady clock (the real one, or a manual one in tests).
+using steady_time = std::chrono::steady_clock::time_point;
+
+namespace detail {
+/// `t + d`, or the end of time when that would overflow: a delay or timeout of centuries
+/// means "never" / "no deadline" rather than wrapping into the past.
+inline steady_time add_saturated(steady_time t, std::chrono::nanoseconds d) noexcept {
+  const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+  const auto at = t.time_since_epoch().count();
+  using rep = decltype(at);
+  // Compared without forming `max() - t`, which overflows for a time far in the past.
+  if (step > 0 && at > std::numeric_limits<rep>::max() - step) return steady_time::max();
+  if (step < 0 && at < std::numeric_limits<rep>::min() - step) return steady_time::min();
+  return t + steady_time::duration(step);
+}
+
+/// Any duration as nanoseconds, saturated: duration_cast of hours::max() would overflow.
+template <class Rep, class Period>
+std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
+  using std::chrono::nanoseconds;
+  const double ns = std::chrono::duration<double, std::nano>(d).count();
+  if (ns >= static_cast<double>(nanoseconds::max().count())) return nanoseconds::max();
+  if (ns <= static_cast<double>(nanoseconds::min().count())) return nanoseconds::min();
+  return std::chrono::duration_cast<nanoseconds>(d);
+}
+
+/// Longest single sleep of a thread of the executor. The standard library adds a wait's
+/// duration to its own clock, which overflows for "until the end of time"; a thread that wakes
+/// after this long looks again and goes back to sleep.
+inline constexpr std::chrono::hours longest_wait{24};
+
+inline std::chrono::nanoseconds bounded_wait(steady_time::duration d) noexcept {
+  return d > longest_wait ? std::chrono::nanoseconds(longest_wait)
+                          : std::chrono::duration_cast<std::chrono::nanoseconds>(d);
+}
+}  // namespace detail
+
+
+/**
+ * @brief The time source of a keyed executor: backoffs, delays and deadlines are read from it.
+ *
+ * evbus::real_clock (the default) follows std::chrono::steady_clock; evbus::manual_clock moves
+ * only when a test moves it. A clock keeps a list of listeners that it calls after its time
+ * moved by itself in a way a waiting thread cannot foresee (manual_clock does so on every
+ * change); executors register there so that advancing a manual clock wakes their workers.
+ *
+ * A custom clock derives from this class, returns its time from now() (which must not throw
+ * and must never go back), returns true from is_manual() if it does not advance in real time,
+ * and calls notify_listeners() after each change of a manual time.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.workers = 0, .clock = clock});
+ *   clock->advance(std::chrono::seconds(1));  // retries and delays now due become ready
+ * @endcode
+ */
+class clock {
+ public:
+  clock() = default;
+  clock(const clock&) = delete;
+  clock& operator=(const clock&) = delete;
+  virtual ~clock() = default;
+
+  /// The current time. Never decreases.
+  virtual steady_time now() const noexcept = 0;
+
+  /// True if the time moves only when told to: executors then wait for listeners instead of
+  /// sleeping until a due time.
+  virtual bool is_manual() const noexcept { return false; }
+
+  /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
+  /// id for remove_listener().
+  std::uint64_t add_listener(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    const std::uint64_t id = next_listener_++;
+    listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
+    return id;
+  }
+
+  /// Unregisters a listener; a call of it already running may still finish.
+  void remove_listener(std::uint64_t id) noexcept {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
+                                    [id](const auto& l) { return l.first == id; }),
+                     listeners_.end());
+  }
+
+ protected:
+  /// Calls every listener. They are called outside the clock's lock, so a listener may add or
+  /// remove listeners, or be the last owner of an executor and destroy it.
+  void notify_listeners() const {
+    std::vector<std::shared_ptr<const std::function<void()>>> calls;
+    {
+      std::lock_guard<std::mutex> lock(listeners_mutex_);
+      calls.reserve(listeners_.size());
+      for (const auto& l : listeners_) calls.push_back(l.second);
+    }
+    for (const auto& fn : calls) (*fn)();
+  }
+
+ private:
+  mutable std::mutex listeners_mutex_;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<const std::function<void()>>>> listeners_;
+  std::uint64_t next_listener_ = 1;
+};
+
+/**
+ * @brief The default executor clock: std::chrono::steady_clock.
+ *
+ * @code
+ *   evbus::keyed_executor ex({.clock = std::make_shared<evbus::real_clock>()});  // = default
+ * @endcode
+ */
+class real_clock final : public clock {
+ public:
+  steady_time now() const noexcept override { return std::chrono::steady_clock::now(); }
+};
+
+/**
+ * @brief A clock that moves only when told: advance() and set(). For tests: retries, delays
+ * and deadlines become deterministic, and no test sleeps.
+ *
+ * Every change wakes the workers of the executors using this clock, so threaded tests work
+ * too. Thread-safe.
+ *
+ * @code
+ *   auto clock = std::make_shared<evbus::manual_clock>();
+ *   evbus::keyed_executor ex({.partitions = 4, .workers = 0, .clock = clock});
+ *   ex.emit_after(bus, std::chrono::seconds(5), "reminder", 1);
+ *   ex.run_until_idle();                       // nothing: not due yet
+ *   clock->advance(std::chrono::seconds(5));
+ *   ex.run_until_idle();                       // the reminder enters the bus now
+ * @endcode
+ */
+class manual_clock final : public clock {
+ public:
+  /// A clock reading `start` (by default the steady_clock epoch).
+  explicit manual_clock(steady_time start = steady_time{})
+      : ns_(start.time_since_epoch().count()) {}
+
+  steady_time now() const noexcept override {
+    return steady_time(steady_time::duration(ns_.load(std::memory_order_acquire)));
+  }
+
+  bool is_manual() const noexcept override { return true; }
+
+  /// Moves the time forward by `d` (evbus::invalid_argument if negative), then wakes listeners.
+  void advance(std::chrono::nanoseconds d) {
+    if (d.count() < 0) {
+      throw invalid_argument("evbus: manual_clock::advance: the step must not be negative (got " +
+                             std::to_string(d.count()) + "ns)");
+    }
+    const auto step = std::chrono::duration_cast<steady_time::duration>(d).count();
+    auto current = ns_.load(std::memory_order_acquire);
+    steady_time::rep next = 0;
+    do {
+      // Stops at the end of time rather than wrap into the past.
+      next = current > std::numeric_limits<steady_time::rep>::max() - step
+                 ? std::numeric_limits<steady_time::rep>::max()
+                 : current + step;
+    } while (!ns_.compare_exchange_weak(current, next, std::memory_order_acq_rel));
+    notify_listeners();
+  }
+
+  /// Sets the time to `t` (evbus::invalid_argument if that is earlier than now()), then wakes
+  /// listeners.
+  void set(steady_time t) {
+    const auto target = t.time_since_epoch().count();
+    auto current = ns_.load(std::memory_order_acquire);
+    do {
+      if (target < current) {
+        throw invalid_argument("evbus: manual_clock::set: time must not go back (now " +
+                               std::to_string(current) + "ns, asked " + std::to_string(target) +
+                               "ns since the epoch)");
+      }
+    } while (!ns_.compare_exchange_weak(current, target, std::memory_order_acq_rel));
+    notify_listeners();
+  }
+
+ private:
+  std::atomic<steady_time::rep> ns_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_CLOCK_HPP
+// ---- policies.hpp -------------------------------------------------
+// evbus/parts/policies.hpp: how an ordered subscription delivers, and what the executor is built with.
+//
+// The delivery policy (capacity, overflow, retries, backoff, timeout, callbacks) and the executor
+// options, both aggregates; and what the callbacks receive.
+#ifndef EVBUS_PARTS_POLICIES_HPP
+#define EVBUS_PARTS_POLICIES_HPP
+
+
+#include <any>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <typeinfo>
+
+namespace evbus {
+inline namespace v1 {
+
+// -- 6.3 policies, reports and statistics ---------------------------------------
+
+/// What an ordered subscription does with an event when it already holds `capacity` events.
+enum class overflow {
+  block,        ///< the emitter waits for room (optionally until `block_timeout`)
+  reject,       ///< the emitter gets evbus::queue_full; counted as rejected
+  drop_oldest,  ///< the oldest event no worker has taken yet goes to `on_drop`; the new one
+                ///< is queued (if every event held is taken, the new one is dropped)
+  drop_newest,  ///< the new event goes to `on_drop` and is not queued
+};
+
+/**
+ * @brief What an ordered handler may learn about the current attempt (its optional second
+ * parameter).
+ *
+ * @code
+ *   evbus::ordered(ex, [](const evbus::event& e, const evbus::delivery& d) {
+ *     if (d.attempt > 1) log("retry", d.attempt);
+ *     call_downstream(e, d.deadline);  // cooperative: stop waiting at the deadline
+ *   });
+ * @endcode
+ */
+struct delivery {
+  unsigned attempt = 1;             ///< 1 for the first attempt, 2 for the first retry...
+  steady_time deadline{};           ///< start of this attempt + the policy's timeout
+  bool shutdown_requested = false;  ///< shutdown() had begun when this attempt started
+  std::size_t partition = 0;        ///< the partition the event is in
+};
+
+/**
+ * @brief An event that failed its last attempt: what `on_dead_letter` receives.
+ */
+template <class Data>
+struct basic_dead_letter {
+  basic_event<Data> event;    ///< the event, as it was emitted
+  std::exception_ptr error;   ///< what the last attempt threw
+  unsigned attempts = 0;      ///< attempts made: max_retry + 1
+};
+
+/// A dead letter of evbus::bus.
+using dead_letter = basic_dead_letter<std::any>;
+
+/**
+ * @brief How an ordered subscription delivers: capacity, retries, timeout and callbacks.
+ *
+ * An aggregate; with C++20, `evbus::ordered(ex, fn, {.capacity = 1000, .max_retry = 3})`.
+ * Every callback runs on the thread that detected the situation (the emitter for drops, a
+ * worker or poller for dead letters and timeouts); one that throws is reported to the
+ * executor's `on_error`.
+ *
+ * @code
+ *   evbus::delivery_policy p;
+ *   p.name = "billing";
+ *   p.capacity = 10'000;
+ *   p.on_full = evbus::overflow::reject;
+ *   p.max_retry = 3;
+ *   p.on_dead_letter = [](const evbus::dead_letter& d) { park_for_humans(d.event, d.error); };
+ * @endcode
+ */
+template <class Data = std::any>
+struct basic_delivery_policy {
+  /// Most events the subscription holds (waiting, being handled, or waiting for a retry).
+  /// Must be at least 1. Default: unbounded.
+  std::size_t capacity = std::numeric_limits<std::size_t>::max();
+  /// What an emit into a full subscription does.
+  overflow on_full = overflow::block;
+  /// With overflow::block: longest wait for room, in real time; empty = no limit.
+  std::optional<std::chrono::nanoseconds> block_timeout{};
+  /// Retries after the first attempt; the event is dead-lettered after max_retry + 1 attempts.
+  unsigned max_retry = 5;
+  /// Backoff before retry n is min(backoff_cap, backoff_base * 2^(n-1)), minus jitter.
+  std::chrono::nanoseconds backoff_base = std::chrono::milliseconds(100);
+  /// Upper bound of the backoff.
+  std::chrono::nanoseconds backoff_cap = std::chrono::seconds(10);
+  /// Fraction in [0, 1]: each backoff is drawn from [nominal * (1 - jitter), nominal].
+  double jitter = 0.5;
+  /// Seed of the jitter; empty: a different seed per subscription and run.
+  std::optional<std::uint64_t> jitter_seed{};
+  /// Per-attempt deadline: the handler sees start + timeout in delivery::deadline. An
+  /// asynchronous handler's completion not made by then fails the attempt (completion_expired).
+  std::chrono::nanoseconds timeout = std::chrono::seconds(30);
+  /// Receives an event whose last attempt failed. Without one it is still counted.
+  std::function<void(const basic_dead_letter<Data>&)> on_dead_letter{};
+  /// Receives each event dropped by overflow::drop_oldest / drop_newest.
+  std::function<void(const basic_event<Data>&)> on_drop{};
+  /// Receives each attempt that returned after its deadline, with how long it ran.
+  std::function<void(const basic_event<Data>&, const delivery&, std::chrono::nanoseconds)>
+      on_timeout{};
+  /// Name in stats(); empty: "ordered-N", N counting the executor's subscriptions from 1.
+  std::string name{};
+  /// Most events of the subscription being handled at once, across its partitions: a handler
+  /// running, or an asynchronous handler's completion awaited. Must be at least 1. Default:
+  /// no limit (at most one per partition).
+  std::size_t max_in_flight = std::numeric_limits<std::size_t>::max();
+};
+
+/// The delivery policy of evbus::bus.
+using delivery_policy = basic_delivery_policy<std::any>;
+
+namespace detail {
+
+/// undelivered::data_as<T>'s refusal, out of the template.
+[[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
+                                                 const std::type_info& wanted,
+                                                 const std::type_info& held) {
+  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
+                            ": payload is not a ", type_name(wanted), " (it holds ",
+                            type_name(held), ")"}));
+}
+
+}  // namespace detail
+
+/**
+ * @brief A delayed emit that never entered the bus: what `on_undelivered` receives (at
+ * shutdown, or when it fell due after its bus was destroyed).
+ *
+ * @code
+ *   opts.on_undelivered = [](const evbus::undelivered& u) {
+ *     save_for_next_start(u.topic, u.key(), u.data_as<reminder>());
+ *   };
+ * @endcode
+ */
+/// Why a delayed emit never entered the bus.
+enum class undelivered_reason {
+  not_due_at_shutdown,  ///< the executor shut down before it was due (delayed_policy::report)
+  bus_destroyed,        ///< the bus it was meant for was destroyed first
+};
+
+struct undelivered {
+  undelivered_reason reason = undelivered_reason::not_due_at_shutdown;  ///< why it was not emitted
+  std::string topic;      ///< the topic it was scheduled for
+  emit_options options;   ///< the options it was scheduled with (key, tx_id, ...)
+  steady_time due{};      ///< when it was due, on the executor's clock
+  std::any data;          ///< the payload (for a std::any bus, the payload's own value)
+
+  /// The event's ordering key.
+  const std::string& key() const noexcept { return options.key; }
+
+  /// The payload as a `T`; a wrong type throws evbus::bad_data_type.
+  template <class T>
+  const T& data_as() const {
+    if (const T* p = std::any_cast<T>(&data)) return *p;
+    detail::refuse_undelivered_type(topic, typeid(T), data.type());
+  }
+};
+
+/// What shutdown does with delayed emits that are not due yet.
+enum class delayed_policy {
+  report,  ///< hand each to `on_undelivered` (the default)
+  emit,    ///< emit them at once, in due order, before the subscriptions close
+};
+
+/**
+ * @brief Options of a keyed executor. An aggregate.
+ *
+ * @code
+ *   evbus::executor_options o;
+ *   o.partitions = 64;      // fixed for the executor's life
+ *   o.workers = 4;          // change later with resize(); 0 = drive it with poll()
+ *   o.on_error = [](std::exception_ptr e, std::string_view where) { log(where, e); };
+ *   evbus::keyed_executor ex(o);
+ * @endcode
+ */
+struct executor_options {
+  /// Partitions per ordered subscription (P); at least 1; fixed.
+  std::size_t partitions = 16;
+  /// Worker threads (W); 0 = none: the caller runs the work with poll() / run_until_idle().
+  std::size_t workers = 1;
+  /// Time source; empty = evbus::real_clock.
+  std::shared_ptr<evbus::clock> clock{};
+  /// Receives what failed outside a handler: a delayed emit that threw, a callback that threw.
+  /// Empty: the error is written to stderr. Either way it is counted in stats().errors.
+  std::function<void(std::exception_ptr error, std::string_view where)> on_error{};
+  /// Receives each delayed emit that never entered the bus: not due at shutdown (with
+  /// delayed_policy::report), or due after its bus was destroyed; undelivered::reason says
+  /// which. Empty: each is reported to on_error instead. Either way it is counted.
+  std::function<void(const undelivered&)> on_undelivered{};
+  /// What shutdown does with delayed emits that are not due yet.
+  delayed_policy delayed_at_shutdown = delayed_policy::report;
+  /// Most events a worker handles from one partition before it lets other partitions run.
+  std::size_t batch = 64;
+  /// How long an idle worker keeps looking for new work before it sleeps (one worker at a
+  /// time does). New work usually comes back within microseconds, and a worker that is awake
+  /// takes it without a producer having to wake it through the kernel; the price is up to
+  /// this much busy CPU time each time the executor runs out of work. Zero: sleep at once.
+  /// Must not be negative.
+  std::chrono::nanoseconds idle_spin = std::chrono::microseconds(20);
+  /// How long shutdown() waits, in real time, for asynchronous handlers' outstanding
+  /// completions once nothing else is left; then each is dead-lettered (no retry) with
+  /// evbus::completion_abandoned, and so is each attempt that starts after. Must not be
+  /// negative.
+  std::chrono::nanoseconds completion_grace = std::chrono::seconds(5);
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_POLICIES_HPP
+// ---- stats.hpp -------------------------------------------------
+// evbus/parts/stats.hpp: the executor's counters and latency histograms, and how they print.
+//
+// stats() returns plain structs; durations are kept in log-bucketed histograms, each percentile
+// within 1/8 of the true value.
+#ifndef EVBUS_PARTS_STATS_HPP
+#define EVBUS_PARTS_STATS_HPP
+
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+
+/**
+ * @brief Three percentiles of a duration distribution.
+ *
+ * Durations are kept in a log-bucketed histogram (power-of-two ranges, each cut in 8): a
+ * percentile is the upper bound of its bucket, so it is at most 1/8 above the true value, and
+ * never above `max`, which is exact. Durations of 2^45 ns (about ten hours) and more share the
+ * last bucket: their percentiles read as 2^45 - 1 ns.
+ */
+struct latency_summary {
+  std::uint64_t count = 0;          ///< durations recorded
+  std::chrono::nanoseconds p50{};   ///< median
+  std::chrono::nanoseconds p99{};   ///< 99th percentile
+  std::chrono::nanoseconds max{};   ///< largest
+};
+
+/**
+ * @brief Counters of one ordered subscription (or of all of them, in executor_stats::total).
+ *
+ * When nothing is in flight, accepted == delivered + dead_lettered + dropped + queued, and
+ * failed_attempts == retried + dead_lettered. Counters are read one by one, so under load a
+ * snapshot may be slightly inconsistent.
+ */
+struct subscription_stats {
+  std::string name;                ///< policy name, or "ordered-N"
+  std::uint64_t accepted = 0;      ///< events the subscription took (including later drops)
+  std::uint64_t delivered = 0;     ///< events whose handler returned normally
+  std::uint64_t failed_attempts = 0;  ///< attempts that threw
+  std::uint64_t retried = 0;       ///< failed attempts followed by a retry
+  std::uint64_t dead_lettered = 0; ///< events that failed their last attempt
+  std::uint64_t dropped = 0;       ///< events dropped by drop_oldest / drop_newest
+  std::uint64_t rejected = 0;      ///< emits refused with evbus::queue_full
+  std::uint64_t expired = 0;       ///< attempts that returned after their deadline
+  /// Events held now (waiting, running or awaiting a retry). An event stops counting as soon
+  /// as it is finished (handled, dead-lettered or dropped), before drain() can see it.
+  std::uint64_t queued = 0;
+  std::uint64_t high_water = 0;    ///< most `queued` seen at once (total: sum of subscriptions')
+  std::uint64_t blocked = 0;       ///< emitters waiting for room now (overflow::block)
+  latency_summary handler_time;    ///< duration of each attempt, on the executor clock
+  latency_summary queue_wait;      ///< acceptance to first attempt, on the executor clock
+  /// Events being handled now: a handler running, or an asynchronous handler's completion
+  /// awaited.
+  std::uint64_t in_flight = 0;
+  /// Asynchronous attempts: from the start of the attempt to its completion (or expiry), on
+  /// the executor clock.
+  latency_summary completion_time;
+  std::uint64_t late_completions = 0;       ///< completions after the deadline (or the grace)
+  std::uint64_t duplicate_completions = 0;  ///< completions of a token already completed
+  std::uint64_t abandoned = 0;  ///< attempts whose token was destroyed without completing
+  std::string last_error;          ///< what the most recent failed attempt threw, if any
+};
+
+/**
+ * @brief What keyed_executor::stats() returns. `to_string(stats)` or `os << stats` gives a
+ * table a person can read.
+ *
+ * @code
+ *   std::cout << ex.stats();
+ * @endcode
+ */
+struct executor_stats {
+  std::size_t partitions = 0;                     ///< P
+  std::size_t workers = 0;                        ///< W now
+  std::vector<subscription_stats> subscriptions;  ///< in creation order
+  subscription_stats total;                       ///< sums over subscriptions; name "total"
+  std::uint64_t delayed_pending = 0;  ///< delayed emits scheduled and not yet emitted
+  std::uint64_t delayed_emitted = 0;  ///< delayed emits that entered the bus without error
+  std::uint64_t delayed_failed = 0;   ///< delayed emits whose bus.emit threw (see on_error)
+  std::uint64_t undelivered = 0;      ///< delayed emits not due at shutdown and not emitted
+  std::uint64_t errors = 0;           ///< errors reported to on_error (or stderr)
+};
+
+namespace detail {
+
+/// A histogram of nanosecond durations in log buckets: values below 8 exactly, then each
+/// power-of-two range in 8 equal buckets, up to 2^45 ns (about ten hours; longer durations
+/// share the last bucket, and `max` keeps the exact longest). Recording is lock-free.
+class log_histogram {
+ public:
+  static constexpr std::size_t bucket_count = 8 + 42 * 8;
+
+  struct snapshot {
+    std::vector<std::uint64_t> counts = std::vector<std::uint64_t>(bucket_count, 0);
+    std::uint64_t max = 0;
+    std::uint64_t count = 0;
+
+    void merge(const snapshot& o) {
+      for (std::size_t i = 0; i < bucket_count; ++i) counts[i] += o.counts[i];
+      max = std::max(max, o.max);
+      count += o.count;
+    }
+
+    /// The upper bound of the bucket holding the ceil(count * num / den)-th smallest value.
+    std::uint64_t percentile(std::uint64_t num, std::uint64_t den) const {
+      if (count == 0) return 0;
+      const std::uint64_t rank = std::max<std::uint64_t>(1, (count * num + den - 1) / den);
+      std::uint64_t seen = 0;
+      for (std::size_t i = 0; i < bucket_count; ++i) {
+        seen += counts[i];
+        if (seen >= rank) return std::min(upper_bound(i), max);
+      }
+      return max;
+    }
+
+    latency_summary summary() const {
+      latency_summary s;
+      s.count = count;
+      s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
+      s.p99 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(99, 100)));
+      s.max = std::chrono::nanoseconds(static_cast<std::int64_t>(max));
+      return s;
+    }
+  };
+
+  void record(std::chrono::nanoseconds d) noexcept {
+    const std::uint64_t v = d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0;
+    counts_[index(v)].fetch_add(1, std::memory_order_relaxed);
+    std::uint64_t m = max_.load(std::memory_order_relaxed);
+    while (v > m && !max_.compare_exchange_weak(m, v, std::memory_order_relaxed)) {
+    }
+  }
+
+  snapshot read() const {
+    snapshot s;
+    for (std::size_t i = 0; i < bucket_count; ++i) {
+      s.counts[i] = counts_[i].load(std::memory_order_relaxed);
+      s.count += s.counts[i];
+    }
+    s.max = max_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+  static std::size_t index(std::uint64_t v) noexcept {
+    if (v < 8) return static_cast<unsigned>(v);
+    if (v >= (std::uint64_t{1} << 45)) return bucket_count - 1;
+    const unsigned e = highest_bit(v);
+    const auto sub = static_cast<unsigned>((v >> (e - 3)) & 7U);
+    return (e - 2) * 8 + sub;
+  }
+
+  static unsigned highest_bit(std::uint64_t v) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return 63U - static_cast<unsigned>(__builtin_clzll(v));
+#else
+    unsigned e = 0;
+    for (; v > 1; v >>= 1) ++e;
+    return e;
+#endif
+  }
+
+  static std::uint64_t upper_bound(std::size_t i) noexcept {
+    if (i < 8) return i;
+    const std::size_t e = i / 8 + 2;
+    std::uint64_t lower = 8 + i % 8;
+    lower <<= e - 3;
+    const std::uint64_t width = std::uint64_t{1} << (e - 3);
+    return lower + (width - 1);
+  }
+
+ private:
+  std::atomic<std::uint64_t> counts_[bucket_count] = {};
+  std::atomic<std::uint64_t> max_{0};
+};
+
+/// "12ns", "3.4us", "5.0ms", "1.2s": short durations for tables and messages.
+inline std::string format_duration(std::chrono::nanoseconds d) {
+  const double ns = static_cast<double>(d.count());
+  char buf[32];
+  if (d.count() < 1000) {
+    std::snprintf(buf, sizeof buf, "%lldns", static_cast<long long>(d.count()));
+  } else if (ns < 999950.0) {  // what would print as 1000.0us prints as 1.0ms
+    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
+  } else if (ns < 999950000.0) {
+    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1fs", ns / 1e9);
+  }
+  return buf;
+}
+
+}  // namespace detail
+
+/**
+ * @brief The statistics as a table, one row per subscription and a total row.
+ *
+ * @code
+ *   std::cout << evbus::to_string(ex.stats());
+ * @endcode
+ */
+inline std::string to_string(const executor_stats& s) {
+  std::size_t width = 12;
+  for (const auto& sub : s.subscriptions) width = std::max(width, sub.name.size());
+  std::ostringstream out;
+  const auto triple = [](const latency_summary& l) {
+    if (l.count == 0) return std::string("-");
+    return detail::format_duration(l.p50) + "/" + detail::format_duration(l.p99) + "/" +
+           detail::format_duration(l.max);
+  };
+  const auto row = [&](const subscription_stats& r) {
+    out << std::left << std::setw(static_cast<int>(width)) << r.name << std::right
+        << std::setw(10) << r.accepted << std::setw(10) << r.delivered << std::setw(8)
+        << r.failed_attempts << std::setw(8) << r.retried << std::setw(6) << r.dead_lettered
+        << std::setw(8) << r.dropped << std::setw(9) << r.rejected << std::setw(8) << r.expired
+        << std::setw(8) << r.queued << std::setw(7) << r.high_water << "  " << std::left
+        << std::setw(26) << triple(r.handler_time) << triple(r.queue_wait) << "\n";
+  };
+  out << "keyed_executor: " << s.partitions << " partitions, " << s.workers << " workers\n";
+  out << std::left << std::setw(static_cast<int>(width)) << "subscription" << std::right
+      << std::setw(10) << "accepted" << std::setw(10) << "delivered" << std::setw(8) << "failed"
+      << std::setw(8) << "retried" << std::setw(6) << "dead" << std::setw(8) << "dropped"
+      << std::setw(9) << "rejected" << std::setw(8) << "expired" << std::setw(8) << "queued"
+      << std::setw(7) << "high" << "  " << std::left << std::setw(26)
+      << "handler p50/p99/max" << "queue wait p50/p99/max\n";
+  for (const auto& sub : s.subscriptions) row(sub);
+  row(s.total);
+  out << "delayed: " << s.delayed_pending << " pending, " << s.delayed_emitted << " emitted, "
+      << s.delayed_failed << " failed, " << s.undelivered << " undelivered; errors: " << s.errors
+      << "\n";
+  for (const auto& sub : s.subscriptions) {
+    if (sub.completion_time.count > 0 || sub.in_flight > 0) {
+      out << sub.name << ": " << sub.in_flight << " in flight; completions p50/p99/max "
+          << triple(sub.completion_time) << ", " << sub.late_completions << " late, "
+          << sub.duplicate_completions << " duplicate, " << sub.abandoned << " abandoned\n";
+    }
+    if (!sub.last_error.empty()) out << sub.name << ": last error: " << sub.last_error << "\n";
+  }
+  return out.str();
+}
+
+/// Writes to_string(s).
+inline std::ostream& operator<<(std::ostream& os, const executor_stats& s) {
+  return os << to_string(s);
+}
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STATS_HPP
+// ---- lock.hpp -------------------------------------------------
+// evbus/parts/lock.hpp: small_lock, the four-byte lock of a partition.
+//
+// Owns: mutual exclusion for critical sections that only move pointers and counters (a
+// partition's queue). It spins a short, bounded while, then blocks in the kernel: with
+// std::atomic::wait under C++20, or on one of a fixed table of condition variables under
+// C++17 (a thread that holds it and is preempted therefore never has others burn their time
+// slices waiting). Four bytes, against forty for a std::mutex, keeps an idle partition small.
+// Keeps: one holder at a time; a waiter spins at most 64 turns before it blocks.
+#ifndef EVBUS_PARTS_LOCK_HPP
+#define EVBUS_PARTS_LOCK_HPP
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A hint to the processor inside a busy-wait loop.
+inline void cpu_relax() noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && (defined(__aarch64__) || defined(__arm__))
+  __asm__ __volatile__("yield");
+#endif
+}
+
+#if !(defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L)
+/// C++17: where a small_lock's waiters sleep. A waiter sleeps on the entry its lock's address
+/// picks; an unlock that saw waiters wakes every sleeper of that entry, and each looks again.
+struct parking_entry {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::atomic<int> sleepers{0};  // threads waiting on `cv` or about to
+};
+
+inline parking_entry& parking_for(const void* address) noexcept {
+  static parking_entry table[64];
+  const auto bits = reinterpret_cast<std::uintptr_t>(address);
+  return table[(bits >> 6) % 64];
+}
+#endif
+
+class small_lock {
+ public:
+  small_lock() noexcept = default;
+  small_lock(const small_lock&) = delete;
+  small_lock& operator=(const small_lock&) = delete;
+
+  void lock() noexcept {
+    std::uint32_t expected = free_;
+    if (state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+      return;
+    }
+    lock_slow();
+  }
+
+  bool try_lock() noexcept {
+    std::uint32_t expected = free_;
+    return state_.compare_exchange_strong(expected, locked_, std::memory_order_acquire,
+                                          std::memory_order_relaxed);
+  }
+
+  void unlock() noexcept {
+    // seq_cst: in C++17 the store must be ordered before wake()'s look at the sleepers.
+    if (state_.exchange(free_, std::memory_order_seq_cst) == contended_) wake();
+  }
+
+ private:
+  static constexpr std::uint32_t free_ = 0;
+  static constexpr std::uint32_t locked_ = 1;
+  static constexpr std::uint32_t contended_ = 2;  // locked, and someone may sleep on it
+  static constexpr int spins_ = 64;
+
+  void lock_slow() noexcept {
+    for (int i = 0; i < spins_; ++i) {
+      cpu_relax();
+      if (state_.load(std::memory_order_relaxed) == free_ && try_lock()) return;
+    }
+    // From here on the lock is marked contended, so that its unlock wakes sleepers.
+    while (state_.exchange(contended_, std::memory_order_acquire) != free_) sleep();
+  }
+
+#if defined(__cpp_lib_atomic_wait) && __cpp_lib_atomic_wait >= 201907L
+  void sleep() noexcept { state_.wait(contended_, std::memory_order_relaxed); }
+  void wake() noexcept { state_.notify_one(); }
+#else
+  // The sleeper counts itself before it looks at the lock, the waker frees the lock before it
+  // looks at the count (both seq_cst): either the waker sees a sleeper, or the sleeper sees
+  // the lock free. So an unlock that finds nobody asleep makes no call at all.
+  void sleep() noexcept {
+    parking_entry& p = parking_for(this);
+    std::unique_lock<std::mutex> guard(p.mutex);
+    p.sleepers.fetch_add(1, std::memory_order_seq_cst);
+    while (state_.load(std::memory_order_seq_cst) == contended_) p.cv.wait(guard);
+    p.sleepers.fetch_sub(1, std::memory_order_relaxed);
+  }
+  void wake() noexcept {
+    parking_entry& p = parking_for(this);
+    if (p.sleepers.load(std::memory_order_seq_cst) == 0) return;
+    std::lock_guard<std::mutex> guard(p.mutex);
+    p.cv.notify_all();
+  }
+#endif
+
+  std::atomic<std::uint32_t> state_{free_};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LOCK_HPP
 // ---- block_queue.hpp -------------------------------------------------
 // evbus/parts/block_queue.hpp: a partition's queue of events: linked blocks that never move
 // their elements.
@@ -8144,6 +6628,1568 @@ class block_queue {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_BLOCK_QUEUE_HPP
+// ---- strand.hpp -------------------------------------------------
+// evbus/parts/strand.hpp: the strand rule: "a before b, never two at once".
+//
+// Owns: the two facts that make a partition a strand: how many of its events wait, and
+// whether some thread holds it (has it scheduled, is running it, or parks it for a retry).
+// Keeps the per-key order guarantee: the thread whose arrive() returns true is the one holder;
+// only the holder takes events, in the order they arrived, and lets go only when it finds
+// none waiting, under the same lock the arrivals take, so no event is ever left waiting in a
+// strand nobody holds, and no two threads ever run one strand. Tested by tests/test_strand.cpp.
+#ifndef EVBUS_PARTS_STRAND_HPP
+#define EVBUS_PARTS_STRAND_HPP
+
+
+#include <cstddef>
+#include <cstdint>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// What the scheduler runs: a partition, or the strand of delayed emits. Whoever holds a
+/// strand hands it to the scheduler through this interface.
+struct runnable {
+  enum class next { idle, again, park, wait };
+  struct result {
+    // idle: the runnable let itself go and must not be touched; wait: it stays held, and
+    // whatever it waits for (a completion, a place under max_in_flight) submits it again
+    next what = next::idle;
+    steady_time due{};       // park: when to run it again
+    std::size_t calls = 0;   // handler calls (or emits) made
+  };
+  virtual ~runnable() = default;
+  /// Runs up to `batch` events. Called by the one thread that took it from the ready list.
+  virtual result run(std::size_t batch) noexcept = 0;
+  runnable* next_ready = nullptr;  // the inbox's or the ready list's link (scheduler.hpp)
+  bool routes = false;  // an intake: it runs no handler, it makes partitions ready
+  bool keeps_time = false;  // parked until its time even during a shutdown (a deadline watch)
+};
+
+/// Every member is called under the lock that also guards the strand's queue.
+class strand {
+ public:
+  /// One event was queued. True: the caller has just become the holder and must hand the
+  /// strand to something that runs it (the scheduler); false: the holder will take it.
+  bool arrive() noexcept { return arrive(1); }
+
+  /// `n` (> 0) events were queued at once: as n calls of arrive(), of which only the first can
+  /// make the caller the holder.
+  bool arrive(std::uint32_t n) noexcept {
+    waiting_ += n;  // 2^32 events waiting in one partition would need terabytes
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: takes up to `max` waiting events (the oldest) to run. Returns 0 when none
+  /// waits, and the strand is let go: from then on the caller must not touch what the strand
+  /// guards, since the next arrive() makes another thread the holder.
+  std::size_t take(std::size_t max) noexcept {
+    const std::size_t n = waiting_ < max ? waiting_ : max;
+    waiting_ = static_cast<std::uint32_t>(waiting_ - n);
+    if (n == 0) held_ = false;
+    return n;
+  }
+
+  /// Becomes the holder of a strand nobody holds and none waits in, without an event: the
+  /// caller then runs events it has in hand (events that have not arrived) as the holder
+  /// would. False if it is held or has waiting events.
+  bool claim() noexcept {
+    if (held_ || waiting_ != 0) return false;
+    held_ = true;
+    return true;
+  }
+
+  /// By the holder: lets go if none waits (true); otherwise it stays the holder (false).
+  bool let_go() noexcept {
+    if (waiting_ != 0) return false;
+    held_ = false;
+    return true;
+  }
+
+  std::size_t waiting() const noexcept { return waiting_; }
+  bool held() const noexcept { return held_; }
+
+ private:
+  std::uint32_t waiting_ = 0;
+  bool held_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_STRAND_HPP
+// ---- delayed.hpp -------------------------------------------------
+// evbus/parts/delayed.hpp: delayed emits: what emit_at() schedules, and the strand that emits
+// them once due.
+//
+// Owns: a delayed emit from emit_at() until it enters the bus (or goes to on_undelivered).
+// The scheduler keeps each one in its timer heap; when due it arrives here, in (due time,
+// submission) order, and the strand emits them one at a time on a worker (or in poll()), so
+// equal due times keep submission order. Keeps: "delayed emits enter the bus in due order".
+#ifndef EVBUS_PARTS_DELAYED_HPP
+#define EVBUS_PARTS_DELAYED_HPP
+
+
+#include <any>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A scheduled delayed emit, type-erased over the bus type.
+struct delayed_base {
+  delayed_base(std::string t, emit_options o, steady_time d)
+      : topic(std::move(t)), options(std::move(o)), due(d) {}
+  virtual ~delayed_base() = default;
+  delayed_base(const delayed_base&) = delete;
+  delayed_base& operator=(const delayed_base&) = delete;
+  /// Emits into the bus; false (nothing done) if the bus is gone.
+  virtual bool emit() = 0;
+  virtual undelivered take() = 0;
+  std::string topic;
+  emit_options options;
+  steady_time due;
+};
+
+template <class Bus>
+struct delayed_emit final : delayed_base {
+  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
+      : delayed_base(std::move(t), std::move(o), at),
+        bus(&b),
+        life(b.life_),
+        data(std::move(d)) {}
+  // The options are copied, not moved: a failure report still names the key.
+  bool emit() override {
+    return life->use([&] { bus->emit(topic, std::move(data), options); });
+  }
+  undelivered take() override {
+    undelivered u;
+    u.topic = std::move(topic);
+    u.options = std::move(options);
+    u.due = due;
+    u.data = std::any(std::move(data));
+    return u;
+  }
+  Bus* bus;
+  std::shared_ptr<bus_life> life;
+  typename Bus::data_type data;
+};
+
+/// The due delayed emits, run one at a time in the order they fell due.
+class delayed_strand final : public runnable {
+ public:
+  /// `report(error, where)` receives a failed emit (it must not throw).
+  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
+      : report_(std::move(report)) {}
+
+  /// A delayed emit fell due. True: the strand must be submitted (strand rule).
+  bool arrive(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(d));
+    if (held_) return false;
+    held_ = true;
+    return true;
+  }
+
+  result run(std::size_t batch) noexcept override {
+    result res;
+    for (;;) {
+      std::unique_ptr<delayed_base> d;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (queue_.empty()) {
+          held_ = false;
+          res.what = next::idle;
+          return res;
+        }
+        if (res.calls >= batch) {
+          res.what = next::again;
+          return res;
+        }
+        d = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      ++res.calls;
+      try {
+        if (!d->emit()) {
+          lost_(std::move(d));  // counts it out of pending
+          continue;
+        }
+        emitted.fetch_add(1, std::memory_order_relaxed);
+      } catch (...) {
+        failed.fetch_add(1, std::memory_order_relaxed);
+        std::string where;
+        try {
+          where = "delayed emit on topic " + quote(d->topic) + " with key " +
+                  quote(d->options.key);
+        } catch (...) {
+        }
+        report_(std::current_exception(), where);
+      }
+      d.reset();
+      pending.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
+  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+
+  /// True when no due emit waits or runs.
+  bool idle() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return queue_.empty() && !held_;
+  }
+
+  std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
+  std::atomic<std::uint64_t> emitted{0};
+  std::atomic<std::uint64_t> failed{0};
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> report_;
+  std::function<void(std::unique_ptr<delayed_base>)> lost_;
+  mutable std::mutex mutex_;
+  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
+  bool held_ = false;                                 // under mutex_
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_DELAYED_HPP
+// ---- ready.hpp -------------------------------------------------
+// evbus/parts/ready.hpp: what the scheduler runs next: the inbox and the ready list.
+//
+// Owns: the inbox, a lock-free stack that any thread pushes a strand on when it makes the
+// strand busy (one compare-and-swap, no lock: an emitter never waits for a worker here), and
+// the ready list, a FIFO of strands the scheduler takes from under its mutex; the inbox is
+// moved onto the list, in submission order, whenever the scheduler looks for work. Keeps: a
+// strand submitted once is run once (it is on the inbox or the list, never both, never twice),
+// and every strand gets its turn (a strand run again goes to the back).
+#ifndef EVBUS_PARTS_READY_HPP
+#define EVBUS_PARTS_READY_HPP
+
+
+#include <atomic>
+#include <cstddef>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// The schedulers whose work the calling thread runs now (a worker, or a thread inside poll,
+/// drain or shutdown), innermost first: used to refuse what would wait for itself.
+struct drive_frame {
+  const void* owner;
+  drive_frame* prev;
+};
+
+inline drive_frame*& drive_top() noexcept {
+  static thread_local drive_frame* top = nullptr;
+  return top;
+}
+
+inline bool drives(const void* owner) noexcept {
+  for (const drive_frame* f = drive_top(); f != nullptr; f = f->prev) {
+    if (f->owner == owner) return true;
+  }
+  return false;
+}
+
+class drive_scope {
+ public:
+  explicit drive_scope(const void* owner) noexcept : frame_{owner, drive_top()} {
+    drive_top() = &frame_;
+  }
+  ~drive_scope() { drive_top() = frame_.prev; }
+  drive_scope(const drive_scope&) = delete;
+  drive_scope& operator=(const drive_scope&) = delete;
+
+ private:
+  drive_frame frame_;
+};
+
+class ready_list {
+ public:
+  /// Any thread, no lock: puts `r` on the inbox. Seq_cst, so that the caller's next look at
+  /// the sleeping workers' count and a sleeper's look at the inbox cannot both miss.
+  void submit(runnable* r) noexcept {
+    runnable* head = inbox_.load(std::memory_order_relaxed);
+    do {
+      r->next_ready = head;
+    } while (!inbox_.compare_exchange_weak(head, r, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed));
+  }
+
+  /// Any thread: whether the inbox holds a strand (seq_cst: see submit()).
+  bool submitted() const noexcept { return inbox_.load(std::memory_order_seq_cst) != nullptr; }
+
+  // -- under the scheduler's mutex --------------------------------------------------------
+  /// Moves what was submitted onto the list, in the order it was submitted.
+  void take_inbox() noexcept {
+    if (!submitted()) return;
+    runnable* r = inbox_.exchange(nullptr, std::memory_order_acquire);
+    runnable* reversed = nullptr;
+    while (r != nullptr) {
+      runnable* next = r->next_ready;
+      r->next_ready = reversed;
+      reversed = r;
+      r = next;
+    }
+    while (reversed != nullptr) {
+      runnable* next = reversed->next_ready;
+      push(reversed);
+      reversed = next;
+    }
+  }
+
+  void push(runnable* r) noexcept {
+    r->next_ready = nullptr;
+    if (tail_ == nullptr) {
+      head_ = r;
+    } else {
+      tail_->next_ready = r;
+    }
+    tail_ = r;
+    ++count_;
+  }
+
+  /// The first strand; only when !empty().
+  runnable* pop() noexcept {
+    runnable* r = head_;
+    head_ = r->next_ready;
+    if (head_ == nullptr) tail_ = nullptr;
+    --count_;
+    return r;
+  }
+
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return count_; }
+
+  /// Unlinks the intakes (strands that route), and returns them linked in their order.
+  runnable* take_intakes() noexcept {
+    runnable* intakes = nullptr;
+    runnable** intakes_end = &intakes;
+    for (runnable** at = &head_; *at != nullptr;) {
+      runnable* r = *at;
+      if (!r->routes) {
+        at = &r->next_ready;
+        continue;
+      }
+      *at = r->next_ready;
+      --count_;
+      r->next_ready = nullptr;
+      *intakes_end = r;
+      intakes_end = &r->next_ready;
+    }
+    tail_ = nullptr;
+    for (runnable* r = head_; r != nullptr; r = r->next_ready) tail_ = r;
+    return intakes;
+  }
+
+ private:
+  runnable* head_ = nullptr;
+  runnable* tail_ = nullptr;
+  std::size_t count_ = 0;
+  // Newest first (linked by next_ready); on a line of its own, as every emitter that submits
+  // writes it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<runnable*> inbox_{nullptr};
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_READY_HPP
+// ---- timers.hpp -------------------------------------------------
+// evbus/parts/timers.hpp: the scheduler's timers: strands parked until a time (a retry's
+// backoff) and delayed emits not yet due.
+//
+// Owns: a binary heap of (due, sequence) keys, earliest on top; equal due times come out in
+// the order they went in. Not synchronised: the scheduler calls it under its mutex. Keeps:
+// nothing due is skipped or taken twice, and due order (with submission order among equals),
+// which delayed emits and retries are promised.
+#ifndef EVBUS_PARTS_TIMERS_HPP
+#define EVBUS_PARTS_TIMERS_HPP
+
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class timer_heap {
+ public:
+  /// Parks `r` until `due`. True if it is now the earliest timer. Throws std::bad_alloc.
+  bool add(steady_time due, runnable* r) { return add(timer{due, seq_++, r, nullptr}); }
+
+  /// Keeps `d` until its due time. True if it is now the earliest timer. Throws
+  /// std::bad_alloc (`d` is then untouched).
+  bool add(std::unique_ptr<delayed_base>& d) {
+    const steady_time due = d->due;
+    timers_.reserve(timers_.size() + 1);
+    return add(timer{due, seq_++, nullptr, std::move(d)});
+  }
+
+  bool empty() const noexcept { return timers_.empty(); }
+  /// The earliest due time; only when not empty().
+  steady_time earliest() const noexcept { return timers_.front().due; }
+  bool due(steady_time now) const noexcept { return !empty() && earliest() <= now; }
+
+  /// Takes every timer due at `now`, earliest first: `strand(r)` for a parked strand,
+  /// `delayed(d)` for a delayed emit.
+  template <class Strand, class Delayed>
+  void pop_due(steady_time now, Strand&& strand, Delayed&& delayed) {
+    while (due(now)) {
+      std::pop_heap(timers_.begin(), timers_.end(), later_first{});
+      timer t = std::move(timers_.back());
+      timers_.pop_back();
+      if (t.r != nullptr) {
+        strand(t.r);
+      } else {
+        delayed(std::move(t.d));
+      }
+    }
+  }
+
+  /// Takes every timer, in due order (shutdown).
+  template <class Strand, class Delayed>
+  void take_all(Strand&& strand, Delayed&& delayed) {
+    std::sort(timers_.begin(), timers_.end(),
+              [](const timer& a, const timer& b) { return later(b, a); });
+    for (auto& t : timers_) {
+      if (t.r != nullptr) {
+        strand(t.r);
+      } else {
+        delayed(std::move(t.d));
+      }
+    }
+    timers_.clear();
+  }
+
+ private:
+  struct timer {
+    steady_time due;
+    std::uint64_t seq;
+    runnable* r;                      // a parked strand, or
+    std::unique_ptr<delayed_base> d;  // a delayed emit
+  };
+  static bool later(const timer& a, const timer& b) noexcept {
+    return a.due != b.due ? a.due > b.due : a.seq > b.seq;
+  }
+  struct later_first {
+    bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
+  };
+
+  bool add(timer t) {
+    const bool earliest = timers_.empty() || later(timers_.front(), t);
+    timers_.push_back(std::move(t));
+    std::push_heap(timers_.begin(), timers_.end(), later_first{});
+    return earliest;
+  }
+
+  std::vector<timer> timers_;  // a heap, earliest (due, seq) on top
+  std::uint64_t seq_ = 0;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_TIMERS_HPP
+// ---- scheduler_state.hpp -------------------------------------------------
+// evbus/parts/scheduler_state.hpp: what the scheduler runs and when: its lists, its timers,
+// and submitting, parking and settling a run.
+//
+// Owns: `scheduler_state`, the scheduler's state under its one std::mutex (the ready list,
+// the timers, the delayed strand, the counts of sleeping and spinning workers and of waiters)
+// and what changes it outside a worker: a strand that gets work is submitted once (its holder
+// does it, see strand.hpp) onto the inbox (ready.hpp), without a lock, so that an emitter never
+// takes the mutex nor waits for a worker holding it; the mutex is held only to move a pointer
+// on or off a list, never across user code. After its run a strand is idle (let go: not
+// touched again), ready again (to the back of the list, so every strand gets its turn) or
+// parked until a time (a retry's backoff, timers.hpp): `settle`. Keeps: no worker idles while
+// work is ready (a submit wakes a sleeper unless one is spinning), and waiters of help_until()
+// learn of progress (`tell_waiters`). The threads that run the work: scheduler.hpp.
+#ifndef EVBUS_PARTS_SCHEDULER_STATE_HPP
+#define EVBUS_PARTS_SCHEDULER_STATE_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class scheduler_state {
+ public:
+  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
+  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
+                  std::chrono::nanoseconds spin,
+                  std::function<void(std::exception_ptr, std::string_view)> report)
+      : delayed_(std::move(report)),
+        clock_(std::move(c)),
+        real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
+        manual_(clock_->is_manual()),
+        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
+        idle_spin_(spin) {}
+
+  scheduler_state(const scheduler_state&) = delete;
+  scheduler_state& operator=(const scheduler_state&) = delete;
+
+  steady_time now() const noexcept {
+    return real_ ? std::chrono::steady_clock::now() : clock_->now();
+  }
+  evbus::clock& clock() const noexcept { return *clock_; }
+
+  /// A strand got its first waiting event: run it soon. Never throws, never takes the mutex
+  /// unless a thread sleeps waiting for work (then it wakes one).
+  void submit(runnable* r) noexcept {
+    ready_.submit(r);
+    // Seq_cst against the sleeper's seq_cst count and its look at the inbox: either it sees
+    // this strand before it sleeps, or this sees it counted and wakes it.
+    const bool wake_worker = sleepers_.load(std::memory_order_seq_cst) > 0 &&
+                             spinning_.load(std::memory_order_seq_cst) == 0;
+    // A waiter of help_until() runs the work itself only when there are no workers; with
+    // workers it learns of progress from settle().
+    const bool wake_waiter = waiters_.load(std::memory_order_seq_cst) > 0 &&
+                             !has_workers_.load(std::memory_order_relaxed);
+    if (!wake_worker && !wake_waiter) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);  // the sleeper is in its wait, or sees the inbox
+      if (wake_waiter) progress_cv_.notify_all();
+    }
+    if (wake_worker) work_cv_.notify_one();
+  }
+
+  /// True when workers are asked for and none of them waits for work: a strand handed to
+  /// them now would wait until one is free, so the caller may as well run it.
+  bool workers_all_busy() const noexcept {
+    return has_workers_.load(std::memory_order_relaxed) &&
+           sleepers_.load(std::memory_order_relaxed) == 0 &&
+           spinning_.load(std::memory_order_relaxed) == 0;
+  }
+
+  /// Parks `r` until `due` (retries); with `cut` set (shutdown), runs it now instead.
+  void park(runnable* r, steady_time due) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    park_locked(r, due);
+  }
+
+  /// Keeps `d` until it is due, then emits it on the delayed strand. False (and `d` is
+  /// untouched) once cut_timers() ran.
+  bool schedule_delayed(std::unique_ptr<delayed_base>& d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cut_) return false;
+    if (timers_.add(d)) earliest_changed();
+    delayed_.pending.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
+  /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
+  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
+    std::vector<std::unique_ptr<delayed_base>> out;
+    std::lock_guard<std::mutex> lock(mutex_);
+    cut_ = true;
+    timers_.take_all([&](runnable* r) { push_ready(r); },
+                     [&](std::unique_ptr<delayed_base> d) { out.push_back(std::move(d)); });
+    work_cv_.notify_all();
+    return out;
+  }
+
+  /// Emits `d` as soon as possible, after the delayed emits already due (shutdown).
+  void emit_delayed_now(std::unique_ptr<delayed_base> d) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+    work_cv_.notify_one();
+  }
+
+  delayed_strand& delayed() noexcept { return delayed_; }
+  const delayed_strand& delayed() const noexcept { return delayed_; }
+
+  /// The clock moved (manual clocks): sleepers look at their timers again.
+  void time_moved() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_cv_.notify_all();
+    progress_cv_.notify_all();
+  }
+
+  /// Something a waiter of help_until() may be waiting for happened outside a run.
+  void notify_progress() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+  }
+
+  /// Asynchronous attempts whose outcome is open, across the executor (in_flight.hpp).
+  void count_awaiting(int change) noexcept {
+    if (change > 0) {
+      awaiting_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      awaiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  std::size_t awaiting() const noexcept { return awaiting_.load(std::memory_order_relaxed); }
+
+  /// True if a timer (a retry or a delayed emit) is due. Only from a help_until() predicate,
+  /// which runs under the scheduler's mutex.
+  bool timer_due_locked() const noexcept {
+    return timers_.due(now());
+  }
+
+  std::size_t batch() const noexcept { return batch_; }
+
+  /// The most events one run takes (a larger executor_options::batch is cut to it).
+  static constexpr std::size_t max_batch = std::size_t{1} << 20;
+
+ protected:
+  // -- under mutex_ --------------------------------------------------------------------
+  void take_inbox() noexcept { ready_.take_inbox(); }
+  void push_ready(runnable* r) noexcept { ready_.push(r); }
+  runnable* pop_ready() noexcept { return ready_.pop(); }
+
+  void park_locked(runnable* r, steady_time due) {
+    if (cut_ && !r->keeps_time) {
+      push_ready(r);
+      return;
+    }
+    if (timers_.add(due, r)) earliest_changed();
+  }
+
+  /// A timer earlier than every other was added: sleepers wait until the earliest due time.
+  void earliest_changed() {
+    work_cv_.notify_all();
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+  }
+
+  void settle(runnable* r, const runnable::result& res) {
+    if (res.what == runnable::next::again) {
+      push_ready(r);
+    } else if (res.what == runnable::next::park) {
+      try {
+        park_locked(r, res.due);
+      } catch (...) {
+        push_ready(r);  // no memory for the timer: retry at once rather than lose the strand
+      }
+    }
+    tell_waiters(res.what == runnable::next::idle);
+  }
+
+  /// Waiters of help_until() look at their condition again: when a strand was let go, at every
+  /// 16th run, and when a worker runs out of work (so that a run of one event each, as
+  /// asynchronous handlers make, does not wake them for every event).
+  void tell_waiters(bool now) {
+    if (waiters_.load(std::memory_order_relaxed) == 0) return;
+    if (now || ++runs_untold_ >= 16) {
+      runs_untold_ = 0;
+      progress_cv_.notify_all();
+    }
+  }
+
+  void fire_due() {
+    if (timers_.empty()) return;
+    timers_.pop_due(now(), [&](runnable* r) { push_ready(r); },
+                    [&](std::unique_ptr<delayed_base> d) {
+                      if (delayed_.arrive(std::move(d))) push_ready(&delayed_);
+                    });
+  }
+
+  delayed_strand delayed_;
+  std::shared_ptr<evbus::clock> clock_;
+  const bool real_;
+  const bool manual_;
+  const std::size_t batch_;
+  const std::chrono::nanoseconds idle_spin_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_cv_;      // workers wait here for ready work or a due time
+  std::condition_variable progress_cv_;  // help_until() waits here
+  ready_list ready_;
+  timer_heap timers_;
+  bool cut_ = false;
+  std::size_t running_ = 0;   // runs in progress
+  std::size_t runs_untold_ = 0;  // runs settled since waiters were last told
+  // Changed under mutex_, read by submit() without it.
+  std::atomic<std::size_t> sleepers_{0};  // workers blocked on work_cv_
+  std::atomic<std::size_t> spinning_{0};  // workers spinning for work (0 or 1)
+  std::atomic<std::size_t> waiters_{0};   // threads in help_until()
+  std::atomic<std::size_t> awaiting_{0};  // open outcomes of asynchronous attempts
+  std::atomic<bool> has_workers_{false};  // workers are asked for (scheduler::target_ > 0)
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_STATE_HPP
+// ---- scheduler.hpp -------------------------------------------------
+// evbus/parts/scheduler.hpp: the scheduler: the worker threads, their wake-ups, and poll and
+// the waits of drain() for W = 0.
+//
+// Owns: the threads that run what scheduler_state (scheduler_state.hpp) holds ready, and on
+// which thread a strand runs: a strand is taken by one thread at a time (a worker, or a thread
+// in poll_pass() or help_until()) and settled after its run. Workers with nothing to do spin
+// for at most `idle_spin`, yielding as they do, then block on a condition variable until work
+// comes or the earliest timer is due; resize() starts and stops them. Keeps: no thread waits
+// for another by spinning past a short bound; a stopping worker finishes its current run and
+// hands what it would have taken next to a sleeping one; with W = 0, poll() and the waits of
+// drain() run the work on the calling thread, and a wait that could never end (a retry at a
+// time a manual clock has not reached) throws instead.
+#ifndef EVBUS_PARTS_SCHEDULER_HPP
+#define EVBUS_PARTS_SCHEDULER_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class scheduler : public scheduler_state {
+ public:
+  using scheduler_state::scheduler_state;
+
+  ~scheduler() { stop_workers(); }
+
+  /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
+  void resize(std::size_t n) {
+    std::vector<std::thread> finished;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::size_t active = 0;
+      for (auto& w : workers_) active += w.stop ? 0 : 1;
+      for (auto it = workers_.begin(); active > n && it != workers_.end(); ++it) {
+        if (!it->stop) {
+          it->stop = true;
+          --active;
+        }
+      }
+      while (active < n) {
+        workers_.emplace_back();
+        worker* w = &workers_.back();
+        try {
+          w->thread = std::thread([this, w] { worker_main(*w); });
+        } catch (...) {
+          workers_.pop_back();
+          throw;
+        }
+        ++active;
+      }
+      target_ = n;
+      has_workers_.store(n > 0, std::memory_order_relaxed);
+      work_cv_.notify_all();
+      progress_cv_.notify_all();
+      collect_exited(finished);
+    }
+    for (auto& t : finished) t.join();
+  }
+
+  std::size_t workers() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return target_;
+  }
+
+  /// Stops and joins every worker (shutdown, destruction).
+  void stop_workers() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto& w : workers_) {
+        w.stop = true;
+        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
+          threads.push_back(std::move(w.thread));
+        }
+      }
+      target_ = 0;
+      has_workers_.store(false, std::memory_order_relaxed);
+      work_cv_.notify_all();
+    }
+    for (auto& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
+  }
+
+  /// One pass on the calling thread: what is due becomes ready, then one run of each strand
+  /// that was ready. Returns the handler calls made; `found` says whether anything ran.
+  std::size_t poll_pass(bool& found) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    fire_due();
+    take_inbox();
+    // Intakes first: the partitions they make ready are ready in this pass.
+    runnable* intakes = ready_.take_intakes();
+    found = intakes != nullptr;
+    std::size_t calls = 0;
+    while (intakes != nullptr) {
+      runnable* r = intakes;
+      intakes = r->next_ready;
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      calls += res.calls;
+      settle(r, res);
+    }
+    take_inbox();
+    std::size_t n = ready_.size();
+    found = found || n > 0;
+    while (n-- > 0 && !ready_.empty()) {
+      runnable* r = pop_ready();
+      ++running_;
+      lock.unlock();
+      const runnable::result res = r->run(batch_);
+      lock.lock();
+      --running_;
+      calls += res.calls;
+      settle(r, res);
+    }
+    return calls;
+  }
+
+  /// Waits until `done()` holds, checked under the scheduler's mutex after every run. With
+  /// workers the caller sleeps; without, it runs the work. `what` names the caller in the
+  /// error thrown when W = 0 and only a retry at a time a manual clock has not reached is
+  /// left (waiting would never end). With `until` (real time), false once it passes.
+  template <class Done>
+  bool help_until(Done done, const char* what,
+                  std::optional<std::chrono::steady_clock::time_point> until = {}) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    waiters_.fetch_add(1, std::memory_order_seq_cst);
+    struct leave {
+      std::atomic<std::size_t>& n;
+      ~leave() { n.fetch_sub(1, std::memory_order_relaxed); }
+    } guard{waiters_};
+    const auto wait = [&](std::optional<steady_time::duration> at_most) {
+      auto limit = std::chrono::steady_clock::time_point::max();
+      if (at_most) limit = add_saturated(std::chrono::steady_clock::now(), bounded_wait(*at_most));
+      if (until && *until < limit) limit = *until;
+      if (limit == std::chrono::steady_clock::time_point::max()) {
+        progress_cv_.wait(lock);
+      } else {
+        progress_cv_.wait_until(lock, limit);
+      }
+    };
+    for (;;) {
+      if (done()) return true;
+      if (until && std::chrono::steady_clock::now() >= *until) return false;
+      take_inbox();
+      if (target_ > 0) {
+        wait({});
+        continue;
+      }
+      if (!ready_.empty() || timers_.due(now())) {
+        lock.unlock();
+        bool found = false;
+        poll_pass(found);
+        lock.lock();
+        continue;
+      }
+      // Another thread runs the rest, an emitter is between queueing and submitting, or an
+      // asynchronous handler's completion is awaited from another thread.
+      if (running_ > 0 || timers_.empty() || (manual_ && awaiting() > 0)) {
+        wait({});
+        continue;
+      }
+      if (manual_) {
+        throw error(std::string("evbus: ") + what +
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead");
+      }
+      wait(timers_.earliest() - now());
+    }
+  }
+
+ private:
+  struct worker {
+    std::thread thread;
+    bool stop = false;    // under mutex_
+    bool exited = false;  // under mutex_
+  };
+
+  void collect_exited(std::vector<std::thread>& out) {
+    const auto self = std::this_thread::get_id();
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
+        out.push_back(std::move(it->thread));
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // -- workers ---------------------------------------------------------------------------
+  void worker_main(worker& self) {
+    drive_scope scope(this);
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool may_spin = true;
+    while (!self.stop) {
+      fire_due();
+      take_inbox();
+      if (!ready_.empty()) {
+        runnable* r = pop_ready();
+        // More ready than this worker takes: a sleeper takes the next (and so on).
+        if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0 &&
+            spinning_.load(std::memory_order_relaxed) == 0) {
+          work_cv_.notify_one();
+        }
+        ++running_;
+        lock.unlock();
+        const runnable::result res = r->run(batch_);
+        lock.lock();
+        --running_;
+        settle(r, res);
+        may_spin = true;
+        continue;
+      }
+      if (runs_untold_ > 0) tell_waiters(true);  // out of work: waiters look now
+      if (may_spin && spinning_.load(std::memory_order_relaxed) == 0 &&
+          idle_spin_.count() > 0) {
+        may_spin = false;
+        spinning_.fetch_add(1, std::memory_order_seq_cst);
+        lock.unlock();
+        spin_for_work();
+        lock.lock();
+        spinning_.fetch_sub(1, std::memory_order_seq_cst);
+        continue;
+      }
+      may_spin = true;
+      // Counted before the last look at the inbox (seq_cst, as submit() is): a strand
+      // submitted from now on either is seen here or wakes this worker.
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      if (!ready_.submitted()) {
+        if (!timers_.empty() && !manual_) {
+          const auto wait = timers_.earliest() - now();
+          if (wait > steady_time::duration::zero()) work_cv_.wait_for(lock, bounded_wait(wait));
+        } else {
+          work_cv_.wait(lock);
+        }
+      }
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    self.exited = true;
+    // Work this worker would have taken next goes to a sleeping one.
+    take_inbox();
+    if (!ready_.empty() && sleepers_.load(std::memory_order_relaxed) > 0) {
+      work_cv_.notify_one();
+    }
+    if (waiters_.load(std::memory_order_relaxed) > 0) progress_cv_.notify_all();
+  }
+
+  // Busy-waits, for at most idle_spin, until something is submitted. Yields the processor
+  // every few rounds, so that on a busy machine the thread it waits for gets to run.
+  void spin_for_work() const noexcept {
+    const auto until = add_saturated(std::chrono::steady_clock::now(), idle_spin_);
+    for (unsigned i = 1;; ++i) {
+      if (ready_.submitted()) return;
+      if (i % 16 == 0) {
+        std::this_thread::yield();
+        if (std::chrono::steady_clock::now() >= until) return;
+      } else {
+        cpu_relax();
+      }
+    }
+  }
+
+  std::size_t target_ = 0;  // under mutex_
+  std::list<worker> workers_;  // under mutex_
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_SCHEDULER_HPP
+// ---- completion.hpp -------------------------------------------------
+// evbus/parts/completion.hpp: evbus::completion, the token an asynchronous ordered handler
+// completes later, and the state it shares with the attempt it belongs to.
+//
+// Owns: the outcome of one asynchronous attempt and who made it. The attempt's partition
+// stays held while the outcome is open; the first of these makes it, once, under the state's
+// lock: a copy of the token (complete, fail), the last copy destroyed (abandoned), the
+// deadline's watch (expired), the shutdown's grace ending (abandoned), the handler throwing.
+// Whoever makes it after the partition's holder has let the partition wait (park()) submits the
+// partition to the scheduler; before that, the holder finds it made and goes on at once.
+// Later attempts to make it are counted (late, or duplicate when a token made it) and ignored.
+// Keeps: an asynchronous event is finished exactly once, and a partition never waits for a
+// completion that can no longer come.
+#ifndef EVBUS_PARTS_COMPLETION_HPP
+#define EVBUS_PARTS_COMPLETION_HPP
+
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+namespace evbus {
+inline namespace v1 {
+
+class completion;
+
+namespace detail {
+
+template <class Data>
+class attempt_runner;
+
+/// Counts of completions that came too late or twice; shared by the subscription and every
+/// state it made, so that a token completed after the subscription is gone touches nothing
+/// else.
+struct completion_counts {
+  std::atomic<std::uint64_t> late{0};       // after the deadline, the shutdown's grace, a throw
+  std::atomic<std::uint64_t> duplicate{0};  // after a copy of the token had completed it
+  std::atomic<std::uint64_t> abandoned{0};  // every copy destroyed without completing it
+};
+
+class completion_state {
+ public:
+  enum class status : std::uint8_t { pending, succeeded, failed, expired, abandoned, shut_out };
+  enum class maker : std::uint8_t { none, token, executor };
+
+  completion_state(scheduler& s, runnable& partition, std::shared_ptr<completion_counts> c,
+                   steady_time started, steady_time due) noexcept
+      : start(started), deadline(due), sched_(&s), partition_(&partition),
+        counts_(std::move(c)) {}
+
+  /// Makes the outcome if it is still open; true if this call made it. `by_token`: a copy of
+  /// the token (a later one is then counted). Never throws.
+  bool resolve(status s, std::exception_ptr e, maker by) noexcept {
+    runnable* wake = nullptr;
+    {
+      std::lock_guard<small_lock> lock(lock_);
+      if (status_ != status::pending) {
+        if (by == maker::token) {
+          (made_by_ == maker::token ? counts_->duplicate : counts_->late)
+              .fetch_add(1, std::memory_order_relaxed);
+        }
+        return false;
+      }
+      status_ = s;
+      error_ = std::move(e);
+      made_by_ = by;
+      at_ = sched_->now();  // the scheduler lives while an outcome is open (see the file comment)
+      if (s == status::abandoned) counts_->abandoned.fetch_add(1, std::memory_order_relaxed);
+      if (parked_) wake = partition_;
+    }
+    if (wake != nullptr) sched_->submit(wake);
+    return true;
+  }
+
+  /// By the holder, after the handler returned: true if the outcome is still open, and from
+  /// now on its maker submits the partition (the holder must not touch it after this).
+  bool park() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (status_ != status::pending) return false;
+    parked_ = true;
+    return true;
+  }
+
+  /// By the holder, once made: what was made, when, and the error (if any).
+  status outcome() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return status_;
+  }
+  bool pending() const noexcept { return outcome() == status::pending; }
+  steady_time made_at() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return at_;
+  }
+  std::exception_ptr error() const {
+    std::lock_guard<small_lock> lock(lock_);
+    return error_;
+  }
+
+  void add_token() noexcept { tokens_.fetch_add(1, std::memory_order_relaxed); }
+  /// The last copy of the token is gone: an open outcome is abandoned.
+  void drop_token() noexcept {
+    if (tokens_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      resolve(status::abandoned, nullptr, maker::executor);
+    }
+  }
+
+  const steady_time start;
+  const steady_time deadline;
+  // The awaiting list's links (in_flight.hpp), under that list's lock.
+  completion_state* prev = nullptr;
+  completion_state* next = nullptr;
+
+ private:
+  mutable small_lock lock_;
+  status status_ = status::pending;
+  maker made_by_ = maker::none;
+  bool parked_ = false;
+  std::atomic<std::size_t> tokens_{0};
+  steady_time at_{};
+  std::exception_ptr error_;
+  scheduler* const sched_;
+  runnable* const partition_;
+  const std::shared_ptr<completion_counts> counts_;
+};
+
+}  // namespace detail
+
+/**
+ * @brief What an asynchronous ordered handler receives instead of returning its result: it
+ * starts the work, keeps a copy of the token, returns, and later completes it, from any thread.
+ *
+ * The event's partition stays busy (later events of its key wait) until the token is completed:
+ * complete() is success; fail(error) is a failure, retried and dead-lettered as a throw would
+ * be. A token not completed by the attempt's deadline (delivery_policy::timeout) fails the
+ * attempt with evbus::completion_expired; when every copy is destroyed without completing it,
+ * the attempt fails with evbus::completion_abandoned. Only the first completion counts: later
+ * ones (a second call, a call after the deadline) return false and are counted in stats().
+ * Copies share one completion. All members are noexcept and may be called from any thread,
+ * also after the executor is gone.
+ *
+ * @code
+ *   evbus::ordered(ex, [&](const evbus::event& e, evbus::completion done) {
+ *     client.async_send(e.data_as<std::string>(), [done](std::error_code ec) mutable {
+ *       if (ec) done.fail(std::make_exception_ptr(std::system_error(ec)));
+ *       else done.complete();
+ *     });
+ *   });
+ * @endcode
+ */
+class completion {
+ public:
+  /// An empty token (completing it does nothing).
+  completion() noexcept = default;
+  completion(const completion& o) noexcept : state_(o.state_) {
+    if (state_) state_->add_token();
+  }
+  completion(completion&& o) noexcept : state_(std::move(o.state_)) {}
+  completion& operator=(completion o) noexcept {
+    std::swap(state_, o.state_);
+    return *this;
+  }
+  ~completion() {
+    if (state_) state_->drop_token();
+  }
+
+  /// The work succeeded. True if this made the attempt's outcome.
+  bool complete() noexcept {
+    return state_ && state_->resolve(detail::completion_state::status::succeeded, nullptr,
+                                     detail::completion_state::maker::token);
+  }
+
+  /// The work failed with `error` (a null one is read as evbus::error "failed"). True if this
+  /// made the attempt's outcome.
+  bool fail(std::exception_ptr error) noexcept {
+    if (!state_) return false;
+    if (!error) {
+      try {
+        error = std::make_exception_ptr(
+            evbus::error("evbus: an asynchronous handler failed without an exception"));
+      } catch (...) {
+        error = std::current_exception();  // std::bad_alloc: still a failure
+      }
+    }
+    return state_->resolve(detail::completion_state::status::failed, std::move(error),
+                           detail::completion_state::maker::token);
+  }
+
+  /// fail() with an exception object: `done.fail(std::runtime_error("HTTP 503"))`.
+  template <class E, class = std::enable_if_t<!std::is_same_v<std::decay_t<E>, std::exception_ptr>>>
+  bool fail(E&& error) noexcept {
+    std::exception_ptr p;
+    try {
+      p = std::make_exception_ptr(std::forward<E>(error));
+    } catch (...) {
+      p = std::current_exception();
+    }
+    return fail(std::move(p));
+  }
+
+  /// True while the attempt's outcome is open: not completed, expired or abandoned.
+  bool pending() const noexcept { return state_ && state_->pending(); }
+
+ private:
+  template <class Data>
+  friend class detail::attempt_runner;
+
+  explicit completion(std::shared_ptr<detail::completion_state> s) noexcept
+      : state_(std::move(s)) {
+    state_->add_token();
+  }
+
+  std::shared_ptr<detail::completion_state> state_;
+};
+
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_COMPLETION_HPP
+// ---- in_flight.hpp -------------------------------------------------
+// evbus/parts/in_flight.hpp: what an ordered subscription has in flight: max_in_flight's
+// gate, and the completions it awaits with the watch over their deadlines.
+//
+// Owns: `flight_gate`, the count of events being handled (a handler running or a completion
+// awaited) against delivery_policy::max_in_flight, and the partitions waiting for a place, in
+// the order they came; a place given back goes to the first of them, which is submitted.
+// `awaiting_list`, the open outcomes of the executor's asynchronous attempts (completion.hpp):
+// listed while open, watched by one timer set to the earliest deadline, made `expired` when it
+// passes, and made `shut_out` all at once when shutdown's grace is over. One per executor, so
+// that the watch never keeps a subscription alive. Keeps:
+// max_in_flight is never exceeded; no partition waits for a completion past its deadline, nor
+// past the grace.
+#ifndef EVBUS_PARTS_IN_FLIGHT_HPP
+#define EVBUS_PARTS_IN_FLIGHT_HPP
+
+
+#include <cstddef>
+#include <mutex>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+class flight_gate {
+ public:
+  /// `partitions`: the most runnables that can wait at once (each waits at most once).
+  flight_gate(std::size_t max, std::size_t partitions) : max_(max), waiting_(partitions) {}
+
+  /// True: `r` has a place. False: `r` waits; a later leave() hands it a place and returns it
+  /// (the caller must not touch `r` after this returns false).
+  bool enter(runnable* r) noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (in_ < max_) {
+      ++in_;
+      return true;
+    }
+    waiting_[(head_ + count_) % waiting_.size()] = r;
+    ++count_;
+    return false;
+  }
+
+  /// Gives a place back: to the first runnable waiting (returned: submit it), or to the gate.
+  runnable* leave() noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    if (count_ > 0) {
+      runnable* r = waiting_[head_];
+      head_ = (head_ + 1) % waiting_.size();
+      --count_;
+      return r;
+    }
+    --in_;
+    return nullptr;
+  }
+
+  std::size_t in_flight() const noexcept {
+    std::lock_guard<small_lock> lock(lock_);
+    return in_;
+  }
+
+ private:
+  mutable small_lock lock_;
+  const std::size_t max_;
+  std::size_t in_ = 0;
+  std::vector<runnable*> waiting_;  // a ring: count_ runnables from head_
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+};
+
+/// The open outcomes of an executor's asynchronous attempts; as a runnable, the watch over
+/// their deadlines (it keeps its time through a shutdown: see runnable::keeps_time).
+class awaiting_list final : public runnable {
+ public:
+  explicit awaiting_list(scheduler& s) noexcept : sched_(s) { keeps_time = true; }
+
+  /// An attempt's outcome is open: listed until remove(). Arms the watch if it is not.
+  /// After shut_out(), the outcome is made `shut_out` at once instead.
+  void add(completion_state& st) noexcept {
+    bool arm = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      st.prev = nullptr;
+      st.next = head_;
+      if (head_ != nullptr) head_->prev = &st;
+      head_ = &st;
+      ++size_;
+      sched_.count_awaiting(1);
+      if (shut_out_) {
+        st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+      } else if (!armed_) {
+        armed_ = true;
+        arm = true;
+      }
+    }
+    if (arm) {
+      try {
+        sched_.park(this, st.deadline);
+      } catch (...) {
+        sched_.submit(this);  // no memory for the timer: look now, and park from the run
+      }
+    }
+  }
+
+  /// The holder took the outcome: no longer listed.
+  void remove(completion_state& st) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (st.prev != nullptr ? st.prev->next : head_) = st.next;
+    if (st.next != nullptr) st.next->prev = st.prev;
+    st.prev = st.next = nullptr;
+    --size_;
+    sched_.count_awaiting(-1);
+  }
+
+  /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
+  /// `shut_out` (dead-lettered without a retry).
+  void shut_out() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    shut_out_ = true;
+    for (completion_state* s = head_; s != nullptr; s = s->next) {
+      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+    }
+  }
+
+  std::size_t size() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return size_;
+  }
+
+  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
+  /// earliest deadline left, or lets itself go when none is open.
+  result run(std::size_t) noexcept override {
+    result res;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const steady_time now = sched_.now();
+      bool any = false;
+      steady_time earliest{};
+      for (completion_state* s = head_; s != nullptr; s = s->next) {
+        if (!s->pending()) continue;
+        if (s->deadline <= now) {
+          s->resolve(completion_state::status::expired, nullptr,
+                     completion_state::maker::executor);
+        } else if (!any || s->deadline < earliest) {
+          any = true;
+          earliest = s->deadline;
+        }
+      }
+      if (any) {
+        res.what = next_step::park;
+        res.due = earliest;
+        return res;
+      }
+      armed_ = false;
+    }
+    res.what = next_step::idle;
+    return res;
+  }
+
+ private:
+  using next_step = runnable::next;
+
+  scheduler& sched_;
+  mutable std::mutex mutex_;
+  completion_state* head_ = nullptr;  // newest first
+  std::size_t size_ = 0;
+  bool armed_ = false;     // the watch is parked, ready or running
+  bool shut_out_ = false;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_IN_FLIGHT_HPP
+// ---- link.hpp -------------------------------------------------
+// evbus/parts/link.hpp: what a subscription sees of its executor.
+//
+// Owns: the executor state every subscription reads (its scheduler, the shutdown flags) and
+// the one place errors without a caller go (on_error, else stderr). The executor's core
+// (executor_registry.hpp, executor_core.hpp) is the only implementation; subscriptions hold a
+// reference to this base, so the headers do not include each other. Also: the subscription
+// base the core keeps in its registry, and its lifetime count. Keeps: a subscription is
+// removed once, by whoever gives back its last hold (release_hold).
+#ifndef EVBUS_PARTS_LINK_HPP
+#define EVBUS_PARTS_LINK_HPP
+
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// A 64-bit mixer (splitmix64's finaliser): jitter and seeds.
+inline std::uint64_t mix64(std::uint64_t x) noexcept {
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/// What drain() waits for in one subscription, and how far it has seen it get.
+struct drain_target {
+  std::uint64_t accepted = 0;        // the events accepted when the wait began
+  std::vector<std::uint64_t> parts;  // then, per partition, the events it must finish
+  std::size_t from = 0;              // the partitions before it have finished theirs
+};
+
+/// What the core keeps of each ordered subscription.
+struct subscription_base {
+  subscription_base() = default;
+  subscription_base(const subscription_base&) = delete;
+  subscription_base& operator=(const subscription_base&) = delete;
+  virtual ~subscription_base() = default;
+
+  /// A commit's place for one event (subscription::reserve_place); virtual so that a
+  /// transaction's commit compiles without the subscription's code when no executor is used.
+  virtual bool reserve_place(std::string_view topic, const std::string& key) = 0;
+  /// Gives back a place a commit took and did not use. Never throws.
+  virtual void release_place() noexcept = 0;
+  /// The events accepted so far: what drain() waits for.
+  virtual std::uint64_t accepted_so_far() const = 0;
+  /// True once the events counted in `target.accepted` are finished; keeps its progress in
+  /// `target`, so a call goes on where the last one stopped.
+  virtual bool reached(drain_target& target) const = 0;
+  /// Returns once every push that saw the executor open has queued its event.
+  virtual void close_barrier() = 0;
+  /// Wakes emitters blocked for room, so they see the executor closed.
+  virtual void wake_blocked() = 0;
+  virtual void read_stats(subscription_stats& out, log_histogram::snapshot& handler,
+                          log_histogram::snapshot& wait,
+                          log_histogram::snapshot& completed) const = 0;
+
+  std::string name;
+  /// One for the handler front (the copies of what ordered() returned) and one per strand
+  /// (the intake, a partition) held by a thread (scheduled, running, parked). The one who brings it to zero has the core
+  /// remove the subscription: no handler can push, and no event is left.
+  /// On a cache line of its own: workers change it as strands are held and let go, while
+  /// emitters read the fields around it.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<std::size_t> holds{1};
+  /// The handler front is gone: the subscription leaves once its partitions are let go.
+  std::atomic<bool> retiring{false};
+  /// It has left the registry (drain() waits for a retiring subscription to be gone).
+  std::atomic<bool> removed{false};
+};
+
+class executor_link {
+ public:
+  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+                std::chrono::nanoseconds idle_spin,
+                std::function<void(std::exception_ptr, std::string_view)> on_error)
+      : sched(std::move(clock), batch, idle_spin,
+              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
+        on_error_(std::move(on_error)) {}
+  executor_link(const executor_link&) = delete;
+  executor_link& operator=(const executor_link&) = delete;
+
+  steady_time now() const noexcept { return sched.now(); }
+
+  /// Reports an error that has no caller to go to. Never throws.
+  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+    errors.fetch_add(1, std::memory_order_relaxed);
+    try {
+      if (on_error_) {
+        on_error_(e, where);
+        return;
+      }
+      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      std::fputs(line.c_str(), stderr);
+    } catch (...) {
+      // on_error itself failed; the error stays counted in stats().errors.
+    }
+  }
+
+  /// Drops `s` from the registry (its holds reached zero). Never throws.
+  virtual void remove(subscription_base* s) noexcept = 0;
+
+  /// Gives back one hold of `s`; the last one removes it.
+  void release_hold(subscription_base* s) noexcept {
+    if (s->holds.fetch_sub(1, std::memory_order_acq_rel) == 1) remove(s);
+  }
+
+  scheduler sched;
+  /// The open outcomes of asynchronous attempts, and the watch over their deadlines.
+  awaiting_list awaiting{sched};
+  /// Set when shutdown() begins; handlers see it in delivery::shutdown_requested. On a cache
+  /// line of its own with `closed`, which every emit reads: the scheduler's lines are written
+  /// all the time.
+  alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<bool> shutdown_requested{false};
+  /// Set once subscriptions stop accepting events.
+  std::atomic<bool> closed{false};
+  std::atomic<std::uint64_t> errors{0};
+  /// Transaction commits that took places here: shutdown waits for them after closing, and
+  /// their pushes still get in.
+  std::atomic<std::size_t> commits{0};
+
+  /// A commit holds this executor open: refused (executor_closed) if it is closed.
+  bool hold_for_commit() noexcept {
+    commits.fetch_add(1, std::memory_order_seq_cst);
+    if (!closed.load(std::memory_order_seq_cst)) return true;
+    commits.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  void release_commit() noexcept { commits.fetch_sub(1, std::memory_order_seq_cst); }
+
+ protected:
+  ~executor_link() = default;
+
+ private:
+  std::function<void(std::exception_ptr, std::string_view)> on_error_;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_LINK_HPP
 // ---- admission.hpp -------------------------------------------------
 // evbus/parts/admission.hpp: admission: the capacity of an ordered subscription and the
 // emitters that wait for room.
@@ -10161,10 +10207,10 @@ class executor_core final : public executor_registry,
 // Owns: `ordered_handler`, the copyable bus handler that feeds an ordered subscription (its
 // call is subscription::push); `subscription_front`, what every copy of it shares; and
 // `commit_reserver`, what a transaction's commit does for such a handler before emitting
-// anything (hold the executor open, take a place). Keeps: the subscription stays registered
-// while a copy of its handler lives, and once the last copy is gone it is removed when its last
-// event is finished; a commit refused by a shut-down executor or a full subscription throws
-// before any of its events is emitted.
+// anything (hold the executor open, take a place) and gives back at its end. Keeps: the
+// subscription stays registered while a copy of its handler lives, and once the last copy is
+// gone it is removed when its last event is finished; a commit refused by a shut-down
+// executor or a full subscription throws before any of its events is emitted.
 #ifndef EVBUS_PARTS_ORDERED_HANDLER_HPP
 #define EVBUS_PARTS_ORDERED_HANDLER_HPP
 
@@ -10206,8 +10252,6 @@ class ordered_handler;
 namespace detail {
 template <class Data, class Fn>
 ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
-template <class Data>
-struct commit_reserver;
 }  // namespace detail
 
 /**
@@ -10242,9 +10286,11 @@ class ordered_handler {
 
 namespace detail {
 
-/// What a transaction's commit does for each handler of its events before emitting any
-/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
-/// and take a place in its subscription, or throw the refusal push() would throw.
+/// What a transaction's commit does for what evbus::ordered returned, before emitting any of
+/// its events (declared in commit.hpp; basic_bus::register_handler records `reserve` with
+/// such a handler, and the commit calls it through that pointer): hold its executor open and
+/// take a place in its subscription, or throw the refusal push() would throw. `give_back`,
+/// at the commit's end, returns the places not used and the holds.
 template <class Data>
 struct commit_reserver {
   static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
@@ -10254,6 +10300,7 @@ struct commit_reserver {
     if (handler == nullptr) return;
     const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
     executor_link& link = sub->link();
+    ctx.give_back = &give_back;
     ctx.places.reserve(ctx.places.size() + 1);
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
@@ -10271,6 +10318,15 @@ struct commit_reserver {
     if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
+  }
+
+  static void give_back(commit_context& ctx) noexcept {
+    for (auto& p : ctx.places) {
+      if (!p.used) p.sub->release_place();
+    }
+    ctx.places.clear();
+    for (auto* link : ctx.holds) link->release_commit();
+    ctx.holds.clear();
   }
 };
 

@@ -40,10 +40,16 @@ cmake -S "$repo" -B "$out/evbus-build" "${generator[@]}" -DCMAKE_DISABLE_FIND_PA
 [ "$(grep -c "Catch2 not found: the tests are skipped" "$out/evbus-build.log")" -eq 1 ] \
   || fail "configuring without Catch2 did not say once that the tests are skipped"
 cmake --install "$out/evbus-build" --prefix "$prefix"
-for f in include/evbus/evbus.hpp share/cmake/evbus/evbusConfig.cmake \
+for f in include/evbus/evbus.hpp include/evbus/bus.hpp include/evbus/executor.hpp \
+         include/evbus/outbox.hpp include/evbus/parts/transaction.hpp \
+         share/cmake/evbus/evbusConfig.cmake \
          share/cmake/evbus/evbusConfigVersion.cmake share/cmake/evbus/evbusTargets.cmake; do
   [ -f "$prefix/$f" ] || fail "cmake --install did not install $f"
 done
+[ ! -e "$prefix/include/evbus/parts/all.hpp" ] || fail "cmake --install installed parts/all.hpp"
+[ "$(find "$prefix/include/evbus/parts" -name '*.hpp' | wc -l)" -eq \
+  "$(($(find "$repo/include/evbus/parts" -name '*.hpp' | wc -l) - 1))" ] \
+  || fail "cmake --install did not install every part (but all.hpp)"
 cmake -S "$here/find_package" -B "$out/find_package" "${generator[@]}" \
   -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
 cmake --build "$out/find_package"
@@ -83,5 +89,13 @@ PKG_CONFIG_LIBDIR="$out/meson_install/no-pkgconfig" CMAKE_PREFIX_PATH=/nonexiste
 meson install -C "$out/meson_install/build" --destdir "$out/meson_install/root"
 find "$out/meson_install/root" -path "*/include/evbus/evbus.hpp" | grep -q . \
   || fail "meson install did not install include/evbus/evbus.hpp"
+# Each installed public header compiles alone from the installed tree.
+installed=$(dirname "$(dirname "$(find "$out/meson_install/root" -path "*/include/evbus/evbus.hpp")")")
+for h in evbus bus executor outbox; do
+  echo "#include <evbus/$h.hpp>" > "$out/meson_install/$h.cpp"
+  "$cxx" -std=c++17 -Wall -Wextra -Wpedantic -Werror -fsyntax-only -I "$installed" \
+    "$out/meson_install/$h.cpp" || fail "the installed evbus/$h.hpp does not compile alone"
+done
+[ ! -e "$installed/evbus/parts/all.hpp" ] || fail "meson install installed parts/all.hpp"
 
 printf '\nconsumers: all 4 consumer projects built and ran; both install recipes work without Catch2\n'

@@ -47,6 +47,7 @@
 
 // 4. The bus
 #include "matcher.hpp"
+#include "commit.hpp"
 #include "topic_table.hpp"
 #include "reclamation.hpp"
 #include "registrations.hpp"

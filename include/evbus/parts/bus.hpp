@@ -210,7 +210,8 @@ class basic_bus : private detail::bus_emitter<Data> {
                   "evbus::ordered<Data>(ex, fn), a handler taking const "
                   "evbus::basic_event<Data>&, or an evbus::basic_delivery_policy<Data> "
                   "(evbus::delivery_policy is basic_delivery_policy<std::any>, for evbus::bus)");
-    register_handler(std::move(key), matcher, handler_type(fn));
+    base::register_handler(std::move(key), matcher, handler_type(fn),
+                           &detail::commit_reserver<Data>::reserve);
   }
 
   /**

@@ -53,7 +53,7 @@ class bus_emitter : public bus_registrations<Data> {
     return id;
   }
 
-  /// Calls `fn(handler)` for every active handler of `topic` now (a transaction's commit,
+  /// Calls `fn(entry)` for every active handler of `topic` now (a transaction's commit,
   /// before it emits); none if the topic was deregistered.
   template <class Fn>
   void for_each_handler(const topic_entry& topic, Fn&& fn) {
@@ -62,7 +62,7 @@ class bus_emitter : public bus_registrations<Data> {
     detail::emit_scope scope(slot);
     const auto* handlers = topic.handlers.load(std::memory_order_seq_cst);
     if (handlers == deregistered_.get()) return;
-    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h.fn); });
+    for_each_call(slot, *handlers, [&fn](const detail::handler_entry<Data>& h) { fn(h); });
   }
 
   /// An emit: the thread's slot marked for its duration, the topic found (an entry the caller

@@ -9,6 +9,7 @@
 #ifndef EVBUS_PARTS_LINK_HPP
 #define EVBUS_PARTS_LINK_HPP
 
+#include "commit.hpp"
 #include "config.hpp"
 #include "errors.hpp"
 #include "in_flight.hpp"
@@ -83,49 +84,6 @@ struct subscription_base {
   /// It has left the registry (drain() waits for a retiring subscription to be gone).
   std::atomic<bool> removed{false};
 };
-
-class executor_link;
-
-/**
- * @brief A transaction's commit, as the subscriptions see it (transaction.hpp): the places
- * it took before emitting anything, and the event it is emitting now. Set on the committing
- * thread for the time of the commit; push() of a subscription with a place for the current
- * event uses it instead of taking one.
- */
-struct commit_context {
-  struct place {
-    std::shared_ptr<subscription_base> sub;  // kept alive until the commit ends
-    const std::string* event_id;             // the transaction's event it is for
-    bool used = false;
-  };
-  std::vector<place> places;
-  std::vector<executor_link*> holds;  // executors that may not close until the commit ends
-  const std::string* current = nullptr;  // the event being emitted, in phase 2
-
-  /// The place taken for the current event in `sub`, if any (and marks it used).
-  bool use(const subscription_base* sub, const std::string& id) noexcept {
-    if (current == nullptr || *current != id) return false;
-    for (auto& p : places) {
-      if (!p.used && p.sub.get() == sub && p.event_id == current) {
-        p.used = true;
-        return true;
-      }
-    }
-    return false;
-  }
-  bool holds_link(const executor_link* link) const noexcept {
-    for (auto* l : holds) {
-      if (l == link) return true;
-    }
-    return false;
-  }
-};
-
-/// The commit running on this thread, or null.
-inline commit_context*& current_commit() noexcept {
-  thread_local commit_context* context = nullptr;
-  return context;
-}
 
 class executor_link {
  public:

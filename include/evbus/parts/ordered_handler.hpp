@@ -4,13 +4,14 @@
 // Owns: `ordered_handler`, the copyable bus handler that feeds an ordered subscription (its
 // call is subscription::push); `subscription_front`, what every copy of it shares; and
 // `commit_reserver`, what a transaction's commit does for such a handler before emitting
-// anything (hold the executor open, take a place). Keeps: the subscription stays registered
-// while a copy of its handler lives, and once the last copy is gone it is removed when its last
-// event is finished; a commit refused by a shut-down executor or a full subscription throws
-// before any of its events is emitted.
+// anything (hold the executor open, take a place) and gives back at its end. Keeps: the
+// subscription stays registered while a copy of its handler lives, and once the last copy is
+// gone it is removed when its last event is finished; a commit refused by a shut-down
+// executor or a full subscription throws before any of its events is emitted.
 #ifndef EVBUS_PARTS_ORDERED_HANDLER_HPP
 #define EVBUS_PARTS_ORDERED_HANDLER_HPP
 
+#include "commit.hpp"
 #include "errors.hpp"
 #include "event.hpp"
 #include "executor_core.hpp"
@@ -55,8 +56,6 @@ class ordered_handler;
 namespace detail {
 template <class Data, class Fn>
 ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
-template <class Data>
-struct commit_reserver;
 }  // namespace detail
 
 /**
@@ -91,9 +90,11 @@ class ordered_handler {
 
 namespace detail {
 
-/// What a transaction's commit does for each handler of its events before emitting any
-/// (declared in transaction.hpp): for what evbus::ordered returned, hold its executor open
-/// and take a place in its subscription, or throw the refusal push() would throw.
+/// What a transaction's commit does for what evbus::ordered returned, before emitting any of
+/// its events (declared in commit.hpp; basic_bus::register_handler records `reserve` with
+/// such a handler, and the commit calls it through that pointer): hold its executor open and
+/// take a place in its subscription, or throw the refusal push() would throw. `give_back`,
+/// at the commit's end, returns the places not used and the holds.
 template <class Data>
 struct commit_reserver {
   static void reserve(const std::function<void(const basic_event<Data>&)>& fn,
@@ -103,6 +104,7 @@ struct commit_reserver {
     if (handler == nullptr) return;
     const std::shared_ptr<subscription<Data>>& sub = handler->front_->sub;
     executor_link& link = sub->link();
+    ctx.give_back = &give_back;
     ctx.places.reserve(ctx.places.size() + 1);
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
@@ -120,6 +122,15 @@ struct commit_reserver {
     if (target.reserve_place(topic, key)) {
       ctx.places.push_back(commit_context::place{sub, &id, false});
     }
+  }
+
+  static void give_back(commit_context& ctx) noexcept {
+    for (auto& p : ctx.places) {
+      if (!p.used) p.sub->release_place();
+    }
+    ctx.places.clear();
+    for (auto* link : ctx.holds) link->release_commit();
+    ctx.holds.clear();
   }
 };
 

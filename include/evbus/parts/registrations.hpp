@@ -67,8 +67,10 @@ class bus_registrations : public retire_list<> {
   }
 
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
-  /// whose whole name matches `matcher`; nothing changes if it throws.
-  void register_handler(std::string key, std::string_view matcher, handler_type fn) {
+  /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
+  /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
+  void register_handler(std::string key, std::string_view matcher, handler_type fn,
+                        detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) {
       throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
@@ -101,7 +103,7 @@ class bus_registrations : public retire_list<> {
       std::lock_guard<std::mutex> lock(mutex_);
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
-          key, std::string(matcher), std::move(re), std::move(fn), next_order_);
+          key, std::string(matcher), std::move(re), std::move(fn), next_order_, reserve);
       std::vector<topic_entry*> subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
       for (auto it = topics_.lower_bound(entry->prefix);

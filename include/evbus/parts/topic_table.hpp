@@ -6,6 +6,7 @@
 #ifndef EVBUS_PARTS_TOPIC_TABLE_HPP
 #define EVBUS_PARTS_TOPIC_TABLE_HPP
 
+#include "commit.hpp"
 #include "emit_tracking.hpp"
 #include "errors.hpp"
 #include "event.hpp"
@@ -78,14 +79,16 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
 template <class Data>
 struct handler_entry {
   handler_entry(std::string k, std::string p, std::regex r,
-                std::function<void(const basic_event<Data>&)> f, std::uint64_t o)
+                std::function<void(const basic_event<Data>&)> f, std::uint64_t o,
+                commit_reserve_fn<Data> c = nullptr)
       : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
-        matcher(std::move(r)), fn(std::move(f)), order(o) {}
+        matcher(std::move(r)), fn(std::move(f)), reserve(c), order(o) {}
   const std::string key;
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
   const std::regex matcher;
   std::function<void(const basic_event<Data>&)> fn;  // emptied once released
+  const commit_reserve_fn<Data> reserve;  // a commit's place in it (commit.hpp), or null
   const std::uint64_t order;
   std::atomic<std::uint64_t> calls{0};  // bit 0: deregistered; above: unmarked calls running
   std::atomic<bool> released{false};    // set once fn is destroyed

@@ -6,7 +6,7 @@
 #define EVBUS_PARTS_TRANSACTION_HPP
 
 #include "bus.hpp"
-#include "link.hpp"
+#include "commit.hpp"
 
 #include <any>
 #include <exception>
@@ -21,11 +21,6 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
-/// Takes room for a commit's event in a handler that may refuse it (what evbus::ordered
-/// returned); defined with the executor (ordered_handler.hpp).
-template <class Data>
-struct commit_reserver;
-
 /// The commit running on this thread, for the time of a scope; gives back what it did not
 /// use at the end.
 class commit_scope {
@@ -36,12 +31,7 @@ class commit_scope {
   void enter() noexcept { current_commit() = &ctx_; }
   ~commit_scope() {
     current_commit() = outer_;
-    for (auto& p : ctx_.places) {
-      if (!p.used) p.sub->release_place();
-    }
-    ctx_.places.clear();
-    for (auto* link : ctx_.holds) link->release_commit();
-    ctx_.holds.clear();
+    if (ctx_.give_back != nullptr) ctx_.give_back(ctx_);
   }
 
  private:
@@ -121,8 +111,9 @@ class basic_transaction {
    * nothing is emitted, commit() throws that error and the transaction stays open: commit
    * again, or roll back. Then every event is emitted with its places: none is refused, also
    * if shutdown() begins meanwhile (it waits for the commit). A drop_oldest / drop_newest
-   * subscription drops by its own rule; an ordered handler wrapped in another callable, or
-   * registered during the commit, takes no place and may refuse as a plain emit does.
+   * subscription drops by its own rule; an ordered handler wrapped in another callable (a
+   * `std::function` too), or registered during the commit, takes no place and may refuse as
+   * a plain emit does.
    *
    * A handler that throws is not a refusal: it does not stop the others, nor does a topic
    * deregistered since tx.emit (evbus::unknown_topic); afterwards the one failure is rethrown
@@ -135,9 +126,11 @@ class basic_transaction {
     {
       detail::commit_scope reservations(ctx);
       for (const auto& e : pending_) {
-        bus_->for_each_handler(*e.topic, [&](const typename basic_bus<Data>::handler_type& fn) {
-          detail::commit_reserver<Data>::reserve(fn, ctx, e.topic->name->value, e.options.key,
-                                                 e.id);
+        bus_->for_each_handler(*e.topic, [&](const detail::handler_entry<Data>& h) {
+          // Only what evbus::ordered returned takes a place (commit_reserver, ordered_handler.hpp).
+          if (h.reserve != nullptr) {
+            h.reserve(h.fn, ctx, e.topic->name->value, e.options.key, e.id);
+          }
         });
       }
       // Every place is taken: from here on, nothing is refused.

@@ -213,4 +213,46 @@ TEST_CASE("an executor and its bus destroyed in either order: a delayed emit nev
   }
 }
 
+namespace {
+
+/// A thread_local whose destructor runs an executor's work: it runs after the thread's other
+/// thread_locals constructed later than it, evbus's own among them.
+struct runs_at_thread_exit {
+  evbus::keyed_executor* ex = nullptr;
+  std::size_t* calls = nullptr;
+  ~runs_at_thread_exit() {
+    if (ex != nullptr) *calls = ex->run_until_idle();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an executor's work run from a thread_local destructor, after evbus's own "
+          "thread_locals of that thread are gone",
+          "[lifetime][threads]") {
+  // As a static object's destructor that shuts an executor down does at exit, once the main
+  // thread's thread_locals are destroyed. The router then works without its per-thread
+  // scratch (under ASan, using it would be a use after free).
+  evbus::keyed_executor ex(evbus_test::manual_mode(4));
+  evbus::bus bus;
+  bus.register_topics("t");
+  std::vector<int> seen;
+  bus.register_handler("h", "t", evbus::ordered(ex, [&seen](const evbus::event& e) {
+    seen.push_back(e.data_as<int>());
+  }));
+  std::size_t calls_at_exit = 0;
+  std::thread t([&] {
+    thread_local runs_at_thread_exit last;  // constructed first: destroyed last
+    last.ex = &ex;
+    last.calls = &calls_at_exit;
+    bus.emit("t", 1, evbus_test::with_key("k"));
+    CHECK(ex.run_until_idle() == 1);  // routes on this thread: evbus's thread_locals exist now
+    bus.emit("t", 2, evbus_test::with_key("k"));
+    bus.emit("t", 3, evbus_test::with_key("k"));
+  });
+  t.join();
+  CHECK(calls_at_exit == 2);
+  CHECK(seen == std::vector<int>{1, 2, 3});
+}
+
 }  // namespace area_executor_lifetime

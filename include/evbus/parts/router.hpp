@@ -146,14 +146,24 @@ class router : public lane_state<Data, Lanes> {
 
   /// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
   /// may poll an executor, which routes), so there is one per depth; the lease is the depth.
+  /// A route after the thread's own scratches were destroyed (a static object's destructor
+  /// that shuts an executor down, after the main thread's thread_locals are gone) gets one of
+  /// its own for the window.
   class scratch_lease {
    public:
     /// Throws std::bad_alloc (the first time at a depth, or for more partitions than before).
-    explicit scratch_lease(std::size_t partitions) : frames_(frames()) {
-      auto& f = frames_.stack;
-      if (f.size() <= frames_.depth) f.resize(frames_.depth + 1);
-      if (!f[frames_.depth]) f[frames_.depth] = std::make_unique<route_scratch>();
-      route_scratch& sc = *f[frames_.depth];
+    explicit scratch_lease(std::size_t partitions) {
+      if (frames_gone()) {
+        own_ = std::make_unique<route_scratch>();
+        s_ = own_.get();
+      } else {
+        frames_ = &frames();
+        auto& f = frames_->stack;
+        if (f.size() <= frames_->depth) f.resize(frames_->depth + 1);
+        if (!f[frames_->depth]) f[frames_->depth] = std::make_unique<route_scratch>();
+        s_ = f[frames_->depth].get();
+      }
+      route_scratch& sc = *s_;
       sc.items.reserve(route_window);
       sc.next.reserve(route_window);
       sc.touched.reserve(route_window);
@@ -164,16 +174,21 @@ class router : public lane_state<Data, Lanes> {
       sc.items.clear();
       sc.next.clear();
       sc.touched.clear();
-      s_ = &sc;
-      ++frames_.depth;
+      if (frames_ != nullptr) ++frames_->depth;
     }
-    ~scratch_lease() { --frames_.depth; }
+    ~scratch_lease() {
+      if (frames_ != nullptr) --frames_->depth;
+    }
     scratch_lease(const scratch_lease&) = delete;
     scratch_lease& operator=(const scratch_lease&) = delete;
     route_scratch& get() const noexcept { return *s_; }
 
    private:
     struct stack_of_frames {
+      stack_of_frames() = default;
+      stack_of_frames(const stack_of_frames&) = delete;
+      stack_of_frames& operator=(const stack_of_frames&) = delete;
+      ~stack_of_frames() { frames_gone() = true; }
       std::vector<std::unique_ptr<route_scratch>> stack;
       std::size_t depth = 0;
     };
@@ -181,7 +196,14 @@ class router : public lane_state<Data, Lanes> {
       thread_local stack_of_frames f;
       return f;
     }
-    stack_of_frames& frames_;
+    /// Set once the thread's stack_of_frames is destroyed; a bool has no destructor, so it
+    /// can be read until the thread's end.
+    static bool& frames_gone() noexcept {
+      thread_local bool gone = false;
+      return gone;
+    }
+    stack_of_frames* frames_ = nullptr;
+    std::unique_ptr<route_scratch> own_;
     route_scratch* s_ = nullptr;
   };
 

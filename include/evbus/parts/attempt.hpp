@@ -43,7 +43,8 @@ struct queued_event {
   std::uint64_t seq = 0;    // acceptance order in the subscription (drop_oldest)
   unsigned attempts = 0;
   bool sampled = false;     // `accepted` was read: its queue wait is recorded
-  bool evicted = false;     // drop_oldest took it: skipped, never handled
+  bool evicted = false;     // skipped: drop_oldest took it, or (in the intake) it was moved
+                            // to its partition or run in place (router.hpp)
 };
 
 /// An ordered subscription's handler: one function either way (a subscription stays small).

@@ -8948,6 +8948,114 @@ class lane_state : public subscription_base {
 }  // namespace evbus
 
 #endif  // EVBUS_PARTS_LANE_STATE_HPP
+// ---- route_scratch.hpp -------------------------------------------------
+// evbus/parts/route_scratch.hpp: the working memory router::route sorts a window of an
+// intake's events in.
+//
+// Owns: `route_scratch`, the per-window arrays (the window's events, each one's successor in its
+// partition, each partition's first and last), and `scratch_lease`, which lends the calling
+// thread its own scratch for the length of one window, one per nesting depth, since a handler
+// run in place may route another executor's intake on the same thread. Keeps: no memory shared
+// between routing threads, none allocated per window once a depth has its scratch, and no use
+// of a thread's scratch after its thread_locals are destroyed (a route from a later destructor
+// gets a scratch of its own).
+#ifndef EVBUS_PARTS_ROUTE_SCRATCH_HPP
+#define EVBUS_PARTS_ROUTE_SCRATCH_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace evbus {
+inline namespace v1 {
+namespace detail {
+
+/// What route() uses to sort a window of the intake by partition: the window's events in
+/// intake order, each one's successor in its partition, and the first and last event of each
+/// partition, `none` for the partitions the window has no event for.
+template <class Item>
+struct route_scratch {
+  static constexpr std::uint32_t none = ~std::uint32_t{0};
+  std::vector<Item*> items;
+  std::vector<std::uint32_t> next;
+  std::vector<std::uint32_t> first;
+  std::vector<std::uint32_t> last;
+  std::vector<std::uint32_t> touched;  // the partitions the window has events for
+};
+
+/// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
+inline constexpr std::size_t route_window = 512;
+
+/// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
+/// may poll an executor, which routes), so there is one per depth; the lease is the depth.
+/// A route after the thread's own scratches were destroyed (a static object's destructor
+/// that shuts an executor down, after the main thread's thread_locals are gone) gets one of
+/// its own for the window.
+template <class Item>
+class scratch_lease {
+ public:
+  /// Throws std::bad_alloc (the first time at a depth, or for more partitions than before).
+  explicit scratch_lease(std::size_t partitions) {
+    if (frames_gone()) {
+      own_ = std::make_unique<route_scratch<Item>>();
+      s_ = own_.get();
+    } else {
+      frames_ = &frames();
+      auto& f = frames_->stack;
+      if (f.size() <= frames_->depth) f.resize(frames_->depth + 1);
+      if (!f[frames_->depth]) f[frames_->depth] = std::make_unique<route_scratch<Item>>();
+      s_ = f[frames_->depth].get();
+    }
+    route_scratch<Item>& sc = *s_;
+    sc.items.reserve(route_window);
+    sc.next.reserve(route_window);
+    sc.touched.reserve(route_window);
+    if (sc.first.size() < partitions) {
+      sc.first.resize(partitions, route_scratch<Item>::none);
+      sc.last.resize(partitions, route_scratch<Item>::none);
+    }
+    sc.items.clear();
+    sc.next.clear();
+    sc.touched.clear();
+    if (frames_ != nullptr) ++frames_->depth;
+  }
+  ~scratch_lease() {
+    if (frames_ != nullptr) --frames_->depth;
+  }
+  scratch_lease(const scratch_lease&) = delete;
+  scratch_lease& operator=(const scratch_lease&) = delete;
+  route_scratch<Item>& get() const noexcept { return *s_; }
+
+ private:
+  struct stack_of_frames {
+    stack_of_frames() = default;
+    stack_of_frames(const stack_of_frames&) = delete;
+    stack_of_frames& operator=(const stack_of_frames&) = delete;
+    ~stack_of_frames() { frames_gone() = true; }
+    std::vector<std::unique_ptr<route_scratch<Item>>> stack;
+    std::size_t depth = 0;
+  };
+  static stack_of_frames& frames() {
+    thread_local stack_of_frames f;
+    return f;
+  }
+  /// Set once the thread's stack_of_frames is destroyed; a bool has no destructor, so it
+  /// can be read until the thread's end.
+  static bool& frames_gone() noexcept {
+    thread_local bool gone = false;
+    return gone;
+  }
+  stack_of_frames* frames_ = nullptr;
+  std::unique_ptr<route_scratch<Item>> own_;
+  route_scratch<Item>* s_ = nullptr;
+};
+
+}  // namespace detail
+}  // namespace v1
+}  // namespace evbus
+
+#endif  // EVBUS_PARTS_ROUTE_SCRATCH_HPP
 // ---- router.hpp -------------------------------------------------
 // evbus/parts/router.hpp: how an ordered subscription's events leave its intake: to their
 // partitions, or run at once by the worker that takes them.
@@ -9069,83 +9177,8 @@ class router : public lane_state<Data, Lanes> {
                        : partition_of(static_cast<std::uint32_t>(murmur2(key)) & 0x7fffffffU);
   }
 
-  /// What route() uses to sort a window of the intake by partition: the window's events in
-  /// intake order, each one's successor in its partition, and the first and last event of each
-  /// partition, `none` for the partitions the window has no event for.
-  struct route_scratch {
-    static constexpr std::uint32_t none = ~std::uint32_t{0};
-    std::vector<item*> items;
-    std::vector<std::uint32_t> next;
-    std::vector<std::uint32_t> first;
-    std::vector<std::uint32_t> last;
-    std::vector<std::uint32_t> touched;  // the partitions the window has events for
-  };
-
-  /// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
-  static constexpr std::size_t route_window = 512;
-
-  /// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
-  /// may poll an executor, which routes), so there is one per depth; the lease is the depth.
-  /// A route after the thread's own scratches were destroyed (a static object's destructor
-  /// that shuts an executor down, after the main thread's thread_locals are gone) gets one of
-  /// its own for the window.
-  class scratch_lease {
-   public:
-    /// Throws std::bad_alloc (the first time at a depth, or for more partitions than before).
-    explicit scratch_lease(std::size_t partitions) {
-      if (frames_gone()) {
-        own_ = std::make_unique<route_scratch>();
-        s_ = own_.get();
-      } else {
-        frames_ = &frames();
-        auto& f = frames_->stack;
-        if (f.size() <= frames_->depth) f.resize(frames_->depth + 1);
-        if (!f[frames_->depth]) f[frames_->depth] = std::make_unique<route_scratch>();
-        s_ = f[frames_->depth].get();
-      }
-      route_scratch& sc = *s_;
-      sc.items.reserve(route_window);
-      sc.next.reserve(route_window);
-      sc.touched.reserve(route_window);
-      if (sc.first.size() < partitions) {
-        sc.first.resize(partitions, route_scratch::none);
-        sc.last.resize(partitions, route_scratch::none);
-      }
-      sc.items.clear();
-      sc.next.clear();
-      sc.touched.clear();
-      if (frames_ != nullptr) ++frames_->depth;
-    }
-    ~scratch_lease() {
-      if (frames_ != nullptr) --frames_->depth;
-    }
-    scratch_lease(const scratch_lease&) = delete;
-    scratch_lease& operator=(const scratch_lease&) = delete;
-    route_scratch& get() const noexcept { return *s_; }
-
-   private:
-    struct stack_of_frames {
-      stack_of_frames() = default;
-      stack_of_frames(const stack_of_frames&) = delete;
-      stack_of_frames& operator=(const stack_of_frames&) = delete;
-      ~stack_of_frames() { frames_gone() = true; }
-      std::vector<std::unique_ptr<route_scratch>> stack;
-      std::size_t depth = 0;
-    };
-    static stack_of_frames& frames() {
-      thread_local stack_of_frames f;
-      return f;
-    }
-    /// Set once the thread's stack_of_frames is destroyed; a bool has no destructor, so it
-    /// can be read until the thread's end.
-    static bool& frames_gone() noexcept {
-      thread_local bool gone = false;
-      return gone;
-    }
-    stack_of_frames* frames_ = nullptr;
-    std::unique_ptr<route_scratch> own_;
-    route_scratch* s_ = nullptr;
-  };
+  using route_scratch = detail::route_scratch<item>;
+  using scratch_lease = detail::scratch_lease<item>;
 
   /// Moves up to route_window events in hand to their partitions; false if memory ran out
   /// (reported; what was moved is not moved again, what was not stays first in line).

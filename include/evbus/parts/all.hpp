@@ -89,6 +89,7 @@
 #include "admission.hpp"
 #include "attempt.hpp"
 #include "lane_state.hpp"
+#include "route_scratch.hpp"
 #include "router.hpp"
 #include "lanes.hpp"
 #include "subscription.hpp"

@@ -280,26 +280,46 @@ strict_clang_flags=(-Weverything -Werror
   -Wno-exit-time-destructors)
 
 run_strict() {
-  local dir=build/strict std failed=0
+  local dir=build/strict std header failed=0
   mkdir -p "$dir"
+  # The ten compilations run two at a time (g++ next to clang++), each into a log of its own,
+  # printed when the pair is done.
+  local logs=() pids=()
+  strict_start() {  # strict_start <name> <command...>: one compilation, in the background
+    local log="$dir/$1.log"
+    shift
+    echo "strict: $*" > "$log"
+    ("$@" >> "$log" 2>&1) &
+    logs+=("$log")
+    pids+=($!)
+  }
+  strict_wait() {  # waits for the started compilations, prints their logs, counts failures
+    local i
+    for i in "${!pids[@]}"; do
+      wait "${pids[$i]}" || { failed=$((failed + 1)); echo "strict: FAILED" >> "${logs[$i]}"; }
+      cat "${logs[$i]}"
+    done
+    logs=()
+    pids=()
+  }
   for std in 17 20; do
     # -O2: GCC's flow-based warnings need the optimiser, as in users' release builds.
-    echo "strict: g++ -std=c++$std -O2 ${strict_gcc_flags[*]}"
-    g++ -std=c++$std -O2 "${strict_gcc_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
-      -o "$dir/gcc$std.o" || failed=$((failed + 1))
-    echo "strict: clang++ -std=c++$std -O2 ${strict_clang_flags[*]}"
-    clang++ -std=c++$std -O2 "${strict_clang_flags[@]}" -Iinclude -c tests/strict_warnings.cpp \
-      -o "$dir/clang$std.o" || failed=$((failed + 1))
+    strict_start "gcc$std" g++ -std=c++$std -O2 "${strict_gcc_flags[@]}" -Iinclude \
+      -c tests/strict_warnings.cpp -o "$dir/gcc$std.o"
+    strict_start "clang$std" clang++ -std=c++$std -O2 "${strict_clang_flags[@]}" -Iinclude \
+      -c tests/strict_warnings.cpp -o "$dir/clang$std.o"
+    strict_wait
   done
   # The public headers that include part of the library: each one first and alone in its
   # translation unit, with what it offers instantiated (EVBUS_STRICT_HEADER).
   for header in 1:bus 2:executor 3:outbox; do
-    echo "strict: evbus/${header#*:}.hpp, g++ and clang++ -std=c++17 -O2"
-    g++ -std=c++17 -O2 "${strict_gcc_flags[@]}" -DEVBUS_STRICT_HEADER="${header%%:*}" -Iinclude \
-      -c tests/strict_warnings.cpp -o "$dir/gcc-${header#*:}.o" || failed=$((failed + 1))
-    clang++ -std=c++17 -O2 "${strict_clang_flags[@]}" -DEVBUS_STRICT_HEADER="${header%%:*}" \
-      -Iinclude -c tests/strict_warnings.cpp -o "$dir/clang-${header#*:}.o" \
-      || failed=$((failed + 1))
+    strict_start "gcc-${header#*:}" g++ -std=c++17 -O2 "${strict_gcc_flags[@]}" \
+      -DEVBUS_STRICT_HEADER="${header%%:*}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/gcc-${header#*:}.o"
+    strict_start "clang-${header#*:}" clang++ -std=c++17 -O2 "${strict_clang_flags[@]}" \
+      -DEVBUS_STRICT_HEADER="${header%%:*}" -Iinclude -c tests/strict_warnings.cpp \
+      -o "$dir/clang-${header#*:}.o"
+    strict_wait
   done
   if [ "$failed" -ne 0 ]; then
     echo "strict: $failed of 10 compilations of tests/strict_warnings.cpp gave warnings" >&2

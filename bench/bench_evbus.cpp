@@ -923,6 +923,39 @@ void BM_executor_throughput_loaded(benchmark::State& state) {
 }
 BENCHMARK(BM_executor_throughput_loaded)->UseRealTime();
 
+/**
+ * Not a goal, a ceiling: the emits of BM_executor_throughput (the same topic handle, items,
+ * keys and emit_options) to a plain synchronous handler that checks per-key order, all on the
+ * emitting thread. No executor, no hand-off. Any executor fed by one emitting thread is at most
+ * this fast, since its producer makes each of these emits and then hands the event over; the
+ * mutex-queue baselines build no event at all.
+ */
+void BM_emit_keyed_direct(benchmark::State& state) {
+  order_checker checker;
+  keyed_bus bus;
+  bus.register_topics("bench.keyed");
+  bus.register_handler("direct", "bench\\.keyed",
+                       [&checker](const keyed_event& e) { checker.check(e.data); });
+  const auto topic = bus.topic("bench.keyed");
+  const auto& keys = key_names();
+  keyed_source source;
+  std::uint64_t emitted = 0;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < kBatch; ++i) {
+      const keyed_item item = source.next();
+      evbus::emit_options options;
+      options.key = keys[item.key];
+      topic.emit(item, std::move(options));
+    }
+    emitted += kBatch;
+  }
+  if (checker.violations() != 0 || checker.handled() != emitted) {
+    state.SkipWithError("the handler lost or reordered events");
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(emitted));
+}
+BENCHMARK(BM_emit_keyed_direct)->UseRealTime();
+
 // ---------------------------------------------------------------------------
 // BM_executor_emit_paced
 // ---------------------------------------------------------------------------

@@ -70,6 +70,16 @@
 #define EVBUS_CACHE_LINE_SIZE 64
 #endif
 
+/// Marks a function only a failing or rare path calls (an error's message, a refusal): GCC and
+/// Clang keep it out of line and optimise it for size, and take the paths that call it as
+/// unlikely, so a translation unit compiles it once, small, and its callers stay short. Not a
+/// configuration macro.
+#if defined(__GNUC__)
+#define EVBUS_DETAIL_COLD __attribute__((cold, noinline))
+#else
+#define EVBUS_DETAIL_COLD
+#endif
+
 namespace evbus {
 inline namespace v1 {
 
@@ -129,7 +139,7 @@ namespace detail {
 
 /// A type's name for an error message: demangled where the platform can (`std::string`'s
 /// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
-inline std::string type_name(const std::type_info& type) {
+EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
 #if EVBUS_HAS_CXXABI
   int status = 0;
   char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
@@ -144,7 +154,7 @@ inline std::string type_name(const std::type_info& type) {
 
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \\xNN, and long values cut (the length is still named) so a message stays readable.
-inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out = "'";
   std::size_t shown = 0;
@@ -185,7 +195,7 @@ inline std::string join(std::initializer_list<std::string_view> pieces) {
 /// emit, or a topic handle, names a topic that is not registered.
 class unknown_topic : public error {
  public:
-  explicit unknown_topic(std::string_view topic)
+  EVBUS_DETAIL_COLD explicit unknown_topic(std::string_view topic)
       : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
                             " (register it with register_topics first)"})),
         topic_(topic) {}
@@ -199,7 +209,7 @@ class unknown_topic : public error {
 /// A topic name is empty, longer than 255 bytes, or has a byte outside printable ASCII.
 class invalid_topic_name : public error {
  public:
-  invalid_topic_name(std::string_view topic, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_topic_name(std::string_view topic, const std::string& reason)
       : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
@@ -212,7 +222,7 @@ class invalid_topic_name : public error {
 /// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
 class invalid_matcher : public error {
  public:
-  invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
       : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
                             detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
@@ -226,7 +236,7 @@ class invalid_matcher : public error {
 /// register_handler with a key that is already registered.
 class duplicate_handler : public error {
  public:
-  explicit duplicate_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit duplicate_handler(std::string_view key)
       : error(detail::join({"evbus: a handler with key ", detail::quote(key),
                             " is already registered"})),
         key_(key) {}
@@ -240,7 +250,7 @@ class duplicate_handler : public error {
 /// deregister_handler or handler_topics with a key that is not registered.
 class unknown_handler : public error {
  public:
-  explicit unknown_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit unknown_handler(std::string_view key)
       : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
         key_(key) {}
   /// The unknown key.
@@ -277,21 +287,21 @@ class handler_errors : public error {
     std::exception_ptr error;
   };
 
-  handler_errors(std::string_view topic, std::vector<failure> failures)
+  EVBUS_DETAIL_COLD handler_errors(std::string_view topic, std::vector<failure> failures)
       : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
                        failures)),
         failures_(std::move(failures)) {}
 
   /// Failures collected elsewhere, for example across the events of a transaction;
   /// `what` says where ("events failed in transaction 'tx-1'").
-  handler_errors(std::vector<failure> failures, const std::string& what)
+  EVBUS_DETAIL_COLD handler_errors(std::vector<failure> failures, const std::string& what)
       : error(describe(what, failures)), failures_(std::move(failures)) {}
 
   /// Every failure, in handler call order.
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  static std::string describe(const std::string& what, const std::vector<failure>& failures) {
+  EVBUS_DETAIL_COLD static std::string describe(const std::string& what, const std::vector<failure>& failures) {
     std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
@@ -372,7 +382,7 @@ bool holds_exception(const std::exception_ptr& e) noexcept {
 }
 
 /// The what() of an exception_ptr, for messages.
-inline std::string describe(const std::exception_ptr& e) {
+EVBUS_DETAIL_COLD inline std::string describe(const std::exception_ptr& e) {
   if (!e) return "(no exception)";
   try {
     std::rethrow_exception(e);
@@ -1009,9 +1019,11 @@ inline std::string c_text(const char* text) {
 /// data_as<T>'s refusal, out of the template, so that each type asked for adds only the test:
 /// the payload holds `held` (std::any), or the alternative `index` (std::variant) when `held`
 /// is null.
-[[noreturn]] inline void refuse_data_type(std::string_view id, std::string_view topic,
-                                          const std::type_info& wanted,
-                                          const std::type_info* held, std::size_t index) {
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_data_type(std::string_view id,
+                                                            std::string_view topic,
+                                                            const std::type_info& wanted,
+                                                            const std::type_info* held,
+                                                            std::size_t index) {
   throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
@@ -1321,6 +1333,47 @@ inline void warm_regex_locale() {
   (void)warmed;
 }
 
+/// The refusals of compile_matcher, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_length(std::string_view matcher,
+                                                                std::string_view key) {
+  throw invalid_matcher(matcher, key,
+                        join({"it is ", std::to_string(matcher.size()),
+                              " bytes long; the limit is ",
+                              std::to_string(EVBUS_MAX_MATCHER_LENGTH),
+                              " (EVBUS_MAX_MATCHER_LENGTH)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_states(std::string_view matcher,
+                                                                std::string_view key,
+                                                                std::size_t states) {
+  throw invalid_matcher(matcher, key,
+                        join({"its counted repeats expand it to about ", std::to_string(states),
+                              " states; the limit is ", std::to_string(EVBUS_MAX_MATCHER_STATES),
+                              " (EVBUS_MAX_MATCHER_STATES)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_syntax(std::string_view matcher,
+                                                                std::string_view key,
+                                                                const char* reason) {
+  throw invalid_matcher(matcher, key, reason);
+}
+
+/// The matcher of the handler `key`, checked against the limits and compiled
+/// (evbus::invalid_matcher names what is wrong).
+inline std::regex compile_matcher(std::string_view matcher, std::string_view key) {
+  if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) refuse_matcher_length(matcher, key);
+  if (const std::size_t states = matcher_expansion(matcher); states > EVBUS_MAX_MATCHER_STATES) {
+    refuse_matcher_states(matcher, key, states);
+  }
+  try {
+    warm_regex_locale();
+    return std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
+  } catch (const std::regex_error& e) {
+    refuse_matcher_syntax(matcher, key, e.what());
+  }
+}
+
+
 }  // namespace detail
 
 }  // namespace v1
@@ -1453,23 +1506,33 @@ class basic_transaction;
 
 namespace detail {
 
-inline void check_topic_name(std::string_view name) {
+/// check_topic_name's refusal, out of line: names what is wrong with `name`.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_topic_name(std::string_view name) {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
     throw invalid_topic_name(
         name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
   }
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    const auto c = static_cast<unsigned char>(name[i]);
-    if (c < 0x20 || c > 0x7e) {
-      throw invalid_topic_name(
-          name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
-    }
+  // check_topic_name found a byte outside printable ASCII: name the first.
+  std::size_t i = 0;
+  while (i + 1 < name.size() && static_cast<unsigned char>(name[i]) >= 0x20 &&
+         static_cast<unsigned char>(name[i]) <= 0x7e) {
+    ++i;
   }
+  throw invalid_topic_name(
+      name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
 }
 
-/// True for a range of names (its elements convert to std::string_view) that is not itself a
-/// name: what register_topics and deregister_topics accept as their one argument.
+/// Throws evbus::invalid_topic_name unless `name` is 1 to 255 bytes of printable ASCII.
+inline void check_topic_name(std::string_view name) {
+  bool ok = !name.empty() && name.size() <= 255;
+  for (std::size_t i = 0; ok && i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    ok = c >= 0x20 && c <= 0x7e;
+  }
+  if (!ok) refuse_topic_name(name);
+}
+
 template <class T, class = void>
 struct is_name_range : std::false_type {};
 template <class T>
@@ -1683,14 +1746,21 @@ struct topic_index {
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
+/// matches' refusal, out of line: matching `topic` failed (std::regex ran out of room).
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_match(std::string_view pattern,
+                                                       std::string_view key,
+                                                       std::string_view topic,
+                                                       const char* reason) {
+  throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
+}
+
 template <class Data>
 bool matches(const handler_entry<Data>& h, std::string_view topic) {
   if (!has_prefix(topic, h.prefix)) return false;
   try {
     return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
-    throw invalid_matcher(h.pattern, h.key,
-                          join({"matching topic ", quote(topic), " failed: ", e.what()}));
+    refuse_match(h.pattern, h.key, topic, e.what());
   }
 }
 
@@ -1828,6 +1898,11 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// register_handler's refusal of an empty callable, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
+  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+}
+
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
 class bus_registrations : public retire_list<> {
@@ -1854,32 +1929,8 @@ class bus_registrations : public retire_list<> {
   void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) {
-      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
-                                           " is empty"}));
-    }
-    if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"it is ", std::to_string(matcher.size()),
-                                          " bytes long; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
-                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
-    }
-    if (const std::size_t states = detail::matcher_expansion(matcher);
-        states > EVBUS_MAX_MATCHER_STATES) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"its counted repeats expand it to about ",
-                                          std::to_string(states), " states; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
-                                          " (EVBUS_MAX_MATCHER_STATES)"}));
-    }
-    std::regex re;
-    try {
-      detail::warm_regex_locale();
-      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
-    } catch (const std::regex_error& e) {
-      throw invalid_matcher(matcher, key, e.what());
-    }
+    if (!fn) detail::refuse_empty_handler(key);
+    std::regex re = detail::compile_matcher(matcher, key);
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -2191,6 +2242,13 @@ namespace detail {
 /// What an emit without emit_options passes for them: nothing to read, move or destroy.
 struct no_options {};
 
+/// Records the exception being handled as the failure of `key`; called from a catch block,
+/// out of line so that each one is a call.
+EVBUS_DETAIL_COLD inline void note_failure(std::vector<handler_errors::failure>& failures,
+                                           const std::string& key) {
+  failures.push_back({key, std::current_exception()});
+}
+
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
 class bus_emitter : public bus_registrations<Data> {
@@ -2312,7 +2370,7 @@ class bus_emitter : public bus_registrations<Data> {
       try {
         h.fn(ev);
       } catch (...) {
-        failures.push_back({h.key, std::current_exception()});
+        detail::note_failure(failures, h.key);
       }
     });
     if (!failures.empty()) report(ev, std::move(failures));
@@ -2337,14 +2395,15 @@ class bus_emitter : public bus_registrations<Data> {
 
   /// Gives every failure to the hook; what the hook throws, or every failure when there is no
   /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
-  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
+  EVBUS_DETAIL_COLD void report(const event_type& ev,
+                                std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
       std::vector<typename handler_errors::failure> hook_failures;
       for (const auto& f : failures) {
         try {
           (*hook)(ev, f.key, f.error);
         } catch (...) {
-          hook_failures.push_back({f.key, std::current_exception()});
+          detail::note_failure(hook_failures, f.key);
         }
       }
       if (hook_failures.empty()) return;
@@ -2456,10 +2515,8 @@ class basic_bus : private detail::bus_emitter<Data> {
   using id_generator = std::function<std::string()>;
 
   /// A bus with the default id generator, evbus::sortable_ids.
-  basic_bus() {
-    this->generator_ = sortable_ids{};
-    this->default_ids_ = true;
-  }
+  // With the default ids, generator_ stays empty: it is called only when default_ids_ is false.
+  basic_bus() { this->default_ids_ = true; }
 
   /**
    * @brief A bus with a custom id generator: any callable returning text. An empty
@@ -2792,6 +2849,26 @@ class commit_scope {
   commit_context* outer_;
 };
 
+/// A transaction's refusals and its failures' report, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_transaction(const char* what,
+                                                                    const std::string& tx_id) {
+  throw transaction_closed(
+      join({"evbus: cannot ", what, " transaction ", quote(tx_id), ": it is already finished"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_foreign_tx_id(const std::string& tx_id,
+                                                               const std::string& given) {
+  throw invalid_argument(join({"evbus: transaction ", quote(tx_id),
+                               " cannot emit an event with tx_id ", quote(given)}));
+}
+
+/// The failures of a commit's events: the one rethrown as it is, several as handler_errors.
+[[noreturn]] EVBUS_DETAIL_COLD inline void report_commit_failures(
+    std::vector<handler_errors::failure>& failures, const std::string& tx_id) {
+  if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+  throw handler_errors(std::move(failures), join({"events failed in transaction ", quote(tx_id)}));
+}
+
 }  // namespace detail
 
 /**
@@ -2916,15 +2993,11 @@ class basic_transaction {
       try {
         target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
-        failures.push_back({e.id, std::current_exception()});
+        detail::note_failure(failures, e.id);
       }
     }
     ctx.current = nullptr;
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    if (!failures.empty()) {
-      throw handler_errors(std::move(failures),
-                           detail::join({"events failed in transaction ", detail::quote(tx_id_)}));
-    }
+    if (!failures.empty()) detail::report_commit_failures(failures, tx_id_);
   }
 
  public:
@@ -2949,9 +3022,7 @@ class basic_transaction {
   std::string buffer(std::string_view topic, Data data, emit_options options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument(detail::join({"evbus: transaction ", detail::quote(tx_id_),
-                                           " cannot emit an event with tx_id ",
-                                           detail::quote(options.tx_id)}));
+      detail::refuse_foreign_tx_id(tx_id_, options.tx_id);
     }
     auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
@@ -2974,10 +3045,7 @@ class basic_transaction {
       : bus_(owner), tx_id_(std::move(tx_id)) {}
 
   void check_open(const char* what) const {
-    if (bus_ == nullptr) {
-      throw transaction_closed(detail::join({"evbus: cannot ", what, " transaction ",
-                                             detail::quote(tx_id_), ": it is already finished"}));
-    }
+    if (bus_ == nullptr) detail::refuse_closed_transaction(what, tx_id_);
   }
 
   basic_bus<Data>* bus_;

@@ -46,6 +46,11 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// register_handler's refusal of an empty callable, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
+  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+}
+
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
 class bus_registrations : public retire_list<> {
@@ -72,32 +77,8 @@ class bus_registrations : public retire_list<> {
   void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) {
-      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
-                                           " is empty"}));
-    }
-    if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"it is ", std::to_string(matcher.size()),
-                                          " bytes long; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
-                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
-    }
-    if (const std::size_t states = detail::matcher_expansion(matcher);
-        states > EVBUS_MAX_MATCHER_STATES) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"its counted repeats expand it to about ",
-                                          std::to_string(states), " states; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
-                                          " (EVBUS_MAX_MATCHER_STATES)"}));
-    }
-    std::regex re;
-    try {
-      detail::warm_regex_locale();
-      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
-    } catch (const std::regex_error& e) {
-      throw invalid_matcher(matcher, key, e.what());
-    }
+    if (!fn) detail::refuse_empty_handler(key);
+    std::regex re = detail::compile_matcher(matcher, key);
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);

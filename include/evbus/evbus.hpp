@@ -7450,6 +7450,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// help_until's refusal with a manual clock and no worker, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_manual_wait(const char* what) {
+  throw error(join({"evbus: ", what,
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead"}));
+}
+
 class scheduler : public scheduler_state {
  public:
   using scheduler_state::scheduler_state;
@@ -7597,10 +7605,7 @@ class scheduler : public scheduler_state {
         continue;
       }
       if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
+        refuse_manual_wait(what);
       }
       wait(timers_.earliest() - now());
     }
@@ -9585,6 +9590,16 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// reserve_place's refusal when the executor shut down during the wait, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_wait(std::string_view name,
+                                                             std::string_view topic,
+                                                             std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
+                              "for room in subscription ", quote(name), " (event on topic ",
+                              quote(topic), " with key ", quote(key),
+                              "); nothing of the transaction was emitted"}));
+}
+
 template <class Data>
 class subscription final : public lanes<Data> {
   using base = lanes<Data>;
@@ -9674,12 +9689,7 @@ class subscription final : public lanes<Data> {
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return true;
     }
-    if (link_.closed.load(std::memory_order_seq_cst)) {
-      throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
-                                  "for room in subscription ", quote(name), " (event on topic ",
-                                  quote(topic), " with key ", quote(key),
-                                  "); nothing of the transaction was emitted"}));
-    }
+    if (link_.closed.load(std::memory_order_seq_cst)) refuse_closed_wait(name, topic, key);
     refuse_full(full_refusal::timed_out, topic, key, true);
   }
 
@@ -9751,7 +9761,7 @@ class subscription final : public lanes<Data> {
   /// subscription is full and the policy rejects, or blocking would deadlock, or
   /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
   /// transaction was emitted.
-  [[noreturn]] void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
                                 bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     const std::string capacity = std::to_string(admission_.capacity());
@@ -10049,12 +10059,30 @@ class executor_registry : public executor_link {
 #include <optional>
 #include <thread>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
+
+/// The executor core's refusals, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_delayed_closed(std::string_view topic) {
+  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ", quote(topic),
+                              ": the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
+  throw executor_closed(
+      join({"evbus: resize(", std::to_string(n), "): the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_waiting_inside(const char* what) {
+  throw waits_for_itself(join({"evbus: ", what,
+                               " called from inside a handler (or poll) of the same "
+                               "keyed_executor: it would wait for itself"}));
+}
 
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
@@ -10090,17 +10118,13 @@ class executor_core final : public executor_registry,
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
     if (!shutdown_requested.load(std::memory_order_acquire) && sched.schedule_delayed(d)) return;
-    throw executor_closed("evbus: cannot schedule a delayed emit on topic " + quote(d->topic) +
-                          ": the keyed_executor is shut down");
+    refuse_delayed_closed(d->topic);
   }
 
   void resize(std::size_t n) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (state_ != state::open) {
-        throw executor_closed("evbus: resize(" + std::to_string(n) +
-                              "): the keyed_executor is shut down");
-      }
+      if (state_ != state::open) refuse_resize_closed(n);
     }
     sched.resize(n);
   }
@@ -10217,11 +10241,7 @@ class executor_core final : public executor_registry,
 
  private:
   void refuse_inside(const char* what) const {
-    if (drives(&sched)) {
-      throw waits_for_itself(std::string("evbus: ") + what +
-                             " called from inside a handler (or poll) of the same "
-                             "keyed_executor: it would wait for itself");
-    }
+    if (drives(&sched)) refuse_waiting_inside(what);
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -10257,7 +10277,8 @@ class executor_core final : public executor_registry,
         what, until);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
+  EVBUS_DETAIL_COLD void report_undelivered(std::unique_ptr<delayed_base> d,
+                                            undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
@@ -10266,15 +10287,15 @@ class executor_core final : public executor_registry,
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
-        throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) +
-                              (why == undelivered_reason::bus_destroyed
-                                   ? " was not emitted: its bus was destroyed first"
-                                   : " was not due at shutdown and was not emitted"));
+        throw executor_closed(join({"evbus: delayed emit on topic ", quote(u.topic), " with key ",
+                                    quote(u.key()),
+                                    why == undelivered_reason::bus_destroyed
+                                        ? " was not emitted: its bus was destroyed first"
+                                        : " was not due at shutdown and was not emitted"}));
       }
     } catch (...) {
       report_error(std::current_exception(),
-                   "undelivered delayed emit on topic " + quote(u.topic));
+                   join({"undelivered delayed emit on topic ", quote(u.topic)}));
     }
   }
 
@@ -10377,6 +10398,16 @@ class ordered_handler {
 
 namespace detail {
 
+/// A commit's refusal by a shut-down executor, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_commit(std::string_view name,
+                                                               std::string_view topic,
+                                                               std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                              quote(name), " does not accept the event on topic ", quote(topic),
+                              " with key ", quote(key),
+                              "; nothing of the transaction was emitted"}));
+}
+
 /// What a transaction's commit does for what evbus::ordered returned, before emitting any of
 /// its events (declared in commit.hpp; basic_bus::register_handler records `reserve` with
 /// such a handler, and the commit calls it through that pointer): hold its executor open and
@@ -10395,12 +10426,7 @@ struct commit_reserver {
     ctx.places.reserve(ctx.places.size() + 1);
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
-      if (!link.hold_for_commit()) {
-        throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
-                                    quote(sub->name), " does not accept the event on topic ",
-                                    quote(topic), " with key ", quote(key),
-                                    "; nothing of the transaction was emitted"}));
-      }
+      if (!link.hold_for_commit()) refuse_closed_commit(sub->name, topic, key);
       ctx.holds.push_back(&link);
     }
     // Through the base: subscription<Data>::reserve_place is compiled only where a
@@ -10505,21 +10531,9 @@ class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
   explicit keyed_executor(executor_options options = {}) {
-    if (options.partitions == 0) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
-    }
-    if (options.partitions > max_partitions) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at most " +
-                             std::to_string(max_partitions) + " (got " +
-                             std::to_string(options.partitions) + ")");
-    }
-    if (options.idle_spin.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
-                             std::to_string(options.idle_spin.count()) + "ns)");
-    }
-    if (options.completion_grace.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: completion_grace must not be negative (got " +
-                             std::to_string(options.completion_grace.count()) + "ns)");
+    if (options.partitions == 0 || options.partitions > max_partitions ||
+        options.idle_spin.count() < 0 || options.completion_grace.count() < 0) {
+      refuse_options(options);
     }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));
@@ -10542,6 +10556,40 @@ class keyed_executor {
 
   /// The most partitions an executor may have.
   static constexpr std::size_t max_partitions = std::size_t{1} << 24;
+
+  /// The constructor's refusal of bad options, out of line: names the first bad one (called
+  /// only when one is).
+  EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {
+    if (options.partitions == 0) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
+                                           std::to_string(max_partitions), " (got ",
+                                           std::to_string(options.partitions), ")"}));
+    }
+    if (options.idle_spin.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
+                                           "negative (got ",
+                                           std::to_string(options.idle_spin.count()), "ns)"}));
+    }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
+                                           "be negative (got ",
+                                           std::to_string(options.completion_grace.count()),
+                                           "ns)"}));
+    }
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
+    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
+                                         " belongs to another keyed_executor"}));
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
+    throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
+                                         std::to_string(d.count()), "ns)"}));
+  }
 
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }
@@ -10625,10 +10673,7 @@ class keyed_executor {
    */
   template <class Data>
   void drain(const ordered_handler<Data>& subscription) {
-    if (subscription.front_->core != core_) {
-      throw invalid_argument("evbus: drain(): subscription " + detail::quote(subscription.name()) +
-                             " belongs to another keyed_executor");
-    }
+    if (subscription.front_->core != core_) refuse_foreign(subscription.name());
     core_->drain(subscription.front_->sub);
   }
 
@@ -10691,8 +10736,7 @@ class keyed_executor {
                          std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
-      throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
-                             std::to_string(detail::saturating_ns(delay).count()) + "ns)");
+      refuse_negative_delay(detail::saturating_ns(delay));
     }
     return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
                    std::move(data), std::move(options));
@@ -10726,6 +10770,7 @@ class keyed_executor {
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -10776,6 +10821,36 @@ template <class F>
 struct first_arg<F, std::void_t<decltype(&F::operator())>>
     : member_first_arg<decltype(&F::operator())> {};
 
+/// ordered()'s refusal of a bad delivery policy, out of the template: names the first bad
+/// field (called only when one is).
+EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
+    std::size_t capacity, double jitter, std::chrono::nanoseconds backoff_base,
+    std::chrono::nanoseconds backoff_cap, std::chrono::nanoseconds timeout,
+    std::size_t max_in_flight, const std::optional<std::chrono::nanoseconds>& block_timeout) {
+  const auto bad = [&](const std::string& what) {
+    throw invalid_argument("evbus: ordered(): " + what);
+  };
+  if (capacity == 0) bad("capacity must be at least 1 (got 0)");
+  if (!(jitter >= 0.0 && jitter <= 1.0)) {
+    bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
+  }
+  if (backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + std::to_string(backoff_base.count()) +
+        "ns)");
+  }
+  if (backoff_cap.count() < 0) {
+    bad("backoff_cap must not be negative (got " + std::to_string(backoff_cap.count()) + "ns)");
+  }
+  if (timeout.count() <= 0) {
+    bad("timeout must be positive (got " + std::to_string(timeout.count()) + "ns)");
+  }
+  if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
+  if (block_timeout && block_timeout->count() < 0) {
+    bad("block_timeout must not be negative (got " + std::to_string(block_timeout->count()) +
+        "ns)");
+  }
+}
+
 template <class Fn>
 using handler_data_t = typename event_data<
     std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
@@ -10824,28 +10899,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 is_std_function<F>::value) {
     if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
   }
-  const auto bad = [&](const std::string& what) {
-    throw invalid_argument("evbus: ordered(): " + what);
-  };
-  if (policy.capacity == 0) bad("capacity must be at least 1 (got 0)");
-  if (!(policy.jitter >= 0.0 && policy.jitter <= 1.0)) {
-    bad("jitter must be in [0, 1] (got " + std::to_string(policy.jitter) + ")");
-  }
-  if (policy.backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + std::to_string(policy.backoff_base.count()) +
-        "ns)");
-  }
-  if (policy.backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + std::to_string(policy.backoff_cap.count()) +
-        "ns)");
-  }
-  if (policy.timeout.count() <= 0) {
-    bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
-  }
-  if (policy.max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
-  if (policy.block_timeout && policy.block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " +
-        std::to_string(policy.block_timeout->count()) + "ns)");
+  if (policy.capacity == 0 || !(policy.jitter >= 0.0 && policy.jitter <= 1.0) ||
+      policy.backoff_base.count() < 0 || policy.backoff_cap.count() < 0 ||
+      policy.timeout.count() <= 0 || policy.max_in_flight == 0 ||
+      (policy.block_timeout && policy.block_timeout->count() < 0)) {
+    refuse_delivery_policy(policy.capacity, policy.jitter, policy.backoff_base,
+                           policy.backoff_cap, policy.timeout, policy.max_in_flight,
+                           policy.block_timeout);
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {

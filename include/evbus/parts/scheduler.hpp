@@ -36,6 +36,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// help_until's refusal with a manual clock and no worker, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_manual_wait(const char* what) {
+  throw error(join({"evbus: ", what,
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead"}));
+}
+
 class scheduler : public scheduler_state {
  public:
   using scheduler_state::scheduler_state;
@@ -183,10 +191,7 @@ class scheduler : public scheduler_state {
         continue;
       }
       if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
+        refuse_manual_wait(what);
       }
       wait(timers_.earliest() - now());
     }

@@ -1231,7 +1231,9 @@ inline std::size_t matcher_expansion(std::string_view p) {
       i = j;
       last = 1;
     } else if (c == '(') {
-      sums.push_back(0);
+      // By reference: the growth of std::regex's own vectors of size_t serves.
+      const std::size_t opened = 0;
+      sums.push_back(opened);
       last = 0;
       continue;
     } else if (c == ')') {
@@ -1800,9 +1802,9 @@ namespace detail {
 template <class = void>
 class retire_list {
  protected:
-  /// Something retired from the read side, freed once the emits that may read it are over.
+  /// What was retired from the read side, freed once the emits that may read it are over.
   struct unit {
-    std::shared_ptr<const void> object;
+    std::vector<std::shared_ptr<const void>> objects;
     detail::emit_marks marks;
   };
 
@@ -1832,19 +1834,22 @@ class retire_list {
   void seal(detail::emit_marks marks) {
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
-    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
+    u->objects = std::move(pending_);
     pending_.clear();
-    u->object = std::move(holder);
     retired_.push_back(std::move(u));
   }
 
   void collect(std::vector<std::unique_ptr<unit>>& garbage) {
-    auto keep = std::partition(retired_.begin(), retired_.end(),
-                               [](const std::unique_ptr<unit>& u) {
-                                 return !detail::emits_finished(u->marks);
-                               });
-    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
-    retired_.erase(keep, retired_.end());
+    // The units still marked with a running emit stay, in order, at the front.
+    std::size_t kept = 0;
+    for (auto& u : retired_) {
+      if (detail::emits_finished(u->marks)) {
+        garbage.push_back(std::move(u));
+      } else {
+        retired_[kept++] = std::move(u);
+      }
+    }
+    retired_.erase(retired_.begin() + static_cast<std::ptrdiff_t>(kept), retired_.end());
   }
 
   std::vector<std::shared_ptr<const void>> pending_;
@@ -2201,8 +2206,9 @@ class bus_registrations : public retire_list<> {
   std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   /// The handler list of every deregistered topic (compared by address).
+  /// (Made non-const, as every other list is, so that one kind of shared list is compiled.)
   const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
-      std::make_shared<const detail::handler_list<Data>>();
+      std::make_shared<detail::handler_list<Data>>();
 
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};

@@ -70,7 +70,9 @@ inline std::size_t matcher_expansion(std::string_view p) {
       i = j;
       last = 1;
     } else if (c == '(') {
-      sums.push_back(0);
+      // By reference: the growth of std::regex's own vectors of size_t serves.
+      const std::size_t opened = 0;
+      sums.push_back(opened);
       last = 0;
       continue;
     } else if (c == ')') {

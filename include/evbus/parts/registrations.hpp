@@ -349,8 +349,9 @@ class bus_registrations : public retire_list<> {
   std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   /// The handler list of every deregistered topic (compared by address).
+  /// (Made non-const, as every other list is, so that one kind of shared list is compiled.)
   const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
-      std::make_shared<const detail::handler_list<Data>>();
+      std::make_shared<detail::handler_list<Data>>();
 
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};

@@ -99,6 +99,7 @@ inline constexpr const char* version_string = "0.1.0";
 #define EVBUS_PARTS_ERRORS_HPP
 
 
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
@@ -152,6 +153,11 @@ EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
   return type.name();
 }
 
+/// A number in decimal, for a message: out of line, so that each message calls it rather than
+/// compile std::to_string's body again.
+EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
+EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
+
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \\xNN, and long values cut (the length is still named) so a message stays readable.
 EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
@@ -173,7 +179,7 @@ EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_s
   out += '\'';
   if (s.size() > max_shown) {
     out += "... (";
-    out += std::to_string(s.size());
+    out += decimal(s.size());
     out += " bytes)";
   }
   return out;
@@ -302,7 +308,7 @@ class handler_errors : public error {
 
  private:
   EVBUS_DETAIL_COLD static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
+    std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
       text += detail::quote(f.key);
@@ -1027,7 +1033,7 @@ inline std::string c_text(const char* text) {
   throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
-                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+                            held != nullptr ? type_name(*held) : decimal(index), ")"}));
 }
 
 template <class Data>
@@ -1339,9 +1345,9 @@ inline void warm_regex_locale() {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_length(std::string_view matcher,
                                                                 std::string_view key) {
   throw invalid_matcher(matcher, key,
-                        join({"it is ", std::to_string(matcher.size()),
+                        join({"it is ", decimal(matcher.size()),
                               " bytes long; the limit is ",
-                              std::to_string(EVBUS_MAX_MATCHER_LENGTH),
+                              decimal(EVBUS_MAX_MATCHER_LENGTH),
                               " (EVBUS_MAX_MATCHER_LENGTH)"}));
 }
 
@@ -1349,8 +1355,8 @@ inline void warm_regex_locale() {
                                                                 std::string_view key,
                                                                 std::size_t states) {
   throw invalid_matcher(matcher, key,
-                        join({"its counted repeats expand it to about ", std::to_string(states),
-                              " states; the limit is ", std::to_string(EVBUS_MAX_MATCHER_STATES),
+                        join({"its counted repeats expand it to about ", decimal(states),
+                              " states; the limit is ", decimal(EVBUS_MAX_MATCHER_STATES),
                               " (EVBUS_MAX_MATCHER_STATES)"}));
 }
 
@@ -1513,7 +1519,7 @@ namespace detail {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
     throw invalid_topic_name(
-        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
+        name, join({"it is ", decimal(name.size()), " bytes long; the limit is 255"}));
   }
   // check_topic_name found a byte outside printable ASCII: name the first.
   std::size_t i = 0;
@@ -1522,7 +1528,7 @@ namespace detail {
     ++i;
   }
   throw invalid_topic_name(
-      name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
+      name, join({"byte ", decimal(i), " is not printable ASCII (0x20 to 0x7e)"}));
 }
 
 /// Throws evbus::invalid_topic_name unless `name` is 1 to 255 bytes of printable ASCII.
@@ -9775,7 +9781,7 @@ class subscription final : public lanes<Data> {
   [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
                                 bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    const std::string capacity = std::to_string(admission_.capacity());
+    const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
     if (why == full_refusal::rejected) {
@@ -10086,7 +10092,7 @@ namespace detail {
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
   throw executor_closed(
-      join({"evbus: resize(", std::to_string(n), "): the keyed_executor is shut down"}));
+      join({"evbus: resize(", decimal(n), "): the keyed_executor is shut down"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_waiting_inside(const char* what) {
@@ -10576,18 +10582,18 @@ class keyed_executor {
     }
     if (options.partitions > max_partitions) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
-                                           std::to_string(max_partitions), " (got ",
-                                           std::to_string(options.partitions), ")"}));
+                                           detail::decimal(max_partitions), " (got ",
+                                           detail::decimal(options.partitions), ")"}));
     }
     if (options.idle_spin.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
                                            "negative (got ",
-                                           std::to_string(options.idle_spin.count()), "ns)"}));
+                                           detail::signed_decimal(options.idle_spin.count()), "ns)"}));
     }
     if (options.completion_grace.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
                                            "be negative (got ",
-                                           std::to_string(options.completion_grace.count()),
+                                           detail::signed_decimal(options.completion_grace.count()),
                                            "ns)"}));
     }
   }
@@ -10599,7 +10605,7 @@ class keyed_executor {
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
     throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
-                                         std::to_string(d.count()), "ns)"}));
+                                         detail::signed_decimal(d.count()), "ns)"}));
   }
 
   /// P: partitions per subscription.
@@ -10846,18 +10852,18 @@ EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
     bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
   }
   if (backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + std::to_string(backoff_base.count()) +
+    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
         "ns)");
   }
   if (backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + std::to_string(backoff_cap.count()) + "ns)");
+    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
   }
   if (timeout.count() <= 0) {
-    bad("timeout must be positive (got " + std::to_string(timeout.count()) + "ns)");
+    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
   }
   if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
   if (block_timeout && block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " + std::to_string(block_timeout->count()) +
+    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
         "ns)");
   }
 }

@@ -7,6 +7,7 @@
 
 #include "config.hpp"
 
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
@@ -60,6 +61,11 @@ EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
   return type.name();
 }
 
+/// A number in decimal, for a message: out of line, so that each message calls it rather than
+/// compile std::to_string's body again.
+EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
+EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
+
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \\xNN, and long values cut (the length is still named) so a message stays readable.
 EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
@@ -81,7 +87,7 @@ EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_s
   out += '\'';
   if (s.size() > max_shown) {
     out += "... (";
-    out += std::to_string(s.size());
+    out += decimal(s.size());
     out += " bytes)";
   }
   return out;
@@ -210,7 +216,7 @@ class handler_errors : public error {
 
  private:
   EVBUS_DETAIL_COLD static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
+    std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
       text += detail::quote(f.key);

@@ -114,7 +114,7 @@ inline std::string c_text(const char* text) {
   throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
-                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+                            held != nullptr ? type_name(*held) : decimal(index), ")"}));
 }
 
 template <class Data>

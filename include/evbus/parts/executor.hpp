@@ -120,18 +120,18 @@ class keyed_executor {
     }
     if (options.partitions > max_partitions) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
-                                           std::to_string(max_partitions), " (got ",
-                                           std::to_string(options.partitions), ")"}));
+                                           detail::decimal(max_partitions), " (got ",
+                                           detail::decimal(options.partitions), ")"}));
     }
     if (options.idle_spin.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
                                            "negative (got ",
-                                           std::to_string(options.idle_spin.count()), "ns)"}));
+                                           detail::signed_decimal(options.idle_spin.count()), "ns)"}));
     }
     if (options.completion_grace.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
                                            "be negative (got ",
-                                           std::to_string(options.completion_grace.count()),
+                                           detail::signed_decimal(options.completion_grace.count()),
                                            "ns)"}));
     }
   }
@@ -143,7 +143,7 @@ class keyed_executor {
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
     throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
-                                         std::to_string(d.count()), "ns)"}));
+                                         detail::signed_decimal(d.count()), "ns)"}));
   }
 
   /// P: partitions per subscription.

@@ -47,7 +47,7 @@ namespace detail {
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
   throw executor_closed(
-      join({"evbus: resize(", std::to_string(n), "): the keyed_executor is shut down"}));
+      join({"evbus: resize(", decimal(n), "): the keyed_executor is shut down"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_waiting_inside(const char* what) {

@@ -178,9 +178,9 @@ inline void warm_regex_locale() {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_length(std::string_view matcher,
                                                                 std::string_view key) {
   throw invalid_matcher(matcher, key,
-                        join({"it is ", std::to_string(matcher.size()),
+                        join({"it is ", decimal(matcher.size()),
                               " bytes long; the limit is ",
-                              std::to_string(EVBUS_MAX_MATCHER_LENGTH),
+                              decimal(EVBUS_MAX_MATCHER_LENGTH),
                               " (EVBUS_MAX_MATCHER_LENGTH)"}));
 }
 
@@ -188,8 +188,8 @@ inline void warm_regex_locale() {
                                                                 std::string_view key,
                                                                 std::size_t states) {
   throw invalid_matcher(matcher, key,
-                        join({"its counted repeats expand it to about ", std::to_string(states),
-                              " states; the limit is ", std::to_string(EVBUS_MAX_MATCHER_STATES),
+                        join({"its counted repeats expand it to about ", decimal(states),
+                              " states; the limit is ", decimal(EVBUS_MAX_MATCHER_STATES),
                               " (EVBUS_MAX_MATCHER_STATES)"}));
 }
 

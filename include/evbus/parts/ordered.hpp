@@ -86,18 +86,18 @@ EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
     bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
   }
   if (backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + std::to_string(backoff_base.count()) +
+    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
         "ns)");
   }
   if (backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + std::to_string(backoff_cap.count()) + "ns)");
+    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
   }
   if (timeout.count() <= 0) {
-    bad("timeout must be positive (got " + std::to_string(timeout.count()) + "ns)");
+    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
   }
   if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
   if (block_timeout && block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " + std::to_string(block_timeout->count()) +
+    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
         "ns)");
   }
 }

@@ -206,7 +206,7 @@ class subscription final : public lanes<Data> {
   [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
                                 bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    const std::string capacity = std::to_string(admission_.capacity());
+    const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
     if (why == full_refusal::rejected) {

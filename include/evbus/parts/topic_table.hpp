@@ -42,7 +42,7 @@ namespace detail {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
     throw invalid_topic_name(
-        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
+        name, join({"it is ", decimal(name.size()), " bytes long; the limit is 255"}));
   }
   // check_topic_name found a byte outside printable ASCII: name the first.
   std::size_t i = 0;
@@ -51,7 +51,7 @@ namespace detail {
     ++i;
   }
   throw invalid_topic_name(
-      name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
+      name, join({"byte ", decimal(i), " is not printable ASCII (0x20 to 0x7e)"}));
 }
 
 /// Throws evbus::invalid_topic_name unless `name` is 1 to 255 bytes of printable ASCII.

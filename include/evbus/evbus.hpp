@@ -228,7 +228,8 @@ class invalid_topic_name : public error {
 /// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
 class invalid_matcher : public error {
  public:
-  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
+                                    const std::string& reason)
       : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
                             detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
@@ -307,7 +308,8 @@ class handler_errors : public error {
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  EVBUS_DETAIL_COLD static std::string describe(const std::string& what, const std::vector<failure>& failures) {
+  EVBUS_DETAIL_COLD static std::string describe(const std::string& what,
+                                                const std::vector<failure>& failures) {
     std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
@@ -9778,8 +9780,8 @@ class subscription final : public lanes<Data> {
   /// subscription is full and the policy rejects, or blocking would deadlock, or
   /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
   /// transaction was emitted.
-  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
-                                bool in_commit) {
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic,
+                                                  const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
@@ -10588,7 +10590,8 @@ class keyed_executor {
     if (options.idle_spin.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
                                            "negative (got ",
-                                           detail::signed_decimal(options.idle_spin.count()), "ns)"}));
+                                           detail::signed_decimal(options.idle_spin.count()),
+                                           "ns)"}));
     }
     if (options.completion_grace.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "

@@ -136,7 +136,8 @@ class invalid_topic_name : public error {
 /// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
 class invalid_matcher : public error {
  public:
-  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
+                                    const std::string& reason)
       : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
                             detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
@@ -215,7 +216,8 @@ class handler_errors : public error {
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  EVBUS_DETAIL_COLD static std::string describe(const std::string& what, const std::vector<failure>& failures) {
+  EVBUS_DETAIL_COLD static std::string describe(const std::string& what,
+                                                const std::vector<failure>& failures) {
     std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';

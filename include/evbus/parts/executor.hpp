@@ -126,7 +126,8 @@ class keyed_executor {
     if (options.idle_spin.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
                                            "negative (got ",
-                                           detail::signed_decimal(options.idle_spin.count()), "ns)"}));
+                                           detail::signed_decimal(options.idle_spin.count()),
+                                           "ns)"}));
     }
     if (options.completion_grace.count() < 0) {
       throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "

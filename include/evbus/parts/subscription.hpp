@@ -203,8 +203,8 @@ class subscription final : public lanes<Data> {
   /// subscription is full and the policy rejects, or blocking would deadlock, or
   /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
   /// transaction was emitted.
-  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
-                                bool in_commit) {
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic,
+                                                  const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});

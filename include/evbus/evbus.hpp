@@ -6830,6 +6830,7 @@ class strand {
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -6896,7 +6897,9 @@ class delayed_strand final : public runnable {
       std::unique_ptr<delayed_base> d;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (queue_.empty()) {
+        if (head_ == queue_.size()) {
+          queue_.clear();
+          head_ = 0;
           held_ = false;
           res.what = next::idle;
           return res;
@@ -6905,8 +6908,12 @@ class delayed_strand final : public runnable {
           res.what = next::again;
           return res;
         }
-        d = std::move(queue_.front());
-        queue_.pop_front();
+        d = std::move(queue_[head_++]);
+        // The taken front is dropped once it is half the vector (amortised O(1) per emit).
+        if (head_ >= 32 && 2 * head_ >= queue_.size()) {
+          queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(head_));
+          head_ = 0;
+        }
       }
       ++res.calls;
       try {
@@ -6936,7 +6943,7 @@ class delayed_strand final : public runnable {
   /// True when no due emit waits or runs.
   bool idle() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return queue_.empty() && !held_;
+    return head_ == queue_.size() && !held_;
   }
 
   std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
@@ -6947,7 +6954,10 @@ class delayed_strand final : public runnable {
   std::function<void(std::exception_ptr, std::string_view)> report_;
   std::function<void(std::unique_ptr<delayed_base>)> lost_;
   mutable std::mutex mutex_;
-  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
+  // Under mutex_: the due emits from queue_[head_] on, in order (a vector of the type the
+  // scheduler's shutdown uses too, so no other container is compiled for them).
+  std::vector<std::unique_ptr<delayed_base>> queue_;
+  std::size_t head_ = 0;
   bool held_ = false;                                 // under mutex_
 };
 

@@ -93,7 +93,7 @@ class bus_registrations : public retire_list<> {
       }
       by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
-      handlers_.emplace(entry->key, entry);
+      handlers_.insert(typename handler_map::value_type(entry->key, entry));
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
       for (const auto& topic : subscribed) {
@@ -245,7 +245,9 @@ class bus_registrations : public retire_list<> {
       for (std::size_t i = 0; i < count; ++i) {
         const std::string_view name = names[i];
         if (topics_.find(name) != topics_.end()) continue;
-        if (count > 1 && !in_call.emplace(name, nullptr).second) continue;
+        if (count > 1 && !in_call.insert(typename handler_map::value_type(name, nullptr)).second) {
+          continue;
+        }
         auto list = std::make_shared<detail::handler_list<Data>>();
         for (const auto& h : by_order_) {
           if (detail::matches(*h, name)) list->push_back(h);

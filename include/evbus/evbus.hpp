@@ -2128,7 +2128,7 @@ class bus_registrations : public retire_list<> {
       make_index_room(added.size());
       for (auto& topic : added) {
         index_owner_->insert(topic.get());
-        topics_.emplace(topic->name->value, std::move(topic));
+        topics_.insert(typename topic_map::value_type(topic->name->value, std::move(topic)));
       }
       retire_later(garbage);
     }
@@ -2202,11 +2202,12 @@ class bus_registrations : public retire_list<> {
   }
 
   using topic_list = std::vector<std::shared_ptr<topic_entry>>;
+  using topic_map = std::map<std::string, std::shared_ptr<topic_entry>, std::less<>>;
   using handler_map =
       std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>>;
 
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  topic_map topics_;
   std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
   handler_map handlers_;
   std::uint64_t next_order_ = 0;

@@ -87,7 +87,7 @@ class bus_registrations : public retire_list<> {
           key, std::string(matcher), std::move(re), std::move(fn), next_order_, reserve);
       topic_list subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
-      for (auto it = topics_.lower_bound(entry->prefix);
+      for (auto it = topics_.lower_bound(std::string_view(entry->prefix));
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
         if (detail::matches(*entry, it->first)) subscribed.push_back(it->second);
       }
@@ -117,7 +117,7 @@ class bus_registrations : public retire_list<> {
       entry = std::move(it->second);
       handlers_.erase(it);
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
-      for (auto t = topics_.lower_bound(entry->prefix);
+      for (auto t = topics_.lower_bound(std::string_view(entry->prefix));
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
         auto& topic = *t->second;
         const auto& old = *topic.handlers_owner;
@@ -170,7 +170,7 @@ class bus_registrations : public retire_list<> {
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
     const std::string& prefix = it->second->prefix;
-    for (auto t = topics_.lower_bound(prefix);
+    for (auto t = topics_.lower_bound(std::string_view(prefix));
          t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
       const auto& list = *t->second->handlers_owner;
       if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);

@@ -7599,6 +7599,14 @@ class scheduler : public scheduler_state {
   template <class Done>
   bool help_until(Done done, const char* what,
                   std::optional<std::chrono::steady_clock::time_point> until = {}) {
+    // One body for every predicate: the predicate is called through a function pointer.
+    return help_until_erased([](void* d) { return (*static_cast<Done*>(d))(); }, &done, what,
+                             until);
+  }
+
+  bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
+                         std::optional<std::chrono::steady_clock::time_point> until) {
+    const auto done = [&] { return done_fn(done_state); };
     std::unique_lock<std::mutex> lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {

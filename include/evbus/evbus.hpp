@@ -70,6 +70,16 @@
 #define EVBUS_CACHE_LINE_SIZE 64
 #endif
 
+/// Marks a function only a failing or rare path calls (an error's message, a refusal): GCC and
+/// Clang keep it out of line and optimise it for size, and take the paths that call it as
+/// unlikely, so a translation unit compiles it once, small, and its callers stay short. Not a
+/// configuration macro.
+#if defined(__GNUC__)
+#define EVBUS_DETAIL_COLD __attribute__((cold, noinline))
+#else
+#define EVBUS_DETAIL_COLD
+#endif
+
 namespace evbus {
 inline namespace v1 {
 
@@ -89,6 +99,7 @@ inline constexpr const char* version_string = "0.1.0";
 #define EVBUS_PARTS_ERRORS_HPP
 
 
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
@@ -129,7 +140,7 @@ namespace detail {
 
 /// A type's name for an error message: demangled where the platform can (`std::string`'s
 /// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
-inline std::string type_name(const std::type_info& type) {
+EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
 #if EVBUS_HAS_CXXABI
   int status = 0;
   char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
@@ -142,9 +153,14 @@ inline std::string type_name(const std::type_info& type) {
   return type.name();
 }
 
+/// A number in decimal, for a message: out of line, so that each message calls it rather than
+/// compile std::to_string's body again.
+EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
+EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
+
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \\xNN, and long values cut (the length is still named) so a message stays readable.
-inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out = "'";
   std::size_t shown = 0;
@@ -163,7 +179,7 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   out += '\'';
   if (s.size() > max_shown) {
     out += "... (";
-    out += std::to_string(s.size());
+    out += decimal(s.size());
     out += " bytes)";
   }
   return out;
@@ -185,7 +201,7 @@ inline std::string join(std::initializer_list<std::string_view> pieces) {
 /// emit, or a topic handle, names a topic that is not registered.
 class unknown_topic : public error {
  public:
-  explicit unknown_topic(std::string_view topic)
+  EVBUS_DETAIL_COLD explicit unknown_topic(std::string_view topic)
       : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
                             " (register it with register_topics first)"})),
         topic_(topic) {}
@@ -199,7 +215,7 @@ class unknown_topic : public error {
 /// A topic name is empty, longer than 255 bytes, or has a byte outside printable ASCII.
 class invalid_topic_name : public error {
  public:
-  invalid_topic_name(std::string_view topic, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_topic_name(std::string_view topic, const std::string& reason)
       : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
@@ -212,7 +228,8 @@ class invalid_topic_name : public error {
 /// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
 class invalid_matcher : public error {
  public:
-  invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
+                                    const std::string& reason)
       : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
                             detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
@@ -226,7 +243,7 @@ class invalid_matcher : public error {
 /// register_handler with a key that is already registered.
 class duplicate_handler : public error {
  public:
-  explicit duplicate_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit duplicate_handler(std::string_view key)
       : error(detail::join({"evbus: a handler with key ", detail::quote(key),
                             " is already registered"})),
         key_(key) {}
@@ -240,7 +257,7 @@ class duplicate_handler : public error {
 /// deregister_handler or handler_topics with a key that is not registered.
 class unknown_handler : public error {
  public:
-  explicit unknown_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit unknown_handler(std::string_view key)
       : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
         key_(key) {}
   /// The unknown key.
@@ -277,22 +294,23 @@ class handler_errors : public error {
     std::exception_ptr error;
   };
 
-  handler_errors(std::string_view topic, std::vector<failure> failures)
+  EVBUS_DETAIL_COLD handler_errors(std::string_view topic, std::vector<failure> failures)
       : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
                        failures)),
         failures_(std::move(failures)) {}
 
   /// Failures collected elsewhere, for example across the events of a transaction;
   /// `what` says where ("events failed in transaction 'tx-1'").
-  handler_errors(std::vector<failure> failures, const std::string& what)
+  EVBUS_DETAIL_COLD handler_errors(std::vector<failure> failures, const std::string& what)
       : error(describe(what, failures)), failures_(std::move(failures)) {}
 
   /// Every failure, in handler call order.
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
+  EVBUS_DETAIL_COLD static std::string describe(const std::string& what,
+                                                const std::vector<failure>& failures) {
+    std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
       text += detail::quote(f.key);
@@ -372,7 +390,7 @@ bool holds_exception(const std::exception_ptr& e) noexcept {
 }
 
 /// The what() of an exception_ptr, for messages.
-inline std::string describe(const std::exception_ptr& e) {
+EVBUS_DETAIL_COLD inline std::string describe(const std::exception_ptr& e) {
   if (!e) return "(no exception)";
   try {
     std::rethrow_exception(e);
@@ -1009,13 +1027,15 @@ inline std::string c_text(const char* text) {
 /// data_as<T>'s refusal, out of the template, so that each type asked for adds only the test:
 /// the payload holds `held` (std::any), or the alternative `index` (std::variant) when `held`
 /// is null.
-[[noreturn]] inline void refuse_data_type(std::string_view id, std::string_view topic,
-                                          const std::type_info& wanted,
-                                          const std::type_info* held, std::size_t index) {
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_data_type(std::string_view id,
+                                                            std::string_view topic,
+                                                            const std::type_info& wanted,
+                                                            const std::type_info* held,
+                                                            std::size_t index) {
   throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
-                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+                            held != nullptr ? type_name(*held) : decimal(index), ")"}));
 }
 
 template <class Data>
@@ -1219,7 +1239,9 @@ inline std::size_t matcher_expansion(std::string_view p) {
       i = j;
       last = 1;
     } else if (c == '(') {
-      sums.push_back(0);
+      // By reference: the growth of std::regex's own vectors of size_t serves.
+      const std::size_t opened = 0;
+      sums.push_back(opened);
       last = 0;
       continue;
     } else if (c == ')') {
@@ -1320,6 +1342,47 @@ inline void warm_regex_locale() {
   }();
   (void)warmed;
 }
+
+/// The refusals of compile_matcher, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_length(std::string_view matcher,
+                                                                std::string_view key) {
+  throw invalid_matcher(matcher, key,
+                        join({"it is ", decimal(matcher.size()),
+                              " bytes long; the limit is ",
+                              decimal(EVBUS_MAX_MATCHER_LENGTH),
+                              " (EVBUS_MAX_MATCHER_LENGTH)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_states(std::string_view matcher,
+                                                                std::string_view key,
+                                                                std::size_t states) {
+  throw invalid_matcher(matcher, key,
+                        join({"its counted repeats expand it to about ", decimal(states),
+                              " states; the limit is ", decimal(EVBUS_MAX_MATCHER_STATES),
+                              " (EVBUS_MAX_MATCHER_STATES)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_syntax(std::string_view matcher,
+                                                                std::string_view key,
+                                                                const char* reason) {
+  throw invalid_matcher(matcher, key, reason);
+}
+
+/// The matcher of the handler `key`, checked against the limits and compiled
+/// (evbus::invalid_matcher names what is wrong).
+inline std::regex compile_matcher(std::string_view matcher, std::string_view key) {
+  if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) refuse_matcher_length(matcher, key);
+  if (const std::size_t states = matcher_expansion(matcher); states > EVBUS_MAX_MATCHER_STATES) {
+    refuse_matcher_states(matcher, key, states);
+  }
+  try {
+    warm_regex_locale();
+    return std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
+  } catch (const std::regex_error& e) {
+    refuse_matcher_syntax(matcher, key, e.what());
+  }
+}
+
 
 }  // namespace detail
 
@@ -1453,23 +1516,33 @@ class basic_transaction;
 
 namespace detail {
 
-inline void check_topic_name(std::string_view name) {
+/// check_topic_name's refusal, out of line: names what is wrong with `name`.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_topic_name(std::string_view name) {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
     throw invalid_topic_name(
-        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
+        name, join({"it is ", decimal(name.size()), " bytes long; the limit is 255"}));
   }
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    const auto c = static_cast<unsigned char>(name[i]);
-    if (c < 0x20 || c > 0x7e) {
-      throw invalid_topic_name(
-          name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
-    }
+  // check_topic_name found a byte outside printable ASCII: name the first.
+  std::size_t i = 0;
+  while (i + 1 < name.size() && static_cast<unsigned char>(name[i]) >= 0x20 &&
+         static_cast<unsigned char>(name[i]) <= 0x7e) {
+    ++i;
   }
+  throw invalid_topic_name(
+      name, join({"byte ", decimal(i), " is not printable ASCII (0x20 to 0x7e)"}));
 }
 
-/// True for a range of names (its elements convert to std::string_view) that is not itself a
-/// name: what register_topics and deregister_topics accept as their one argument.
+/// Throws evbus::invalid_topic_name unless `name` is 1 to 255 bytes of printable ASCII.
+inline void check_topic_name(std::string_view name) {
+  bool ok = !name.empty() && name.size() <= 255;
+  for (std::size_t i = 0; ok && i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    ok = c >= 0x20 && c <= 0x7e;
+  }
+  if (!ok) refuse_topic_name(name);
+}
+
 template <class T, class = void>
 struct is_name_range : std::false_type {};
 template <class T>
@@ -1683,14 +1756,21 @@ struct topic_index {
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
+/// matches' refusal, out of line: matching `topic` failed (std::regex ran out of room).
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_match(std::string_view pattern,
+                                                       std::string_view key,
+                                                       std::string_view topic,
+                                                       const char* reason) {
+  throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
+}
+
 template <class Data>
 bool matches(const handler_entry<Data>& h, std::string_view topic) {
   if (!has_prefix(topic, h.prefix)) return false;
   try {
     return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
-    throw invalid_matcher(h.pattern, h.key,
-                          join({"matching topic ", quote(topic), " failed: ", e.what()}));
+    refuse_match(h.pattern, h.key, topic, e.what());
   }
 }
 
@@ -1730,9 +1810,9 @@ namespace detail {
 template <class = void>
 class retire_list {
  protected:
-  /// Something retired from the read side, freed once the emits that may read it are over.
+  /// What was retired from the read side, freed once the emits that may read it are over.
   struct unit {
-    std::shared_ptr<const void> object;
+    std::vector<std::shared_ptr<const void>> objects;
     detail::emit_marks marks;
   };
 
@@ -1762,19 +1842,22 @@ class retire_list {
   void seal(detail::emit_marks marks) {
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
-    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
+    u->objects = std::move(pending_);
     pending_.clear();
-    u->object = std::move(holder);
     retired_.push_back(std::move(u));
   }
 
   void collect(std::vector<std::unique_ptr<unit>>& garbage) {
-    auto keep = std::partition(retired_.begin(), retired_.end(),
-                               [](const std::unique_ptr<unit>& u) {
-                                 return !detail::emits_finished(u->marks);
-                               });
-    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
-    retired_.erase(keep, retired_.end());
+    // The units still marked with a running emit stay, in order, at the front.
+    std::size_t kept = 0;
+    for (auto& u : retired_) {
+      if (detail::emits_finished(u->marks)) {
+        garbage.push_back(std::move(u));
+      } else {
+        retired_[kept++] = std::move(u);
+      }
+    }
+    retired_.erase(retired_.begin() + static_cast<std::ptrdiff_t>(kept), retired_.end());
   }
 
   std::vector<std::shared_ptr<const void>> pending_;
@@ -1828,6 +1911,11 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// register_handler's refusal of an empty callable, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
+  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+}
+
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
 class bus_registrations : public retire_list<> {
@@ -1854,50 +1942,26 @@ class bus_registrations : public retire_list<> {
   void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) {
-      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
-                                           " is empty"}));
-    }
-    if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"it is ", std::to_string(matcher.size()),
-                                          " bytes long; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
-                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
-    }
-    if (const std::size_t states = detail::matcher_expansion(matcher);
-        states > EVBUS_MAX_MATCHER_STATES) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"its counted repeats expand it to about ",
-                                          std::to_string(states), " states; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
-                                          " (EVBUS_MAX_MATCHER_STATES)"}));
-    }
-    std::regex re;
-    try {
-      detail::warm_regex_locale();
-      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
-    } catch (const std::regex_error& e) {
-      throw invalid_matcher(matcher, key, e.what());
-    }
+    if (!fn) detail::refuse_empty_handler(key);
+    std::regex re = detail::compile_matcher(matcher, key);
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_, reserve);
-      std::vector<topic_entry*> subscribed;
+      topic_list subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
-      for (auto it = topics_.lower_bound(entry->prefix);
+      for (auto it = topics_.lower_bound(std::string_view(entry->prefix));
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
-        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second);
       }
       by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
-      handlers_.emplace(entry->key, entry);
+      handlers_.insert(typename handler_map::value_type(entry->key, entry));
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
-      for (auto* topic : subscribed) {
+      for (const auto& topic : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*topic->handlers_owner);
         list->push_back(entry);
         publish(*topic, std::move(list));
@@ -1918,7 +1982,7 @@ class bus_registrations : public retire_list<> {
       entry = std::move(it->second);
       handlers_.erase(it);
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
-      for (auto t = topics_.lower_bound(entry->prefix);
+      for (auto t = topics_.lower_bound(std::string_view(entry->prefix));
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
         auto& topic = *t->second;
         const auto& old = *topic.handlers_owner;
@@ -1971,7 +2035,7 @@ class bus_registrations : public retire_list<> {
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
     const std::string& prefix = it->second->prefix;
-    for (auto t = topics_.lower_bound(prefix);
+    for (auto t = topics_.lower_bound(std::string_view(prefix));
          t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
       const auto& list = *t->second->handlers_owner;
       if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
@@ -2038,27 +2102,33 @@ class bus_registrations : public retire_list<> {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
+      topic_list added;  // new entries; one a live handle still holds replaces its own below
+      // A name given twice in one call: a set of names, of the handler map's type (the values
+      // stay null) so that no other hash table is compiled.
+      handler_map in_call;
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
         const std::string_view name = names[i];
         if (topics_.find(name) != topics_.end()) continue;
-        if (count > 1 && !in_call.insert(name).second) continue;
+        if (count > 1 && !in_call.insert(typename handler_map::value_type(name, nullptr)).second) {
+          continue;
+        }
         auto list = std::make_shared<detail::handler_list<Data>>();
         for (const auto& h : by_order_) {
           if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(name, std::move(list));
+        auto topic = std::make_shared<topic_entry>(
+            std::make_shared<const detail::topic_name>(std::string(name)));
+        topic->handlers.store(list.get(), std::memory_order_seq_cst);
+        topic->handlers_owner = std::move(list);
+        added.push_back(std::move(topic));
       }
       if (added.empty()) return;
-      std::vector<std::shared_ptr<topic_entry>> entries;
-      entries.reserve(added.size());
-      for (auto& [name, list] : added) entries.push_back(revive(std::string(name), std::move(list)));
+      for (auto& topic : added) topic = revive(std::move(topic));
       make_index_room(added.size());
-      for (auto& topic : entries) {
+      for (auto& topic : added) {
         index_owner_->insert(topic.get());
-        topics_.emplace(topic->name->value, std::move(topic));
+        topics_.insert(typename topic_map::value_type(topic->name->value, std::move(topic)));
       }
       retire_later(garbage);
     }
@@ -2098,23 +2168,19 @@ class bus_registrations : public retire_list<> {
     }
   }
 
-  /// The entry for a topic being registered, with its handler list: the one a live handle
-  /// still holds, or a new one.
-  std::shared_ptr<topic_entry> revive(std::string name,
-                                    std::shared_ptr<const detail::handler_list<Data>> list) {
-    auto it = dormant_.find(name);
+  /// The entry for a topic being registered: `fresh`, new with its handler list, or the
+  /// entry a live handle still holds under that name, given fresh's list.
+  std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
+    auto it = dormant_.find(fresh->name->value);
     if (it != dormant_.end()) {
       std::shared_ptr<topic_entry> topic = it->second.lock();
       dormant_.erase(it);
       if (topic) {
-        publish(*topic, std::move(list));
+        publish(*topic, std::move(fresh->handlers_owner));
         return topic;
       }
     }
-    auto topic = std::make_shared<topic_entry>(std::make_shared<const detail::topic_name>(name));
-    topic->handlers.store(list.get(), std::memory_order_seq_cst);
-    topic->handlers_owner = std::move(list);
-    return topic;
+    return fresh;
   }
 
   void publish(topic_entry& topic, std::shared_ptr<const detail::handler_list<Data>> list) {
@@ -2135,10 +2201,15 @@ class bus_registrations : public retire_list<> {
     retire(std::exchange(index_owner_, std::move(index)));
   }
 
+  using topic_list = std::vector<std::shared_ptr<topic_entry>>;
+  using topic_map = std::map<std::string, std::shared_ptr<topic_entry>, std::less<>>;
+  using handler_map =
+      std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>>;
+
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  topic_map topics_;
   std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
-  std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
+  handler_map handlers_;
   std::uint64_t next_order_ = 0;
   std::shared_ptr<detail::topic_index<Data>> index_owner_;
   /// Live handlers in registration order, each with the literal prefix of its matcher.
@@ -2146,8 +2217,9 @@ class bus_registrations : public retire_list<> {
   std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   /// The handler list of every deregistered topic (compared by address).
+  /// (Made non-const, as every other list is, so that one kind of shared list is compiled.)
   const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
-      std::make_shared<const detail::handler_list<Data>>();
+      std::make_shared<detail::handler_list<Data>>();
 
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};
@@ -2190,6 +2262,13 @@ namespace detail {
 
 /// What an emit without emit_options passes for them: nothing to read, move or destroy.
 struct no_options {};
+
+/// Records the exception being handled as the failure of `key`; called from a catch block,
+/// out of line so that each one is a call.
+EVBUS_DETAIL_COLD inline void note_failure(std::vector<handler_errors::failure>& failures,
+                                           const std::string& key) {
+  failures.push_back({key, std::current_exception()});
+}
 
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
@@ -2312,7 +2391,7 @@ class bus_emitter : public bus_registrations<Data> {
       try {
         h.fn(ev);
       } catch (...) {
-        failures.push_back({h.key, std::current_exception()});
+        detail::note_failure(failures, h.key);
       }
     });
     if (!failures.empty()) report(ev, std::move(failures));
@@ -2337,14 +2416,15 @@ class bus_emitter : public bus_registrations<Data> {
 
   /// Gives every failure to the hook; what the hook throws, or every failure when there is no
   /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
-  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
+  EVBUS_DETAIL_COLD void report(const event_type& ev,
+                                std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
       std::vector<typename handler_errors::failure> hook_failures;
       for (const auto& f : failures) {
         try {
           (*hook)(ev, f.key, f.error);
         } catch (...) {
-          hook_failures.push_back({f.key, std::current_exception()});
+          detail::note_failure(hook_failures, f.key);
         }
       }
       if (hook_failures.empty()) return;
@@ -2456,10 +2536,8 @@ class basic_bus : private detail::bus_emitter<Data> {
   using id_generator = std::function<std::string()>;
 
   /// A bus with the default id generator, evbus::sortable_ids.
-  basic_bus() {
-    this->generator_ = sortable_ids{};
-    this->default_ids_ = true;
-  }
+  // With the default ids, generator_ stays empty: it is called only when default_ids_ is false.
+  basic_bus() { this->default_ids_ = true; }
 
   /**
    * @brief A bus with a custom id generator: any callable returning text. An empty
@@ -2792,6 +2870,26 @@ class commit_scope {
   commit_context* outer_;
 };
 
+/// A transaction's refusals and its failures' report, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_transaction(const char* what,
+                                                                    const std::string& tx_id) {
+  throw transaction_closed(
+      join({"evbus: cannot ", what, " transaction ", quote(tx_id), ": it is already finished"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_foreign_tx_id(const std::string& tx_id,
+                                                               const std::string& given) {
+  throw invalid_argument(join({"evbus: transaction ", quote(tx_id),
+                               " cannot emit an event with tx_id ", quote(given)}));
+}
+
+/// The failures of a commit's events: the one rethrown as it is, several as handler_errors.
+[[noreturn]] EVBUS_DETAIL_COLD inline void report_commit_failures(
+    std::vector<handler_errors::failure>& failures, const std::string& tx_id) {
+  if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+  throw handler_errors(std::move(failures), join({"events failed in transaction ", quote(tx_id)}));
+}
+
 }  // namespace detail
 
 /**
@@ -2916,15 +3014,11 @@ class basic_transaction {
       try {
         target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
-        failures.push_back({e.id, std::current_exception()});
+        detail::note_failure(failures, e.id);
       }
     }
     ctx.current = nullptr;
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    if (!failures.empty()) {
-      throw handler_errors(std::move(failures),
-                           detail::join({"events failed in transaction ", detail::quote(tx_id_)}));
-    }
+    if (!failures.empty()) detail::report_commit_failures(failures, tx_id_);
   }
 
  public:
@@ -2949,9 +3043,7 @@ class basic_transaction {
   std::string buffer(std::string_view topic, Data data, emit_options options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument(detail::join({"evbus: transaction ", detail::quote(tx_id_),
-                                           " cannot emit an event with tx_id ",
-                                           detail::quote(options.tx_id)}));
+      detail::refuse_foreign_tx_id(tx_id_, options.tx_id);
     }
     auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
@@ -2974,10 +3066,7 @@ class basic_transaction {
       : bus_(owner), tx_id_(std::move(tx_id)) {}
 
   void check_open(const char* what) const {
-    if (bus_ == nullptr) {
-      throw transaction_closed(detail::join({"evbus: cannot ", what, " transaction ",
-                                             detail::quote(tx_id_), ": it is already finished"}));
-    }
+    if (bus_ == nullptr) detail::refuse_closed_transaction(what, tx_id_);
   }
 
   basic_bus<Data>* bus_;
@@ -6744,6 +6833,7 @@ class strand {
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -6810,7 +6900,9 @@ class delayed_strand final : public runnable {
       std::unique_ptr<delayed_base> d;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (queue_.empty()) {
+        if (head_ == queue_.size()) {
+          queue_.clear();
+          head_ = 0;
           held_ = false;
           res.what = next::idle;
           return res;
@@ -6819,8 +6911,12 @@ class delayed_strand final : public runnable {
           res.what = next::again;
           return res;
         }
-        d = std::move(queue_.front());
-        queue_.pop_front();
+        d = std::move(queue_[head_++]);
+        // The taken front is dropped once it is half the vector (amortised O(1) per emit).
+        if (head_ >= 32 && 2 * head_ >= queue_.size()) {
+          queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(head_));
+          head_ = 0;
+        }
       }
       ++res.calls;
       try {
@@ -6850,7 +6946,7 @@ class delayed_strand final : public runnable {
   /// True when no due emit waits or runs.
   bool idle() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return queue_.empty() && !held_;
+    return head_ == queue_.size() && !held_;
   }
 
   std::atomic<std::uint64_t> pending{0};  // scheduled, not yet emitted (or reported)
@@ -6861,7 +6957,10 @@ class delayed_strand final : public runnable {
   std::function<void(std::exception_ptr, std::string_view)> report_;
   std::function<void(std::unique_ptr<delayed_base>)> lost_;
   mutable std::mutex mutex_;
-  std::deque<std::unique_ptr<delayed_base>> queue_;  // under mutex_
+  // Under mutex_: the due emits from queue_[head_] on, in order (a vector of the type the
+  // scheduler's shutdown uses too, so no other container is compiled for them).
+  std::vector<std::unique_ptr<delayed_base>> queue_;
+  std::size_t head_ = 0;
   bool held_ = false;                                 // under mutex_
 };
 
@@ -7073,13 +7172,14 @@ class timer_heap {
   /// Takes every timer, in due order (shutdown).
   template <class Strand, class Delayed>
   void take_all(Strand&& strand, Delayed&& delayed) {
-    std::sort(timers_.begin(), timers_.end(),
-              [](const timer& a, const timer& b) { return later(b, a); });
-    for (auto& t : timers_) {
-      if (t.r != nullptr) {
-        strand(t.r);
+    // The heap sorted by its own order (latest first), then taken from the back: the code of
+    // the heap's operations serves, and no sort is compiled besides.
+    std::sort_heap(timers_.begin(), timers_.end(), later_first{});
+    for (auto t = timers_.rbegin(); t != timers_.rend(); ++t) {
+      if (t->r != nullptr) {
+        strand(t->r);
       } else {
-        delayed(std::move(t.d));
+        delayed(std::move(t->d));
       }
     }
     timers_.clear();
@@ -7382,6 +7482,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// help_until's refusal with a manual clock and no worker, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_manual_wait(const char* what) {
+  throw error(join({"evbus: ", what,
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead"}));
+}
+
 class scheduler : public scheduler_state {
  public:
   using scheduler_state::scheduler_state;
@@ -7491,6 +7599,14 @@ class scheduler : public scheduler_state {
   template <class Done>
   bool help_until(Done done, const char* what,
                   std::optional<std::chrono::steady_clock::time_point> until = {}) {
+    // One body for every predicate: the predicate is called through a function pointer.
+    return help_until_erased([](void* d) { return (*static_cast<Done*>(d))(); }, &done, what,
+                             until);
+  }
+
+  bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
+                         std::optional<std::chrono::steady_clock::time_point> until) {
+    const auto done = [&] { return done_fn(done_state); };
     std::unique_lock<std::mutex> lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
@@ -7529,10 +7645,7 @@ class scheduler : public scheduler_state {
         continue;
       }
       if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
+        refuse_manual_wait(what);
       }
       wait(timers_.earliest() - now());
     }
@@ -8269,6 +8382,13 @@ class admission {
   /// (false).
   template <class Stop>
   bool wait(const std::optional<std::chrono::nanoseconds>& timeout, Stop stop) {
+    // One body for every stop condition: it is called through a function pointer.
+    return wait_erased(timeout, [](void* s) { return (*static_cast<Stop*>(s))(); }, &stop);
+  }
+
+  bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
+                   bool (*stop_fn)(void*), void* stop_state) {
+    const auto stop = [&] { return stop_fn(stop_state); };
     std::unique_lock<std::mutex> lock(mutex_);
     waiting_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
@@ -9550,6 +9670,16 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// reserve_place's refusal when the executor shut down during the wait, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_wait(std::string_view name,
+                                                             std::string_view topic,
+                                                             std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
+                              "for room in subscription ", quote(name), " (event on topic ",
+                              quote(topic), " with key ", quote(key),
+                              "); nothing of the transaction was emitted"}));
+}
+
 template <class Data>
 class subscription final : public lanes<Data> {
   using base = lanes<Data>;
@@ -9639,12 +9769,7 @@ class subscription final : public lanes<Data> {
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return true;
     }
-    if (link_.closed.load(std::memory_order_seq_cst)) {
-      throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
-                                  "for room in subscription ", quote(name), " (event on topic ",
-                                  quote(topic), " with key ", quote(key),
-                                  "); nothing of the transaction was emitted"}));
-    }
+    if (link_.closed.load(std::memory_order_seq_cst)) refuse_closed_wait(name, topic, key);
     refuse_full(full_refusal::timed_out, topic, key, true);
   }
 
@@ -9716,10 +9841,10 @@ class subscription final : public lanes<Data> {
   /// subscription is full and the policy rejects, or blocking would deadlock, or
   /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
   /// transaction was emitted.
-  [[noreturn]] void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
-                                bool in_commit) {
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic,
+                                                  const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    const std::string capacity = std::to_string(admission_.capacity());
+    const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
     if (why == full_refusal::rejected) {
@@ -10014,12 +10139,30 @@ class executor_registry : public executor_link {
 #include <optional>
 #include <thread>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
+
+/// The executor core's refusals, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_delayed_closed(std::string_view topic) {
+  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ", quote(topic),
+                              ": the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
+  throw executor_closed(
+      join({"evbus: resize(", decimal(n), "): the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_waiting_inside(const char* what) {
+  throw waits_for_itself(join({"evbus: ", what,
+                               " called from inside a handler (or poll) of the same "
+                               "keyed_executor: it would wait for itself"}));
+}
 
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
@@ -10055,17 +10198,13 @@ class executor_core final : public executor_registry,
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
     if (!shutdown_requested.load(std::memory_order_acquire) && sched.schedule_delayed(d)) return;
-    throw executor_closed("evbus: cannot schedule a delayed emit on topic " + quote(d->topic) +
-                          ": the keyed_executor is shut down");
+    refuse_delayed_closed(d->topic);
   }
 
   void resize(std::size_t n) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (state_ != state::open) {
-        throw executor_closed("evbus: resize(" + std::to_string(n) +
-                              "): the keyed_executor is shut down");
-      }
+      if (state_ != state::open) refuse_resize_closed(n);
     }
     sched.resize(n);
   }
@@ -10182,11 +10321,7 @@ class executor_core final : public executor_registry,
 
  private:
   void refuse_inside(const char* what) const {
-    if (drives(&sched)) {
-      throw waits_for_itself(std::string("evbus: ") + what +
-                             " called from inside a handler (or poll) of the same "
-                             "keyed_executor: it would wait for itself");
-    }
+    if (drives(&sched)) refuse_waiting_inside(what);
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -10222,7 +10357,8 @@ class executor_core final : public executor_registry,
         what, until);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
+  EVBUS_DETAIL_COLD void report_undelivered(std::unique_ptr<delayed_base> d,
+                                            undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
@@ -10231,15 +10367,15 @@ class executor_core final : public executor_registry,
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
-        throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) +
-                              (why == undelivered_reason::bus_destroyed
-                                   ? " was not emitted: its bus was destroyed first"
-                                   : " was not due at shutdown and was not emitted"));
+        throw executor_closed(join({"evbus: delayed emit on topic ", quote(u.topic), " with key ",
+                                    quote(u.key()),
+                                    why == undelivered_reason::bus_destroyed
+                                        ? " was not emitted: its bus was destroyed first"
+                                        : " was not due at shutdown and was not emitted"}));
       }
     } catch (...) {
       report_error(std::current_exception(),
-                   "undelivered delayed emit on topic " + quote(u.topic));
+                   join({"undelivered delayed emit on topic ", quote(u.topic)}));
     }
   }
 
@@ -10342,6 +10478,16 @@ class ordered_handler {
 
 namespace detail {
 
+/// A commit's refusal by a shut-down executor, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_commit(std::string_view name,
+                                                               std::string_view topic,
+                                                               std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                              quote(name), " does not accept the event on topic ", quote(topic),
+                              " with key ", quote(key),
+                              "; nothing of the transaction was emitted"}));
+}
+
 /// What a transaction's commit does for what evbus::ordered returned, before emitting any of
 /// its events (declared in commit.hpp; basic_bus::register_handler records `reserve` with
 /// such a handler, and the commit calls it through that pointer): hold its executor open and
@@ -10360,12 +10506,7 @@ struct commit_reserver {
     ctx.places.reserve(ctx.places.size() + 1);
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
-      if (!link.hold_for_commit()) {
-        throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
-                                    quote(sub->name), " does not accept the event on topic ",
-                                    quote(topic), " with key ", quote(key),
-                                    "; nothing of the transaction was emitted"}));
-      }
+      if (!link.hold_for_commit()) refuse_closed_commit(sub->name, topic, key);
       ctx.holds.push_back(&link);
     }
     // Through the base: subscription<Data>::reserve_place is compiled only where a
@@ -10470,21 +10611,9 @@ class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
   explicit keyed_executor(executor_options options = {}) {
-    if (options.partitions == 0) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
-    }
-    if (options.partitions > max_partitions) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at most " +
-                             std::to_string(max_partitions) + " (got " +
-                             std::to_string(options.partitions) + ")");
-    }
-    if (options.idle_spin.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
-                             std::to_string(options.idle_spin.count()) + "ns)");
-    }
-    if (options.completion_grace.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: completion_grace must not be negative (got " +
-                             std::to_string(options.completion_grace.count()) + "ns)");
+    if (options.partitions == 0 || options.partitions > max_partitions ||
+        options.idle_spin.count() < 0 || options.completion_grace.count() < 0) {
+      refuse_options(options);
     }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));
@@ -10507,6 +10636,41 @@ class keyed_executor {
 
   /// The most partitions an executor may have.
   static constexpr std::size_t max_partitions = std::size_t{1} << 24;
+
+  /// The constructor's refusal of bad options, out of line: names the first bad one (called
+  /// only when one is).
+  EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {
+    if (options.partitions == 0) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
+                                           detail::decimal(max_partitions), " (got ",
+                                           detail::decimal(options.partitions), ")"}));
+    }
+    if (options.idle_spin.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
+                                           "negative (got ",
+                                           detail::signed_decimal(options.idle_spin.count()),
+                                           "ns)"}));
+    }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
+                                           "be negative (got ",
+                                           detail::signed_decimal(options.completion_grace.count()),
+                                           "ns)"}));
+    }
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
+    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
+                                         " belongs to another keyed_executor"}));
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
+    throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
+                                         detail::signed_decimal(d.count()), "ns)"}));
+  }
 
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }
@@ -10590,10 +10754,7 @@ class keyed_executor {
    */
   template <class Data>
   void drain(const ordered_handler<Data>& subscription) {
-    if (subscription.front_->core != core_) {
-      throw invalid_argument("evbus: drain(): subscription " + detail::quote(subscription.name()) +
-                             " belongs to another keyed_executor");
-    }
+    if (subscription.front_->core != core_) refuse_foreign(subscription.name());
     core_->drain(subscription.front_->sub);
   }
 
@@ -10656,8 +10817,7 @@ class keyed_executor {
                          std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
-      throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
-                             std::to_string(detail::saturating_ns(delay).count()) + "ns)");
+      refuse_negative_delay(detail::saturating_ns(delay));
     }
     return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
                    std::move(data), std::move(options));
@@ -10691,6 +10851,7 @@ class keyed_executor {
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -10741,6 +10902,36 @@ template <class F>
 struct first_arg<F, std::void_t<decltype(&F::operator())>>
     : member_first_arg<decltype(&F::operator())> {};
 
+/// ordered()'s refusal of a bad delivery policy, out of the template: names the first bad
+/// field (called only when one is).
+EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
+    std::size_t capacity, double jitter, std::chrono::nanoseconds backoff_base,
+    std::chrono::nanoseconds backoff_cap, std::chrono::nanoseconds timeout,
+    std::size_t max_in_flight, const std::optional<std::chrono::nanoseconds>& block_timeout) {
+  const auto bad = [&](const std::string& what) {
+    throw invalid_argument("evbus: ordered(): " + what);
+  };
+  if (capacity == 0) bad("capacity must be at least 1 (got 0)");
+  if (!(jitter >= 0.0 && jitter <= 1.0)) {
+    bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
+  }
+  if (backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
+        "ns)");
+  }
+  if (backoff_cap.count() < 0) {
+    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
+  }
+  if (timeout.count() <= 0) {
+    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
+  }
+  if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
+  if (block_timeout && block_timeout->count() < 0) {
+    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
+        "ns)");
+  }
+}
+
 template <class Fn>
 using handler_data_t = typename event_data<
     std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
@@ -10789,28 +10980,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 is_std_function<F>::value) {
     if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
   }
-  const auto bad = [&](const std::string& what) {
-    throw invalid_argument("evbus: ordered(): " + what);
-  };
-  if (policy.capacity == 0) bad("capacity must be at least 1 (got 0)");
-  if (!(policy.jitter >= 0.0 && policy.jitter <= 1.0)) {
-    bad("jitter must be in [0, 1] (got " + std::to_string(policy.jitter) + ")");
-  }
-  if (policy.backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + std::to_string(policy.backoff_base.count()) +
-        "ns)");
-  }
-  if (policy.backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + std::to_string(policy.backoff_cap.count()) +
-        "ns)");
-  }
-  if (policy.timeout.count() <= 0) {
-    bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
-  }
-  if (policy.max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
-  if (policy.block_timeout && policy.block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " +
-        std::to_string(policy.block_timeout->count()) + "ns)");
+  if (policy.capacity == 0 || !(policy.jitter >= 0.0 && policy.jitter <= 1.0) ||
+      policy.backoff_base.count() < 0 || policy.backoff_cap.count() < 0 ||
+      policy.timeout.count() <= 0 || policy.max_in_flight == 0 ||
+      (policy.block_timeout && policy.block_timeout->count() < 0)) {
+    refuse_delivery_policy(policy.capacity, policy.jitter, policy.backoff_base,
+                           policy.backoff_cap, policy.timeout, policy.max_in_flight,
+                           policy.block_timeout);
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {

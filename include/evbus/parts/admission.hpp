@@ -78,6 +78,13 @@ class admission {
   /// (false).
   template <class Stop>
   bool wait(const std::optional<std::chrono::nanoseconds>& timeout, Stop stop) {
+    // One body for every stop condition: it is called through a function pointer.
+    return wait_erased(timeout, [](void* s) { return (*static_cast<Stop*>(s))(); }, &stop);
+  }
+
+  bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
+                   bool (*stop_fn)(void*), void* stop_state) {
+    const auto stop = [&] { return stop_fn(stop_state); };
     std::unique_lock<std::mutex> lock(mutex_);
     waiting_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {

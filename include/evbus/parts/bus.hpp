@@ -96,10 +96,8 @@ class basic_bus : private detail::bus_emitter<Data> {
   using id_generator = std::function<std::string()>;
 
   /// A bus with the default id generator, evbus::sortable_ids.
-  basic_bus() {
-    this->generator_ = sortable_ids{};
-    this->default_ids_ = true;
-  }
+  // With the default ids, generator_ stays empty: it is called only when default_ids_ is false.
+  basic_bus() { this->default_ids_ = true; }
 
   /**
    * @brief A bus with a custom id generator: any callable returning text. An empty

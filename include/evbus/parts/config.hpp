@@ -28,6 +28,16 @@
 #define EVBUS_CACHE_LINE_SIZE 64
 #endif
 
+/// Marks a function only a failing or rare path calls (an error's message, a refusal): GCC and
+/// Clang keep it out of line and optimise it for size, and take the paths that call it as
+/// unlikely, so a translation unit compiles it once, small, and its callers stay short. Not a
+/// configuration macro.
+#if defined(__GNUC__)
+#define EVBUS_DETAIL_COLD __attribute__((cold, noinline))
+#else
+#define EVBUS_DETAIL_COLD
+#endif
+
 namespace evbus {
 inline namespace v1 {
 

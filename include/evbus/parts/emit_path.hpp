@@ -35,6 +35,13 @@ namespace detail {
 /// What an emit without emit_options passes for them: nothing to read, move or destroy.
 struct no_options {};
 
+/// Records the exception being handled as the failure of `key`; called from a catch block,
+/// out of line so that each one is a call.
+EVBUS_DETAIL_COLD inline void note_failure(std::vector<handler_errors::failure>& failures,
+                                           const std::string& key) {
+  failures.push_back({key, std::current_exception()});
+}
+
 /// The emit path of a basic_bus<Data>, over its registrations.
 template <class Data>
 class bus_emitter : public bus_registrations<Data> {
@@ -156,7 +163,7 @@ class bus_emitter : public bus_registrations<Data> {
       try {
         h.fn(ev);
       } catch (...) {
-        failures.push_back({h.key, std::current_exception()});
+        detail::note_failure(failures, h.key);
       }
     });
     if (!failures.empty()) report(ev, std::move(failures));
@@ -181,14 +188,15 @@ class bus_emitter : public bus_registrations<Data> {
 
   /// Gives every failure to the hook; what the hook throws, or every failure when there is no
   /// hook, leaves by the default rule: one exception as it is, several as handler_errors.
-  void report(const event_type& ev, std::vector<typename handler_errors::failure>&& failures) {
+  EVBUS_DETAIL_COLD void report(const event_type& ev,
+                                std::vector<typename handler_errors::failure>&& failures) {
     if (const auto* hook = hook_.load(std::memory_order_seq_cst)) {
       std::vector<typename handler_errors::failure> hook_failures;
       for (const auto& f : failures) {
         try {
           (*hook)(ev, f.key, f.error);
         } catch (...) {
-          hook_failures.push_back({f.key, std::current_exception()});
+          detail::note_failure(hook_failures, f.key);
         }
       }
       if (hook_failures.empty()) return;

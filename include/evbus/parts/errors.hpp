@@ -7,6 +7,7 @@
 
 #include "config.hpp"
 
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <initializer_list>
@@ -47,7 +48,7 @@ namespace detail {
 
 /// A type's name for an error message: demangled where the platform can (`std::string`'s
 /// full name rather than `NSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE`).
-inline std::string type_name(const std::type_info& type) {
+EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
 #if EVBUS_HAS_CXXABI
   int status = 0;
   char* readable = abi::__cxa_demangle(type.name(), nullptr, nullptr, &status);
@@ -60,9 +61,14 @@ inline std::string type_name(const std::type_info& type) {
   return type.name();
 }
 
+/// A number in decimal, for a message: out of line, so that each message calls it rather than
+/// compile std::to_string's body again.
+EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
+EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
+
 /// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
 /// \\xNN, and long values cut (the length is still named) so a message stays readable.
-inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
   std::string out = "'";
   std::size_t shown = 0;
@@ -81,7 +87,7 @@ inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
   out += '\'';
   if (s.size() > max_shown) {
     out += "... (";
-    out += std::to_string(s.size());
+    out += decimal(s.size());
     out += " bytes)";
   }
   return out;
@@ -103,7 +109,7 @@ inline std::string join(std::initializer_list<std::string_view> pieces) {
 /// emit, or a topic handle, names a topic that is not registered.
 class unknown_topic : public error {
  public:
-  explicit unknown_topic(std::string_view topic)
+  EVBUS_DETAIL_COLD explicit unknown_topic(std::string_view topic)
       : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
                             " (register it with register_topics first)"})),
         topic_(topic) {}
@@ -117,7 +123,7 @@ class unknown_topic : public error {
 /// A topic name is empty, longer than 255 bytes, or has a byte outside printable ASCII.
 class invalid_topic_name : public error {
  public:
-  invalid_topic_name(std::string_view topic, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_topic_name(std::string_view topic, const std::string& reason)
       : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
@@ -130,7 +136,8 @@ class invalid_topic_name : public error {
 /// A handler's matcher is not a valid ECMAScript regular expression (or is too long).
 class invalid_matcher : public error {
  public:
-  invalid_matcher(std::string_view pattern, std::string_view key, const std::string& reason)
+  EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
+                                    const std::string& reason)
       : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
                             detail::quote(key), ": ", reason})),
         pattern_(pattern) {}
@@ -144,7 +151,7 @@ class invalid_matcher : public error {
 /// register_handler with a key that is already registered.
 class duplicate_handler : public error {
  public:
-  explicit duplicate_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit duplicate_handler(std::string_view key)
       : error(detail::join({"evbus: a handler with key ", detail::quote(key),
                             " is already registered"})),
         key_(key) {}
@@ -158,7 +165,7 @@ class duplicate_handler : public error {
 /// deregister_handler or handler_topics with a key that is not registered.
 class unknown_handler : public error {
  public:
-  explicit unknown_handler(std::string_view key)
+  EVBUS_DETAIL_COLD explicit unknown_handler(std::string_view key)
       : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
         key_(key) {}
   /// The unknown key.
@@ -195,22 +202,23 @@ class handler_errors : public error {
     std::exception_ptr error;
   };
 
-  handler_errors(std::string_view topic, std::vector<failure> failures)
+  EVBUS_DETAIL_COLD handler_errors(std::string_view topic, std::vector<failure> failures)
       : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
                        failures)),
         failures_(std::move(failures)) {}
 
   /// Failures collected elsewhere, for example across the events of a transaction;
   /// `what` says where ("events failed in transaction 'tx-1'").
-  handler_errors(std::vector<failure> failures, const std::string& what)
+  EVBUS_DETAIL_COLD handler_errors(std::vector<failure> failures, const std::string& what)
       : error(describe(what, failures)), failures_(std::move(failures)) {}
 
   /// Every failure, in handler call order.
   const std::vector<failure>& errors() const noexcept { return failures_; }
 
  private:
-  static std::string describe(const std::string& what, const std::vector<failure>& failures) {
-    std::string text = detail::join({"evbus: ", std::to_string(failures.size()), " ", what, ":"});
+  EVBUS_DETAIL_COLD static std::string describe(const std::string& what,
+                                                const std::vector<failure>& failures) {
+    std::string text = detail::join({"evbus: ", detail::decimal(failures.size()), " ", what, ":"});
     for (const auto& f : failures) {
       text += ' ';
       text += detail::quote(f.key);
@@ -290,7 +298,7 @@ bool holds_exception(const std::exception_ptr& e) noexcept {
 }
 
 /// The what() of an exception_ptr, for messages.
-inline std::string describe(const std::exception_ptr& e) {
+EVBUS_DETAIL_COLD inline std::string describe(const std::exception_ptr& e) {
   if (!e) return "(no exception)";
   try {
     std::rethrow_exception(e);

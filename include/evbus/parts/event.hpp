@@ -106,13 +106,15 @@ inline std::string c_text(const char* text) {
 /// data_as<T>'s refusal, out of the template, so that each type asked for adds only the test:
 /// the payload holds `held` (std::any), or the alternative `index` (std::variant) when `held`
 /// is null.
-[[noreturn]] inline void refuse_data_type(std::string_view id, std::string_view topic,
-                                          const std::type_info& wanted,
-                                          const std::type_info* held, std::size_t index) {
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_data_type(std::string_view id,
+                                                            std::string_view topic,
+                                                            const std::type_info& wanted,
+                                                            const std::type_info* held,
+                                                            std::size_t index) {
   throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
-                            held != nullptr ? type_name(*held) : std::to_string(index), ")"}));
+                            held != nullptr ? type_name(*held) : decimal(index), ")"}));
 }
 
 template <class Data>

@@ -86,21 +86,9 @@ class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
   explicit keyed_executor(executor_options options = {}) {
-    if (options.partitions == 0) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
-    }
-    if (options.partitions > max_partitions) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at most " +
-                             std::to_string(max_partitions) + " (got " +
-                             std::to_string(options.partitions) + ")");
-    }
-    if (options.idle_spin.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: idle_spin must not be negative (got " +
-                             std::to_string(options.idle_spin.count()) + "ns)");
-    }
-    if (options.completion_grace.count() < 0) {
-      throw invalid_argument("evbus: keyed_executor: completion_grace must not be negative (got " +
-                             std::to_string(options.completion_grace.count()) + "ns)");
+    if (options.partitions == 0 || options.partitions > max_partitions ||
+        options.idle_spin.count() < 0 || options.completion_grace.count() < 0) {
+      refuse_options(options);
     }
     const std::size_t workers = options.workers;
     core_ = std::make_shared<detail::executor_core>(std::move(options));
@@ -123,6 +111,41 @@ class keyed_executor {
 
   /// The most partitions an executor may have.
   static constexpr std::size_t max_partitions = std::size_t{1} << 24;
+
+  /// The constructor's refusal of bad options, out of line: names the first bad one (called
+  /// only when one is).
+  EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {
+    if (options.partitions == 0) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
+                                           detail::decimal(max_partitions), " (got ",
+                                           detail::decimal(options.partitions), ")"}));
+    }
+    if (options.idle_spin.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
+                                           "negative (got ",
+                                           detail::signed_decimal(options.idle_spin.count()),
+                                           "ns)"}));
+    }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
+                                           "be negative (got ",
+                                           detail::signed_decimal(options.completion_grace.count()),
+                                           "ns)"}));
+    }
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
+    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
+                                         " belongs to another keyed_executor"}));
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
+    throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
+                                         detail::signed_decimal(d.count()), "ns)"}));
+  }
 
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }
@@ -206,10 +229,7 @@ class keyed_executor {
    */
   template <class Data>
   void drain(const ordered_handler<Data>& subscription) {
-    if (subscription.front_->core != core_) {
-      throw invalid_argument("evbus: drain(): subscription " + detail::quote(subscription.name()) +
-                             " belongs to another keyed_executor");
-    }
+    if (subscription.front_->core != core_) refuse_foreign(subscription.name());
     core_->drain(subscription.front_->sub);
   }
 
@@ -272,8 +292,7 @@ class keyed_executor {
                          std::string_view topic,
                          typename Bus::data_type data, emit_options options = {}) {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
-      throw invalid_argument("evbus: emit_after: the delay must not be negative (got " +
-                             std::to_string(detail::saturating_ns(delay).count()) + "ns)");
+      refuse_negative_delay(detail::saturating_ns(delay));
     }
     return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
                    std::move(data), std::move(options));

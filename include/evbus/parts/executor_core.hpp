@@ -31,12 +31,30 @@
 #include <optional>
 #include <thread>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace evbus {
 inline namespace v1 {
 namespace detail {
+
+/// The executor core's refusals, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_delayed_closed(std::string_view topic) {
+  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ", quote(topic),
+                              ": the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
+  throw executor_closed(
+      join({"evbus: resize(", decimal(n), "): the keyed_executor is shut down"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_waiting_inside(const char* what) {
+  throw waits_for_itself(join({"evbus: ", what,
+                               " called from inside a handler (or poll) of the same "
+                               "keyed_executor: it would wait for itself"}));
+}
 
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
@@ -72,17 +90,13 @@ class executor_core final : public executor_registry,
 
   void schedule_delayed(std::unique_ptr<delayed_base> d) {
     if (!shutdown_requested.load(std::memory_order_acquire) && sched.schedule_delayed(d)) return;
-    throw executor_closed("evbus: cannot schedule a delayed emit on topic " + quote(d->topic) +
-                          ": the keyed_executor is shut down");
+    refuse_delayed_closed(d->topic);
   }
 
   void resize(std::size_t n) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (state_ != state::open) {
-        throw executor_closed("evbus: resize(" + std::to_string(n) +
-                              "): the keyed_executor is shut down");
-      }
+      if (state_ != state::open) refuse_resize_closed(n);
     }
     sched.resize(n);
   }
@@ -199,11 +213,7 @@ class executor_core final : public executor_registry,
 
  private:
   void refuse_inside(const char* what) const {
-    if (drives(&sched)) {
-      throw waits_for_itself(std::string("evbus: ") + what +
-                             " called from inside a handler (or poll) of the same "
-                             "keyed_executor: it would wait for itself");
-    }
+    if (drives(&sched)) refuse_waiting_inside(what);
   }
 
   void wait_finished(const std::vector<std::shared_ptr<subscription_base>>& subs,
@@ -239,7 +249,8 @@ class executor_core final : public executor_registry,
         what, until);
   }
 
-  void report_undelivered(std::unique_ptr<delayed_base> d, undelivered_reason why) {
+  EVBUS_DETAIL_COLD void report_undelivered(std::unique_ptr<delayed_base> d,
+                                            undelivered_reason why) {
     undelivered_.fetch_add(1, std::memory_order_relaxed);
     sched.delayed().pending.fetch_sub(1, std::memory_order_relaxed);
     undelivered u = d->take();
@@ -248,15 +259,15 @@ class executor_core final : public executor_registry,
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
-        throw executor_closed("evbus: delayed emit on topic " + quote(u.topic) + " with key " +
-                              quote(u.key()) +
-                              (why == undelivered_reason::bus_destroyed
-                                   ? " was not emitted: its bus was destroyed first"
-                                   : " was not due at shutdown and was not emitted"));
+        throw executor_closed(join({"evbus: delayed emit on topic ", quote(u.topic), " with key ",
+                                    quote(u.key()),
+                                    why == undelivered_reason::bus_destroyed
+                                        ? " was not emitted: its bus was destroyed first"
+                                        : " was not due at shutdown and was not emitted"}));
       }
     } catch (...) {
       report_error(std::current_exception(),
-                   "undelivered delayed emit on topic " + quote(u.topic));
+                   join({"undelivered delayed emit on topic ", quote(u.topic)}));
     }
   }
 

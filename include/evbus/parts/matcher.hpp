@@ -70,7 +70,9 @@ inline std::size_t matcher_expansion(std::string_view p) {
       i = j;
       last = 1;
     } else if (c == '(') {
-      sums.push_back(0);
+      // By reference: the growth of std::regex's own vectors of size_t serves.
+      const std::size_t opened = 0;
+      sums.push_back(opened);
       last = 0;
       continue;
     } else if (c == ')') {
@@ -171,6 +173,47 @@ inline void warm_regex_locale() {
   }();
   (void)warmed;
 }
+
+/// The refusals of compile_matcher, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_length(std::string_view matcher,
+                                                                std::string_view key) {
+  throw invalid_matcher(matcher, key,
+                        join({"it is ", decimal(matcher.size()),
+                              " bytes long; the limit is ",
+                              decimal(EVBUS_MAX_MATCHER_LENGTH),
+                              " (EVBUS_MAX_MATCHER_LENGTH)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_states(std::string_view matcher,
+                                                                std::string_view key,
+                                                                std::size_t states) {
+  throw invalid_matcher(matcher, key,
+                        join({"its counted repeats expand it to about ", decimal(states),
+                              " states; the limit is ", decimal(EVBUS_MAX_MATCHER_STATES),
+                              " (EVBUS_MAX_MATCHER_STATES)"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_matcher_syntax(std::string_view matcher,
+                                                                std::string_view key,
+                                                                const char* reason) {
+  throw invalid_matcher(matcher, key, reason);
+}
+
+/// The matcher of the handler `key`, checked against the limits and compiled
+/// (evbus::invalid_matcher names what is wrong).
+inline std::regex compile_matcher(std::string_view matcher, std::string_view key) {
+  if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) refuse_matcher_length(matcher, key);
+  if (const std::size_t states = matcher_expansion(matcher); states > EVBUS_MAX_MATCHER_STATES) {
+    refuse_matcher_states(matcher, key, states);
+  }
+  try {
+    warm_regex_locale();
+    return std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
+  } catch (const std::regex_error& e) {
+    refuse_matcher_syntax(matcher, key, e.what());
+  }
+}
+
 
 }  // namespace detail
 

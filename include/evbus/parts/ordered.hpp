@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -71,6 +72,36 @@ template <class F>
 struct first_arg<F, std::void_t<decltype(&F::operator())>>
     : member_first_arg<decltype(&F::operator())> {};
 
+/// ordered()'s refusal of a bad delivery policy, out of the template: names the first bad
+/// field (called only when one is).
+EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
+    std::size_t capacity, double jitter, std::chrono::nanoseconds backoff_base,
+    std::chrono::nanoseconds backoff_cap, std::chrono::nanoseconds timeout,
+    std::size_t max_in_flight, const std::optional<std::chrono::nanoseconds>& block_timeout) {
+  const auto bad = [&](const std::string& what) {
+    throw invalid_argument("evbus: ordered(): " + what);
+  };
+  if (capacity == 0) bad("capacity must be at least 1 (got 0)");
+  if (!(jitter >= 0.0 && jitter <= 1.0)) {
+    bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
+  }
+  if (backoff_base.count() < 0) {
+    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
+        "ns)");
+  }
+  if (backoff_cap.count() < 0) {
+    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
+  }
+  if (timeout.count() <= 0) {
+    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
+  }
+  if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
+  if (block_timeout && block_timeout->count() < 0) {
+    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
+        "ns)");
+  }
+}
+
 template <class Fn>
 using handler_data_t = typename event_data<
     std::remove_cv_t<std::remove_reference_t<typename first_arg<std::decay_t<Fn>>::type>>>::type;
@@ -119,28 +150,13 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
                 is_std_function<F>::value) {
     if (!fn) throw invalid_argument("evbus: ordered(): the handler is empty");
   }
-  const auto bad = [&](const std::string& what) {
-    throw invalid_argument("evbus: ordered(): " + what);
-  };
-  if (policy.capacity == 0) bad("capacity must be at least 1 (got 0)");
-  if (!(policy.jitter >= 0.0 && policy.jitter <= 1.0)) {
-    bad("jitter must be in [0, 1] (got " + std::to_string(policy.jitter) + ")");
-  }
-  if (policy.backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + std::to_string(policy.backoff_base.count()) +
-        "ns)");
-  }
-  if (policy.backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + std::to_string(policy.backoff_cap.count()) +
-        "ns)");
-  }
-  if (policy.timeout.count() <= 0) {
-    bad("timeout must be positive (got " + std::to_string(policy.timeout.count()) + "ns)");
-  }
-  if (policy.max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
-  if (policy.block_timeout && policy.block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " +
-        std::to_string(policy.block_timeout->count()) + "ns)");
+  if (policy.capacity == 0 || !(policy.jitter >= 0.0 && policy.jitter <= 1.0) ||
+      policy.backoff_base.count() < 0 || policy.backoff_cap.count() < 0 ||
+      policy.timeout.count() <= 0 || policy.max_in_flight == 0 ||
+      (policy.block_timeout && policy.block_timeout->count() < 0)) {
+    refuse_delivery_policy(policy.capacity, policy.jitter, policy.backoff_base,
+                           policy.backoff_cap, policy.timeout, policy.max_in_flight,
+                           policy.block_timeout);
   }
   typename subscription<Data>::handler_type handler;
   if constexpr (with_delivery) {

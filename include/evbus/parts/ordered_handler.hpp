@@ -90,6 +90,16 @@ class ordered_handler {
 
 namespace detail {
 
+/// A commit's refusal by a shut-down executor, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_commit(std::string_view name,
+                                                               std::string_view topic,
+                                                               std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                              quote(name), " does not accept the event on topic ", quote(topic),
+                              " with key ", quote(key),
+                              "; nothing of the transaction was emitted"}));
+}
+
 /// What a transaction's commit does for what evbus::ordered returned, before emitting any of
 /// its events (declared in commit.hpp; basic_bus::register_handler records `reserve` with
 /// such a handler, and the commit calls it through that pointer): hold its executor open and
@@ -108,12 +118,7 @@ struct commit_reserver {
     ctx.places.reserve(ctx.places.size() + 1);
     if (!ctx.holds_link(&link)) {
       ctx.holds.reserve(ctx.holds.size() + 1);
-      if (!link.hold_for_commit()) {
-        throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
-                                    quote(sub->name), " does not accept the event on topic ",
-                                    quote(topic), " with key ", quote(key),
-                                    "; nothing of the transaction was emitted"}));
-      }
+      if (!link.hold_for_commit()) refuse_closed_commit(sub->name, topic, key);
       ctx.holds.push_back(&link);
     }
     // Through the base: subscription<Data>::reserve_place is compiled only where a

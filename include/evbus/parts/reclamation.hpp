@@ -28,9 +28,9 @@ namespace detail {
 template <class = void>
 class retire_list {
  protected:
-  /// Something retired from the read side, freed once the emits that may read it are over.
+  /// What was retired from the read side, freed once the emits that may read it are over.
   struct unit {
-    std::shared_ptr<const void> object;
+    std::vector<std::shared_ptr<const void>> objects;
     detail::emit_marks marks;
   };
 
@@ -60,19 +60,22 @@ class retire_list {
   void seal(detail::emit_marks marks) {
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
-    auto holder = std::make_shared<std::vector<std::shared_ptr<const void>>>(std::move(pending_));
+    u->objects = std::move(pending_);
     pending_.clear();
-    u->object = std::move(holder);
     retired_.push_back(std::move(u));
   }
 
   void collect(std::vector<std::unique_ptr<unit>>& garbage) {
-    auto keep = std::partition(retired_.begin(), retired_.end(),
-                               [](const std::unique_ptr<unit>& u) {
-                                 return !detail::emits_finished(u->marks);
-                               });
-    for (auto it = keep; it != retired_.end(); ++it) garbage.push_back(std::move(*it));
-    retired_.erase(keep, retired_.end());
+    // The units still marked with a running emit stay, in order, at the front.
+    std::size_t kept = 0;
+    for (auto& u : retired_) {
+      if (detail::emits_finished(u->marks)) {
+        garbage.push_back(std::move(u));
+      } else {
+        retired_[kept++] = std::move(u);
+      }
+    }
+    retired_.erase(retired_.begin() + static_cast<std::ptrdiff_t>(kept), retired_.end());
   }
 
   std::vector<std::shared_ptr<const void>> pending_;

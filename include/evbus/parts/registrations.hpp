@@ -46,6 +46,11 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// register_handler's refusal of an empty callable, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
+  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+}
+
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
 template <class Data>
 class bus_registrations : public retire_list<> {
@@ -72,50 +77,26 @@ class bus_registrations : public retire_list<> {
   void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
-    if (!fn) {
-      throw invalid_argument(detail::join({"evbus: the handler for key ", detail::quote(key),
-                                           " is empty"}));
-    }
-    if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"it is ", std::to_string(matcher.size()),
-                                          " bytes long; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_LENGTH),
-                                          " (EVBUS_MAX_MATCHER_LENGTH)"}));
-    }
-    if (const std::size_t states = detail::matcher_expansion(matcher);
-        states > EVBUS_MAX_MATCHER_STATES) {
-      throw invalid_matcher(matcher, key,
-                            detail::join({"its counted repeats expand it to about ",
-                                          std::to_string(states), " states; the limit is ",
-                                          std::to_string(EVBUS_MAX_MATCHER_STATES),
-                                          " (EVBUS_MAX_MATCHER_STATES)"}));
-    }
-    std::regex re;
-    try {
-      detail::warm_regex_locale();
-      re = std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
-    } catch (const std::regex_error& e) {
-      throw invalid_matcher(matcher, key, e.what());
-    }
+    if (!fn) detail::refuse_empty_handler(key);
+    std::regex re = detail::compile_matcher(matcher, key);
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (handlers_.count(key) != 0) throw duplicate_handler(key);
       auto entry = std::make_shared<detail::handler_entry<Data>>(
           key, std::string(matcher), std::move(re), std::move(fn), next_order_, reserve);
-      std::vector<topic_entry*> subscribed;
+      topic_list subscribed;
       // Only the topics that start with the matcher's literal prefix can match.
-      for (auto it = topics_.lower_bound(entry->prefix);
+      for (auto it = topics_.lower_bound(std::string_view(entry->prefix));
            it != topics_.end() && detail::has_prefix(it->first, entry->prefix); ++it) {
-        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second.get());
+        if (detail::matches(*entry, it->first)) subscribed.push_back(it->second);
       }
       by_order_.reserve(by_order_.size() + 1);
       ++next_order_;
-      handlers_.emplace(entry->key, entry);
+      handlers_.insert(typename handler_map::value_type(entry->key, entry));
       by_order_.push_back(entry);
       // The new entry has the highest order, so appending keeps registration order.
-      for (auto* topic : subscribed) {
+      for (const auto& topic : subscribed) {
         auto list = std::make_shared<detail::handler_list<Data>>(*topic->handlers_owner);
         list->push_back(entry);
         publish(*topic, std::move(list));
@@ -136,7 +117,7 @@ class bus_registrations : public retire_list<> {
       entry = std::move(it->second);
       handlers_.erase(it);
       by_order_.erase(std::find(by_order_.begin(), by_order_.end(), entry));
-      for (auto t = topics_.lower_bound(entry->prefix);
+      for (auto t = topics_.lower_bound(std::string_view(entry->prefix));
            t != topics_.end() && detail::has_prefix(t->first, entry->prefix); ++t) {
         auto& topic = *t->second;
         const auto& old = *topic.handlers_owner;
@@ -189,7 +170,7 @@ class bus_registrations : public retire_list<> {
     if (it == handlers_.end()) throw unknown_handler(key);
     std::vector<std::string> out;
     const std::string& prefix = it->second->prefix;
-    for (auto t = topics_.lower_bound(prefix);
+    for (auto t = topics_.lower_bound(std::string_view(prefix));
          t != topics_.end() && detail::has_prefix(t->first, prefix); ++t) {
       const auto& list = *t->second->handlers_owner;
       if (std::find(list.begin(), list.end(), it->second) != list.end()) out.push_back(t->first);
@@ -256,27 +237,33 @@ class bus_registrations : public retire_list<> {
     std::vector<std::unique_ptr<unit>> garbage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<std::pair<std::string_view, std::shared_ptr<detail::handler_list<Data>>>> added;
-      std::unordered_set<std::string_view> in_call;  // a name given twice in one call
+      topic_list added;  // new entries; one a live handle still holds replaces its own below
+      // A name given twice in one call: a set of names, of the handler map's type (the values
+      // stay null) so that no other hash table is compiled.
+      handler_map in_call;
       // Everything that can throw happens before the first change.
       for (std::size_t i = 0; i < count; ++i) {
         const std::string_view name = names[i];
         if (topics_.find(name) != topics_.end()) continue;
-        if (count > 1 && !in_call.insert(name).second) continue;
+        if (count > 1 && !in_call.insert(typename handler_map::value_type(name, nullptr)).second) {
+          continue;
+        }
         auto list = std::make_shared<detail::handler_list<Data>>();
         for (const auto& h : by_order_) {
           if (detail::matches(*h, name)) list->push_back(h);
         }
-        added.emplace_back(name, std::move(list));
+        auto topic = std::make_shared<topic_entry>(
+            std::make_shared<const detail::topic_name>(std::string(name)));
+        topic->handlers.store(list.get(), std::memory_order_seq_cst);
+        topic->handlers_owner = std::move(list);
+        added.push_back(std::move(topic));
       }
       if (added.empty()) return;
-      std::vector<std::shared_ptr<topic_entry>> entries;
-      entries.reserve(added.size());
-      for (auto& [name, list] : added) entries.push_back(revive(std::string(name), std::move(list)));
+      for (auto& topic : added) topic = revive(std::move(topic));
       make_index_room(added.size());
-      for (auto& topic : entries) {
+      for (auto& topic : added) {
         index_owner_->insert(topic.get());
-        topics_.emplace(topic->name->value, std::move(topic));
+        topics_.insert(typename topic_map::value_type(topic->name->value, std::move(topic)));
       }
       retire_later(garbage);
     }
@@ -316,23 +303,19 @@ class bus_registrations : public retire_list<> {
     }
   }
 
-  /// The entry for a topic being registered, with its handler list: the one a live handle
-  /// still holds, or a new one.
-  std::shared_ptr<topic_entry> revive(std::string name,
-                                    std::shared_ptr<const detail::handler_list<Data>> list) {
-    auto it = dormant_.find(name);
+  /// The entry for a topic being registered: `fresh`, new with its handler list, or the
+  /// entry a live handle still holds under that name, given fresh's list.
+  std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
+    auto it = dormant_.find(fresh->name->value);
     if (it != dormant_.end()) {
       std::shared_ptr<topic_entry> topic = it->second.lock();
       dormant_.erase(it);
       if (topic) {
-        publish(*topic, std::move(list));
+        publish(*topic, std::move(fresh->handlers_owner));
         return topic;
       }
     }
-    auto topic = std::make_shared<topic_entry>(std::make_shared<const detail::topic_name>(name));
-    topic->handlers.store(list.get(), std::memory_order_seq_cst);
-    topic->handlers_owner = std::move(list);
-    return topic;
+    return fresh;
   }
 
   void publish(topic_entry& topic, std::shared_ptr<const detail::handler_list<Data>> list) {
@@ -353,10 +336,15 @@ class bus_registrations : public retire_list<> {
     retire(std::exchange(index_owner_, std::move(index)));
   }
 
+  using topic_list = std::vector<std::shared_ptr<topic_entry>>;
+  using topic_map = std::map<std::string, std::shared_ptr<topic_entry>, std::less<>>;
+  using handler_map =
+      std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>>;
+
   mutable std::mutex mutex_;
-  std::map<std::string, std::shared_ptr<topic_entry>, std::less<>> topics_;
+  topic_map topics_;
   std::map<std::string, std::weak_ptr<topic_entry>, std::less<>> dormant_;
-  std::unordered_map<std::string_view, std::shared_ptr<detail::handler_entry<Data>>> handlers_;
+  handler_map handlers_;
   std::uint64_t next_order_ = 0;
   std::shared_ptr<detail::topic_index<Data>> index_owner_;
   /// Live handlers in registration order, each with the literal prefix of its matcher.
@@ -364,8 +352,9 @@ class bus_registrations : public retire_list<> {
   std::size_t dormant_limit_ = 64;  // dormant_ is swept of expired entries when it reaches it
   std::shared_ptr<const error_hook> hook_owner_;
   /// The handler list of every deregistered topic (compared by address).
+  /// (Made non-const, as every other list is, so that one kind of shared list is compiled.)
   const std::shared_ptr<const detail::handler_list<Data>> deregistered_ =
-      std::make_shared<const detail::handler_list<Data>>();
+      std::make_shared<detail::handler_list<Data>>();
 
   // Read by every emit; written under the lock.
   alignas(EVBUS_CACHE_LINE_SIZE) std::atomic<const detail::topic_index<Data>*> index_{nullptr};

@@ -36,6 +36,14 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// help_until's refusal with a manual clock and no worker, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_manual_wait(const char* what) {
+  throw error(join({"evbus: ", what,
+                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
+                    "retry at a time the clock has not reached; advance the clock and call "
+                    "run_until_idle() instead"}));
+}
+
 class scheduler : public scheduler_state {
  public:
   using scheduler_state::scheduler_state;
@@ -145,6 +153,14 @@ class scheduler : public scheduler_state {
   template <class Done>
   bool help_until(Done done, const char* what,
                   std::optional<std::chrono::steady_clock::time_point> until = {}) {
+    // One body for every predicate: the predicate is called through a function pointer.
+    return help_until_erased([](void* d) { return (*static_cast<Done*>(d))(); }, &done, what,
+                             until);
+  }
+
+  bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
+                         std::optional<std::chrono::steady_clock::time_point> until) {
+    const auto done = [&] { return done_fn(done_state); };
     std::unique_lock<std::mutex> lock(mutex_);
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     struct leave {
@@ -183,10 +199,7 @@ class scheduler : public scheduler_state {
         continue;
       }
       if (manual_) {
-        throw error(std::string("evbus: ") + what +
-                    " with workers = 0 and a manual clock cannot finish: an event waits for a "
-                    "retry at a time the clock has not reached; advance the clock and call "
-                    "run_until_idle() instead");
+        refuse_manual_wait(what);
       }
       wait(timers_.earliest() - now());
     }

@@ -32,6 +32,16 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// reserve_place's refusal when the executor shut down during the wait, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_wait(std::string_view name,
+                                                             std::string_view topic,
+                                                             std::string_view key) {
+  throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
+                              "for room in subscription ", quote(name), " (event on topic ",
+                              quote(topic), " with key ", quote(key),
+                              "); nothing of the transaction was emitted"}));
+}
+
 template <class Data>
 class subscription final : public lanes<Data> {
   using base = lanes<Data>;
@@ -121,12 +131,7 @@ class subscription final : public lanes<Data> {
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return true;
     }
-    if (link_.closed.load(std::memory_order_seq_cst)) {
-      throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
-                                  "for room in subscription ", quote(name), " (event on topic ",
-                                  quote(topic), " with key ", quote(key),
-                                  "); nothing of the transaction was emitted"}));
-    }
+    if (link_.closed.load(std::memory_order_seq_cst)) refuse_closed_wait(name, topic, key);
     refuse_full(full_refusal::timed_out, topic, key, true);
   }
 
@@ -198,10 +203,10 @@ class subscription final : public lanes<Data> {
   /// subscription is full and the policy rejects, or blocking would deadlock, or
   /// block_timeout passed. From a commit (`in_commit`), the message adds that nothing of the
   /// transaction was emitted.
-  [[noreturn]] void refuse_full(full_refusal why, std::string_view topic, const std::string& key,
-                                bool in_commit) {
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_full(full_refusal why, std::string_view topic,
+                                                  const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
-    const std::string capacity = std::to_string(admission_.capacity());
+    const std::string capacity = decimal(admission_.capacity());
     const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
     if (why == full_refusal::rejected) {

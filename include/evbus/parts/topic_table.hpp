@@ -37,23 +37,33 @@ class basic_transaction;
 
 namespace detail {
 
-inline void check_topic_name(std::string_view name) {
+/// check_topic_name's refusal, out of line: names what is wrong with `name`.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_topic_name(std::string_view name) {
   if (name.empty()) throw invalid_topic_name(name, "it is empty");
   if (name.size() > 255) {
     throw invalid_topic_name(
-        name, join({"it is ", std::to_string(name.size()), " bytes long; the limit is 255"}));
+        name, join({"it is ", decimal(name.size()), " bytes long; the limit is 255"}));
   }
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    const auto c = static_cast<unsigned char>(name[i]);
-    if (c < 0x20 || c > 0x7e) {
-      throw invalid_topic_name(
-          name, join({"byte ", std::to_string(i), " is not printable ASCII (0x20 to 0x7e)"}));
-    }
+  // check_topic_name found a byte outside printable ASCII: name the first.
+  std::size_t i = 0;
+  while (i + 1 < name.size() && static_cast<unsigned char>(name[i]) >= 0x20 &&
+         static_cast<unsigned char>(name[i]) <= 0x7e) {
+    ++i;
   }
+  throw invalid_topic_name(
+      name, join({"byte ", decimal(i), " is not printable ASCII (0x20 to 0x7e)"}));
 }
 
-/// True for a range of names (its elements convert to std::string_view) that is not itself a
-/// name: what register_topics and deregister_topics accept as their one argument.
+/// Throws evbus::invalid_topic_name unless `name` is 1 to 255 bytes of printable ASCII.
+inline void check_topic_name(std::string_view name) {
+  bool ok = !name.empty() && name.size() <= 255;
+  for (std::size_t i = 0; ok && i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    ok = c >= 0x20 && c <= 0x7e;
+  }
+  if (!ok) refuse_topic_name(name);
+}
+
 template <class T, class = void>
 struct is_name_range : std::false_type {};
 template <class T>
@@ -267,14 +277,21 @@ struct topic_index {
 };
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
+/// matches' refusal, out of line: matching `topic` failed (std::regex ran out of room).
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_match(std::string_view pattern,
+                                                       std::string_view key,
+                                                       std::string_view topic,
+                                                       const char* reason) {
+  throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
+}
+
 template <class Data>
 bool matches(const handler_entry<Data>& h, std::string_view topic) {
   if (!has_prefix(topic, h.prefix)) return false;
   try {
     return std::regex_match(topic.begin(), topic.end(), h.matcher);
   } catch (const std::regex_error& e) {
-    throw invalid_matcher(h.pattern, h.key,
-                          join({"matching topic ", quote(topic), " failed: ", e.what()}));
+    refuse_match(h.pattern, h.key, topic, e.what());
   }
 }
 

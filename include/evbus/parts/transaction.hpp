@@ -39,6 +39,26 @@ class commit_scope {
   commit_context* outer_;
 };
 
+/// A transaction's refusals and its failures' report, out of line.
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_transaction(const char* what,
+                                                                    const std::string& tx_id) {
+  throw transaction_closed(
+      join({"evbus: cannot ", what, " transaction ", quote(tx_id), ": it is already finished"}));
+}
+
+[[noreturn]] EVBUS_DETAIL_COLD inline void refuse_foreign_tx_id(const std::string& tx_id,
+                                                               const std::string& given) {
+  throw invalid_argument(join({"evbus: transaction ", quote(tx_id),
+                               " cannot emit an event with tx_id ", quote(given)}));
+}
+
+/// The failures of a commit's events: the one rethrown as it is, several as handler_errors.
+[[noreturn]] EVBUS_DETAIL_COLD inline void report_commit_failures(
+    std::vector<handler_errors::failure>& failures, const std::string& tx_id) {
+  if (failures.size() == 1) std::rethrow_exception(failures.front().error);
+  throw handler_errors(std::move(failures), join({"events failed in transaction ", quote(tx_id)}));
+}
+
 }  // namespace detail
 
 /**
@@ -163,15 +183,11 @@ class basic_transaction {
       try {
         target->emit_on(*e.topic, std::move(e.data), std::move(e.options));
       } catch (...) {
-        failures.push_back({e.id, std::current_exception()});
+        detail::note_failure(failures, e.id);
       }
     }
     ctx.current = nullptr;
-    if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-    if (!failures.empty()) {
-      throw handler_errors(std::move(failures),
-                           detail::join({"events failed in transaction ", detail::quote(tx_id_)}));
-    }
+    if (!failures.empty()) detail::report_commit_failures(failures, tx_id_);
   }
 
  public:
@@ -196,9 +212,7 @@ class basic_transaction {
   std::string buffer(std::string_view topic, Data data, emit_options options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
-      throw invalid_argument(detail::join({"evbus: transaction ", detail::quote(tx_id_),
-                                           " cannot emit an event with tx_id ",
-                                           detail::quote(options.tx_id)}));
+      detail::refuse_foreign_tx_id(tx_id_, options.tx_id);
     }
     auto entry = bus_->find_entry(topic);
     options.tx_id = tx_id_;
@@ -221,10 +235,7 @@ class basic_transaction {
       : bus_(owner), tx_id_(std::move(tx_id)) {}
 
   void check_open(const char* what) const {
-    if (bus_ == nullptr) {
-      throw transaction_closed(detail::join({"evbus: cannot ", what, " transaction ",
-                                             detail::quote(tx_id_), ": it is already finished"}));
-    }
+    if (bus_ == nullptr) detail::refuse_closed_transaction(what, tx_id_);
   }
 
   basic_bus<Data>* bus_;

@@ -10635,41 +10635,6 @@ class keyed_executor {
   /// The most partitions an executor may have.
   static constexpr std::size_t max_partitions = std::size_t{1} << 24;
 
-  /// The constructor's refusal of bad options, out of line: names the first bad one (called
-  /// only when one is).
-  EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {
-    if (options.partitions == 0) {
-      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
-    }
-    if (options.partitions > max_partitions) {
-      throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
-                                           detail::decimal(max_partitions), " (got ",
-                                           detail::decimal(options.partitions), ")"}));
-    }
-    if (options.idle_spin.count() < 0) {
-      throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
-                                           "negative (got ",
-                                           detail::signed_decimal(options.idle_spin.count()),
-                                           "ns)"}));
-    }
-    if (options.completion_grace.count() < 0) {
-      throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
-                                           "be negative (got ",
-                                           detail::signed_decimal(options.completion_grace.count()),
-                                           "ns)"}));
-    }
-  }
-
-  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
-    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
-                                         " belongs to another keyed_executor"}));
-  }
-
-  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
-    throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
-                                         detail::signed_decimal(d.count()), "ns)"}));
-  }
-
   /// P: partitions per subscription.
   std::size_t partitions() const noexcept { return core_->partitions; }
 
@@ -10822,6 +10787,41 @@ class keyed_executor {
   }
 
  private:
+  /// The constructor's refusal of bad options, out of line: names the first bad one (called
+  /// only when one is).
+  EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {
+    if (options.partitions == 0) {
+      throw invalid_argument("evbus: keyed_executor: partitions must be at least 1 (got 0)");
+    }
+    if (options.partitions > max_partitions) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: partitions must be at most ",
+                                           detail::decimal(max_partitions), " (got ",
+                                           detail::decimal(options.partitions), ")"}));
+    }
+    if (options.idle_spin.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: idle_spin must not be "
+                                           "negative (got ",
+                                           detail::signed_decimal(options.idle_spin.count()),
+                                           "ns)"}));
+    }
+    if (options.completion_grace.count() < 0) {
+      throw invalid_argument(detail::join({"evbus: keyed_executor: completion_grace must not "
+                                           "be negative (got ",
+                                           detail::signed_decimal(options.completion_grace.count()),
+                                           "ns)"}));
+    }
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
+    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
+                                         " belongs to another keyed_executor"}));
+  }
+
+  [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
+    throw invalid_argument(detail::join({"evbus: emit_after: the delay must not be negative (got ",
+                                         detail::signed_decimal(d.count()), "ns)"}));
+  }
+
   template <class D, class Fn>
   friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
   std::shared_ptr<detail::executor_core> core_;

@@ -1369,20 +1369,22 @@ inline void warm_regex_locale() {
 }
 
 /// The matcher of the handler `key`, checked against the limits and compiled
-/// (evbus::invalid_matcher names what is wrong).
-inline std::regex compile_matcher(std::string_view matcher, std::string_view key) {
+/// (evbus::invalid_matcher names what is wrong). A template (`Regex` is std::regex), so that
+/// std::regex's compiler is instantiated only where a handler is registered, not in every
+/// translation unit that includes the header.
+template <class Regex = std::regex>
+Regex compile_matcher(std::string_view matcher, std::string_view key) {
   if (matcher.size() > EVBUS_MAX_MATCHER_LENGTH) refuse_matcher_length(matcher, key);
   if (const std::size_t states = matcher_expansion(matcher); states > EVBUS_MAX_MATCHER_STATES) {
     refuse_matcher_states(matcher, key, states);
   }
   try {
     warm_regex_locale();
-    return std::regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
+    return Regex(matcher.begin(), matcher.end(), EVBUS_MATCHER_SYNTAX);
   } catch (const std::regex_error& e) {
     refuse_matcher_syntax(matcher, key, e.what());
   }
 }
-
 
 }  // namespace detail
 
@@ -1755,7 +1757,6 @@ struct topic_index {
   }
 };
 
-/// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 /// matches' refusal, out of line: matching `topic` failed (std::regex ran out of room).
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_match(std::string_view pattern,
                                                        std::string_view key,
@@ -1764,6 +1765,7 @@ struct topic_index {
   throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
 }
 
+/// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
 bool matches(const handler_entry<Data>& h, std::string_view topic) {
   if (!has_prefix(topic, h.prefix)) return false;

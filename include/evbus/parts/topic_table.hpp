@@ -276,7 +276,6 @@ struct topic_index {
   }
 };
 
-/// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 /// matches' refusal, out of line: matching `topic` failed (std::regex ran out of room).
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_match(std::string_view pattern,
                                                        std::string_view key,
@@ -285,6 +284,7 @@ struct topic_index {
   throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
 }
 
+/// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
 template <class Data>
 bool matches(const handler_entry<Data>& h, std::string_view topic) {
   if (!has_prefix(topic, h.prefix)) return false;

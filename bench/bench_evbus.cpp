@@ -857,6 +857,18 @@ evbus::basic_topic_handle<keyed_item> subscribe(keyed_bus& bus, evbus::keyed_exe
   return bus.topic("bench.keyed");
 }
 
+/// What the keyed benchmarks' producer does: `count` emits of the next items of `source` on
+/// `topic`, each keyed by its key's name in `keys` (key_names()) in an emit_options.
+void emit_keyed(const evbus::basic_topic_handle<keyed_item>& topic,
+                const std::vector<std::string>& keys, keyed_source& source, std::uint64_t count) {
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const keyed_item item = source.next();
+    evbus::emit_options options;
+    options.key = keys[item.key];
+    topic.emit(item, std::move(options));
+  }
+}
+
 /// What the keyed benchmarks run: an executor (64 partitions) and a bus subscribed to it.
 /// Declared in this order, so the bus goes before the executor.
 struct keyed_pipeline {
@@ -895,12 +907,7 @@ void executor_throughput(benchmark::State& state, load how) {
   cpu_split cpu(burners);
   try {
     for (auto _ : state) {
-      for (std::uint64_t i = 0; i < kBatch; ++i) {
-        const keyed_item item = source.next();
-        evbus::emit_options options;
-        options.key = keys[item.key];
-        topic.emit(item, std::move(options));
-      }
+      emit_keyed(topic, keys, source, kBatch);
       emitted += kBatch;
       pipeline.exec.drain();
     }
@@ -941,12 +948,7 @@ void BM_emit_keyed_direct(benchmark::State& state) {
   keyed_source source;
   std::uint64_t emitted = 0;
   for (auto _ : state) {
-    for (std::uint64_t i = 0; i < kBatch; ++i) {
-      const keyed_item item = source.next();
-      evbus::emit_options options;
-      options.key = keys[item.key];
-      topic.emit(item, std::move(options));
-    }
+    emit_keyed(topic, keys, source, kBatch);
     emitted += kBatch;
   }
   if (checker.violations() != 0 || checker.handled() != emitted) {
@@ -988,12 +990,7 @@ void BM_executor_emit_paced(benchmark::State& state) {
   try {
     for (auto _ : state) {
       const auto start = std::chrono::steady_clock::now();
-      for (int i = 0; i < per_iteration; ++i) {
-        const keyed_item item = source.next();
-        evbus::emit_options emit_opts;
-        emit_opts.key = keys[item.key];
-        topic.emit(item, std::move(emit_opts));
-      }
+      emit_keyed(topic, keys, source, static_cast<std::uint64_t>(per_iteration));
       const auto end = std::chrono::steady_clock::now();
       const double seconds = std::chrono::duration<double>(end - start).count();
       state.SetIterationTime(seconds);

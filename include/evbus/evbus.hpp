@@ -6901,7 +6901,12 @@ class delayed_strand final : public runnable {
       {
         std::lock_guard<std::mutex> lock(mutex_);
         if (head_ == queue_.size()) {
-          queue_.clear();
+          // Idle: the memory of a burst of due emits goes back (a few slots are kept).
+          if (queue_.capacity() > 64) {
+            std::vector<std::unique_ptr<delayed_base>>().swap(queue_);
+          } else {
+            queue_.clear();
+          }
           head_ = 0;
           held_ = false;
           res.what = next::idle;

@@ -589,7 +589,7 @@ inline slot_registry& registry() noexcept {
   return *r;
 }
 
-inline thread_slot* acquire_slot() {
+EVBUS_DETAIL_COLD inline thread_slot* acquire_slot() {
   slot_registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   for (thread_slot* s = r.head.load(std::memory_order_acquire); s != nullptr; s = s->next) {
@@ -1221,7 +1221,7 @@ namespace detail {
 /// The expanded size of an ECMAScript pattern, as EVBUS_MAX_MATCHER_STATES counts it: one per
 /// character, bracket expression or group, times the bounds of the counted repeats around it.
 /// Saturates instead of overflowing.
-inline std::size_t matcher_expansion(std::string_view p) {
+EVBUS_DETAIL_COLD inline std::size_t matcher_expansion(std::string_view p) {
   constexpr std::size_t cap = std::size_t{1} << 40;
   const auto mul = [](std::size_t a, std::size_t b) { return b != 0 && a > cap / b ? cap : a * b; };
   std::vector<std::size_t> sums{0};  // cost so far of each open group
@@ -1290,7 +1290,7 @@ inline std::size_t matcher_expansion(std::string_view p) {
 /// `. ^ $ | ? * + ( ) [ ] { } \`) or escaped punctuation (`\.`, `\/`), up to the first
 /// other element; a character followed by a quantifier does not count, and a pattern with a
 /// `|` anywhere has none.
-inline std::string literal_prefix(std::string_view pattern) {
+EVBUS_DETAIL_COLD inline std::string literal_prefix(std::string_view pattern) {
   if (pattern.find('|') != std::string_view::npos) return {};
   const auto special = [](char c) {
     return std::string_view(".^$|?*+()[]{}\\").find(c) != std::string_view::npos;
@@ -1831,7 +1831,7 @@ class retire_list {
   /// with the emits in progress (now, or once retire_batch objects wait), then frees whatever
   /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
   /// caller after unlocking (a handler's captures may call back into the bus).
-  void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
+  EVBUS_DETAIL_COLD void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
     if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
       seal(detail::emits_in_progress());
     }
@@ -1841,7 +1841,7 @@ class retire_list {
   /// Marks every pending retired object with `marks`, taken after the change that retired the
   /// last of them was published (any later moment will do: an emit that started after a change
   /// was published cannot read what the change retired). Requires pending_ not empty.
-  void seal(detail::emit_marks marks) {
+  EVBUS_DETAIL_COLD void seal(detail::emit_marks marks) {
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
     u->objects = std::move(pending_);
@@ -1849,7 +1849,7 @@ class retire_list {
     retired_.push_back(std::move(u));
   }
 
-  void collect(std::vector<std::unique_ptr<unit>>& garbage) {
+  EVBUS_DETAIL_COLD void collect(std::vector<std::unique_ptr<unit>>& garbage) {
     // The units still marked with a running emit stay, in order, at the front.
     std::size_t kept = 0;
     for (auto& u : retired_) {
@@ -1926,7 +1926,7 @@ class bus_registrations : public retire_list<> {
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
   using topic_entry = detail::topic_entry<Data>;
 
-  bus_registrations() { init(); }
+  EVBUS_DETAIL_COLD bus_registrations() { init(); }
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const {
@@ -1940,7 +1940,7 @@ class bus_registrations : public retire_list<> {
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
   /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
   /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
-  void register_handler(std::string key, std::string_view matcher, handler_type fn,
+  EVBUS_DETAIL_COLD void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) detail::refuse_empty_handler(key);
@@ -2093,12 +2093,12 @@ class bus_registrations : public retire_list<> {
   }
 
  protected:
-  void init() {
+  EVBUS_DETAIL_COLD void init() {
     index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
     index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
-  void register_topic_list(const std::string_view* names, std::size_t count) {
+  EVBUS_DETAIL_COLD void register_topic_list(const std::string_view* names, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) detail::check_topic_name(names[i]);
     std::vector<std::unique_ptr<unit>> garbage;
     {
@@ -2171,7 +2171,7 @@ class bus_registrations : public retire_list<> {
 
   /// The entry for a topic being registered: `fresh`, new with its handler list, or the
   /// entry a live handle still holds under that name, given fresh's list.
-  std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
+  EVBUS_DETAIL_COLD std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
     auto it = dormant_.find(fresh->name->value);
     if (it != dormant_.end()) {
       std::shared_ptr<topic_entry> topic = it->second.lock();
@@ -2192,7 +2192,7 @@ class bus_registrations : public retire_list<> {
   /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
   /// new index, twice as big as the live topics need, replaces it, and the old one is retired
   /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
-  void make_index_room(std::size_t more, bool compact = false) {
+  EVBUS_DETAIL_COLD void make_index_room(std::size_t more, bool compact = false) {
     if (!compact && index_owner_->has_room(more)) return;
     std::size_t size = 16;
     while (size < 4 * (topics_.size() + more)) size *= 2;
@@ -5772,7 +5772,7 @@ class clock {
 
   /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
   /// id for remove_listener().
-  std::uint64_t add_listener(std::function<void()> fn) {
+  EVBUS_DETAIL_COLD std::uint64_t add_listener(std::function<void()> fn) {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
     const std::uint64_t id = next_listener_++;
     listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
@@ -5782,22 +5782,23 @@ class clock {
   /// Unregisters a listener; a call of it already running may still finish.
   void remove_listener(std::uint64_t id) noexcept {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
-    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
-                                    [id](const auto& l) { return l.first == id; }),
-                     listeners_.end());
+    for (auto it = listeners_.begin(); it != listeners_.end(); ++it) {
+      if (it->first == id) {
+        listeners_.erase(it);
+        return;
+      }
+    }
   }
 
  protected:
   /// Calls every listener. They are called outside the clock's lock, so a listener may add or
   /// remove listeners, or be the last owner of an executor and destroy it.
   void notify_listeners() const {
-    std::vector<std::shared_ptr<const std::function<void()>>> calls;
-    {
+    const auto calls = [this] {
       std::lock_guard<std::mutex> lock(listeners_mutex_);
-      calls.reserve(listeners_.size());
-      for (const auto& l : listeners_) calls.push_back(l.second);
-    }
-    for (const auto& fn : calls) (*fn)();
+      return listeners_;
+    }();
+    for (const auto& l : calls) (*l.second)();
   }
 
  private:
@@ -6237,7 +6238,7 @@ class log_histogram {
       return max;
     }
 
-    latency_summary summary() const {
+    EVBUS_DETAIL_COLD latency_summary summary() const {
       latency_summary s;
       s.count = count;
       s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));
@@ -6574,7 +6575,7 @@ class block_queue {
   block_queue(const block_queue&) = delete;
   block_queue& operator=(const block_queue&) = delete;
   /// Destroys the elements not popped (no consumer may be running then).
-  ~block_queue() {
+  EVBUS_DETAIL_COLD ~block_queue() {
     for (block* b = head_; b != nullptr; b = b->next) {
       const std::size_t from = b == head_ ? head_index_ : 0;
       const std::size_t to = b == tail_ ? tail_index_ : per_block;
@@ -6865,7 +6866,7 @@ struct delayed_emit final : delayed_base {
   bool emit() override {
     return life->use([&] { bus->emit(topic, std::move(data), options); });
   }
-  undelivered take() override {
+  EVBUS_DETAIL_COLD undelivered take() override {
     undelivered u;
     u.topic = std::move(topic);
     u.options = std::move(options);
@@ -7321,7 +7322,7 @@ class scheduler_state {
 
   /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
   /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
-  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
+  EVBUS_DETAIL_COLD std::vector<std::unique_ptr<delayed_base>> cut_timers() {
     std::vector<std::unique_ptr<delayed_base>> out;
     std::lock_guard<std::mutex> lock(mutex_);
     cut_ = true;
@@ -7502,7 +7503,7 @@ class scheduler : public scheduler_state {
   ~scheduler() { stop_workers(); }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
-  void resize(std::size_t n) {
+  EVBUS_DETAIL_COLD void resize(std::size_t n) {
     std::vector<std::thread> finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -7540,7 +7541,7 @@ class scheduler : public scheduler_state {
   }
 
   /// Stops and joins every worker (shutdown, destruction).
-  void stop_workers() {
+  EVBUS_DETAIL_COLD void stop_workers() {
     std::vector<std::thread> threads;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -7609,7 +7610,7 @@ class scheduler : public scheduler_state {
                              until);
   }
 
-  bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
+  EVBUS_DETAIL_COLD bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
                          std::optional<std::chrono::steady_clock::time_point> until) {
     const auto done = [&] { return done_fn(done_state); };
     std::unique_lock<std::mutex> lock(mutex_);
@@ -8096,7 +8097,7 @@ class awaiting_list final : public runnable {
 
   /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
   /// `shut_out` (dead-lettered without a retry).
-  void shut_out() noexcept {
+  EVBUS_DETAIL_COLD void shut_out() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     shut_out_ = true;
     for (completion_state* s = head_; s != nullptr; s = s->next) {
@@ -8251,7 +8252,7 @@ class executor_link {
   steady_time now() const noexcept { return sched.now(); }
 
   /// Reports an error that has no caller to go to. Never throws.
-  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+  EVBUS_DETAIL_COLD void report_error(std::exception_ptr e, std::string_view where) noexcept {
     errors.fetch_add(1, std::memory_order_relaxed);
     try {
       if (on_error_) {
@@ -8391,7 +8392,7 @@ class admission {
     return wait_erased(timeout, [](void* s) { return (*static_cast<Stop*>(s))(); }, &stop);
   }
 
-  bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
+  EVBUS_DETAIL_COLD bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
                    bool (*stop_fn)(void*), void* stop_state) {
     const auto stop = [&] { return stop_fn(stop_state); };
     std::unique_lock<std::mutex> lock(mutex_);
@@ -8616,33 +8617,43 @@ class attempt_runner {
    */
   template <class Text>
   void note(const std::string& name, Text&& text) noexcept {
+    std::uint64_t skipped = 0;
+    if (!note_due(skipped)) return;
     try {
-      const auto t = std::chrono::steady_clock::now();
-      std::uint64_t skipped = 0;
-      {
-        std::lock_guard<std::mutex> lock(note_mutex_);
-        if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
-          ++not_printed_;
-          return;
-        }
-        noted_ = true;
-        last_note_ = t;
-        skipped = not_printed_;
-        not_printed_ = 0;
-      }
-      std::string line = "evbus: subscription " + quote(name) + ": " + text();
-      if (skipped > 0) {
-        line += " (" + std::to_string(skipped) + " more not printed in the last second)";
-      }
-      line += '\n';
-      std::fputs(line.c_str(), stderr);
+      print_note(name, text(), skipped);
     } catch (...) {
       // Out of memory for the line: the event is still counted.
     }
   }
 
+  /// note()'s rate limit: true if a line may be printed now, with the count of those that
+  /// were not since the last one.
+  EVBUS_DETAIL_COLD bool note_due(std::uint64_t& skipped) noexcept {
+    const auto t = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(note_mutex_);
+    if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
+      ++not_printed_;
+      return false;
+    }
+    noted_ = true;
+    last_note_ = t;
+    skipped = not_printed_;
+    not_printed_ = 0;
+    return true;
+  }
+
+  EVBUS_DETAIL_COLD static void print_note(const std::string& name, const std::string& text,
+                                           std::uint64_t skipped) {
+    std::string line = "evbus: subscription " + quote(name) + ": " + text;
+    if (skipped > 0) {
+      line += " (" + std::to_string(skipped) + " more not printed in the last second)";
+    }
+    line += '\n';
+    std::fputs(line.c_str(), stderr);
+  }
+
   /// What note() did not print, at the subscription's end.
-  void flush_notes(const std::string& name) noexcept {
+  EVBUS_DETAIL_COLD void flush_notes(const std::string& name) noexcept {
     std::uint64_t skipped = 0;
     {
       std::lock_guard<std::mutex> lock(note_mutex_);
@@ -8669,7 +8680,7 @@ class attempt_runner {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from);
   }
 
-  void read(subscription_stats& out, log_histogram::snapshot& handler,
+  EVBUS_DETAIL_COLD void read(subscription_stats& out, log_histogram::snapshot& handler,
             log_histogram::snapshot& wait, log_histogram::snapshot& completed) const {
     out.delivered = delivered_.load(std::memory_order_relaxed);
     out.failed_attempts = failed_.load(std::memory_order_relaxed);
@@ -8714,7 +8725,7 @@ class attempt_runner {
 
   /// A failed attempt: retried at end + backoff while retries are left (and not `final`),
   /// else dead-lettered.
-  outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
+  EVBUS_DETAIL_COLD outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
                    steady_time end, std::uint64_t& rng, steady_time& retry_at,
                    const std::string& name, bool final) noexcept {
     failed_.fetch_add(1, std::memory_order_relaxed);
@@ -8744,7 +8755,7 @@ class attempt_runner {
     return outcome::finished;
   }
 
-  void report_timeout(const queued_event<Data>& it, const delivery& d,
+  EVBUS_DETAIL_COLD void report_timeout(const queued_event<Data>& it, const delivery& d,
                       std::chrono::nanoseconds took, const std::string& name) noexcept {
     expired_.fetch_add(1, std::memory_order_relaxed);
     if (!policy_.on_timeout) return;
@@ -8756,7 +8767,7 @@ class attempt_runner {
   }
 
   /// The error of an asynchronous attempt that was not completed.
-  std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
+  EVBUS_DETAIL_COLD std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
     try {
       const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
                                quote(it.event.id) + " on topic " + quote(it.event.topic()) +
@@ -8908,7 +8919,7 @@ class lane_state : public subscription_base {
   };
 
  public:
-  lane_state(executor_link& link, std::size_t partitions, handler_type fn,
+  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
       : admission_(policy.capacity),
         link_(link),
@@ -8969,7 +8980,7 @@ class lane_state : public subscription_base {
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
 
  protected:
-  executor_closed closed_error(const event_type& e) const {
+  EVBUS_DETAIL_COLD executor_closed closed_error(const event_type& e) const {
     return executor_closed("evbus: the keyed_executor is shut down: subscription " +
                            quote(name) + " does not accept the event on topic " +
                            quote(e.topic()) + " with key " + quote(e.key));
@@ -9695,7 +9706,7 @@ class subscription final : public lanes<Data> {
   using base::accepted_so_far;
   using base::name;
 
-  subscription(executor_link& link, std::size_t partitions, handler_type fn,
+  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type fn,
                basic_delivery_policy<Data> policy)
       : base(link, partitions, std::move(fn), std::move(policy)),
         on_full_(runner_.policy().on_full),
@@ -9984,7 +9995,7 @@ namespace detail {
 
 class executor_registry : public executor_link {
  public:
-  executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+  EVBUS_DETAIL_COLD executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
                     std::chrono::nanoseconds idle_spin,
                     std::function<void(std::exception_ptr, std::string_view)> on_error,
                     std::size_t partition_count)
@@ -9992,7 +10003,7 @@ class executor_registry : public executor_link {
         partitions(partition_count) {}
 
   /// Names the subscription ("ordered-N" when it has no name) and registers it.
-  void add_subscription(std::shared_ptr<subscription_base> s) {
+  EVBUS_DETAIL_COLD void add_subscription(std::shared_ptr<subscription_base> s) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (state_ != state::open) {
       throw executor_closed("evbus: ordered(): the keyed_executor is shut down");
@@ -10002,7 +10013,7 @@ class executor_registry : public executor_link {
     subscriptions_.push_back(std::move(s));
   }
 
-  void remove(subscription_base* s) noexcept override {
+  EVBUS_DETAIL_COLD void remove(subscription_base* s) noexcept override {
     std::shared_ptr<subscription_base> gone;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -10172,7 +10183,7 @@ namespace detail {
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
  public:
-  explicit executor_core(executor_options o)
+  EVBUS_DETAIL_COLD explicit executor_core(executor_options o)
       : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
                           o.idle_spin, std::move(o.on_error), o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
@@ -10193,7 +10204,7 @@ class executor_core final : public executor_registry,
   }
 
   /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
-  void start(std::size_t workers) {
+  EVBUS_DETAIL_COLD void start(std::size_t workers) {
     std::weak_ptr<executor_core> weak = weak_from_this();
     listener_ = sched.clock().add_listener([weak] {
       if (auto self = weak.lock()) self->sched.time_moved();
@@ -10224,7 +10235,7 @@ class executor_core final : public executor_registry,
   }
 
   /// Drains every subscription, or only `one`.
-  void drain(std::shared_ptr<subscription_base> one = nullptr) {
+  EVBUS_DETAIL_COLD void drain(std::shared_ptr<subscription_base> one = nullptr) {
     refuse_inside("drain()");
     std::vector<std::shared_ptr<subscription_base>> subs;
     if (one) {
@@ -10237,7 +10248,7 @@ class executor_core final : public executor_registry,
 
   /// Waits until nothing is queued, running, waiting for a retry or due among the delayed
   /// emits, counting what handlers and delayed emits add meanwhile.
-  void wait_idle() {
+  EVBUS_DETAIL_COLD void wait_idle() {
     refuse_inside("wait_idle()");
     for (;;) {
       auto subs = live();
@@ -10262,7 +10273,7 @@ class executor_core final : public executor_registry,
     }
   }
 
-  void shutdown() {
+  EVBUS_DETAIL_COLD void shutdown() {
     refuse_inside("shutdown()");
     if (const commit_context* c = current_commit(); c != nullptr && c->holds_link(this)) {
       throw waits_for_itself(
@@ -10335,7 +10346,7 @@ class executor_core final : public executor_registry,
     wait_finished(subs, targets, what);
   }
 
-  static std::vector<drain_target> targets_of(
+  EVBUS_DETAIL_COLD static std::vector<drain_target> targets_of(
       const std::vector<std::shared_ptr<subscription_base>>& subs) {
     std::vector<drain_target> targets(subs.size());
     for (std::size_t i = 0; i < subs.size(); ++i) targets[i].accepted = subs[i]->accepted_so_far();
@@ -10615,7 +10626,7 @@ inline namespace v1 {
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
-  explicit keyed_executor(executor_options options = {}) {
+  EVBUS_DETAIL_COLD explicit keyed_executor(executor_options options = {}) {
     if (options.partitions == 0 || options.partitions > max_partitions ||
         options.idle_spin.count() < 0 || options.completion_grace.count() < 0) {
       refuse_options(options);

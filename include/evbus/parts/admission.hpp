@@ -82,7 +82,7 @@ class admission {
     return wait_erased(timeout, [](void* s) { return (*static_cast<Stop*>(s))(); }, &stop);
   }
 
-  bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
+  EVBUS_DETAIL_COLD bool wait_erased(const std::optional<std::chrono::nanoseconds>& timeout,
                    bool (*stop_fn)(void*), void* stop_state) {
     const auto stop = [&] { return stop_fn(stop_state); };
     std::unique_lock<std::mutex> lock(mutex_);

@@ -156,33 +156,43 @@ class attempt_runner {
    */
   template <class Text>
   void note(const std::string& name, Text&& text) noexcept {
+    std::uint64_t skipped = 0;
+    if (!note_due(skipped)) return;
     try {
-      const auto t = std::chrono::steady_clock::now();
-      std::uint64_t skipped = 0;
-      {
-        std::lock_guard<std::mutex> lock(note_mutex_);
-        if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
-          ++not_printed_;
-          return;
-        }
-        noted_ = true;
-        last_note_ = t;
-        skipped = not_printed_;
-        not_printed_ = 0;
-      }
-      std::string line = "evbus: subscription " + quote(name) + ": " + text();
-      if (skipped > 0) {
-        line += " (" + std::to_string(skipped) + " more not printed in the last second)";
-      }
-      line += '\n';
-      std::fputs(line.c_str(), stderr);
+      print_note(name, text(), skipped);
     } catch (...) {
       // Out of memory for the line: the event is still counted.
     }
   }
 
+  /// note()'s rate limit: true if a line may be printed now, with the count of those that
+  /// were not since the last one.
+  EVBUS_DETAIL_COLD bool note_due(std::uint64_t& skipped) noexcept {
+    const auto t = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(note_mutex_);
+    if (noted_ && t - last_note_ < std::chrono::seconds(1)) {
+      ++not_printed_;
+      return false;
+    }
+    noted_ = true;
+    last_note_ = t;
+    skipped = not_printed_;
+    not_printed_ = 0;
+    return true;
+  }
+
+  EVBUS_DETAIL_COLD static void print_note(const std::string& name, const std::string& text,
+                                           std::uint64_t skipped) {
+    std::string line = "evbus: subscription " + quote(name) + ": " + text;
+    if (skipped > 0) {
+      line += " (" + std::to_string(skipped) + " more not printed in the last second)";
+    }
+    line += '\n';
+    std::fputs(line.c_str(), stderr);
+  }
+
   /// What note() did not print, at the subscription's end.
-  void flush_notes(const std::string& name) noexcept {
+  EVBUS_DETAIL_COLD void flush_notes(const std::string& name) noexcept {
     std::uint64_t skipped = 0;
     {
       std::lock_guard<std::mutex> lock(note_mutex_);
@@ -209,7 +219,7 @@ class attempt_runner {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from);
   }
 
-  void read(subscription_stats& out, log_histogram::snapshot& handler,
+  EVBUS_DETAIL_COLD void read(subscription_stats& out, log_histogram::snapshot& handler,
             log_histogram::snapshot& wait, log_histogram::snapshot& completed) const {
     out.delivered = delivered_.load(std::memory_order_relaxed);
     out.failed_attempts = failed_.load(std::memory_order_relaxed);
@@ -254,7 +264,7 @@ class attempt_runner {
 
   /// A failed attempt: retried at end + backoff while retries are left (and not `final`),
   /// else dead-lettered.
-  outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
+  EVBUS_DETAIL_COLD outcome conclude(queued_event<Data>& it, unsigned number, const std::exception_ptr& err,
                    steady_time end, std::uint64_t& rng, steady_time& retry_at,
                    const std::string& name, bool final) noexcept {
     failed_.fetch_add(1, std::memory_order_relaxed);
@@ -284,7 +294,7 @@ class attempt_runner {
     return outcome::finished;
   }
 
-  void report_timeout(const queued_event<Data>& it, const delivery& d,
+  EVBUS_DETAIL_COLD void report_timeout(const queued_event<Data>& it, const delivery& d,
                       std::chrono::nanoseconds took, const std::string& name) noexcept {
     expired_.fetch_add(1, std::memory_order_relaxed);
     if (!policy_.on_timeout) return;
@@ -296,7 +306,7 @@ class attempt_runner {
   }
 
   /// The error of an asynchronous attempt that was not completed.
-  std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
+  EVBUS_DETAIL_COLD std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
     try {
       const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
                                quote(it.event.id) + " on topic " + quote(it.event.topic()) +

@@ -83,7 +83,7 @@ class block_queue {
   block_queue(const block_queue&) = delete;
   block_queue& operator=(const block_queue&) = delete;
   /// Destroys the elements not popped (no consumer may be running then).
-  ~block_queue() {
+  EVBUS_DETAIL_COLD ~block_queue() {
     for (block* b = head_; b != nullptr; b = b->next) {
       const std::size_t from = b == head_ ? head_index_ : 0;
       const std::size_t to = b == tail_ ? tail_index_ : per_block;

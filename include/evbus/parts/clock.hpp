@@ -94,7 +94,7 @@ class clock {
 
   /// Registers `fn`, called (on the thread that moved the time) after each change. Returns an
   /// id for remove_listener().
-  std::uint64_t add_listener(std::function<void()> fn) {
+  EVBUS_DETAIL_COLD std::uint64_t add_listener(std::function<void()> fn) {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
     const std::uint64_t id = next_listener_++;
     listeners_.emplace_back(id, std::make_shared<const std::function<void()>>(std::move(fn)));
@@ -104,22 +104,23 @@ class clock {
   /// Unregisters a listener; a call of it already running may still finish.
   void remove_listener(std::uint64_t id) noexcept {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
-    listeners_.erase(std::remove_if(listeners_.begin(), listeners_.end(),
-                                    [id](const auto& l) { return l.first == id; }),
-                     listeners_.end());
+    for (auto it = listeners_.begin(); it != listeners_.end(); ++it) {
+      if (it->first == id) {
+        listeners_.erase(it);
+        return;
+      }
+    }
   }
 
  protected:
   /// Calls every listener. They are called outside the clock's lock, so a listener may add or
   /// remove listeners, or be the last owner of an executor and destroy it.
   void notify_listeners() const {
-    std::vector<std::shared_ptr<const std::function<void()>>> calls;
-    {
+    const auto calls = [this] {
       std::lock_guard<std::mutex> lock(listeners_mutex_);
-      calls.reserve(listeners_.size());
-      for (const auto& l : listeners_) calls.push_back(l.second);
-    }
-    for (const auto& fn : calls) (*fn)();
+      return listeners_;
+    }();
+    for (const auto& l : calls) (*l.second)();
   }
 
  private:

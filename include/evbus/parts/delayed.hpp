@@ -55,7 +55,7 @@ struct delayed_emit final : delayed_base {
   bool emit() override {
     return life->use([&] { bus->emit(topic, std::move(data), options); });
   }
-  undelivered take() override {
+  EVBUS_DETAIL_COLD undelivered take() override {
     undelivered u;
     u.topic = std::move(topic);
     u.options = std::move(options);

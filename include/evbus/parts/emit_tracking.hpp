@@ -148,7 +148,7 @@ inline slot_registry& registry() noexcept {
   return *r;
 }
 
-inline thread_slot* acquire_slot() {
+EVBUS_DETAIL_COLD inline thread_slot* acquire_slot() {
   slot_registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   for (thread_slot* s = r.head.load(std::memory_order_acquire); s != nullptr; s = s->next) {

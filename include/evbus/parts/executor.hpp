@@ -85,7 +85,7 @@ inline namespace v1 {
 class keyed_executor {
  public:
   /// Starts an executor. partitions == 0 throws evbus::invalid_argument.
-  explicit keyed_executor(executor_options options = {}) {
+  EVBUS_DETAIL_COLD explicit keyed_executor(executor_options options = {}) {
     if (options.partitions == 0 || options.partitions > max_partitions ||
         options.idle_spin.count() < 0 || options.completion_grace.count() < 0) {
       refuse_options(options);

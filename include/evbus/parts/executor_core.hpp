@@ -59,7 +59,7 @@ namespace detail {
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
  public:
-  explicit executor_core(executor_options o)
+  EVBUS_DETAIL_COLD explicit executor_core(executor_options o)
       : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
                           o.idle_spin, std::move(o.on_error), o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
@@ -80,7 +80,7 @@ class executor_core final : public executor_registry,
   }
 
   /// Registers with the clock and starts the workers; called once a shared_ptr owns the core.
-  void start(std::size_t workers) {
+  EVBUS_DETAIL_COLD void start(std::size_t workers) {
     std::weak_ptr<executor_core> weak = weak_from_this();
     listener_ = sched.clock().add_listener([weak] {
       if (auto self = weak.lock()) self->sched.time_moved();
@@ -111,7 +111,7 @@ class executor_core final : public executor_registry,
   }
 
   /// Drains every subscription, or only `one`.
-  void drain(std::shared_ptr<subscription_base> one = nullptr) {
+  EVBUS_DETAIL_COLD void drain(std::shared_ptr<subscription_base> one = nullptr) {
     refuse_inside("drain()");
     std::vector<std::shared_ptr<subscription_base>> subs;
     if (one) {
@@ -124,7 +124,7 @@ class executor_core final : public executor_registry,
 
   /// Waits until nothing is queued, running, waiting for a retry or due among the delayed
   /// emits, counting what handlers and delayed emits add meanwhile.
-  void wait_idle() {
+  EVBUS_DETAIL_COLD void wait_idle() {
     refuse_inside("wait_idle()");
     for (;;) {
       auto subs = live();
@@ -149,7 +149,7 @@ class executor_core final : public executor_registry,
     }
   }
 
-  void shutdown() {
+  EVBUS_DETAIL_COLD void shutdown() {
     refuse_inside("shutdown()");
     if (const commit_context* c = current_commit(); c != nullptr && c->holds_link(this)) {
       throw waits_for_itself(
@@ -222,7 +222,7 @@ class executor_core final : public executor_registry,
     wait_finished(subs, targets, what);
   }
 
-  static std::vector<drain_target> targets_of(
+  EVBUS_DETAIL_COLD static std::vector<drain_target> targets_of(
       const std::vector<std::shared_ptr<subscription_base>>& subs) {
     std::vector<drain_target> targets(subs.size());
     for (std::size_t i = 0; i < subs.size(); ++i) targets[i].accepted = subs[i]->accepted_so_far();

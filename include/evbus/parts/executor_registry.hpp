@@ -36,7 +36,7 @@ namespace detail {
 
 class executor_registry : public executor_link {
  public:
-  executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+  EVBUS_DETAIL_COLD executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
                     std::chrono::nanoseconds idle_spin,
                     std::function<void(std::exception_ptr, std::string_view)> on_error,
                     std::size_t partition_count)
@@ -44,7 +44,7 @@ class executor_registry : public executor_link {
         partitions(partition_count) {}
 
   /// Names the subscription ("ordered-N" when it has no name) and registers it.
-  void add_subscription(std::shared_ptr<subscription_base> s) {
+  EVBUS_DETAIL_COLD void add_subscription(std::shared_ptr<subscription_base> s) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (state_ != state::open) {
       throw executor_closed("evbus: ordered(): the keyed_executor is shut down");
@@ -54,7 +54,7 @@ class executor_registry : public executor_link {
     subscriptions_.push_back(std::move(s));
   }
 
-  void remove(subscription_base* s) noexcept override {
+  EVBUS_DETAIL_COLD void remove(subscription_base* s) noexcept override {
     std::shared_ptr<subscription_base> gone;
     {
       std::lock_guard<std::mutex> lock(mutex_);

@@ -118,7 +118,7 @@ class awaiting_list final : public runnable {
 
   /// Shutdown's grace is over: every open outcome, and every one opened from now on, is made
   /// `shut_out` (dead-lettered without a retry).
-  void shut_out() noexcept {
+  EVBUS_DETAIL_COLD void shut_out() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     shut_out_ = true;
     for (completion_state* s = head_; s != nullptr; s = s->next) {

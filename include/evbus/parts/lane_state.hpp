@@ -99,7 +99,7 @@ class lane_state : public subscription_base {
   };
 
  public:
-  lane_state(executor_link& link, std::size_t partitions, handler_type fn,
+  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type fn,
         basic_delivery_policy<Data> policy)
       : admission_(policy.capacity),
         link_(link),
@@ -160,7 +160,7 @@ class lane_state : public subscription_base {
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
 
  protected:
-  executor_closed closed_error(const event_type& e) const {
+  EVBUS_DETAIL_COLD executor_closed closed_error(const event_type& e) const {
     return executor_closed("evbus: the keyed_executor is shut down: subscription " +
                            quote(name) + " does not accept the event on topic " +
                            quote(e.topic()) + " with key " + quote(e.key));

@@ -99,7 +99,7 @@ class executor_link {
   steady_time now() const noexcept { return sched.now(); }
 
   /// Reports an error that has no caller to go to. Never throws.
-  void report_error(std::exception_ptr e, std::string_view where) noexcept {
+  EVBUS_DETAIL_COLD void report_error(std::exception_ptr e, std::string_view where) noexcept {
     errors.fetch_add(1, std::memory_order_relaxed);
     try {
       if (on_error_) {

@@ -52,7 +52,7 @@ namespace detail {
 /// The expanded size of an ECMAScript pattern, as EVBUS_MAX_MATCHER_STATES counts it: one per
 /// character, bracket expression or group, times the bounds of the counted repeats around it.
 /// Saturates instead of overflowing.
-inline std::size_t matcher_expansion(std::string_view p) {
+EVBUS_DETAIL_COLD inline std::size_t matcher_expansion(std::string_view p) {
   constexpr std::size_t cap = std::size_t{1} << 40;
   const auto mul = [](std::size_t a, std::size_t b) { return b != 0 && a > cap / b ? cap : a * b; };
   std::vector<std::size_t> sums{0};  // cost so far of each open group
@@ -121,7 +121,7 @@ inline std::size_t matcher_expansion(std::string_view p) {
 /// `. ^ $ | ? * + ( ) [ ] { } \`) or escaped punctuation (`\.`, `\/`), up to the first
 /// other element; a character followed by a quantifier does not count, and a pattern with a
 /// `|` anywhere has none.
-inline std::string literal_prefix(std::string_view pattern) {
+EVBUS_DETAIL_COLD inline std::string literal_prefix(std::string_view pattern) {
   if (pattern.find('|') != std::string_view::npos) return {};
   const auto special = [](char c) {
     return std::string_view(".^$|?*+()[]{}\\").find(c) != std::string_view::npos;

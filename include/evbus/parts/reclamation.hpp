@@ -47,7 +47,7 @@ class retire_list {
   /// with the emits in progress (now, or once retire_batch objects wait), then frees whatever
   /// no emit can still read. The objects to free are moved to `garbage`, destroyed by the
   /// caller after unlocking (a handler's captures may call back into the bus).
-  void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
+  EVBUS_DETAIL_COLD void retire_later(std::vector<std::unique_ptr<unit>>& garbage) {
     if (!pending_.empty() && (!detail::light_emit_marks() || pending_.size() >= retire_batch)) {
       seal(detail::emits_in_progress());
     }
@@ -57,7 +57,7 @@ class retire_list {
   /// Marks every pending retired object with `marks`, taken after the change that retired the
   /// last of them was published (any later moment will do: an emit that started after a change
   /// was published cannot read what the change retired). Requires pending_ not empty.
-  void seal(detail::emit_marks marks) {
+  EVBUS_DETAIL_COLD void seal(detail::emit_marks marks) {
     auto u = std::make_unique<unit>();
     u->marks = std::move(marks);
     u->objects = std::move(pending_);
@@ -65,7 +65,7 @@ class retire_list {
     retired_.push_back(std::move(u));
   }
 
-  void collect(std::vector<std::unique_ptr<unit>>& garbage) {
+  EVBUS_DETAIL_COLD void collect(std::vector<std::unique_ptr<unit>>& garbage) {
     // The units still marked with a running emit stay, in order, at the front.
     std::size_t kept = 0;
     for (auto& u : retired_) {

@@ -59,7 +59,7 @@ class bus_registrations : public retire_list<> {
   using error_hook = std::function<void(const event_type&, std::string_view, std::exception_ptr)>;
   using topic_entry = detail::topic_entry<Data>;
 
-  bus_registrations() { init(); }
+  EVBUS_DETAIL_COLD bus_registrations() { init(); }
 
   /// The registered topics, sorted.
   std::vector<std::string> topics() const {
@@ -73,7 +73,7 @@ class bus_registrations : public retire_list<> {
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
   /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
   /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
-  void register_handler(std::string key, std::string_view matcher, handler_type fn,
+  EVBUS_DETAIL_COLD void register_handler(std::string key, std::string_view matcher, handler_type fn,
                         detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) detail::refuse_empty_handler(key);
@@ -226,12 +226,12 @@ class bus_registrations : public retire_list<> {
   }
 
  protected:
-  void init() {
+  EVBUS_DETAIL_COLD void init() {
     index_owner_ = std::make_shared<detail::topic_index<Data>>(16);
     index_.store(index_owner_.get(), std::memory_order_seq_cst);
   }
 
-  void register_topic_list(const std::string_view* names, std::size_t count) {
+  EVBUS_DETAIL_COLD void register_topic_list(const std::string_view* names, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) detail::check_topic_name(names[i]);
     std::vector<std::unique_ptr<unit>> garbage;
     {
@@ -304,7 +304,7 @@ class bus_registrations : public retire_list<> {
 
   /// The entry for a topic being registered: `fresh`, new with its handler list, or the
   /// entry a live handle still holds under that name, given fresh's list.
-  std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
+  EVBUS_DETAIL_COLD std::shared_ptr<topic_entry> revive(std::shared_ptr<topic_entry> fresh) {
     auto it = dormant_.find(fresh->name->value);
     if (it != dormant_.end()) {
       std::shared_ptr<topic_entry> topic = it->second.lock();
@@ -325,7 +325,7 @@ class bus_registrations : public retire_list<> {
   /// Makes room in the index for `more` topics (or drops its tombstones, when `compact`): a
   /// new index, twice as big as the live topics need, replaces it, and the old one is retired
   /// (at most a few retired indexes, of geometrically smaller sizes, wait at any time).
-  void make_index_room(std::size_t more, bool compact = false) {
+  EVBUS_DETAIL_COLD void make_index_room(std::size_t more, bool compact = false) {
     if (!compact && index_owner_->has_room(more)) return;
     std::size_t size = 16;
     while (size < 4 * (topics_.size() + more)) size *= 2;

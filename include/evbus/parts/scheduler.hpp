@@ -51,7 +51,7 @@ class scheduler : public scheduler_state {
   ~scheduler() { stop_workers(); }
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
-  void resize(std::size_t n) {
+  EVBUS_DETAIL_COLD void resize(std::size_t n) {
     std::vector<std::thread> finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -89,7 +89,7 @@ class scheduler : public scheduler_state {
   }
 
   /// Stops and joins every worker (shutdown, destruction).
-  void stop_workers() {
+  EVBUS_DETAIL_COLD void stop_workers() {
     std::vector<std::thread> threads;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -158,7 +158,7 @@ class scheduler : public scheduler_state {
                              until);
   }
 
-  bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
+  EVBUS_DETAIL_COLD bool help_until_erased(bool (*done_fn)(void*), void* done_state, const char* what,
                          std::optional<std::chrono::steady_clock::time_point> until) {
     const auto done = [&] { return done_fn(done_state); };
     std::unique_lock<std::mutex> lock(mutex_);

@@ -103,7 +103,7 @@ class scheduler_state {
 
   /// Shutdown: from now on parked strands run at once; those parked now are made ready. The
   /// delayed emits not yet due are returned, in due order, for the caller to emit or report.
-  std::vector<std::unique_ptr<delayed_base>> cut_timers() {
+  EVBUS_DETAIL_COLD std::vector<std::unique_ptr<delayed_base>> cut_timers() {
     std::vector<std::unique_ptr<delayed_base>> out;
     std::lock_guard<std::mutex> lock(mutex_);
     cut_ = true;

@@ -125,7 +125,7 @@ class log_histogram {
       return max;
     }
 
-    latency_summary summary() const {
+    EVBUS_DETAIL_COLD latency_summary summary() const {
       latency_summary s;
       s.count = count;
       s.p50 = std::chrono::nanoseconds(static_cast<std::int64_t>(percentile(50, 100)));

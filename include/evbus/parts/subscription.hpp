@@ -52,7 +52,7 @@ class subscription final : public lanes<Data> {
   using base::accepted_so_far;
   using base::name;
 
-  subscription(executor_link& link, std::size_t partitions, handler_type fn,
+  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type fn,
                basic_delivery_policy<Data> policy)
       : base(link, partitions, std::move(fn), std::move(policy)),
         on_full_(runner_.policy().on_full),

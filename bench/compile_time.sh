@@ -16,8 +16,13 @@
 # ratio of each shape to its twin and the goal, goes to stdout and to
 # build/compile_time/report.txt.
 #
+# With MEASURE=instructions, each file is compiled once under valgrind's cachegrind instead, and
+# the table gives the instructions the compiler proper executed (millions; the largest count
+# among the driver's processes): a figure that load on the machine does not move, for comparing
+# two versions of the code. Needs valgrind (Debian package valgrind); about 100x slower.
+#
 # Usage: bench/compile_time.sh [compiler] [flags...]   (default: g++ -std=c++17 -O2)
-#   RUNS=<n> sets the runs per file.
+#   RUNS=<n> sets the runs per file; MEASURE=cpu (default) or instructions.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +33,15 @@ cxx="${1:-g++}"
 shift || true
 flags=("$@")
 if [ ${#flags[@]} -eq 0 ]; then flags=(-std=c++17 -O2); fi
-[ -x /usr/bin/time ] || { echo "compile_time: needs /usr/bin/time (Debian package time)" >&2; exit 1; }
+measure="${MEASURE:-cpu}"
+case "$measure" in
+  cpu)
+    [ -x /usr/bin/time ] || { echo "compile_time: needs /usr/bin/time (Debian package time)" >&2; exit 1; } ;;
+  instructions)
+    command -v valgrind > /dev/null ||
+      { echo "compile_time: MEASURE=instructions needs valgrind (Debian package valgrind)" >&2; exit 1; } ;;
+  *) echo "compile_time: MEASURE must be cpu or instructions (got '$measure')" >&2; exit 2 ;;
+esac
 
 mkdir -p "$out"
 
@@ -88,9 +101,33 @@ median_cpu() {
   printf '%s\n' "${times[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
+# instructions <source>: millions of instructions the compiler proper executed compiling it.
+instructions() {
+  local file=$1 counts
+  rm -rf "$out/cachegrind"
+  mkdir -p "$out/cachegrind"
+  valgrind --tool=cachegrind --cache-sim=no --trace-children=yes \
+    --cachegrind-out-file="$out/cachegrind/out.%p" \
+    "$cxx" "${flags[@]}" -I"$repo/include" -I"$out" -c "$file" -o "$out/tu.o" \
+    > "$out/cachegrind/log.txt" 2>&1
+  counts=$(cat "$out"/cachegrind/out.* | awk '/^summary:/ { print $2 }' | sort -n | tail -n 1)
+  awk -v n="$counts" 'BEGIN { printf "%.0f", n / 1e6 }'
+}
+
+# measure <source>: the figure of the table for one file.
+measure() {
+  if [ "$measure" = instructions ]; then instructions "$1"; else median_cpu "$1"; fi
+}
+
 report="$out/report.txt"
 {
-  echo "compile time, median CPU seconds of $runs runs: $cxx ${flags[*]} -c"
+  if [ "$measure" = instructions ]; then
+    echo "compile time, millions of instructions of the compiler proper: $cxx ${flags[*]} -c"
+    unit=M
+  else
+    echo "compile time, median CPU seconds of $runs runs: $cxx ${flags[*]} -c"
+    unit=s
+  fi
   echo "$("$cxx" --version | head -n 1)"
   printf '%-10s %-18s %8s %8s %7s %6s\n' shape header evbus std-only ratio goal
 } > "$report"
@@ -100,11 +137,11 @@ for row in "header evbus 1.3" "bus evbus 1.5" "executor evbus 2.0" \
            "header bus 1.3" "bus bus 1.5" "executor executor 2.0"; do
   read -r shape name goal <<< "$row"
   read -r file twin_file <<< "$(variant "$shape" "$name")"
-  with=$(median_cpu "$file")
-  twin=$(median_cpu "$twin_file")
+  with=$(measure "$file")
+  twin=$(measure "$twin_file")
   ratio=$(awk -v a="$with" -v b="$twin" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   met=$(awk -v r="$ratio" -v g="$goal" 'BEGIN { print (r <= g ? "met" : "over") }')
-  line=$(printf '%-10s %-18s %7ss %7ss %6sx %5sx %s' "$shape" "evbus/$name.hpp" "$with" "$twin" \
+  line=$(printf "%-10s %-18s %7s$unit %7s$unit %6sx %5sx %s" "$shape" "evbus/$name.hpp" "$with" "$twin" \
     "$ratio" "$goal" "$met")
   echo "$line" | tee -a "$report"
 done

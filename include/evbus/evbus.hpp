@@ -5685,7 +5685,6 @@ inline std::size_t partition_for(std::string_view key, std::size_t partitions) {
 #define EVBUS_PARTS_CLOCK_HPP
 
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>

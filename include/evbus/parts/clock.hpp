@@ -7,7 +7,6 @@
 
 #include "errors.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>

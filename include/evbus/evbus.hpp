@@ -8508,11 +8508,13 @@ struct queued_event {
 };
 
 /// An ordered subscription's handler: one function either way (a subscription stays small).
-/// Synchronous, it gets a null completion; asynchronous, it takes the token `*c` points to.
+/// Synchronous, it gets a null completion; asynchronous, it takes the token `*c` points to,
+/// and `run_asynchronous` is the partitions' loop for it (lanes.hpp), which ordered() names
+/// only for such a handler: a program without one does not compile that loop.
 template <class Data>
 struct ordered_fn {
   std::function<void(const basic_event<Data>&, const delivery&, completion*)> fn;
-  bool asynchronous = false;
+  runnable::result (*run_asynchronous)(runnable& partition, std::size_t batch) noexcept = nullptr;
 };
 
 template <class Data>
@@ -8526,21 +8528,29 @@ class attempt_runner {
 
   attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
       : link_(link), fn_(std::move(fn.fn)), policy_(std::move(policy)) {
-    if (fn.asynchronous) async_ = std::make_unique<async_parts>();
+    if (fn.run_asynchronous != nullptr) {
+      async_ = std::make_unique<async_parts>();
+      async_->run = fn.run_asynchronous;
+    }
   }
 
   const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
   bool asynchronous() const noexcept { return async_ != nullptr; }
+  /// An asynchronous handler's partition loop (see ordered_fn).
+  runnable::result run_asynchronous(runnable& partition, std::size_t batch) const noexcept {
+    return async_->run(partition, batch);
+  }
 
   /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
   /// end of the previous attempt of the same run), since nothing happened in between; on
   /// return it holds the end of this attempt. On `retry`, `retry_at` says when. On `pending`
-  /// (an asynchronous handler), `open` holds the attempt's outcome, and finish() concludes it
-  /// once made; `part` is what its maker submits.
-  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition,
-                  std::uint64_t& rng, std::optional<steady_time>& clock_now,
-                  steady_time& retry_at, const std::string& name,
-                  std::shared_ptr<completion_state>& open) noexcept {
+  /// (Async, an asynchronous handler), `*open` holds the attempt's outcome, and finish()
+  /// concludes it once made; `part` is what its maker submits. A synchronous handler's attempt
+  /// is attempt<false>, which has no `open`: it compiles none of the asynchronous parts.
+  template <bool Async>
+  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition, std::uint64_t& rng,
+                  std::optional<steady_time>& clock_now, steady_time& retry_at,
+                  const std::string& name, std::shared_ptr<completion_state>* open) noexcept {
     const unsigned number = ++it.attempts;
     const steady_time start = clock_now ? *clock_now : link_.now();
     if (number == 1 && it.sampled) queue_wait_.record(elapsed(it.accepted, start));
@@ -8551,12 +8561,14 @@ class attempt_runner {
     d.partition = partition;
     std::exception_ptr err;
     try {
-      if (async_) {
-        open = std::make_shared<completion_state>(link_.sched, part, async_->counts, start,
-                                                  d.deadline);
-        completion token(open);
+      if constexpr (Async) {
+        *open = std::make_shared<completion_state>(link_.sched, part, async_->counts, start,
+                                                   d.deadline);
+        completion token(*open);
         fn_(it.event, d, &token);
       } else {
+        (void)part;
+        (void)open;
         fn_(it.event, d, nullptr);
       }
     } catch (...) {
@@ -8565,11 +8577,11 @@ class attempt_runner {
     const steady_time end = link_.now();
     clock_now = end;
     handler_time_.record(elapsed(start, end));
-    if (async_) {
+    if constexpr (Async) {
       if (!err) return outcome::pending;
       // A throw fails the attempt whatever the token says; a completion after it is late.
-      if (open) open->resolve(status::failed, err, completion_state::maker::executor);
-      open.reset();
+      if (*open) (*open)->resolve(status::failed, err, completion_state::maker::executor);
+      open->reset();
       return conclude(it, number, err, end, rng, retry_at, name, false);
     }
     if (end > d.deadline) report_timeout(it, d, elapsed(start, end), name);
@@ -8812,6 +8824,7 @@ class attempt_runner {
   struct async_parts {
     std::shared_ptr<completion_counts> counts = std::make_shared<completion_counts>();
     log_histogram completion_time;
+    runnable::result (*run)(runnable&, std::size_t) noexcept = nullptr;
   };
   std::unique_ptr<async_parts> async_;
   mutable std::mutex error_mutex_;
@@ -9399,11 +9412,11 @@ class router : public lane_state<Data, Lanes> {
     bool retry = false;
     for (std::size_t k = 0; j != none && k < batch; ++k) {
       item& it = *s.items[j];
-      std::shared_ptr<completion_state> no_completion;  // synchronous handlers only here
       ++calls;
       p.handling.store(true, std::memory_order_relaxed);
-      const outcome o =
-          runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, no_completion);
+      // Synchronous handlers only here.
+      const outcome o = runner_.template attempt<false>(it, p, p.number, p.rng, clock_now, retry_at,
+                                                        name, nullptr);
       p.handling.store(false, std::memory_order_relaxed);
       if (o == outcome::retry) {
         retry = true;  // it stays first: handed over with the rest below
@@ -9536,6 +9549,14 @@ class lanes : public router<Data, lanes<Data>> {
         basic_delivery_policy<Data> policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
+  /// run_partition() of a subscription with an asynchronous handler: what ordered() gives
+  /// such a handler (ordered_fn::run_asynchronous), so that the asynchronous loop is compiled
+  /// only in programs that have one.
+  static runnable::result run_asynchronous(runnable& r, std::size_t batch) noexcept {
+    auto& p = static_cast<partition&>(r);
+    return static_cast<lanes*>(p.owner)->template run_batch<true>(p, batch);
+  }
+
  protected:
   using typename base::item;
   using typename base::partition;
@@ -9547,8 +9568,15 @@ class lanes : public router<Data, lanes<Data>> {
   using base::runner_;
 
  private:
-  /// The holder's loop: see the file comment. Returns `idle` only after letting go.
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
+    if (runner_.asynchronous()) return runner_.run_asynchronous(p, batch);
+    return run_batch<false>(p, batch);
+  }
+
+  /// The holder's loop: see the file comment. Returns `idle` only after letting go. Async:
+  /// the handler is asynchronous (run_asynchronous()).
+  template <bool Async>
+  runnable::result run_batch(partition& p, std::size_t batch) noexcept {
     runnable::result res;
     std::optional<steady_time> clock_now;
     std::uint64_t unpublished = 0;  // finished here, not yet counted out and in `finished`
@@ -9580,9 +9608,11 @@ class lanes : public router<Data, lanes<Data>> {
         using waiting_for = typename partition::waiting_for;
         steady_time retry_at{};
         outcome o = outcome::finished;
-        if (p.waits == waiting_for::completion) {  // submitted by the outcome's maker
-          p.waits = waiting_for::nothing;
-          o = take_outcome(p, it, retry_at, clock_now);
+        if (Async && p.waits == waiting_for::completion) {  // submitted by the outcome's maker
+          if constexpr (Async) {
+            p.waits = waiting_for::nothing;
+            o = take_outcome(p, it, retry_at, clock_now);
+          }
         } else {
           if (gate_ && p.waits != waiting_for::place) {
             p.waits = waiting_for::place;
@@ -9595,19 +9625,24 @@ class lanes : public router<Data, lanes<Data>> {
           p.waits = waiting_for::nothing;
           ++res.calls;
           p.handling.store(true, std::memory_order_relaxed);
-          std::shared_ptr<completion_state> none;
-          std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
-          o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
-          if (o == outcome::pending) {
-            link_.awaiting.add(*open);
-            p.waits = waiting_for::completion;
-            publish_finished(p, unpublished);
-            if (open->park()) {  // the outcome's maker submits it: not touched again here
-              res.what = runnable::next::wait;
-              return res;
+          if constexpr (Async) {
+            std::shared_ptr<completion_state>& open = open_[p.number];
+            o = runner_.template attempt<true>(it, p, p.number, p.rng, clock_now, retry_at, name,
+                                               &open);
+            if (o == outcome::pending) {
+              link_.awaiting.add(*open);
+              p.waits = waiting_for::completion;
+              publish_finished(p, unpublished);
+              if (open->park()) {  // the outcome's maker submits it: not touched again here
+                res.what = runnable::next::wait;
+                return res;
+              }
+              p.waits = waiting_for::nothing;
+              o = take_outcome(p, it, retry_at, clock_now);
             }
-            p.waits = waiting_for::nothing;
-            o = take_outcome(p, it, retry_at, clock_now);
+          } else {
+            o = runner_.template attempt<false>(it, p, p.number, p.rng, clock_now, retry_at, name,
+                                                nullptr);
           }
         }
         p.handling.store(false, std::memory_order_relaxed);
@@ -11013,11 +11048,11 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   } else if constexpr (async_with_delivery) {
     handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
                                                 completion* c) mutable { f(e, d, std::move(*c)); };
-    handler.asynchronous = true;
+    handler.run_asynchronous = &subscription<Data>::run_asynchronous;
   } else {
     handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
                                                 completion* c) mutable { f(e, std::move(*c)); };
-    handler.asynchronous = true;
+    handler.run_asynchronous = &subscription<Data>::run_asynchronous;
   }
   std::string name = std::move(policy.name);
   auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,

@@ -16,6 +16,7 @@
 #include "link.hpp"
 #include "policies.hpp"
 #include "stats.hpp"
+#include "strand.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -48,11 +49,13 @@ struct queued_event {
 };
 
 /// An ordered subscription's handler: one function either way (a subscription stays small).
-/// Synchronous, it gets a null completion; asynchronous, it takes the token `*c` points to.
+/// Synchronous, it gets a null completion; asynchronous, it takes the token `*c` points to,
+/// and `run_asynchronous` is the partitions' loop for it (lanes.hpp), which ordered() names
+/// only for such a handler: a program without one does not compile that loop.
 template <class Data>
 struct ordered_fn {
   std::function<void(const basic_event<Data>&, const delivery&, completion*)> fn;
-  bool asynchronous = false;
+  runnable::result (*run_asynchronous)(runnable& partition, std::size_t batch) noexcept = nullptr;
 };
 
 template <class Data>
@@ -66,21 +69,29 @@ class attempt_runner {
 
   attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
       : link_(link), fn_(std::move(fn.fn)), policy_(std::move(policy)) {
-    if (fn.asynchronous) async_ = std::make_unique<async_parts>();
+    if (fn.run_asynchronous != nullptr) {
+      async_ = std::make_unique<async_parts>();
+      async_->run = fn.run_asynchronous;
+    }
   }
 
   const basic_delivery_policy<Data>& policy() const noexcept { return policy_; }
   bool asynchronous() const noexcept { return async_ != nullptr; }
+  /// An asynchronous handler's partition loop (see ordered_fn).
+  runnable::result run_asynchronous(runnable& partition, std::size_t batch) const noexcept {
+    return async_->run(partition, batch);
+  }
 
   /// One attempt of `it`. `clock_now` holds the executor time when it has just been read (the
   /// end of the previous attempt of the same run), since nothing happened in between; on
   /// return it holds the end of this attempt. On `retry`, `retry_at` says when. On `pending`
-  /// (an asynchronous handler), `open` holds the attempt's outcome, and finish() concludes it
-  /// once made; `part` is what its maker submits.
-  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition,
-                  std::uint64_t& rng, std::optional<steady_time>& clock_now,
-                  steady_time& retry_at, const std::string& name,
-                  std::shared_ptr<completion_state>& open) noexcept {
+  /// (Async, an asynchronous handler), `*open` holds the attempt's outcome, and finish()
+  /// concludes it once made; `part` is what its maker submits. A synchronous handler's attempt
+  /// is attempt<false>, which has no `open`: it compiles none of the asynchronous parts.
+  template <bool Async>
+  outcome attempt(queued_event<Data>& it, runnable& part, std::size_t partition, std::uint64_t& rng,
+                  std::optional<steady_time>& clock_now, steady_time& retry_at,
+                  const std::string& name, std::shared_ptr<completion_state>* open) noexcept {
     const unsigned number = ++it.attempts;
     const steady_time start = clock_now ? *clock_now : link_.now();
     if (number == 1 && it.sampled) queue_wait_.record(elapsed(it.accepted, start));
@@ -91,12 +102,14 @@ class attempt_runner {
     d.partition = partition;
     std::exception_ptr err;
     try {
-      if (async_) {
-        open = std::make_shared<completion_state>(link_.sched, part, async_->counts, start,
-                                                  d.deadline);
-        completion token(open);
+      if constexpr (Async) {
+        *open = std::make_shared<completion_state>(link_.sched, part, async_->counts, start,
+                                                   d.deadline);
+        completion token(*open);
         fn_(it.event, d, &token);
       } else {
+        (void)part;
+        (void)open;
         fn_(it.event, d, nullptr);
       }
     } catch (...) {
@@ -105,11 +118,11 @@ class attempt_runner {
     const steady_time end = link_.now();
     clock_now = end;
     handler_time_.record(elapsed(start, end));
-    if (async_) {
+    if constexpr (Async) {
       if (!err) return outcome::pending;
       // A throw fails the attempt whatever the token says; a completion after it is late.
-      if (open) open->resolve(status::failed, err, completion_state::maker::executor);
-      open.reset();
+      if (*open) (*open)->resolve(status::failed, err, completion_state::maker::executor);
+      open->reset();
       return conclude(it, number, err, end, rng, retry_at, name, false);
     }
     if (end > d.deadline) report_timeout(it, d, elapsed(start, end), name);
@@ -352,6 +365,7 @@ class attempt_runner {
   struct async_parts {
     std::shared_ptr<completion_counts> counts = std::make_shared<completion_counts>();
     log_histogram completion_time;
+    runnable::result (*run)(runnable&, std::size_t) noexcept = nullptr;
   };
   std::unique_ptr<async_parts> async_;
   mutable std::mutex error_mutex_;

@@ -44,6 +44,14 @@ class lanes : public router<Data, lanes<Data>> {
         basic_delivery_policy<Data> policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
+  /// run_partition() of a subscription with an asynchronous handler: what ordered() gives
+  /// such a handler (ordered_fn::run_asynchronous), so that the asynchronous loop is compiled
+  /// only in programs that have one.
+  static runnable::result run_asynchronous(runnable& r, std::size_t batch) noexcept {
+    auto& p = static_cast<partition&>(r);
+    return static_cast<lanes*>(p.owner)->template run_batch<true>(p, batch);
+  }
+
  protected:
   using typename base::item;
   using typename base::partition;
@@ -55,8 +63,15 @@ class lanes : public router<Data, lanes<Data>> {
   using base::runner_;
 
  private:
-  /// The holder's loop: see the file comment. Returns `idle` only after letting go.
   runnable::result run_partition(partition& p, std::size_t batch) noexcept {
+    if (runner_.asynchronous()) return runner_.run_asynchronous(p, batch);
+    return run_batch<false>(p, batch);
+  }
+
+  /// The holder's loop: see the file comment. Returns `idle` only after letting go. Async:
+  /// the handler is asynchronous (run_asynchronous()).
+  template <bool Async>
+  runnable::result run_batch(partition& p, std::size_t batch) noexcept {
     runnable::result res;
     std::optional<steady_time> clock_now;
     std::uint64_t unpublished = 0;  // finished here, not yet counted out and in `finished`
@@ -88,9 +103,11 @@ class lanes : public router<Data, lanes<Data>> {
         using waiting_for = typename partition::waiting_for;
         steady_time retry_at{};
         outcome o = outcome::finished;
-        if (p.waits == waiting_for::completion) {  // submitted by the outcome's maker
-          p.waits = waiting_for::nothing;
-          o = take_outcome(p, it, retry_at, clock_now);
+        if (Async && p.waits == waiting_for::completion) {  // submitted by the outcome's maker
+          if constexpr (Async) {
+            p.waits = waiting_for::nothing;
+            o = take_outcome(p, it, retry_at, clock_now);
+          }
         } else {
           if (gate_ && p.waits != waiting_for::place) {
             p.waits = waiting_for::place;
@@ -103,19 +120,24 @@ class lanes : public router<Data, lanes<Data>> {
           p.waits = waiting_for::nothing;
           ++res.calls;
           p.handling.store(true, std::memory_order_relaxed);
-          std::shared_ptr<completion_state> none;
-          std::shared_ptr<completion_state>& open = open_ ? open_[p.number] : none;
-          o = runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, open);
-          if (o == outcome::pending) {
-            link_.awaiting.add(*open);
-            p.waits = waiting_for::completion;
-            publish_finished(p, unpublished);
-            if (open->park()) {  // the outcome's maker submits it: not touched again here
-              res.what = runnable::next::wait;
-              return res;
+          if constexpr (Async) {
+            std::shared_ptr<completion_state>& open = open_[p.number];
+            o = runner_.template attempt<true>(it, p, p.number, p.rng, clock_now, retry_at, name,
+                                               &open);
+            if (o == outcome::pending) {
+              link_.awaiting.add(*open);
+              p.waits = waiting_for::completion;
+              publish_finished(p, unpublished);
+              if (open->park()) {  // the outcome's maker submits it: not touched again here
+                res.what = runnable::next::wait;
+                return res;
+              }
+              p.waits = waiting_for::nothing;
+              o = take_outcome(p, it, retry_at, clock_now);
             }
-            p.waits = waiting_for::nothing;
-            o = take_outcome(p, it, retry_at, clock_now);
+          } else {
+            o = runner_.template attempt<false>(it, p, p.number, p.rng, clock_now, retry_at, name,
+                                                nullptr);
           }
         }
         p.handling.store(false, std::memory_order_relaxed);

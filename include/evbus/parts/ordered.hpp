@@ -168,11 +168,11 @@ ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_p
   } else if constexpr (async_with_delivery) {
     handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery& d,
                                                 completion* c) mutable { f(e, d, std::move(*c)); };
-    handler.asynchronous = true;
+    handler.run_asynchronous = &subscription<Data>::run_asynchronous;
   } else {
     handler.fn = [f = F(std::forward<Fn>(fn))](const event_type& e, const delivery&,
                                                 completion* c) mutable { f(e, std::move(*c)); };
-    handler.asynchronous = true;
+    handler.run_asynchronous = &subscription<Data>::run_asynchronous;
   }
   std::string name = std::move(policy.name);
   auto sub = std::make_shared<subscription<Data>>(*ex.core_, ex.core_->partitions,

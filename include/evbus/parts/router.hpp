@@ -217,11 +217,11 @@ class router : public lane_state<Data, Lanes> {
     bool retry = false;
     for (std::size_t k = 0; j != none && k < batch; ++k) {
       item& it = *s.items[j];
-      std::shared_ptr<completion_state> no_completion;  // synchronous handlers only here
       ++calls;
       p.handling.store(true, std::memory_order_relaxed);
-      const outcome o =
-          runner_.attempt(it, p, p.number, p.rng, clock_now, retry_at, name, no_completion);
+      // Synchronous handlers only here.
+      const outcome o = runner_.template attempt<false>(it, p, p.number, p.rng, clock_now, retry_at,
+                                                        name, nullptr);
       p.handling.store(false, std::memory_order_relaxed);
       if (o == outcome::retry) {
         retry = true;  // it stays first: handed over with the rest below

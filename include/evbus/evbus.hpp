@@ -3041,7 +3041,7 @@ class basic_transaction {
 
  private:
   /// What emit does: check the transaction, the tx id and the topic, then buffer the event.
-  std::string buffer(std::string_view topic, Data data, emit_options options) {
+  std::string buffer(std::string_view topic, Data&& data, emit_options&& options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
       detail::refuse_foreign_tx_id(tx_id_, options.tx_id);
@@ -6841,7 +6841,7 @@ namespace detail {
 
 /// A scheduled delayed emit, type-erased over the bus type.
 struct delayed_base {
-  delayed_base(std::string t, emit_options o, steady_time d)
+  delayed_base(std::string&& t, emit_options&& o, steady_time d)
       : topic(std::move(t)), options(std::move(o)), due(d) {}
   virtual ~delayed_base() = default;
   delayed_base(const delayed_base&) = delete;
@@ -6856,7 +6856,8 @@ struct delayed_base {
 
 template <class Bus>
 struct delayed_emit final : delayed_base {
-  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
+  delayed_emit(Bus& b, std::string&& t, typename Bus::data_type&& d, emit_options&& o,
+               steady_time at)
       : delayed_base(std::move(t), std::move(o), at),
         bus(&b),
         life(b.life_),
@@ -10813,10 +10814,7 @@ class keyed_executor {
   template <class Bus>
   steady_time emit_at(Bus& target, steady_time due, std::string_view topic,
                       typename Bus::data_type data, emit_options options = {}) {
-    (void)target.topic(topic);
-    core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
-        target, std::string(topic), std::move(data), std::move(options), due));
-    return due;
+    return schedule_at(target, due, topic, std::move(data), std::move(options));
   }
 
   /**
@@ -10834,11 +10832,21 @@ class keyed_executor {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
       refuse_negative_delay(detail::saturating_ns(delay));
     }
-    return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
-                   std::move(data), std::move(options));
+    return schedule_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
+                       std::move(data), std::move(options));
   }
 
  private:
+  /// What emit_at() and emit_after() do, on what they were given (moved once, not per call).
+  template <class Bus>
+  steady_time schedule_at(Bus& target, steady_time due, std::string_view topic,
+                          typename Bus::data_type&& data, emit_options&& options) {
+    (void)target.topic(topic);
+    core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
+        target, std::string(topic), std::move(data), std::move(options), due));
+    return due;
+  }
+
   /// The constructor's refusal of bad options, out of line: names the first bad one (called
   /// only when one is).
   EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {

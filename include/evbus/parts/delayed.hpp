@@ -31,7 +31,7 @@ namespace detail {
 
 /// A scheduled delayed emit, type-erased over the bus type.
 struct delayed_base {
-  delayed_base(std::string t, emit_options o, steady_time d)
+  delayed_base(std::string&& t, emit_options&& o, steady_time d)
       : topic(std::move(t)), options(std::move(o)), due(d) {}
   virtual ~delayed_base() = default;
   delayed_base(const delayed_base&) = delete;
@@ -46,7 +46,8 @@ struct delayed_base {
 
 template <class Bus>
 struct delayed_emit final : delayed_base {
-  delayed_emit(Bus& b, std::string t, typename Bus::data_type d, emit_options o, steady_time at)
+  delayed_emit(Bus& b, std::string&& t, typename Bus::data_type&& d, emit_options&& o,
+               steady_time at)
       : delayed_base(std::move(t), std::move(o), at),
         bus(&b),
         life(b.life_),

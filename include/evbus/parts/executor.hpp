@@ -238,10 +238,7 @@ class keyed_executor {
   template <class Bus>
   steady_time emit_at(Bus& target, steady_time due, std::string_view topic,
                       typename Bus::data_type data, emit_options options = {}) {
-    (void)target.topic(topic);
-    core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
-        target, std::string(topic), std::move(data), std::move(options), due));
-    return due;
+    return schedule_at(target, due, topic, std::move(data), std::move(options));
   }
 
   /**
@@ -259,11 +256,21 @@ class keyed_executor {
     if (delay < std::chrono::duration<Rep, Period>::zero()) {
       refuse_negative_delay(detail::saturating_ns(delay));
     }
-    return emit_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
-                   std::move(data), std::move(options));
+    return schedule_at(target, detail::add_saturated(now(), detail::saturating_ns(delay)), topic,
+                       std::move(data), std::move(options));
   }
 
  private:
+  /// What emit_at() and emit_after() do, on what they were given (moved once, not per call).
+  template <class Bus>
+  steady_time schedule_at(Bus& target, steady_time due, std::string_view topic,
+                          typename Bus::data_type&& data, emit_options&& options) {
+    (void)target.topic(topic);
+    core_->schedule_delayed(std::make_unique<detail::delayed_emit<Bus>>(
+        target, std::string(topic), std::move(data), std::move(options), due));
+    return due;
+  }
+
   /// The constructor's refusal of bad options, out of line: names the first bad one (called
   /// only when one is).
   EVBUS_DETAIL_COLD static void refuse_options(const executor_options& options) {

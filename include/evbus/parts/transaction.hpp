@@ -209,7 +209,7 @@ class basic_transaction {
 
  private:
   /// What emit does: check the transaction, the tx id and the topic, then buffer the event.
-  std::string buffer(std::string_view topic, Data data, emit_options options) {
+  std::string buffer(std::string_view topic, Data&& data, emit_options&& options) {
     check_open("emit into");
     if (!options.tx_id.empty() && options.tx_id != tx_id_) {
       detail::refuse_foreign_tx_id(tx_id_, options.tx_id);

@@ -30,8 +30,9 @@ std::shared_ptr<scheduler> make_scheduler(std::shared_ptr<evbus::clock> clock = 
                                           std::chrono::nanoseconds spin =
                                               std::chrono::microseconds(20)) {
   if (!clock) clock = std::make_shared<evbus::real_clock>();
-  return std::make_shared<scheduler>(std::move(clock), 4, spin,
-                                     [](std::exception_ptr, std::string_view) {});
+  return std::make_shared<scheduler>(
+      std::move(clock), 4, spin, [](void*, std::exception_ptr, std::string_view) noexcept {},
+      nullptr);
 }
 
 // Runs `steps` times, `per_run` at a time, logging its name; parks itself once at `park_at`

@@ -59,8 +59,8 @@ struct growing_index {
 std::shared_ptr<handler> make_handler(const std::string& key, const std::string& pattern,
                                       std::function<void(const evbus::basic_event<payload>&)> fn,
                                       std::uint64_t order = 0) {
-  return std::make_shared<handler>(key, pattern, std::regex(pattern, EVBUS_MATCHER_SYNTAX),
-                                   std::move(fn), order);
+  return std::make_shared<handler>(key, std::string(pattern),
+                                   std::regex(pattern, EVBUS_MATCHER_SYNTAX), std::move(fn), order);
 }
 
 const auto noop = [](const evbus::basic_event<payload>&) {};

@@ -80,6 +80,15 @@
 #define EVBUS_DETAIL_COLD
 #endif
 
+/// Marks the override of a virtual function that a compiler would otherwise copy into the
+/// caller as well as compile on its own (GCC inlines the only override it sees behind a test
+/// of the object's type): the caller then calls it. Not a configuration macro.
+#if defined(__GNUC__)
+#define EVBUS_DETAIL_NOINLINE __attribute__((noinline))
+#else
+#define EVBUS_DETAIL_NOINLINE
+#endif
+
 namespace evbus {
 inline namespace v1 {
 
@@ -158,11 +167,11 @@ EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
 EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
 EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
 
-/// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
-/// \\xNN, and long values cut (the length is still named) so a message stays readable.
-EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+/// Appends `s` as quote() renders it.
+EVBUS_DETAIL_COLD inline void append_quoted(std::string& out, std::string_view s,
+                                            std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "'";
+  out += '\'';
   std::size_t shown = 0;
   for (char ch : s) {
     if (shown == max_shown) break;
@@ -182,17 +191,47 @@ EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_s
     out += decimal(s.size());
     out += " bytes)";
   }
+}
+
+/// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
+/// \\xNN, and long values cut (the length is still named) so a message stays readable.
+EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+  std::string out;
+  append_quoted(out, s, max_shown);
   return out;
+}
+
+/// A piece of a message built by join(): text as it is, or (quoted_value()) a user-supplied value
+/// rendered as quote() renders it, written straight into the message.
+struct message_piece {
+  message_piece(const char* t) noexcept : text(t) {}
+  message_piece(std::string_view t) noexcept : text(t) {}
+  message_piece(const std::string& t) noexcept : text(t) {}
+  std::string_view text;
+  bool quoted = false;
+};
+
+/// `s` as a piece of a join()ed message, quoted as quote() does, without a string of its own.
+inline message_piece quoted_value(std::string_view s) noexcept {
+  message_piece p(s);
+  p.quoted = true;
+  return p;
 }
 
 /// A message made of `pieces`, in one call: what a throw site builds its message with, so that
 /// it compiles to one call rather than a chain of `+`, each with a temporary string to clean up.
-inline std::string join(std::initializer_list<std::string_view> pieces) {
+EVBUS_DETAIL_COLD inline std::string join(std::initializer_list<message_piece> pieces) {
   std::size_t size = 0;
-  for (std::string_view piece : pieces) size += piece.size();
+  for (const message_piece& piece : pieces) size += piece.text.size() + (piece.quoted ? 2 : 0);
   std::string out;
   out.reserve(size);
-  for (std::string_view piece : pieces) out.append(piece.data(), piece.size());
+  for (const message_piece& piece : pieces) {
+    if (piece.quoted) {
+      append_quoted(out, piece.text);
+    } else {
+      out.append(piece.text.data(), piece.text.size());
+    }
+  }
   return out;
 }
 
@@ -202,7 +241,7 @@ inline std::string join(std::initializer_list<std::string_view> pieces) {
 class unknown_topic : public error {
  public:
   EVBUS_DETAIL_COLD explicit unknown_topic(std::string_view topic)
-      : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
+      : error(detail::join({"evbus: unknown topic ", detail::quoted_value(topic),
                             " (register it with register_topics first)"})),
         topic_(topic) {}
   /// The topic named by the caller.
@@ -216,7 +255,8 @@ class unknown_topic : public error {
 class invalid_topic_name : public error {
  public:
   EVBUS_DETAIL_COLD invalid_topic_name(std::string_view topic, const std::string& reason)
-      : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
+      : error(detail::join(
+            {"evbus: invalid topic name ", detail::quoted_value(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
   const std::string& topic() const noexcept { return topic_; }
@@ -230,8 +270,8 @@ class invalid_matcher : public error {
  public:
   EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
                                     const std::string& reason)
-      : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
-                            detail::quote(key), ": ", reason})),
+      : error(detail::join({"evbus: invalid matcher ", detail::quoted_value(pattern),
+                            " for handler ", detail::quoted_value(key), ": ", reason})),
         pattern_(pattern) {}
   /// The rejected pattern.
   const std::string& pattern() const noexcept { return pattern_; }
@@ -244,8 +284,8 @@ class invalid_matcher : public error {
 class duplicate_handler : public error {
  public:
   EVBUS_DETAIL_COLD explicit duplicate_handler(std::string_view key)
-      : error(detail::join({"evbus: a handler with key ", detail::quote(key),
-                            " is already registered"})),
+      : error(detail::join(
+            {"evbus: a handler with key ", detail::quoted_value(key), " is already registered"})),
         key_(key) {}
   /// The duplicate key.
   const std::string& key() const noexcept { return key_; }
@@ -258,7 +298,8 @@ class duplicate_handler : public error {
 class unknown_handler : public error {
  public:
   EVBUS_DETAIL_COLD explicit unknown_handler(std::string_view key)
-      : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
+      : error(detail::join(
+            {"evbus: no handler with key ", detail::quoted_value(key), " is registered"})),
         key_(key) {}
   /// The unknown key.
   const std::string& key() const noexcept { return key_; }
@@ -295,7 +336,7 @@ class handler_errors : public error {
   };
 
   EVBUS_DETAIL_COLD handler_errors(std::string_view topic, std::vector<failure> failures)
-      : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
+      : error(describe(detail::join({"handlers failed on topic ", detail::quoted_value(topic)}),
                        failures)),
         failures_(std::move(failures)) {}
 
@@ -1032,7 +1073,7 @@ inline std::string c_text(const char* text) {
                                                             const std::type_info& wanted,
                                                             const std::type_info* held,
                                                             std::size_t index) {
-  throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
+  throw bad_data_type(join({"evbus: event ", quoted_value(id), " on topic ", quoted_value(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
                             held != nullptr ? type_name(*held) : decimal(index), ")"}));
@@ -1569,11 +1610,16 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
  */
 template <class Data>
 struct handler_entry {
-  handler_entry(std::string k, std::string p, std::regex r,
-                std::function<void(const basic_event<Data>&)> f, std::uint64_t o,
+  handler_entry(const std::string& k, std::string&& p, std::regex&& r,
+                std::function<void(const basic_event<Data>&)>&& f, std::uint64_t o,
                 commit_reserve_fn<Data> c = nullptr)
-      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
-        matcher(std::move(r)), fn(std::move(f)), reserve(c), order(o) {}
+      : key(k),
+        pattern(std::move(p)),
+        prefix(literal_prefix(pattern)),
+        matcher(std::move(r)),
+        fn(std::move(f)),
+        reserve(c),
+        order(o) {}
   const std::string key;
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
@@ -1762,7 +1808,8 @@ struct topic_index {
                                                        std::string_view key,
                                                        std::string_view topic,
                                                        const char* reason) {
-  throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
+  throw invalid_matcher(pattern, key,
+                        join({"matching topic ", quoted_value(topic), " failed: ", reason}));
 }
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.
@@ -1914,7 +1961,7 @@ namespace detail {
 
 /// register_handler's refusal of an empty callable, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
-  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+  throw invalid_argument(join({"evbus: the handler for key ", quoted_value(key), " is empty"}));
 }
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
@@ -1940,8 +1987,9 @@ class bus_registrations : public retire_list<> {
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
   /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
   /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
-  EVBUS_DETAIL_COLD void register_handler(std::string key, std::string_view matcher, handler_type fn,
-                        detail::commit_reserve_fn<Data> reserve = nullptr) {
+  EVBUS_DETAIL_COLD void register_handler(std::string&& key, std::string_view matcher,
+                                          handler_type&& fn,
+                                          detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) detail::refuse_empty_handler(key);
     std::regex re = detail::compile_matcher(matcher, key);
@@ -2122,7 +2170,7 @@ class bus_registrations : public retire_list<> {
             std::make_shared<const detail::topic_name>(std::string(name)));
         topic->handlers.store(list.get(), std::memory_order_seq_cst);
         topic->handlers_owner = std::move(list);
-        added.push_back(std::move(topic));
+        added.push_back(topic);  // as subscribed's push_back: one insert compiled
       }
       if (added.empty()) return;
       for (auto& topic : added) topic = revive(std::move(topic));
@@ -2874,21 +2922,22 @@ class commit_scope {
 /// A transaction's refusals and its failures' report, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_transaction(const char* what,
                                                                     const std::string& tx_id) {
-  throw transaction_closed(
-      join({"evbus: cannot ", what, " transaction ", quote(tx_id), ": it is already finished"}));
+  throw transaction_closed(join(
+      {"evbus: cannot ", what, " transaction ", quoted_value(tx_id), ": it is already finished"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_foreign_tx_id(const std::string& tx_id,
                                                                const std::string& given) {
-  throw invalid_argument(join({"evbus: transaction ", quote(tx_id),
-                               " cannot emit an event with tx_id ", quote(given)}));
+  throw invalid_argument(join({"evbus: transaction ", quoted_value(tx_id),
+                               " cannot emit an event with tx_id ", quoted_value(given)}));
 }
 
 /// The failures of a commit's events: the one rethrown as it is, several as handler_errors.
 [[noreturn]] EVBUS_DETAIL_COLD inline void report_commit_failures(
     std::vector<handler_errors::failure>& failures, const std::string& tx_id) {
   if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-  throw handler_errors(std::move(failures), join({"events failed in transaction ", quote(tx_id)}));
+  throw handler_errors(std::move(failures),
+                       join({"events failed in transaction ", quoted_value(tx_id)}));
 }
 
 }  // namespace detail
@@ -6017,9 +6066,9 @@ namespace detail {
 [[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
                                                  const std::type_info& wanted,
                                                  const std::type_info& held) {
-  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
-                            ": payload is not a ", type_name(wanted), " (it holds ",
-                            type_name(held), ")"}));
+  throw bad_data_type(
+      join({"evbus: undelivered event on topic ", quoted_value(topic), ": payload is not a ",
+            type_name(wanted), " (it holds ", type_name(held), ")"}));
 }
 
 }  // namespace detail
@@ -6863,7 +6912,7 @@ struct delayed_emit final : delayed_base {
         life(b.life_),
         data(std::move(d)) {}
   // The options are copied, not moved: a failure report still names the key.
-  bool emit() override {
+  EVBUS_DETAIL_NOINLINE bool emit() override {
     return life->use([&] { bus->emit(topic, std::move(data), options); });
   }
   EVBUS_DETAIL_COLD undelivered take() override {
@@ -6882,9 +6931,12 @@ struct delayed_emit final : delayed_base {
 /// The due delayed emits, run one at a time in the order they fell due.
 class delayed_strand final : public runnable {
  public:
-  /// `report(error, where)` receives a failed emit (it must not throw).
-  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
-      : report_(std::move(report)) {}
+  /// What receives a failed emit: `report(context, error, where)`.
+  using report_fn = void (*)(void* context, std::exception_ptr error,
+                             std::string_view where) noexcept;
+
+  delayed_strand(report_fn report, void* context) noexcept
+      : report_(report), report_context_(context) {}
 
   /// A delayed emit fell due. True: the strand must be submitted (strand rule).
   bool arrive(std::unique_ptr<delayed_base> d) {
@@ -6926,28 +6978,39 @@ class delayed_strand final : public runnable {
       }
       ++res.calls;
       try {
-        if (!d->emit()) {
-          lost_(std::move(d));  // counts it out of pending
+        if (d->emit()) {
+          emitted.fetch_add(1, std::memory_order_relaxed);
+        } else if (lost_ != nullptr) {
+          lost_(lost_context_, std::move(d));  // counts it out of pending
           continue;
         }
-        emitted.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
-        failed.fetch_add(1, std::memory_order_relaxed);
-        std::string where;
-        try {
-          where = "delayed emit on topic " + quote(d->topic) + " with key " +
-                  quote(d->options.key);
-        } catch (...) {
-        }
-        report_(std::current_exception(), where);
+        report_failed(*d);
       }
       d.reset();
       pending.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
-  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
-  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+  /// A due emit threw (called in its catch block): counted, and reported.
+  EVBUS_DETAIL_COLD void report_failed(const delayed_base& d) noexcept {
+    failed.fetch_add(1, std::memory_order_relaxed);
+    std::string where;
+    try {
+      where = join({"delayed emit on topic ", quoted_value(d.topic), " with key ",
+                    quoted_value(d.options.key)});
+    } catch (...) {
+    }
+    report_(report_context_, std::current_exception(), where);
+  }
+
+  /// Receives each due emit whose bus is gone, as `lost(context, d)`, which counts it out of
+  /// `pending` (set once, before any runs; without it, such an emit is dropped).
+  void on_lost(void (*lost)(void*, std::unique_ptr<delayed_base>) noexcept,
+               void* context) noexcept {
+    lost_ = lost;
+    lost_context_ = context;
+  }
 
   /// True when no due emit waits or runs.
   bool idle() const {
@@ -6960,8 +7023,10 @@ class delayed_strand final : public runnable {
   std::atomic<std::uint64_t> failed{0};
 
  private:
-  std::function<void(std::exception_ptr, std::string_view)> report_;
-  std::function<void(std::unique_ptr<delayed_base>)> lost_;
+  const report_fn report_;
+  void* const report_context_;
+  void (*lost_)(void*, std::unique_ptr<delayed_base>) noexcept = nullptr;
+  void* lost_context_ = nullptr;
   mutable std::mutex mutex_;
   // Under mutex_: the due emits from queue_[head_] on, in order (a vector of the type the
   // scheduler's shutdown uses too, so no other container is compiled for them).
@@ -7143,15 +7208,23 @@ namespace detail {
 
 class timer_heap {
  public:
+  timer_heap() = default;
+  timer_heap(const timer_heap&) = delete;
+  timer_heap& operator=(const timer_heap&) = delete;
+  ~timer_heap() {
+    for (const timer& t : timers_) delete t.d;
+  }
+
   /// Parks `r` until `due`. True if it is now the earliest timer. Throws std::bad_alloc.
   bool add(steady_time due, runnable* r) { return add(timer{due, seq_++, r, nullptr}); }
 
   /// Keeps `d` until its due time. True if it is now the earliest timer. Throws
   /// std::bad_alloc (`d` is then untouched).
   bool add(std::unique_ptr<delayed_base>& d) {
-    const steady_time due = d->due;
     timers_.reserve(timers_.size() + 1);
-    return add(timer{due, seq_++, nullptr, std::move(d)});
+    const bool earliest = add(timer{d->due, seq_++, nullptr, d.get()});  // cannot throw now
+    d.release();
+    return earliest;
   }
 
   bool empty() const noexcept { return timers_.empty(); }
@@ -7165,12 +7238,12 @@ class timer_heap {
   void pop_due(steady_time now, Strand&& strand, Delayed&& delayed) {
     while (due(now)) {
       std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer t = std::move(timers_.back());
+      const timer t = timers_.back();
       timers_.pop_back();
       if (t.r != nullptr) {
         strand(t.r);
       } else {
-        delayed(std::move(t.d));
+        delayed(std::unique_ptr<delayed_base>(t.d));
       }
     }
   }
@@ -7181,22 +7254,25 @@ class timer_heap {
     // The heap sorted by its own order (latest first), then taken from the back: the code of
     // the heap's operations serves, and no sort is compiled besides.
     std::sort_heap(timers_.begin(), timers_.end(), later_first{});
-    for (auto t = timers_.rbegin(); t != timers_.rend(); ++t) {
-      if (t->r != nullptr) {
-        strand(t->r);
+    while (!timers_.empty()) {
+      const timer t = timers_.back();
+      timers_.pop_back();
+      if (t.r != nullptr) {
+        strand(t.r);
       } else {
-        delayed(std::move(t->d));
+        delayed(std::unique_ptr<delayed_base>(t.d));
       }
     }
-    timers_.clear();
   }
 
  private:
+  // Trivially copyable, so that the heap moves it as plain data: `d` is owned by the heap
+  // until taken (pop_due, take_all) or the heap is destroyed.
   struct timer {
     steady_time due;
     std::uint64_t seq;
-    runnable* r;                      // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
+    runnable* r;      // a parked strand, or
+    delayed_base* d;  // a delayed emit
   };
   static bool later(const timer& a, const timer& b) noexcept {
     return a.due != b.due ? a.due > b.due : a.seq > b.seq;
@@ -7205,9 +7281,9 @@ class timer_heap {
     bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
   };
 
-  bool add(timer t) {
+  bool add(const timer& t) {
     const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
+    timers_.push_back(t);
     std::push_heap(timers_.begin(), timers_.end(), later_first{});
     return earliest;
   }
@@ -7257,15 +7333,16 @@ namespace detail {
 
 class scheduler_state {
  public:
-  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
-                  std::chrono::nanoseconds spin,
-                  std::function<void(std::exception_ptr, std::string_view)> report)
-      : delayed_(std::move(report)),
+  /// `report(context, error, where)` receives the failure of a delayed emit.
+  scheduler_state(std::shared_ptr<evbus::clock>&& c, std::size_t batch,
+                  std::chrono::nanoseconds spin, delayed_strand::report_fn report, void* context)
+      : delayed_(report, context),
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
         manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
+        batch_(batch == 0          ? 1
+               : batch > max_batch ? max_batch
+                                   : batch),
         idle_spin_(spin) {}
 
   scheduler_state(const scheduler_state&) = delete;
@@ -7476,13 +7553,13 @@ class scheduler_state {
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
-#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -7504,7 +7581,7 @@ class scheduler : public scheduler_state {
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
   EVBUS_DETAIL_COLD void resize(std::size_t n) {
-    std::vector<std::thread> finished;
+    std::list<worker> finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       std::size_t active = 0;
@@ -7532,7 +7609,7 @@ class scheduler : public scheduler_state {
       progress_cv_.notify_all();
       collect_exited(finished);
     }
-    for (auto& t : finished) t.join();
+    for (auto& w : finished) w.thread.join();
   }
 
   std::size_t workers() const {
@@ -7541,23 +7618,27 @@ class scheduler : public scheduler_state {
   }
 
   /// Stops and joins every worker (shutdown, destruction).
+  /// A worker that stops itself (from a handler) stays listed, its thread not joined.
   EVBUS_DETAIL_COLD void stop_workers() {
-    std::vector<std::thread> threads;
+    std::list<worker> stopping;  // taken out whole: a worker's thread refers to it until joined
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& w : workers_) {
-        w.stop = true;
-        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
-          threads.push_back(std::move(w.thread));
+      const auto self = std::this_thread::get_id();
+      for (auto it = workers_.begin(); it != workers_.end();) {
+        const auto next = std::next(it);
+        it->stop = true;
+        if (!it->thread.joinable() || it->thread.get_id() != self) {
+          stopping.splice(stopping.end(), workers_, it);
         }
+        it = next;
       }
       target_ = 0;
       has_workers_.store(false, std::memory_order_relaxed);
       work_cv_.notify_all();
     }
-    for (auto& t : threads) t.join();
-    std::lock_guard<std::mutex> lock(mutex_);
-    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
+    for (auto& w : stopping) {
+      if (w.thread.joinable()) w.thread.join();
+    }
   }
 
   /// One pass on the calling thread: what is due becomes ready, then one run of each strand
@@ -7664,15 +7745,16 @@ class scheduler : public scheduler_state {
     bool exited = false;  // under mutex_
   };
 
-  void collect_exited(std::vector<std::thread>& out) {
+  /// Takes the workers that have exited (not the calling thread's) out of the list, to be
+  /// joined outside the lock.
+  void collect_exited(std::list<worker>& out) {
     const auto self = std::this_thread::get_id();
     for (auto it = workers_.begin(); it != workers_.end();) {
+      const auto next = std::next(it);
       if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
-        out.push_back(std::move(it->thread));
-        it = workers_.erase(it);
-      } else {
-        ++it;
+        out.splice(out.end(), workers_, it);
       }
+      it = next;
     }
   }
 
@@ -8068,6 +8150,8 @@ class awaiting_list final : public runnable {
       if (head_ != nullptr) head_->prev = &st;
       head_ = &st;
       ++size_;
+      watch_ = &awaiting_list::watch;
+      shut_out_all_ = &awaiting_list::shut_out_all;
       sched_.count_awaiting(1);
       if (shut_out_) {
         st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
@@ -8100,9 +8184,7 @@ class awaiting_list final : public runnable {
   EVBUS_DETAIL_COLD void shut_out() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     shut_out_ = true;
-    for (completion_state* s = head_; s != nullptr; s = s->next) {
-      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-    }
+    if (head_ != nullptr) shut_out_all_(*this);
   }
 
   std::size_t size() const {
@@ -8110,32 +8192,12 @@ class awaiting_list final : public runnable {
     return size_;
   }
 
-  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
-  /// earliest deadline left, or lets itself go when none is open.
+  /// The watch (armed only by add()).
   result run(std::size_t) noexcept override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (watch_ != nullptr) return watch_(*this);
+    armed_ = false;
     result res;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const steady_time now = sched_.now();
-      bool any = false;
-      steady_time earliest{};
-      for (completion_state* s = head_; s != nullptr; s = s->next) {
-        if (!s->pending()) continue;
-        if (s->deadline <= now) {
-          s->resolve(completion_state::status::expired, nullptr,
-                     completion_state::maker::executor);
-        } else if (!any || s->deadline < earliest) {
-          any = true;
-          earliest = s->deadline;
-        }
-      }
-      if (any) {
-        res.what = next_step::park;
-        res.due = earliest;
-        return res;
-      }
-      armed_ = false;
-    }
     res.what = next_step::idle;
     return res;
   }
@@ -8143,12 +8205,50 @@ class awaiting_list final : public runnable {
  private:
   using next_step = runnable::next;
 
+  // What add() names, so that a program without asynchronous handlers (which never calls
+  // add()) does not compile them. Both run under mutex_.
+
+  /// Makes the outcomes whose deadline passed `expired`, then parks until the earliest
+  /// deadline left, or lets itself go when none is open.
+  static result watch(awaiting_list& a) noexcept {
+    result res;
+    const steady_time now = a.sched_.now();
+    bool any = false;
+    steady_time earliest{};
+    for (completion_state* s = a.head_; s != nullptr; s = s->next) {
+      if (!s->pending()) continue;
+      if (s->deadline <= now) {
+        s->resolve(completion_state::status::expired, nullptr, completion_state::maker::executor);
+      } else if (!any || s->deadline < earliest) {
+        any = true;
+        earliest = s->deadline;
+      }
+    }
+    if (any) {
+      res.what = next_step::park;
+      res.due = earliest;
+      return res;
+    }
+    a.armed_ = false;
+    res.what = next_step::idle;
+    return res;
+  }
+
+  /// Makes every open outcome `shut_out`.
+  static void shut_out_all(awaiting_list& a) noexcept {
+    for (completion_state* s = a.head_; s != nullptr; s = s->next) {
+      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+    }
+  }
+
   scheduler& sched_;
   mutable std::mutex mutex_;
   completion_state* head_ = nullptr;  // newest first
   std::size_t size_ = 0;
   bool armed_ = false;     // the watch is parked, ready or running
   bool shut_out_ = false;
+  result (*watch_)(awaiting_list&) noexcept = nullptr;
+  void (*shut_out_all_)(awaiting_list&) noexcept = nullptr;
 };
 
 }  // namespace detail
@@ -8240,11 +8340,15 @@ struct subscription_base {
 
 class executor_link {
  public:
-  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+  executor_link(std::shared_ptr<evbus::clock>&& clock, std::size_t batch,
                 std::chrono::nanoseconds idle_spin,
-                std::function<void(std::exception_ptr, std::string_view)> on_error)
-      : sched(std::move(clock), batch, idle_spin,
-              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
+                std::function<void(std::exception_ptr, std::string_view)>&& on_error)
+      : sched(
+            std::move(clock), batch, idle_spin,
+            [](void* link, std::exception_ptr e, std::string_view where) noexcept {
+              static_cast<executor_link*>(link)->report_error(e, where);
+            },
+            this),
         on_error_(std::move(on_error)) {}
   executor_link(const executor_link&) = delete;
   executor_link& operator=(const executor_link&) = delete;
@@ -8259,7 +8363,7 @@ class executor_link {
         on_error_(e, where);
         return;
       }
-      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      const std::string line = join({"evbus: ", where, ": ", describe(e), "\n"});
       std::fputs(line.c_str(), stderr);
     } catch (...) {
       // on_error itself failed; the error stays counted in stats().errors.
@@ -8518,6 +8622,14 @@ struct ordered_fn {
   runnable::result (*run_asynchronous)(runnable& partition, std::size_t batch) noexcept = nullptr;
 };
 
+/// "attempt N of event 'ID' on topic 'T' with key 'K': ": what a failed or uncompleted
+/// attempt's messages start with (one function for every message that names an attempt).
+EVBUS_DETAIL_COLD inline std::string attempt_words(unsigned attempt, std::string_view id,
+                                                   std::string_view topic, std::string_view key) {
+  return join({"attempt ", decimal(attempt), " of event ", quoted_value(id), " on topic ",
+               quoted_value(topic), " with key ", quoted_value(key), ": "});
+}
+
 template <class Data>
 class attempt_runner {
  public:
@@ -8527,7 +8639,7 @@ class attempt_runner {
   /// pending: an asynchronous handler returned and its outcome is open (finish() takes it).
   enum class outcome { finished, retry, pending };
 
-  attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
+  attempt_runner(executor_link& link, handler_type&& fn, basic_delivery_policy<Data>&& policy)
       : link_(link), fn_(std::move(fn.fn)), policy_(std::move(policy)) {
     if (fn.run_asynchronous != nullptr) {
       async_ = std::make_unique<async_parts>();
@@ -8656,11 +8768,10 @@ class attempt_runner {
 
   EVBUS_DETAIL_COLD static void print_note(const std::string& name, const std::string& text,
                                            std::uint64_t skipped) {
-    std::string line = "evbus: subscription " + quote(name) + ": " + text;
-    if (skipped > 0) {
-      line += " (" + std::to_string(skipped) + " more not printed in the last second)";
-    }
-    line += '\n';
+    const std::string line =
+        skipped > 0 ? join({"evbus: subscription ", quoted_value(name), ": ", text, " (",
+                            decimal(skipped), " more not printed in the last second)\n"})
+                    : join({"evbus: subscription ", quoted_value(name), ": ", text, "\n"});
     std::fputs(line.c_str(), stderr);
   }
 
@@ -8674,9 +8785,9 @@ class attempt_runner {
     }
     if (skipped == 0) return;
     try {
-      const std::string line = "evbus: subscription " + quote(name) + ": " +
-                               std::to_string(skipped) +
-                               " more dead letters or drops not printed\n";
+      const std::string line =
+          join({"evbus: subscription ", quoted_value(name), ": ", decimal(skipped),
+                " more dead letters or drops not printed\n"});
       std::fputs(line.c_str(), stderr);
     } catch (...) {
     }
@@ -8754,14 +8865,14 @@ class attempt_runner {
         policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
       } catch (...) {
         link_.report_error(std::current_exception(),
-                           "on_dead_letter of subscription " + quote(name));
+                           join({"on_dead_letter of subscription ", quoted_value(name)}));
       }
     } else {
       note(name, [&] {
-        return "dead letter: event " + quote(it.event.id) + " on topic " +
-               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
-               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
-               describe(err);
+        return join({"dead letter: event ", quoted_value(it.event.id), " on topic ",
+                     quoted_value(it.event.topic()), " with key ", quoted_value(it.event.key),
+                     " after ", decimal(number),
+                     number == 1 ? " attempt: " : " attempts: ", describe(err)});
       });
     }
     return outcome::finished;
@@ -8774,25 +8885,27 @@ class attempt_runner {
     try {
       policy_.on_timeout(it.event, d, took);
     } catch (...) {
-      link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
+      link_.report_error(std::current_exception(),
+                         join({"on_timeout of subscription ", quoted_value(name)}));
     }
   }
 
   /// The error of an asynchronous attempt that was not completed.
   EVBUS_DETAIL_COLD std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
     try {
-      const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
-                               quote(it.event.id) + " on topic " + quote(it.event.topic()) +
-                               " with key " + quote(it.event.key) + ": ";
+      const std::string what =
+          attempt_words(it.attempts, it.event.id, it.event.topic(), it.event.key);
       if (made == status::expired) {
-        throw completion_expired(what + "not completed within its timeout of " +
-                                 format_duration(policy_.timeout));
+        throw completion_expired(join({"evbus: ", what, "not completed within its timeout of ",
+                                       format_duration(policy_.timeout)}));
       }
       if (made == status::shut_out) {
-        throw completion_abandoned(what + "not completed within the shutdown's completion grace");
+        throw completion_abandoned(
+            join({"evbus: ", what, "not completed within the shutdown's completion grace"}));
       }
-      throw completion_abandoned(what + "every copy of its completion token was destroyed "
-                                        "without completing it");
+      throw completion_abandoned(join({"evbus: ", what,
+                                       "every copy of its completion token was destroyed "
+                                       "without completing it"}));
     } catch (...) {
       return std::current_exception();
     }
@@ -8801,9 +8914,8 @@ class attempt_runner {
   void record_failure(const queued_event<Data>& it, unsigned attempt,
                       const std::exception_ptr& err) {
     try {
-      std::string text = "attempt " + std::to_string(attempt) + " of event " +
-                         quote(it.event.id) + " on topic " + quote(it.event.topic()) +
-                         " with key " + quote(it.event.key) + ": " + describe(err);
+      std::string text = attempt_words(attempt, it.event.id, it.event.topic(), it.event.key);
+      text += describe(err);
       std::lock_guard<std::mutex> lock(error_mutex_);
       last_error_ = std::move(text);
     } catch (...) {
@@ -8932,8 +9044,8 @@ class lane_state : public subscription_base {
   };
 
  public:
-  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type fn,
-        basic_delivery_policy<Data> policy)
+  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type&& fn,
+                               basic_delivery_policy<Data>&& policy)
       : admission_(policy.capacity),
         link_(link),
         count_(partitions),
@@ -8976,7 +9088,7 @@ class lane_state : public subscription_base {
   bool reached(drain_target& target) const override {
     if (target.parts.empty()) {
       if (intake_.done.load(std::memory_order_acquire) < target.accepted) return false;
-      target.parts.resize(count_);
+      target.parts = std::vector<std::uint64_t>(count_, 0);  // the histogram's constructor
       for (std::size_t i = 0; i < count_; ++i) {
         target.parts[i] = parts_[i].pushed.load(std::memory_order_acquire);
       }
@@ -8993,10 +9105,11 @@ class lane_state : public subscription_base {
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
 
  protected:
-  EVBUS_DETAIL_COLD executor_closed closed_error(const event_type& e) const {
-    return executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                           quote(name) + " does not accept the event on topic " +
-                           quote(e.topic()) + " with key " + quote(e.key));
+  /// Refuses `e`: the executor is shut down (each throw site a call).
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_closed(const event_type& e) const {
+    throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                                quoted_value(name), " does not accept the event on topic ",
+                                quoted_value(e.topic()), " with key ", quoted_value(e.key)}));
   }
 
   /// Copies `e` and appends it to the intake; the place is taken. `held_open`: a commit holds
@@ -9016,7 +9129,7 @@ class lane_state : public subscription_base {
       std::lock_guard<small_lock> lock(intake_.lock);
       // Checked under the intake's lock: shutdown's barrier then knows that every push past
       // this point has queued its event.
-      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) refuse_closed(e);
       it.seq = intake_.pushed;
       intake_.queue.push(std::move(it));
       ++intake_.pushed;
@@ -9074,6 +9187,12 @@ class lane_state : public subscription_base {
       if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
     }
     if (n == pinned_max) return false;
+    return pin_new_name(topic, n);
+  }
+
+  /// pin_name() for a name not among the first `n` pinned: at most pinned_max times per
+  /// subscription.
+  EVBUS_DETAIL_COLD bool pin_new_name(const topic_name* topic, std::size_t n) {
     std::lock_guard<std::mutex> lock(pinned_mutex_);
     const std::size_t now_n = pinned_count_.load(std::memory_order_relaxed);
     for (std::size_t i = n; i < now_n; ++i) {
@@ -9086,7 +9205,9 @@ class lane_state : public subscription_base {
     return true;
   }
 
-  std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
+  // Under pinned_mutex_; of the type retire_list keeps objects in, so that no other vector
+  // type is compiled for it.
+  std::vector<std::shared_ptr<const void>> pinned_owners_;
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;
@@ -9111,6 +9232,8 @@ class lane_state : public subscription_base {
 #ifndef EVBUS_PARTS_ROUTE_SCRATCH_HPP
 #define EVBUS_PARTS_ROUTE_SCRATCH_HPP
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -9120,21 +9243,46 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
+inline constexpr std::size_t route_window = 512;
+
 /// What route() uses to sort a window of the intake by partition: the window's events in
 /// intake order, each one's successor in its partition, and the first and last event of each
-/// partition, `none` for the partitions the window has no event for.
+/// partition, `none` for the partitions the window has no event for. Fixed arrays for the
+/// window, so that nothing is allocated or checked per event.
 template <class Item>
 struct route_scratch {
   static constexpr std::uint32_t none = ~std::uint32_t{0};
-  std::vector<Item*> items;
-  std::vector<std::uint32_t> next;
-  std::vector<std::uint32_t> first;
-  std::vector<std::uint32_t> last;
-  std::vector<std::uint32_t> touched;  // the partitions the window has events for
-};
 
-/// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
-inline constexpr std::size_t route_window = 512;
+  /// Makes first and last cover `partitions`, each `none`. Throws std::bad_alloc.
+  void cover(std::size_t partitions) {
+    if (partitions <= covered) return;
+    std::unique_ptr<std::uint32_t[]> f(new std::uint32_t[partitions]);
+    std::unique_ptr<std::uint32_t[]> l(new std::uint32_t[partitions]);
+    std::fill_n(f.get(), partitions, none);
+    std::fill_n(l.get(), partitions, none);
+    first = std::move(f);
+    last = std::move(l);
+    covered = partitions;
+  }
+
+  /// Appends an event to the window (at most route_window of them); returns its index.
+  std::uint32_t add(Item* it) noexcept {
+    const std::uint32_t i = size++;
+    items[i] = it;
+    next[i] = none;
+    return i;
+  }
+
+  std::array<Item*, route_window> items;
+  std::array<std::uint32_t, route_window> next;
+  std::array<std::uint32_t, route_window> touched;  // the partitions the window has events for
+  std::uint32_t size = 0;                           // events in the window
+  std::uint32_t touched_count = 0;                  // entries of `touched`
+  std::unique_ptr<std::uint32_t[]> first;           // per partition; `none` between windows
+  std::unique_ptr<std::uint32_t[]> last;
+  std::size_t covered = 0;  // partitions first and last cover
+};
 
 /// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
 /// may poll an executor, which routes), so there is one per depth; the lease is the depth.
@@ -9157,16 +9305,9 @@ class scratch_lease {
       s_ = f[frames_->depth].get();
     }
     route_scratch<Item>& sc = *s_;
-    sc.items.reserve(route_window);
-    sc.next.reserve(route_window);
-    sc.touched.reserve(route_window);
-    if (sc.first.size() < partitions) {
-      sc.first.resize(partitions, route_scratch<Item>::none);
-      sc.last.resize(partitions, route_scratch<Item>::none);
-    }
-    sc.items.clear();
-    sc.next.clear();
-    sc.touched.clear();
+    sc.cover(partitions);
+    sc.size = 0;
+    sc.touched_count = 0;
     if (frames_ != nullptr) ++frames_->depth;
   }
   ~scratch_lease() {
@@ -9254,8 +9395,8 @@ class router : public lane_state<Data, Lanes> {
   using base::holds;
   using base::name;
 
-  router(executor_link& link, std::size_t partitions, handler_type fn,
-         basic_delivery_policy<Data> policy)
+  router(executor_link& link, std::size_t partitions, handler_type&& fn,
+         basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
  protected:
@@ -9343,16 +9484,14 @@ class router : public lane_state<Data, Lanes> {
     }
     route_scratch& s = lease->get();
     // 1. The window's events, chained by partition in intake order (moved and evicted ones
-    // are skipped). Capacity for m was reserved: push_back does not allocate.
+    // are skipped). The scratch holds route_window events: nothing is allocated.
     intake_.queue.visit_front(m, [&](item& it) {
-      const auto i = static_cast<std::uint32_t>(s.items.size());
-      s.items.push_back(&it);
-      s.next.push_back(none);
+      const std::uint32_t i = s.add(&it);
       if (it.evicted) return;
       const std::size_t p = partition_for_key(it.event.key);
       if (s.first[p] == none) {
         s.first[p] = i;
-        s.touched.push_back(static_cast<std::uint32_t>(p));
+        s.touched[s.touched_count++] = static_cast<std::uint32_t>(p);
       } else {
         s.next[s.last[p]] = i;
       }
@@ -9363,7 +9502,8 @@ class router : public lane_state<Data, Lanes> {
     std::exception_ptr failure;
     std::size_t popped = 0;
     const bool in_place = !gate_ && !runner_.asynchronous() && link_.sched.workers_all_busy();
-    for (const std::uint32_t pi : s.touched) {
+    for (std::uint32_t t = 0; t < s.touched_count; ++t) {
+      const std::uint32_t pi = s.touched[t];
       std::uint32_t j = s.first[pi];
       s.first[pi] = none;
       if (failure) continue;
@@ -9493,11 +9633,11 @@ class router : public lane_state<Data, Lanes> {
     }
   }
 
-  void report_no_room(std::exception_ptr e) noexcept {
+  EVBUS_DETAIL_COLD void report_no_room(std::exception_ptr e) noexcept {
     try {
-      link_.report_error(e, "subscription " + quote(name) +
-                                " (no memory to queue an event in its partition; it is tried "
-                                "again in 1 ms)");
+      link_.report_error(e, join({"subscription ", quoted_value(name),
+                                  " (no memory to queue an event in its partition; it is tried "
+                                  "again in 1 ms)"}));
     } catch (...) {  // no memory for the message either
       link_.report_error(e, "an ordered subscription (no memory to queue an event in its "
                             "partition; it is tried again in 1 ms)");
@@ -9546,8 +9686,8 @@ class lanes : public router<Data, lanes<Data>> {
   using base::holds;
   using base::name;
 
-  lanes(executor_link& link, std::size_t partitions, handler_type fn,
-        basic_delivery_policy<Data> policy)
+  lanes(executor_link& link, std::size_t partitions, handler_type&& fn,
+        basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
   /// run_partition() of a subscription with an asynchronous handler: what ordered() gives
@@ -9725,10 +9865,11 @@ namespace detail {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_wait(std::string_view name,
                                                              std::string_view topic,
                                                              std::string_view key) {
-  throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
-                              "for room in subscription ", quote(name), " (event on topic ",
-                              quote(topic), " with key ", quote(key),
-                              "); nothing of the transaction was emitted"}));
+  throw executor_closed(
+      join({"evbus: the keyed_executor shut down while a commit waited "
+            "for room in subscription ",
+            quoted_value(name), " (event on topic ", quoted_value(topic), " with key ",
+            quoted_value(key), "); nothing of the transaction was emitted"}));
 }
 
 template <class Data>
@@ -9741,8 +9882,8 @@ class subscription final : public lanes<Data> {
   using base::accepted_so_far;
   using base::name;
 
-  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type fn,
-               basic_delivery_policy<Data> policy)
+  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type&& fn,
+                                 basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)),
         on_full_(runner_.policy().on_full),
         block_timeout_(runner_.policy().block_timeout) {}
@@ -9759,7 +9900,7 @@ class subscription final : public lanes<Data> {
       }
       held_open = c->current != nullptr && *c->current == e.id && c->holds_link(&link_);
     }
-    if (!held_open && link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
+    if (!held_open && link_.closed.load(std::memory_order_acquire)) refuse_closed(e);
     bool evict = false;
     if (!admission_.bounded()) {
       admission_.count_in();
@@ -9851,12 +9992,12 @@ class subscription final : public lanes<Data> {
 
  private:
   using base::admission_;
-  using base::closed_error;
+  using base::count_;
   using base::dropped_;
   using base::enqueue;
-  using base::count_;
   using base::intake_;
   using base::parts_;
+  using base::refuse_closed;
   using item = typename base::item;
   using partition = typename base::partition;
   using base::give_back_one;
@@ -9875,14 +10016,14 @@ class subscription final : public lanes<Data> {
   }
 
   // Blocking emit: waits for room, unless the caller runs this executor's work (then nobody
-  // might ever make room).
-  void wait_for_room(const event_type& e) {
+  // might ever make room). Cold, as the other paths of a full subscription.
+  EVBUS_DETAIL_COLD void wait_for_room(const event_type& e) {
     if (drives(&link_.sched)) refuse_full(full_refusal::would_deadlock, e.topic(), e.key, false);
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return;  // enqueue() sees a close and gives the place back
     }
-    if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+    if (link_.closed.load(std::memory_order_seq_cst)) refuse_closed(e);
     refuse_full(full_refusal::timed_out, e.topic(), e.key, false);
   }
 
@@ -9896,29 +10037,31 @@ class subscription final : public lanes<Data> {
                                                   const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     const std::string capacity = decimal(admission_.capacity());
-    const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
+    const std::string the_event =
+        join({"event on topic ", quoted_value(topic), " with key ", quoted_value(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
+    std::string what;  // what follows the subscription's name
     if (why == full_refusal::rejected) {
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
-                             "): ", the_event, " rejected", tail}));
-    }
-    if (why == full_refusal::would_deadlock) {
+      what = join({" is full (capacity ", capacity, "): ", the_event, " rejected", tail});
+    } else if (why == full_refusal::would_deadlock) {
       const std::string_view who =
           in_commit ? "committing thread is running work of the same keyed_executor"
                     : "emitting thread is running work of the same keyed_executor (a worker, or "
                       "inside poll/run_until_idle/drain)";
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
-                             ") and the ", who, ": blocking would deadlock, so the ", the_event,
-                             " is refused", tail}));
+      what = join({" is full (capacity ", capacity, ") and the ", who,
+                   ": blocking would deadlock, so the ", the_event, " is refused", tail});
+    } else {
+      what = join({" is still full (capacity ", capacity, ") after block_timeout ",
+                   format_duration(*block_timeout_), ": ", the_event, " rejected", tail});
     }
-    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
-                           capacity, ") after block_timeout ", format_duration(*block_timeout_),
-                           ": ", the_event, " rejected", tail}));
+    throw queue_full(join({"evbus: subscription ", quoted_value(name), what}));
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
-  /// (marked evicted in place; its runner skips it) and goes to on_drop.
-  void evict_oldest() {
+  /// (marked evicted in place; its runner skips it) and goes to on_drop. Cold: the path of
+  /// an overloaded subscription only.
+  EVBUS_DETAIL_COLD void evict_oldest() {
+    std::optional<event_type> victim;
     for (;;) {
       std::size_t best = count_;
       std::uint64_t best_seq = std::numeric_limits<std::uint64_t>::max();
@@ -9938,50 +10081,42 @@ class subscription final : public lanes<Data> {
       // is evicted, and the subscription holds one more than its capacity until the next one
       // finishes.
       if (best == count_) {
-        std::optional<event_type> victim;
-        {
-          std::lock_guard<small_lock> lock(intake_.lock);
-          if (intake_.rule.waiting() <= intake_.evicted_waiting) return;
-          item& v = intake_.queue.waiting_at(intake_.evicted_waiting);
-          v.evicted = true;
-          ++intake_.evicted_waiting;
-          victim.emplace(std::move(v.event));
-        }
-        admission_.release();
-        dropped_.fetch_add(1, std::memory_order_relaxed);
-        report_drop(*victim);
-        return;
-      }
-      std::optional<event_type> victim;
-      {
-        partition& p = parts_[best];
-        std::lock_guard<small_lock> lock(p.lock);
-        if (p.rule.waiting() <= p.evicted_waiting) continue;
-        item& v = p.queue.waiting_at(p.evicted_waiting);
-        if (v.seq != best_seq) continue;  // a runner took it meanwhile: look again
+        std::lock_guard<small_lock> lock(intake_.lock);
+        if (intake_.rule.waiting() <= intake_.evicted_waiting) return;
+        item& v = intake_.queue.waiting_at(intake_.evicted_waiting);
         v.evicted = true;
-        ++p.evicted_waiting;
+        ++intake_.evicted_waiting;
         victim.emplace(std::move(v.event));
+        break;
       }
-      admission_.release();
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      report_drop(*victim);
-      return;
+      partition& p = parts_[best];
+      std::lock_guard<small_lock> lock(p.lock);
+      if (p.rule.waiting() <= p.evicted_waiting) continue;
+      item& v = p.queue.waiting_at(p.evicted_waiting);
+      if (v.seq != best_seq) continue;  // a runner took it meanwhile: look again
+      v.evicted = true;
+      ++p.evicted_waiting;
+      victim.emplace(std::move(v.event));
+      break;
     }
+    admission_.release();
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    report_drop(*victim);
   }
 
-  void report_drop(const event_type& e) noexcept {
+  EVBUS_DETAIL_COLD void report_drop(const event_type& e) noexcept {
     if (!runner_.policy().on_drop) {
       runner_.note(name, [&] {
-        return join({"dropped event ", quote(e.id), " on topic ", quote(e.topic()), " with key ",
-                     quote(e.key), " (the subscription is full)"});
+        return join({"dropped event ", quoted_value(e.id), " on topic ", quoted_value(e.topic()),
+                     " with key ", quoted_value(e.key), " (the subscription is full)"});
       });
       return;
     }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {
-      link_.report_error(std::current_exception(), join({"on_drop of subscription ", quote(name)}));
+      link_.report_error(std::current_exception(),
+                         join({"on_drop of subscription ", quoted_value(name)}));
     }
   }
 
@@ -10030,10 +10165,10 @@ namespace detail {
 
 class executor_registry : public executor_link {
  public:
-  EVBUS_DETAIL_COLD executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
-                    std::chrono::nanoseconds idle_spin,
-                    std::function<void(std::exception_ptr, std::string_view)> on_error,
-                    std::size_t partition_count)
+  EVBUS_DETAIL_COLD executor_registry(
+      std::shared_ptr<evbus::clock>&& clock, std::size_t batch, std::chrono::nanoseconds idle_spin,
+      std::function<void(std::exception_ptr, std::string_view)>&& on_error,
+      std::size_t partition_count)
       : executor_link(std::move(clock), batch, idle_spin, std::move(on_error)),
         partitions(partition_count) {}
 
@@ -10200,8 +10335,8 @@ namespace detail {
 
 /// The executor core's refusals, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_delayed_closed(std::string_view topic) {
-  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ", quote(topic),
-                              ": the keyed_executor is shut down"}));
+  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ",
+                              quoted_value(topic), ": the keyed_executor is shut down"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
@@ -10218,20 +10353,24 @@ namespace detail {
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
  public:
-  EVBUS_DETAIL_COLD explicit executor_core(executor_options o)
-      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
-                          o.idle_spin, std::move(o.on_error), o.partitions),
+  EVBUS_DETAIL_COLD explicit executor_core(executor_options&& o)
+      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch, o.idle_spin,
+                          std::move(o.on_error), o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
         delayed_at_shutdown_(o.delayed_at_shutdown),
         completion_grace_(o.completion_grace) {
     // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
-    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
-      try {
-        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
-      } catch (...) {
-        // Out of memory taking the payload: the event is counted as undelivered, not reported.
-      }
-    });
+    sched.delayed().on_lost(
+        [](void* core, std::unique_ptr<delayed_base> d) noexcept {
+          try {
+            static_cast<executor_core*>(core)->report_undelivered(
+                std::move(d), undelivered_reason::bus_destroyed);
+          } catch (...) {
+            // Out of memory taking the payload: the event is counted as undelivered, not
+            // reported.
+          }
+        },
+        this);
   }
 
   ~executor_core() {
@@ -10418,15 +10557,15 @@ class executor_core final : public executor_registry,
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
-        throw executor_closed(join({"evbus: delayed emit on topic ", quote(u.topic), " with key ",
-                                    quote(u.key()),
+        throw executor_closed(join({"evbus: delayed emit on topic ", quoted_value(u.topic),
+                                    " with key ", quoted_value(u.key()),
                                     why == undelivered_reason::bus_destroyed
                                         ? " was not emitted: its bus was destroyed first"
                                         : " was not due at shutdown and was not emitted"}));
       }
     } catch (...) {
       report_error(std::current_exception(),
-                   join({"undelivered delayed emit on topic ", quote(u.topic)}));
+                   join({"undelivered delayed emit on topic ", quoted_value(u.topic)}));
     }
   }
 
@@ -10494,7 +10633,8 @@ class ordered_handler;
 
 namespace detail {
 template <class Data, class Fn>
-ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn,
+                                   basic_delivery_policy<Data>&& policy);
 }  // namespace detail
 
 /**
@@ -10517,7 +10657,7 @@ class ordered_handler {
   friend class keyed_executor;
   friend struct detail::commit_reserver<Data>;
   template <class D, class Fn>
-  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>&&);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
                   std::shared_ptr<detail::subscription<Data>> sub)
       : front_(std::make_shared<detail::subscription_front<Data>>(std::move(core),
@@ -10533,10 +10673,10 @@ namespace detail {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_commit(std::string_view name,
                                                                std::string_view topic,
                                                                std::string_view key) {
-  throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
-                              quote(name), " does not accept the event on topic ", quote(topic),
-                              " with key ", quote(key),
-                              "; nothing of the transaction was emitted"}));
+  throw executor_closed(
+      join({"evbus: the keyed_executor is shut down: subscription ", quoted_value(name),
+            " does not accept the event on topic ", quoted_value(topic), " with key ",
+            quoted_value(key), "; nothing of the transaction was emitted"}));
 }
 
 /// What a transaction's commit does for what evbus::ordered returned, before emitting any of
@@ -10873,8 +11013,9 @@ class keyed_executor {
   }
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
-    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
-                                         " belongs to another keyed_executor"}));
+    throw invalid_argument(
+        detail::join({"evbus: drain(): subscription ", detail::quoted_value(name),
+                      " belongs to another keyed_executor"}));
   }
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
@@ -10883,7 +11024,7 @@ class keyed_executor {
   }
 
   template <class D, class Fn>
-  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>&&);
   std::shared_ptr<detail::executor_core> core_;
 };
 
@@ -10966,28 +11107,38 @@ EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
     std::size_t capacity, double jitter, std::chrono::nanoseconds backoff_base,
     std::chrono::nanoseconds backoff_cap, std::chrono::nanoseconds timeout,
     std::size_t max_in_flight, const std::optional<std::chrono::nanoseconds>& block_timeout) {
-  const auto bad = [&](const std::string& what) {
-    throw invalid_argument("evbus: ordered(): " + what);
-  };
-  if (capacity == 0) bad("capacity must be at least 1 (got 0)");
-  if (!(jitter >= 0.0 && jitter <= 1.0)) {
-    bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
+  // The first bad field: its rule, and the value given (with its unit).
+  const char* rule = nullptr;
+  std::string got;
+  const char* unit = "ns";
+  if (capacity == 0) {
+    rule = "capacity must be at least 1";
+    got = "0";
+    unit = "";
+  } else if (!(jitter >= 0.0 && jitter <= 1.0)) {
+    rule = "jitter must be in [0, 1]";
+    got = std::to_string(jitter);
+    unit = "";
+  } else if (backoff_base.count() < 0) {
+    rule = "backoff_base must not be negative";
+    got = signed_decimal(backoff_base.count());
+  } else if (backoff_cap.count() < 0) {
+    rule = "backoff_cap must not be negative";
+    got = signed_decimal(backoff_cap.count());
+  } else if (timeout.count() <= 0) {
+    rule = "timeout must be positive";
+    got = signed_decimal(timeout.count());
+  } else if (max_in_flight == 0) {
+    rule = "max_in_flight must be at least 1";
+    got = "0";
+    unit = "";
+  } else if (block_timeout && block_timeout->count() < 0) {
+    rule = "block_timeout must not be negative";
+    got = signed_decimal(block_timeout->count());
+  } else {
+    return;
   }
-  if (backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
-        "ns)");
-  }
-  if (backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
-  }
-  if (timeout.count() <= 0) {
-    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
-  }
-  if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
-  if (block_timeout && block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
-        "ns)");
-  }
+  throw invalid_argument(join({"evbus: ordered(): ", rule, " (got ", got, unit, ")"}));
 }
 
 template <class Fn>
@@ -11008,7 +11159,8 @@ namespace detail {
 
 /// Builds an ordered subscription; evbus::ordered is the public entry.
 template <class Data, class Fn>
-ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn,
+                                   basic_delivery_policy<Data>&& policy) {
   using event_type = basic_event<Data>;
   using F = std::decay_t<Fn>;
   constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;

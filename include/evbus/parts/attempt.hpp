@@ -58,6 +58,14 @@ struct ordered_fn {
   runnable::result (*run_asynchronous)(runnable& partition, std::size_t batch) noexcept = nullptr;
 };
 
+/// "attempt N of event 'ID' on topic 'T' with key 'K': ": what a failed or uncompleted
+/// attempt's messages start with (one function for every message that names an attempt).
+EVBUS_DETAIL_COLD inline std::string attempt_words(unsigned attempt, std::string_view id,
+                                                   std::string_view topic, std::string_view key) {
+  return join({"attempt ", decimal(attempt), " of event ", quoted_value(id), " on topic ",
+               quoted_value(topic), " with key ", quoted_value(key), ": "});
+}
+
 template <class Data>
 class attempt_runner {
  public:
@@ -67,7 +75,7 @@ class attempt_runner {
   /// pending: an asynchronous handler returned and its outcome is open (finish() takes it).
   enum class outcome { finished, retry, pending };
 
-  attempt_runner(executor_link& link, handler_type fn, basic_delivery_policy<Data> policy)
+  attempt_runner(executor_link& link, handler_type&& fn, basic_delivery_policy<Data>&& policy)
       : link_(link), fn_(std::move(fn.fn)), policy_(std::move(policy)) {
     if (fn.run_asynchronous != nullptr) {
       async_ = std::make_unique<async_parts>();
@@ -196,11 +204,10 @@ class attempt_runner {
 
   EVBUS_DETAIL_COLD static void print_note(const std::string& name, const std::string& text,
                                            std::uint64_t skipped) {
-    std::string line = "evbus: subscription " + quote(name) + ": " + text;
-    if (skipped > 0) {
-      line += " (" + std::to_string(skipped) + " more not printed in the last second)";
-    }
-    line += '\n';
+    const std::string line =
+        skipped > 0 ? join({"evbus: subscription ", quoted_value(name), ": ", text, " (",
+                            decimal(skipped), " more not printed in the last second)\n"})
+                    : join({"evbus: subscription ", quoted_value(name), ": ", text, "\n"});
     std::fputs(line.c_str(), stderr);
   }
 
@@ -214,9 +221,9 @@ class attempt_runner {
     }
     if (skipped == 0) return;
     try {
-      const std::string line = "evbus: subscription " + quote(name) + ": " +
-                               std::to_string(skipped) +
-                               " more dead letters or drops not printed\n";
+      const std::string line =
+          join({"evbus: subscription ", quoted_value(name), ": ", decimal(skipped),
+                " more dead letters or drops not printed\n"});
       std::fputs(line.c_str(), stderr);
     } catch (...) {
     }
@@ -294,14 +301,14 @@ class attempt_runner {
         policy_.on_dead_letter(basic_dead_letter<Data>{std::move(it.event), err, number});
       } catch (...) {
         link_.report_error(std::current_exception(),
-                           "on_dead_letter of subscription " + quote(name));
+                           join({"on_dead_letter of subscription ", quoted_value(name)}));
       }
     } else {
       note(name, [&] {
-        return "dead letter: event " + quote(it.event.id) + " on topic " +
-               quote(it.event.topic()) + " with key " + quote(it.event.key) + " after " +
-               std::to_string(number) + (number == 1 ? " attempt: " : " attempts: ") +
-               describe(err);
+        return join({"dead letter: event ", quoted_value(it.event.id), " on topic ",
+                     quoted_value(it.event.topic()), " with key ", quoted_value(it.event.key),
+                     " after ", decimal(number),
+                     number == 1 ? " attempt: " : " attempts: ", describe(err)});
       });
     }
     return outcome::finished;
@@ -314,25 +321,27 @@ class attempt_runner {
     try {
       policy_.on_timeout(it.event, d, took);
     } catch (...) {
-      link_.report_error(std::current_exception(), "on_timeout of subscription " + quote(name));
+      link_.report_error(std::current_exception(),
+                         join({"on_timeout of subscription ", quoted_value(name)}));
     }
   }
 
   /// The error of an asynchronous attempt that was not completed.
   EVBUS_DETAIL_COLD std::exception_ptr completion_error(const queued_event<Data>& it, status made) const noexcept {
     try {
-      const std::string what = "evbus: attempt " + std::to_string(it.attempts) + " of event " +
-                               quote(it.event.id) + " on topic " + quote(it.event.topic()) +
-                               " with key " + quote(it.event.key) + ": ";
+      const std::string what =
+          attempt_words(it.attempts, it.event.id, it.event.topic(), it.event.key);
       if (made == status::expired) {
-        throw completion_expired(what + "not completed within its timeout of " +
-                                 format_duration(policy_.timeout));
+        throw completion_expired(join({"evbus: ", what, "not completed within its timeout of ",
+                                       format_duration(policy_.timeout)}));
       }
       if (made == status::shut_out) {
-        throw completion_abandoned(what + "not completed within the shutdown's completion grace");
+        throw completion_abandoned(
+            join({"evbus: ", what, "not completed within the shutdown's completion grace"}));
       }
-      throw completion_abandoned(what + "every copy of its completion token was destroyed "
-                                        "without completing it");
+      throw completion_abandoned(join({"evbus: ", what,
+                                       "every copy of its completion token was destroyed "
+                                       "without completing it"}));
     } catch (...) {
       return std::current_exception();
     }
@@ -341,9 +350,8 @@ class attempt_runner {
   void record_failure(const queued_event<Data>& it, unsigned attempt,
                       const std::exception_ptr& err) {
     try {
-      std::string text = "attempt " + std::to_string(attempt) + " of event " +
-                         quote(it.event.id) + " on topic " + quote(it.event.topic()) +
-                         " with key " + quote(it.event.key) + ": " + describe(err);
+      std::string text = attempt_words(attempt, it.event.id, it.event.topic(), it.event.key);
+      text += describe(err);
       std::lock_guard<std::mutex> lock(error_mutex_);
       last_error_ = std::move(text);
     } catch (...) {

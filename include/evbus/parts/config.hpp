@@ -38,6 +38,15 @@
 #define EVBUS_DETAIL_COLD
 #endif
 
+/// Marks the override of a virtual function that a compiler would otherwise copy into the
+/// caller as well as compile on its own (GCC inlines the only override it sees behind a test
+/// of the object's type): the caller then calls it. Not a configuration macro.
+#if defined(__GNUC__)
+#define EVBUS_DETAIL_NOINLINE __attribute__((noinline))
+#else
+#define EVBUS_DETAIL_NOINLINE
+#endif
+
 namespace evbus {
 inline namespace v1 {
 

@@ -53,7 +53,7 @@ struct delayed_emit final : delayed_base {
         life(b.life_),
         data(std::move(d)) {}
   // The options are copied, not moved: a failure report still names the key.
-  bool emit() override {
+  EVBUS_DETAIL_NOINLINE bool emit() override {
     return life->use([&] { bus->emit(topic, std::move(data), options); });
   }
   EVBUS_DETAIL_COLD undelivered take() override {
@@ -72,9 +72,12 @@ struct delayed_emit final : delayed_base {
 /// The due delayed emits, run one at a time in the order they fell due.
 class delayed_strand final : public runnable {
  public:
-  /// `report(error, where)` receives a failed emit (it must not throw).
-  explicit delayed_strand(std::function<void(std::exception_ptr, std::string_view)> report)
-      : report_(std::move(report)) {}
+  /// What receives a failed emit: `report(context, error, where)`.
+  using report_fn = void (*)(void* context, std::exception_ptr error,
+                             std::string_view where) noexcept;
+
+  delayed_strand(report_fn report, void* context) noexcept
+      : report_(report), report_context_(context) {}
 
   /// A delayed emit fell due. True: the strand must be submitted (strand rule).
   bool arrive(std::unique_ptr<delayed_base> d) {
@@ -116,28 +119,39 @@ class delayed_strand final : public runnable {
       }
       ++res.calls;
       try {
-        if (!d->emit()) {
-          lost_(std::move(d));  // counts it out of pending
+        if (d->emit()) {
+          emitted.fetch_add(1, std::memory_order_relaxed);
+        } else if (lost_ != nullptr) {
+          lost_(lost_context_, std::move(d));  // counts it out of pending
           continue;
         }
-        emitted.fetch_add(1, std::memory_order_relaxed);
       } catch (...) {
-        failed.fetch_add(1, std::memory_order_relaxed);
-        std::string where;
-        try {
-          where = "delayed emit on topic " + quote(d->topic) + " with key " +
-                  quote(d->options.key);
-        } catch (...) {
-        }
-        report_(std::current_exception(), where);
+        report_failed(*d);
       }
       d.reset();
       pending.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
-  /// Receives each due emit whose bus is gone (set once, before any runs; must not throw).
-  void on_lost(std::function<void(std::unique_ptr<delayed_base>)> lost) { lost_ = std::move(lost); }
+  /// A due emit threw (called in its catch block): counted, and reported.
+  EVBUS_DETAIL_COLD void report_failed(const delayed_base& d) noexcept {
+    failed.fetch_add(1, std::memory_order_relaxed);
+    std::string where;
+    try {
+      where = join({"delayed emit on topic ", quoted_value(d.topic), " with key ",
+                    quoted_value(d.options.key)});
+    } catch (...) {
+    }
+    report_(report_context_, std::current_exception(), where);
+  }
+
+  /// Receives each due emit whose bus is gone, as `lost(context, d)`, which counts it out of
+  /// `pending` (set once, before any runs; without it, such an emit is dropped).
+  void on_lost(void (*lost)(void*, std::unique_ptr<delayed_base>) noexcept,
+               void* context) noexcept {
+    lost_ = lost;
+    lost_context_ = context;
+  }
 
   /// True when no due emit waits or runs.
   bool idle() const {
@@ -150,8 +164,10 @@ class delayed_strand final : public runnable {
   std::atomic<std::uint64_t> failed{0};
 
  private:
-  std::function<void(std::exception_ptr, std::string_view)> report_;
-  std::function<void(std::unique_ptr<delayed_base>)> lost_;
+  const report_fn report_;
+  void* const report_context_;
+  void (*lost_)(void*, std::unique_ptr<delayed_base>) noexcept = nullptr;
+  void* lost_context_ = nullptr;
   mutable std::mutex mutex_;
   // Under mutex_: the due emits from queue_[head_] on, in order (a vector of the type the
   // scheduler's shutdown uses too, so no other container is compiled for them).

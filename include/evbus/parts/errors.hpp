@@ -66,11 +66,11 @@ EVBUS_DETAIL_COLD inline std::string type_name(const std::type_info& type) {
 EVBUS_DETAIL_COLD inline std::string decimal(std::uintmax_t v) { return std::to_string(v); }
 EVBUS_DETAIL_COLD inline std::string signed_decimal(std::intmax_t v) { return std::to_string(v); }
 
-/// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
-/// \\xNN, and long values cut (the length is still named) so a message stays readable.
-EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+/// Appends `s` as quote() renders it.
+EVBUS_DETAIL_COLD inline void append_quoted(std::string& out, std::string_view s,
+                                            std::size_t max_shown = 80) {
   static constexpr char hex[] = "0123456789abcdef";
-  std::string out = "'";
+  out += '\'';
   std::size_t shown = 0;
   for (char ch : s) {
     if (shown == max_shown) break;
@@ -90,17 +90,47 @@ EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_s
     out += decimal(s.size());
     out += " bytes)";
   }
+}
+
+/// Renders a user-supplied string for an error message: printable ASCII as is, other bytes as
+/// \\xNN, and long values cut (the length is still named) so a message stays readable.
+EVBUS_DETAIL_COLD inline std::string quote(std::string_view s, std::size_t max_shown = 80) {
+  std::string out;
+  append_quoted(out, s, max_shown);
   return out;
+}
+
+/// A piece of a message built by join(): text as it is, or (quoted_value()) a user-supplied value
+/// rendered as quote() renders it, written straight into the message.
+struct message_piece {
+  message_piece(const char* t) noexcept : text(t) {}
+  message_piece(std::string_view t) noexcept : text(t) {}
+  message_piece(const std::string& t) noexcept : text(t) {}
+  std::string_view text;
+  bool quoted = false;
+};
+
+/// `s` as a piece of a join()ed message, quoted as quote() does, without a string of its own.
+inline message_piece quoted_value(std::string_view s) noexcept {
+  message_piece p(s);
+  p.quoted = true;
+  return p;
 }
 
 /// A message made of `pieces`, in one call: what a throw site builds its message with, so that
 /// it compiles to one call rather than a chain of `+`, each with a temporary string to clean up.
-inline std::string join(std::initializer_list<std::string_view> pieces) {
+EVBUS_DETAIL_COLD inline std::string join(std::initializer_list<message_piece> pieces) {
   std::size_t size = 0;
-  for (std::string_view piece : pieces) size += piece.size();
+  for (const message_piece& piece : pieces) size += piece.text.size() + (piece.quoted ? 2 : 0);
   std::string out;
   out.reserve(size);
-  for (std::string_view piece : pieces) out.append(piece.data(), piece.size());
+  for (const message_piece& piece : pieces) {
+    if (piece.quoted) {
+      append_quoted(out, piece.text);
+    } else {
+      out.append(piece.text.data(), piece.text.size());
+    }
+  }
   return out;
 }
 
@@ -110,7 +140,7 @@ inline std::string join(std::initializer_list<std::string_view> pieces) {
 class unknown_topic : public error {
  public:
   EVBUS_DETAIL_COLD explicit unknown_topic(std::string_view topic)
-      : error(detail::join({"evbus: unknown topic ", detail::quote(topic),
+      : error(detail::join({"evbus: unknown topic ", detail::quoted_value(topic),
                             " (register it with register_topics first)"})),
         topic_(topic) {}
   /// The topic named by the caller.
@@ -124,7 +154,8 @@ class unknown_topic : public error {
 class invalid_topic_name : public error {
  public:
   EVBUS_DETAIL_COLD invalid_topic_name(std::string_view topic, const std::string& reason)
-      : error(detail::join({"evbus: invalid topic name ", detail::quote(topic), ": ", reason})),
+      : error(detail::join(
+            {"evbus: invalid topic name ", detail::quoted_value(topic), ": ", reason})),
         topic_(topic) {}
   /// The rejected name.
   const std::string& topic() const noexcept { return topic_; }
@@ -138,8 +169,8 @@ class invalid_matcher : public error {
  public:
   EVBUS_DETAIL_COLD invalid_matcher(std::string_view pattern, std::string_view key,
                                     const std::string& reason)
-      : error(detail::join({"evbus: invalid matcher ", detail::quote(pattern), " for handler ",
-                            detail::quote(key), ": ", reason})),
+      : error(detail::join({"evbus: invalid matcher ", detail::quoted_value(pattern),
+                            " for handler ", detail::quoted_value(key), ": ", reason})),
         pattern_(pattern) {}
   /// The rejected pattern.
   const std::string& pattern() const noexcept { return pattern_; }
@@ -152,8 +183,8 @@ class invalid_matcher : public error {
 class duplicate_handler : public error {
  public:
   EVBUS_DETAIL_COLD explicit duplicate_handler(std::string_view key)
-      : error(detail::join({"evbus: a handler with key ", detail::quote(key),
-                            " is already registered"})),
+      : error(detail::join(
+            {"evbus: a handler with key ", detail::quoted_value(key), " is already registered"})),
         key_(key) {}
   /// The duplicate key.
   const std::string& key() const noexcept { return key_; }
@@ -166,7 +197,8 @@ class duplicate_handler : public error {
 class unknown_handler : public error {
  public:
   EVBUS_DETAIL_COLD explicit unknown_handler(std::string_view key)
-      : error(detail::join({"evbus: no handler with key ", detail::quote(key), " is registered"})),
+      : error(detail::join(
+            {"evbus: no handler with key ", detail::quoted_value(key), " is registered"})),
         key_(key) {}
   /// The unknown key.
   const std::string& key() const noexcept { return key_; }
@@ -203,7 +235,7 @@ class handler_errors : public error {
   };
 
   EVBUS_DETAIL_COLD handler_errors(std::string_view topic, std::vector<failure> failures)
-      : error(describe(detail::join({"handlers failed on topic ", detail::quote(topic)}),
+      : error(describe(detail::join({"handlers failed on topic ", detail::quoted_value(topic)}),
                        failures)),
         failures_(std::move(failures)) {}
 

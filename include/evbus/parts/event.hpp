@@ -111,7 +111,7 @@ inline std::string c_text(const char* text) {
                                                             const std::type_info& wanted,
                                                             const std::type_info* held,
                                                             std::size_t index) {
-  throw bad_data_type(join({"evbus: event ", quote(id), " on topic ", quote(topic),
+  throw bad_data_type(join({"evbus: event ", quoted_value(id), " on topic ", quoted_value(topic),
                             ": payload is not a ", type_name(wanted),
                             held != nullptr ? " (it holds " : " (variant index ",
                             held != nullptr ? type_name(*held) : decimal(index), ")"}));

@@ -297,8 +297,9 @@ class keyed_executor {
   }
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_foreign(std::string_view name) {
-    throw invalid_argument(detail::join({"evbus: drain(): subscription ", detail::quote(name),
-                                         " belongs to another keyed_executor"}));
+    throw invalid_argument(
+        detail::join({"evbus: drain(): subscription ", detail::quoted_value(name),
+                      " belongs to another keyed_executor"}));
   }
 
   [[noreturn]] EVBUS_DETAIL_COLD static void refuse_negative_delay(std::chrono::nanoseconds d) {
@@ -307,7 +308,7 @@ class keyed_executor {
   }
 
   template <class D, class Fn>
-  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>&&);
   std::shared_ptr<detail::executor_core> core_;
 };
 

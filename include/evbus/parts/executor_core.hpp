@@ -41,8 +41,8 @@ namespace detail {
 
 /// The executor core's refusals, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_delayed_closed(std::string_view topic) {
-  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ", quote(topic),
-                              ": the keyed_executor is shut down"}));
+  throw executor_closed(join({"evbus: cannot schedule a delayed emit on topic ",
+                              quoted_value(topic), ": the keyed_executor is shut down"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_resize_closed(std::size_t n) {
@@ -59,20 +59,24 @@ namespace detail {
 class executor_core final : public executor_registry,
                             public std::enable_shared_from_this<executor_core> {
  public:
-  EVBUS_DETAIL_COLD explicit executor_core(executor_options o)
-      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch,
-                          o.idle_spin, std::move(o.on_error), o.partitions),
+  EVBUS_DETAIL_COLD explicit executor_core(executor_options&& o)
+      : executor_registry(o.clock ? o.clock : std::make_shared<real_clock>(), o.batch, o.idle_spin,
+                          std::move(o.on_error), o.partitions),
         on_undelivered_(std::move(o.on_undelivered)),
         delayed_at_shutdown_(o.delayed_at_shutdown),
         completion_grace_(o.completion_grace) {
     // A due delayed emit whose bus is gone: the core outlives its scheduler's strand.
-    sched.delayed().on_lost([this](std::unique_ptr<delayed_base> d) {
-      try {
-        report_undelivered(std::move(d), undelivered_reason::bus_destroyed);
-      } catch (...) {
-        // Out of memory taking the payload: the event is counted as undelivered, not reported.
-      }
-    });
+    sched.delayed().on_lost(
+        [](void* core, std::unique_ptr<delayed_base> d) noexcept {
+          try {
+            static_cast<executor_core*>(core)->report_undelivered(
+                std::move(d), undelivered_reason::bus_destroyed);
+          } catch (...) {
+            // Out of memory taking the payload: the event is counted as undelivered, not
+            // reported.
+          }
+        },
+        this);
   }
 
   ~executor_core() {
@@ -259,15 +263,15 @@ class executor_core final : public executor_registry,
       if (on_undelivered_) {
         on_undelivered_(u);
       } else {
-        throw executor_closed(join({"evbus: delayed emit on topic ", quote(u.topic), " with key ",
-                                    quote(u.key()),
+        throw executor_closed(join({"evbus: delayed emit on topic ", quoted_value(u.topic),
+                                    " with key ", quoted_value(u.key()),
                                     why == undelivered_reason::bus_destroyed
                                         ? " was not emitted: its bus was destroyed first"
                                         : " was not due at shutdown and was not emitted"}));
       }
     } catch (...) {
       report_error(std::current_exception(),
-                   join({"undelivered delayed emit on topic ", quote(u.topic)}));
+                   join({"undelivered delayed emit on topic ", quoted_value(u.topic)}));
     }
   }
 

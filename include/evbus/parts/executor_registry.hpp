@@ -36,10 +36,10 @@ namespace detail {
 
 class executor_registry : public executor_link {
  public:
-  EVBUS_DETAIL_COLD executor_registry(std::shared_ptr<evbus::clock> clock, std::size_t batch,
-                    std::chrono::nanoseconds idle_spin,
-                    std::function<void(std::exception_ptr, std::string_view)> on_error,
-                    std::size_t partition_count)
+  EVBUS_DETAIL_COLD executor_registry(
+      std::shared_ptr<evbus::clock>&& clock, std::size_t batch, std::chrono::nanoseconds idle_spin,
+      std::function<void(std::exception_ptr, std::string_view)>&& on_error,
+      std::size_t partition_count)
       : executor_link(std::move(clock), batch, idle_spin, std::move(on_error)),
         partitions(partition_count) {}
 

@@ -89,6 +89,8 @@ class awaiting_list final : public runnable {
       if (head_ != nullptr) head_->prev = &st;
       head_ = &st;
       ++size_;
+      watch_ = &awaiting_list::watch;
+      shut_out_all_ = &awaiting_list::shut_out_all;
       sched_.count_awaiting(1);
       if (shut_out_) {
         st.resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
@@ -121,9 +123,7 @@ class awaiting_list final : public runnable {
   EVBUS_DETAIL_COLD void shut_out() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     shut_out_ = true;
-    for (completion_state* s = head_; s != nullptr; s = s->next) {
-      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
-    }
+    if (head_ != nullptr) shut_out_all_(*this);
   }
 
   std::size_t size() const {
@@ -131,32 +131,12 @@ class awaiting_list final : public runnable {
     return size_;
   }
 
-  /// The watch: makes the outcomes whose deadline passed `expired`, then parks until the
-  /// earliest deadline left, or lets itself go when none is open.
+  /// The watch (armed only by add()).
   result run(std::size_t) noexcept override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (watch_ != nullptr) return watch_(*this);
+    armed_ = false;
     result res;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      const steady_time now = sched_.now();
-      bool any = false;
-      steady_time earliest{};
-      for (completion_state* s = head_; s != nullptr; s = s->next) {
-        if (!s->pending()) continue;
-        if (s->deadline <= now) {
-          s->resolve(completion_state::status::expired, nullptr,
-                     completion_state::maker::executor);
-        } else if (!any || s->deadline < earliest) {
-          any = true;
-          earliest = s->deadline;
-        }
-      }
-      if (any) {
-        res.what = next_step::park;
-        res.due = earliest;
-        return res;
-      }
-      armed_ = false;
-    }
     res.what = next_step::idle;
     return res;
   }
@@ -164,12 +144,50 @@ class awaiting_list final : public runnable {
  private:
   using next_step = runnable::next;
 
+  // What add() names, so that a program without asynchronous handlers (which never calls
+  // add()) does not compile them. Both run under mutex_.
+
+  /// Makes the outcomes whose deadline passed `expired`, then parks until the earliest
+  /// deadline left, or lets itself go when none is open.
+  static result watch(awaiting_list& a) noexcept {
+    result res;
+    const steady_time now = a.sched_.now();
+    bool any = false;
+    steady_time earliest{};
+    for (completion_state* s = a.head_; s != nullptr; s = s->next) {
+      if (!s->pending()) continue;
+      if (s->deadline <= now) {
+        s->resolve(completion_state::status::expired, nullptr, completion_state::maker::executor);
+      } else if (!any || s->deadline < earliest) {
+        any = true;
+        earliest = s->deadline;
+      }
+    }
+    if (any) {
+      res.what = next_step::park;
+      res.due = earliest;
+      return res;
+    }
+    a.armed_ = false;
+    res.what = next_step::idle;
+    return res;
+  }
+
+  /// Makes every open outcome `shut_out`.
+  static void shut_out_all(awaiting_list& a) noexcept {
+    for (completion_state* s = a.head_; s != nullptr; s = s->next) {
+      s->resolve(completion_state::status::shut_out, nullptr, completion_state::maker::executor);
+    }
+  }
+
   scheduler& sched_;
   mutable std::mutex mutex_;
   completion_state* head_ = nullptr;  // newest first
   std::size_t size_ = 0;
   bool armed_ = false;     // the watch is parked, ready or running
   bool shut_out_ = false;
+  result (*watch_)(awaiting_list&) noexcept = nullptr;
+  void (*shut_out_all_)(awaiting_list&) noexcept = nullptr;
 };
 
 }  // namespace detail

@@ -99,8 +99,8 @@ class lane_state : public subscription_base {
   };
 
  public:
-  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type fn,
-        basic_delivery_policy<Data> policy)
+  EVBUS_DETAIL_COLD lane_state(executor_link& link, std::size_t partitions, handler_type&& fn,
+                               basic_delivery_policy<Data>&& policy)
       : admission_(policy.capacity),
         link_(link),
         count_(partitions),
@@ -143,7 +143,7 @@ class lane_state : public subscription_base {
   bool reached(drain_target& target) const override {
     if (target.parts.empty()) {
       if (intake_.done.load(std::memory_order_acquire) < target.accepted) return false;
-      target.parts.resize(count_);
+      target.parts = std::vector<std::uint64_t>(count_, 0);  // the histogram's constructor
       for (std::size_t i = 0; i < count_; ++i) {
         target.parts[i] = parts_[i].pushed.load(std::memory_order_acquire);
       }
@@ -160,10 +160,11 @@ class lane_state : public subscription_base {
   void close_barrier() override { std::lock_guard<small_lock> lock(intake_.lock); }
 
  protected:
-  EVBUS_DETAIL_COLD executor_closed closed_error(const event_type& e) const {
-    return executor_closed("evbus: the keyed_executor is shut down: subscription " +
-                           quote(name) + " does not accept the event on topic " +
-                           quote(e.topic()) + " with key " + quote(e.key));
+  /// Refuses `e`: the executor is shut down (each throw site a call).
+  [[noreturn]] EVBUS_DETAIL_COLD void refuse_closed(const event_type& e) const {
+    throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
+                                quoted_value(name), " does not accept the event on topic ",
+                                quoted_value(e.topic()), " with key ", quoted_value(e.key)}));
   }
 
   /// Copies `e` and appends it to the intake; the place is taken. `held_open`: a commit holds
@@ -183,7 +184,7 @@ class lane_state : public subscription_base {
       std::lock_guard<small_lock> lock(intake_.lock);
       // Checked under the intake's lock: shutdown's barrier then knows that every push past
       // this point has queued its event.
-      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+      if (!held_open && link_.closed.load(std::memory_order_seq_cst)) refuse_closed(e);
       it.seq = intake_.pushed;
       intake_.queue.push(std::move(it));
       ++intake_.pushed;
@@ -241,6 +242,12 @@ class lane_state : public subscription_base {
       if (pinned_[i].load(std::memory_order_relaxed) == topic) return true;
     }
     if (n == pinned_max) return false;
+    return pin_new_name(topic, n);
+  }
+
+  /// pin_name() for a name not among the first `n` pinned: at most pinned_max times per
+  /// subscription.
+  EVBUS_DETAIL_COLD bool pin_new_name(const topic_name* topic, std::size_t n) {
     std::lock_guard<std::mutex> lock(pinned_mutex_);
     const std::size_t now_n = pinned_count_.load(std::memory_order_relaxed);
     for (std::size_t i = n; i < now_n; ++i) {
@@ -253,7 +260,9 @@ class lane_state : public subscription_base {
     return true;
   }
 
-  std::vector<std::shared_ptr<const topic_name>> pinned_owners_;  // under pinned_mutex_
+  // Under pinned_mutex_; of the type retire_list keeps objects in, so that no other vector
+  // type is compiled for it.
+  std::vector<std::shared_ptr<const void>> pinned_owners_;
   std::array<std::atomic<const topic_name*>, pinned_max> pinned_{};
   std::atomic<std::size_t> pinned_count_{0};
   std::mutex pinned_mutex_;

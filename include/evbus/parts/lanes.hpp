@@ -40,8 +40,8 @@ class lanes : public router<Data, lanes<Data>> {
   using base::holds;
   using base::name;
 
-  lanes(executor_link& link, std::size_t partitions, handler_type fn,
-        basic_delivery_policy<Data> policy)
+  lanes(executor_link& link, std::size_t partitions, handler_type&& fn,
+        basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
   /// run_partition() of a subscription with an asynchronous handler: what ordered() gives

@@ -87,11 +87,15 @@ struct subscription_base {
 
 class executor_link {
  public:
-  executor_link(std::shared_ptr<evbus::clock> clock, std::size_t batch,
+  executor_link(std::shared_ptr<evbus::clock>&& clock, std::size_t batch,
                 std::chrono::nanoseconds idle_spin,
-                std::function<void(std::exception_ptr, std::string_view)> on_error)
-      : sched(std::move(clock), batch, idle_spin,
-              [this](std::exception_ptr e, std::string_view where) { report_error(e, where); }),
+                std::function<void(std::exception_ptr, std::string_view)>&& on_error)
+      : sched(
+            std::move(clock), batch, idle_spin,
+            [](void* link, std::exception_ptr e, std::string_view where) noexcept {
+              static_cast<executor_link*>(link)->report_error(e, where);
+            },
+            this),
         on_error_(std::move(on_error)) {}
   executor_link(const executor_link&) = delete;
   executor_link& operator=(const executor_link&) = delete;
@@ -106,7 +110,7 @@ class executor_link {
         on_error_(e, where);
         return;
       }
-      const std::string line = "evbus: " + std::string(where) + ": " + describe(e) + "\n";
+      const std::string line = join({"evbus: ", where, ": ", describe(e), "\n"});
       std::fputs(line.c_str(), stderr);
     } catch (...) {
       // on_error itself failed; the error stays counted in stats().errors.

@@ -78,28 +78,38 @@ EVBUS_DETAIL_COLD inline void refuse_delivery_policy(
     std::size_t capacity, double jitter, std::chrono::nanoseconds backoff_base,
     std::chrono::nanoseconds backoff_cap, std::chrono::nanoseconds timeout,
     std::size_t max_in_flight, const std::optional<std::chrono::nanoseconds>& block_timeout) {
-  const auto bad = [&](const std::string& what) {
-    throw invalid_argument("evbus: ordered(): " + what);
-  };
-  if (capacity == 0) bad("capacity must be at least 1 (got 0)");
-  if (!(jitter >= 0.0 && jitter <= 1.0)) {
-    bad("jitter must be in [0, 1] (got " + std::to_string(jitter) + ")");
+  // The first bad field: its rule, and the value given (with its unit).
+  const char* rule = nullptr;
+  std::string got;
+  const char* unit = "ns";
+  if (capacity == 0) {
+    rule = "capacity must be at least 1";
+    got = "0";
+    unit = "";
+  } else if (!(jitter >= 0.0 && jitter <= 1.0)) {
+    rule = "jitter must be in [0, 1]";
+    got = std::to_string(jitter);
+    unit = "";
+  } else if (backoff_base.count() < 0) {
+    rule = "backoff_base must not be negative";
+    got = signed_decimal(backoff_base.count());
+  } else if (backoff_cap.count() < 0) {
+    rule = "backoff_cap must not be negative";
+    got = signed_decimal(backoff_cap.count());
+  } else if (timeout.count() <= 0) {
+    rule = "timeout must be positive";
+    got = signed_decimal(timeout.count());
+  } else if (max_in_flight == 0) {
+    rule = "max_in_flight must be at least 1";
+    got = "0";
+    unit = "";
+  } else if (block_timeout && block_timeout->count() < 0) {
+    rule = "block_timeout must not be negative";
+    got = signed_decimal(block_timeout->count());
+  } else {
+    return;
   }
-  if (backoff_base.count() < 0) {
-    bad("backoff_base must not be negative (got " + signed_decimal(backoff_base.count()) +
-        "ns)");
-  }
-  if (backoff_cap.count() < 0) {
-    bad("backoff_cap must not be negative (got " + signed_decimal(backoff_cap.count()) + "ns)");
-  }
-  if (timeout.count() <= 0) {
-    bad("timeout must be positive (got " + signed_decimal(timeout.count()) + "ns)");
-  }
-  if (max_in_flight == 0) bad("max_in_flight must be at least 1 (got 0)");
-  if (block_timeout && block_timeout->count() < 0) {
-    bad("block_timeout must not be negative (got " + signed_decimal(block_timeout->count()) +
-        "ns)");
-  }
+  throw invalid_argument(join({"evbus: ordered(): ", rule, " (got ", got, unit, ")"}));
 }
 
 template <class Fn>
@@ -120,7 +130,8 @@ namespace detail {
 
 /// Builds an ordered subscription; evbus::ordered is the public entry.
 template <class Data, class Fn>
-ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy) {
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn,
+                                   basic_delivery_policy<Data>&& policy) {
   using event_type = basic_event<Data>;
   using F = std::decay_t<Fn>;
   constexpr bool with_delivery = std::is_invocable_v<F&, const event_type&, const delivery&>;

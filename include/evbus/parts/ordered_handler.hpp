@@ -55,7 +55,8 @@ class ordered_handler;
 
 namespace detail {
 template <class Data, class Fn>
-ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn, basic_delivery_policy<Data> policy);
+ordered_handler<Data> make_ordered(keyed_executor& ex, Fn&& fn,
+                                   basic_delivery_policy<Data>&& policy);
 }  // namespace detail
 
 /**
@@ -78,7 +79,7 @@ class ordered_handler {
   friend class keyed_executor;
   friend struct detail::commit_reserver<Data>;
   template <class D, class Fn>
-  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>);
+  friend ordered_handler<D> detail::make_ordered(keyed_executor&, Fn&&, basic_delivery_policy<D>&&);
   ordered_handler(std::shared_ptr<detail::executor_core> core,
                   std::shared_ptr<detail::subscription<Data>> sub)
       : front_(std::make_shared<detail::subscription_front<Data>>(std::move(core),
@@ -94,10 +95,10 @@ namespace detail {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_commit(std::string_view name,
                                                                std::string_view topic,
                                                                std::string_view key) {
-  throw executor_closed(join({"evbus: the keyed_executor is shut down: subscription ",
-                              quote(name), " does not accept the event on topic ", quote(topic),
-                              " with key ", quote(key),
-                              "; nothing of the transaction was emitted"}));
+  throw executor_closed(
+      join({"evbus: the keyed_executor is shut down: subscription ", quoted_value(name),
+            " does not accept the event on topic ", quoted_value(topic), " with key ",
+            quoted_value(key), "; nothing of the transaction was emitted"}));
 }
 
 /// What a transaction's commit does for what evbus::ordered returned, before emitting any of

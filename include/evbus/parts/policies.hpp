@@ -129,9 +129,9 @@ namespace detail {
 [[noreturn]] inline void refuse_undelivered_type(std::string_view topic,
                                                  const std::type_info& wanted,
                                                  const std::type_info& held) {
-  throw bad_data_type(join({"evbus: undelivered event on topic ", quote(topic),
-                            ": payload is not a ", type_name(wanted), " (it holds ",
-                            type_name(held), ")"}));
+  throw bad_data_type(
+      join({"evbus: undelivered event on topic ", quoted_value(topic), ": payload is not a ",
+            type_name(wanted), " (it holds ", type_name(held), ")"}));
 }
 
 }  // namespace detail

@@ -47,7 +47,7 @@ namespace detail {
 
 /// register_handler's refusal of an empty callable, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_empty_handler(std::string_view key) {
-  throw invalid_argument(join({"evbus: the handler for key ", quote(key), " is empty"}));
+  throw invalid_argument(join({"evbus: the handler for key ", quoted_value(key), " is empty"}));
 }
 
 /// The registrations of a basic_bus<Data>, and the lock-free lookups its emits make.
@@ -73,8 +73,9 @@ class bus_registrations : public retire_list<> {
   /// basic_bus::register_handler: `fn` under `key`, subscribed to every topic (now or later)
   /// whose whole name matches `matcher`; nothing changes if it throws. `reserve`: what a
   /// commit does for it before emitting (commit.hpp), null for a handler that takes no place.
-  EVBUS_DETAIL_COLD void register_handler(std::string key, std::string_view matcher, handler_type fn,
-                        detail::commit_reserve_fn<Data> reserve = nullptr) {
+  EVBUS_DETAIL_COLD void register_handler(std::string&& key, std::string_view matcher,
+                                          handler_type&& fn,
+                                          detail::commit_reserve_fn<Data> reserve = nullptr) {
     if (key.empty()) throw invalid_argument("evbus: a handler key must not be empty");
     if (!fn) detail::refuse_empty_handler(key);
     std::regex re = detail::compile_matcher(matcher, key);
@@ -255,7 +256,7 @@ class bus_registrations : public retire_list<> {
             std::make_shared<const detail::topic_name>(std::string(name)));
         topic->handlers.store(list.get(), std::memory_order_seq_cst);
         topic->handlers_owner = std::move(list);
-        added.push_back(std::move(topic));
+        added.push_back(topic);  // as subscribed's push_back: one insert compiled
       }
       if (added.empty()) return;
       for (auto& topic : added) topic = revive(std::move(topic));

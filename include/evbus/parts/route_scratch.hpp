@@ -11,6 +11,8 @@
 #ifndef EVBUS_PARTS_ROUTE_SCRATCH_HPP
 #define EVBUS_PARTS_ROUTE_SCRATCH_HPP
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -20,21 +22,46 @@ namespace evbus {
 inline namespace v1 {
 namespace detail {
 
+/// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
+inline constexpr std::size_t route_window = 512;
+
 /// What route() uses to sort a window of the intake by partition: the window's events in
 /// intake order, each one's successor in its partition, and the first and last event of each
-/// partition, `none` for the partitions the window has no event for.
+/// partition, `none` for the partitions the window has no event for. Fixed arrays for the
+/// window, so that nothing is allocated or checked per event.
 template <class Item>
 struct route_scratch {
   static constexpr std::uint32_t none = ~std::uint32_t{0};
-  std::vector<Item*> items;
-  std::vector<std::uint32_t> next;
-  std::vector<std::uint32_t> first;
-  std::vector<std::uint32_t> last;
-  std::vector<std::uint32_t> touched;  // the partitions the window has events for
-};
 
-/// The most events route() sorts at once: 512 x 16 bytes of scratch per routing thread.
-inline constexpr std::size_t route_window = 512;
+  /// Makes first and last cover `partitions`, each `none`. Throws std::bad_alloc.
+  void cover(std::size_t partitions) {
+    if (partitions <= covered) return;
+    std::unique_ptr<std::uint32_t[]> f(new std::uint32_t[partitions]);
+    std::unique_ptr<std::uint32_t[]> l(new std::uint32_t[partitions]);
+    std::fill_n(f.get(), partitions, none);
+    std::fill_n(l.get(), partitions, none);
+    first = std::move(f);
+    last = std::move(l);
+    covered = partitions;
+  }
+
+  /// Appends an event to the window (at most route_window of them); returns its index.
+  std::uint32_t add(Item* it) noexcept {
+    const std::uint32_t i = size++;
+    items[i] = it;
+    next[i] = none;
+    return i;
+  }
+
+  std::array<Item*, route_window> items;
+  std::array<std::uint32_t, route_window> next;
+  std::array<std::uint32_t, route_window> touched;  // the partitions the window has events for
+  std::uint32_t size = 0;                           // events in the window
+  std::uint32_t touched_count = 0;                  // entries of `touched`
+  std::unique_ptr<std::uint32_t[]> first;           // per partition; `none` between windows
+  std::unique_ptr<std::uint32_t[]> last;
+  std::size_t covered = 0;  // partitions first and last cover
+};
 
 /// A scratch for one window, the calling thread's own. Routes nest (a handler run in place
 /// may poll an executor, which routes), so there is one per depth; the lease is the depth.
@@ -57,16 +84,9 @@ class scratch_lease {
       s_ = f[frames_->depth].get();
     }
     route_scratch<Item>& sc = *s_;
-    sc.items.reserve(route_window);
-    sc.next.reserve(route_window);
-    sc.touched.reserve(route_window);
-    if (sc.first.size() < partitions) {
-      sc.first.resize(partitions, route_scratch<Item>::none);
-      sc.last.resize(partitions, route_scratch<Item>::none);
-    }
-    sc.items.clear();
-    sc.next.clear();
-    sc.touched.clear();
+    sc.cover(partitions);
+    sc.size = 0;
+    sc.touched_count = 0;
     if (frames_ != nullptr) ++frames_->depth;
   }
   ~scratch_lease() {

@@ -58,8 +58,8 @@ class router : public lane_state<Data, Lanes> {
   using base::holds;
   using base::name;
 
-  router(executor_link& link, std::size_t partitions, handler_type fn,
-         basic_delivery_policy<Data> policy)
+  router(executor_link& link, std::size_t partitions, handler_type&& fn,
+         basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)) {}
 
  protected:
@@ -147,16 +147,14 @@ class router : public lane_state<Data, Lanes> {
     }
     route_scratch& s = lease->get();
     // 1. The window's events, chained by partition in intake order (moved and evicted ones
-    // are skipped). Capacity for m was reserved: push_back does not allocate.
+    // are skipped). The scratch holds route_window events: nothing is allocated.
     intake_.queue.visit_front(m, [&](item& it) {
-      const auto i = static_cast<std::uint32_t>(s.items.size());
-      s.items.push_back(&it);
-      s.next.push_back(none);
+      const std::uint32_t i = s.add(&it);
       if (it.evicted) return;
       const std::size_t p = partition_for_key(it.event.key);
       if (s.first[p] == none) {
         s.first[p] = i;
-        s.touched.push_back(static_cast<std::uint32_t>(p));
+        s.touched[s.touched_count++] = static_cast<std::uint32_t>(p);
       } else {
         s.next[s.last[p]] = i;
       }
@@ -167,7 +165,8 @@ class router : public lane_state<Data, Lanes> {
     std::exception_ptr failure;
     std::size_t popped = 0;
     const bool in_place = !gate_ && !runner_.asynchronous() && link_.sched.workers_all_busy();
-    for (const std::uint32_t pi : s.touched) {
+    for (std::uint32_t t = 0; t < s.touched_count; ++t) {
+      const std::uint32_t pi = s.touched[t];
       std::uint32_t j = s.first[pi];
       s.first[pi] = none;
       if (failure) continue;
@@ -297,11 +296,11 @@ class router : public lane_state<Data, Lanes> {
     }
   }
 
-  void report_no_room(std::exception_ptr e) noexcept {
+  EVBUS_DETAIL_COLD void report_no_room(std::exception_ptr e) noexcept {
     try {
-      link_.report_error(e, "subscription " + quote(name) +
-                                " (no memory to queue an event in its partition; it is tried "
-                                "again in 1 ms)");
+      link_.report_error(e, join({"subscription ", quoted_value(name),
+                                  " (no memory to queue an event in its partition; it is tried "
+                                  "again in 1 ms)"}));
     } catch (...) {  // no memory for the message either
       link_.report_error(e, "an ordered subscription (no memory to queue an event in its "
                             "partition; it is tried again in 1 ms)");

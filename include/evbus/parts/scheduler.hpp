@@ -24,13 +24,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <iterator>
 #include <list>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
-#include <vector>
 
 namespace evbus {
 inline namespace v1 {
@@ -52,7 +52,7 @@ class scheduler : public scheduler_state {
 
   /// Starts or stops workers so that `n` run. A stopping worker finishes its current run.
   EVBUS_DETAIL_COLD void resize(std::size_t n) {
-    std::vector<std::thread> finished;
+    std::list<worker> finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       std::size_t active = 0;
@@ -80,7 +80,7 @@ class scheduler : public scheduler_state {
       progress_cv_.notify_all();
       collect_exited(finished);
     }
-    for (auto& t : finished) t.join();
+    for (auto& w : finished) w.thread.join();
   }
 
   std::size_t workers() const {
@@ -89,23 +89,27 @@ class scheduler : public scheduler_state {
   }
 
   /// Stops and joins every worker (shutdown, destruction).
+  /// A worker that stops itself (from a handler) stays listed, its thread not joined.
   EVBUS_DETAIL_COLD void stop_workers() {
-    std::vector<std::thread> threads;
+    std::list<worker> stopping;  // taken out whole: a worker's thread refers to it until joined
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (auto& w : workers_) {
-        w.stop = true;
-        if (w.thread.joinable() && w.thread.get_id() != std::this_thread::get_id()) {
-          threads.push_back(std::move(w.thread));
+      const auto self = std::this_thread::get_id();
+      for (auto it = workers_.begin(); it != workers_.end();) {
+        const auto next = std::next(it);
+        it->stop = true;
+        if (!it->thread.joinable() || it->thread.get_id() != self) {
+          stopping.splice(stopping.end(), workers_, it);
         }
+        it = next;
       }
       target_ = 0;
       has_workers_.store(false, std::memory_order_relaxed);
       work_cv_.notify_all();
     }
-    for (auto& t : threads) t.join();
-    std::lock_guard<std::mutex> lock(mutex_);
-    workers_.remove_if([](const worker& w) { return !w.thread.joinable(); });
+    for (auto& w : stopping) {
+      if (w.thread.joinable()) w.thread.join();
+    }
   }
 
   /// One pass on the calling thread: what is due becomes ready, then one run of each strand
@@ -212,15 +216,16 @@ class scheduler : public scheduler_state {
     bool exited = false;  // under mutex_
   };
 
-  void collect_exited(std::vector<std::thread>& out) {
+  /// Takes the workers that have exited (not the calling thread's) out of the list, to be
+  /// joined outside the lock.
+  void collect_exited(std::list<worker>& out) {
     const auto self = std::this_thread::get_id();
     for (auto it = workers_.begin(); it != workers_.end();) {
+      const auto next = std::next(it);
       if (it->exited && it->thread.joinable() && it->thread.get_id() != self) {
-        out.push_back(std::move(it->thread));
-        it = workers_.erase(it);
-      } else {
-        ++it;
+        out.splice(out.end(), workers_, it);
       }
+      it = next;
     }
   }
 

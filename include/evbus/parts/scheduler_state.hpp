@@ -38,15 +38,16 @@ namespace detail {
 
 class scheduler_state {
  public:
-  /// `report(error, where)` receives the failure of a delayed emit; it must not throw.
-  scheduler_state(std::shared_ptr<evbus::clock> c, std::size_t batch,
-                  std::chrono::nanoseconds spin,
-                  std::function<void(std::exception_ptr, std::string_view)> report)
-      : delayed_(std::move(report)),
+  /// `report(context, error, where)` receives the failure of a delayed emit.
+  scheduler_state(std::shared_ptr<evbus::clock>&& c, std::size_t batch,
+                  std::chrono::nanoseconds spin, delayed_strand::report_fn report, void* context)
+      : delayed_(report, context),
         clock_(std::move(c)),
         real_(dynamic_cast<const real_clock*>(clock_.get()) != nullptr),
         manual_(clock_->is_manual()),
-        batch_(batch == 0 ? 1 : batch > max_batch ? max_batch : batch),
+        batch_(batch == 0          ? 1
+               : batch > max_batch ? max_batch
+                                   : batch),
         idle_spin_(spin) {}
 
   scheduler_state(const scheduler_state&) = delete;

@@ -36,10 +36,11 @@ namespace detail {
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_wait(std::string_view name,
                                                              std::string_view topic,
                                                              std::string_view key) {
-  throw executor_closed(join({"evbus: the keyed_executor shut down while a commit waited "
-                              "for room in subscription ", quote(name), " (event on topic ",
-                              quote(topic), " with key ", quote(key),
-                              "); nothing of the transaction was emitted"}));
+  throw executor_closed(
+      join({"evbus: the keyed_executor shut down while a commit waited "
+            "for room in subscription ",
+            quoted_value(name), " (event on topic ", quoted_value(topic), " with key ",
+            quoted_value(key), "); nothing of the transaction was emitted"}));
 }
 
 template <class Data>
@@ -52,8 +53,8 @@ class subscription final : public lanes<Data> {
   using base::accepted_so_far;
   using base::name;
 
-  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type fn,
-               basic_delivery_policy<Data> policy)
+  EVBUS_DETAIL_COLD subscription(executor_link& link, std::size_t partitions, handler_type&& fn,
+                                 basic_delivery_policy<Data>&& policy)
       : base(link, partitions, std::move(fn), std::move(policy)),
         on_full_(runner_.policy().on_full),
         block_timeout_(runner_.policy().block_timeout) {}
@@ -70,7 +71,7 @@ class subscription final : public lanes<Data> {
       }
       held_open = c->current != nullptr && *c->current == e.id && c->holds_link(&link_);
     }
-    if (!held_open && link_.closed.load(std::memory_order_acquire)) throw closed_error(e);
+    if (!held_open && link_.closed.load(std::memory_order_acquire)) refuse_closed(e);
     bool evict = false;
     if (!admission_.bounded()) {
       admission_.count_in();
@@ -162,12 +163,12 @@ class subscription final : public lanes<Data> {
 
  private:
   using base::admission_;
-  using base::closed_error;
+  using base::count_;
   using base::dropped_;
   using base::enqueue;
-  using base::count_;
   using base::intake_;
   using base::parts_;
+  using base::refuse_closed;
   using item = typename base::item;
   using partition = typename base::partition;
   using base::give_back_one;
@@ -186,14 +187,14 @@ class subscription final : public lanes<Data> {
   }
 
   // Blocking emit: waits for room, unless the caller runs this executor's work (then nobody
-  // might ever make room).
-  void wait_for_room(const event_type& e) {
+  // might ever make room). Cold, as the other paths of a full subscription.
+  EVBUS_DETAIL_COLD void wait_for_room(const event_type& e) {
     if (drives(&link_.sched)) refuse_full(full_refusal::would_deadlock, e.topic(), e.key, false);
     if (admission_.wait(block_timeout_,
                         [&] { return link_.closed.load(std::memory_order_seq_cst); })) {
       return;  // enqueue() sees a close and gives the place back
     }
-    if (link_.closed.load(std::memory_order_seq_cst)) throw closed_error(e);
+    if (link_.closed.load(std::memory_order_seq_cst)) refuse_closed(e);
     refuse_full(full_refusal::timed_out, e.topic(), e.key, false);
   }
 
@@ -207,29 +208,31 @@ class subscription final : public lanes<Data> {
                                                   const std::string& key, bool in_commit) {
     rejected_.fetch_add(1, std::memory_order_relaxed);
     const std::string capacity = decimal(admission_.capacity());
-    const std::string the_event = join({"event on topic ", quote(topic), " with key ", quote(key)});
+    const std::string the_event =
+        join({"event on topic ", quoted_value(topic), " with key ", quoted_value(key)});
     const std::string_view tail = in_commit ? "; nothing of the transaction was emitted" : "";
+    std::string what;  // what follows the subscription's name
     if (why == full_refusal::rejected) {
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
-                             "): ", the_event, " rejected", tail}));
-    }
-    if (why == full_refusal::would_deadlock) {
+      what = join({" is full (capacity ", capacity, "): ", the_event, " rejected", tail});
+    } else if (why == full_refusal::would_deadlock) {
       const std::string_view who =
           in_commit ? "committing thread is running work of the same keyed_executor"
                     : "emitting thread is running work of the same keyed_executor (a worker, or "
                       "inside poll/run_until_idle/drain)";
-      throw queue_full(join({"evbus: subscription ", quote(name), " is full (capacity ", capacity,
-                             ") and the ", who, ": blocking would deadlock, so the ", the_event,
-                             " is refused", tail}));
+      what = join({" is full (capacity ", capacity, ") and the ", who,
+                   ": blocking would deadlock, so the ", the_event, " is refused", tail});
+    } else {
+      what = join({" is still full (capacity ", capacity, ") after block_timeout ",
+                   format_duration(*block_timeout_), ": ", the_event, " rejected", tail});
     }
-    throw queue_full(join({"evbus: subscription ", quote(name), " is still full (capacity ",
-                           capacity, ") after block_timeout ", format_duration(*block_timeout_),
-                           ": ", the_event, " rejected", tail}));
+    throw queue_full(join({"evbus: subscription ", quoted_value(name), what}));
   }
 
   /// drop_oldest, after the new event went in: the oldest event no runner has taken leaves
-  /// (marked evicted in place; its runner skips it) and goes to on_drop.
-  void evict_oldest() {
+  /// (marked evicted in place; its runner skips it) and goes to on_drop. Cold: the path of
+  /// an overloaded subscription only.
+  EVBUS_DETAIL_COLD void evict_oldest() {
+    std::optional<event_type> victim;
     for (;;) {
       std::size_t best = count_;
       std::uint64_t best_seq = std::numeric_limits<std::uint64_t>::max();
@@ -249,50 +252,42 @@ class subscription final : public lanes<Data> {
       // is evicted, and the subscription holds one more than its capacity until the next one
       // finishes.
       if (best == count_) {
-        std::optional<event_type> victim;
-        {
-          std::lock_guard<small_lock> lock(intake_.lock);
-          if (intake_.rule.waiting() <= intake_.evicted_waiting) return;
-          item& v = intake_.queue.waiting_at(intake_.evicted_waiting);
-          v.evicted = true;
-          ++intake_.evicted_waiting;
-          victim.emplace(std::move(v.event));
-        }
-        admission_.release();
-        dropped_.fetch_add(1, std::memory_order_relaxed);
-        report_drop(*victim);
-        return;
-      }
-      std::optional<event_type> victim;
-      {
-        partition& p = parts_[best];
-        std::lock_guard<small_lock> lock(p.lock);
-        if (p.rule.waiting() <= p.evicted_waiting) continue;
-        item& v = p.queue.waiting_at(p.evicted_waiting);
-        if (v.seq != best_seq) continue;  // a runner took it meanwhile: look again
+        std::lock_guard<small_lock> lock(intake_.lock);
+        if (intake_.rule.waiting() <= intake_.evicted_waiting) return;
+        item& v = intake_.queue.waiting_at(intake_.evicted_waiting);
         v.evicted = true;
-        ++p.evicted_waiting;
+        ++intake_.evicted_waiting;
         victim.emplace(std::move(v.event));
+        break;
       }
-      admission_.release();
-      dropped_.fetch_add(1, std::memory_order_relaxed);
-      report_drop(*victim);
-      return;
+      partition& p = parts_[best];
+      std::lock_guard<small_lock> lock(p.lock);
+      if (p.rule.waiting() <= p.evicted_waiting) continue;
+      item& v = p.queue.waiting_at(p.evicted_waiting);
+      if (v.seq != best_seq) continue;  // a runner took it meanwhile: look again
+      v.evicted = true;
+      ++p.evicted_waiting;
+      victim.emplace(std::move(v.event));
+      break;
     }
+    admission_.release();
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    report_drop(*victim);
   }
 
-  void report_drop(const event_type& e) noexcept {
+  EVBUS_DETAIL_COLD void report_drop(const event_type& e) noexcept {
     if (!runner_.policy().on_drop) {
       runner_.note(name, [&] {
-        return join({"dropped event ", quote(e.id), " on topic ", quote(e.topic()), " with key ",
-                     quote(e.key), " (the subscription is full)"});
+        return join({"dropped event ", quoted_value(e.id), " on topic ", quoted_value(e.topic()),
+                     " with key ", quoted_value(e.key), " (the subscription is full)"});
       });
       return;
     }
     try {
       runner_.policy().on_drop(e);
     } catch (...) {
-      link_.report_error(std::current_exception(), join({"on_drop of subscription ", quote(name)}));
+      link_.report_error(std::current_exception(),
+                         join({"on_drop of subscription ", quoted_value(name)}));
     }
   }
 

@@ -24,15 +24,23 @@ namespace detail {
 
 class timer_heap {
  public:
+  timer_heap() = default;
+  timer_heap(const timer_heap&) = delete;
+  timer_heap& operator=(const timer_heap&) = delete;
+  ~timer_heap() {
+    for (const timer& t : timers_) delete t.d;
+  }
+
   /// Parks `r` until `due`. True if it is now the earliest timer. Throws std::bad_alloc.
   bool add(steady_time due, runnable* r) { return add(timer{due, seq_++, r, nullptr}); }
 
   /// Keeps `d` until its due time. True if it is now the earliest timer. Throws
   /// std::bad_alloc (`d` is then untouched).
   bool add(std::unique_ptr<delayed_base>& d) {
-    const steady_time due = d->due;
     timers_.reserve(timers_.size() + 1);
-    return add(timer{due, seq_++, nullptr, std::move(d)});
+    const bool earliest = add(timer{d->due, seq_++, nullptr, d.get()});  // cannot throw now
+    d.release();
+    return earliest;
   }
 
   bool empty() const noexcept { return timers_.empty(); }
@@ -46,12 +54,12 @@ class timer_heap {
   void pop_due(steady_time now, Strand&& strand, Delayed&& delayed) {
     while (due(now)) {
       std::pop_heap(timers_.begin(), timers_.end(), later_first{});
-      timer t = std::move(timers_.back());
+      const timer t = timers_.back();
       timers_.pop_back();
       if (t.r != nullptr) {
         strand(t.r);
       } else {
-        delayed(std::move(t.d));
+        delayed(std::unique_ptr<delayed_base>(t.d));
       }
     }
   }
@@ -62,22 +70,25 @@ class timer_heap {
     // The heap sorted by its own order (latest first), then taken from the back: the code of
     // the heap's operations serves, and no sort is compiled besides.
     std::sort_heap(timers_.begin(), timers_.end(), later_first{});
-    for (auto t = timers_.rbegin(); t != timers_.rend(); ++t) {
-      if (t->r != nullptr) {
-        strand(t->r);
+    while (!timers_.empty()) {
+      const timer t = timers_.back();
+      timers_.pop_back();
+      if (t.r != nullptr) {
+        strand(t.r);
       } else {
-        delayed(std::move(t->d));
+        delayed(std::unique_ptr<delayed_base>(t.d));
       }
     }
-    timers_.clear();
   }
 
  private:
+  // Trivially copyable, so that the heap moves it as plain data: `d` is owned by the heap
+  // until taken (pop_due, take_all) or the heap is destroyed.
   struct timer {
     steady_time due;
     std::uint64_t seq;
-    runnable* r;                      // a parked strand, or
-    std::unique_ptr<delayed_base> d;  // a delayed emit
+    runnable* r;      // a parked strand, or
+    delayed_base* d;  // a delayed emit
   };
   static bool later(const timer& a, const timer& b) noexcept {
     return a.due != b.due ? a.due > b.due : a.seq > b.seq;
@@ -86,9 +97,9 @@ class timer_heap {
     bool operator()(const timer& a, const timer& b) const noexcept { return later(a, b); }
   };
 
-  bool add(timer t) {
+  bool add(const timer& t) {
     const bool earliest = timers_.empty() || later(timers_.front(), t);
-    timers_.push_back(std::move(t));
+    timers_.push_back(t);
     std::push_heap(timers_.begin(), timers_.end(), later_first{});
     return earliest;
   }

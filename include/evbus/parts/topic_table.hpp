@@ -88,11 +88,16 @@ struct is_name_range<T, std::void_t<decltype(std::begin(std::declval<const T&>()
  */
 template <class Data>
 struct handler_entry {
-  handler_entry(std::string k, std::string p, std::regex r,
-                std::function<void(const basic_event<Data>&)> f, std::uint64_t o,
+  handler_entry(const std::string& k, std::string&& p, std::regex&& r,
+                std::function<void(const basic_event<Data>&)>&& f, std::uint64_t o,
                 commit_reserve_fn<Data> c = nullptr)
-      : key(std::move(k)), pattern(std::move(p)), prefix(literal_prefix(pattern)),
-        matcher(std::move(r)), fn(std::move(f)), reserve(c), order(o) {}
+      : key(k),
+        pattern(std::move(p)),
+        prefix(literal_prefix(pattern)),
+        matcher(std::move(r)),
+        fn(std::move(f)),
+        reserve(c),
+        order(o) {}
   const std::string key;
   const std::string pattern;
   const std::string prefix;  // every topic the matcher matches starts with it
@@ -281,7 +286,8 @@ struct topic_index {
                                                        std::string_view key,
                                                        std::string_view topic,
                                                        const char* reason) {
-  throw invalid_matcher(pattern, key, join({"matching topic ", quote(topic), " failed: ", reason}));
+  throw invalid_matcher(pattern, key,
+                        join({"matching topic ", quoted_value(topic), " failed: ", reason}));
 }
 
 /// Matches a whole topic name, turning a failure inside std::regex into evbus::invalid_matcher.

@@ -42,21 +42,22 @@ class commit_scope {
 /// A transaction's refusals and its failures' report, out of line.
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_closed_transaction(const char* what,
                                                                     const std::string& tx_id) {
-  throw transaction_closed(
-      join({"evbus: cannot ", what, " transaction ", quote(tx_id), ": it is already finished"}));
+  throw transaction_closed(join(
+      {"evbus: cannot ", what, " transaction ", quoted_value(tx_id), ": it is already finished"}));
 }
 
 [[noreturn]] EVBUS_DETAIL_COLD inline void refuse_foreign_tx_id(const std::string& tx_id,
                                                                const std::string& given) {
-  throw invalid_argument(join({"evbus: transaction ", quote(tx_id),
-                               " cannot emit an event with tx_id ", quote(given)}));
+  throw invalid_argument(join({"evbus: transaction ", quoted_value(tx_id),
+                               " cannot emit an event with tx_id ", quoted_value(given)}));
 }
 
 /// The failures of a commit's events: the one rethrown as it is, several as handler_errors.
 [[noreturn]] EVBUS_DETAIL_COLD inline void report_commit_failures(
     std::vector<handler_errors::failure>& failures, const std::string& tx_id) {
   if (failures.size() == 1) std::rethrow_exception(failures.front().error);
-  throw handler_errors(std::move(failures), join({"events failed in transaction ", quote(tx_id)}));
+  throw handler_errors(std::move(failures),
+                       join({"events failed in transaction ", quoted_value(tx_id)}));
 }
 
 }  // namespace detail

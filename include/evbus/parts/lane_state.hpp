@@ -143,7 +143,8 @@ class lane_state : public subscription_base {
   bool reached(drain_target& target) const override {
     if (target.parts.empty()) {
       if (intake_.done.load(std::memory_order_acquire) < target.accepted) return false;
-      target.parts = std::vector<std::uint64_t>(count_, 0);  // the histogram's constructor
+      // Built as log_histogram::snapshot builds its counts: no other vector code compiled.
+      target.parts = std::vector<std::uint64_t>(count_, 0);
       for (std::size_t i = 0; i < count_; ++i) {
         target.parts[i] = parts_[i].pushed.load(std::memory_order_acquire);
       }
